@@ -1,0 +1,63 @@
+// Whole runs for property tests: arbitrary sequences of runs (clock, full or incremental, set or loop path, a batch
+// around the clock with some events after it and some older than the ledger retention), finished through finish_run.
+import fc from 'fast-check';
+import { batchArb, dayMs, exportEventArb, type StagedLine } from './arbitraries.ts';
+import { beginRun, finishRun, stageLines, type RunRow } from './event-runs.ts';
+import type { Queryable } from './event-tables.ts';
+
+export interface RunStep {
+  clock: string;
+  forceFull: boolean;
+  loop: boolean;
+  lines: StagedLine[];
+}
+
+const sequenceStartMs = Date.UTC(2024, 2, 5, 12);
+
+/** Runs whose clocks move forward by 0 to 3 days each; a run may be forced full and may use the loop path. */
+export function runStepsArb({ minLength = 1, maxLength = 3, maxEvents = 40 } = {}): fc.Arbitrary<RunStep[]> {
+  const plan = fc.record({ advanceMinutes: fc.integer({ min: 0, max: 3 * 24 * 60 }), forceFull: fc.boolean(), loop: fc.boolean() });
+  return fc.array(plan, { minLength, maxLength }).chain((plans) => {
+    let clockMs = sequenceStartMs;
+    const steps = plans.map(({ advanceMinutes, forceFull, loop }) => {
+      clockMs += advanceMinutes * 60_000;
+      const clockDayMs = Math.floor(clockMs / dayMs) * dayMs;
+      const clock = new Date(clockMs).toISOString();
+      return fc
+        .tuple(
+          batchArb({ firstDayMs: clockDayMs - 3 * dayMs, days: 5, maxEvents }),
+          fc.array(exportEventArb({ firstDayMs: clockDayMs - 60 * dayMs, days: 30 }), { maxLength: 3 }),
+        )
+        .map(([lines, old]): RunStep => ({
+          clock, forceFull, loop,
+          lines: [...lines, ...old.map((event): StagedLine => ({ kind: 'event', event, line: JSON.stringify(event) }))],
+        }));
+    });
+    return fc.tuple(...steps);
+  });
+}
+
+/** Empties every table a run writes and puts the path switch back: the next iteration starts from nothing. */
+export async function emptyTables(client: Queryable): Promise<void> {
+  await client.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers, mixpanel_sync.sync_runs,
+    mixpanel_sync.sync_rejects, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.run_events`);
+  await setUpsertPath(client, false);
+}
+
+export async function setUpsertPath(client: Queryable, loop: boolean): Promise<void> {
+  await client.query(`update mixpanel_sync.sync_settings set value = $1 where key = 'events.upsert_path'`, [loop ? 'loop' : 'set']);
+}
+
+/** begin_run at the step's clock, stage its lines, switch the path: the run, ready to finish. */
+export async function stageStep(client: Queryable, step: RunStep): Promise<RunRow> {
+  const run = await beginRun(client, step.clock, step.forceFull);
+  await stageLines(client, run.id, step.lines);
+  await setUpsertPath(client, step.loop);
+  return run;
+}
+
+export async function finishStep(client: Queryable, step: RunStep): Promise<RunRow> {
+  return finishRun(client, (await stageStep(client, step)).id);
+}
+
+

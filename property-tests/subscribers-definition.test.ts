@@ -1,0 +1,65 @@
+// Invariant 4: after any sequence of finished runs (full and incremental, set and loop paths), subscribers equals
+// its definition recomputed here from events_daily by a query of the test's own; and a subscriber's updated_at
+// moves only when its summary changes. updated_at is not part of the definition, so the first check leaves it out.
+import fc from 'fast-check';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTestDatabase, type TestDatabase } from './db.ts';
+import { assertSameTables, snapshot, type Queryable, type Snapshot } from './event-tables.ts';
+import { propertyParameters, timeoutFor } from './fc-parameters.ts';
+import { emptyTables, finishStep, runStepsArb } from './run-sequences.ts';
+
+let db: TestDatabase;
+beforeAll(async () => {
+  db = await createTestDatabase();
+});
+afterAll(async () => {
+  await db?.drop();
+});
+
+/** subscribers by definition: per user, the totals of events_daily and the count per event name over all days. */
+async function subscribersByDefinition(client: Queryable): Promise<Snapshot> {
+  const { rows } = await client.query(`
+    select jsonb_build_array(u.distinct_id)::text as key, to_jsonb(u) as row
+    from (
+      select d.distinct_id, sum(d.event_count)::bigint as total_events, min(d.first_at) as first_event_at, max(d.last_at) as last_event_at,
+        (select jsonb_object_agg(n.event_name, n.total) from (
+           select e.event_name, sum(e.event_count) as total from mixpanel_sync.events_daily e
+           where e.distinct_id = d.distinct_id group by e.event_name) n) as event_counts
+      from mixpanel_sync.events_daily d
+      group by d.distinct_id
+    ) u`);
+  return { subscribers: new Map(rows.map((r) => [r.key, r.row])) };
+}
+
+const runs = 20;
+
+describe('invariant 4: subscribers ≡ its definition over events_daily', () => {
+  it('holds after every run of any sequence, and updated_at moves only with the summary', { timeout: timeoutFor(runs, 400) }, async () => {
+    let users = 0;
+    await fc.assert(
+      fc.asyncProperty(runStepsArb({ minLength: 1, maxLength: 4 }), async (steps) => {
+        await emptyTables(db.pool);
+        let before = await snapshot(db.pool, ['subscribers']);
+        for (const [index, step] of steps.entries()) {
+          await finishStep(db.pool, step);
+          const stored = await snapshot(db.pool, ['subscribers'], ['subscribers.updated_at']);
+          assertSameTables(`after run ${index + 1} (${step.forceFull ? 'forced full' : 'full or incremental'}, ${step.loop ? 'loop' : 'set'}): subscribers by definition (expected) and stored (actual)`,
+            await subscribersByDefinition(db.pool), stored);
+          const after = await snapshot(db.pool, ['subscribers']);
+          for (const [key, row] of after.subscribers!) {
+            const old = before.subscribers!.get(key);
+            const { updated_at: oldAt, ...oldSummary } = old ?? {};
+            const { updated_at: newAt, ...newSummary } = row;
+            if (old && JSON.stringify(oldSummary) === JSON.stringify(newSummary)) {
+              expect(newAt, `subscriber ${key}: updated_at moved though its summary did not change in run ${index + 1}`).toBe(oldAt);
+            }
+          }
+          users += after.subscribers!.size;
+          before = after;
+        }
+      }),
+      propertyParameters(runs),
+    );
+    expect(users, 'subscribers seen').toBeGreaterThan(0);
+  });
+});

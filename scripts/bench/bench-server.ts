@@ -1,0 +1,100 @@
+// The bench's PostgreSQL: DATABASE_URL's server, or a throwaway embedded one; one migrated template,
+// and as many fresh databases cloned from it as the suites need.
+import os from 'node:os';
+import pg from 'pg';
+import { databaseName, resolveDatabaseServer, type DatabaseSource } from '../db/database-url.ts';
+import { cloneDatabase, createTemplateDatabase, dropDatabase, dropDatabasesWithPrefix, type TemplateDatabase } from '../db/test-databases.ts';
+
+/** Settings of the embedded server, beyond the harness's (durability off: fsync, synchronous_commit, full_page_writes). */
+export const EMBEDDED_SETTINGS: Record<string, string> = {
+  shared_buffers: '1GB',
+  max_wal_size: '8GB',
+  checkpoint_timeout: '30min',
+};
+
+export interface BenchDatabase {
+  url: string;
+  name: string;
+  pool: pg.Pool;
+  /** ends the pool and drops the database */
+  drop(): Promise<void>;
+}
+
+export interface BenchServer {
+  source: DatabaseSource;
+  template: TemplateDatabase;
+  /** a database cloned from the migrated template */
+  freshDatabase(): Promise<BenchDatabase>;
+  /** a database cloned from another (which must have no open connection) */
+  cloneOf(database: string): Promise<BenchDatabase>;
+  stop(): Promise<void>;
+}
+
+function openDatabase(serverUrl: string, url: string): BenchDatabase {
+  const pool = new pg.Pool({ connectionString: url, max: 4 });
+  pool.on('error', () => {});
+  let dropped: Promise<void> | undefined;
+  return {
+    url,
+    name: databaseName(url),
+    pool,
+    drop: () => {
+      dropped ??= pool.end().then(() => dropDatabase(serverUrl, databaseName(url)));
+      return dropped;
+    },
+  };
+}
+
+export async function startBenchServer(): Promise<BenchServer> {
+  const server = await resolveDatabaseServer(process.env, { settings: EMBEDDED_SETTINGS });
+  let template: TemplateDatabase;
+  try {
+    template = await createTemplateDatabase(server.url);
+  } catch (error) {
+    await server.stop();
+    throw error;
+  }
+  return {
+    source: server.source,
+    template,
+    freshDatabase: async () => openDatabase(template.serverUrl, await cloneDatabase(template)),
+    cloneOf: async (database) => openDatabase(template.serverUrl, await cloneDatabase({ ...template, template: database })),
+    stop: async () => {
+      try {
+        if (server.source === 'DATABASE_URL') await dropDatabasesWithPrefix(template.serverUrl, template.prefix);
+      } finally {
+        await server.stop();
+      }
+    },
+  };
+}
+
+export interface Machine {
+  cores: number;
+  cpu: string;
+  memoryGiB: number;
+  node: string;
+  postgres: string;
+  source: DatabaseSource;
+  /** server settings that matter for these figures */
+  settings: Record<string, string>;
+}
+
+const REPORTED_SETTINGS = ['shared_buffers', 'work_mem', 'maintenance_work_mem', 'max_wal_size', 'fsync', 'synchronous_commit', 'full_page_writes', 'jit', 'max_parallel_workers_per_gather'];
+
+export async function describeMachine(pool: pg.Pool, source: DatabaseSource): Promise<Machine> {
+  const version = await pool.query<{ version: string }>("select pg_catalog.current_setting('server_version') as version");
+  const settings = await pool.query<{ name: string; setting: string }>(
+    'select name, pg_catalog.current_setting(name) as setting from pg_catalog.pg_settings where name = any($1) order by name',
+    [REPORTED_SETTINGS],
+  );
+  return {
+    cores: os.cpus().length,
+    cpu: os.cpus()[0]?.model.trim() ?? 'unknown',
+    memoryGiB: Math.round(os.totalmem() / 2 ** 30),
+    node: process.version,
+    postgres: version.rows[0]!.version,
+    source,
+    settings: Object.fromEntries(settings.rows.map((row) => [row.name, row.setting])),
+  };
+}

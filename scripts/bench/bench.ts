@@ -1,0 +1,72 @@
+// npm run bench [-- --quick] [-- --json] [-- --only suite,…]: the figures of BENCHMARKS.md.
+// A full run of every suite writes BENCHMARKS.md; --quick writes .tmp/bench/BENCHMARKS.quick.md.
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { repoRoot } from '../db/paths.ts';
+import { parseBenchArgs, SUITES, type BenchOptions, type SuiteName } from './bench-options.ts';
+import { describeMachine, startBenchServer, type BenchServer } from './bench-server.ts';
+import { emptyFigures, type FigureKey, type Section, type SuiteResult } from './figures.ts';
+import { renderMarkdown, renderSummary } from './report.ts';
+import { benchFile } from './sample-data.ts';
+import { setVsLoop } from './set-vs-loop.ts';
+import { log } from './timing.ts';
+
+type Suite = (server: BenchServer, options: BenchOptions) => Promise<SuiteResult>;
+
+const RUNNERS: Record<SuiteName, Suite | null> = {
+  'set-vs-loop': (server, options) => setVsLoop(server, options.scale),
+  'full-sync': null,
+  incremental: null,
+  profiles: null,
+  'loader-rss': null,
+};
+
+async function main(): Promise<void> {
+  let options: BenchOptions;
+  try {
+    options = parseBenchArgs(process.argv.slice(2));
+  } catch (error) {
+    const e = error as Error & { help?: boolean };
+    if (e.help) {
+      process.stdout.write(e.message);
+      return;
+    }
+    process.stderr.write(`bench: ${e.message}\n`);
+    process.exitCode = 2;
+    return;
+  }
+  const startedAt = new Date();
+  const server = await startBenchServer();
+  const figures = emptyFigures();
+  const sections: Section[] = [];
+  const missing: Partial<Record<FigureKey, string>> = {};
+  try {
+    const probe = await server.freshDatabase();
+    const machine = await describeMachine(probe.pool, server.source);
+    await probe.drop();
+    log(`${machine.cores} cores, PostgreSQL ${machine.postgres} (${server.source})${options.quick ? ', quick scale' : ''}`);
+    for (const name of options.suites) {
+      const runner = RUNNERS[name];
+      if (!runner) continue;
+      log(`suite ${name}`);
+      const result = await runner(server, options);
+      Object.assign(figures, result.figures);
+      Object.assign(missing, result.missing ?? {});
+      sections.push(result.section);
+    }
+    const markdown = renderMarkdown({ machine, quick: options.quick, startedAt, totalMs: Date.now() - startedAt.getTime(), figures, sections, missing });
+    const everySuite = SUITES.every((name) => options.suites.includes(name));
+    const target = !options.quick && everySuite ? path.join(repoRoot, 'BENCHMARKS.md') : await benchFile(options.quick ? 'BENCHMARKS.quick.md' : 'BENCHMARKS.partial.md');
+    await writeFile(target, markdown);
+    log(`wrote ${path.relative(repoRoot, target)}`);
+    process.stderr.write(`${renderSummary(figures)}\n`);
+    if (options.json) process.stdout.write(`${JSON.stringify(figures)}\n`);
+  } finally {
+    await server.stop();
+  }
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`bench: ${(error as Error).message}\n`);
+  process.exitCode = 1;
+});

