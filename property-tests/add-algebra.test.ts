@@ -57,7 +57,7 @@ describe('invariant 2: ADD is idempotent and order-independent', () => {
     const overlapping = fc
       .tuple(batchArb({ ...pathSpan, maxEvents: 40 }), batchArb({ ...pathSpan, maxEvents: 40 }))
       .chain(([a, b]) => fc.tuple(fc.constant(a), fc.constant(b), fc.subarray(validLines(a)), fc.subarray(validLines(b))))
-      .map(([a, b, fromA, fromB]) => [[...a, ...fromB], [...b, ...fromA]] as const);
+      .map(([a, b, fromA, fromB]): [StagedLine[], StagedLine[]] => [[...a, ...fromB], [...b, ...fromA]]);
     await fc.assert(
       fc.asyncProperty(priorStateArb(pathSpan), overlapping, dayOffsetArb, async (prior, [a, b], horizon) => {
         const horizonDay = spanDay(pathSpan, horizon);

@@ -31,9 +31,10 @@ export async function snapshot(client: Queryable, tables = eventTables, ignore: 
       from mixpanel_sync.${table} t)`;
   });
   const { rows } = await client.query(`select jsonb_build_object(${parts.join(', ')}) as tables`);
+  const read = rows[0].tables as Record<string, [string, Record<string, unknown>][]>;
   const result: Snapshot = {};
-  for (const [table, pairs] of Object.entries(rows[0].tables as Record<string, [string, Record<string, unknown>][]>)) {
-    result[table] = new Map(pairs.map(([key, row]) => [JSON.stringify(JSON.parse(key)), row]));
+  for (const table of tables) { // in the order asked for: the first difference is looked for in that order
+    result[table] = new Map(read[table]!.map(([key, row]) => [JSON.stringify(JSON.parse(key)), row]));
   }
   return result;
 }

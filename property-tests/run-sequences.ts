@@ -14,9 +14,18 @@ export interface RunStep {
 
 const sequenceStartMs = Date.UTC(2024, 2, 5, 12);
 
-/** Runs whose clocks move forward by 0 to 3 days each; a run may be forced full and may use the loop path. */
+/**
+ * Runs whose clocks move forward by 0 to 3 days, or now and then by 40 to 44 days (still incremental, and the ledger
+ * prune removes rows); a run may be forced full and may use the loop path; each run after the first re-sends a share
+ * of the previous run's lines, as an incremental run re-reads its overlap.
+ */
 export function runStepsArb({ minLength = 1, maxLength = 3, maxEvents = 40 } = {}): fc.Arbitrary<RunStep[]> {
-  const plan = fc.record({ advanceMinutes: fc.integer({ min: 0, max: 3 * 24 * 60 }), forceFull: fc.boolean(), loop: fc.boolean() });
+  const plan = fc.record({
+    advanceMinutes: fc.oneof({ weight: 5, arbitrary: fc.integer({ min: 0, max: 3 * 24 * 60 }) }, { weight: 1, arbitrary: fc.integer({ min: 40 * 24 * 60, max: 44 * 24 * 60 }) }),
+    forceFull: fc.boolean(),
+    loop: fc.boolean(),
+    resendPercent: fc.integer({ min: 0, max: 100 }),
+  });
   return fc.array(plan, { minLength, maxLength }).chain((plans) => {
     let clockMs = sequenceStartMs;
     const steps = plans.map(({ advanceMinutes, forceFull, loop }) => {
@@ -33,7 +42,12 @@ export function runStepsArb({ minLength = 1, maxLength = 3, maxEvents = 40 } = {
           lines: [...lines, ...old.map((event): StagedLine => ({ kind: 'event', event, line: JSON.stringify(event) }))],
         }));
     });
-    return fc.tuple(...steps);
+    return fc.tuple(...steps).map((built) =>
+      built.map((step, i) => {
+        const previous = built[i - 1]?.lines ?? [];
+        return { ...step, lines: [...step.lines, ...previous.slice(0, Math.floor((previous.length * plans[i]!.resendPercent) / 100))] };
+      }),
+    );
   });
 }
 

@@ -4,132 +4,18 @@
 -- subscribers identical to REPLACE(W, A ∪ B1 ∪ B2 ∪ B3), and applies as many events in total; from the same
 -- non-empty prior state. event_ledger.run_id is left out: it records which run applied an event, and that differs
 -- by construction. Rows of others are untouched.
--- Run on a migrated database: psql -v ON_ERROR_STOP=1 -f verify/replace_then_adds_equal_replace.sql   (it rolls back)
+-- Run on a migrated database (it uses the mixpanel_sync.verify_* helpers): psql -v ON_ERROR_STOP=1 -f verify/replace_then_adds_equal_replace.sql
+-- It runs in BEGIN … ROLLBACK and leaves no trace.
 -- Its data: distinct_ids 'verify:…' and -90000000NN, days 1999-12-25 .. 2000-01-13, run clock 2000-02-01.
 begin;
 
-create function pg_temp.verify_ours(distinct_id text) returns boolean language sql immutable as $$
-  select starts_with(distinct_id, 'verify:') or distinct_id ~ '^-90000000[0-9][0-9]$';
-$$;
-
--- Deterministic export events: seed, count, first day, days. Users, times, insert ids and re-sends come from md5.
-create function pg_temp.verify_events(seed text, n integer, from_day date, days integer) returns jsonb language sql immutable as $$
-  with r as (
-    select i, ('x' || substr(md5(seed || ':' || i), 1, 16))::bit(64)::bigint as h from generate_series(1, n) i
-  ), t as (
-    select i, h,
-      extract(epoch from from_day::timestamp)::bigint
-        + (((h >> 8) & 1023) % (days + 2) - 1) * 86400
-        + case (h >> 18) & 7 when 0 then 0 when 1 then 86399 else ((h >> 21) & 31) * 2700 + ((h >> 26) & 1) end as second
-    from r
-  ), base as (
-    select i, h, jsonb_build_object(
-      'event', (array['signup', 'login', 'purchase', 'page view', 'ログイン'])[1 + ((h >> 30) & 7) % 5],
-      'properties', jsonb_build_object(
-        'distinct_id', case h & 15
-          when 13 then to_jsonb('verify:' || repeat('é', 248))
-          when 14 then to_jsonb('verify:ユーザー🎉'::text)
-          when 15 then to_jsonb(-9000000001 - ((h >> 4) & 3))
-          else to_jsonb('verify:u' || (h & 15)) end,
-        'time', case when (h >> 27) & 3 = 0 then to_jsonb(second * 1000 + ((h >> 32) & 1023) % 1000) else to_jsonb(second) end,
-        'mp_processing_time_ms', second * 1000 + ((h >> 44) & 65535) * 100,
-        'plan', (array['free', 'pro', null])[1 + ((h >> 46) & 3) % 3],
-        'amount', ((h >> 50) & 1023) / 4.0,
-        'flag', (h >> 51) & 1 = 1,
-        'tags', jsonb_build_array('a', (h >> 52) & 3),
-        'meta', jsonb_build_object('k', (h >> 54) & 3))
-        || case when (h >> 40) & 3 = 0 then '{}' else jsonb_build_object('$insert_id', 'ins' || ((h >> 42) & 31)) end
-      ) as event
-    from t
-  ), invalid as (
-    select i, (array[
-      '{"event": "no properties"}',
-      '{"properties": {"distinct_id": "verify:u1", "time": 946684800}}',
-      '{"event": "no distinct id", "properties": {"time": 946684800}}',
-      '{"event": "time as text", "properties": {"distinct_id": "verify:u1", "time": "946684800"}}',
-      '{"event": "after the clock", "properties": {"distinct_id": "verify:u1", "time": 4102444800}}',
-      '[1, 2]', '42'])[1 + ((h >> 58) & 7) % 7]::jsonb as event
-    from r where (h >> 56) & 15 = 0
-  ), lines as (
-    select i, event from base
-    union all select i, event from base where (h >> 60) & 3 = 0    -- exact re-sends
-    union all select i, event from invalid
-  )
-  select jsonb_agg(l.event order by md5(seed || ':order:' || l.i || l.event::text)) from lines l;
-$$;
-
--- The three event tables, this script's rows only, keyed by primary key; columns in `ignore` left out.
-create function pg_temp.verify_snapshot(ignore text[] default '{}') returns jsonb language sql stable as $$
-  select jsonb_build_object(
-    'events_daily', (select coalesce(jsonb_object_agg(jsonb_build_array(d.distinct_id, d.day, d.event_name)::text, to_jsonb(d) - ignore), '{}')
-      from mixpanel_sync.events_daily d where pg_temp.verify_ours(d.distinct_id)),
-    'event_ledger', (select coalesce(jsonb_object_agg(jsonb_build_array(l.distinct_id, l.event_key)::text, to_jsonb(l) - ignore), '{}')
-      from mixpanel_sync.event_ledger l where pg_temp.verify_ours(l.distinct_id)),
-    'subscribers', (select coalesce(jsonb_object_agg(to_jsonb(s.distinct_id)::text, to_jsonb(s) - ignore), '{}')
-      from mixpanel_sync.subscribers s where pg_temp.verify_ours(s.distinct_id)));
-$$;
-
--- Null when equal, else the first difference: table, key, then the first column that differs (or a missing row).
-create function pg_temp.verify_first_difference(expected jsonb, actual jsonb) returns text language sql immutable as $$
-  select format('%s key %s: %s', r.tab, r.key, case
-      when r.e is null then 'unexpected row ' || r.a::text
-      when r.a is null then 'missing row ' || r.e::text
-      when jsonb_typeof(r.e) <> 'object' or jsonb_typeof(r.a) <> 'object' then format('expected %s, actual %s', r.e, r.a)
-      else (select format('column %s expected %s, actual %s', c, coalesce(r.e -> c, 'null'), coalesce(r.a -> c, 'null'))
-            from jsonb_object_keys(r.e || r.a) c where r.e -> c is distinct from r.a -> c order by c limit 1) end)
-  from (select t.tab, k.key, expected -> t.tab -> k.key as e, actual -> t.tab -> k.key as a
-        from jsonb_object_keys(expected || actual) t (tab)
-        cross join lateral jsonb_object_keys(coalesce(expected -> t.tab, '{}') || coalesce(actual -> t.tab, '{}')) k (key)) r
-  where r.e is distinct from r.a
-  order by r.tab, r.key
-  limit 1;
-$$;
-
--- Raises, naming the script and the first difference, unless the snapshots are equal.
-create function pg_temp.verify_assert_same(script text, what text, expected jsonb, actual jsonb) returns void language plpgsql as $$
-declare
-  problem text := pg_temp.verify_first_difference(expected, actual);
-begin
-  if problem is not null then
-    raise exception 'verify/%: % differ: %', script, what, problem;
-  end if;
-end;
-$$;
-
--- An apply_result shaped like a snapshot, for verify_assert_same.
-create function pg_temp.verify_result(result mixpanel_sync.apply_result) returns jsonb language sql immutable as $$
-  select jsonb_build_object('apply_result', jsonb_build_object('(applied, duplicates, too_old, users_touched)', to_jsonb(result)));
-$$;
-
--- Count and hash sum of every row this script did not create: equal before and after means untouched.
-create function pg_temp.verify_others() returns jsonb language sql stable as $$
-  select jsonb_build_object('rows of others', jsonb_build_object(
-    'events_daily', (select jsonb_build_array(count(*), sum(hashtextextended(d::text, 0))) from mixpanel_sync.events_daily d where not pg_temp.verify_ours(d.distinct_id)),
-    'event_ledger', (select jsonb_build_array(count(*), sum(hashtextextended(l::text, 0))) from mixpanel_sync.event_ledger l where not pg_temp.verify_ours(l.distinct_id)),
-    'subscribers', (select jsonb_build_array(count(*), sum(hashtextextended(s::text, 0))) from mixpanel_sync.subscribers s where not pg_temp.verify_ours(s.distinct_id)),
-    'sync_watermarks', (select jsonb_build_array(count(*), sum(hashtextextended(w::text, 0))) from mixpanel_sync.sync_watermarks w),
-    'sync_settings', (select jsonb_build_array(count(*), sum(hashtextextended(s::text, 0))) from mixpanel_sync.sync_settings s)));
-$$;
-
--- Stages events (plus one line that is not JSON at all) for a new run of clock 2000-02-01 and parses them once.
-create function pg_temp.verify_staged_run(events jsonb) returns bigint language plpgsql as $$
-declare
-  run mixpanel_sync.sync_runs := mixpanel_sync.begin_run('events', true, clock => '2000-02-01 00:00:00+00');
-begin
-  perform mixpanel_sync.stage_events(run.id, events);
-  insert into mixpanel_sync.staged_events (run_id, line) values (run.id, '{"event": "cut off", "properties": {"distin');
-  perform mixpanel_sync.parse_staged_events(run.id);
-  return run.id;
-end;
-$$;
-
 do $$
 declare
-  others_before jsonb := pg_temp.verify_others();
-  a jsonb := pg_temp.verify_events('rta-a', 300, '1999-12-31', 9);
-  b1 jsonb := pg_temp.verify_events('rta-a', 100, '1999-12-31', 9) || pg_temp.verify_events('rta-b1', 200, '2000-01-02', 5);
-  b2 jsonb := pg_temp.verify_events('rta-b1', 120, '2000-01-02', 5) || pg_temp.verify_events('rta-b2', 150, '1999-12-31', 9)
-    || pg_temp.verify_events('rta-b2', 50, '1999-12-31', 9);
+  others_before jsonb := mixpanel_sync.verify_others();
+  a jsonb := mixpanel_sync.verify_events('rta-a', 300, '1999-12-31', 9);
+  b1 jsonb := mixpanel_sync.verify_events('rta-a', 100, '1999-12-31', 9) || mixpanel_sync.verify_events('rta-b1', 200, '2000-01-02', 5);
+  b2 jsonb := mixpanel_sync.verify_events('rta-b1', 120, '2000-01-02', 5) || mixpanel_sync.verify_events('rta-b2', 150, '1999-12-31', 9)
+    || mixpanel_sync.verify_events('rta-b2', 50, '1999-12-31', 9);
   a_run bigint;
   add_runs bigint[];
   union_run bigint;
@@ -141,35 +27,35 @@ declare
 begin
   -- An arbitrary prior state inside and around W = 1999-12-30 .. 2000-01-10.
   perform mixpanel_sync.upsert_subscribers_incremental(
-    pg_temp.verify_staged_run(pg_temp.verify_events('rta-prior', 400, '1999-12-26', 18)), '1999-12-25', '2000-01-13');
+    mixpanel_sync.verify_staged_run(mixpanel_sync.verify_events('rta-prior', 400, '1999-12-26', 18)), '1999-12-25', '2000-01-13');
   perform mixpanel_sync.upsert_subscribers_incremental_add(
-    pg_temp.verify_staged_run(pg_temp.verify_events('rta-prior-add', 150, '2000-01-01', 8)), '1999-12-25');
+    mixpanel_sync.verify_staged_run(mixpanel_sync.verify_events('rta-prior-add', 150, '2000-01-01', 8)), '1999-12-25');
 
-  a_run := pg_temp.verify_staged_run(a);
-  add_runs := array[pg_temp.verify_staged_run(b1), pg_temp.verify_staged_run(b2), pg_temp.verify_staged_run(b1)];
-  union_run := pg_temp.verify_staged_run(a || b1 || b2 || b1);
+  a_run := mixpanel_sync.verify_staged_run(a);
+  add_runs := array[mixpanel_sync.verify_staged_run(b1), mixpanel_sync.verify_staged_run(b2), mixpanel_sync.verify_staged_run(b1)];
+  union_run := mixpanel_sync.verify_staged_run(a || b1 || b2 || b1);
 
   begin
     stepwise_applied := (mixpanel_sync.upsert_subscribers_incremental(a_run, '1999-12-30', '2000-01-10')).applied;
     foreach add_run in array add_runs loop
       stepwise_applied := stepwise_applied + (mixpanel_sync.upsert_subscribers_incremental_add(add_run, '1999-12-30')).applied;
     end loop;
-    stepwise := pg_temp.verify_snapshot('{run_id}');
+    stepwise := mixpanel_sync.verify_snapshot('{run_id}');
     raise exception using errcode = 'VRFY0', message = 'undo REPLACE then ADDs';
   exception when sqlstate 'VRFY0' then
     null;
   end;
   at_once_result := mixpanel_sync.upsert_subscribers_incremental(union_run, '1999-12-30', '2000-01-10');
-  at_once := pg_temp.verify_snapshot('{run_id}');
+  at_once := mixpanel_sync.verify_snapshot('{run_id}');
 
-  perform pg_temp.verify_assert_same('replace_then_adds_equal_replace',
+  perform mixpanel_sync.verify_assert_same('replace_then_adds_equal_replace',
     'tables after REPLACE(W, A ∪ B1 ∪ B2 ∪ B3) (expected) and REPLACE(W, A) then ADD(B1), ADD(B2), ADD(B3) (actual)', at_once, stepwise);
   if stepwise_applied <> at_once_result.applied then
     raise exception 'verify/replace_then_adds_equal_replace: events applied: expected % (REPLACE of the union), actual % (REPLACE then ADDs)',
       at_once_result.applied, stepwise_applied;
   end if;
-  perform pg_temp.verify_assert_same('replace_then_adds_equal_replace', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
-    others_before, pg_temp.verify_others());
+  perform mixpanel_sync.verify_assert_same('replace_then_adds_equal_replace', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
+    others_before, mixpanel_sync.verify_others());
   if at_once_result.duplicates < jsonb_array_length(b1) then
     raise exception 'verify/replace_then_adds_equal_replace: the input did not exercise duplicates (apply_result %)', at_once_result;
   end if;

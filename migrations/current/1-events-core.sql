@@ -303,7 +303,9 @@ select
   -- capped at the run's clock: a bad mp_processing_time_ms must not push the processing watermark.
   case when v.processing_ms > 0 and v.processing_ms < 1e14 then least(to_timestamp(v.processing_ms / 1000), r.fetch_to) end
     as processing_time,
-  (v.processing_ms - u.time_seconds * 1000)::bigint as lateness_ms,
+  -- every cast to bigint is guarded: one absurd number must be a reject, not a failed run.
+  case when v.processing_ms > 0 and v.processing_ms < 1e14 and w.event_time is not null
+    then (v.processing_ms - u.time_seconds * 1000)::bigint end as lateness_ms,
   case
     when d.event is null and d.properties is null and mixpanel_sync.json_problem(s.line) is not null
       then mixpanel_sync.json_problem(s.line)
@@ -343,7 +345,7 @@ cross join lateral unnest(
     when r.project_timezone is null then to_timestamp(floor(u.time_seconds))
     else (to_timestamp(floor(u.time_seconds)) at time zone 'UTC') at time zone r.project_timezone
   end],
-  array[floor(u.time_seconds)::bigint]
+  array[case when u.time_seconds >= 1 and u.time_seconds < 1e11 then floor(u.time_seconds)::bigint end]
 ) as w (event_time, second);
 comment on view mixpanel_sync.staged_events_parsed is
   'Staged export lines parsed: the event, its dedup key, and reject_reason (null when usable). '
@@ -380,8 +382,10 @@ begin
     p.processing_time, p.lateness_ms, p.reject_reason
   from mixpanel_sync.staged_events_parsed p
   where p.run_id = parse_new_staged_events.run_id
-    and not exists (
-      select from mixpanel_sync.run_events e where e.run_id = p.run_id and e.line_id = p.line_id);
+    -- not in (hashed once), not "not exists": after a vacuum of the emptied run_events the
+    -- planner would rescan it for every staged line.
+    and p.line_id not in (
+      select e.line_id from mixpanel_sync.run_events e where e.run_id = parse_new_staged_events.run_id);
   get diagnostics parsed = row_count;
 
   insert into mixpanel_sync.sync_rejects (run_id, source, line_no, payload, reason)
@@ -390,8 +394,9 @@ begin
   join mixpanel_sync.staged_events s on s.run_id = e.run_id and s.line_id = e.line_id
   where e.run_id = parse_new_staged_events.run_id
     and e.reject_reason is not null
-    and not exists (
-      select from mixpanel_sync.sync_rejects r where r.run_id = e.run_id and r.line_no = e.line_id);
+    and e.line_id not in (
+      select r.line_no from mixpanel_sync.sync_rejects r
+      where r.run_id = parse_new_staged_events.run_id and r.line_no is not null);
   return parsed;
 end;
 $$;
@@ -810,7 +815,9 @@ create function mixpanel_sync.begin_run(
   source text,
   force_full boolean default false,
   clock timestamptz default now(),
-  project_timezone text default null)
+  project_timezone text default null,
+  resync_from date default null,
+  resync_to date default null)
 returns mixpanel_sync.sync_runs
 language plpgsql
 set search_path = ''
@@ -834,11 +841,18 @@ begin
       using errcode = 'invalid_parameter_value';
   end if;
 
+  if resync_from is not null and (source <> 'events'
+    or resync_from > coalesce(resync_to, (clock at time zone 'UTC')::date)
+    or resync_to > (clock at time zone 'UTC')::date) then
+    raise exception 'begin_run: a resync needs source ''events'' and resync_from <= resync_to <= the clock''s UTC day (%)',
+      (clock at time zone 'UTC')::date using errcode = 'invalid_parameter_value';
+  end if;
+
   perform mixpanel_sync.abandon_stale_runs();
 
   if source = 'profiles' then
-    insert into mixpanel_sync.sync_runs (source, mode, fetch_to, options)
-    values ('profiles', 'full', clock, jsonb_build_object('mode_reason', 'profiles are always read whole'))
+    insert into mixpanel_sync.sync_runs (source, mode, fetch_to, project_timezone, options)
+    values ('profiles', 'full', clock, project_timezone, jsonb_build_object('mode_reason', 'profiles are always read whole'))
     returning * into run;
     return run;
   end if;
@@ -853,7 +867,16 @@ begin
       then 'watermark is older than the ledger retention'
   end;
 
-  if reason is not null then
+  if resync_from is not null then
+    -- REPLACE of exactly these days; the loader fetches them and nothing after them.
+    insert into mixpanel_sync.sync_runs
+      (source, mode, fetch_from, fetch_to, window_from_day, window_to_day, project_timezone, options)
+    select 'events', 'full', resync_from::timestamp at time zone 'UTC',
+      least(clock, (w.to_day + 1)::timestamp at time zone 'UTC'), resync_from, w.to_day,
+      project_timezone, jsonb_build_object('mode_reason', 'resync')
+    from (select coalesce(resync_to, (clock at time zone 'UTC')::date) as to_day) w
+    returning * into run;
+  elsif reason is not null then
     insert into mixpanel_sync.sync_runs
       (source, mode, fetch_from, fetch_to, window_from_day, window_to_day, project_timezone, options)
     select 'events', 'full', w.from_day::timestamp at time zone 'UTC', clock, w.from_day, (clock at time zone 'UTC')::date,
@@ -873,10 +896,11 @@ begin
   return run;
 end;
 $$;
-comment on function mixpanel_sync.begin_run(text, boolean, timestamptz, text) is
+comment on function mixpanel_sync.begin_run(text, boolean, timestamptz, text, date, date) is
   'Starts a run (one short transaction) and decides its mode and window. Full when there is no watermark, when forced, '
   'when events.incremental is off, or when the watermark is older than the ledger retention; else incremental from '
-  'watermark - events.overlap. clock is the run''s fetch_to. project_timezone: for projects that store local time.';
+  'watermark - events.overlap. clock is the run''s fetch_to. project_timezone: for projects that store local time. '
+  'resync_from/resync_to: a full run that replaces exactly those UTC days (after data was deleted or re-imported in Mixpanel).';
 
 create function mixpanel_sync.running_run(run_id bigint, for_what text)
 returns mixpanel_sync.sync_runs
@@ -937,6 +961,7 @@ declare
   overlap_ms bigint := (extract(epoch from mixpanel_sync.setting('events.overlap')::interval) * 1000)::bigint;
   mark mixpanel_sync.sync_watermarks;
   seen record;
+  resets_watermark boolean;
 begin
   parsed := mixpanel_sync.parse_staged_events(run.id);
 
@@ -973,14 +998,15 @@ begin
 
   select * into mark from mixpanel_sync.sync_watermarks w where w.source = 'events' for update;
   run.watermark_before := mark.watermark;
-  -- A full run resets the watermarks to what it saw (its REPLACE erased anything newer);
-  -- an incremental run only moves them forward.
-  run.watermark_after := case when run.mode = 'full' then coalesce(seen.event_time, mark.watermark)
+  -- A full run up to its clock's day resets the watermarks to what it saw (its REPLACE erased
+  -- anything newer); incremental runs and resyncs of past days only move them forward.
+  resets_watermark := run.mode = 'full' and run.window_to_day >= (run.fetch_to at time zone 'UTC')::date;
+  run.watermark_after := case when resets_watermark then coalesce(seen.event_time, mark.watermark)
     else greatest(mark.watermark, seen.event_time) end;
   if run.watermark_after is not null then
     insert into mixpanel_sync.sync_watermarks as w (source, watermark, processing_watermark, run_id, updated_at)
     values ('events', run.watermark_after,
-      case when run.mode = 'full' then coalesce(seen.processing_time, mark.processing_watermark)
+      case when resets_watermark then coalesce(seen.processing_time, mark.processing_watermark)
         else greatest(mark.processing_watermark, seen.processing_time) end,
       run.id, now())
     on conflict (source) do update set

@@ -9,10 +9,8 @@ export interface Scale {
   repeats: number;
   /** users per batch for set_vs_loop (1,000 carries the JSON key) */
   batchUsers: number[];
-  /** the "big" history of the incremental suite */
-  bigHistory: { users: number; events: number };
-  /** the "small" history */
-  smallHistory: { users: number; events: number };
+  /** users of the incremental suite's small and big histories (30 events each) */
+  historyUsers: { small: number; big: number };
   /** profiles re-synced unchanged */
   profiles: number;
   /** lines the loader reads for the small and the large peak RSS */
@@ -29,8 +27,7 @@ export interface BenchOptions {
 const FULL: Scale = {
   repeats: 3,
   batchUsers: [250, 1000, 10_000],
-  bigHistory: { users: 1_000_000, events: 30_000_000 },
-  smallHistory: { users: 10_000, events: 300_000 },
+  historyUsers: { small: 10_000, big: 1_000_000 },
   profiles: 100_000,
   rssLines: { small: 10_000, large: 1_000_000 },
 };
@@ -38,8 +35,7 @@ const FULL: Scale = {
 const QUICK: Scale = {
   repeats: 3,
   batchUsers: [1000],
-  bigHistory: { users: 100_000, events: 3_000_000 },
-  smallHistory: { users: 10_000, events: 300_000 },
+  historyUsers: { small: 10_000, big: 50_000 },
   profiles: 20_000,
   rssLines: { small: 10_000, large: 100_000 },
 };

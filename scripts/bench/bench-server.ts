@@ -16,6 +16,8 @@ export interface BenchDatabase {
   url: string;
   name: string;
   pool: pg.Pool;
+  /** ends the pool (so the database can serve as a template); safe to call twice */
+  end(): Promise<void>;
   /** ends the pool and drops the database */
   drop(): Promise<void>;
 }
@@ -33,13 +35,19 @@ export interface BenchServer {
 function openDatabase(serverUrl: string, url: string): BenchDatabase {
   const pool = new pg.Pool({ connectionString: url, max: 4 });
   pool.on('error', () => {});
+  let ended: Promise<void> | undefined;
   let dropped: Promise<void> | undefined;
+  const end = (): Promise<void> => {
+    ended ??= pool.end();
+    return ended;
+  };
   return {
     url,
     name: databaseName(url),
     pool,
+    end,
     drop: () => {
-      dropped ??= pool.end().then(() => dropDatabase(serverUrl, databaseName(url)));
+      dropped ??= end().then(() => dropDatabase(serverUrl, databaseName(url)));
       return dropped;
     },
   };

@@ -8,17 +8,21 @@ import { describeMachine, startBenchServer, type BenchServer } from './bench-ser
 import { emptyFigures, type FigureKey, type Section, type SuiteResult } from './figures.ts';
 import { renderMarkdown, renderSummary } from './report.ts';
 import { benchFile } from './sample-data.ts';
+import { incrementalHistory } from './incremental-history.ts';
+import { loaderRss } from './loader-rss.ts';
+import { originalScenario } from './original-scenario.ts';
+import { profilesSuite } from './profiles.ts';
 import { setVsLoop } from './set-vs-loop.ts';
 import { log } from './timing.ts';
 
 type Suite = (server: BenchServer, options: BenchOptions) => Promise<SuiteResult>;
 
-const RUNNERS: Record<SuiteName, Suite | null> = {
+const RUNNERS: Record<SuiteName, Suite> = {
   'set-vs-loop': (server, options) => setVsLoop(server, options.scale),
-  'full-sync': null,
-  incremental: null,
-  profiles: null,
-  'loader-rss': null,
+  'full-sync': (server, options) => originalScenario(server, options.scale),
+  incremental: (server, options) => incrementalHistory(server, options.scale, options.quick),
+  profiles: (server, options) => profilesSuite(server, options.scale),
+  'loader-rss': (server, options) => loaderRss(server, options.scale, options.quick),
 };
 
 async function main(): Promise<void> {
@@ -46,10 +50,8 @@ async function main(): Promise<void> {
     await probe.drop();
     log(`${machine.cores} cores, PostgreSQL ${machine.postgres} (${server.source})${options.quick ? ', quick scale' : ''}`);
     for (const name of options.suites) {
-      const runner = RUNNERS[name];
-      if (!runner) continue;
       log(`suite ${name}`);
-      const result = await runner(server, options);
+      const result = await RUNNERS[name](server, options);
       Object.assign(figures, result.figures);
       Object.assign(missing, result.missing ?? {});
       sections.push(result.section);

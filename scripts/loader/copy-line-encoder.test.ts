@@ -14,7 +14,7 @@ function encode(input: Buffer, chunkSize: number, options: { maxLineBytes?: numb
   return { bytes: Buffer.concat(out), stats: encoder.stats };
 }
 
-/** COPY text format, decoded the way PostgreSQL reads it: the reference the encoder must invert. */
+/** COPY text format, decoded the way PostgreSQL reads it (a raw tab ends a column, a raw CR is an error): the reference the encoder must invert. */
 function decodeCopyText(bytes: Buffer): Array<[string, Buffer]> {
   const rows: Array<[string, Buffer]> = [];
   let start = 0;
@@ -23,6 +23,7 @@ function decodeCopyText(bytes: Buffer): Array<[string, Buffer]> {
     const tab = row.indexOf(0x09);
     const field = row.subarray(tab + 1);
     const decoded: number[] = [];
+    expect(field.includes(0x09) || field.includes(0x0d)).toBe(false);
     for (let i = 0; i < field.length; i++) {
       if (field[i] !== 0x5c) {
         decoded.push(field[i]!);

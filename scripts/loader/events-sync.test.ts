@@ -7,9 +7,8 @@ import { afterAll, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase } from '../db/vitest-database.ts';
 import { copyIntoStaging } from './copy-into-staging.ts';
 import { syncEvents } from './events-sync.ts';
-import { isLoaderFailure, type LoaderFailure } from './staged-sync.ts';
 import { beginRun, failRun } from './sync-runs.ts';
-import { appliedState, CLOCK, eventLine, eventLines, runRow, stagedRows, totalEvents, watermark } from './test-support.ts';
+import { appliedState, CLOCK, failure, resetEvents, eventLine, eventLines, runRow, stagedRows, totalEvents, watermark } from './test-support.ts';
 
 const db = await createTestDatabase();
 const dir = mkdtempSync(path.join(os.tmpdir(), 'loader-test-'));
@@ -18,11 +17,7 @@ afterAll(async () => {
   await db.drop();
 });
 
-async function reset() {
-  await db.pool.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers,
-    mixpanel_sync.sync_watermarks, mixpanel_sync.sync_runs, mixpanel_sync.sync_rejects cascade`);
-}
-beforeEach(reset);
+beforeEach(() => resetEvents(db.pool));
 
 function file(name: string, content: string | Buffer): string {
   const at = path.join(dir, name);
@@ -31,15 +26,6 @@ function file(name: string, content: string | Buffer): string {
 }
 
 const jsonl = (lines: string[]) => `${lines.join('\n')}\n`;
-
-async function failure(promise: Promise<unknown>): Promise<LoaderFailure> {
-  const error = await promise.then(
-    () => new Error('expected the run to fail'),
-    (caught: unknown) => caught,
-  );
-  if (!isLoaderFailure(error)) throw error;
-  return error;
-}
 
 /** A stream like stdin: the bytes in small pieces as they are read, then optionally an error instead of the end. */
 function trickle(bytes: Buffer, pieceSize: number, failWith?: Error): Readable {

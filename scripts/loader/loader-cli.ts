@@ -34,7 +34,7 @@ export interface LoaderContext {
   progress: ProgressLine;
 }
 
-export interface LoaderCommand {
+export interface LoaderCommand<S = RunSummary> {
   /** e.g. 'sync:events' */
   name: string;
   /** The --help text. */
@@ -43,10 +43,12 @@ export interface LoaderCommand {
   options: Options;
   /** Checks and configuration read before a run begins (throw to exit 2 with the message). */
   prepare?: (values: LoaderContext['values']) => void | Promise<void>;
-  run: (context: LoaderContext) => Promise<RunSummary>;
+  run: (context: LoaderContext) => Promise<S>;
+  /** How a summary is printed (default summaryJson / summaryLines). */
+  print?: { json(summary: S): string; lines(summary: S): string[] };
 }
 
-function parse(command: LoaderCommand, argv: string[]): LoaderContext['values'] {
+function parse<S>(command: LoaderCommand<S>, argv: string[]): LoaderContext['values'] {
   try {
     const { values } = parseArgs({ args: argv, options: { ...COMMON_OPTIONS, ...command.options }, strict: true, allowPositionals: false });
     return values as LoaderContext['values'];
@@ -70,7 +72,9 @@ function interruptOnSignals(controller: AbortController, name: string): () => vo
 }
 
 /** Runs the command with process.argv and exits with its code. */
-export async function runLoaderCli(command: LoaderCommand, argv = process.argv.slice(2)): Promise<never> {
+export async function runLoaderCli<S = RunSummary>(command: LoaderCommand<S>, argv = process.argv.slice(2)): Promise<never> {
+  const print = command.print ?? ({ json: summaryJson, lines: summaryLines } as unknown as NonNullable<LoaderCommand<S>['print']>);
+  const show = (summary: S, json: boolean) => process.stdout.write(`${json ? print.json(summary) : print.lines(summary).join('\n')}\n`);
   const fail = (code: number, message: string): never => {
     process.stderr.write(`${command.name}: ${message}\n`);
     process.exit(code);
@@ -95,12 +99,12 @@ export async function runLoaderCli(command: LoaderCommand, argv = process.argv.s
   const json = values.json === true;
   try {
     const summary = await command.run({ values, databaseUrl, signal: controller.signal, progress });
-    process.stdout.write(`${json ? summaryJson(summary) : summaryLines(summary).join('\n')}\n`);
+    show(summary, json);
     process.exit(EXIT.ok);
   } catch (error) {
     progress.done();
-    if (!isLoaderFailure(error)) return fail(EXIT.notStarted, `no run started: ${describeError(error, controller.signal)}`);
-    if (error.summary) process.stdout.write(`${json ? summaryJson(error.summary) : summaryLines(error.summary).join('\n')}\n`);
+    if (!isLoaderFailure<S>(error)) return fail(EXIT.notStarted, `no run started: ${describeError(error, controller.signal)}`);
+    if (error.summary) show(error.summary, json);
     return fail(controller.signal.aborted ? EXIT.interrupted : EXIT.failed, error.message);
   } finally {
     release();

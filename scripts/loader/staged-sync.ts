@@ -9,7 +9,7 @@ import type { ProgressLine } from './progress-line.ts';
 import { runSummary, type RunSummary } from './run-summary.ts';
 import { backendPid, beginRun, cancelBackend, failRun, finishRun, type BeginRunOptions, type SyncRunRow } from './sync-runs.ts';
 
-export interface StagedSyncOptions {
+export interface StagedSyncOptions<S = RunSummary> {
   pool: pg.Pool;
   begin: BeginRunOptions;
   table: StagingTable;
@@ -19,18 +19,20 @@ export interface StagedSyncOptions {
   progress?: ProgressLine;
   /** A full run with no input would empty its whole window: refused unless this is set. */
   allowEmpty?: boolean;
+  /** What the run's row becomes for the caller and for a LoaderFailure (default runSummary). */
+  summarise?: (run: SyncRunRow) => S;
 }
 
 /** The error a failed run throws: its message is the one-line reason, summary the failed run (null when fail_run could not record it). */
-export interface LoaderFailure extends Error {
-  summary: RunSummary | null;
+export interface LoaderFailure<S = RunSummary> extends Error {
+  summary: S | null;
 }
 
-export function loaderFailure(message: string, summary: RunSummary | null): LoaderFailure {
+export function loaderFailure<S>(message: string, summary: S | null): LoaderFailure<S> {
   return Object.assign(new Error(message), { name: 'LoaderFailure', summary });
 }
 
-export function isLoaderFailure(error: unknown): error is LoaderFailure {
+export function isLoaderFailure<S = RunSummary>(error: unknown): error is LoaderFailure<S> {
   return error instanceof Error && error.name === 'LoaderFailure';
 }
 
@@ -41,7 +43,7 @@ function emptyInputError(run: SyncRunRow): Error {
   );
 }
 
-async function stageAndFinish(client: pg.PoolClient, run: SyncRunRow, options: StagedSyncOptions, signal: AbortSignal): Promise<SyncRunRow> {
+async function stageAndFinish<S>(client: pg.PoolClient, run: SyncRunRow, options: StagedSyncOptions<S>, signal: AbortSignal): Promise<SyncRunRow> {
   signal.throwIfAborted();
   const lines = await options.openLines(run, signal);
   const { rows } = await copyIntoStaging(client, {
@@ -66,7 +68,8 @@ async function stageAndFinish(client: pg.PoolClient, run: SyncRunRow, options: S
   }
 }
 
-export async function runStagedSync(options: StagedSyncOptions): Promise<RunSummary> {
+export async function runStagedSync<S = RunSummary>(options: StagedSyncOptions<S>): Promise<S> {
+  const summarise = options.summarise ?? (runSummary as unknown as (run: SyncRunRow) => S);
   const signal = options.signal ?? new AbortController().signal;
   signal.throwIfAborted();
   const run = await beginRun(options.pool, options.begin);
@@ -76,15 +79,15 @@ export async function runStagedSync(options: StagedSyncOptions): Promise<RunSumm
     const finished = await stageAndFinish(client, run, options, signal);
     client.release();
     client = undefined;
-    return runSummary(finished);
+    return summarise(finished);
   } catch (error) {
     client?.release(true); // a connection cut mid-COPY is not reused
     options.progress?.done();
     const reason = describeError(error, signal);
-    let summary: RunSummary | null = null;
+    let summary: S | null = null;
     let message = `${run.source} run ${run.id} failed: ${reason}`;
     try {
-      summary = runSummary(await failRun(options.pool, run.id, reason));
+      summary = summarise(await failRun(options.pool, run.id, reason));
     } catch (failError) {
       message += `; recording the failure failed too (${describeError(failError)}): the run is marked abandoned after runs.abandon_after`;
     }

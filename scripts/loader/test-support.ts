@@ -1,5 +1,6 @@
 // For the loader's tests: event lines built by hand, and the database state a run may change.
 import type pg from 'pg';
+import { isLoaderFailure, type LoaderFailure } from './staged-sync.ts';
 
 export const CLOCK = new Date('2026-11-10T12:00:00Z');
 const CLOCK_SECONDS = CLOCK.getTime() / 1000;
@@ -37,6 +38,12 @@ export function eventLines(n: number, options: { prefix?: string; newestAgo?: nu
   );
 }
 
+/** Empties what the events runs write, runs included. */
+export async function resetEvents(db: pg.Pool): Promise<void> {
+  await db.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers,
+    mixpanel_sync.sync_watermarks, mixpanel_sync.sync_runs, mixpanel_sync.sync_rejects cascade`);
+}
+
 export async function watermark(db: pg.Pool): Promise<{ watermark: Date; processing_watermark: Date | null; run_id: string } | null> {
   const { rows } = await db.query('select watermark, processing_watermark, run_id from mixpanel_sync.sync_watermarks where source = $1', ['events']);
   return rows[0] ?? null;
@@ -72,4 +79,14 @@ export async function appliedState(db: pg.Pool): Promise<string> {
      ) as state`,
   );
   return rows[0]!.state;
+}
+
+/** The LoaderFailure a run throws (any other outcome fails the test). */
+export async function failure(promise: Promise<unknown>): Promise<LoaderFailure> {
+  const error = await promise.then(
+    () => new Error('expected the run to fail'),
+    (caught: unknown) => caught,
+  );
+  if (!isLoaderFailure(error)) throw error;
+  return error;
 }

@@ -298,12 +298,11 @@ export function* sampleEventChunks(options: SampleEventOptions): Generator<Buffe
   };
 
   const ring: Buffer[] = [];
-  let eventNumber = 0;
 
-  const writeEvent = () => {
-    // Slot by slot through the window, jittered inside the slot: lines come in time order.
-    const timeMs = Math.min(endMs - 1, Math.floor(startMs + (eventNumber + random.next()) * slotMs));
-    eventNumber++;
+  const writeEvent = (line: number) => {
+    // Slot by slot through the window, one slot per line (re-sends included, so the newest
+    // events reach the end of the window), jittered inside the slot: lines come in time order.
+    const timeMs = Math.min(endMs - 1, Math.floor(startMs + (line + random.next()) * slotMs));
     const timeSec = Math.floor(timeMs / 1000);
     const u = user(pickIndex(cumulative, random.next()));
     const table = u.web ? WEB_KINDS : APP_KINDS;
@@ -361,7 +360,7 @@ export function* sampleEventChunks(options: SampleEventOptions): Generator<Buffe
       stats.duplicates++;
     } else {
       const start = pos;
-      writeEvent();
+      writeEvent(line);
       // Keep a sample of recent lines to re-send later (a copy: the chunk is handed out).
       if (random.chance(0.25)) {
         const copy = Buffer.from(buf.subarray(start, pos));

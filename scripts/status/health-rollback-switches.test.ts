@@ -173,7 +173,7 @@ it('flipping rollback switches between runs leaves the same tables as never flip
       const { rows } = await plain.pool.query('select coalesce(sum(event_count), 0)::int as n from mixpanel_sync.events_daily');
       used.events += rows[0].n;
     }),
-    { numRuns: 15 },
+    { numRuns: 25 },
   );
   // the property saw every switch flipped, full re-syncs after incremental runs, and data
   for (const [name, count] of Object.entries(used)) expect(count, name).toBeGreaterThan(0);

@@ -1,0 +1,99 @@
+// incremental_ms and incremental_history_growth: an incremental sync of 2,500 new events (plus the
+// overlap re-read) through the loader, on top of a small history and of a large one.
+import { syncEvents } from '../loader/events-sync.ts';
+import type { Scale } from './bench-options.ts';
+import type { BenchServer } from './bench-server.ts';
+import type { SuiteResult } from './figures.ts';
+import { buildHistory, EVENTS_PER_USER, historyLines, newEventLines, type ExportLine, type HistoryShape } from './history-builder.ts';
+import { benchFile, SAMPLE_END, writeLines } from './sample-data.ts';
+import { log, median, ratio, seconds, timed } from './timing.ts';
+
+const NEW_EVENTS = 2_500;
+const OVERLAP_MS = 2 * 3_600_000;
+const HOUR_MS = 3_600_000;
+const WARM_UP_RUNS = 2;
+
+interface HistoryFigures {
+  users: number;
+  events: number;
+  buildMs: number;
+  sizeBytes: number;
+  runMs: number[];
+  /** runs whose applied/duplicates differ from what was sent */
+  mismatches: string[];
+}
+
+async function measureHistory(server: BenchServer, users: number, repeats: number): Promise<HistoryFigures> {
+  const shape: HistoryShape = { users, end: SAMPLE_END };
+  const db = await server.freshDatabase();
+  try {
+    const build = await timed(() => buildHistory(db.pool, shape, (message) => log(`${users} users: ${message}`)));
+    log(`incremental: history of ${users} users built in ${seconds(build.ms)}`);
+    const { rows } = await db.pool.query<{ bytes: string }>(
+      `select sum(pg_catalog.pg_total_relation_size(c))::bigint as bytes
+       from unnest(array['mixpanel_sync.event_ledger', 'mixpanel_sync.events_daily', 'mixpanel_sync.subscribers']::regclass[]) c`,
+    );
+    const earlier: ExportLine[] = [];
+    let watermark = shape.end.getTime();
+    const runMs: number[] = [];
+    const mismatches: string[] = [];
+    // Runs 0 and 1 warm up (an hourly sync meets a server that has been serving) and move the overlap
+    // past the built history, so every timed run re-reads the same 2 h of earlier runs' events.
+    for (let run = 0; run < WARM_UP_RUNS + repeats; run++) {
+      const clock = new Date(watermark + HOUR_MS);
+      const from = new Date(watermark - OVERLAP_MS);
+      const fresh = await newEventLines(db.pool, shape, NEW_EVENTS, new Date(watermark), clock, run + 1);
+      const overlap = [
+        ...(await historyLines(db.pool, shape, from, new Date(watermark))),
+        ...earlier.filter((e) => e.second * 1000 >= from.getTime() && e.second * 1000 <= watermark),
+      ];
+      const file = await writeLines(await benchFile(`incremental-${users}-${run}.jsonl`), [...overlap, ...fresh].map((e) => e.line));
+      const { ms, value: summary } = await timed(() => syncEvents({ pool: db.pool, input: file, clock }));
+      if (summary.mode !== 'incremental' || summary.applied !== fresh.length || summary.duplicates !== overlap.length) {
+        mismatches.push(`run ${run}: ${summary.mode}, applied ${summary.applied} of ${fresh.length} new, ${summary.duplicates} duplicates of ${overlap.length} re-read`);
+      }
+      log(`incremental: ${users} users, run ${run}${run < WARM_UP_RUNS ? ' (warm-up)' : ''}: ${seconds(ms)}, ${fresh.length} new + ${overlap.length} overlap`);
+      if (run >= WARM_UP_RUNS) runMs.push(ms);
+      earlier.push(...fresh);
+      watermark = Math.max(...fresh.map((e) => e.second)) * 1000;
+    }
+    return { users, events: users * EVENTS_PER_USER, buildMs: build.ms, sizeBytes: Number(rows[0]!.bytes), runMs, mismatches };
+  } finally {
+    await db.drop();
+  }
+}
+
+export async function incrementalHistory(server: BenchServer, scale: Scale, quick: boolean): Promise<SuiteResult> {
+  const small = await measureHistory(server, scale.historyUsers.small, scale.repeats);
+  const big = await measureHistory(server, scale.historyUsers.big, scale.repeats);
+  const smallMs = median(small.runMs);
+  const bigMs = median(big.runMs);
+  const growth = ratio(bigMs, smallMs);
+  const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(2)} GiB`;
+  const mismatches = [...small.mismatches, ...big.mismatches];
+  return {
+    figures: { incremental_ms: smallMs, incremental_history_growth: growth },
+    section: {
+      title: 'Incremental sync as history grows',
+      command: 'npm run bench -- --only incremental',
+      method: [
+        `History built with set-based SQL (generate_series, scripts/bench/history.sql) straight into event_ledger, events_daily and subscribers, indexes re-created after, VACUUM ANALYZE: each user has ${EVENTS_PER_USER} events on distinct days of the 45-day window with distinct names, so events_daily holds one row per event.`,
+        `Each run: ${NEW_EVENTS.toLocaleString('en-US')} new events for random existing users over the hour after the watermark, plus every event of the last 2 h re-read (exact duplicates of the ledger's), through \`syncEvents\` from a JSONL file, timed end to end.`,
+        `Runs are an hour apart; two warm-up runs (so the overlap re-read lies past the built history, the same 5,000 events in both), then ${scale.repeats} timed runs; medians.`,
+        quick ? `**Quick scale**: the "big" history is ${scale.historyUsers.big.toLocaleString('en-US')} users, not 1,000,000.` : 'Full scale: the big history is 1,000,000 users, 30,000,000 events.',
+      ],
+      table: [
+        ['history', 'events', 'tables + indexes', 'built in', 'incremental run (median)', 'runs'],
+        ...[small, big].map((h) => [
+          `${h.users.toLocaleString('en-US')} users`,
+          h.events.toLocaleString('en-US'),
+          gib(h.sizeBytes),
+          seconds(h.buildMs),
+          `${Math.round(median(h.runMs)).toLocaleString('en-US')} ms`,
+          h.runMs.map((ms) => `${Math.round(ms)}`).join(', ') + ' ms',
+        ]),
+      ],
+      reading: mismatches.length > 0 ? [`**Counts off** (applied/duplicates): ${mismatches.join('; ')}`] : [],
+    },
+  };
+}

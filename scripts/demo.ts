@@ -1,0 +1,171 @@
+// npm run demo — the whole events life cycle on a throwaway embedded PostgreSQL, no setup needed:
+// migrate; a full sync of a generated sample at the original plan's scale (3,000 users, 95,000
+// events over 45 days); a day later an incremental sync of a new day plus the overlap the Export
+// API re-reads plus late arrivals; then subscribers and the sync's health. Never touches
+// DATABASE_URL. The server and the sample files go away on exit and on Ctrl-C.
+import { createWriteStream } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { finished } from 'node:stream/promises';
+import pg from 'pg';
+import { syncEvents } from './loader/events-sync.ts';
+import { withThrowawayDatabase } from './loader/throwaway-database.ts';
+import { summaryLines, type RunSummary } from './loader/run-summary.ts';
+import { sampleEventLines, writeSampleEvents, type SampleEventOptions } from './mixpanel/sample-events.ts';
+
+const DAY_MS = 86_400_000;
+
+interface DemoContext {
+  pool: pg.Pool;
+  /** Where the demo writes its files (removed with the server). */
+  dir: string;
+  /** The first sync's clock: a day before `now`. */
+  firstClock: Date;
+  now: Date;
+  /** The first sample's generator options. */
+  sample: SampleEventOptions;
+  summaries: RunSummary[];
+  say(line?: string): void;
+}
+
+interface DemoStep {
+  title: string;
+  run(context: DemoContext): Promise<void>;
+}
+
+async function writeLines(file: string, lines: Iterable<string>): Promise<void> {
+  const out = createWriteStream(file);
+  for (const line of lines) if (!out.write(`${line}\n`)) await new Promise<void>((resolve) => out.once('drain', () => resolve()));
+  out.end();
+  await finished(out);
+}
+
+/** Seconds of properties.time (which a few sample lines carry in ms). */
+function lineTime(line: string): number {
+  const time = Number(/"time":(\d+)/.exec(line)?.[1]);
+  return time >= 1e11 ? time / 1000 : time;
+}
+
+async function rereadFrom(pool: pg.Pool): Promise<Date> {
+  // what an incremental Export reads again: the whole UTC day of watermark - overlap
+  const { rows } = await pool.query<{ day: Date }>(
+    `select date_trunc('day', (w.watermark - mixpanel_sync.setting('events.overlap')::interval) at time zone 'UTC') at time zone 'UTC' as day
+     from mixpanel_sync.sync_watermarks w where w.source = 'events'`,
+  );
+  return rows[0]!.day;
+}
+
+function show(context: DemoContext, summary: RunSummary): void {
+  context.summaries.push(summary);
+  for (const line of summaryLines(summary)) context.say(line);
+}
+
+const fullSync: DemoStep = {
+  title: 'full sync of a generated sample',
+  async run(context) {
+    const file = path.join(context.dir, 'events.jsonl');
+    const out = createWriteStream(file);
+    const stats = await writeSampleEvents(context.sample, out);
+    out.end();
+    await finished(out);
+    context.say(`sample: ${stats.lines.toLocaleString('en-US')} lines, ${context.sample.users.toLocaleString('en-US')} users, ${context.sample.days} days (${stats.duplicates} re-sent lines, ${stats.late} late, ${stats.missingInsertId} without $insert_id)`);
+    const summary = await syncEvents({ pool: context.pool, input: file, clock: context.firstClock });
+    show(context, summary);
+    if (summary.too_old) context.say('  (too old: sample events before the first of the 45 whole UTC days a full run replaces; counted, not applied)');
+  },
+};
+
+const incrementalSync: DemoStep = {
+  title: 'a day later: incremental sync of a new day + the re-read overlap + late arrivals',
+  async run(context) {
+    const { sample, firstClock, now } = context;
+    const since = (await rereadFrom(context.pool)).getTime() / 1000;
+    const reread = sampleEventLines(sample).filter((line) => lineTime(line) >= since);
+    const newDay = sampleEventLines({ ...sample, events: Math.round(sample.events / sample.days), days: 1, end: now });
+    // events of the last 4 days that reached Mixpanel only after the first sync
+    const late = sampleEventLines({ ...sample, events: 60, days: 4, end: new Date(firstClock.getTime() - 3_600_000), duplicateRate: 0, lateRate: 0 }).map((line, i) =>
+      line.replace(/"mp_processing_time_ms":\d+/, `"mp_processing_time_ms":${firstClock.getTime() + (i + 1) * 600_000}`),
+    );
+    const file = path.join(context.dir, 'next-day.jsonl');
+    await writeLines(file, [...reread, ...newDay, ...late]);
+    context.say(`input: ${reread.length} re-read lines (overlap), ${newDay.length} new-day lines, ${late.length} late arrivals`);
+    show(context, await syncEvents({ pool: context.pool, input: file, clock: now }));
+    const [first, second] = context.summaries.slice(-2);
+    context.say(`watermark: ${first!.watermark_before ?? 'none'} -> ${first!.watermark_after} -> ${second!.watermark_after}`);
+  },
+};
+
+const subscribers: DemoStep = {
+  title: 'mixpanel_sync.subscribers (most active users)',
+  async run(context) {
+    const { rows } = await context.pool.query<{ distinct_id: string; total_events: string; first_event_at: Date; last_event_at: Date; top: string }>(
+      `select s.distinct_id, s.total_events, s.first_event_at, s.last_event_at,
+         (select string_agg(e.key || ' ' || e.value, ', ' order by e.value::bigint desc, e.key)
+          from (select * from jsonb_each_text(s.event_counts) order by value::bigint desc, key limit 3) e) as top
+       from mixpanel_sync.subscribers s order by s.total_events desc, s.distinct_id limit 5`,
+    );
+    const { rows: count } = await context.pool.query<{ n: string }>('select count(*) as n from mixpanel_sync.subscribers');
+    context.say(`${Number(count[0]!.n).toLocaleString('en-US')} subscribers; the top 5:`);
+    for (const row of rows) {
+      context.say(`  ${row.distinct_id.padEnd(44)} ${row.total_events.padStart(5)} events  ${row.first_event_at.toISOString().slice(0, 16)} .. ${row.last_event_at.toISOString().slice(0, 16)}  ${row.top}`);
+    }
+  },
+};
+
+const health: DemoStep = {
+  title: 'sync health: select * from mixpanel_sync.sync_health()',
+  async run(context) {
+    const { rows: present } = await context.pool.query<{ ok: boolean }>("select to_regprocedure('mixpanel_sync.sync_health()') is not null as ok");
+    if (!present[0]!.ok) {
+      context.say('(skipped: mixpanel_sync.sync_health() is not in this schema yet)');
+      return;
+    }
+    const { rows } = await context.pool.query<{ check: string; status: string; value: string | null; detail: string | null }>('select * from mixpanel_sync.sync_health()');
+    for (const row of rows) context.say(`  ${row.status.padEnd(8)} ${row.check.padEnd(34)} ${row.value ?? ''}`);
+  },
+};
+
+/** The demo, in order. A step reads and extends the context; add new ones here. */
+const demoSteps: DemoStep[] = [fullSync, incrementalSync, subscribers, health];
+
+async function main(): Promise<void> {
+  const started = performance.now();
+  const say = (line = '') => process.stdout.write(`${line}\n`);
+  const seconds = (since: number) => `${((performance.now() - since) / 1000).toFixed(1)} s`;
+
+  say('mixpanel-pg-sync demo: a throwaway embedded PostgreSQL, removed at the end (and on Ctrl-C)');
+  await withThrowawayDatabase('mixpanel_sync_demo', async ({ url, server }) => {
+    say(`PostgreSQL ${server.version} on port ${server.port}, migrated in ${seconds(started)}`);
+    const pool = new pg.Pool({ connectionString: url, max: 3 });
+    pool.on('error', () => {}); // Ctrl-C stops the server under idle connections
+    const dir = path.join(server.instanceDir, 'demo'); // removed with the server
+    await mkdir(dir);
+    const now = new Date(Math.floor(Date.now() / 60_000) * 60_000);
+    const firstClock = new Date(now.getTime() - DAY_MS);
+    const context: DemoContext = {
+      pool,
+      dir,
+      now,
+      firstClock,
+      sample: { users: 3000, events: 95_000, days: 45, end: firstClock, seed: 1 },
+      summaries: [],
+      say,
+    };
+    try {
+      for (const [index, step] of demoSteps.entries()) {
+        const stepStarted = performance.now();
+        say(`\n[${index + 1}/${demoSteps.length}] ${step.title}`);
+        await step.run(context);
+        say(`(${seconds(stepStarted)})`);
+      }
+    } finally {
+      await pool.end();
+    }
+  });
+  say(`\ndone in ${seconds(started)}`);
+}
+
+main().catch((error: unknown) => {
+  process.stderr.write(`demo: ${(error as Error).message}\n`);
+  process.exit(1);
+});
