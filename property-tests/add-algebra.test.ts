@@ -9,9 +9,8 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { batchArb, dayMs, eventDayMs, validLines, type StagedLine } from './arbitraries.ts';
 import { createTestDatabase, type TestDatabase } from './db.ts';
-import { add, applyPriorState, branch, parsedRun, pathSpan, priorStateArb, replace, rolledBack, spanDay } from './event-runs.ts';
+import { add, applyPriorState, branch, emptyTables, parsedRun, pathSpan, priorStateArb, replace, rolledBack, spanDay } from './event-runs.ts';
 import { assertSameTables, snapshot } from './event-tables.ts';
-import { emptyTables } from './run-sequences.ts';
 import { propertyParameters, timeoutFor } from './fc-parameters.ts';
 
 let db: TestDatabase;

@@ -105,6 +105,15 @@ export const outOfRangeLineArb: fc.Arbitrary<string> = fc.oneof(
   fc.constantFrom(1e30, -1e30).map((ms) => `{"event": "x", "properties": {"distinct_id": "u1", "time": 1709251200, "mp_processing_time_ms": ${ms}}}`),
 );
 
+/** The event sent again: same name, user, second and $insert_id (so the same event to Mixpanel), other details changed. */
+function retried(event: ExportEvent, millis: number): StagedLine {
+  const time = Number(event.properties.time);
+  const second = Math.floor(time >= 1e11 ? time / 1000 : time);
+  const properties = { ...event.properties, time: second * 1000 + millis, mp_processing_time_ms: second * 1000 + millis + 1, retry: millis };
+  const again = { event: event.event, properties };
+  return { kind: 'event', event: again, line: JSON.stringify(again) };
+}
+
 export interface BatchOptions extends EventSpan {
   maxEvents?: number;
   /** allow lines the parser rejects (default true) */
@@ -118,11 +127,14 @@ export function batchArb({ maxEvents = 40, invalid = true, ...span }: BatchOptio
       // size 'max': lengths spread up to maxEvents (fast-check's default keeps arrays to about ten)
       events: fc.array(exportEventArb(span), { maxLength: maxEvents, size: 'max' }),
       resends: fc.array(fc.nat(), { maxLength: Math.ceil(maxEvents / 4), size: 'max' }),
+      // retries: the same event sent again with other details (ms of the same second, a processing time, a property)
+      retries: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 999 })), { maxLength: Math.ceil(maxEvents / 4), size: 'max' }),
       invalid: invalid ? fc.array(invalidLineArb, { maxLength: 3 }) : fc.constant([]),
     })
-    .chain(({ events, resends, invalid: bad }) => {
+    .chain(({ events, resends, retries, invalid: bad }) => {
       const lines: StagedLine[] = events.map((event) => ({ kind: 'event', event, line: JSON.stringify(event) }));
       if (lines.length > 0) for (const index of resends) lines.push(lines[index % events.length]!);
+      if (lines.length > 0) for (const [index, millis] of retries) lines.push(retried(events[index % events.length]!, millis));
       for (const line of bad) lines.push({ kind: 'invalid', line });
       return fc.shuffledSubarray(lines, { minLength: lines.length, maxLength: lines.length });
     });

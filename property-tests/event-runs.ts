@@ -105,11 +105,26 @@ export async function branch<T>(client: Queryable, fn: () => Promise<T>): Promis
   }
 }
 
-/** fn in one transaction that is rolled back: a property's iteration leaves the database as it found it. */
+/** Empties every table a run writes and puts the path switch back: the next iteration starts from nothing. */
+export async function emptyTables(client: Queryable): Promise<void> {
+  await client.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers, mixpanel_sync.sync_runs,
+    mixpanel_sync.sync_rejects, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.run_events`);
+  await setUpsertPath(client, false);
+}
+
+export async function setUpsertPath(client: Queryable, loop: boolean): Promise<void> {
+  await client.query(`update mixpanel_sync.sync_settings set value = $1 where key = 'events.upsert_path'`, [loop ? 'loop' : 'set']);
+}
+
+/**
+ * fn in one transaction that starts from empty tables and is rolled back: the iteration leaves the database as it
+ * found it, and every row it compares was written in this transaction (so updated_at is this transaction's now()).
+ */
 export async function rolledBack<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect();
   try {
     await client.query('begin');
+    await emptyTables(client);
     return await fn(client);
   } finally {
     await client.query('rollback').catch(() => {});

@@ -7,10 +7,10 @@ import fc from 'fast-check';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from './db.ts';
-import { failRun, finishRun, type RunRow } from './event-runs.ts';
+import { emptyTables, failRun, finishRun, type RunRow } from './event-runs.ts';
 import { allTables, assertSameTables, snapshot, type Snapshot } from './event-tables.ts';
 import { propertyParameters, timeoutFor } from './fc-parameters.ts';
-import { emptyTables, finishStep, runStepsArb, stageStep } from './run-sequences.ts';
+import { finishStep, runStepsArb, stageStep } from './run-sequences.ts';
 
 let db: TestDatabase;
 beforeAll(async () => {

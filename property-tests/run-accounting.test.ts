@@ -10,7 +10,8 @@ import { dayMs, isoInstant, outOfRangeLineArb, type ExportEvent, type StagedLine
 import { createTestDatabase, type TestDatabase } from './db.ts';
 import { assertSameTables, snapshot, type Snapshot } from './event-tables.ts';
 import { propertyParameters, timeoutFor } from './fc-parameters.ts';
-import { emptyTables, finishStep, runStepsArb, type RunStep } from './run-sequences.ts';
+import { emptyTables } from './event-runs.ts';
+import { finishStep, runStepsArb, type RunStep } from './run-sequences.ts';
 
 let db: TestDatabase;
 beforeAll(async () => {

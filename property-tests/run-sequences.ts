@@ -2,7 +2,7 @@
 // around the clock with some events after it and some older than the ledger retention), finished through finish_run.
 import fc from 'fast-check';
 import { batchArb, dayMs, exportEventArb, type StagedLine } from './arbitraries.ts';
-import { beginRun, finishRun, stageLines, type RunRow } from './event-runs.ts';
+import { beginRun, finishRun, setUpsertPath, stageLines, type RunRow } from './event-runs.ts';
 import type { Queryable } from './event-tables.ts';
 
 export interface RunStep {
@@ -49,17 +49,6 @@ export function runStepsArb({ minLength = 1, maxLength = 3, maxEvents = 40 } = {
       }),
     );
   });
-}
-
-/** Empties every table a run writes and puts the path switch back: the next iteration starts from nothing. */
-export async function emptyTables(client: Queryable): Promise<void> {
-  await client.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers, mixpanel_sync.sync_runs,
-    mixpanel_sync.sync_rejects, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.run_events`);
-  await setUpsertPath(client, false);
-}
-
-export async function setUpsertPath(client: Queryable, loop: boolean): Promise<void> {
-  await client.query(`update mixpanel_sync.sync_settings set value = $1 where key = 'events.upsert_path'`, [loop ? 'loop' : 'set']);
 }
 
 /** begin_run at the step's clock, stage its lines, switch the path: the run, ready to finish. */

@@ -6,7 +6,8 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from './db.ts';
 import { assertSameTables, snapshot, type Queryable, type Snapshot } from './event-tables.ts';
 import { propertyParameters, timeoutFor } from './fc-parameters.ts';
-import { emptyTables, finishStep, runStepsArb } from './run-sequences.ts';
+import { emptyTables } from './event-runs.ts';
+import { finishStep, runStepsArb } from './run-sequences.ts';
 
 let db: TestDatabase;
 beforeAll(async () => {

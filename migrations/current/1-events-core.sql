@@ -284,69 +284,84 @@ comment on function mixpanel_sync.json_problem(text) is 'Why a line is not a JSO
 
 -- Reading a line: cast it straight to jsonb when the session trusts the lines to be JSON
 -- objects (parse_staged_events tries that first: one parse, no exception block per row), else
--- through json_object_or_null. jsonb_to_record reads the fields in one pass; each lateral
--- unnest(array[…]) computes its values once per row where a plain subquery would be
--- flattened and its expressions evaluated again at every use.
+-- through json_object_or_null. jsonb_to_record reads the fields in one pass.
 create view mixpanel_sync.staged_events_parsed as
 select
-  s.run_id,
-  s.line_id,
-  s.line,
-  v.distinct_id,
-  v.event_name,
-  w.event_time,
-  (w.event_time at time zone 'UTC')::date as day,
-  case when d.properties is not null then
-    md5(v.event_name || E'\x1f' || w.second::text || E'\x1f'
-        || coalesce(nullif(p."$insert_id" #>> '{}', ''), '#' || md5(s.line::jsonb::text)))::uuid
+  x.run_id,
+  x.line_id,
+  x.line,
+  x.distinct_id,
+  x.event_name,
+  x.event_time,
+  (x.event_time at time zone 'UTC')::date as day,
+  case when x.event_time is not null and x.event_name is not null then
+    md5(x.event_name || E'\x1f' || floor(x.time_seconds)::text || E'\x1f'
+        || coalesce(x.insert_id, '#' || md5(x.line::jsonb::text)))::uuid
   end as event_key,
   -- capped at the run's clock: a bad mp_processing_time_ms must not push the processing watermark.
-  case when v.processing_ms > 0 and v.processing_ms < 1e14 then least(to_timestamp(v.processing_ms / 1000), r.fetch_to) end
-    as processing_time,
+  case when x.processing_ms > 0 and x.processing_ms < 1e14
+    then least(to_timestamp(x.processing_ms / 1000), x.fetch_to) end as processing_time,
   -- every cast to bigint is guarded: one absurd number must be a reject, not a failed run.
-  case when v.processing_ms > 0 and v.processing_ms < 1e14 and w.event_time is not null
-    then (v.processing_ms - u.time_seconds * 1000)::bigint end as lateness_ms,
+  case when x.processing_ms > 0 and x.processing_ms < 1e14 and x.event_time is not null
+    then (x.processing_ms - x.time_seconds * 1000)::bigint end as lateness_ms,
   case
-    when d.event is null and d.properties is null and mixpanel_sync.json_problem(s.line) is not null
-      then mixpanel_sync.json_problem(s.line)
-    when v.event_name is null and jsonb_typeof(d.event) <> 'null' then 'event name is not a string'
-    when v.event_name is null or v.event_name = '' then 'missing event name'
-    when length(v.event_name) > 255 then 'event name longer than 255 characters'
-    when jsonb_typeof(d.properties) is distinct from 'object' then 'properties missing or not an object'
-    when v.distinct_id is null and jsonb_typeof(p.distinct_id) <> 'null'
+    when x.event_json is null and x.properties_json is null and mixpanel_sync.json_problem(x.line) is not null
+      then mixpanel_sync.json_problem(x.line)
+    when x.event_name is null and jsonb_typeof(x.event_json) <> 'null' then 'event name is not a string'
+    when x.event_name is null or x.event_name = '' then 'missing event name'
+    when length(x.event_name) > 255 then 'event name longer than 255 characters'
+    when jsonb_typeof(x.properties_json) is distinct from 'object' then 'properties missing or not an object'
+    when x.distinct_id is null and jsonb_typeof(x.distinct_id_json) <> 'null'
       then 'properties.distinct_id is not a string or number'
-    when v.distinct_id is null or v.distinct_id = '' then 'missing properties.distinct_id'
-    when length(v.distinct_id) > 255 then 'properties.distinct_id longer than 255 characters'
-    when v.time_raw is null and jsonb_typeof(p.time) <> 'null' then 'properties.time is not a number'
-    when v.time_raw is null then 'missing properties.time'
-    when w.event_time is null then 'properties.time out of range: ' || v.time_raw::text
-    when w.event_time > r.fetch_to then 'properties.time is after the run''s fetch_to ' || r.fetch_to::text
+    when x.distinct_id is null or x.distinct_id = '' then 'missing properties.distinct_id'
+    when length(x.distinct_id) > 255 then 'properties.distinct_id longer than 255 characters'
+    when x.time_seconds is null and jsonb_typeof(x.time_json) <> 'null' then 'properties.time is not a number'
+    when x.time_seconds is null then 'missing properties.time'
+    when x.event_time is null then 'properties.time out of range: ' || x.time_json::text
+    when x.event_time > x.fetch_to then 'properties.time is after the run''s fetch_to ' || x.fetch_to::text
   end as reject_reason
-from mixpanel_sync.staged_events s
-join mixpanel_sync.sync_runs r on r.id = s.run_id
-left join lateral jsonb_to_record(
-  case when pg_catalog.current_setting('mixpanel_sync.trust_json_lines', true) = 'on' then s.line::jsonb
-    else mixpanel_sync.json_object_or_null(s.line) end
-) as d (event jsonb, properties jsonb) on true
-left join lateral jsonb_to_record(case when jsonb_typeof(d.properties) = 'object' then d.properties end)
-  as p (distinct_id jsonb, "time" jsonb, "$insert_id" jsonb, mp_processing_time_ms jsonb) on true
-cross join lateral unnest(
-  array[case when jsonb_typeof(d.event) = 'string' then d.event #>> '{}' end],
-  array[case when jsonb_typeof(p.distinct_id) in ('string', 'number') then p.distinct_id #>> '{}' end],
-  array[case when jsonb_typeof(p.time) = 'number' then p.time::numeric end],
-  array[case when jsonb_typeof(p.mp_processing_time_ms) = 'number' then p.mp_processing_time_ms::numeric end]
-) as v (event_name, distinct_id, time_raw, processing_ms)
--- Mixpanel sends seconds; some sources send milliseconds (anything from 1e11 on).
-cross join lateral unnest(array[case when v.time_raw >= 1e11 then v.time_raw / 1000 else v.time_raw end])
-  as u (time_seconds)
-cross join lateral unnest(
-  array[case
-    when u.time_seconds < 1 or u.time_seconds >= 1e11 then null
-    when r.project_timezone is null then to_timestamp(floor(u.time_seconds))
-    else (to_timestamp(floor(u.time_seconds)) at time zone 'UTC') at time zone r.project_timezone
-  end],
-  array[case when u.time_seconds >= 1 and u.time_seconds < 1e11 then floor(u.time_seconds)::bigint end]
-) as w (event_time, second);
+from (
+  select
+    f.*,
+    case
+      when f.time_seconds is null or f.time_seconds < 1 or f.time_seconds >= 1e11 then null
+      when f.project_timezone is null then to_timestamp(floor(f.time_seconds))
+      else (to_timestamp(floor(f.time_seconds)) at time zone 'UTC') at time zone f.project_timezone
+    end as event_time
+  from (
+    select
+      s.run_id,
+      s.line_id,
+      s.line,
+      r.fetch_to,
+      r.project_timezone,
+      d.event as event_json,
+      d.properties as properties_json,
+      p.distinct_id as distinct_id_json,
+      p.time as time_json,
+      v.*
+    from mixpanel_sync.staged_events s
+    join mixpanel_sync.sync_runs r on r.id = s.run_id
+    left join lateral jsonb_to_record(
+      case when pg_catalog.current_setting('mixpanel_sync.trust_json_lines', true) = 'on' then s.line::jsonb
+        else mixpanel_sync.json_object_or_null(s.line) end
+    ) as d (event jsonb, properties jsonb) on true
+    left join lateral jsonb_to_record(case when jsonb_typeof(d.properties) = 'object' then d.properties end)
+      as p (distinct_id jsonb, "time" jsonb, "$insert_id" jsonb, mp_processing_time_ms jsonb) on true
+    -- one function scan computes the typed fields once per line; referenced often below, they
+    -- would otherwise be recomputed at every use.
+    cross join lateral unnest(
+      array[case when jsonb_typeof(d.event) = 'string' then d.event #>> '{}' end],
+      array[case when jsonb_typeof(p.distinct_id) in ('string', 'number') then p.distinct_id #>> '{}' end],
+      array[nullif(p."$insert_id" #>> '{}', '')],
+      -- Mixpanel sends seconds; some sources send milliseconds (anything from 1e11 on).
+      array[case when jsonb_typeof(p.time) = 'number' then
+        case when p.time::numeric >= 1e11 then p.time::numeric / 1000 else p.time::numeric end
+      end],
+      array[case when jsonb_typeof(p.mp_processing_time_ms) = 'number' then p.mp_processing_time_ms::numeric end]
+    ) as v (event_name, distinct_id, insert_id, time_seconds, processing_ms)
+  ) f
+) x;
 comment on view mixpanel_sync.staged_events_parsed is
   'Staged export lines parsed: the event, its dedup key, and reject_reason (null when usable). '
   'Time may be seconds or milliseconds (>= 1e11 is read as ms) and is kept to the second, Mixpanel''s dedup grain. '

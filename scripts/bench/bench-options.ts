@@ -35,9 +35,9 @@ const FULL: Scale = {
 const QUICK: Scale = {
   repeats: 3,
   batchUsers: [1000],
-  historyUsers: { small: 10_000, big: 50_000 },
-  profiles: 20_000,
-  rssLines: { small: 10_000, large: 100_000 },
+  historyUsers: { small: 10_000, big: 30_000 },
+  profiles: 10_000,
+  rssLines: { small: 10_000, large: 50_000 },
 };
 
 export const USAGE = `usage: npm run bench -- [--quick] [--json] [--only ${SUITES.join(',')}]

@@ -9,7 +9,8 @@ import { baselineFullSync, baselineIncrementalSync, baselineTotalEvents, install
 import { copyFileAsJsonb, createCopyTable } from './copy-file.ts';
 import { vacuumEventTables } from './core-steps.ts';
 import type { SuiteResult } from './figures.ts';
-import { benchFile, distinctEvents, generateLines, parseLine, SAMPLE_END, writeLines } from './sample-data.ts';
+import { benchFile, distinctEvents, parseLine, SAMPLE_END, writeLines } from './sample-data.ts';
+import { sampleEventLines } from '../mixpanel/sample-events.ts';
 import { log, median, ratio, seconds, timed } from './timing.ts';
 
 const USERS = 3_000;
@@ -45,7 +46,7 @@ function windowFromDay(clock: Date): string {
  */
 async function scenarioData(): Promise<ScenarioData> {
   const end = new Date(SAMPLE_END.getTime() + DAY_MS);
-  const lines = generateLines({ users: USERS, events: FULL_EVENTS + NEW_EVENTS, days: WINDOW_DAYS + 1, end, seed: 11 });
+  const lines = sampleEventLines({ users: USERS, events: FULL_EVENTS + NEW_EVENTS, days: WINDOW_DAYS + 1, end, seed: 11 });
   const seconds = lines.map((line) => parseLine(line).second);
   const lastFull = [...seconds].sort((a, b) => a - b)[FULL_EVENTS - 1]!;
   const full = lines.filter((_, i) => seconds[i]! <= lastFull);

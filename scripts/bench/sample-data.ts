@@ -1,11 +1,10 @@
-// Generated data for the bench (the generator of scripts/mixpanel/sample-events.ts), written to files
-// under .tmp/bench, and the facts the bench checks results against (the true number of distinct events).
+// Where the bench's generated files go (.tmp/bench), and the facts it checks results against: the true
+// number of distinct events of generated lines (the generator is scripts/mixpanel/sample-events.ts).
 import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { finished } from 'node:stream/promises';
 import { repoRoot } from '../db/paths.ts';
-import { sampleEventLines, writeSampleEvents, type SampleEventOptions } from '../mixpanel/sample-events.ts';
 
 export const BENCH_DIR = path.join(repoRoot, '.tmp', 'bench');
 
@@ -20,24 +19,12 @@ export async function benchFile(name: string): Promise<string> {
   return path.join(BENCH_DIR, name);
 }
 
-/** Every generated line (without "\n"). */
-export const generateLines = (options: SampleEventOptions): string[] => sampleEventLines(options);
-
 /** Writes lines as JSONL, honouring back-pressure; returns the file. */
 export async function writeLines(file: string, lines: Iterable<string>): Promise<string> {
   const out = createWriteStream(file);
   for (const line of lines) {
     if (!out.write(`${line}\n`)) await new Promise<void>((resolve) => out.once('drain', resolve));
   }
-  out.end();
-  await finished(out);
-  return file;
-}
-
-/** Writes generated lines straight to a file, without holding them. */
-export async function writeGeneratedFile(file: string, options: SampleEventOptions): Promise<string> {
-  const out = createWriteStream(file);
-  await writeSampleEvents(options, out);
   out.end();
   await finished(out);
   return file;

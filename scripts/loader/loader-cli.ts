@@ -14,7 +14,7 @@ export const EXIT = {
   failed: 1,
   /** Nothing started: bad flags, missing configuration, unreadable input, database unreachable. */
   notStarted: 2,
-  /** Stopped by Ctrl-C or SIGTERM; the run is recorded as failed. */
+  /** Stopped by Ctrl-C, SIGTERM or SIGHUP; the run is recorded as failed. */
   interrupted: 130,
 } as const;
 
@@ -63,11 +63,10 @@ function interruptOnSignals(controller: AbortController, name: string): () => vo
     process.stderr.write(`\n${name}: ${signal} received, failing the run (Ctrl-C again to quit at once)\n`);
     controller.abort(new Error(`${signal} received`));
   };
-  process.on('SIGINT', onSignal);
-  process.on('SIGTERM', onSignal);
+  const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
+  for (const signal of signals) process.on(signal, onSignal);
   return () => {
-    process.off('SIGINT', onSignal);
-    process.off('SIGTERM', onSignal);
+    for (const signal of signals) process.off(signal, onSignal);
   };
 }
 

@@ -15,12 +15,8 @@ interface EventAggregate {
   last: number;
 }
 
-interface UserAggregate {
-  total: number;
-  first: number;
-  last: number;
-  events: Map<string, EventAggregate>;
-}
+/** per event name */
+type UserAggregate = Map<string, EventAggregate>;
 
 export interface BaselineRun {
   lines: number;
@@ -36,18 +32,15 @@ export async function installBaseline(pool: pg.Pool): Promise<void> {
 function add(users: Map<string, UserAggregate>, distinctId: string, name: string, ms: number): void {
   let user = users.get(distinctId);
   if (!user) {
-    user = { total: 0, first: ms, last: ms, events: new Map() };
+    user = new Map();
     users.set(distinctId, user);
   }
-  user.total++;
-  user.first = Math.min(user.first, ms);
-  user.last = Math.max(user.last, ms);
-  const event = user.events.get(name);
+  const event = user.get(name);
   if (event) {
     event.count++;
     event.first = Math.min(event.first, ms);
     event.last = Math.max(event.last, ms);
-  } else user.events.set(name, { count: 1, first: ms, last: ms });
+  } else user.set(name, { count: 1, first: ms, last: ms });
 }
 
 /** Reads the export file, keeps the events at or after `since` (ms), aggregates them per user. */
@@ -74,10 +67,7 @@ function batchJson(batch: Array<[string, UserAggregate]>): string {
   return JSON.stringify(
     batch.map(([distinctId, user]) => ({
       distinct_id: distinctId,
-      total: user.total,
-      first: iso(user.first),
-      last: iso(user.last),
-      events: Object.fromEntries([...user.events].map(([name, e]) => [name, { count: e.count, first: iso(e.first), last: iso(e.last) }])),
+      events: Object.fromEntries([...user].map(([name, e]) => [name, { count: e.count, first: iso(e.first), last: iso(e.last) }])),
     })),
   );
 }

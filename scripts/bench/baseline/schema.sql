@@ -32,25 +32,26 @@ create table bench_baseline.sync_watermarks (
 );
 comment on table bench_baseline.sync_watermarks is 'Original design: latest event time synced.';
 
-create table bench_baseline.subscriber_properties (
-  distinct_id text primary key,
-  email text,
-  name text,
-  first_name text,
-  last_name text,
-  phone text,
-  city text,
-  region text,
-  country_code text,
-  timezone text,
-  created_at text,
-  last_seen text,
-  properties jsonb not null,
-  updated_at timestamptz not null default now()
-);
-comment on table bench_baseline.subscriber_properties is 'Original design: one row per profile, upserted from TypeScript.';
+create function bench_baseline.refresh_subscriber(distinct_id text)
+returns void
+language sql
+set search_path = ''
+as $$
+  insert into bench_baseline.subscribers as s (distinct_id, total_events, first_event_at, last_event_at, event_counts, updated_at)
+  select c.distinct_id, sum(c.event_count), min(c.first_seen), max(c.last_seen), jsonb_object_agg(c.event_name, c.event_count), now()
+  from bench_baseline.user_event_counts c
+  where c.distinct_id = refresh_subscriber.distinct_id
+  group by c.distinct_id
+  on conflict (distinct_id) do update set
+    total_events = excluded.total_events,
+    first_event_at = excluded.first_event_at,
+    last_event_at = excluded.last_event_at,
+    event_counts = excluded.event_counts,
+    updated_at = excluded.updated_at;
+$$;
+comment on function bench_baseline.refresh_subscriber(text) is 'Original design: one user''s summary recomputed from its counts.';
 
--- users: [{"distinct_id", "total", "first", "last", "events": {"<name>": {"count", "first", "last"}}}]
+-- users: [{"distinct_id", "events": {"<name>": {"count", "first", "last"}}}]
 create function bench_baseline.upsert_subscribers_incremental(users jsonb)
 returns integer
 language plpgsql
@@ -67,22 +68,14 @@ begin
       insert into bench_baseline.user_event_counts (distinct_id, event_name, event_count, first_seen, last_seen)
       values (u->>'distinct_id', e.key, (e.value->>'count')::bigint, (e.value->>'first')::timestamptz, (e.value->>'last')::timestamptz);
     end loop;
-    insert into bench_baseline.subscribers as s (distinct_id, total_events, first_event_at, last_event_at, event_counts, updated_at)
-    values (u->>'distinct_id', (u->>'total')::bigint, (u->>'first')::timestamptz, (u->>'last')::timestamptz,
-      (select jsonb_object_agg(key, (value->>'count')::bigint) from jsonb_each(u->'events')), now())
-    on conflict (distinct_id) do update set
-      total_events = excluded.total_events,
-      first_event_at = excluded.first_event_at,
-      last_event_at = excluded.last_event_at,
-      event_counts = excluded.event_counts,
-      updated_at = excluded.updated_at;
+    perform bench_baseline.refresh_subscriber(u->>'distinct_id');
     written := written + 1;
   end loop;
   return written;
 end;
 $$;
 comment on function bench_baseline.upsert_subscribers_incremental(jsonb) is
-  'Original REPLACE, loop-based: per user, DELETE its counts and INSERT one row per event name, then upsert the summary.';
+  'Original REPLACE, loop-based: per user, DELETE its counts and INSERT one row per event name, then refresh its summary.';
 
 create function bench_baseline.upsert_subscribers_incremental_add(users jsonb)
 returns integer
@@ -103,20 +96,11 @@ begin
         first_seen = least(c.first_seen, excluded.first_seen),
         last_seen = greatest(c.last_seen, excluded.last_seen);
     end loop;
-    insert into bench_baseline.subscribers as s (distinct_id, total_events, first_event_at, last_event_at, event_counts, updated_at)
-    select u->>'distinct_id', sum(c.event_count), min(c.first_seen), max(c.last_seen), jsonb_object_agg(c.event_name, c.event_count), now()
-    from bench_baseline.user_event_counts c
-    where c.distinct_id = u->>'distinct_id'
-    on conflict (distinct_id) do update set
-      total_events = excluded.total_events,
-      first_event_at = excluded.first_event_at,
-      last_event_at = excluded.last_event_at,
-      event_counts = excluded.event_counts,
-      updated_at = excluded.updated_at;
+    perform bench_baseline.refresh_subscriber(u->>'distinct_id');
     written := written + 1;
   end loop;
   return written;
 end;
 $$;
 comment on function bench_baseline.upsert_subscribers_incremental_add(jsonb) is
-  'Original ADD (incremental), loop-based: per user and event name, add the counts; then recompute the summary. No dedup: re-read events count twice.';
+  'Original ADD (incremental), loop-based: per user and event name, add the counts, then refresh its summary. No dedup: re-read events count twice.';
