@@ -9,7 +9,7 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { batchArb, dayMs, eventDayMs, validLines, type StagedLine } from './arbitraries.ts';
 import { createTestDatabase, type TestDatabase } from './db.ts';
-import { add, applyPriorState, branch, emptyTables, parsedRun, pathSpan, priorStateArb, replace, rolledBack, spanDay } from './event-runs.ts';
+import { add, applyPriorState, branch, emptyTables, parsedRun, pathDayArb, pathSpan, priorStateArb, replace, rolledBack, spanDay } from './event-runs.ts';
 import { assertSameTables, snapshot } from './event-tables.ts';
 import { propertyParameters, timeoutFor } from './fc-parameters.ts';
 
@@ -21,14 +21,13 @@ afterAll(async () => {
   await db?.drop();
 });
 
-const dayOffsetArb = fc.integer({ min: 0, max: pathSpan.days - 1 });
-const runs = 25;
+const runs = 80;
 
 describe('invariant 2: ADD is idempotent and order-independent', () => {
   it('ADD(E); ADD(E) ≡ ADD(E), each in its own transaction, every column compared', { timeout: timeoutFor(runs, 200) }, async () => {
     let exercised = 0;
     await fc.assert(
-      fc.asyncProperty(priorStateArb(pathSpan), batchArb({ ...pathSpan, maxEvents: 60 }), dayOffsetArb, async (prior, batch, horizon) => {
+      fc.asyncProperty(priorStateArb(pathSpan), batchArb({ ...pathSpan, maxEvents: 60 }), pathDayArb, async (prior, batch, horizon) => {
         const horizonDay = spanDay(pathSpan, horizon);
         await emptyTables(db.pool);
         const client = await db.pool.connect();
@@ -47,7 +46,7 @@ describe('invariant 2: ADD is idempotent and order-independent', () => {
           client.release();
         }
       }),
-      propertyParameters(runs),
+      propertyParameters(runs, 200),
     );
     expect(exercised, 'runs whose first ADD applied events').toBeGreaterThan(0);
   });
@@ -58,7 +57,7 @@ describe('invariant 2: ADD is idempotent and order-independent', () => {
       .chain(([a, b]) => fc.tuple(fc.constant(a), fc.constant(b), fc.subarray(validLines(a)), fc.subarray(validLines(b))))
       .map(([a, b, fromA, fromB]): [StagedLine[], StagedLine[]] => [[...a, ...fromB], [...b, ...fromA]]);
     await fc.assert(
-      fc.asyncProperty(priorStateArb(pathSpan), overlapping, dayOffsetArb, async (prior, [a, b], horizon) => {
+      fc.asyncProperty(priorStateArb(pathSpan), overlapping, pathDayArb, async (prior, [a, b], horizon) => {
         const horizonDay = spanDay(pathSpan, horizon);
         await rolledBack(db.pool, async (client) => {
           await applyPriorState(client, pathSpan, prior);
@@ -74,7 +73,7 @@ describe('invariant 2: ADD is idempotent and order-independent', () => {
             aThenB, await snapshot(client, undefined, ['event_ledger.run_id']));
         });
       }),
-      propertyParameters(runs),
+      propertyParameters(runs, 150),
     );
   });
 });
@@ -82,7 +81,7 @@ describe('invariant 2: ADD is idempotent and order-independent', () => {
 describe('invariant 3: REPLACE ≡ REPLACE then ADDs', () => {
   it('REPLACE(W, A); ADD(B1); …; ADD(Bk) ≡ REPLACE(W, A ∪ B1 ∪ … ∪ Bk) with Bi inside W (event_ledger.run_id aside)', { timeout: timeoutFor(runs, 250) }, async () => {
     const scenario = fc
-      .record({ a: batchArb({ ...pathSpan, maxEvents: 40 }), x: dayOffsetArb, y: dayOffsetArb })
+      .record({ a: batchArb({ ...pathSpan, maxEvents: 40 }), x: pathDayArb, y: pathDayArb })
       .chain(({ a, x, y }) => {
         const [from, to] = [Math.min(x, y), Math.max(x, y)];
         const inside = { firstDayMs: pathSpan.firstDayMs + from * dayMs, days: to - from + 1 };
@@ -122,7 +121,7 @@ describe('invariant 3: REPLACE ≡ REPLACE then ADDs', () => {
           if (atOnce.duplicates > 0 && stepwise.applied > 0) exercised++;
         });
       }),
-      propertyParameters(runs),
+      propertyParameters(runs, 250),
     );
     expect(exercised, 'runs with duplicates across the batches').toBeGreaterThan(0);
   });

@@ -27,7 +27,7 @@ const codePoint = fc
   .map((cp) => String.fromCodePoint(cp));
 
 // Mostly a few users, so that batches meet on the same rows; now and then any other kind of id.
-export const distinctIdArb: fc.Arbitrary<string | number> = fc.oneof(
+const distinctIdArb: fc.Arbitrary<string | number> = fc.oneof(
   { arbitrary: fc.constantFrom('u1', 'ü-2', '123'), weight: 12 },
   { arbitrary: fc.string({ unit: 'grapheme', minLength: 1, maxLength: 12 }), weight: 1 },
   { arbitrary: fc.string({ unit: codePoint, minLength: 255, maxLength: 255 }), weight: 1 },
@@ -74,7 +74,7 @@ export function exportEventArb({ firstDayMs, days }: EventSpan): fc.Arbitrary<Ex
 }
 
 /** Lines the parser must put into sync_rejects, one of each kind of trouble. */
-export const invalidLineArb: fc.Arbitrary<string> = fc.constantFrom(
+const invalidLineArb: fc.Arbitrary<string> = fc.constantFrom(
   'not json at all',
   '{"event": "cut off", "properties": {"distin',
   '[1, 2]',
@@ -107,8 +107,7 @@ export const outOfRangeLineArb: fc.Arbitrary<string> = fc.oneof(
 
 /** The event sent again: same name, user, second and $insert_id (so the same event to Mixpanel), other details changed. */
 function retried(event: ExportEvent, millis: number): StagedLine {
-  const time = Number(event.properties.time);
-  const second = Math.floor(time >= 1e11 ? time / 1000 : time);
+  const second = eventSecond(event);
   const properties = { ...event.properties, time: second * 1000 + millis, mp_processing_time_ms: second * 1000 + millis + 1, retry: millis };
   const again = { event: event.event, properties };
   return { kind: 'event', event: again, line: JSON.stringify(again) };
@@ -116,12 +115,10 @@ function retried(event: ExportEvent, millis: number): StagedLine {
 
 export interface BatchOptions extends EventSpan {
   maxEvents?: number;
-  /** allow lines the parser rejects (default true) */
-  invalid?: boolean;
 }
 
 /** A batch as an export would send it: events, exact re-sends of some of them, a few bad lines, in any order. */
-export function batchArb({ maxEvents = 40, invalid = true, ...span }: BatchOptions): fc.Arbitrary<StagedLine[]> {
+export function batchArb({ maxEvents = 40, ...span }: BatchOptions): fc.Arbitrary<StagedLine[]> {
   return fc
     .record({
       // size 'max': lengths spread up to maxEvents (fast-check's default keeps arrays to about ten)
@@ -129,7 +126,7 @@ export function batchArb({ maxEvents = 40, invalid = true, ...span }: BatchOptio
       resends: fc.array(fc.nat(), { maxLength: Math.ceil(maxEvents / 4), size: 'max' }),
       // retries: the same event sent again with other details (ms of the same second, a processing time, a property)
       retries: fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0, max: 999 })), { maxLength: Math.ceil(maxEvents / 4), size: 'max' }),
-      invalid: invalid ? fc.array(invalidLineArb, { maxLength: 3 }) : fc.constant([]),
+      invalid: fc.array(invalidLineArb, { maxLength: 3 }),
     })
     .chain(({ events, resends, retries, invalid: bad }) => {
       const lines: StagedLine[] = events.map((event) => ({ kind: 'event', event, line: JSON.stringify(event) }));
@@ -145,11 +142,15 @@ export function validLines(batch: StagedLine[]): StagedLine[] {
   return batch.filter((line) => line.kind === 'event');
 }
 
-/** Epoch ms of the UTC midnight of the day an event falls on (its time read as Mixpanel's parser reads it). */
-export function eventDayMs(event: ExportEvent): number {
+/** The epoch second of an event, as the parser reads its time: milliseconds from 1e11 on, kept to the second. */
+export function eventSecond(event: ExportEvent): number {
   const time = Number(event.properties.time);
-  const seconds = Math.floor(time >= 1e11 ? time / 1000 : time);
-  return Math.floor(seconds / 86_400) * dayMs;
+  return Math.floor(time >= 1e11 ? time / 1000 : time);
+}
+
+/** Epoch ms of the UTC midnight of the day an event falls on. */
+export function eventDayMs(event: ExportEvent): number {
+  return Math.floor(eventSecond(event) / 86_400) * dayMs;
 }
 
 /** An epoch second as Postgres prints a timestamptz in UTC through to_jsonb: 2024-03-01T00:00:00+00:00. */

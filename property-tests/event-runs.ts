@@ -28,12 +28,15 @@ export interface RunRow {
   error: string | null;
 }
 
-/** Runs whose paths are called directly use this clock: after every event the arbitraries make for PATH_SPAN. */
-export const pathClock = '2024-03-10T00:00:00Z';
+/** Runs whose paths are called directly use this clock: after every event the arbitraries make for pathSpan. */
+const pathClock = '2024-03-10T00:00:00Z';
 /** Events of path-level properties: 2024-03-01 .. 2024-03-06 (UTC). */
 export const pathSpan: EventSpan = { firstDayMs: Date.UTC(2024, 2, 1), days: 6 };
 
-export function isoDay(ms: number): string {
+/** A day of pathSpan, as an offset from its first day. */
+export const pathDayArb = fc.integer({ min: 0, max: pathSpan.days - 1 });
+
+function isoDay(ms: number): string {
   return new Date(ms).toISOString().slice(0, 10);
 }
 
@@ -45,8 +48,8 @@ export function spanDay(span: EventSpan, offset: number): string {
 const runColumns = `id::int, mode, status, fetch_to, window_from_day::text, window_to_day::text, received::int, applied::int,
   duplicates::int, rejected::int, too_old::int, watermark_before, watermark_after, error`;
 
-export async function beginRun(client: Queryable, clock: string, forceFull: boolean): Promise<RunRow> {
-  const { rows } = await client.query(`select ${runColumns} from mixpanel_sync.begin_run('events', $1, clock => $2)`, [forceFull, clock]);
+export async function beginRun(client: Queryable, clock: string, forceFull: boolean, timezone: string | null = null): Promise<RunRow> {
+  const { rows } = await client.query(`select ${runColumns} from mixpanel_sync.begin_run('events', $1, clock => $2, project_timezone => $3)`, [forceFull, clock, timezone]);
   return rows[0];
 }
 

@@ -17,7 +17,7 @@ const primaryKeys: Record<string, string[]> = {
   staged_events: ['run_id', 'line_id'],
 };
 
-export const eventTables = ['events_daily', 'event_ledger', 'subscribers'];
+const eventTables = ['events_daily', 'event_ledger', 'subscribers'];
 
 /** Every table a run can write, except run_events (no key; its rows are checked by run). */
 export const allTables = [...eventTables, 'sync_watermarks', 'sync_runs', 'sync_rejects', 'sync_settings', 'staged_events'];
@@ -65,8 +65,4 @@ export function firstDifference(expected: Snapshot, actual: Snapshot): string | 
 export function assertSameTables(what: string, expected: Snapshot, actual: Snapshot): void {
   const difference = firstDifference(expected, actual);
   if (difference) throw new Error(`${what}: ${difference}`);
-}
-
-export function rowCount(tables: Snapshot): number {
-  return Object.values(tables).reduce((n, rows) => n + rows.size, 0);
 }

@@ -2,13 +2,22 @@
 // (default: each property's own, sized so that `npm test` stays within its time budget); FC_SEED replays a seed.
 import type fc from 'fast-check';
 
-export function propertyParameters(defaultRuns: number): fc.Parameters<unknown> {
-  const numRuns = Number(process.env.FC_NUM_RUNS) || defaultRuns;
-  const seed = process.env.FC_SEED ? Number(process.env.FC_SEED) : undefined;
-  return seed === undefined ? { numRuns } : { numRuns, seed };
+function runsWanted(defaultRuns: number): number {
+  return Number(process.env.FC_NUM_RUNS) || defaultRuns;
 }
 
-/** A test timeout that grows with FC_NUM_RUNS: ms per run times runs, at least a minute. */
+/** A test timeout that grows with FC_NUM_RUNS: ms per run times runs, twice over, at least a minute. */
 export function timeoutFor(defaultRuns: number, msPerRun: number): number {
-  return Math.max(60_000, (Number(process.env.FC_NUM_RUNS) || defaultRuns) * msPerRun * 2);
+  return Math.max(60_000, runsWanted(defaultRuns) * msPerRun * 2);
+}
+
+/**
+ * numRuns (and the seed of FC_SEED). Given msPerRun, fast-check also stops at 80% of timeoutFor: a slow shrink then
+ * still reports its seed and counterexample instead of being cut off by the test's timeout.
+ */
+export function propertyParameters(defaultRuns: number, msPerRun?: number): fc.Parameters<unknown> {
+  const parameters: fc.Parameters<unknown> = { numRuns: runsWanted(defaultRuns) };
+  if (process.env.FC_SEED) parameters.seed = Number(process.env.FC_SEED);
+  if (msPerRun) parameters.interruptAfterTimeLimit = Math.floor(timeoutFor(defaultRuns, msPerRun) * 0.8);
+  return parameters;
 }

@@ -5,7 +5,7 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { batchArb } from './arbitraries.ts';
 import { createTestDatabase, type TestDatabase } from './db.ts';
-import { add, applyPriorState, branch, parsedRun, pathSpan, priorStateArb, replace, rolledBack, spanDay } from './event-runs.ts';
+import { add, applyPriorState, branch, parsedRun, pathDayArb, pathSpan, priorStateArb, replace, rolledBack, spanDay } from './event-runs.ts';
 import { assertSameTables, snapshot } from './event-tables.ts';
 import { propertyParameters, timeoutFor } from './fc-parameters.ts';
 
@@ -17,14 +17,13 @@ afterAll(async () => {
   await db?.drop();
 });
 
-const dayOffsetArb = fc.integer({ min: 0, max: pathSpan.days - 1 });
-const runs = 30;
+const runs = 100;
 
 describe('invariant 1: loop ≡ set-based', () => {
   it('REPLACE: upsert_subscribers_incremental ≡ upsert_subscribers_incremental_loop', { timeout: timeoutFor(runs, 150) }, async () => {
     let exercised = 0;
     await fc.assert(
-      fc.asyncProperty(priorStateArb(pathSpan), batchArb({ ...pathSpan, maxEvents: 60 }), dayOffsetArb, dayOffsetArb, async (prior, batch, a, b) => {
+      fc.asyncProperty(priorStateArb(pathSpan), batchArb({ ...pathSpan, maxEvents: 60 }), pathDayArb, pathDayArb, async (prior, batch, a, b) => {
         const [from, to] = [spanDay(pathSpan, Math.min(a, b)), spanDay(pathSpan, Math.max(a, b))];
         await rolledBack(db.pool, async (client) => {
           await applyPriorState(client, pathSpan, prior);
@@ -36,7 +35,7 @@ describe('invariant 1: loop ≡ set-based', () => {
           if (loopResult.applied > 0 && loopResult.duplicates + loopResult.too_old > 0) exercised++;
         });
       }),
-      propertyParameters(runs),
+      propertyParameters(runs, 150),
     );
     expect(exercised, 'runs that applied events and skipped some').toBeGreaterThan(0);
   });
@@ -44,7 +43,7 @@ describe('invariant 1: loop ≡ set-based', () => {
   it('ADD: upsert_subscribers_incremental_add ≡ upsert_subscribers_incremental_add_loop', { timeout: timeoutFor(runs, 150) }, async () => {
     let exercised = 0;
     await fc.assert(
-      fc.asyncProperty(priorStateArb(pathSpan), batchArb({ ...pathSpan, maxEvents: 60 }), dayOffsetArb, async (prior, batch, horizon) => {
+      fc.asyncProperty(priorStateArb(pathSpan), batchArb({ ...pathSpan, maxEvents: 60 }), pathDayArb, async (prior, batch, horizon) => {
         const horizonDay = spanDay(pathSpan, horizon);
         await rolledBack(db.pool, async (client) => {
           await applyPriorState(client, pathSpan, prior);
@@ -57,7 +56,7 @@ describe('invariant 1: loop ≡ set-based', () => {
           if (loopResult.applied > 0 && loopResult.duplicates > 0) exercised++;
         });
       }),
-      propertyParameters(runs),
+      propertyParameters(runs, 150),
     );
     expect(exercised, 'runs that applied events and skipped duplicates').toBeGreaterThan(0);
   });

@@ -6,7 +6,7 @@
 // And: numbers beyond any real time are a rejected line (time) or ignored (mp_processing_time_ms), never a failed run.
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { dayMs, isoInstant, outOfRangeLineArb, type ExportEvent, type StagedLine } from './arbitraries.ts';
+import { dayMs, eventSecond, isoInstant, outOfRangeLineArb, type StagedLine } from './arbitraries.ts';
 import { createTestDatabase, type TestDatabase } from './db.ts';
 import { assertSameTables, snapshot, type Snapshot } from './event-tables.ts';
 import { propertyParameters, timeoutFor } from './fc-parameters.ts';
@@ -25,18 +25,9 @@ afterAll(async () => {
 function expectedRejects(step: RunStep): string[] {
   const clockSeconds = Date.parse(step.clock) / 1000;
   return step.lines
-    .filter((l) => {
-      if (l.kind === 'invalid') return true;
-      const time = Number(l.event.properties.time);
-      return Math.floor(time >= 1e11 ? time / 1000 : time) > clockSeconds;
-    })
+    .filter((l) => l.kind === 'invalid' || eventSecond(l.event) > clockSeconds)
     .map((l) => l.line)
     .sort();
-}
-
-function eventSeconds(event: ExportEvent): number {
-  const time = Number(event.properties.time);
-  return Math.floor(time >= 1e11 ? time / 1000 : time);
 }
 
 /** JSON with object keys sorted, so that two lines of the same object give the same text (as jsonb does). */
@@ -57,7 +48,7 @@ function modelEventsDaily(step: RunStep, fromDayMs: number): Snapshot {
   for (const line of step.lines) {
     if (line.kind !== 'event') continue;
     const { event, properties } = line.event;
-    const second = eventSeconds(line.event);
+    const second = eventSecond(line.event);
     const dayStart = Math.floor(second / 86_400) * dayMs;
     if (second > clockSeconds || dayStart < fromDayMs) continue;
     const insertId = properties.$insert_id;
@@ -88,7 +79,7 @@ async function watermark(): Promise<Watermark | undefined> {
   return rows[0];
 }
 
-const runs = 20;
+const runs = 60;
 
 describe('run accounting', () => {
   it('counts add up, rejects are complete with reasons, the watermark stays within fetch_to', { timeout: timeoutFor(runs, 400) }, async () => {
@@ -121,7 +112,7 @@ describe('run accounting', () => {
           expect(run.watermark_after?.getTime(), `${label}: run.watermark_after = sync_watermarks.watermark`).toBe(after?.watermark.getTime());
         }
       }),
-      propertyParameters(runs),
+      propertyParameters(runs, 400),
     );
     expect(rejected, 'rejected lines seen').toBeGreaterThan(0);
   });
@@ -135,7 +126,7 @@ describe('run accounting', () => {
         const stored = await snapshot(db.pool, ['events_daily']);
         assertSameTables(`full run at ${step!.clock}: events_daily by the model (expected) and stored (actual)`, modelEventsDaily(step!, fromDayMs), stored);
       }),
-      propertyParameters(runs),
+      propertyParameters(runs, 200),
     );
   });
 
@@ -150,7 +141,7 @@ describe('run accounting', () => {
         expect(rows.filter((r) => timeLines.includes(r.payload)).map((r) => r.reason)).toEqual(timeLines.map(() => expect.stringMatching(/^properties\.time out of range/)));
         expect(rows.filter((r) => extreme.includes(r.payload) && !timeLines.includes(r.payload)), 'lines rejected for their processing time').toEqual([]);
       }),
-      propertyParameters(runs),
+      propertyParameters(runs, 200),
     );
   });
 });

@@ -7,6 +7,8 @@ import type { Queryable } from './event-tables.ts';
 
 export interface RunStep {
   clock: string;
+  /** begin_run's project_timezone: null for UTC (today's Mixpanel projects) */
+  timezone: string | null;
   forceFull: boolean;
   loop: boolean;
   lines: StagedLine[];
@@ -14,22 +16,39 @@ export interface RunStep {
 
 const sequenceStartMs = Date.UTC(2024, 2, 5, 12);
 
+export interface RunStepsOptions {
+  minLength?: number;
+  maxLength?: number;
+  maxEvents?: number;
+  /** weight of a 40-to-60-day jump of the clock against 5 for 0 to 3 days */
+  jumpWeight?: number;
+  /** let runs read times in a project timezone now and then (older projects), which may change between runs */
+  timezones?: boolean;
+}
+
 /**
- * Runs whose clocks move forward by 0 to 3 days, or now and then by 40 to 44 days (still incremental, and the ledger
- * prune removes rows); a run may be forced full and may use the loop path; each run after the first re-sends a share
- * of the previous run's lines, as an incremental run re-reads its overlap.
+ * Runs whose clocks move forward by 0 to 3 days, or now and then by 40 to 60 days (then the ledger prune removes
+ * rows; past the retention the run turns full); a run may be forced full and may use the loop path. Each run after
+ * the first re-sends a share of the previous run's lines, as an incremental run re-reads its overlap, or is now and
+ * then a retry of the previous run as a full run (same clock, same lines), which changes no subscriber's summary
+ * when the previous run was full.
  */
-export function runStepsArb({ minLength = 1, maxLength = 3, maxEvents = 40 } = {}): fc.Arbitrary<RunStep[]> {
+export function runStepsArb({ minLength = 1, maxLength = 3, maxEvents = 40, jumpWeight = 1, timezones = false }: RunStepsOptions = {}): fc.Arbitrary<RunStep[]> {
   const plan = fc.record({
-    advanceMinutes: fc.oneof({ weight: 5, arbitrary: fc.integer({ min: 0, max: 3 * 24 * 60 }) }, { weight: 1, arbitrary: fc.integer({ min: 40 * 24 * 60, max: 44 * 24 * 60 }) }),
+    advanceMinutes: fc.oneof(
+      { weight: 5, arbitrary: fc.integer({ min: 0, max: 3 * 24 * 60 }) },
+      { weight: jumpWeight, arbitrary: fc.integer({ min: 40 * 24 * 60, max: 60 * 24 * 60 }) },
+    ),
     forceFull: fc.boolean(),
     loop: fc.boolean(),
     resendPercent: fc.integer({ min: 0, max: 100 }),
+    retry: fc.integer({ min: 0, max: 4 }).map((n) => n === 0),
+    timezone: timezones ? fc.constantFrom(null, null, 'America/Los_Angeles', 'Asia/Tokyo') : fc.constant(null),
   });
   return fc.array(plan, { minLength, maxLength }).chain((plans) => {
     let clockMs = sequenceStartMs;
-    const steps = plans.map(({ advanceMinutes, forceFull, loop }) => {
-      clockMs += advanceMinutes * 60_000;
+    const steps = plans.map(({ advanceMinutes, forceFull, loop, retry, timezone }, i) => {
+      if (!(retry && i > 0)) clockMs += advanceMinutes * 60_000;
       const clockDayMs = Math.floor(clockMs / dayMs) * dayMs;
       const clock = new Date(clockMs).toISOString();
       return fc
@@ -38,22 +57,25 @@ export function runStepsArb({ minLength = 1, maxLength = 3, maxEvents = 40 } = {
           fc.array(exportEventArb({ firstDayMs: clockDayMs - 60 * dayMs, days: 30 }), { maxLength: 3 }),
         )
         .map(([lines, old]): RunStep => ({
-          clock, forceFull, loop,
+          clock, timezone, forceFull, loop,
           lines: [...lines, ...old.map((event): StagedLine => ({ kind: 'event', event, line: JSON.stringify(event) }))],
         }));
     });
-    return fc.tuple(...steps).map((built) =>
-      built.map((step, i) => {
-        const previous = built[i - 1]?.lines ?? [];
-        return { ...step, lines: [...step.lines, ...previous.slice(0, Math.floor((previous.length * plans[i]!.resendPercent) / 100))] };
-      }),
-    );
+    return fc.tuple(...steps).map((built) => {
+      const result: RunStep[] = [];
+      for (const [i, step] of built.entries()) {
+        const previous = result[i - 1];
+        if (previous && plans[i]!.retry) result.push({ ...previous, forceFull: true, loop: step.loop });
+        else result.push({ ...step, lines: [...step.lines, ...(previous?.lines ?? []).slice(0, Math.floor(((previous?.lines.length ?? 0) * plans[i]!.resendPercent) / 100))] });
+      }
+      return result;
+    });
   });
 }
 
 /** begin_run at the step's clock, stage its lines, switch the path: the run, ready to finish. */
 export async function stageStep(client: Queryable, step: RunStep): Promise<RunRow> {
-  const run = await beginRun(client, step.clock, step.forceFull);
+  const run = await beginRun(client, step.clock, step.forceFull, step.timezone);
   await stageLines(client, run.id, step.lines);
   await setUpsertPath(client, step.loop);
   return run;

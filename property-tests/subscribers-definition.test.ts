@@ -1,4 +1,5 @@
-// Invariant 4: after any sequence of finished runs (full and incremental, set and loop paths), subscribers equals
+// Invariant 4: after any sequence of finished runs (full and incremental, set and loop paths, now and then in a
+// project timezone that may change from run to run), subscribers equals
 // its definition recomputed here from events_daily by a query of the test's own; and a subscriber's updated_at
 // moves only when its summary changes. updated_at is not part of the definition, so the first check leaves it out.
 import fc from 'fast-check';
@@ -7,7 +8,8 @@ import { createTestDatabase, type TestDatabase } from './db.ts';
 import { assertSameTables, snapshot, type Queryable, type Snapshot } from './event-tables.ts';
 import { propertyParameters, timeoutFor } from './fc-parameters.ts';
 import { emptyTables } from './event-runs.ts';
-import { finishStep, runStepsArb } from './run-sequences.ts';
+import type { StagedLine } from './arbitraries.ts';
+import { finishStep, runStepsArb, type RunStep } from './run-sequences.ts';
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -32,13 +34,25 @@ async function subscribersByDefinition(client: Queryable): Promise<Snapshot> {
   return { subscribers: new Map(rows.map((r) => [r.key, r.row])) };
 }
 
-const runs = 20;
+const runs = 60;
+
+// Found by this property (seed 840804317): the same event read by a run in Asia/Tokyo and, 40 days later, by a full
+// run in UTC falls on two days, and the second day is the first of the window; REPLACE hit the ledger row left
+// on the day before the window (duplicate key). Checked first on every run.
+const login = (properties: Record<string, unknown>): StagedLine => {
+  const event = { event: 'login', properties: { distinct_id: 'u1', ...properties } };
+  return { kind: 'event', event, line: JSON.stringify(event) };
+};
+const timezoneChange: RunStep[] = [
+  { clock: '2024-03-05T12:00:00.000Z', timezone: 'Asia/Tokyo', forceFull: false, loop: false, lines: [login({ time: 1709337600 })] },
+  { clock: '2024-04-15T00:00:00.000Z', timezone: null, forceFull: true, loop: false, lines: [login({ time: 1709337600 })] },
+];
 
 describe('invariant 4: subscribers ≡ its definition over events_daily', () => {
   it('holds after every run of any sequence, and updated_at moves only with the summary', { timeout: timeoutFor(runs, 400) }, async () => {
     let users = 0;
     await fc.assert(
-      fc.asyncProperty(runStepsArb({ minLength: 1, maxLength: 4 }), async (steps) => {
+      fc.asyncProperty(runStepsArb({ minLength: 1, maxLength: 4, timezones: true }), async (steps) => {
         await emptyTables(db.pool);
         let before = await snapshot(db.pool, ['subscribers']);
         for (const [index, step] of steps.entries()) {
@@ -59,7 +73,7 @@ describe('invariant 4: subscribers ≡ its definition over events_daily', () => 
           before = after;
         }
       }),
-      propertyParameters(runs),
+      { ...propertyParameters(runs, 400), examples: [[timezoneChange]] },
     );
     expect(users, 'subscribers seen').toBeGreaterThan(0);
   });

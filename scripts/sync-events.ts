@@ -1,4 +1,4 @@
-// npm run sync:events -- [--file PATH|-] [--full] [--allow-empty] [--json] [--database-url URL]
+// npm run sync:events -- [--file PATH|-] [--full | --resync-from DAY [--resync-to DAY]] [--allow-empty] [--json] [--database-url URL]
 // One events run: begin_run, COPY the lines into staging, finish_run, a summary. See loader/events-sync.ts.
 import { readMixpanelSettings, type MixpanelSettings } from './mixpanel/mixpanel-settings.ts';
 import { syncEvents } from './loader/events-sync.ts';
@@ -12,6 +12,8 @@ Without --file it reads the Mixpanel Export API over the run's window.
 
   --file PATH, -f PATH   JSONL file of raw export events (gzip recognised); - reads stdin
   --full                 force a full run: replace the last events.full_window days
+  --resync-from DAY      a full run over exactly the UTC days DAY..--resync-to (default today),
+  --resync-to DAY        e.g. after events were deleted or re-imported in Mixpanel (YYYY-MM-DD)
   --allow-empty          let a full run with no input empty its window
   --json                 print the summary as one JSON line
   --database-url URL     default: DATABASE_URL
@@ -30,9 +32,17 @@ await runLoaderCli({
   usage,
   options: {
     full: { type: 'boolean', default: false },
+    'resync-from': { type: 'string' },
+    'resync-to': { type: 'string' },
     'allow-empty': { type: 'boolean', default: false },
   },
   prepare(values) {
+    for (const flag of ['resync-from', 'resync-to'] as const) {
+      const day = values[flag];
+      if (day !== undefined && !/^\d{4}-\d{2}-\d{2}$/.test(String(day))) throw new Error(`--${flag} wants a day as YYYY-MM-DD, got ${String(day)}`);
+    }
+    if (values['resync-to'] !== undefined && values['resync-from'] === undefined) throw new Error('--resync-to needs --resync-from');
+    if (values['resync-from'] !== undefined && values.full === true) throw new Error('--full and --resync-from are two kinds of full run: pick one');
     if (values.file === undefined) mixpanel = readMixpanelSettings();
   },
   run: ({ values, databaseUrl, signal, progress }) =>
@@ -41,6 +51,7 @@ await runLoaderCli({
       input: values.file as string | undefined,
       mixpanel,
       full: values.full === true,
+      resync: values['resync-from'] === undefined ? undefined : { from: String(values['resync-from']), to: values['resync-to'] as string | undefined },
       allowEmpty: values['allow-empty'] === true,
       projectTimezone: process.env.MIXPANEL_PROJECT_TIMEZONE?.trim() || null,
       signal,

@@ -10,17 +10,14 @@ import { createInterface } from 'node:readline';
 import { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
 import { pathToFileURL } from 'node:url';
-import { parseArgs } from 'node:util';
-import type pg from 'pg';
 import { engageProfiles, type EngageProfilesOptions } from './mixpanel/engage-profiles.ts';
 import type { RequestOptions } from './mixpanel/mixpanel-request.ts';
 import { readMixpanelSettings, type MixpanelSettings } from './mixpanel/mixpanel-settings.ts';
-import { resolveDatabaseUrl, withPool, type PoolChoice } from './loader/database-connection.ts';
-import { describeError } from './loader/describe-error.ts';
-import { EXIT } from './loader/loader-cli.ts';
+import { withPool, type PoolChoice } from './loader/database-connection.ts';
+import { runLoaderCli } from './loader/loader-cli.ts';
 import { checkInputPath, openInput, peekBytes, type InputSource } from './loader/open-input.ts';
-import { progressLine, type ProgressLine } from './loader/progress-line.ts';
-import { isLoaderFailure, loaderFailure, runStagedSync } from './loader/staged-sync.ts';
+import type { ProgressLine } from './loader/progress-line.ts';
+import { runStagedSync } from './loader/staged-sync.ts';
 import type { SyncRunRow } from './loader/sync-runs.ts';
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -118,7 +115,8 @@ async function* decoded(bytes: Readable): AsyncGenerator<string> {
 
 /** JSONL unless the input starts with '[' or with a line that is only '{' (pretty-printed JSON). */
 async function isJsonLines(bytes: Readable): Promise<boolean> {
-  const head = (await peekBytes(bytes, 64 * 1024)).toString('utf8').trimStart();
+  // the first chunk: asking for more could reach the end, where the peeked bytes cannot be put back
+  const head = (await peekBytes(bytes, 1)).toString('utf8').trimStart();
   return !(head.startsWith('[') || /^\{\s*(\n|$)/.test(head));
 }
 
@@ -127,7 +125,7 @@ export async function* profileLines(bytes: Readable): AsyncGenerator<string> {
   const records = (await isJsonLines(bytes))
     ? createInterface({ input: bytes, crlfDelay: Infinity })
     : jsonValues(decoded(bytes));
-  for await (const record of records) yield* profilesOf(record);
+  for await (const record of records) if (record.trim()) yield* profilesOf(record);
 }
 
 /** Every profile the Engage API returns, one per line. */
@@ -216,45 +214,28 @@ export interface SyncProfilesOptions extends PoolChoice {
   onRetry?: RequestOptions['onRetry'];
 }
 
-/** A failed run: the loader's one-line reason, and the run as a ProfilesSummary (null when fail_run could not record it). */
-export type ProfilesFailure = Error & { summary: ProfilesSummary | null };
-
-// TODO(loader request 2 in /work/notes/requests-profiles.md): runStagedSync({ summarise: profilesSummary }) makes
-// this re-read, and ProfilesFailure, unneeded.
-async function readRun(pool: pg.Pool, runId: number): Promise<SyncRunRow> {
-  const { rows } = await pool.query<SyncRunRow>('select r.* from mixpanel_sync.sync_runs r where r.id = $1', [runId]);
-  return rows[0]!;
-}
-
 export async function syncProfiles(options: SyncProfilesOptions): Promise<ProfilesSummary> {
   const { input, mixpanel } = options;
   if (input === undefined && !mixpanel) throw new Error('syncProfiles needs an input (file, - or stream) or Mixpanel settings for the Engage API');
   if (input !== undefined) await checkInputPath(input);
-  return withPool(options, async (pool) => {
-    try {
-      const summary = await runStagedSync({
-        pool,
-        table: 'mixpanel_sync.staged_profiles',
-        begin: { source: 'profiles', clock: options.clock, projectTimezone: options.projectTimezone ?? mixpanel?.projectTimezone ?? null },
-        openLines: async (_run, signal) =>
-          jsonlStream(
-            input !== undefined
-              ? profileLines(await openInput(input))
-              : engageLines({ ...options.engage, settings: mixpanel!, signal, ...(options.onRetry ? { onRetry: options.onRetry } : {}) }),
-          ),
-        signal: options.signal,
-        progress: options.progress,
-        // no profiles is a run that changes nothing (profiles missing from a run are kept)
-        allowEmpty: true,
-      });
-      return profilesSummary(await readRun(pool, summary.run_id));
-    } catch (error) {
-      if (!isLoaderFailure(error) || !error.summary) throw error;
-      const failure = loaderFailure(error.message, null) as unknown as ProfilesFailure;
-      failure.summary = profilesSummary(await readRun(pool, error.summary.run_id));
-      throw failure;
-    }
-  });
+  return withPool(options, (pool) =>
+    runStagedSync({
+      pool,
+      table: 'mixpanel_sync.staged_profiles',
+      begin: { source: 'profiles', clock: options.clock, projectTimezone: options.projectTimezone ?? mixpanel?.projectTimezone ?? null },
+      openLines: async (_run, signal) =>
+        jsonlStream(
+          input !== undefined
+            ? profileLines(await openInput(input))
+            : engageLines({ ...options.engage, settings: mixpanel!, signal, ...(options.onRetry ? { onRetry: options.onRetry } : {}) }),
+        ),
+      signal: options.signal,
+      progress: options.progress,
+      // no profiles is a run that changes nothing (profiles missing from a run are kept)
+      allowEmpty: true,
+      summarise: profilesSummary,
+    }),
+  );
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -279,60 +260,26 @@ MIXPANEL_REGION (us|eu|in); MIXPANEL_PROJECT_TIMEZONE: the zone $created and $la
 Exit codes: 0 succeeded, 1 run failed (nothing applied), 2 nothing started, 130 interrupted.
 `;
 
-// TODO(loader request 2 in /work/notes/requests-profiles.md): with LoaderCommand.print this becomes
-// runLoaderCli({ name: 'sync:profiles', usage, options: {}, prepare, run, print: { json: JSON.stringify, lines: (s) => [profilesSummaryLine(s)] } }).
-async function main(argv: string[]): Promise<number> {
-  const say = (stream: NodeJS.WriteStream, text: string) => stream.write(`${text}\n`);
-  let values: { file?: string; json?: boolean; 'database-url'?: string; help?: boolean };
-  let databaseUrl: string;
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   let mixpanel: MixpanelSettings | undefined;
-  try {
-    ({ values } = parseArgs({
-      args: argv,
-      strict: true,
-      options: { file: { type: 'string', short: 'f' }, json: { type: 'boolean' }, 'database-url': { type: 'string' }, help: { type: 'boolean', short: 'h' } },
-    }));
-    if (values.help) {
-      say(process.stdout, usage.trim());
-      return EXIT.ok;
-    }
-    databaseUrl = resolveDatabaseUrl(values['database-url']);
-    if (values.file === undefined) mixpanel = readMixpanelSettings();
-  } catch (error) {
-    say(process.stderr, `sync:profiles: ${describeError(error).split('\n')[0]} (see npm run sync:profiles -- --help)`);
-    return EXIT.notStarted;
-  }
-  const controller = new AbortController();
-  const interrupt = (signal: NodeJS.Signals) => {
-    if (controller.signal.aborted) process.exit(EXIT.interrupted);
-    say(process.stderr, `sync:profiles: ${signal} received, failing the run (Ctrl-C again to quit at once)`);
-    controller.abort(new Error(`${signal} received`));
-  };
-  process.on('SIGINT', interrupt).on('SIGTERM', interrupt);
-  const print = (summary: ProfilesSummary) => say(process.stdout, values.json ? JSON.stringify(summary) : profilesSummaryLine(summary));
-  try {
-    print(
-      await syncProfiles({
+  await runLoaderCli<ProfilesSummary>({
+    name: 'sync:profiles',
+    usage,
+    options: {},
+    prepare(values) {
+      if (values.file === undefined) mixpanel = readMixpanelSettings();
+    },
+    run: ({ values, databaseUrl, signal, progress }) =>
+      syncProfiles({
         connectionString: databaseUrl,
-        input: values.file,
+        input: values.file as string | undefined,
         mixpanel,
         projectTimezone: process.env.MIXPANEL_PROJECT_TIMEZONE?.trim() || null,
-        signal: controller.signal,
-        progress: progressLine(process.stderr, 'sync:profiles'),
-        onRetry: ({ attempt, delayMs, error }) => say(process.stderr, `sync:profiles: ${error.message} Retry ${attempt} in ${Math.ceil(delayMs / 1000)} s.`),
+        signal,
+        progress,
+        onRetry: ({ attempt, delayMs, error }) =>
+          process.stderr.write(`sync:profiles: ${error.message} Retry ${attempt} in ${Math.ceil(delayMs / 1000)} s.\n`),
       }),
-    );
-    return EXIT.ok;
-  } catch (error) {
-    if (!isLoaderFailure(error)) {
-      say(process.stderr, `sync:profiles: no run started: ${describeError(error, controller.signal)}`);
-      return EXIT.notStarted;
-    }
-    const { summary } = error as unknown as ProfilesFailure;
-    if (summary) print(summary);
-    say(process.stderr, `sync:profiles: ${error.message}`);
-    return controller.signal.aborted ? EXIT.interrupted : EXIT.failed;
-  }
+    print: { json: (summary) => JSON.stringify(summary), lines: (summary) => [profilesSummaryLine(summary)] },
+  });
 }
-
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) process.exit(await main(process.argv.slice(2)));

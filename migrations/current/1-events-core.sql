@@ -261,7 +261,7 @@ exception
 end;
 $$;
 comment on function mixpanel_sync.json_object_or_null(text) is
-  'The line as a jsonb object, or null when it is not JSON or not an object. The careful half of staged_events_parsed.';
+  'The line as a jsonb object, or null when it is not JSON or not an object: the careful way parse_new_staged_events reads lines.';
 
 create function mixpanel_sync.json_problem(line text)
 returns text
@@ -281,91 +281,6 @@ exception
 end;
 $$;
 comment on function mixpanel_sync.json_problem(text) is 'Why a line is not a JSON object, or null when it is one.';
-
--- Reading a line: cast it straight to jsonb when the session trusts the lines to be JSON
--- objects (parse_staged_events tries that first: one parse, no exception block per row), else
--- through json_object_or_null. jsonb_to_record reads the fields in one pass.
-create view mixpanel_sync.staged_events_parsed as
-select
-  x.run_id,
-  x.line_id,
-  x.line,
-  x.distinct_id,
-  x.event_name,
-  x.event_time,
-  (x.event_time at time zone 'UTC')::date as day,
-  case when x.event_time is not null and x.event_name is not null then
-    md5(x.event_name || E'\x1f' || floor(x.time_seconds)::text || E'\x1f'
-        || coalesce(x.insert_id, '#' || md5(x.line::jsonb::text)))::uuid
-  end as event_key,
-  -- capped at the run's clock: a bad mp_processing_time_ms must not push the processing watermark.
-  case when x.processing_ms > 0 and x.processing_ms < 1e14
-    then least(to_timestamp(x.processing_ms / 1000), x.fetch_to) end as processing_time,
-  -- every cast to bigint is guarded: one absurd number must be a reject, not a failed run.
-  case when x.processing_ms > 0 and x.processing_ms < 1e14 and x.event_time is not null
-    then (x.processing_ms - x.time_seconds * 1000)::bigint end as lateness_ms,
-  case
-    when x.event_json is null and x.properties_json is null and mixpanel_sync.json_problem(x.line) is not null
-      then mixpanel_sync.json_problem(x.line)
-    when x.event_name is null and jsonb_typeof(x.event_json) <> 'null' then 'event name is not a string'
-    when x.event_name is null or x.event_name = '' then 'missing event name'
-    when length(x.event_name) > 255 then 'event name longer than 255 characters'
-    when jsonb_typeof(x.properties_json) is distinct from 'object' then 'properties missing or not an object'
-    when x.distinct_id is null and jsonb_typeof(x.distinct_id_json) <> 'null'
-      then 'properties.distinct_id is not a string or number'
-    when x.distinct_id is null or x.distinct_id = '' then 'missing properties.distinct_id'
-    when length(x.distinct_id) > 255 then 'properties.distinct_id longer than 255 characters'
-    when x.time_seconds is null and jsonb_typeof(x.time_json) <> 'null' then 'properties.time is not a number'
-    when x.time_seconds is null then 'missing properties.time'
-    when x.event_time is null then 'properties.time out of range: ' || x.time_json::text
-    when x.event_time > x.fetch_to then 'properties.time is after the run''s fetch_to ' || x.fetch_to::text
-  end as reject_reason
-from (
-  select
-    f.*,
-    case
-      when f.time_seconds is null or f.time_seconds < 1 or f.time_seconds >= 1e11 then null
-      when f.project_timezone is null then to_timestamp(floor(f.time_seconds))
-      else (to_timestamp(floor(f.time_seconds)) at time zone 'UTC') at time zone f.project_timezone
-    end as event_time
-  from (
-    select
-      s.run_id,
-      s.line_id,
-      s.line,
-      r.fetch_to,
-      r.project_timezone,
-      d.event as event_json,
-      d.properties as properties_json,
-      p.distinct_id as distinct_id_json,
-      p.time as time_json,
-      v.*
-    from mixpanel_sync.staged_events s
-    join mixpanel_sync.sync_runs r on r.id = s.run_id
-    left join lateral jsonb_to_record(
-      case when pg_catalog.current_setting('mixpanel_sync.trust_json_lines', true) = 'on' then s.line::jsonb
-        else mixpanel_sync.json_object_or_null(s.line) end
-    ) as d (event jsonb, properties jsonb) on true
-    left join lateral jsonb_to_record(case when jsonb_typeof(d.properties) = 'object' then d.properties end)
-      as p (distinct_id jsonb, "time" jsonb, "$insert_id" jsonb, mp_processing_time_ms jsonb) on true
-    -- one function scan computes the typed fields once per line; referenced often below, they
-    -- would otherwise be recomputed at every use.
-    cross join lateral unnest(
-      array[case when jsonb_typeof(d.event) = 'string' then d.event #>> '{}' end],
-      array[case when jsonb_typeof(p.distinct_id) in ('string', 'number') then p.distinct_id #>> '{}' end],
-      array[nullif(p."$insert_id" #>> '{}', '')],
-      -- Mixpanel sends seconds; some sources send milliseconds (anything from 1e11 on).
-      array[case when jsonb_typeof(p.time) = 'number' then
-        case when p.time::numeric >= 1e11 then p.time::numeric / 1000 else p.time::numeric end
-      end],
-      array[case when jsonb_typeof(p.mp_processing_time_ms) = 'number' then p.mp_processing_time_ms::numeric end]
-    ) as v (event_name, distinct_id, insert_id, time_seconds, processing_ms)
-  ) f
-) x;
-comment on view mixpanel_sync.staged_events_parsed is
-  'Staged export lines parsed: the event, its dedup key, and reject_reason (null when usable). '
-  'Time may be seconds or milliseconds (>= 1e11 is read as ms) and is kept to the second, Mixpanel''s dedup grain. '
-  'With a project_timezone on the run, time is read as local time of that zone (Mixpanel projects from before 2023).';
 
 create unlogged table mixpanel_sync.run_events (
   run_id bigint not null,
@@ -391,16 +306,90 @@ as $$
 declare
   parsed bigint;
 begin
+  -- Each step is a subquery fenced with "offset 0", so its expressions are computed once per
+  -- line (unfenced, the planner would inline them into every later use), without a per-row
+  -- function scan. The line is cast straight to jsonb when the session trusts the lines to be
+  -- JSON objects (parse_staged_events tries that first), else through json_object_or_null.
   insert into mixpanel_sync.run_events
     (run_id, line_id, distinct_id, event_key, event_name, event_time, day, processing_time, lateness_ms, reject_reason)
-  select p.run_id, p.line_id, p.distinct_id, p.event_key, p.event_name, p.event_time, p.day,
-    p.processing_time, p.lateness_ms, p.reject_reason
-  from mixpanel_sync.staged_events_parsed p
-  where p.run_id = parse_new_staged_events.run_id
-    -- not in (hashed once), not "not exists": after a vacuum of the emptied run_events the
-    -- planner would rescan it for every staged line.
-    and p.line_id not in (
-      select e.line_id from mixpanel_sync.run_events e where e.run_id = parse_new_staged_events.run_id);
+  select
+    x.run_id,
+    x.line_id,
+    x.distinct_id,
+    case when x.event_time is not null and x.event_name is not null then
+      md5(x.event_name || E'\x1f' || x.second::text || E'\x1f'
+          || coalesce(nullif(x.p_insert_id #>> '{}', ''), '#' || md5(x.doc::text)))::uuid
+    end,
+    x.event_name,
+    x.event_time,
+    (x.event_time at time zone 'UTC')::date,
+    -- capped at the run's clock: a bad mp_processing_time_ms must not push the processing watermark.
+    case when x.processing_ms > 0 and x.processing_ms < 1e14
+      then least(to_timestamp(x.processing_ms / 1000), x.fetch_to) end,
+    -- every cast to bigint is guarded: one absurd number must be a reject, not a failed run.
+    case when x.processing_ms > 0 and x.processing_ms < 1e14 and x.event_time is not null
+      then (x.processing_ms - x.time_seconds * 1000)::bigint end,
+    case
+      when x.doc is null then coalesce(mixpanel_sync.json_problem(x.line), 'not a JSON object')
+      when jsonb_typeof(x.doc) <> 'object' then 'not a JSON object'
+      when x.event_name is null and jsonb_typeof(x.d_event) <> 'null' then 'event name is not a string'
+      when x.event_name is null or x.event_name = '' then 'missing event name'
+      when length(x.event_name) > 255 then 'event name longer than 255 characters'
+      when not x.props_is_object then 'properties missing or not an object'
+      when x.distinct_id is null and jsonb_typeof(x.p_distinct_id) <> 'null'
+        then 'properties.distinct_id is not a string or number'
+      when x.distinct_id is null or x.distinct_id = '' then 'missing properties.distinct_id'
+      when length(x.distinct_id) > 255 then 'properties.distinct_id longer than 255 characters'
+      when x.time_raw is null and jsonb_typeof(x.p_time) <> 'null' then 'properties.time is not a number'
+      when x.time_raw is null then 'missing properties.time'
+      when x.event_time is null then 'properties.time out of range: ' || x.time_raw::text
+      when x.event_time > x.fetch_to then 'properties.time is after the run''s fetch_to ' || x.fetch_to::text
+    end
+  from (
+    select t.*,
+      case
+        when t.time_seconds < 1 or t.time_seconds >= 1e11 then null
+        when t.project_timezone is null then to_timestamp(floor(t.time_seconds))
+        else (to_timestamp(floor(t.time_seconds)) at time zone 'UTC') at time zone t.project_timezone
+      end as event_time,
+      case when t.time_seconds >= 1 and t.time_seconds < 1e11 then floor(t.time_seconds)::bigint end as second
+    from (
+      -- Mixpanel sends seconds; some sources send milliseconds (anything from 1e11 on).
+      select v.*, case when v.time_raw >= 1e11 then v.time_raw / 1000 else v.time_raw end as time_seconds
+      from (
+        select f.*,
+          case when jsonb_typeof(f.d_event) = 'string' then f.d_event #>> '{}' end as event_name,
+          case when jsonb_typeof(f.p_distinct_id) in ('string', 'number') then f.p_distinct_id #>> '{}' end as distinct_id,
+          case when jsonb_typeof(f.p_time) = 'number' then f.p_time::numeric end as time_raw,
+          case when jsonb_typeof(f.p_processing) = 'number' then f.p_processing::numeric end as processing_ms
+        from (
+          select o.*,
+            o.doc -> 'event' as d_event,
+            case when o.props_is_object then o.props -> 'distinct_id' end as p_distinct_id,
+            case when o.props_is_object then o.props -> 'time' end as p_time,
+            case when o.props_is_object then o.props -> '$insert_id' end as p_insert_id,
+            case when o.props_is_object then o.props -> 'mp_processing_time_ms' end as p_processing
+          from (
+            select j.*, j.doc -> 'properties' as props,
+              coalesce(jsonb_typeof(j.doc -> 'properties') = 'object', false) as props_is_object
+            from (
+              select s.run_id, s.line_id, s.line, r.fetch_to, r.project_timezone,
+                case when pg_catalog.current_setting('mixpanel_sync.trust_json_lines', true) = 'on' then s.line::jsonb
+                  else mixpanel_sync.json_object_or_null(s.line) end as doc
+              from mixpanel_sync.staged_events s
+              join mixpanel_sync.sync_runs r on r.id = s.run_id
+              where s.run_id = parse_new_staged_events.run_id
+                -- not in (hashed once), not "not exists": after a vacuum of the emptied
+                -- run_events the planner would rescan it for every staged line.
+                and s.line_id not in (
+                  select e.line_id from mixpanel_sync.run_events e where e.run_id = parse_new_staged_events.run_id)
+              offset 0
+            ) j offset 0
+          ) o offset 0
+        ) f offset 0
+      ) v offset 0
+    ) t offset 0
+  ) x;
   get diagnostics parsed = row_count;
 
   insert into mixpanel_sync.sync_rejects (run_id, source, line_no, payload, reason)
@@ -416,7 +405,10 @@ begin
 end;
 $$;
 comment on function mixpanel_sync.parse_new_staged_events(bigint) is
-  'One pass over the staged lines of a run not parsed yet: into run_events, unusable ones also into sync_rejects.';
+  'Parses the staged lines of a run not parsed yet into run_events: the event, its dedup key (md5 of name, second and '
+  '$insert_id or the canonical JSON), and reject_reason (null when usable); unusable lines also go to sync_rejects. '
+  'Time may be seconds or milliseconds (from 1e11 on) and is kept to the second, Mixpanel''s dedup grain; with a '
+  'project_timezone on the run it is read as local time of that zone (Mixpanel projects from before 2023).';
 
 create function mixpanel_sync.parse_staged_events(run_id bigint, out received bigint, out rejected bigint)
 language plpgsql
@@ -429,7 +421,9 @@ begin
   begin
     perform mixpanel_sync.parse_new_staged_events(run_id);
   exception
-    when others then
+    -- what a line that is not JSON raises (class 22); a lock timeout, a deadlock or a full disk
+    -- is not retried.
+    when data_exception then
       perform pg_catalog.set_config('mixpanel_sync.trust_json_lines', 'off', true);
       perform mixpanel_sync.parse_new_staged_events(run_id);
   end;
@@ -585,6 +579,7 @@ create function mixpanel_sync.upsert_subscribers_incremental(run_id bigint, from
 returns mixpanel_sync.apply_result
 language plpgsql
 set search_path = ''
+set work_mem = '64MB'
 as $$
 declare
   cleared text[];
@@ -599,8 +594,9 @@ begin
   select coalesce(array_agg(c.distinct_id), '{}') into cleared
   from (select distinct_id from cleared_daily union select distinct_id from cleared_ledger) c;
 
-  -- The window is empty now and a key's day is fixed by its second, so deduplicating the run
-  -- is all it takes: plain inserts, no conflict handling.
+  -- The window is empty now and a key's day is fixed by its second, so deduplicating the run is
+  -- almost all it takes; a key can still sit in the ledger outside the window when the project
+  -- timezone changed between runs (its day moved): such an event is already counted, a duplicate.
   with events as (
     select distinct on (e.distinct_id, e.event_key) e.distinct_id, e.event_key, e.event_name, e.event_time, e.day
     from mixpanel_sync.run_events e
@@ -612,15 +608,17 @@ begin
     insert into mixpanel_sync.event_ledger (distinct_id, event_key, day, event_name, event_time, run_id)
     select v.distinct_id, v.event_key, v.day, v.event_name, v.event_time, upsert_subscribers_incremental.run_id
     from events v
+    on conflict (distinct_id, event_key) do nothing
+    returning event_ledger.distinct_id, event_ledger.day, event_ledger.event_name, event_ledger.event_time
   ), daily as (
     insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at)
-    select v.distinct_id, v.day, v.event_name, count(*), min(v.event_time), max(v.event_time)
-    from events v
-    group by v.distinct_id, v.day, v.event_name
+    select l.distinct_id, l.day, l.event_name, count(*), min(l.event_time), max(l.event_time)
+    from ledgered l
+    group by l.distinct_id, l.day, l.event_name
   )
   select
-    (select count(*) from events) as applied,
-    array(select distinct_id from events union select unnest(cleared)) as touched
+    (select count(*) from ledgered) as applied,
+    array(select distinct_id from ledgered union select unnest(cleared)) as touched
   into counted;
   touched := counted.touched;
 
@@ -643,6 +641,7 @@ create function mixpanel_sync.upsert_subscribers_incremental_add(run_id bigint, 
 returns mixpanel_sync.apply_result
 language plpgsql
 set search_path = ''
+set work_mem = '64MB'
 as $$
 declare
   inserted record;
@@ -721,6 +720,7 @@ create function mixpanel_sync.upsert_subscribers_incremental_loop(run_id bigint,
 returns mixpanel_sync.apply_result
 language plpgsql
 set search_path = ''
+set work_mem = '64MB'
 as $$
 declare
   cleared_user record;
@@ -758,6 +758,7 @@ create function mixpanel_sync.upsert_subscribers_incremental_add_loop(run_id big
 returns mixpanel_sync.apply_result
 language plpgsql
 set search_path = ''
+set work_mem = '64MB'
 as $$
 declare
   inserted record;
@@ -887,7 +888,7 @@ begin
     insert into mixpanel_sync.sync_runs
       (source, mode, fetch_from, fetch_to, window_from_day, window_to_day, project_timezone, options)
     select 'events', 'full', resync_from::timestamp at time zone 'UTC',
-      least(clock, (w.to_day + 1)::timestamp at time zone 'UTC'), resync_from, w.to_day,
+      least(clock, (w.to_day + 1)::timestamp at time zone 'UTC' - interval '1 second'), resync_from, w.to_day,
       project_timezone, jsonb_build_object('mode_reason', 'resync')
     from (select coalesce(resync_to, (clock at time zone 'UTC')::date) as to_day) w
     returning * into run;
@@ -1013,9 +1014,9 @@ begin
 
   select * into mark from mixpanel_sync.sync_watermarks w where w.source = 'events' for update;
   run.watermark_before := mark.watermark;
-  -- A full run up to its clock's day resets the watermarks to what it saw (its REPLACE erased
-  -- anything newer); incremental runs and resyncs of past days only move them forward.
-  resets_watermark := run.mode = 'full' and run.window_to_day >= (run.fetch_to at time zone 'UTC')::date;
+  -- A full run resets the watermarks to what it saw (its REPLACE erased anything newer);
+  -- incremental runs and resyncs of chosen days only move them forward.
+  resets_watermark := run.mode = 'full' and run.options ->> 'mode_reason' is distinct from 'resync';
   run.watermark_after := case when resets_watermark then coalesce(seen.event_time, mark.watermark)
     else greatest(mark.watermark, seen.event_time) end;
   if run.watermark_after is not null then

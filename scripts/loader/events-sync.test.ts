@@ -171,4 +171,28 @@ describe('syncEvents from a file or a stream', () => {
     expect(Date.parse(incremental.watermark_after!)).toBeGreaterThan(Date.parse(full.watermark_after!));
     expect(await totalEvents(db.pool)).toBe(42);
   });
+
+  it('resyncs exactly the days asked for: other days and the watermark stay', async () => {
+    // 30 events, one every 6 hours, over the 8 days before CLOCK (2026-11-02 .. 2026-11-10)
+    const lines = eventLines(30, { prefix: 'r', stepSeconds: 6 * 3600 });
+    const full = await syncEvents({ pool: db.pool, input: file('all.jsonl', jsonl(lines)), clock: CLOCK });
+    expect(full).toMatchObject({ mode: 'full', applied: 30 });
+    const perDay = async () =>
+      Object.fromEntries(
+        (await db.pool.query<{ day: string; n: string }>(
+          `select day::text, sum(event_count)::text as n from mixpanel_sync.events_daily group by day order by day`,
+        )).rows.map((row) => [row.day, Number(row.n)]),
+      );
+    const before = await perDay();
+    const day = (line: string) => new Date((JSON.parse(line) as { properties: { time: number } }).properties.time * 1000).toISOString().slice(0, 10);
+    // Mixpanel now has 2026-11-05 without its first two events (deleted there), and nothing else is read.
+    const resent = lines.filter((line) => day(line) === '2026-11-05').slice(2);
+    const resync = await syncEvents({ pool: db.pool, input: file('day.jsonl', jsonl(resent)), clock: CLOCK, resync: { from: '2026-11-05', to: '2026-11-05' } });
+    expect(resync).toMatchObject({ mode: 'full', status: 'succeeded', applied: resent.length, too_old: 0, rejected: 0 });
+    expect(await perDay()).toEqual({ ...before, '2026-11-05': before['2026-11-05']! - 2 });
+    expect(resync.watermark_after).toBe(full.watermark_after);
+    await expect(syncEvents({ pool: db.pool, input: file('none.jsonl', jsonl(resent)), clock: CLOCK, resync: { from: '2026-11-12' } })).rejects.toThrow(
+      /resync needs .*resync_from <= resync_to <= the clock's UTC day/,
+    );
+  });
 });

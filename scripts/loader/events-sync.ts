@@ -20,6 +20,8 @@ export interface SyncEventsOptions extends PoolChoice {
   mixpanel?: MixpanelSettings;
   /** Force a full run (REPLACE over events.full_window). */
   full?: boolean;
+  /** A full run over exactly these UTC days, after data was deleted or re-imported in Mixpanel. */
+  resync?: { from: string; to?: string | null };
   /** The run's clock (fetch_to); default now(). */
   clock?: Date;
   /** MIXPANEL_PROJECT_TIMEZONE: for projects that export local times. */
@@ -54,7 +56,13 @@ export async function syncEvents(options: SyncEventsOptions): Promise<RunSummary
     runStagedSync({
       pool,
       table: 'mixpanel_sync.staged_events',
-      begin: { source: 'events', forceFull: options.full ?? false, clock: options.clock, projectTimezone: options.projectTimezone ?? mixpanel?.projectTimezone ?? null },
+      begin: {
+        source: 'events',
+        forceFull: options.full ?? false,
+        clock: options.clock,
+        projectTimezone: options.projectTimezone ?? mixpanel?.projectTimezone ?? null,
+        resync: options.resync ?? null,
+      },
       openLines: (run, signal) => (input !== undefined ? openInput(input) : exportStream(run, options, mixpanel!, signal)),
       signal: options.signal,
       progress: options.progress,

@@ -41,6 +41,8 @@ export interface BeginRunOptions {
   clock?: Date;
   /** IANA name, for projects whose export times are local (MIXPANEL_PROJECT_TIMEZONE). */
   projectTimezone?: string | null;
+  /** A full run over exactly these UTC days ('YYYY-MM-DD'; `to` defaults to the clock's day). */
+  resync?: { from: string; to?: string | null } | null;
 }
 
 type Queryable = Pick<pg.Pool, 'query'>;
@@ -51,8 +53,16 @@ const RUN_COLUMNS = `r.*, r.window_from_day::text as window_from_day, r.window_t
 export async function beginRun(db: Queryable, options: BeginRunOptions): Promise<SyncRunRow> {
   const { rows } = await db.query<SyncRunRow>(
     `select ${RUN_COLUMNS} from mixpanel_sync.begin_run($1, force_full => $2,
-       clock => coalesce($3::timestamptz, now()), project_timezone => $4) r`,
-    [options.source, options.forceFull ?? false, options.clock ?? null, options.projectTimezone ?? null],
+       clock => coalesce($3::timestamptz, now()), project_timezone => $4,
+       resync_from => $5::date, resync_to => $6::date) r`,
+    [
+      options.source,
+      options.forceFull ?? false,
+      options.clock ?? null,
+      options.projectTimezone ?? null,
+      options.resync?.from ?? null,
+      options.resync?.to ?? null,
+    ],
   );
   return rows[0]!;
 }
