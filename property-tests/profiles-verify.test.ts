@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { repoRoot } from '../scripts/db/paths.ts';
-import { runVerifyScript } from '../scripts/verify.ts';
+import { runVerifyScript, type VerifyOutcome } from '../scripts/verify.ts';
 import { createTestDatabase, type TestDatabase } from './db.ts';
 
 const script = path.join(repoRoot, 'verify', 'profiles_change_detection.sql');
@@ -44,6 +44,20 @@ afterAll(async () => {
   await db?.drop();
 });
 
+/** Runs the script with upsert_subscriber_properties broken on purpose (`find` replaced), then puts it back. */
+async function verifyWithBrokenUpsert(find: string, replacement: string): Promise<VerifyOutcome> {
+  const { rows } = await db.pool.query(`select pg_get_functiondef('mixpanel_sync.upsert_subscriber_properties(bigint, boolean)'::regprocedure) as def`);
+  const original: string = rows[0].def;
+  const broken = original.replace(find, replacement);
+  expect(broken).not.toBe(original);
+  await db.pool.query(broken);
+  try {
+    return await runVerifyScript(db.url, script);
+  } finally {
+    await db.pool.query(original);
+  }
+}
+
 describe('verify/profiles_change_detection.sql', () => {
   it('passes through pg with one PASS line naming it, on a database in use, and leaves no trace', { timeout: 120_000 }, async () => {
     const before = await wholeState();
@@ -65,37 +79,17 @@ describe('verify/profiles_change_detection.sql', () => {
   });
 
   it('names the first difference when the write-all path moves changed_by_run_id of unchanged rows', { timeout: 120_000 }, async () => {
-    const { rows } = await db.pool.query(
-      `select pg_get_functiondef('mixpanel_sync.upsert_subscriber_properties(bigint, boolean)'::regprocedure) as def`,
+    const outcome = await verifyWithBrokenUpsert('then excluded.changed_by_run_id else s.changed_by_run_id end', 'then excluded.changed_by_run_id else excluded.changed_by_run_id end');
+    expect(outcome.failure).toMatch(
+      /^verify\/profiles_change_detection: change detection on and off leave different rows, first: distinct_id \S+: column changed_by_run_id on \d+, off \d+/,
     );
-    const original: string = rows[0].def;
-    const broken = original.replace('then excluded.changed_by_run_id else s.changed_by_run_id end', 'then excluded.changed_by_run_id else excluded.changed_by_run_id end');
-    expect(broken).not.toBe(original);
-    await db.pool.query(broken);
-    try {
-      const outcome = await runVerifyScript(db.url, script);
-      expect(outcome.failure).toMatch(
-        /^verify\/profiles_change_detection: change detection on and off leave different rows, first: distinct_id \S+: column changed_by_run_id on \d+, off \d+/,
-      );
-      expect(outcome.passLines).toEqual([]);
-    } finally {
-      await db.pool.query(original);
-    }
+    expect(outcome.passLines).toEqual([]);
   });
 
   it('names the first row a second identical sync locked when unchanged profiles reach the insert', { timeout: 120_000 }, async () => {
-    const { rows } = await db.pool.query(
-      `select pg_get_functiondef('mixpanel_sync.upsert_subscriber_properties(bigint, boolean)'::regprocedure) as def`,
-    );
-    const original: string = rows[0].def;
-    const broken = original.replace('where not change_detection or not c.is_unchanged', '');
-    expect(broken).not.toBe(original);
-    await db.pool.query(broken);
-    try {
-      const outcome = await runVerifyScript(db.url, script);
-      expect(outcome.failure).toMatch(/^verify\/profiles_change_detection: the second identical sync wrote or locked a row, first: distinct_id \S+: \(ctid, xmin, xmax\)/);
-    } finally {
-      await db.pool.query(original);
-    }
+    const outcome = await verifyWithBrokenUpsert('where not change_detection or not c.is_unchanged', '');
+    expect(outcome.failure).toMatch(/^verify\/profiles_change_detection: the second identical sync wrote or locked a row, first: distinct_id \S+: \(ctid, xmin, xmax\)/);
+    expect(outcome.passLines).toEqual([]);
   });
+});
 });

@@ -29,6 +29,7 @@ create table mixpanel_sync.subscriber_properties (
   last_seen_at timestamptz,
   properties jsonb not null default '{}' check (jsonb_typeof(properties) = 'object'),
   changed_by_run_id bigint,
+  line_hash uuid,
   first_synced_at timestamptz not null default now(),
   updated_at timestamptz not null default now()
 );
@@ -52,6 +53,10 @@ comment on column mixpanel_sync.subscriber_properties.properties is
   'Every property received in $properties, except those whose value is null or "" (absent, null and "" are the same).';
 comment on column mixpanel_sync.subscriber_properties.changed_by_run_id is
   'The sync run that inserted the row or last changed its content (sync_runs.id; the run may since be pruned).';
+comment on column mixpanel_sync.subscriber_properties.line_hash is
+  'md5 of the run''s project_timezone and the staged line that last set the row''s content: a later identical line is '
+  'recognised as unchanged without being parsed. Moves only with the content. Set it to null after editing a row by '
+  'hand, and in any migration that changes how lines are parsed.';
 comment on column mixpanel_sync.subscriber_properties.first_synced_at is 'When a sync first inserted this profile.';
 comment on column mixpanel_sync.subscriber_properties.updated_at is
   'When a sync last changed the row''s content. Moves only on a real change; when unchanged profiles were last checked '
@@ -186,33 +191,63 @@ create type mixpanel_sync.profiles_result as (
   inserted bigint,
   updated bigint,
   unchanged bigint,
-  rows_written bigint
+  rows_written bigint,
+  recognised bigint
 );
 comment on type mixpanel_sync.profiles_result is
   'What applying a profiles run did: lines received, rejected, superseded by a later line of the same profile '
-  '(duplicates), profiles inserted, updated (content changed), unchanged, and rows actually written.';
+  '(duplicates), profiles inserted, updated (content changed), unchanged, rows actually written, and lines recognised '
+  'as the very line that set their row (unchanged, not parsed).';
 
 create function mixpanel_sync.upsert_subscriber_properties(run_id bigint, change_detection boolean)
 returns mixpanel_sync.profiles_result
 language sql
 set search_path = ''
+-- a run's batch is hashed and sorted in memory (finish_run sets the same)
+set work_mem = '64MB'
+-- The CTEs below have no statistics and their estimates are tiny: a nested loop between two of them (or over a
+-- table without a usable index) would be quadratic. Measured: 9,813 new profiles, 0.7 s with hash joins, 28 s
+-- with the nested loop the planner picked.
+set enable_nestloop = off
 as $$
-  with parsed as materialized (
-    select p.* from mixpanel_sync.staged_profiles_parsed p where p.run_id = upsert_subscriber_properties.run_id
+  with staged as materialized (
+    select s.line_id, md5(coalesce(r.project_timezone, '') || E'\n' || s.line)::uuid as line_hash
+    from mixpanel_sync.staged_profiles s
+    join mixpanel_sync.sync_runs r on r.id = s.run_id
+    where s.run_id = upsert_subscriber_properties.run_id
+  ), known as materialized (
+    -- Lines identical to the line that set a row (same zone): that row's profile, unchanged, not parsed.
+    -- Without change detection every line is parsed and written, as the original did.
+    select st.line_id, c.distinct_id
+    from staged st
+    join mixpanel_sync.subscriber_properties c on c.line_hash = st.line_hash
+    where change_detection
+  ), parsed as materialized (
+    select p.*, st.line_hash
+    from mixpanel_sync.staged_profiles_parsed p
+    join staged st on st.line_id = p.line_id
+    where p.run_id = upsert_subscriber_properties.run_id
+      and p.line_id not in (select k.line_id from known k)
   ), rejected as (
     insert into mixpanel_sync.sync_rejects (run_id, source, line_no, payload, reason)
     select p.run_id, 'profiles', p.line_id, p.line, p.reject_reason
     from parsed p
     where p.reject_reason is not null
     returning 1
+  ), usable as (
+    select k.line_id, k.distinct_id from known k
+    union all
+    select p.line_id, p.distinct_id from parsed p where p.reject_reason is null
   ), latest as (
-    -- A profile repeated in the batch: its last usable line wins.
+    -- A profile repeated in the batch: its last usable line wins. When that is a recognised line, the
+    -- profile is unchanged; else its last parsed line goes on.
     select distinct on (p.distinct_id) p.*
     from parsed p
     where p.reject_reason is null
+      and not exists (select from known k where k.distinct_id = p.distinct_id and k.line_id > p.line_id)
     order by p.distinct_id, p.line_id desc
   ), compared as (
-    select l.*,
+    select l.*, c.distinct_id is not null as existed,
       (c.email, c.name, c.first_name, c.last_name, c.phone, c.city, c.region, c.country_code, c.timezone,
         c.created_at, c.last_seen_at, c.properties)
       is not distinct from
@@ -223,9 +258,9 @@ as $$
   ), written as (
     insert into mixpanel_sync.subscriber_properties as s
       (distinct_id, email, name, first_name, last_name, phone, city, region, country_code, timezone,
-       created_at, last_seen_at, properties, changed_by_run_id, first_synced_at, updated_at)
+       created_at, last_seen_at, properties, changed_by_run_id, line_hash, first_synced_at, updated_at)
     select c.distinct_id, c.email, c.name, c.first_name, c.last_name, c.phone, c.city, c.region, c.country_code,
-      c.timezone, c.created_at, c.last_seen_at, c.properties, c.run_id, now(), now()
+      c.timezone, c.created_at, c.last_seen_at, c.properties, c.run_id, c.line_hash, now(), now()
     from compared c
     -- Unchanged profiles never reach the insert: no row lock, no WAL, no page dirtied.
     where not change_detection or not c.is_unchanged
@@ -243,10 +278,14 @@ as $$
       created_at = excluded.created_at,
       last_seen_at = excluded.last_seen_at,
       properties = excluded.properties,
-      -- Written without change detection, an unchanged row keeps its history.
+      -- Written without change detection, an unchanged row keeps its history. (The typed columns are read
+      -- from properties: comparing properties and the two dates, which depend on the zone, is comparing all.)
       changed_by_run_id = case when (s.properties, s.created_at, s.last_seen_at)
         is distinct from (excluded.properties, excluded.created_at, excluded.last_seen_at)
         then excluded.changed_by_run_id else s.changed_by_run_id end,
+      line_hash = case when (s.properties, s.created_at, s.last_seen_at)
+        is distinct from (excluded.properties, excluded.created_at, excluded.last_seen_at)
+        then excluded.line_hash else s.line_hash end,
       updated_at = case when (s.properties, s.created_at, s.last_seen_at)
         is distinct from (excluded.properties, excluded.created_at, excluded.last_seen_at)
         then excluded.updated_at else s.updated_at end
@@ -260,28 +299,31 @@ as $$
           excluded.properties)
     returning s.distinct_id, s.xmax = 0 as is_insert
   ), counted as (
-    select
-      count(*) filter (where w.is_insert) as inserted,
-      -- without change detection every row is written: an update counts when its content changed
-      count(*) filter (where not w.is_insert and (change_detection or not c.is_unchanged)) as updated,
+    select count(*) filter (where w.is_insert) as inserted, count(*) filter (where not w.is_insert) as rewritten,
       count(*) as rows_written
     from written w
-    join compared c on c.distinct_id = w.distinct_id
+  ), updated as (
+    -- with change detection every rewritten row changed; without it, those whose content differed
+    select case when change_detection then n.rewritten
+      else (select count(*) from compared c where c.existed and not c.is_unchanged) end as updated
+    from counted n
   )
   select
-    (select count(*) from parsed),
+    (select count(*) from staged),
     (select count(*) from rejected),
-    (select count(*) from parsed p where p.reject_reason is null) - (select count(*) from latest),
+    (select count(*) from usable) - (select count(distinct u.distinct_id) from usable u),
     n.inserted,
-    n.updated,
-    (select count(*) from latest) - n.inserted - n.updated,
-    n.rows_written
-  from counted n;
+    u.updated,
+    (select count(distinct x.distinct_id) from usable x) - n.inserted - u.updated,
+    n.rows_written,
+    (select count(*) from known)
+  from counted n, updated u;
 $$;
 comment on function mixpanel_sync.upsert_subscriber_properties(bigint, boolean) is
-  'Applies a profiles run''s staged lines in ONE statement: rejects to sync_rejects, the last line of each profile wins, '
-  'INSERT … ON CONFLICT DO UPDATE … WHERE (columns) IS DISTINCT FROM (excluded columns). change_detection true writes '
-  'nothing for an unchanged profile; false writes every profile (the original behaviour). Both leave the same contents.';
+  'Applies a profiles run''s staged lines in ONE statement: a line identical to the one that set its row is unchanged '
+  'without parsing; the others are parsed (rejects to sync_rejects), the last line of each profile wins, and '
+  'INSERT … ON CONFLICT DO UPDATE … WHERE (columns) IS DISTINCT FROM (excluded columns) writes only what changed. '
+  'change_detection false parses and writes every profile (the original behaviour). Both leave the same contents.';
 
 create function mixpanel_sync.finish_profiles_run(run mixpanel_sync.sync_runs)
 returns mixpanel_sync.sync_runs
@@ -314,6 +356,7 @@ begin
   run.options := run.options || jsonb_build_object(
     'change_detection', case when change_detection then 'on' else 'off' end,
     'rows_written', result.rows_written,
+    'lines_recognised', result.recognised,
     'dates_read_in', coalesce(run.project_timezone, 'UTC'));
   return run;
 end;
@@ -321,4 +364,4 @@ $$;
 comment on function mixpanel_sync.finish_profiles_run(mixpanel_sync.sync_runs) is
   'The profiles part of finish_run (same transaction): applies the run with upsert_subscriber_properties under '
   'profiles.change_detection and fills received, rejected, duplicates, inserted, updated, unchanged, users_touched '
-  'and options (change_detection, rows_written, dates_read_in).';
+  'and options (change_detection, rows_written, lines_recognised, dates_read_in).';

@@ -17,6 +17,15 @@ import { log } from './timing.ts';
 
 type Suite = (server: BenchServer, options: BenchOptions) => Promise<SuiteResult>;
 
+/** The figures each suite measures: null, with the suite's error as the reason, when it fails. */
+const SUITE_FIGURES: Record<SuiteName, FigureKey[]> = {
+  'set-vs-loop': ['set_vs_loop_replace', 'set_vs_loop_add'],
+  'full-sync': ['full_sync_events_per_s', 'full_sync_vs_copy', 'baseline_full_speedup', 'baseline_incremental_speedup', 'baseline_double_counted'],
+  incremental: ['incremental_ms', 'incremental_history_growth'],
+  profiles: ['profiles_unchanged_tuples_written', 'profiles_cd_speedup'],
+  'loader-rss': ['loader_rss_growth'],
+};
+
 const RUNNERS: Record<SuiteName, Suite> = {
   'set-vs-loop': (server, options) => setVsLoop(server, options.scale),
   'full-sync': (server, options) => originalScenario(server, options.scale),
@@ -44,6 +53,7 @@ async function main(): Promise<void> {
   const figures = emptyFigures();
   const sections: Section[] = [];
   const missing: Partial<Record<FigureKey, string>> = {};
+  const failed: SuiteName[] = [];
   try {
     const probe = await server.freshDatabase();
     const machine = await describeMachine(probe.pool, server.source);
@@ -51,10 +61,18 @@ async function main(): Promise<void> {
     log(`${machine.cores} cores, PostgreSQL ${machine.postgres} (${server.source})${options.quick ? ', quick scale' : ''}`);
     for (const name of options.suites) {
       log(`suite ${name}`);
-      const result = await RUNNERS[name](server, options);
-      Object.assign(figures, result.figures);
-      Object.assign(missing, result.missing ?? {});
-      sections.push(result.section);
+      try {
+        const result = await RUNNERS[name](server, options);
+        Object.assign(figures, result.figures);
+        Object.assign(missing, result.missing ?? {});
+        sections.push(result.section);
+      } catch (error) {
+        // the other suites still run; the bench exits non-zero at the end
+        const reason = `the ${name} suite failed: ${(error as Error).message.split('\n')[0]}`;
+        log(reason);
+        failed.push(name);
+        for (const key of SUITE_FIGURES[name]) missing[key] = reason;
+      }
     }
     const markdown = renderMarkdown({ machine, quick: options.quick, startedAt, totalMs: Date.now() - startedAt.getTime(), figures, sections, missing });
     const everySuite = SUITES.every((name) => options.suites.includes(name));
@@ -63,6 +81,10 @@ async function main(): Promise<void> {
     log(`wrote ${path.relative(repoRoot, target)}`);
     process.stderr.write(`${renderSummary(figures)}\n`);
     if (options.json) process.stdout.write(`${JSON.stringify(figures)}\n`);
+    if (failed.length > 0) {
+      process.stderr.write(`bench: ${failed.length} suite(s) failed: ${failed.join(', ')}\n`);
+      process.exitCode = 1;
+    }
   } finally {
     await server.stop();
   }

@@ -83,11 +83,13 @@ export const WHY_MISSED: Partial<Record<FigureKey, string>> = {
   set_vs_loop_add:
     'for an event already in the ledger both implementations pay one btree probe of event_ledger_pkey, which dominates the set path (auto_explain: ~100 of 160 ms for 31k probes); the loop adds only plpgsql overhead per row, so the ratio is bounded at a few × whatever the set SQL.',
   full_sync_events_per_s:
-    'parsing in SQL costs more than this target allows on this machine: the jsonb parse alone of 95k 570-byte lines is ≈ 0.72 s and a bare COPY into jsonb ≈ 1 s (≈ 95k lines/s), so ≥ 100k events/s cannot be reached while lines are parsed as jsonb; today the parse (≈ 1.5–2 s) and the delete-and-reinsert REPLACE (≈ 1.3–1.9 s) dominate.',
+    'parsing in SQL costs more than this target allows on this machine: the jsonb parse alone of 95k 570-byte lines is ≈ 0.72 s and a bare COPY into jsonb ≈ 1 s (≈ 95k lines/s), so ≥ 100k events/s cannot be reached while lines are parsed as jsonb in SQL; the parse and the delete-and-reinsert REPLACE dominate a run.',
   full_sync_vs_copy:
-    'the parse view\'s per-row function scans (≈ 0.6 s over the jsonb parse itself) and the REPLACE that rewrites every row of the window even when nothing changed; fenced subqueries (−33 % parse) and a merge REPLACE (−60 % apply on a re-sync) were measured in a scratch copy.',
+    'after the COPY into staging, finish_run parses every line again (the jsonb parse the bare COPY also pays, plus the field extraction and the event key) and REPLACE deletes and re-inserts every row of the window even when nothing changed: ≈ 150k rows and their index entries for 95k events; a merge REPLACE that writes only the difference cut the apply by ≈ 60 % on a re-sync in a scratch copy.',
   profiles_cd_speedup:
     'change detection saves only the write; parsing every staged profile (jsonb_to_record, the null/"" strip and two ISO-date regexes per row) is ≈ 80 % of a run whether anything changed or not. Skipping the parse of lines whose hash did not change is the proposed fix.',
+  incremental_history_growth:
+    'refresh_subscribers recomputes each touched user from all of its events_daily rows: for the ~2,500 users of a run that is ~77k index-scanned rows spread over as many heap pages, and once events_daily outgrows shared_buffers most of them are read from outside it (auto_explain, 300k users: 831 ms and 45k buffer reads, against 251 ms at 10k). An ADD could update the summary by the run\'s delta instead (counts only grow), reading one subscribers row per user.',
   baseline_full_speedup:
     'the original design writes one row per user and event name (≈ 17k rows here) from counts aggregated in TypeScript, while ours parses every line in SQL and keeps an exact per-event ledger (≈ 92k rows) plus per-day counts (≈ 60k rows): the price of dedup and exact REPLACE/ADD. The original\'s 90–120 s were Mixpanel API and PostgREST time this bench does not have.',
   baseline_incremental_speedup:

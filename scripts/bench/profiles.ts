@@ -12,6 +12,8 @@ import { benchFile, SAMPLE_END } from './sample-data.ts';
 import { log, median, ratio, seconds, timed } from './timing.ts';
 
 const SEED = 5;
+/** a run past this is cut (statement_timeout) and reported, so one pathological plan cannot hang the bench */
+const RUN_TIMEOUT_MS = 600_000;
 const TABLES = ['mixpanel_sync.subscriber_properties', 'mixpanel_sync.staged_profiles'];
 
 /** Users whose identified share holds about `profiles` profiles (anonymous users have none). */
@@ -53,7 +55,9 @@ async function tuplesWritten(pool: pg.Pool): Promise<Written> {
  */
 async function syncAndCount(db: BenchDatabase, file: string): Promise<{ ms: number; summary: ProfilesSummary; written: Written }> {
   const before = await tuplesWritten(db.pool);
-  const { ms, value: summary } = await timed(() => syncProfiles({ connectionString: db.url, input: file, clock: SAMPLE_END }));
+  const url = new URL(db.url);
+  url.searchParams.set('options', `-c statement_timeout=${RUN_TIMEOUT_MS}`);
+  const { ms, value: summary } = await timed(() => syncProfiles({ connectionString: url.toString(), input: file, clock: SAMPLE_END }));
   let after = await tuplesWritten(db.pool);
   for (let tries = 0; tries < 50; tries++) {
     await new Promise((resolve) => setTimeout(resolve, 100));

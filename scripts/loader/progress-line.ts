@@ -13,14 +13,14 @@ interface TtyLike {
 
 const SILENT: ProgressLine = { update: () => {}, done: () => {} };
 
-export function progressLine(stream: TtyLike, label: string, intervalMs = 200): ProgressLine {
+export function progressLine(stream: TtyLike, label: string, intervalMs = 200, clock: () => number = Date.now): ProgressLine {
   if (!stream.isTTY) return SILENT;
-  const started = Date.now();
+  const started = clock();
   let shownAt = 0;
   let shown = false;
   return {
     update(rows) {
-      const now = Date.now();
+      const now = clock();
       if (now - shownAt < intervalMs) return;
       shownAt = now;
       shown = true;
