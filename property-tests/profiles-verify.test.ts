@@ -92,4 +92,3 @@ describe('verify/profiles_change_detection.sql', () => {
     expect(outcome.passLines).toEqual([]);
   });
 });
-});

@@ -12,6 +12,8 @@ import { syncEvents } from './loader/events-sync.ts';
 import { withThrowawayDatabase } from './loader/throwaway-database.ts';
 import { summaryLines, type RunSummary } from './loader/run-summary.ts';
 import { sampleEventLines, writeSampleEvents, type SampleEventOptions } from './mixpanel/sample-events.ts';
+import { writeSampleProfiles } from './mixpanel/sample-profiles.ts';
+import { profilesSummaryLine, syncProfiles } from './sync-profiles.ts';
 
 const DAY_MS = 86_400_000;
 
@@ -112,6 +114,27 @@ const subscribers: DemoStep = {
   },
 };
 
+const profileSyncs: DemoStep = {
+  title: 'profiles: a sync, then the same profiles with about 10% edited in Mixpanel (change detection)',
+  async run(context) {
+    const { users, seed } = context.sample;
+    const write = async (name: string, editRate: number) => {
+      const file = path.join(context.dir, name);
+      const out = createWriteStream(file);
+      const stats = await writeSampleProfiles({ users, seed, end: context.firstClock, editRate }, out, 'pages');
+      out.end();
+      await finished(out);
+      return { file, ...stats };
+    };
+    const base = await write('profiles.pages', 0);
+    context.say(`sample: ${base.profiles.toLocaleString('en-US')} profiles of the same users, as saved Engage pages`);
+    context.say(`  first sync:  ${profilesSummaryLine(await syncProfiles({ pool: context.pool, input: base.file, clock: context.firstClock }))}`);
+    const edited = await write('profiles-edited.pages', 0.1);
+    context.say(`  ${edited.edited.toLocaleString('en-US')} profiles edited since; the rest byte-identical`);
+    context.say(`  second sync: ${profilesSummaryLine(await syncProfiles({ pool: context.pool, input: edited.file, clock: context.now }))}`);
+  },
+};
+
 const health: DemoStep = {
   title: 'sync health: select * from mixpanel_sync.sync_health()',
   async run(context) {
@@ -126,7 +149,7 @@ const health: DemoStep = {
 };
 
 /** The demo, in order. A step reads and extends the context; add new ones here. */
-const demoSteps: DemoStep[] = [fullSync, incrementalSync, subscribers, health];
+const demoSteps: DemoStep[] = [fullSync, incrementalSync, subscribers, profileSyncs, health];
 
 async function main(): Promise<void> {
   const started = performance.now();

@@ -172,6 +172,32 @@ describe('syncProfiles from a file', () => {
     expect(stored[0].properties).toEqual({ plan: 'team' });
   });
 
+  it('an empty input is a run that changes nothing', async () => {
+    await syncProfiles({ pool: db.pool, input: writeFile('few.jsonl', profiles.slice(0, 3).map(line).join('\n')) });
+    const before = await versions();
+    for (const content of ['', '\n', '[]']) {
+      const summary = await syncProfiles({ pool: db.pool, input: writeFile('empty.json', content) });
+      expect(summary, JSON.stringify(content)).toMatchObject({ status: 'succeeded', received: 0, inserted: 0, updated: 0, unchanged: 0, rejected: 0 });
+    }
+    expect(await versions()).toEqual(before);
+  });
+
+  it("reads naive dates in the run's project timezone; another zone is a change", async () => {
+    const file = writeFile('dates.jsonl', profiles.slice(0, 4).map(line).join('\n'));
+    const createdAt = async () => {
+      const { rows } = await db.pool.query(`select created_at from mixpanel_sync.subscriber_properties where distinct_id = 'user-0'`);
+      return (rows[0].created_at as Date).toISOString();
+    };
+    const local = await syncProfiles({ pool: db.pool, input: file, projectTimezone: 'America/New_York' });
+    expect(local).toMatchObject({ inserted: 4 });
+    expect(await createdAt()).toBe('2026-11-02T15:11:12.000Z'); // 10:11:12 EST
+    const utc = await syncProfiles({ pool: db.pool, input: file });
+    expect(utc).toMatchObject({ inserted: 0, updated: 4, unchanged: 0 });
+    expect(await createdAt()).toBe('2026-11-02T10:11:12.000Z');
+    const { rows } = await db.pool.query('select options from mixpanel_sync.sync_runs where id = any($1) order by id', [[local.run_id, utc.run_id]]);
+    expect(rows.map((row) => row.options.dates_read_in)).toEqual(['America/New_York', 'UTC']);
+  });
+
   it('a file that cannot be read starts no run', async () => {
     await expect(syncProfiles({ pool: db.pool, input: path.join(dir, 'missing.json') })).rejects.toThrow(/^cannot read input file .*missing\.json \(ENOENT\): check the --file path$/);
     const { rows } = await db.pool.query('select count(*)::int as n from mixpanel_sync.sync_runs');

@@ -114,17 +114,18 @@ async function* decoded(bytes: Readable): AsyncGenerator<string> {
 }
 
 /** JSONL unless the input starts with '[' or with a line that is only '{' (pretty-printed JSON). */
-async function isJsonLines(bytes: Readable): Promise<boolean> {
-  // the first chunk: asking for more could reach the end, where the peeked bytes cannot be put back
-  const head = (await peekBytes(bytes, 1)).toString('utf8').trimStart();
-  return !(head.startsWith('[') || /^\{\s*(\n|$)/.test(head));
+function isJsonLines(head: string): boolean {
+  const start = head.trimStart();
+  return !(start.startsWith('[') || /^\{\s*(\n|$)/.test(start));
 }
 
 /** The profiles of a file or stdin, one per line, whatever the format (see the top of this file). */
-export async function* profileLines(bytes: Readable): AsyncGenerator<string> {
-  const records = (await isJsonLines(bytes))
-    ? createInterface({ input: bytes, crlfDelay: Infinity })
-    : jsonValues(decoded(bytes));
+export async function* profileLines(input: Readable): AsyncGenerator<string> {
+  const peeked = await peekBytes(input, 1);
+  const head = peeked.head.toString('utf8');
+  if (head === '') return; // an empty input (the stream has ended)
+  const bytes = peeked.stream;
+  const records = isJsonLines(head) ? createInterface({ input: bytes, crlfDelay: Infinity }) : jsonValues(decoded(bytes));
   for await (const record of records) if (record.trim()) yield* profilesOf(record);
 }
 

@@ -2,15 +2,20 @@
 // starts with gzip's magic bytes (1f 8b), whatever its name.
 import { createReadStream } from 'node:fs';
 import { access, constants } from 'node:fs/promises';
-import { pipeline, type Readable } from 'node:stream';
+import { pipeline, Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 
 const GZIP_MAGIC = [0x1f, 0x8b];
 
 export type InputSource = string | Readable;
 
-/** Reads until `count` bytes are buffered or the stream ends, then puts them back; returns them. */
-export async function peekBytes(stream: Readable, count: number): Promise<Buffer> {
+/**
+ * Reads until `count` bytes are buffered or the stream ends, and returns them with a stream that
+ * still holds every byte: the same stream with the bytes put back, or, when it has ended (bytes
+ * cannot be put back then), a new one made of them.
+ */
+export async function peekBytes(source: Readable, count: number): Promise<{ head: Buffer; stream: Readable }> {
+  const stream = source;
   const parts: Buffer[] = [];
   let length = 0;
   while (length < count) {
@@ -42,8 +47,9 @@ export async function peekBytes(stream: Readable, count: number): Promise<Buffer
     if (stream.errored) throw stream.errored;
   }
   const head = Buffer.concat(parts);
+  if (stream.readableEnded) return { head, stream: Readable.from(head.length > 0 ? [head] : []) };
   if (head.length > 0) stream.unshift(head);
-  return head;
+  return { head, stream };
 }
 
 export function isGzip(head: Buffer): boolean {
@@ -66,8 +72,7 @@ function rawStream(source: InputSource): Readable {
 
 /** The input's bytes, decompressed when gzip. Errors (a bad gzip, a read error) surface on the returned stream. */
 export async function openInput(source: InputSource): Promise<Readable> {
-  const raw = rawStream(source);
-  const head = await peekBytes(raw, GZIP_MAGIC.length);
+  const { head, stream: raw } = await peekBytes(rawStream(source), GZIP_MAGIC.length);
   if (!isGzip(head)) return raw;
   const gunzip = createGunzip({ chunkSize: 256 * 1024 });
   // pipeline hands a read error of raw on to gunzip, which its reader sees.
