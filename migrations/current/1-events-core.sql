@@ -918,7 +918,7 @@ comment on function mixpanel_sync.begin_run(text, boolean, timestamptz, text, da
   'watermark - events.overlap. clock is the run''s fetch_to. project_timezone: for projects that store local time. '
   'resync_from/resync_to: a full run that replaces exactly those UTC days (after data was deleted or re-imported in Mixpanel).';
 
-create function mixpanel_sync.running_run(run_id bigint, for_what text)
+create function mixpanel_sync.running_run(run_id bigint, for_what text, source text)
 returns mixpanel_sync.sync_runs
 language plpgsql
 set search_path = ''
@@ -934,10 +934,28 @@ begin
     raise exception '%: run % is %, not running; start a new run with mixpanel_sync.begin_run', for_what, run_id, run.status
       using errcode = 'object_not_in_prerequisite_state';
   end if;
+  if source is not null and run.source <> source then
+    raise exception '%: run % is a % run', for_what, run_id, run.source using errcode = 'invalid_parameter_value';
+  end if;
   return run;
 end;
 $$;
-comment on function mixpanel_sync.running_run(bigint, text) is 'The run, or an error naming why it cannot take more work.';
+comment on function mixpanel_sync.running_run(bigint, text, text) is
+  'The run, or an error naming why it cannot take more work (unknown, finished, or of another source when one is given).';
+
+create function mixpanel_sync.json_items(items jsonb)
+returns setof text
+language sql
+immutable
+set search_path = ''
+as $$
+  select e.value::text
+  from jsonb_array_elements(case when jsonb_typeof(items) = 'array' then items else jsonb_build_array(items) end)
+    with ordinality as e (value, position)
+  order by e.position;
+$$;
+comment on function mixpanel_sync.json_items(jsonb) is
+  'The elements of a JSON array (or the one value given) as text, in order: one staged line each.';
 
 create function mixpanel_sync.stage_events(run_id bigint, events jsonb)
 returns bigint
@@ -945,17 +963,11 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  run mixpanel_sync.sync_runs := mixpanel_sync.running_run(run_id, 'stage_events');
   staged bigint;
 begin
-  if run.source <> 'events' then
-    raise exception 'stage_events: run % is a % run', run_id, run.source using errcode = 'invalid_parameter_value';
-  end if;
+  perform mixpanel_sync.running_run(run_id, 'stage_events', 'events');
   insert into mixpanel_sync.staged_events (run_id, line)
-  select run.id, e.value::text
-  from jsonb_array_elements(case when jsonb_typeof(events) = 'array' then events else jsonb_build_array(events) end)
-    with ordinality as e (value, position)
-  order by e.position;
+  select stage_events.run_id, line from mixpanel_sync.json_items(events) as line;
   get diagnostics staged = row_count;
   return staged;
 end;
@@ -1077,7 +1089,7 @@ declare
 begin
   -- Finishes are serialised: concurrent runs may stage at once, but apply one at a time.
   perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.finish_run', 0));
-  run := mixpanel_sync.running_run(run_id, 'finish_run');
+  run := mixpanel_sync.running_run(run_id, 'finish_run', null);
   perform from mixpanel_sync.sync_runs r where r.id = run.id for update;
 
   if run.source = 'events' then

@@ -156,21 +156,16 @@ language plpgsql
 set search_path = ''
 as $$
 declare
-  run mixpanel_sync.sync_runs := mixpanel_sync.running_run(run_id, 'stage_profiles');
   staged bigint;
 begin
-  if run.source <> 'profiles' then
-    raise exception 'stage_profiles: run % is a % run', run_id, run.source using errcode = 'invalid_parameter_value';
-  end if;
+  perform mixpanel_sync.running_run(run_id, 'stage_profiles', 'profiles');
   insert into mixpanel_sync.staged_profiles (run_id, line)
-  select run.id, e.value::text
-  from jsonb_array_elements(case
-      when jsonb_typeof(profiles) = 'array' then profiles
+  select stage_profiles.run_id, line
+  from mixpanel_sync.json_items(case
       -- an Engage response page, as saved from the API
       when jsonb_typeof(profiles -> 'results') = 'array' and not profiles ? '$distinct_id' then profiles -> 'results'
-      else jsonb_build_array(profiles)
-    end) with ordinality as e (value, position)
-  order by e.position;
+      else profiles
+    end) as line;
   get diagnostics staged = row_count;
   return staged;
 end;
