@@ -533,48 +533,6 @@ comment on function mixpanel_sync.refresh_subscriber_loop(text) is
 -- events of E not yet in the ledger and not older than the horizon, accumulate.
 ------------------------------------------------------------------------------------------
 
-create function mixpanel_sync.insert_new_events(
-  run_id bigint, from_day date, to_day date,
-  out applied bigint, out duplicates bigint, out outside bigint, out distinct_ids text[])
-language plpgsql
-set search_path = ''
-as $$
-begin
-  with candidates as materialized (
-    select e.distinct_id, e.event_key, e.event_name, e.event_time, e.day
-    from mixpanel_sync.run_events e
-    where e.run_id = insert_new_events.run_id and e.reject_reason is null
-  ), in_window as (
-    select c.* from candidates c where c.day between from_day and to_day
-  ), ledgered as (
-    -- do nothing also skips repeats inside the batch: the first of them wins, and all of them
-    -- carry the same name and second by construction of the key.
-    insert into mixpanel_sync.event_ledger (distinct_id, event_key, day, event_name, event_time, run_id)
-    select w.distinct_id, w.event_key, w.day, w.event_name, w.event_time, insert_new_events.run_id
-    from in_window w
-    on conflict (distinct_id, event_key) do nothing
-    returning event_ledger.distinct_id, event_ledger.day, event_ledger.event_name, event_ledger.event_time
-  ), daily as (
-    insert into mixpanel_sync.events_daily as d (distinct_id, day, event_name, event_count, first_at, last_at)
-    select l.distinct_id, l.day, l.event_name, count(*), min(l.event_time), max(l.event_time)
-    from ledgered l
-    group by l.distinct_id, l.day, l.event_name
-    on conflict (distinct_id, day, event_name) do update set
-      event_count = d.event_count + excluded.event_count,
-      first_at = least(d.first_at, excluded.first_at),
-      last_at = greatest(d.last_at, excluded.last_at)
-  )
-  select
-    (select count(*) from ledgered),
-    (select count(*) from in_window) - (select count(*) from ledgered),
-    (select count(*) from candidates) - (select count(*) from in_window),
-    coalesce((select array_agg(distinct l.distinct_id) from ledgered l), '{}')
-  into applied, duplicates, outside, distinct_ids;
-end;
-$$;
-comment on function mixpanel_sync.insert_new_events(bigint, date, date) is
-  'Set-based core of both paths: ledger-deduplicated insert of a run''s events with day in [from_day, to_day], accumulated into events_daily.';
-
 create function mixpanel_sync.upsert_subscribers_incremental(run_id bigint, from_day date, to_day date)
 returns mixpanel_sync.apply_result
 language plpgsql
@@ -637,6 +595,18 @@ comment on function mixpanel_sync.upsert_subscribers_incremental(bigint, date, d
   'REPLACE, set-based: removes every events_daily and ledger row with day in [from_day, to_day], then inserts the run''s events '
   'of those days deduplicated. Events outside the window are counted too_old. Rows outside the window are untouched.';
 
+create function mixpanel_sync.add_event_counts(counts jsonb, more jsonb)
+returns jsonb
+language sql
+immutable
+set search_path = ''
+as $$
+  select jsonb_object_agg(k.name, coalesce((counts ->> k.name)::numeric, 0) + coalesce((more ->> k.name)::numeric, 0))
+  from (select jsonb_object_keys(counts) union select jsonb_object_keys(more)) as k (name);
+$$;
+comment on function mixpanel_sync.add_event_counts(jsonb, jsonb) is
+  'Two subscribers.event_counts objects added key by key.';
+
 create function mixpanel_sync.upsert_subscribers_incremental_add(run_id bigint, horizon_day date)
 returns mixpanel_sync.apply_result
 language plpgsql
@@ -644,15 +614,62 @@ set search_path = ''
 set work_mem = '64MB'
 as $$
 declare
-  inserted record;
+  result mixpanel_sync.apply_result;
 begin
-  inserted := mixpanel_sync.insert_new_events(run_id, horizon_day, 'infinity');
-  perform mixpanel_sync.refresh_subscribers(inserted.distinct_ids);
-  return (inserted.applied, inserted.duplicates, inserted.outside, cardinality(inserted.distinct_ids))::mixpanel_sync.apply_result;
+  with candidates as materialized (
+    select e.distinct_id, e.event_key, e.event_name, e.event_time, e.day
+    from mixpanel_sync.run_events e
+    where e.run_id = upsert_subscribers_incremental_add.run_id and e.reject_reason is null
+  ), in_window as (
+    select c.* from candidates c where c.day >= horizon_day
+  ), ledgered as (
+    -- do nothing also skips repeats inside the batch: the first of them wins, and all of them
+    -- carry the same name and second by construction of the key.
+    insert into mixpanel_sync.event_ledger (distinct_id, event_key, day, event_name, event_time, run_id)
+    select w.distinct_id, w.event_key, w.day, w.event_name, w.event_time, upsert_subscribers_incremental_add.run_id
+    from in_window w
+    on conflict (distinct_id, event_key) do nothing
+    returning event_ledger.distinct_id, event_ledger.day, event_ledger.event_name, event_ledger.event_time
+  ), daily as (
+    insert into mixpanel_sync.events_daily as d (distinct_id, day, event_name, event_count, first_at, last_at)
+    select l.distinct_id, l.day, l.event_name, count(*), min(l.event_time), max(l.event_time)
+    from ledgered l
+    group by l.distinct_id, l.day, l.event_name
+    on conflict (distinct_id, day, event_name) do update set
+      event_count = d.event_count + excluded.event_count,
+      first_at = least(d.first_at, excluded.first_at),
+      last_at = greatest(d.last_at, excluded.last_at)
+  ), per_name as (
+    select l.distinct_id, l.event_name, count(*) as event_count, min(l.event_time) as first_at, max(l.event_time) as last_at
+    from ledgered l
+    group by l.distinct_id, l.event_name
+  ), summed as (
+    -- ADD only ever adds: the summary moves by the run's delta, without reading a user's history
+    -- (what keeps an incremental run's cost independent of it).
+    insert into mixpanel_sync.subscribers as s
+      (distinct_id, total_events, first_event_at, last_event_at, event_counts, updated_at)
+    select p.distinct_id, sum(p.event_count), min(p.first_at), max(p.last_at), jsonb_object_agg(p.event_name, p.event_count), now()
+    from per_name p
+    group by p.distinct_id
+    on conflict (distinct_id) do update set
+      total_events = s.total_events + excluded.total_events,
+      first_event_at = least(s.first_event_at, excluded.first_event_at),
+      last_event_at = greatest(s.last_event_at, excluded.last_event_at),
+      event_counts = mixpanel_sync.add_event_counts(s.event_counts, excluded.event_counts),
+      updated_at = excluded.updated_at
+  )
+  select
+    (select count(*) from ledgered),
+    (select count(*) from in_window) - (select count(*) from ledgered),
+    (select count(*) from candidates) - (select count(*) from in_window),
+    (select count(distinct l.distinct_id) from ledgered l)
+  into result.applied, result.duplicates, result.too_old, result.users_touched;
+  return result;
 end;
 $$;
 comment on function mixpanel_sync.upsert_subscribers_incremental_add(bigint, date) is
-  'ADD, set-based: applies the run''s events not yet in the ledger (repeats inside the run count once); '
+  'ADD, set-based, one statement: applies the run''s events not yet in the ledger (repeats inside the run count once) '
+  'and moves each touched subscriber by the run''s delta; '
   'events before horizon_day cannot be deduplicated and are counted too_old, not applied. Idempotent and order-independent.';
 
 create function mixpanel_sync.insert_new_events_loop(
@@ -714,7 +731,7 @@ begin
 end;
 $$;
 comment on function mixpanel_sync.insert_new_events_loop(bigint, date, date) is
-  'Row-at-a-time reference of insert_new_events: one ledger insert and one events_daily upsert per event.';
+  'Row-at-a-time core of the _loop paths: one ledger insert and one events_daily upsert per event, in [from_day, to_day].';
 
 create function mixpanel_sync.upsert_subscribers_incremental_loop(run_id bigint, from_day date, to_day date)
 returns mixpanel_sync.apply_result

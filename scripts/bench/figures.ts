@@ -81,7 +81,7 @@ export const WHY_MISSED: Partial<Record<FigureKey, string>> = {
   set_vs_loop_replace:
     'the `_loop` twin is a lean plpgsql loop (one ledger insert and one daily upsert per event, C-collated keys), and the set path still deletes and re-inserts the whole window: a merge that writes only the difference cut the set REPLACE by 2–3× on a steady-state re-sync in a scratch copy.',
   set_vs_loop_add:
-    'for an event already in the ledger both implementations pay one btree probe of event_ledger_pkey, which dominates the set path (auto_explain: ~100 of 160 ms for 31k probes); the loop adds only plpgsql overhead per row, so the ratio is bounded at a few × whatever the set SQL.',
+    'for every event already in the ledger (two thirds of the batch) both implementations pay one btree probe of event_ledger_pkey, and that probe is most of the set path\'s time (auto_explain of a dedup-heavy batch: ~100 of 160 ms for 31k probes); the loop adds only plpgsql overhead per row, so the ratio stays at a few × whatever the set SQL.',
   full_sync_events_per_s:
     'parsing in SQL costs more than this target allows on this machine: the jsonb parse alone of 95k 570-byte lines is ≈ 0.72 s and a bare COPY into jsonb ≈ 1 s (≈ 95k lines/s), so ≥ 100k events/s cannot be reached while lines are parsed as jsonb in SQL; the parse and the delete-and-reinsert REPLACE dominate a run.',
   full_sync_vs_copy:

@@ -105,6 +105,22 @@ async function measureBatch(server: BenchServer, users: number, repeats: number)
   }
 }
 
+/** How each implementation's time grows from the smallest batch to the largest, against the events' growth. */
+function scalingReading(batches: BatchFigures[]): string[] {
+  const small = batches[0];
+  const large = batches.at(-1);
+  if (!small || !large || small === large) return [];
+  const factor = (key: keyof BatchFigures['medians']) => large.medians[key] / small.medians[key];
+  const growth = (key: keyof BatchFigures['medians']) => `×${factor(key).toFixed(1)}`;
+  const events = large.events / small.events;
+  const superlinear = factor('replace_loop') > 1.5 * events
+    ? ' The REPLACE loop grows much faster than its input (the set path does not), which is why its ratio depends so much on the batch size.'
+    : '';
+  return [
+    `From ${small.users.toLocaleString('en-US')} to ${large.users.toLocaleString('en-US')} users the events grow ×${events.toFixed(1)}; REPLACE set ${growth('replace_set')}, REPLACE loop ${growth('replace_loop')}, ADD set ${growth('add_set')}, ADD loop ${growth('add_loop')}.${superlinear}`,
+  ];
+}
+
 const fixed = (value: number | null, digits = 1): string => (value === null ? 'n/a' : value.toFixed(digits));
 
 export async function setVsLoop(server: BenchServer, scale: Scale): Promise<SuiteResult> {
@@ -140,7 +156,7 @@ export async function setVsLoop(server: BenchServer, scale: Scale): Promise<Suit
           `${fixed(ratio(b.medians.add_loop, b.medians.add_set))}×`,
         ]),
       ],
-      reading: [],
+      reading: scalingReading(batches),
     },
     missing: keyBatch ? {} : { set_vs_loop_replace: 'no 1,000-user batch in this scale', set_vs_loop_add: 'no 1,000-user batch in this scale' },
   };
