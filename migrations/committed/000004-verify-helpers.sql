@@ -1,7 +1,6 @@
--- DEV-ONLY (removed when committed): re-runnable under graphile-migrate watch.
-drop function if exists mixpanel_sync.verify_staged_run(jsonb), mixpanel_sync.verify_others(), mixpanel_sync.verify_result(mixpanel_sync.apply_result),
-  mixpanel_sync.verify_assert_same(text, text, jsonb, jsonb), mixpanel_sync.verify_first_difference(jsonb, jsonb),
-  mixpanel_sync.verify_snapshot(text[]), mixpanel_sync.verify_events(text, integer, date, integer), mixpanel_sync.verify_ours(text);
+--! Previous: sha1:66af9607e81667775ad8ea95dd87d46d8257edee
+--! Hash: sha1:63b2e1206c22c52b6a6daf0c9f71425b51025555
+--! Message: verify helpers
 
 -- Helpers of the verify/*.sql proofs: deterministic data, snapshots of the script's own rows, first-difference
 -- reports. A verify script's rows have distinct_ids 'verify:…' or -90000000NN and days far in the past.

@@ -1,14 +1,10 @@
+--! Previous: sha1:f6ac2ec82f5149e3dc3e38e0af6bf6bfb8ce87a4
+--! Hash: sha1:b3bb100fc8fe73cf44ce83571a3576702b3d3bf2
+--! Message: profiles
+
 -- Profiles: Mixpanel Engage profiles kept in mixpanel_sync.subscriber_properties.
 -- Loaded after 1-events-core.sql (schema, sync_runs, staged_profiles, settings, finish_run).
--- Re-runnable: every object is dropped first (DEV-ONLY, like the core's drop schema).
 
-drop function if exists mixpanel_sync.finish_profiles_run(mixpanel_sync.sync_runs);
-drop function if exists mixpanel_sync.upsert_subscriber_properties(bigint, boolean);
-drop function if exists mixpanel_sync.stage_profiles(bigint, jsonb);
-drop view if exists mixpanel_sync.staged_profiles_parsed;
-drop function if exists mixpanel_sync.profile_time_pattern();
-drop type if exists mixpanel_sync.profiles_result;
-drop table if exists mixpanel_sync.subscriber_properties;
 
 ------------------------------------------------------------------------------------------
 -- The table

@@ -1,6 +1,6 @@
--- DEV-ONLY: makes this current migration re-runnable under `graphile-migrate watch`.
--- Removed when committed.
-drop schema if exists mixpanel_sync cascade;
+--! Previous: -
+--! Hash: sha1:f6ac2ec82f5149e3dc3e38e0af6bf6bfb8ce87a4
+--! Message: events core
 
 create schema mixpanel_sync;
 comment on schema mixpanel_sync is

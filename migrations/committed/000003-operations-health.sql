@@ -1,6 +1,10 @@
+--! Previous: sha1:b3bb100fc8fe73cf44ce83571a3576702b3d3bf2
+--! Hash: sha1:66af9607e81667775ad8ea95dd87d46d8257edee
+--! Message: operations health
+
 ------------------------------------------------------------------------------------------
 -- Operations: health checks over sync_runs and sync_watermarks (docs/operations.md).
--- Loaded after 1-events-core.sql and 2-profiles.sql. Re-runnable.
+-- Loaded after 1-events-core.sql and 2-profiles.sql.
 ------------------------------------------------------------------------------------------
 
 -- Thresholds. A check is 'warn' when its value reaches the warn threshold and 'critical'
@@ -37,22 +41,6 @@ insert into mixpanel_sync.sync_settings (key, value, kind, description) values
    'sync_health events.too_old: warn when incremental runs since the last full run skipped at least this many events as too old.')
 on conflict (key) do nothing;
 
-drop function if exists mixpanel_sync.sync_health();
-drop function if exists mixpanel_sync.health_events_duration();
-drop function if exists mixpanel_sync.health_incremental_volume();
-drop function if exists mixpanel_sync.health_watermark_lag();
-drop function if exists mixpanel_sync.health_lateness();
-drop function if exists mixpanel_sync.health_too_old();
-drop function if exists mixpanel_sync.health_profiles_change_detection();
-drop function if exists mixpanel_sync.health_failed_runs(text);
-drop function if exists mixpanel_sync.health_rejected(text);
-drop function if exists mixpanel_sync.health_running();
-drop function if exists mixpanel_sync.last_succeeded_run(text);
-drop function if exists mixpanel_sync.health_level(numeric, numeric, numeric);
-drop function if exists mixpanel_sync.health_thresholds(text, text);
-drop function if exists mixpanel_sync.setting_seconds(text);
-drop function if exists mixpanel_sync.seconds_text(bigint);
-drop type if exists mixpanel_sync.health_check;
 
 create type mixpanel_sync.health_check as (
   "check" text,
