@@ -1,7 +1,7 @@
 // loader_rss_growth: the loader's peak RSS (a child process: the loader engineer's measureLoaderPeakRss)
 // for a large file ÷ for a small one. Memory must stay flat whatever the input size.
 import { rm } from 'node:fs/promises';
-import { measureLoaderPeakRss, writeSampleFile } from '../loader/peak-rss.ts';
+import { measureLoaderPeakRss, writeSampleFile } from './peak-rss.ts';
 import type { Scale } from './bench-options.ts';
 import type { BenchServer } from './bench-server.ts';
 import type { SuiteResult } from './figures.ts';
@@ -47,7 +47,7 @@ export async function loaderRss(server: BenchServer, scale: Scale, quick: boolea
       title: 'Loader memory: flat whatever the input size',
       command: 'npm run bench -- --only loader-rss',
       method: [
-        'A full events sync of a generated JSONL file in a child process (`measureLoaderPeakRss`, scripts/loader/peak-rss.ts: `syncEvents` in process, as the CLI runs it); its peak RSS is the child\'s `process.resourceUsage().maxRSS`. Each trial on a fresh database.',
+        'A full events sync of a generated JSONL file in a child process (`measureLoaderPeakRss`, scripts/bench/peak-rss.ts: `syncEvents` in process, as the CLI runs it); its peak RSS is the child\'s `process.resourceUsage().maxRSS`. Each trial on a fresh database.',
         `Medians of ${scale.repeats} trials per size.`,
         ...(quick ? [`**Quick scale**: ${scale.rssLines.large.toLocaleString('en-US')} lines, not 1,000,000.`] : []),
       ],

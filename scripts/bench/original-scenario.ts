@@ -10,7 +10,7 @@ import { copyFileAsJsonb, createCopyTable } from './copy-file.ts';
 import { vacuumEventTables } from './core-steps.ts';
 import type { SuiteResult } from './figures.ts';
 import { benchFile, distinctEvents, parseLine, SAMPLE_END, writeLines } from './sample-data.ts';
-import { sampleEventLines } from '../mixpanel/sample-events.ts';
+import { sampleEventLines } from '../fixtures/sample-events.ts';
 import { log, median, ratio, seconds, timed } from './timing.ts';
 
 const USERS = 3_000;

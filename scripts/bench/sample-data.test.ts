@@ -7,7 +7,7 @@ import { afterAll, expect, it } from 'vitest';
 import { createTestDatabase } from '../db/vitest-database.ts';
 import { syncEvents } from '../loader/events-sync.ts';
 import { distinctEvents, parseLine, writeLines } from './sample-data.ts';
-import { sampleEventLines } from '../mixpanel/sample-events.ts';
+import { sampleEventLines } from '../fixtures/sample-events.ts';
 
 const db = await createTestDatabase();
 const dir = mkdtempSync(path.join(os.tmpdir(), 'bench-truth-'));

@@ -1,5 +1,5 @@
 // Where the bench's generated files go (.tmp/bench), and the facts it checks results against: the true
-// number of distinct events of generated lines (the generator is scripts/mixpanel/sample-events.ts).
+// number of distinct events of generated lines (the generator is scripts/fixtures/sample-events.ts).
 import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';

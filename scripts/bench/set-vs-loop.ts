@@ -17,7 +17,7 @@ import {
 } from './core-steps.ts';
 import type { SuiteResult } from './figures.ts';
 import { EVENTS_PER_USER, SAMPLE_END } from './sample-data.ts';
-import { sampleEventLines } from '../mixpanel/sample-events.ts';
+import { sampleEventLines } from '../fixtures/sample-events.ts';
 import { log, median, ratio, seconds, timed } from './timing.ts';
 
 /**

@@ -23,7 +23,7 @@ interface Started {
 
 /** A child node process that starts a server and waits; resolves with what it printed. */
 function startServerInChild(): Promise<{ started: Started; kill: () => void }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'scripts/db/fixtures/start-server.ts'), instancesRoot], {
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'scripts/fixtures/start-embedded-server.ts'), instancesRoot], {
     cwd: repoRoot,
     stdio: ['ignore', 'pipe', 'pipe'],
   });

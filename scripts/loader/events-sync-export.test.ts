@@ -1,11 +1,11 @@
 // syncEvents without a file: the Export API of a fake Mixpanel on 127.0.0.1, end to end into Postgres.
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase } from '../db/vitest-database.ts';
-import { startFakeMixpanel, type FakeMixpanel } from '../mixpanel/fake-mixpanel-server.ts';
+import { startFakeMixpanel, type FakeMixpanel } from '../fixtures/fake-mixpanel-server.ts';
 import type { MixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
 import { syncEvents } from './events-sync.ts';
 import type { LoaderFailure } from './staged-sync.ts';
-import { appliedState, CLOCK, failure, resetEvents, eventLine, eventLines, stagedRows, totalEvents, watermark } from './test-support.ts';
+import { appliedState, CLOCK, failure, resetEvents, eventLine, eventLines, stagedRows, totalEvents, watermark } from '../fixtures/test-support.ts';
 
 const HOUR = 3600;
 const db = await createTestDatabase();

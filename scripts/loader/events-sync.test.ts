@@ -8,7 +8,7 @@ import { createTestDatabase } from '../db/vitest-database.ts';
 import { copyIntoStaging } from './copy-into-staging.ts';
 import { syncEvents } from './events-sync.ts';
 import { beginRun, failRun } from './sync-runs.ts';
-import { appliedState, CLOCK, failure, resetEvents, eventLine, eventLines, runRow, stagedRows, totalEvents, watermark } from './test-support.ts';
+import { appliedState, CLOCK, failure, resetEvents, eventLine, eventLines, runRow, stagedRows, totalEvents, watermark } from '../fixtures/test-support.ts';
 
 const db = await createTestDatabase();
 const dir = mkdtempSync(path.join(os.tmpdir(), 'loader-test-'));

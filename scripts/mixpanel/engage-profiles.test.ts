@@ -1,6 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { engageProfiles, type EngagePage, type EngageProfile, type EngageProfilesOptions } from './engage-profiles.ts';
-import { startFakeMixpanel, type FakeMixpanel } from './fake-mixpanel-server.ts';
+import { startFakeMixpanel, type FakeMixpanel } from '../fixtures/fake-mixpanel-server.ts';
 import { isMixpanelError, type MixpanelError } from './mixpanel-errors.ts';
 import type { MixpanelSettings } from './mixpanel-settings.ts';
 

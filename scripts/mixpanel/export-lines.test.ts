@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import fc from 'fast-check';
 import { createLineJoiner, endsInsideString, isTerminatedEarlyLine } from './export-lines.ts';
 import { isMixpanelError } from './mixpanel-errors.ts';
-import { splitLine } from './fake-mixpanel-server.ts';
+import { splitLine } from '../fixtures/fake-mixpanel-server.ts';
 
 function run(input: string | Buffer, chunkSize = Infinity) {
   const bytes = typeof input === 'string' ? Buffer.from(input) : input;

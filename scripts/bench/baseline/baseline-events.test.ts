@@ -6,7 +6,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createTestDatabase } from '../../db/vitest-database.ts';
 import { parseLine, writeLines } from '../sample-data.ts';
-import { sampleEventLines } from '../../mixpanel/sample-events.ts';
+import { sampleEventLines } from '../../fixtures/sample-events.ts';
 import { baselineFullSync, baselineIncrementalSync, baselineTotalEvents, installBaseline, BASELINE_OVERLAP_MS } from './baseline-events.ts';
 
 const db = await createTestDatabase();

@@ -2,11 +2,11 @@
 // Exit code: 0 all ok, 1 a warning, 2 something critical, 3 status unknown (bad arguments, no database, cannot read it).
 import { parseArgs } from 'node:util';
 import pg from 'pg';
-import { resolveDatabaseUrl } from './loader/database-connection.ts';
-import { describeError } from './loader/describe-error.ts';
-import { redactUrl } from './db/database-url.ts';
-import { printableStatus } from './status/print-status.ts';
-import { readSyncStatus, statusExitCode } from './status/read-status.ts';
+import { resolveDatabaseUrl } from '../loader/database-connection.ts';
+import { describeError } from '../loader/describe-error.ts';
+import { redactUrl } from '../db/database-url.ts';
+import { printableStatus } from './print-status.ts';
+import { readSyncStatus, statusExitCode } from './read-status.ts';
 
 const UNKNOWN = 3;
 const USAGE = 'usage: npm run status [-- --json] [--database-url URL] [--runs N]';

@@ -1,7 +1,7 @@
 // npm run db:start — a development database: start (or use DATABASE_URL), migrate, print the URLs, run until Ctrl-C.
 import pg from 'pg';
-import { databaseUrl, redactUrl, resolveDatabaseServer } from './database-url.ts';
-import { runMigrations } from './migrate.ts';
+import { databaseUrl, redactUrl, resolveDatabaseServer } from '../db/database-url.ts';
+import { runMigrations } from '../db/migrate.ts';
 
 const database = 'mixpanel_pg_sync';
 

@@ -6,8 +6,8 @@ import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import pg from 'pg';
-import { withDatabase } from './db/index.ts';
-import { repoRoot } from './db/paths.ts';
+import { withDatabase } from '../db/index.ts';
+import { repoRoot } from '../db/paths.ts';
 
 export const verifyDir = path.join(repoRoot, 'verify');
 

@@ -1,9 +1,9 @@
 // A migrated database on a throwaway embedded PostgreSQL, whatever DATABASE_URL says: for the
 // demo and measurements that write sample data, which must never land in a real database.
 import pg from 'pg';
-import { databaseUrl } from '../db/database-url.ts';
-import { startEmbeddedPostgres, type EmbeddedPostgres } from '../db/embedded-server.ts';
-import { runMigrations } from '../db/migrate.ts';
+import { databaseUrl } from './database-url.ts';
+import { startEmbeddedPostgres, type EmbeddedPostgres } from './embedded-server.ts';
+import { runMigrations } from './migrate.ts';
 
 export interface ThrowawayDatabase {
   url: string;

@@ -1,8 +1,8 @@
 // npm run sync:events -- [--file PATH|-] [--full | --resync-from DAY [--resync-to DAY]] [--allow-empty] [--json] [--database-url URL]
 // One events run: begin_run, COPY the lines into staging, finish_run, a summary. See loader/events-sync.ts.
-import { readMixpanelSettings, type MixpanelSettings } from './mixpanel/mixpanel-settings.ts';
-import { syncEvents } from './loader/events-sync.ts';
-import { runLoaderCli } from './loader/loader-cli.ts';
+import { readMixpanelSettings, type MixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
+import { syncEvents } from '../loader/events-sync.ts';
+import { runLoaderCli } from '../loader/loader-cli.ts';
 
 const usage = `
 npm run sync:events -- [options]

@@ -4,7 +4,7 @@
 // --child: syncEvents in-process, as the CLI does) and reads the child's peak resident set size
 // from process.resourceUsage().maxRSS at its end. Run directly, it measures a 10k-line and a
 // 1M-line sample file on a throwaway embedded server and prints the ratio:
-//   npx tsx scripts/loader/peak-rss.ts [--small 10000] [--large 1000000]
+//   npx tsx scripts/bench/peak-rss.ts [--small 10000] [--large 1000000]
 import { spawn } from 'node:child_process';
 import { createWriteStream } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -13,10 +13,10 @@ import path from 'node:path';
 import { finished } from 'node:stream/promises';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import { writeSampleEvents } from '../mixpanel/sample-events.ts';
-import { syncEvents } from './events-sync.ts';
-import type { RunSummary } from './run-summary.ts';
-import { withThrowawayDatabase } from './throwaway-database.ts';
+import { writeSampleEvents } from '../fixtures/sample-events.ts';
+import { syncEvents } from '../loader/events-sync.ts';
+import type { RunSummary } from '../loader/run-summary.ts';
+import { withThrowawayDatabase } from '../db/throwaway-database.ts';
 
 export interface PeakRss {
   file: string;

@@ -3,8 +3,8 @@ import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from './db/vitest-database.ts';
-import { repoRoot } from './db/paths.ts';
+import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { repoRoot } from '../db/paths.ts';
 import { firstMetaCommand, listVerifyScripts, runVerifyScript, runVerifyScripts } from './verify.ts';
 
 // The event scripts (the profiles helper tests its own).
@@ -100,7 +100,7 @@ describe('verify scripts', () => {
     await writeFile(meta, `begin;\nselect 1 as one \\gset\n\\echo PASS\nrollback;\n`);
 
     expect(firstMetaCommand(await readFile(meta, 'utf8'))).toBe('line 2: select 1 as one \\gset');
-    const result = spawnSync('npx', ['tsx', 'scripts/verify.ts', raises, silent, meta], {
+    const result = spawnSync('npx', ['tsx', 'scripts/cli/verify.ts', raises, silent, meta], {
       cwd: repoRoot, encoding: 'utf8', env: { ...process.env, DATABASE_URL: db.url },
     });
     expect(result.status).toBe(1);

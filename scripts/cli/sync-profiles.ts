@@ -10,15 +10,15 @@ import { createInterface } from 'node:readline';
 import { Readable } from 'node:stream';
 import { StringDecoder } from 'node:string_decoder';
 import { pathToFileURL } from 'node:url';
-import { engageProfiles, type EngageProfilesOptions } from './mixpanel/engage-profiles.ts';
-import type { RequestOptions } from './mixpanel/mixpanel-request.ts';
-import { readMixpanelSettings, type MixpanelSettings } from './mixpanel/mixpanel-settings.ts';
-import { withPool, type PoolChoice } from './loader/database-connection.ts';
-import { runLoaderCli } from './loader/loader-cli.ts';
-import { checkInputPath, openInput, peekBytes, type InputSource } from './loader/open-input.ts';
-import type { ProgressLine } from './loader/progress-line.ts';
-import { runStagedSync } from './loader/staged-sync.ts';
-import type { SyncRunRow } from './loader/sync-runs.ts';
+import { engageProfiles, type EngageProfilesOptions } from '../mixpanel/engage-profiles.ts';
+import type { RequestOptions } from '../mixpanel/mixpanel-request.ts';
+import { readMixpanelSettings, type MixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
+import { withPool, type PoolChoice } from '../loader/database-connection.ts';
+import { runLoaderCli } from '../loader/loader-cli.ts';
+import { checkInputPath, openInput, peekBytes, type InputSource } from '../loader/open-input.ts';
+import type { ProgressLine } from '../loader/progress-line.ts';
+import { runStagedSync } from '../loader/staged-sync.ts';
+import type { SyncRunRow } from '../loader/sync-runs.ts';
 
 // ---------------------------------------------------------------------------------------------------------------
 // The input, as one profile per line

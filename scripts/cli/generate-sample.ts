@@ -1,13 +1,13 @@
 // npm run generate-sample -- [flags]: deterministic sample Mixpanel data (export JSONL, Engage profiles).
-// The generators live in scripts/mixpanel/sample-*.ts, for in-process use (demo, benchmarks).
+// The generators live in scripts/fixtures/sample-*.ts, for in-process use (demo, benchmarks).
 import { createWriteStream } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import { finished } from 'node:stream/promises';
 import type { Writable } from 'node:stream';
 import { createGzip } from 'node:zlib';
-import { DEFAULT_EVENT_RATES, writeSampleEvents, type SampleEventOptions, type SampleEventStats } from './mixpanel/sample-events.ts';
-import { writeSampleProfiles, type ProfileFormat, type SampleProfileStats } from './mixpanel/sample-profiles.ts';
+import { DEFAULT_EVENT_RATES, writeSampleEvents, type SampleEventOptions, type SampleEventStats } from '../fixtures/sample-events.ts';
+import { writeSampleProfiles, type ProfileFormat, type SampleProfileStats } from '../fixtures/sample-profiles.ts';
 
 export const USAGE = `usage: npm run generate-sample -- [flags]
 

@@ -7,16 +7,16 @@
 // run the events the loader received are set against the events a plain overlap would have read
 // (the same fake, one unfiltered request). Finally a forced full run at the last clock checks
 // that the incremental runs missed no late event (same totals). On a throwaway embedded server:
-//   npx tsx scripts/loader/lookback-savings.ts [--late-rate 0.01] [--runs 8] [--every-hours 6]
+//   npx tsx scripts/bench/lookback-savings.ts [--late-rate 0.01] [--runs 8] [--every-hours 6]
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { exportEvents } from '../mixpanel/export-events.ts';
-import { startFakeMixpanel, type FakeMixpanel } from '../mixpanel/fake-mixpanel-server.ts';
-import { sampleEventLines } from '../mixpanel/sample-events.ts';
-import { syncEvents } from './events-sync.ts';
-import type { ExportRequest } from './export-plan.ts';
-import { withThrowawayDatabase } from './throwaway-database.ts';
+import { startFakeMixpanel, type FakeMixpanel } from '../fixtures/fake-mixpanel-server.ts';
+import { sampleEventLines } from '../fixtures/sample-events.ts';
+import { syncEvents } from '../loader/events-sync.ts';
+import type { ExportRequest } from '../loader/export-plan.ts';
+import { withThrowawayDatabase } from '../db/throwaway-database.ts';
 
 export interface LookbackRun {
   clock: string;

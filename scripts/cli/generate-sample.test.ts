@@ -5,11 +5,11 @@ import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { generateSample, parseSampleArgs } from './generate-sample.ts';
-import { forEachSampleChunk, sampleEventLines, type SampleEventOptions } from './mixpanel/sample-events.ts';
-import { countSampleProfiles, sampleProfiles } from './mixpanel/sample-profiles.ts';
-import { sampleUser } from './mixpanel/sample-users.ts';
-import { startFakeMixpanel } from './mixpanel/fake-mixpanel-server.ts';
-import { exportEvents } from './mixpanel/export-events.ts';
+import { forEachSampleChunk, sampleEventLines, type SampleEventOptions } from '../fixtures/sample-events.ts';
+import { countSampleProfiles, sampleProfiles } from '../fixtures/sample-profiles.ts';
+import { sampleUser } from '../fixtures/sample-users.ts';
+import { startFakeMixpanel } from '../fixtures/fake-mixpanel-server.ts';
+import { exportEvents } from '../mixpanel/export-events.ts';
 
 const END = new Date('2026-11-29T12:00:00Z');
 const base: SampleEventOptions = { users: 500, events: 20_000, days: 45, end: END, seed: 7, duplicateRate: 0.02, lateRate: 0.01 };

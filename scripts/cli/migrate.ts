@@ -1,6 +1,6 @@
 // npm run migrate — applies committed migrations, then the current one when non-empty, to the database in DATABASE_URL.
-import { redactUrl } from './database-url.ts';
-import { runMigrations } from './migrate.ts';
+import { redactUrl } from '../db/database-url.ts';
+import { runMigrations } from '../db/migrate.ts';
 
 async function main(): Promise<void> {
   const url = process.env.DATABASE_URL;

@@ -8,11 +8,11 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { finished } from 'node:stream/promises';
 import pg from 'pg';
-import { syncEvents } from './loader/events-sync.ts';
-import { withThrowawayDatabase } from './loader/throwaway-database.ts';
-import { summaryLines, type RunSummary } from './loader/run-summary.ts';
-import { sampleEventLines, writeSampleEvents, type SampleEventOptions } from './mixpanel/sample-events.ts';
-import { writeSampleProfiles } from './mixpanel/sample-profiles.ts';
+import { syncEvents } from '../loader/events-sync.ts';
+import { withThrowawayDatabase } from '../db/throwaway-database.ts';
+import { summaryLines, type RunSummary } from '../loader/run-summary.ts';
+import { sampleEventLines, writeSampleEvents, type SampleEventOptions } from '../fixtures/sample-events.ts';
+import { writeSampleProfiles } from '../fixtures/sample-profiles.ts';
 import { profilesSummaryLine, syncProfiles } from './sync-profiles.ts';
 
 const DAY_MS = 86_400_000;

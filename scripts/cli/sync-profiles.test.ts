@@ -7,13 +7,13 @@ import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { repoRoot } from './db/paths.ts';
-import { createTestDatabase } from './db/vitest-database.ts';
-import { isLoaderFailure } from './loader/staged-sync.ts';
-import type { EngageProfile } from './mixpanel/engage-profiles.ts';
-import { startFakeMixpanel, type FakeMixpanel } from './mixpanel/fake-mixpanel-server.ts';
-import type { RetryNotice } from './mixpanel/mixpanel-request.ts';
-import { writeSampleProfiles, type ProfileFormat } from './mixpanel/sample-profiles.ts';
+import { repoRoot } from '../db/paths.ts';
+import { createTestDatabase } from '../db/vitest-database.ts';
+import { isLoaderFailure } from '../loader/staged-sync.ts';
+import type { EngageProfile } from '../mixpanel/engage-profiles.ts';
+import { startFakeMixpanel, type FakeMixpanel } from '../fixtures/fake-mixpanel-server.ts';
+import type { RetryNotice } from '../mixpanel/mixpanel-request.ts';
+import { writeSampleProfiles, type ProfileFormat } from '../fixtures/sample-profiles.ts';
 import { profileLines, profilesSummaryLine, syncProfiles, type ProfilesSummary } from './sync-profiles.ts';
 
 const db = await createTestDatabase();
@@ -258,7 +258,7 @@ describe('syncProfiles from the Engage API (fake Mixpanel on 127.0.0.1)', () => 
 describe('npm run sync:profiles', () => {
   // not spawnSync: the fake Mixpanel server answers from this process
   async function cli(args: string[], env: Record<string, string> = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
-    const child = spawn('npx', ['tsx', 'scripts/sync-profiles.ts', ...args], {
+    const child = spawn('npx', ['tsx', 'scripts/cli/sync-profiles.ts', ...args], {
       cwd: repoRoot,
       env: { ...process.env, DATABASE_URL: db.url, MIXPANEL_SERVICE_ACCOUNT: '', MIXPANEL_SECRET: '', ...env },
     });

@@ -2,15 +2,15 @@
 import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, templateDatabase, type TestDatabase } from './db/vitest-database.ts';
-import { beginRun, failRun } from './loader/sync-runs.ts';
-import { exportEvent, minutesBefore, syncEvents } from './status/run-fixtures.ts';
+import { createTestDatabase, templateDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { beginRun, failRun } from '../loader/sync-runs.ts';
+import { exportEvent, minutesBefore, syncEvents } from '../sql/run-fixtures.ts';
 
-const repo = fileURLToPath(new URL('..', import.meta.url));
+const repo = fileURLToPath(new URL('../..', import.meta.url));
 
 function status(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const { DATABASE_URL: _ignored, ...rest } = process.env;
-  const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/status.ts', ...args], { cwd: repo, env: { ...rest, ...env } });
+  const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/cli/status.ts', ...args], { cwd: repo, env: { ...rest, ...env } });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (chunk) => (stdout += chunk));

@@ -6,7 +6,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { afterAll, describe, expect, it } from 'vitest';
-import { createTestDatabase } from './db/vitest-database.ts';
+import { createTestDatabase } from '../db/vitest-database.ts';
 
 const db = await createTestDatabase();
 const dir = mkdtempSync(path.join(os.tmpdir(), 'sync-events-cli-'));
