@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { repoRoot } from '../scripts/db/paths.ts';
-import { runVerifyScript, type VerifyOutcome } from '../scripts/verify.ts';
+import { runVerifyScript, type VerifyOutcome } from '../scripts/cli/verify.ts';
 import { createTestDatabase, type TestDatabase } from './db.ts';
 
 const script = path.join(repoRoot, 'verify', 'profiles_change_detection.sql');
