@@ -7,7 +7,7 @@
 -- Rows of others in the event tables are untouched. Run ids, line numbers and timings differ between the two
 -- passes by construction (sequences), so they are left out.
 -- While it runs it holds finish_run's lock and the events watermark row: run it when no sync is finishing.
--- Run on a migrated database (it uses the mixpanel_sync.verify_* helpers): psql -v ON_ERROR_STOP=1 -f verify/finish_run_end_to_end.sql
+-- Run on a migrated database (it uses the mixpanel_sync_verify.verify_* helpers): psql -v ON_ERROR_STOP=1 -f verify/finish_run_end_to_end.sql
 -- It runs in BEGIN … ROLLBACK and leaves no trace.
 -- Its data: distinct_ids 'verify:…' and -90000000NN, days 2000-01-01 .. 2000-01-11, run clocks 2000-01-10 and -11.
 begin;
@@ -20,16 +20,16 @@ declare
 begin
   update mixpanel_sync.sync_settings set value = path where key = 'events.upsert_path';
   full_run := mixpanel_sync.begin_run('events', true, clock => '2000-01-10 12:00:00+00');
-  perform mixpanel_sync.stage_events(full_run.id, mixpanel_sync.verify_events('e2e-full', 400, '2000-01-03', 7));
+  perform mixpanel_sync.stage_events(full_run.id, mixpanel_sync_verify.verify_events('e2e-full', 400, '2000-01-03', 7));
   insert into mixpanel_sync.staged_events (run_id, line) values (full_run.id, 'not json at all');
   perform mixpanel_sync.finish_run(full_run.id);
 
   incremental_run := mixpanel_sync.begin_run('events', clock => '2000-01-11 06:00:00+00');
   perform mixpanel_sync.stage_events(incremental_run.id,
-    mixpanel_sync.verify_events('e2e-full', 150, '2000-01-03', 7) || mixpanel_sync.verify_events('e2e-incremental', 300, '2000-01-09', 2));
+    mixpanel_sync_verify.verify_events('e2e-full', 150, '2000-01-03', 7) || mixpanel_sync_verify.verify_events('e2e-incremental', 300, '2000-01-09', 2));
   perform mixpanel_sync.finish_run(incremental_run.id);
 
-  return mixpanel_sync.verify_snapshot('{run_id}') || jsonb_build_object(
+  return mixpanel_sync_verify.verify_snapshot('{run_id}') || jsonb_build_object(
     'sync_runs', (select jsonb_object_agg(r.mode, to_jsonb(r) - '{id,started_at,finished_at,stage_ms,apply_ms,total_ms,options}'::text[]
         || jsonb_build_object('options', r.options - 'upsert_path'))
       from mixpanel_sync.sync_runs r where r.id in (full_run.id, incremental_run.id)),
@@ -44,7 +44,7 @@ $$;
 
 do $$
 declare
-  others_before jsonb := mixpanel_sync.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}';
+  others_before jsonb := mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}';
   by_set jsonb;
   by_loop jsonb;
   run record;
@@ -61,7 +61,7 @@ begin
     null;
   end;
   by_loop := pg_temp.verify_pass('loop');
-  perform mixpanel_sync.verify_assert_same('finish_run_end_to_end', 'state after the runs with events.upsert_path loop (expected) and set (actual)', by_loop, by_set);
+  perform mixpanel_sync_verify.verify_assert_same('finish_run_end_to_end', 'state after the runs with events.upsert_path loop (expected) and set (actual)', by_loop, by_set);
 
   for run in select key as mode, value as r from jsonb_each(by_loop -> 'sync_runs') loop
     if run.r ->> 'status' <> 'succeeded' or run.r ->> 'mode' <> run.mode then
@@ -83,15 +83,15 @@ begin
   end loop;
 
   -- Invariant 4: subscribers is its definition over events_daily, recomputed here independently.
-  perform mixpanel_sync.verify_assert_same('finish_run_end_to_end', 'subscribers recomputed from events_daily (expected) and stored (actual)',
+  perform mixpanel_sync_verify.verify_assert_same('finish_run_end_to_end', 'subscribers recomputed from events_daily (expected) and stored (actual)',
     (select jsonb_build_object('subscribers', coalesce(jsonb_object_agg(to_jsonb(u.distinct_id)::text, to_jsonb(u)), '{}')) from (
       select d.distinct_id, sum(d.event_count) as total_events, min(d.first_at) as first_event_at, max(d.last_at) as last_event_at,
         (select jsonb_object_agg(c.event_name, c.n) from (select x.event_name, sum(x.event_count) as n from mixpanel_sync.events_daily x
            where x.distinct_id = d.distinct_id group by x.event_name) c) as event_counts
-      from mixpanel_sync.events_daily d where mixpanel_sync.verify_ours(d.distinct_id) group by d.distinct_id) u),
-    mixpanel_sync.verify_snapshot('{updated_at}') - 'events_daily' - 'event_ledger');
-  perform mixpanel_sync.verify_assert_same('finish_run_end_to_end', 'fingerprints of the event rows this script did not create, before (expected) and after (actual)',
-    others_before, mixpanel_sync.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}');
+      from mixpanel_sync.events_daily d where mixpanel_sync_verify.verify_ours(d.distinct_id) group by d.distinct_id) u),
+    mixpanel_sync_verify.verify_snapshot('{updated_at}') - 'events_daily' - 'event_ledger');
+  perform mixpanel_sync_verify.verify_assert_same('finish_run_end_to_end', 'fingerprints of the event rows this script did not create, before (expected) and after (actual)',
+    others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}');
 
   raise notice 'PASS verify/finish_run_end_to_end: a full then an incremental run through begin_run/stage_events/finish_run leave identical events_daily (% rows), event_ledger, subscribers (% rows, = their definition over events_daily), run counters, watermark and rejects with upsert_path set and loop; received = applied + duplicates + too_old + rejected (full %, incremental %); watermark within fetch_to; rows of others untouched',
     (select count(*) from jsonb_object_keys(by_set -> 'events_daily')), (select count(*) from jsonb_object_keys(by_set -> 'subscribers')),
