@@ -1,0 +1,243 @@
+// npm run mutate [-- --quick] [-- --workers 2] [-- --only fn,…] [-- --list] [-- --seed N] [-- --sample N] [-- --out FILE]
+// Mutation testing of the SQL functions: each function's definition is read from a migrated template database
+// (pg_get_functiondef), mutated one small change at a time (scripts/mutation/mutants.ts), and every mutant is put
+// into a clone database of its own with `create or replace`; then the proofs run against that clone (verify/*.sql,
+// and property-tests/*.test.ts with a low FC_NUM_RUNS) until one fails (killed) or none does (survived).
+// --quick: a seeded sample (~40) of the core functions' mutants, only the proofs mapped to each function.
+// Mutants listed in scripts/mutation/equivalent-mutants.json are not run (they cannot change behaviour; reasons there).
+// Writes MUTATION.md (or --out) and prints one line per mutant and a closing "mutate: …" line; exit 1 when a
+// non-equivalent mutant of a core function survived.
+import { readFile, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { parseArgs } from 'node:util';
+import pg from 'pg';
+import { cloneDatabase, createTemplateDatabase, databaseName, databaseUrl, dropDatabase, dropDatabasesWithPrefix, resolveDatabaseServer, type TemplateDatabase } from '../db/index.ts';
+import { repoRoot } from '../db/paths.ts';
+import { isCore, proofMap } from './core-functions.ts';
+import { generateMutants, operators, type Mutant } from './mutants.ts';
+import { listProofs, runProof, type Proof } from './proofs.ts';
+import { writeReport, type MutantResult, type RunInfo } from './report.ts';
+
+export interface Equivalent {
+  key: string;
+  reason: string;
+}
+
+const equivalentFile = path.join(repoRoot, 'scripts', 'mutation', 'equivalent-mutants.json');
+
+export async function readEquivalents(): Promise<Equivalent[]> {
+  return JSON.parse(await readFile(equivalentFile, 'utf8')) as Equivalent[];
+}
+
+interface Definition {
+  fn: string;
+  name: string;
+  definition: string;
+}
+
+async function readDefinitions(url: string): Promise<Definition[]> {
+  const client = new pg.Client({ connectionString: url });
+  await client.connect();
+  try {
+    // plain functions of mixpanel_sync written in SQL or PL/pgSQL (not aggregates, not C)
+    const { rows } = await client.query<Definition>(`
+      select p.oid::regprocedure::text as fn, p.proname as name, pg_catalog.pg_get_functiondef(p.oid) as definition
+      from pg_catalog.pg_proc p
+      join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+      join pg_catalog.pg_language l on l.oid = p.prolang
+      where n.nspname = 'mixpanel_sync' and p.prokind = 'f' and l.lanname in ('sql', 'plpgsql')
+        and p.proname !~ '^verify_'
+      order by p.proname, p.oid::regprocedure::text`);
+    return rows;
+  } finally {
+    await client.end();
+  }
+}
+
+/** mulberry32: a small seeded PRNG for the --quick sample. */
+function prng(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A sample of n mutants spread over the functions: round robin over functions, each function's mutants shuffled. */
+export function sampleMutants(mutants: Mutant[], n: number, seed: number): Mutant[] {
+  const random = prng(seed);
+  const byFn = new Map<string, Mutant[]>();
+  for (const m of mutants) byFn.set(m.fn, [...(byFn.get(m.fn) ?? []), m]);
+  const queues = [...byFn.values()].map((list) => {
+    const copy = [...list];
+    for (let i = copy.length - 1; i > 0; i--) {
+      const j = Math.floor(random() * (i + 1));
+      [copy[i], copy[j]] = [copy[j]!, copy[i]!];
+    }
+    return copy;
+  });
+  const picked: Mutant[] = [];
+  while (picked.length < n && queues.some((q) => q.length > 0)) {
+    for (const q of queues) if (q.length > 0 && picked.length < n) picked.push(q.shift()!);
+  }
+  return picked;
+}
+
+function proofsFor(mutant: Mutant, all: Proof[], quick: boolean): Proof[] {
+  const name = mutant.fn.replace(/^mixpanel_sync\./, '').replace(/\(.*$/, '');
+  const mapped = (proofMap[name] ?? []).map((p) => all.find((proof) => proof.name === p)).filter((p): p is Proof => !!p);
+  const unique = [...new Set(mapped)];
+  if (quick) return unique.length > 0 ? unique : all.filter((p) => p.kind === 'verify');
+  return [...unique, ...all.filter((p) => !unique.includes(p))];
+}
+
+async function applyMutant(url: string, sql: string): Promise<string | undefined> {
+  const client = new pg.Client({ connectionString: url });
+  client.on('error', () => {});
+  await client.connect();
+  try {
+    await client.query(sql);
+    return undefined;
+  } catch (error) {
+    return (error as Error).message;
+  } finally {
+    await client.end();
+  }
+}
+
+async function pool<T, R>(items: T[], workers: number, work: (item: T, index: number) => Promise<R>): Promise<R[]> {
+  const results: R[] = new Array(items.length);
+  let next = 0;
+  await Promise.all(Array.from({ length: Math.min(workers, items.length) }, async () => {
+    while (next < items.length) {
+      const index = next++;
+      results[index] = await work(items[index]!, index);
+    }
+  }));
+  return results;
+}
+
+async function main(argv: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args: argv,
+    options: {
+      quick: { type: 'boolean', default: false },
+      list: { type: 'boolean', default: false },
+      only: { type: 'string' },
+      workers: { type: 'string', default: String(Math.max(1, Math.min(2, os.availableParallelism()))) },
+      seed: { type: 'string', default: '15' },
+      sample: { type: 'string', default: '40' },
+      'fc-num-runs': { type: 'string', default: '5' },
+      'timeout-ms': { type: 'string', default: '240000' },
+      out: { type: 'string', default: path.join(repoRoot, 'MUTATION.md') },
+    },
+  });
+  const started = Date.now();
+  const only = values.only?.split(',').map((s) => s.trim()).filter(Boolean);
+  const server = await resolveDatabaseServer();
+  let template: TemplateDatabase | undefined;
+  try {
+    template = await createTemplateDatabase(server.url);
+    console.log(`mutate: template ${template.template} migrated in ${Date.now() - started} ms`);
+    const reader = await cloneDatabase(template, `${template.prefix}_definitions`);
+    const definitions = await readDefinitions(reader);
+    await dropDatabase(template.serverUrl, databaseName(reader));
+
+    const wanted = definitions.filter((d) => (only ? only.includes(d.name) : values.quick ? isCore(d.name) : true));
+    const generated = wanted.flatMap((d) => generateMutants(d.fn, d.definition));
+    const equivalents = await readEquivalents();
+    const equivalentKeys = new Map(equivalents.map((e) => [e.key, e.reason]));
+    const candidates = generated.filter((m) => !equivalentKeys.has(m.key));
+    const chosen = values.quick ? sampleMutants(candidates, Number(values.sample), Number(values.seed)) : candidates;
+
+    if (values.list) {
+      for (const m of chosen) console.log(`${m.key}\n    line ${m.line}: ${m.original} -> ${m.replacement}`);
+      console.log(`mutate: ${generated.length} mutants of ${wanted.length} functions (${generated.length - candidates.length} listed equivalent), ${chosen.length} chosen`);
+      return 0;
+    }
+
+    const proofs = await listProofs();
+    const context = (database: string) => ({
+      serverUrl: template!.serverUrl,
+      databaseUrl: databaseUrl(template!.serverUrl, database),
+      database,
+      fcNumRuns: Number(values['fc-num-runs']),
+      timeoutMs: Number(values['timeout-ms']),
+    });
+
+    // Baseline: every proof a mutant may meet must pass on the unmutated functions, else it would "kill" everything.
+    const needed = [...new Set(chosen.flatMap((m) => proofsFor(m, proofs, values.quick)))];
+    const baseDb = databaseName(await cloneDatabase(template, `${template.prefix}_baseline`));
+    const baselineMs = new Map<string, number>();
+    const broken: string[] = [];
+    await pool(needed, Number(values.workers), async (proof) => {
+      const outcome = await runProof(proof, context(baseDb));
+      baselineMs.set(proof.name, outcome.ms);
+      console.log(`mutate: baseline ${proof.name} ${outcome.passed ? 'passed' : `FAILED (${outcome.detail})`} in ${outcome.ms} ms`);
+      if (!outcome.passed) broken.push(proof.name);
+    });
+    await dropDatabase(template.serverUrl, baseDb);
+    if (broken.length > 0) throw new Error(`the unmutated functions fail ${broken.join(', ')}: fix that first (mutation results would mean nothing)`);
+
+    const results = await pool(chosen, Number(values.workers), async (mutant, index): Promise<MutantResult> => {
+      const t0 = Date.now();
+      const database = `${template!.prefix}_m${index}`;
+      await cloneDatabase(template!, database);
+      try {
+        const ctx = context(database);
+        const invalid = await applyMutant(ctx.databaseUrl, mutant.sql);
+        if (invalid) return { mutant, status: 'invalid', detail: invalid, ms: Date.now() - t0, tried: [] };
+        const tried: string[] = [];
+        for (const proof of proofsFor(mutant, proofs, values.quick)) {
+          tried.push(proof.name);
+          const outcome = await runProof(proof, ctx);
+          if (!outcome.passed) return { mutant, status: 'killed', killedBy: proof.name, detail: outcome.detail, ms: Date.now() - t0, tried };
+        }
+        return { mutant, status: 'survived', ms: Date.now() - t0, tried };
+      } finally {
+        await dropDatabase(template!.serverUrl, database).catch(() => {});
+      }
+    });
+    for (const r of results) {
+      console.log(`${r.status.padEnd(8)} ${r.mutant.fn} [${r.mutant.operator}] line ${r.mutant.line}: ${r.mutant.original} -> ${r.mutant.replacement}`
+        + `${r.killedBy ? ` (by ${r.killedBy})` : ''} ${r.ms} ms`);
+    }
+    const info: RunInfo = {
+      mode: values.quick ? 'quick' : only ? 'only' : 'full',
+      command: `npm run mutate${argv.length ? ` -- ${argv.join(' ')}` : ''}`,
+      seed: Number(values.seed),
+      fcNumRuns: Number(values['fc-num-runs']),
+      workers: Number(values.workers),
+      totalMs: Date.now() - started,
+      generated: generated.length,
+      generatedCore: generated.filter((m) => isCore(m.fn.replace(/^mixpanel_sync\./, '').replace(/\(.*$/, ''))).length,
+      equivalents: equivalents.filter((e) => generated.some((m) => m.key === e.key)),
+      baselineMs,
+      date: new Date().toISOString(),
+    };
+    await writeFile(values.out, writeReport(results, info));
+    const killed = results.filter((r) => r.status === 'killed').length;
+    const survived = results.filter((r) => r.status === 'survived');
+    const invalid = results.filter((r) => r.status === 'invalid').length;
+    console.log(`mutate: ${info.mode}: ${results.length} mutants run, ${killed} killed, ${survived.length} survived, ${invalid} invalid; `
+      + `${info.equivalents.length} listed equivalent; ${Math.round(info.totalMs / 1000)} s; report ${path.relative(repoRoot, values.out)}`);
+    return survived.some((r) => isCore(r.mutant.fn.replace(/^mixpanel_sync\./, '').replace(/\(.*$/, ''))) ? 1 : 0;
+  } finally {
+    if (template && server.source === 'DATABASE_URL') await dropDatabasesWithPrefix(server.url, template.prefix).catch(() => {});
+    await server.stop();
+  }
+}
+
+if (process.argv[1] && path.resolve(process.argv[1]) === path.resolve(new URL(import.meta.url).pathname)) {
+  main(process.argv.slice(2)).then(
+    (code) => process.exit(code),
+    (error: unknown) => {
+      console.error(`mutate: ${error instanceof Error ? error.message : String(error)}`);
+      process.exit(1);
+    },
+  );
+}

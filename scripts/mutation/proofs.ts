@@ -1,0 +1,94 @@
+// The proofs a mutant is run against: every verify/*.sql (through pg, like `npm run verify`) and every
+// property-tests/*.test.ts (vitest in a child process, its harness pointed at the mutant's database with
+// DATABASE_URL + MIXPANEL_PG_SYNC_TEMPLATE). A proof kills a mutant when it fails on it.
+import { spawn } from 'node:child_process';
+import { readdir } from 'node:fs/promises';
+import path from 'node:path';
+import { repoRoot } from '../db/paths.ts';
+import { listVerifyScripts, runVerifyScript } from '../cli/verify.ts';
+
+export interface Proof {
+  /** path relative to the repository, e.g. verify/parse_independent.sql or property-tests/add-algebra.test.ts */
+  name: string;
+  kind: 'verify' | 'property';
+}
+
+export interface ProofOutcome {
+  passed: boolean;
+  /** one line: why it failed */
+  detail?: string;
+  ms: number;
+}
+
+export async function listProofs(): Promise<Proof[]> {
+  const verify = (await listVerifyScripts()).map((file): Proof => ({ name: path.relative(repoRoot, file), kind: 'verify' }));
+  const dir = path.join(repoRoot, 'property-tests');
+  const property = (await readdir(dir)).filter((f) => f.endsWith('.test.ts')).sort()
+    .map((f): Proof => ({ name: `property-tests/${f}`, kind: 'property' }));
+  return [...verify, ...property];
+}
+
+export interface ProofContext {
+  /** the server, as DATABASE_URL for vitest */
+  serverUrl: string;
+  /** the database holding the mutant (verify scripts run in it directly: they roll back) */
+  databaseUrl: string;
+  database: string;
+  /** FC_NUM_RUNS for the property tests */
+  fcNumRuns: number;
+  /** a proof still running after this is stopped and counts as killing (a mutant that hangs) */
+  timeoutMs: number;
+}
+
+function lastLines(text: string, n: number): string {
+  return text.split('\n').map((l) => l.trim()).filter(Boolean).slice(-n).join(' | ');
+}
+
+function runVitest(file: string, context: ProofContext): Promise<ProofOutcome> {
+  const started = Date.now();
+  return new Promise((resolve) => {
+    const child = spawn(process.execPath, [path.join(repoRoot, 'node_modules', 'vitest', 'vitest.mjs'), 'run', file, '--maxWorkers=1', '--reporter=dot'], {
+      cwd: repoRoot,
+      env: {
+        ...process.env,
+        DATABASE_URL: context.serverUrl,
+        MIXPANEL_PG_SYNC_TEMPLATE: context.database,
+        FC_NUM_RUNS: String(context.fcNumRuns),
+        FORCE_COLOR: '0',
+      },
+      stdio: ['ignore', 'pipe', 'pipe'],
+      detached: true,
+    });
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => { output = (output + chunk.toString()).slice(-20_000); });
+    child.stderr.on('data', (chunk: Buffer) => { output = (output + chunk.toString()).slice(-20_000); });
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      try {
+        process.kill(-child.pid!, 'SIGKILL'); // its own process group: vitest and its workers
+      } catch {}
+    }, context.timeoutMs);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      const ms = Date.now() - started;
+      if (timedOut) resolve({ passed: false, detail: `timed out after ${context.timeoutMs} ms`, ms });
+      else if (code === 0) resolve({ passed: true, ms });
+      else {
+        const failing = output.split('\n').filter((l) => /AssertionError|Error:|FAIL|Property failed|expected/.test(l)).slice(0, 3).join(' | ');
+        resolve({ passed: false, detail: (failing || lastLines(output, 3)).slice(0, 400), ms });
+      }
+    });
+  });
+}
+
+/** Runs one proof against the context's database. */
+export async function runProof(proof: Proof, context: ProofContext): Promise<ProofOutcome> {
+  if (proof.kind === 'property') return runVitest(proof.name, context);
+  const started = Date.now();
+  // statement_timeout on the script's own connection: a mutant that loops forever is stopped
+  const url = new URL(context.databaseUrl);
+  url.searchParams.set('options', `-c statement_timeout=${context.timeoutMs}`);
+  const outcome = await runVerifyScript(url.toString(), path.join(repoRoot, proof.name));
+  return { passed: !outcome.failure, detail: outcome.failure?.slice(0, 400), ms: Date.now() - started };
+}

@@ -1,0 +1,117 @@
+// MUTATION.md from one `npm run mutate` run: what ran, kill rates per function and per operator, every survivor.
+import { isCore } from './core-functions.ts';
+import { operators, type Mutant } from './mutants.ts';
+
+export interface MutantResult {
+  mutant: Mutant;
+  status: 'killed' | 'survived' | 'invalid';
+  killedBy?: string;
+  detail?: string;
+  ms: number;
+  /** proofs run, in order */
+  tried: string[];
+}
+
+export interface RunInfo {
+  mode: 'quick' | 'full' | 'only';
+  command: string;
+  seed: number;
+  fcNumRuns: number;
+  workers: number;
+  totalMs: number;
+  generated: number;
+  generatedCore: number;
+  equivalents: { key: string; reason: string }[];
+  baselineMs: Map<string, number>;
+  date: string;
+}
+
+const shortName = (fn: string): string => fn.replace(/^mixpanel_sync\./, '').replace(/\(.*$/, '');
+
+function rate(killed: number, survived: number): string {
+  const n = killed + survived;
+  return n === 0 ? '–' : `${((100 * killed) / n).toFixed(1)} %`;
+}
+
+function table(groups: Map<string, MutantResult[]>, label: string, equivalentCount: (group: string) => number): string[] {
+  const lines = [`| ${label} | run | killed | survived | invalid (does not compile) | listed equivalent | kill rate |`, '|---|---:|---:|---:|---:|---:|---:|'];
+  for (const [group, list] of [...groups].sort(([a], [b]) => a.localeCompare(b))) {
+    const killed = list.filter((r) => r.status === 'killed').length;
+    const survived = list.filter((r) => r.status === 'survived').length;
+    const invalid = list.filter((r) => r.status === 'invalid').length;
+    lines.push(`| ${group} | ${list.length} | ${killed} | ${survived} | ${invalid} | ${equivalentCount(group)} | ${rate(killed, survived)} |`);
+  }
+  return lines;
+}
+
+export function writeReport(results: MutantResult[], info: RunInfo): string {
+  const valid = results.filter((r) => r.status !== 'invalid');
+  const core = valid.filter((r) => isCore(shortName(r.mutant.fn)));
+  const killedCore = core.filter((r) => r.status === 'killed').length;
+  const byFn = new Map<string, MutantResult[]>();
+  const byOp = new Map<string, MutantResult[]>();
+  for (const r of results) {
+    const fn = `${shortName(r.mutant.fn)}${isCore(shortName(r.mutant.fn)) ? ' (core)' : ''}`;
+    byFn.set(fn, [...(byFn.get(fn) ?? []), r]);
+    byOp.set(r.mutant.operator, [...(byOp.get(r.mutant.operator) ?? []), r]);
+  }
+  const equivalentOf = (match: (key: string) => boolean) => info.equivalents.filter((e) => match(e.key)).length;
+  const killers = new Map<string, number>();
+  for (const r of results) if (r.killedBy) killers.set(r.killedBy, (killers.get(r.killedBy) ?? 0) + 1);
+
+  const out = [
+    '# Mutation testing of the SQL functions',
+    '',
+    info.mode === 'full'
+      ? '**Full run**: every generated mutant of every function in `mixpanel_sync` (verify helpers aside).'
+      : info.mode === 'quick'
+        ? `**Sample, not a full run**: \`--quick\` ran ${results.length} of the ${info.generatedCore} mutants of the core functions `
+          + `(seed ${info.seed}), each against only the proofs mapped to its function (scripts/mutation/core-functions.ts). `
+          + 'Kill rates below are of this sample; a full run (`npm run mutate`) is what the issue\'s target is measured on.'
+        : `**Partial run** (\`--only\`): ${results.length} mutants.`,
+    '',
+    `Produced by \`${info.command}\` on ${info.date}: ${Math.round(info.totalMs / 1000)} s wall clock, ${info.workers} mutants at a time, `
+      + `property tests with FC_NUM_RUNS=${info.fcNumRuns}. Generated: ${info.generated} mutants (${info.generatedCore} of core functions); `
+      + `${info.equivalents.length} of them listed as equivalent in scripts/mutation/equivalent-mutants.json and not run.`,
+    '',
+    'How it works: each function\'s definition is read from a migrated template database (`pg_get_functiondef`); the operators '
+      + `(${operators.join(', ')}) are applied one at a time to code only (comments, string literals and quoted identifiers are masked); `
+      + 'each mutant goes into a clone database of its own with `create or replace`, and the proofs run against that clone '
+      + '(verify/*.sql directly, property-tests/*.test.ts through vitest with `DATABASE_URL` + `MIXPANEL_PG_SYNC_TEMPLATE` = the clone) '
+      + 'until one fails. A mutant that does not compile is "invalid" and not counted.',
+    '',
+    `Core functions: ${killedCore} of ${core.length} valid mutants killed (${rate(killedCore, core.length - killedCore)}).`,
+    '',
+    '## Per function',
+    '',
+    ...table(byFn, 'function', (group) => equivalentOf((key) => key.startsWith(`mixpanel_sync.${group.replace(' (core)', '')}(`))),
+    '',
+    '## Per operator',
+    '',
+    ...table(byOp, 'operator', (group) => equivalentOf((key) => key.split('|')[1] === group)),
+    '',
+    '## Which proof killed',
+    '',
+    '| proof | mutants killed first | baseline run (ms) |',
+    '|---|---:|---:|',
+    ...[...info.baselineMs].sort(([a], [b]) => a.localeCompare(b)).map(([proof, ms]) => `| ${proof} | ${killers.get(proof) ?? 0} | ${ms} |`),
+    '',
+    '## Survivors',
+    '',
+  ];
+  const survivors = results.filter((r) => r.status === 'survived');
+  if (survivors.length === 0) out.push('None.');
+  for (const r of survivors) {
+    out.push(`- \`${r.mutant.fn}\` [${r.mutant.operator}] line ${r.mutant.line}: \`${r.mutant.original}\` → \`${r.mutant.replacement}\``
+      + ` (tried: ${r.tried.join(', ')})`, `  - key: \`${r.mutant.key}\``, '  - analysis: SURVIVOR_ANALYSIS');
+  }
+  out.push('', '## Listed equivalent (not run)', '');
+  if (info.equivalents.length === 0) out.push('None.');
+  for (const e of info.equivalents) out.push(`- \`${e.key}\`: ${e.reason}`);
+  out.push('', '## All mutants run', '', '| status | function | operator | line | change | killed by | ms |', '|---|---|---|---:|---|---|---:|');
+  for (const r of results) {
+    const change = `\`${r.mutant.original.slice(0, 60)}\` → \`${r.mutant.replacement.slice(0, 60)}\``.replace(/\|/g, '\\|');
+    out.push(`| ${r.status} | ${shortName(r.mutant.fn)} | ${r.mutant.operator} | ${r.mutant.line} | ${change} | ${r.killedBy ?? ''} | ${r.ms} |`);
+  }
+  return `${out.join('\n')}\n`;
+}
