@@ -9,8 +9,8 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { batchArb, dayMs, eventDayMs, validLines, type StagedLine } from './arbitraries.ts';
 import { createTestDatabase, type TestDatabase } from './db.ts';
-import { add, applyPriorState, branch, emptyTables, parsedRun, pathDayArb, pathSpan, priorStateArb, replace, rolledBack, spanDay } from './event-runs.ts';
-import { assertSameTables, snapshot } from './event-tables.ts';
+import { applyAdd, applyReplace, assertSameTables, tableSnapshot } from '../scripts/sql/sync-api.ts';
+import { applyPriorState, branch, emptyTables, eventTables, parsedRun, pathDayArb, pathSpan, priorStateArb, rolledBack, spanDay } from './event-runs.ts';
 import { propertyParameters, timeoutFor } from './fc-parameters.ts';
 
 let db: TestDatabase;
@@ -34,10 +34,10 @@ describe('invariant 2: ADD is idempotent and order-independent', () => {
         try {
           await applyPriorState(client, pathSpan, prior);
           const runs = [await parsedRun(client, batch), await parsedRun(client, batch)];
-          const first = await add(client, runs[0]!, horizonDay);
-          const once = await snapshot(client);
-          const second = await add(client, runs[1]!, horizonDay);
-          assertSameTables(`ADD(E) above ${horizonDay}: tables after ADD(E) (expected) and after ADD(E) again (actual)`, once, await snapshot(client));
+          const first = await applyAdd(client, runs[0]!, horizonDay);
+          const once = await tableSnapshot(client, eventTables);
+          const second = await applyAdd(client, runs[1]!, horizonDay);
+          await assertSameTables(db.pool, `ADD(E) above ${horizonDay}: tables after ADD(E) (expected) and after ADD(E) again (actual)`, once, await tableSnapshot(client, eventTables));
           expect(second, 'apply_result of the second ADD(E)').toEqual({
             applied: 0, duplicates: first.applied + first.duplicates, too_old: first.too_old, users_touched: 0,
           });
@@ -63,14 +63,14 @@ describe('invariant 2: ADD is idempotent and order-independent', () => {
           await applyPriorState(client, pathSpan, prior);
           const [runA, runB] = [await parsedRun(client, a), await parsedRun(client, b)];
           const aThenB = await branch(client, async () => {
-            await add(client, runA, horizonDay);
-            await add(client, runB, horizonDay);
-            return snapshot(client, undefined, ['event_ledger.run_id']);
+            await applyAdd(client, runA, horizonDay);
+            await applyAdd(client, runB, horizonDay);
+            return tableSnapshot(client, eventTables, ['event_ledger.run_id']);
           });
-          await add(client, runB, horizonDay);
-          await add(client, runA, horizonDay);
-          assertSameTables(`ADD above ${horizonDay}: tables after ADD(A); ADD(B) (expected) and ADD(B); ADD(A) (actual)`,
-            aThenB, await snapshot(client, undefined, ['event_ledger.run_id']));
+          await applyAdd(client, runB, horizonDay);
+          await applyAdd(client, runA, horizonDay);
+          await assertSameTables(db.pool, `ADD above ${horizonDay}: tables after ADD(A); ADD(B) (expected) and ADD(B); ADD(A) (actual)`,
+            aThenB, await tableSnapshot(client, eventTables, ['event_ledger.run_id']));
         });
       }),
       propertyParameters(runs, 150),
@@ -106,17 +106,17 @@ describe('invariant 3: REPLACE ≡ REPLACE then ADDs', () => {
         await rolledBack(db.pool, async (client) => {
           await applyPriorState(client, pathSpan, prior);
           const aRun = await parsedRun(client, a);
-          const bRuns: number[] = [];
+          const bRuns: string[] = [];
           for (const batch of batches) bRuns.push(await parsedRun(client, batch));
           const unionRun = await parsedRun(client, [...a, ...batches.flat()]);
           const stepwise = await branch(client, async () => {
-            let applied = (await replace(client, aRun, fromDay, toDay)).applied;
-            for (const run of bRuns) applied += (await add(client, run, fromDay)).applied;
-            return { applied, tables: await snapshot(client, undefined, ['event_ledger.run_id']) };
+            let applied = (await applyReplace(client, aRun, fromDay, toDay)).applied;
+            for (const run of bRuns) applied += (await applyAdd(client, run, fromDay)).applied;
+            return { applied, tables: await tableSnapshot(client, eventTables, ['event_ledger.run_id']) };
           });
-          const atOnce = await replace(client, unionRun, fromDay, toDay);
-          assertSameTables(`W = ${fromDay}..${toDay}: tables after REPLACE(W, A ∪ B…) (expected) and REPLACE(W, A) then ADD(Bi) (actual)`,
-            await snapshot(client, undefined, ['event_ledger.run_id']), stepwise.tables);
+          const atOnce = await applyReplace(client, unionRun, fromDay, toDay);
+          await assertSameTables(db.pool, `W = ${fromDay}..${toDay}: tables after REPLACE(W, A ∪ B…) (expected) and REPLACE(W, A) then ADD(Bi) (actual)`,
+            await tableSnapshot(client, eventTables, ['event_ledger.run_id']), stepwise.tables);
           expect(stepwise.applied, 'events applied by REPLACE then ADDs (actual) and by REPLACE of the union (expected)').toBe(atOnce.applied);
           if (atOnce.duplicates > 0 && stepwise.applied > 0) exercised++;
         });

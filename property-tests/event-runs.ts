@@ -1,32 +1,15 @@
-// The run API as property tests drive it: runs, staging, the four paths called directly, finish/fail, savepoints.
+// Scaffolding of the property tests around the SQL API (scripts/sql/sync-api.ts): the path span and clock, parsed
+// runs ready for a path, savepoint branches, rolled-back iterations from empty tables, arbitrary prior states.
 import fc from 'fast-check';
 import type pg from 'pg';
+import { applyAdd, applyReplace, beginRun, parseStagedEvents, setUpsertPath, stageLines, type Queryable } from '../scripts/sql/sync-api.ts';
 import { batchArb, dayMs, type EventSpan, type StagedLine } from './arbitraries.ts';
-import type { Queryable } from './event-tables.ts';
 
-export interface ApplyResult {
-  applied: number;
-  duplicates: number;
-  too_old: number;
-  users_touched: number;
-}
+/** The tables a path writes: what the path-level properties compare, whole, row by row. */
+export const eventTables = ['events_daily', 'event_ledger', 'subscribers'];
 
-export interface RunRow {
-  id: number;
-  mode: 'full' | 'incremental';
-  status: string;
-  fetch_to: Date;
-  window_from_day: string | null;
-  window_to_day: string | null;
-  received: number | null;
-  applied: number | null;
-  duplicates: number | null;
-  rejected: number | null;
-  too_old: number | null;
-  watermark_before: Date | null;
-  watermark_after: Date | null;
-  error: string | null;
-}
+/** Every table a run can write, except run_events (checked by run). */
+export const allTables = [...eventTables, 'sync_watermarks', 'sync_runs', 'sync_rejects', 'sync_settings', 'staged_events'];
 
 /** Runs whose paths are called directly use this clock: after every event the arbitraries make for pathSpan. */
 const pathClock = '2024-03-10T00:00:00Z';
@@ -45,57 +28,12 @@ export function spanDay(span: EventSpan, offset: number): string {
   return isoDay(span.firstDayMs + offset * dayMs);
 }
 
-const runColumns = `id::int, mode, status, fetch_to, window_from_day::text, window_to_day::text, received::int, applied::int,
-  duplicates::int, rejected::int, too_old::int, watermark_before, watermark_after, error`;
-
-export async function beginRun(client: Queryable, clock: string, forceFull: boolean, timezone: string | null = null): Promise<RunRow> {
-  const { rows } = await client.query(`select ${runColumns} from mixpanel_sync.begin_run('events', $1, clock => $2, project_timezone => $3)`, [forceFull, clock, timezone]);
-  return rows[0];
-}
-
-/** Stages raw lines in order, as COPY would (no JSON parsing on the way). */
-export async function stageLines(client: Queryable, runId: number, lines: StagedLine[]): Promise<void> {
-  await client.query(
-    'insert into mixpanel_sync.staged_events (run_id, line) select $1, l.line from unnest($2::text[]) with ordinality l (line, n) order by l.n',
-    [runId, lines.map((l) => l.line)],
-  );
-}
-
-export async function parseStaged(client: Queryable, runId: number): Promise<{ received: number; rejected: number }> {
-  const { rows } = await client.query('select received::int, rejected::int from mixpanel_sync.parse_staged_events($1)', [runId]);
-  return rows[0];
-}
-
 /** A forced-full run at pathClock with the lines staged and parsed once: ready for a path to be called on it. */
-export async function parsedRun(client: Queryable, lines: StagedLine[]): Promise<number> {
-  const run = await beginRun(client, pathClock, true);
-  await stageLines(client, run.id, lines);
-  await parseStaged(client, run.id);
+export async function parsedRun(client: Queryable, lines: StagedLine[]): Promise<string> {
+  const run = await beginRun(client, { source: 'events', clock: pathClock, forceFull: true });
+  await stageLines(client, 'events', run.id, lines.map((l) => l.line));
+  await parseStagedEvents(client, run.id);
   return run.id;
-}
-
-const applyColumns = 'applied::int, duplicates::int, too_old::int, users_touched::int';
-
-export async function replace(client: Queryable, runId: number, fromDay: string, toDay: string, loop = false): Promise<ApplyResult> {
-  const fn = loop ? 'upsert_subscribers_incremental_loop' : 'upsert_subscribers_incremental';
-  const { rows } = await client.query(`select ${applyColumns} from mixpanel_sync.${fn}($1, $2, $3)`, [runId, fromDay, toDay]);
-  return rows[0];
-}
-
-export async function add(client: Queryable, runId: number, horizonDay: string, loop = false): Promise<ApplyResult> {
-  const fn = loop ? 'upsert_subscribers_incremental_add_loop' : 'upsert_subscribers_incremental_add';
-  const { rows } = await client.query(`select ${applyColumns} from mixpanel_sync.${fn}($1, $2)`, [runId, horizonDay]);
-  return rows[0];
-}
-
-export async function finishRun(client: Queryable, runId: number): Promise<RunRow> {
-  const { rows } = await client.query(`select ${runColumns} from mixpanel_sync.finish_run($1)`, [runId]);
-  return rows[0];
-}
-
-export async function failRun(client: Queryable, runId: number, error: string): Promise<RunRow> {
-  const { rows } = await client.query(`select ${runColumns} from mixpanel_sync.fail_run($1, $2)`, [runId, error]);
-  return rows[0];
 }
 
 /** Runs fn inside a savepoint and rolls back to it: the next branch starts from the same state. */
@@ -112,11 +50,7 @@ export async function branch<T>(client: Queryable, fn: () => Promise<T>): Promis
 export async function emptyTables(client: Queryable): Promise<void> {
   await client.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers, mixpanel_sync.sync_runs,
     mixpanel_sync.sync_rejects, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.run_events`);
-  await setUpsertPath(client, false);
-}
-
-export async function setUpsertPath(client: Queryable, loop: boolean): Promise<void> {
-  await client.query(`update mixpanel_sync.sync_settings set value = $1 where key = 'events.upsert_path'`, [loop ? 'loop' : 'set']);
+  await setUpsertPath(client, 'set');
 }
 
 /**
@@ -154,7 +88,7 @@ export function priorStateArb(span: EventSpan): fc.Arbitrary<PriorStep[]> {
 export async function applyPriorState(client: Queryable, span: EventSpan, steps: PriorStep[]): Promise<void> {
   for (const step of steps) {
     const runId = await parsedRun(client, step.lines);
-    if (step.path === 'replace') await replace(client, runId, spanDay(span, step.from), spanDay(span, step.to));
-    else await add(client, runId, spanDay(span, step.horizon));
+    if (step.path === 'replace') await applyReplace(client, runId, spanDay(span, step.from), spanDay(span, step.to));
+    else await applyAdd(client, runId, spanDay(span, step.horizon));
   }
 }

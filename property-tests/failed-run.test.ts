@@ -11,8 +11,8 @@ import fc from 'fast-check';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from './db.ts';
-import { emptyTables, failRun, finishRun } from './event-runs.ts';
-import { allTables, assertSameTables, snapshot, type Snapshot } from './event-tables.ts';
+import { assertSameTables, failRun, finishRun, tableSnapshot, type TableSnapshot } from '../scripts/sql/sync-api.ts';
+import { allTables, emptyTables } from './event-runs.ts';
 import { propertyParameters, timeoutFor } from './fc-parameters.ts';
 import { finishStep, runStepsArb, stageStep } from './run-sequences.ts';
 
@@ -72,14 +72,14 @@ interface Write {
 const volatile = ['sync_runs.finished_at', 'sync_runs.stage_ms', 'sync_runs.apply_ms', 'sync_runs.total_ms', 'subscribers.updated_at',
   'sync_watermarks.updated_at', 'sync_rejects.created_at', 'sync_rejects.id'];
 
-async function stableState(client: pg.PoolClient): Promise<Snapshot> {
-  const tables = await snapshot(client, allTables, volatile);
-  const rejects = [...tables.sync_rejects!.values()].map((row): [string, Record<string, unknown>] => [JSON.stringify([row.run_id, row.line_no]), row]);
-  return { ...tables, sync_rejects: new Map(rejects) };
+async function stableState(client: pg.PoolClient): Promise<TableSnapshot> {
+  const tables = await tableSnapshot(client, allTables, volatile);
+  const rejects = Object.values(tables.sync_rejects!).map((row): [string, Record<string, unknown>] => [JSON.stringify([row.run_id, row.line_no]), row]);
+  return { ...tables, sync_rejects: Object.fromEntries(rejects) };
 }
 
 /** finish_run in a transaction that is rolled back: the rows it writes per table and operation, and the state it leaves. */
-async function dryRun(client: pg.PoolClient, runId: number): Promise<{ writes: Write[]; state: Snapshot }> {
+async function dryRun(client: pg.PoolClient, runId: string): Promise<{ writes: Write[]; state: TableSnapshot }> {
   await client.query('begin');
   try {
     await client.query(`set local proofs.count_writes = 'on'`);
@@ -122,14 +122,13 @@ async function inject(injection: Injection, writes: Write[], finisher: pg.PoolCl
   }];
 }
 
-function withoutRun(tables: Snapshot, runId: number): Snapshot {
-  const runs = new Map(tables.sync_runs);
-  runs.delete(JSON.stringify([runId]));
-  const staged = new Map([...tables.staged_events!].filter(([, row]) => row.run_id !== runId));
-  return { ...tables, sync_runs: runs, staged_events: staged };
+function withoutRun(tables: TableSnapshot, runId: string): TableSnapshot {
+  const runs = Object.entries(tables.sync_runs!).filter(([, row]) => String(row.id) !== runId);
+  const staged = Object.entries(tables.staged_events!).filter(([, row]) => String(row.run_id) !== runId);
+  return { ...tables, sync_runs: Object.fromEntries(runs), staged_events: Object.fromEntries(staged) };
 }
 
-async function runEventsOf(runId: number): Promise<number> {
+async function runEventsOf(runId: string): Promise<number> {
   const { rows } = await db.pool.query('select count(*)::int as n from mixpanel_sync.run_events where run_id = $1', [runId]);
   return rows[0].n;
 }
@@ -147,7 +146,7 @@ describe('invariant 5: a failed run changes nothing but its own sync_runs row', 
         try {
           for (const step of steps.slice(0, -1)) await finishStep(finisher, step);
           const run = await stageStep(finisher, steps.at(-1)!);
-          const before = await snapshot(finisher, allTables);
+          const before = await tableSnapshot(finisher, allTables);
           const dry = await dryRun(finisher, run.id);
           const [where, undo] = await inject(injection, dry.writes, finisher);
           let error: Error | undefined;
@@ -159,18 +158,18 @@ describe('invariant 5: a failed run changes nothing but its own sync_runs row', 
             await undo();
           }
           if (!error) {
-            assertSameTables(`finish_run succeeded despite ${where}: state of the dry run (expected) and of this finish (actual)`, dry.state, await stableState(finisher));
+            await assertSameTables(db.pool, `finish_run succeeded despite ${where}: state of the dry run (expected) and of this finish (actual)`, dry.state, await stableState(finisher));
             return;
           }
           failedAt.push(where);
-          assertSameTables(`after finish_run failed at ${where} (${error.message}): tables before (expected) and after (actual)`,
-            before, await snapshot(finisher, allTables));
+          await assertSameTables(db.pool, `after finish_run failed at ${where} (${error.message}): tables before (expected) and after (actual)`,
+            before, await tableSnapshot(finisher, allTables));
 
           const failed = await failRun(finisher, run.id, error.message);
-          const after = await snapshot(finisher, allTables);
-          assertSameTables(`after fail_run (failed at ${where}): tables before (expected) and after (actual), the run's row and staged lines aside`,
+          const after = await tableSnapshot(finisher, allTables);
+          await assertSameTables(db.pool, `after fail_run (failed at ${where}): tables before (expected) and after (actual), the run's row and staged lines aside`,
             withoutRun(before, run.id), withoutRun(after, run.id));
-          expect(after.staged_events!.size, 'staged lines left after fail_run').toBe(0);
+          expect(Object.keys(after.staged_events!).length, 'staged lines left after fail_run').toBe(0);
           expect(await runEventsOf(run.id), 'run_events left after fail_run').toBe(0);
           expect(failed).toMatchObject({ status: 'failed', error: error.message, watermark_after: null, applied: null });
           const { rows } = await finisher.query('select finished_at from mixpanel_sync.sync_runs where id = $1', [run.id]);

@@ -5,8 +5,8 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { batchArb } from './arbitraries.ts';
 import { createTestDatabase, type TestDatabase } from './db.ts';
-import { add, applyPriorState, branch, parsedRun, pathDayArb, pathSpan, priorStateArb, replace, rolledBack, spanDay } from './event-runs.ts';
-import { assertSameTables, snapshot } from './event-tables.ts';
+import { applyAdd, applyReplace, assertSameTables, tableSnapshot } from '../scripts/sql/sync-api.ts';
+import { applyPriorState, branch, eventTables, parsedRun, pathDayArb, pathSpan, priorStateArb, rolledBack, spanDay } from './event-runs.ts';
 import { propertyParameters, timeoutFor } from './fc-parameters.ts';
 
 let db: TestDatabase;
@@ -28,9 +28,9 @@ describe('invariant 1: loop ≡ set-based', () => {
         await rolledBack(db.pool, async (client) => {
           await applyPriorState(client, pathSpan, prior);
           const runId = await parsedRun(client, batch);
-          const bySet = await branch(client, async () => ({ result: await replace(client, runId, from, to), tables: await snapshot(client) }));
-          const loopResult = await replace(client, runId, from, to, true);
-          assertSameTables(`REPLACE ${from}..${to}: tables after the loop (expected) and the set-based path (actual)`, await snapshot(client), bySet.tables);
+          const bySet = await branch(client, async () => ({ result: await applyReplace(client, runId, from, to), tables: await tableSnapshot(client, eventTables) }));
+          const loopResult = await applyReplace(client, runId, from, to, 'loop');
+          await assertSameTables(db.pool, `REPLACE ${from}..${to}: tables after the loop (expected) and the set-based path (actual)`, await tableSnapshot(client, eventTables), bySet.tables);
           expect(bySet.result, 'apply_result of the set-based path (actual) and the loop (expected)').toEqual(loopResult);
           if (loopResult.applied > 0 && loopResult.duplicates + loopResult.too_old > 0) exercised++;
         });
@@ -49,9 +49,9 @@ describe('invariant 1: loop ≡ set-based', () => {
           await applyPriorState(client, pathSpan, prior);
           // re-send the prior batches too: events already in the ledger
           const runId = await parsedRun(client, [...batch, ...prior.flatMap((step) => step.lines)]);
-          const bySet = await branch(client, async () => ({ result: await add(client, runId, horizonDay), tables: await snapshot(client) }));
-          const loopResult = await add(client, runId, horizonDay, true);
-          assertSameTables(`ADD above ${horizonDay}: tables after the loop (expected) and the set-based path (actual)`, await snapshot(client), bySet.tables);
+          const bySet = await branch(client, async () => ({ result: await applyAdd(client, runId, horizonDay), tables: await tableSnapshot(client, eventTables) }));
+          const loopResult = await applyAdd(client, runId, horizonDay, 'loop');
+          await assertSameTables(db.pool, `ADD above ${horizonDay}: tables after the loop (expected) and the set-based path (actual)`, await tableSnapshot(client, eventTables), bySet.tables);
           expect(bySet.result, 'apply_result of the set-based path (actual) and the loop (expected)').toEqual(loopResult);
           if (loopResult.applied > 0 && loopResult.duplicates > 0) exercised++;
         });

@@ -10,8 +10,8 @@
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from './db.ts';
+import { applyProfiles, beginRun, finishRun, runCount, stageLines, type Queryable } from '../scripts/sql/sync-api.ts';
 import { branch, rolledBack } from './event-runs.ts';
-import type { Queryable } from './event-tables.ts';
 import { propertyParameters, timeoutFor } from './fc-parameters.ts';
 
 type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
@@ -242,31 +242,26 @@ function typedColumns(properties: Properties): Record<string, unknown> {
 // The database
 // ---------------------------------------------------------------------------------------------------------------
 
-async function stageRun(client: Queryable, lines: Line[]): Promise<number> {
-  const { rows } = await client.query(`select id::int from mixpanel_sync.begin_run('profiles')`);
-  const runId: number = rows[0].id;
-  await client.query(
-    'insert into mixpanel_sync.staged_profiles (run_id, line) select $1, l.line from unnest($2::text[]) with ordinality l (line, n) order by l.n',
-    [runId, lines.map((line) => line.line)],
-  );
-  return runId;
+async function stageRun(client: Queryable, lines: Line[]): Promise<string> {
+  const run = await beginRun(client, { source: 'profiles' });
+  await stageLines(client, 'profiles', run.id, lines.map((line) => line.line));
+  return run.id;
 }
-
-const countColumns = 'received::int, rejected::int, duplicates::int, inserted::int, updated::int, unchanged::int';
 
 /** A whole profiles run (begin_run, staging, finish_run) in a savepoint of its own: its writes get their own xmin. */
 async function syncProfiles(client: Queryable, lines: Line[]): Promise<RunCounts> {
   await client.query('savepoint sync');
-  const runId = await stageRun(client, lines);
-  const { rows } = await client.query(`select id::int, status, ${countColumns} from mixpanel_sync.finish_run($1)`, [runId]);
+  const run = await finishRun(client, await stageRun(client, lines));
   await client.query('release savepoint sync');
-  return rows[0];
+  return {
+    id: Number(run.id), status: run.status, received: runCount(run.received)!, rejected: runCount(run.rejected)!,
+    duplicates: runCount(run.duplicates)!, inserted: runCount(run.inserted)!, updated: runCount(run.updated)!, unchanged: runCount(run.unchanged)!,
+  };
 }
 
 /** The apply step alone, on a staged run, with change detection on or off. */
-async function upsert(client: Queryable, runId: number, changeDetection: boolean): Promise<Omit<RunCounts, 'id' | 'status'>> {
-  const { rows } = await client.query(`select ${countColumns} from mixpanel_sync.upsert_subscriber_properties($1, $2)`, [runId, changeDetection]);
-  return rows[0];
+function upsert(client: Queryable, runId: string, changeDetection: boolean): Promise<Omit<RunCounts, 'id' | 'status'>> {
+  return applyProfiles(client, runId, changeDetection);
 }
 
 /** Every row, with its physical version (ctid, xmin, xmax) apart; the dates as ISO strings. */

@@ -8,7 +8,7 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dayMs, eventSecond, isoInstant, outOfRangeLineArb, type StagedLine } from './arbitraries.ts';
 import { createTestDatabase, type TestDatabase } from './db.ts';
-import { assertSameTables, snapshot, type Snapshot } from './event-tables.ts';
+import { assertSameTables, runCount, tableSnapshot, type TableSnapshot } from '../scripts/sql/sync-api.ts';
 import { propertyParameters, timeoutFor } from './fc-parameters.ts';
 import { emptyTables } from './event-runs.ts';
 import { finishStep, runStepsArb, type RunStep } from './run-sequences.ts';
@@ -41,10 +41,10 @@ function canonical(value: unknown): string {
 
 /** events_daily after a full run over [fromDay, clock day] on an empty database, by Mixpanel's rule: the same
  *  (distinct_id, event name, second, $insert_id) is one event; without $insert_id, only identical events are. */
-function modelEventsDaily(step: RunStep, fromDayMs: number): Snapshot {
+function modelEventsDaily(step: RunStep, fromDayMs: number): TableSnapshot {
   const clockSeconds = Date.parse(step.clock) / 1000;
   const seen = new Set<string>();
-  const rows = new Map<string, Record<string, unknown>>();
+  const rows = new Map<string, Record<string, unknown>>(); // keyed as table_snapshot keys events_daily (JSON of the key)
   for (const line of step.lines) {
     if (line.kind !== 'event') continue;
     const { event, properties } = line.event;
@@ -66,7 +66,7 @@ function modelEventsDaily(step: RunStep, fromDayMs: number): Snapshot {
     if (at > (row.last_at as string)) row.last_at = at;
     rows.set(rowKey, row);
   }
-  return { events_daily: rows };
+  return { events_daily: Object.fromEntries(rows) };
 }
 
 interface Watermark {
@@ -92,13 +92,15 @@ describe('run accounting', () => {
           const before = await watermark();
           const run = await finishStep(db.pool, step);
           expect(run.status, label).toBe('succeeded');
-          expect(run.received, `${label}: received = lines staged`).toBe(step.lines.length);
-          expect(run.applied! + run.duplicates! + run.too_old! + run.rejected!, `${label}: applied + duplicates + too_old + rejected = received`).toBe(run.received);
+          const received = runCount(run.received);
+          expect(received, `${label}: received = lines staged`).toBe(step.lines.length);
+          expect(runCount(run.applied)! + runCount(run.duplicates)! + runCount(run.too_old)! + runCount(run.rejected)!,
+            `${label}: applied + duplicates + too_old + rejected = received`).toBe(received);
 
           const { rows } = await db.pool.query('select payload, reason from mixpanel_sync.sync_rejects where run_id = $1', [run.id]);
           expect(rows.filter((r) => !r.reason), `${label}: rejects without a reason`).toEqual([]);
           expect(rows.map((r) => r.payload).sort(), `${label}: sync_rejects payloads (actual) and the bad lines staged (expected)`).toEqual(expectedRejects(step));
-          expect(run.rejected, `${label}: rejected = rows in sync_rejects`).toBe(rows.length);
+          expect(runCount(run.rejected), `${label}: rejected = rows in sync_rejects`).toBe(rows.length);
           rejected += rows.length;
 
           const after = await watermark();
@@ -123,8 +125,8 @@ describe('run accounting', () => {
         await emptyTables(db.pool);
         const run = await finishStep(db.pool, { ...step!, forceFull: true });
         const fromDayMs = Date.parse(`${run.window_from_day}T00:00:00Z`);
-        const stored = await snapshot(db.pool, ['events_daily']);
-        assertSameTables(`full run at ${step!.clock}: events_daily by the model (expected) and stored (actual)`, modelEventsDaily(step!, fromDayMs), stored);
+        const stored = await tableSnapshot(db.pool, ['events_daily']);
+        await assertSameTables(db.pool, `full run at ${step!.clock}: events_daily by the model (expected) and stored (actual)`, modelEventsDaily(step!, fromDayMs), stored);
       }),
       propertyParameters(runs, 200),
     );

@@ -2,8 +2,7 @@
 // around the clock with some events after it and some older than the ledger retention), finished through finish_run.
 import fc from 'fast-check';
 import { batchArb, dayMs, exportEventArb, type StagedLine } from './arbitraries.ts';
-import { beginRun, finishRun, setUpsertPath, stageLines, type RunRow } from './event-runs.ts';
-import type { Queryable } from './event-tables.ts';
+import { beginRun, finishRun, setUpsertPath, stageLines, type Queryable, type SyncRun } from '../scripts/sql/sync-api.ts';
 
 export interface RunStep {
   clock: string;
@@ -74,14 +73,14 @@ export function runStepsArb({ minLength = 1, maxLength = 3, maxEvents = 40, jump
 }
 
 /** begin_run at the step's clock, stage its lines, switch the path: the run, ready to finish. */
-export async function stageStep(client: Queryable, step: RunStep): Promise<RunRow> {
-  const run = await beginRun(client, step.clock, step.forceFull, step.timezone);
-  await stageLines(client, run.id, step.lines);
-  await setUpsertPath(client, step.loop);
+export async function stageStep(client: Queryable, step: RunStep): Promise<SyncRun> {
+  const run = await beginRun(client, { source: 'events', clock: step.clock, forceFull: step.forceFull, projectTimezone: step.timezone });
+  await stageLines(client, 'events', run.id, step.lines.map((l) => l.line));
+  await setUpsertPath(client, step.loop ? 'loop' : 'set');
   return run;
 }
 
-export async function finishStep(client: Queryable, step: RunStep): Promise<RunRow> {
+export async function finishStep(client: Queryable, step: RunStep): Promise<SyncRun> {
   return finishRun(client, (await stageStep(client, step)).id);
 }
 

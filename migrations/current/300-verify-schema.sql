@@ -91,6 +91,16 @@ begin
 end;
 $$;
 
+-- Keys re-printed the way jsonb prints them, so a snapshot built elsewhere (a model in a test, keys written as
+-- JSON.stringify writes them) compares key by key with table_snapshot's.
+create function mixpanel_sync_verify.canonical_snapshot(snapshot jsonb) returns jsonb language sql immutable
+set search_path = ''
+as $$
+  select coalesce(jsonb_object_agg(t.key, (
+      select coalesce(jsonb_object_agg((k.key::jsonb)::text, k.value), '{}') from jsonb_each(t.value) k)), '{}')
+  from jsonb_each(snapshot) t;
+$$;
+
 comment on function mixpanel_sync_verify.verify_ours(distinct_id text) is
   'Verify scripts: true for the distinct_ids a verify script creates (verify:… and -90000000NN).';
 comment on function mixpanel_sync_verify.verify_events(seed text, n integer, from_day date, days integer) is
@@ -111,3 +121,6 @@ comment on function mixpanel_sync_verify.verify_staged_run(events jsonb) is
 comment on function mixpanel_sync_verify.table_snapshot(tables text[], ignore text[]) is
   'Property tests: every row of the named mixpanel_sync tables as jsonb {table: {primary key as JSON text: row}}, '
   'columns listed in ignore as table.column left out; compare two with verify_first_difference.';
+comment on function mixpanel_sync_verify.canonical_snapshot(snapshot jsonb) is
+  'Property tests: a snapshot {table: {key: row}} whose keys (JSON texts) are re-printed as jsonb prints them, so '
+  'that snapshots built outside SQL compare with table_snapshot''s in verify_first_difference.';

@@ -5,6 +5,7 @@
 // follow the core's formula, so export lines rebuilt from the same formula are exact duplicates.
 import { readFile } from 'node:fs/promises';
 import type pg from 'pg';
+import { beginRun } from '../sql/sync-api.ts';
 
 type Queryable = Pick<pg.Pool, 'query'>;
 
@@ -60,11 +61,7 @@ export async function buildHistory(db: pg.Pool, shape: HistoryShape, log: (messa
     const tables = ['mixpanel_sync.event_ledger', 'mixpanel_sync.events_daily', 'mixpanel_sync.subscribers'];
     const indexes = await savedIndexes(client, tables);
     for (const index of indexes) await client.query(index.drop);
-    const { rows } = await client.query<{ id: string }>(
-      `select (mixpanel_sync.begin_run('events', force_full => true, clock => $1)).id`,
-      [shape.end],
-    );
-    const runId = rows[0]!.id;
+    const runId = (await beginRun(client, { source: 'events', forceFull: true, clock: shape.end })).id;
     await client.query(
       `insert into mixpanel_sync.event_ledger (distinct_id, event_key, day, event_name, event_time, run_id)
        select e.distinct_id, ${EVENT_KEY_SQL}, e.day, e.event_name, e.event_time, $3 from ${USER_EVENTS}`,

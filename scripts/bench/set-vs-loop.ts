@@ -2,19 +2,8 @@
 // batch from the same prior state (each trial: parse_staged_events, then the path, in a transaction rolled back).
 import type { BenchServer, BenchDatabase } from './bench-server.ts';
 import type { Scale } from './bench-options.ts';
-import {
-  applyPath,
-  beginFullRun,
-  finishRun,
-  parseStagedEvents,
-  setFinishRunWorkMem,
-  stageEarlierLines,
-  stageLines,
-  vacuumEventTables,
-  type BenchRun,
-  type PathImplementation,
-  type PathKind,
-} from './core-steps.ts';
+import { applyAdd, applyReplace, finishRun, parseStagedEvents, setFinishRunWorkMem, stageLines, type PathImplementation, type Queryable } from '../sql/sync-api.ts';
+import { beginFullRun, stageEarlierLines, vacuumEventTables, type BenchRun } from './core-steps.ts';
 import type { SuiteResult } from './figures.ts';
 import { EVENTS_PER_USER, SAMPLE_END } from './sample-data.ts';
 import { sampleEventLines } from '../fixtures/sample-events.ts';
@@ -26,6 +15,16 @@ import { log, median, ratio, seconds, timed } from './timing.ts';
  * overlap re-reads twice what is new.
  */
 const PRIOR_AGE_MS = 15 * 86_400_000;
+
+type PathKind = 'replace' | 'add';
+
+/** A REPLACE (over the run's window) or ADD (above its horizon) path, set-based or its `_loop` twin: events applied. */
+async function applyPath(db: Queryable, kind: PathKind, implementation: PathImplementation, run: BenchRun): Promise<number> {
+  const result = kind === 'replace'
+    ? await applyReplace(db, run.id, run.fromDay, run.toDay, implementation)
+    : await applyAdd(db, run.id, run.horizonDay, implementation);
+  return result.applied;
+}
 
 interface Trial {
   kind: PathKind;
@@ -62,7 +61,7 @@ async function measureBatch(server: BenchServer, users: number, repeats: number)
   try {
     const lines = sampleEventLines({ users, events: Math.round(users * EVENTS_PER_USER), days: 45, end: SAMPLE_END, seed: 7 });
     const batch = await beginFullRun(db.pool, SAMPLE_END);
-    await stageLines(db.pool, batch.id, lines);
+    await stageLines(db.pool, 'events', batch.id, lines);
     const prior = await beginFullRun(db.pool, SAMPLE_END);
     await stageEarlierLines(db.pool, batch.id, prior.id, new Date(SAMPLE_END.getTime() - PRIOR_AGE_MS));
     await finishRun(db.pool, prior.id);

@@ -13,6 +13,7 @@ import { withThrowawayDatabase } from '../db/throwaway-database.ts';
 import { summaryLines, type RunSummary } from '../loader/run-summary.ts';
 import { sampleEventLines, writeSampleEvents, type SampleEventOptions } from '../fixtures/sample-events.ts';
 import { writeSampleProfiles } from '../fixtures/sample-profiles.ts';
+import { rereadFromDay, syncHealth } from '../sql/sync-api.ts';
 import { profilesSummaryLine, syncProfiles } from './sync-profiles.ts';
 
 const DAY_MS = 86_400_000;
@@ -48,15 +49,6 @@ function lineTime(line: string): number {
   return time >= 1e11 ? time / 1000 : time;
 }
 
-async function rereadFrom(pool: pg.Pool): Promise<Date> {
-  // what an incremental Export reads again: the whole UTC day of watermark - overlap
-  const { rows } = await pool.query<{ day: Date }>(
-    `select date_trunc('day', (w.watermark - mixpanel_sync.setting('events.overlap')::interval) at time zone 'UTC') at time zone 'UTC' as day
-     from mixpanel_sync.sync_watermarks w where w.source = 'events'`,
-  );
-  return rows[0]!.day;
-}
-
 function show(context: DemoContext, summary: RunSummary): void {
   context.summaries.push(summary);
   for (const line of summaryLines(summary)) context.say(line);
@@ -81,7 +73,7 @@ const incrementalSync: DemoStep = {
   title: 'a day later: incremental sync of a new day + the re-read overlap + late arrivals',
   async run(context) {
     const { sample, firstClock, now } = context;
-    const since = (await rereadFrom(context.pool)).getTime() / 1000;
+    const since = (await rereadFromDay(context.pool)).getTime() / 1000; // what an incremental Export reads again
     const reread = sampleEventLines(sample).filter((line) => lineTime(line) >= since);
     const newDay = sampleEventLines({ ...sample, events: Math.round(sample.events / sample.days), days: 1, end: now });
     // events of the last 4 days that reached Mixpanel only after the first sync
@@ -138,13 +130,7 @@ const profileSyncs: DemoStep = {
 const health: DemoStep = {
   title: 'sync health: select * from mixpanel_sync.sync_health()',
   async run(context) {
-    const { rows: present } = await context.pool.query<{ ok: boolean }>("select to_regprocedure('mixpanel_sync.sync_health()') is not null as ok");
-    if (!present[0]!.ok) {
-      context.say('(skipped: mixpanel_sync.sync_health() is not in this schema yet)');
-      return;
-    }
-    const { rows } = await context.pool.query<{ check: string; status: string; value: string | null; detail: string | null }>('select * from mixpanel_sync.sync_health()');
-    for (const row of rows) context.say(`  ${row.status.padEnd(8)} ${row.check.padEnd(34)} ${row.value ?? ''}`);
+    for (const row of await syncHealth(context.pool)) context.say(`  ${row.status.padEnd(8)} ${row.check.padEnd(34)} ${row.value ?? ''}`);
   },
 };
 

@@ -1,26 +1,9 @@
 // What `npm run status` shows, read from the database: watermarks, the last runs, sync_health().
-import type pg from 'pg';
+import { readLastRuns, readWatermarks, runCount, syncHealth, type HealthRow, type HealthStatus, type Queryable, type SyncRun, type WatermarkRow } from '../sql/sync-api.ts';
 
-export type HealthStatus = 'ok' | 'warn' | 'critical';
+export type { HealthRow, HealthStatus, WatermarkRow };
 
-export interface HealthRow {
-  check: string;
-  status: HealthStatus;
-  value: string | null;
-  threshold: string | null;
-  detail: string | null;
-}
-
-export interface WatermarkRow {
-  source: string;
-  watermark: Date;
-  processing_watermark: Date | null;
-  /** now() - watermark, as PostgreSQL prints an interval */
-  lag: string;
-  run_id: number | null;
-  updated_at: Date;
-}
-
+/** A run as `npm run status` shows it (--json too): counts and ids as numbers. */
 export interface RunRow {
   id: number;
   source: string;
@@ -48,36 +31,17 @@ export interface SyncStatus {
   health: HealthRow[];
 }
 
-type Queryable = Pick<pg.ClientBase, 'query'>;
-
 const SEVERITY: readonly HealthStatus[] = ['ok', 'warn', 'critical'];
 
 // bigint columns as numbers: counts and ids stay far below 2^53.
-const bigintAsNumber = ['received', 'applied', 'duplicates', 'rejected', 'too_old', 'inserted', 'updated', 'unchanged', 'total_ms']
-  .map((column) => `r.${column}::float8 as ${column}`)
-  .join(', ');
-
-export async function readWatermarks(db: Queryable): Promise<WatermarkRow[]> {
-  const { rows } = await db.query<WatermarkRow>(
-    `select w.source, w.watermark, w.processing_watermark,
-       justify_interval(date_trunc('second', now() - w.watermark))::text as lag, w.run_id::float8 as run_id, w.updated_at
-     from mixpanel_sync.sync_watermarks w order by w.source`,
-  );
-  return rows;
-}
-
-export async function readLastRuns(db: Queryable, limit: number): Promise<RunRow[]> {
-  const { rows } = await db.query<RunRow>(
-    `select r.id::float8 as id, r.source, r.mode, r.status, ${bigintAsNumber}, r.started_at, r.finished_at, r.error
-     from mixpanel_sync.sync_runs r order by r.id desc limit $1`,
-    [limit],
-  );
-  return rows;
-}
-
-export async function readHealth(db: Queryable): Promise<HealthRow[]> {
-  const { rows } = await db.query<HealthRow>('select h."check", h.status, h.value, h.threshold, h.detail from mixpanel_sync.sync_health() h');
-  return rows;
+function runRow(run: SyncRun): RunRow {
+  return {
+    id: Number(run.id), source: run.source, mode: run.mode, status: run.status,
+    received: runCount(run.received), applied: runCount(run.applied), duplicates: runCount(run.duplicates),
+    rejected: runCount(run.rejected), too_old: runCount(run.too_old), inserted: runCount(run.inserted),
+    updated: runCount(run.updated), unchanged: runCount(run.unchanged), total_ms: runCount(run.total_ms),
+    started_at: run.started_at, finished_at: run.finished_at, error: run.error,
+  };
 }
 
 export function worstStatus(health: readonly HealthRow[]): HealthStatus {
@@ -90,6 +54,6 @@ export function statusExitCode(status: HealthStatus): number {
 }
 
 export async function readSyncStatus(db: Queryable, runs = 10): Promise<SyncStatus> {
-  const health = await readHealth(db);
-  return { status: worstStatus(health), watermarks: await readWatermarks(db), runs: await readLastRuns(db, runs), health };
+  const health = await syncHealth(db);
+  return { status: worstStatus(health), watermarks: await readWatermarks(db), runs: (await readLastRuns(db, runs)).map(runRow), health };
 }

@@ -3,7 +3,7 @@ import { spawn } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, templateDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { beginRun, failRun } from '../loader/sync-runs.ts';
+import { beginRun, failRun } from '../sql/sync-api.ts';
 import { exportEvent, minutesBefore, syncEvents } from '../sql/run-fixtures.ts';
 
 const repo = fileURLToPath(new URL('../..', import.meta.url));

@@ -18,7 +18,7 @@ import { runLoaderCli } from '../loader/loader-cli.ts';
 import { checkInputPath, openInput, peekBytes, type InputSource } from '../loader/open-input.ts';
 import type { ProgressLine } from '../loader/progress-line.ts';
 import { runStagedSync } from '../loader/staged-sync.ts';
-import type { SyncRunRow } from '../loader/sync-runs.ts';
+import type { SyncRun } from '../sql/sync-api.ts';
 
 // ---------------------------------------------------------------------------------------------------------------
 // The input, as one profile per line
@@ -163,8 +163,8 @@ function jsonlStream(lines: AsyncIterable<string>): Readable {
 export interface ProfilesSummary {
   run_id: number;
   source: 'profiles';
-  mode: SyncRunRow['mode'];
-  status: SyncRunRow['status'];
+  mode: SyncRun['mode'];
+  status: SyncRun['status'];
   received: number | null;
   inserted: number | null;
   updated: number | null;
@@ -175,7 +175,7 @@ export interface ProfilesSummary {
 
 const count = (value: string | null): number | null => (value === null ? null : Number(value));
 
-export function profilesSummary(run: SyncRunRow): ProfilesSummary {
+export function profilesSummary(run: SyncRun): ProfilesSummary {
   return {
     run_id: Number(run.id),
     source: 'profiles',

@@ -8,6 +8,7 @@ import { pathToFileURL } from 'node:url';
 import pg from 'pg';
 import { withDatabase } from '../db/index.ts';
 import { repoRoot } from '../db/paths.ts';
+import { describeError } from '../loader/describe-error.ts';
 
 export const verifyDir = path.join(repoRoot, 'verify');
 
@@ -29,12 +30,6 @@ export async function listVerifyScripts(dir = verifyDir): Promise<string[]> {
 function displayName(file: string): string {
   const relative = path.relative(repoRoot, path.resolve(file));
   return relative.startsWith('..') ? file : relative;
-}
-
-function describeError(error: unknown): string {
-  const { message, where } = error as { message?: string; where?: string };
-  const context = where?.split('\n')[0];
-  return `${message ?? String(error)}${context ? ` (at ${context})` : ''}`;
 }
 
 /** The first psql meta-command line (\set, \gset, \echo …), which a plain-SQL verify script must not have. */

@@ -7,7 +7,7 @@ import { afterAll, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase } from '../db/vitest-database.ts';
 import { copyIntoStaging } from './copy-into-staging.ts';
 import { syncEvents } from './events-sync.ts';
-import { beginRun, failRun } from './sync-runs.ts';
+import { beginRun, failRun } from '../sql/sync-api.ts';
 import { appliedState, CLOCK, failure, resetEvents, eventLine, eventLines, runRow, stagedRows, totalEvents, watermark } from '../fixtures/test-support.ts';
 
 const db = await createTestDatabase();

@@ -11,7 +11,7 @@ import { checkInputPath, openInput, type InputSource } from './open-input.ts';
 import type { ProgressLine } from './progress-line.ts';
 import type { RunSummary } from './run-summary.ts';
 import { runStagedSync } from './staged-sync.ts';
-import type { SyncRunRow } from './sync-runs.ts';
+import type { SyncRun } from '../sql/sync-api.ts';
 
 export interface SyncEventsOptions extends PoolChoice {
   /** A file path, '-' for stdin, or a stream. Absent: the Export API with `mixpanel` settings. */
@@ -37,7 +37,7 @@ export interface SyncEventsOptions extends PoolChoice {
 }
 
 /** The Export API answers of the run's plan, one after the other, as one byte stream. */
-function exportStream(run: SyncRunRow, options: SyncEventsOptions, settings: MixpanelSettings, signal: AbortSignal): Readable {
+function exportStream(run: SyncRun, options: SyncEventsOptions, settings: MixpanelSettings, signal: AbortSignal): Readable {
   async function* chunks(): AsyncGenerator<Buffer> {
     for (const request of exportPlan(run)) {
       options.onExport?.(request);

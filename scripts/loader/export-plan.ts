@@ -8,7 +8,7 @@
 // Days are those of the project's time zone when it has one (projects from before 2023 export
 // local days), else UTC. Re-read events are deduplicated by finish_run, never counted twice.
 import { lateArrivalWhere, utcDay } from '../mixpanel/export-events.ts';
-import type { SyncRunRow } from './sync-runs.ts';
+import type { SyncRun } from '../sql/sync-api.ts';
 
 export interface ExportRequest {
   fromDate: string;
@@ -29,7 +29,7 @@ export function previousDay(day: string): string {
   return utcDay(new Date(Date.parse(`${day}T00:00:00Z`) - 86_400_000));
 }
 
-type PlannedRun = Pick<SyncRunRow, 'mode' | 'fetch_from' | 'fetch_to' | 'lookback_from' | 'processed_after' | 'project_timezone'>;
+type PlannedRun = Pick<SyncRun, 'mode' | 'fetch_from' | 'fetch_to' | 'lookback_from' | 'processed_after' | 'project_timezone'>;
 
 export function exportPlan(run: PlannedRun): ExportRequest[] {
   if (!run.fetch_from) throw new Error('an events run without fetch_from: begin_run did not plan a window');

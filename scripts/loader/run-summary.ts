@@ -1,11 +1,11 @@
 // What a run did, from its sync_runs row: the `--json` line (fixed keys) and the human lines.
-import type { SyncRunRow } from './sync-runs.ts';
+import type { SyncRun } from '../sql/sync-api.ts';
 
 export interface RunSummary {
   run_id: number;
-  source: SyncRunRow['source'];
-  mode: SyncRunRow['mode'];
-  status: SyncRunRow['status'];
+  source: SyncRun['source'];
+  mode: SyncRun['mode'];
+  status: SyncRun['status'];
   received: number | null;
   applied: number | null;
   duplicates: number | null;
@@ -21,7 +21,7 @@ const count = (value: string | null): number | null => (value === null ? null : 
 const moment = (value: Date | null): string | null => (value === null ? null : value.toISOString());
 
 /** duration_ms: the run's total_ms as recorded by the database, else the time since it started. */
-export function runSummary(run: SyncRunRow): RunSummary {
+export function runSummary(run: SyncRun): RunSummary {
   return {
     run_id: Number(run.id),
     source: run.source,

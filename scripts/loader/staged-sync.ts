@@ -7,20 +7,20 @@ import { copyIntoStaging, type StagingTable } from './copy-into-staging.ts';
 import { describeError } from './describe-error.ts';
 import type { ProgressLine } from './progress-line.ts';
 import { runSummary, type RunSummary } from './run-summary.ts';
-import { backendPid, beginRun, cancelBackend, failRun, finishRun, type BeginRunOptions, type SyncRunRow } from './sync-runs.ts';
+import { backendPid, beginRun, cancelBackend, failRun, finishRun, type BeginRunOptions, type SyncRun } from '../sql/sync-api.ts';
 
 export interface StagedSyncOptions<S = RunSummary> {
   pool: pg.Pool;
   begin: BeginRunOptions;
   table: StagingTable;
   /** The run's input as bytes of JSONL, opened once the run (and so its window) is known. */
-  openLines: (run: SyncRunRow, signal: AbortSignal) => Promise<Readable> | Readable;
+  openLines: (run: SyncRun, signal: AbortSignal) => Promise<Readable> | Readable;
   signal?: AbortSignal;
   progress?: ProgressLine;
   /** A full run with no input would empty its whole window: refused unless this is set. */
   allowEmpty?: boolean;
   /** What the run's row becomes for the caller and for a LoaderFailure (default runSummary). */
-  summarise?: (run: SyncRunRow) => S;
+  summarise?: (run: SyncRun) => S;
 }
 
 /** The error a failed run throws: its message is the one-line reason, summary the failed run (null when fail_run could not record it). */
@@ -36,14 +36,14 @@ export function isLoaderFailure<S = RunSummary>(error: unknown): error is Loader
   return error instanceof Error && error.name === 'LoaderFailure';
 }
 
-function emptyInputError(run: SyncRunRow): Error {
+function emptyInputError(run: SyncRun): Error {
   return new Error(
     `the input has no lines: a full run would empty every day from ${run.window_from_day} to ${run.window_to_day}; ` +
       'check the input, or allow it explicitly (--allow-empty)',
   );
 }
 
-async function stageAndFinish<S>(client: pg.PoolClient, run: SyncRunRow, options: StagedSyncOptions<S>, signal: AbortSignal): Promise<SyncRunRow> {
+async function stageAndFinish<S>(client: pg.PoolClient, run: SyncRun, options: StagedSyncOptions<S>, signal: AbortSignal): Promise<SyncRun> {
   signal.throwIfAborted();
   const lines = await options.openLines(run, signal);
   const { rows } = await copyIntoStaging(client, {
@@ -69,7 +69,7 @@ async function stageAndFinish<S>(client: pg.PoolClient, run: SyncRunRow, options
 }
 
 export async function runStagedSync<S = RunSummary>(options: StagedSyncOptions<S>): Promise<S> {
-  const summarise = options.summarise ?? (runSummary as unknown as (run: SyncRunRow) => S);
+  const summarise = options.summarise ?? (runSummary as unknown as (run: SyncRun) => S);
   const signal = options.signal ?? new AbortController().signal;
   signal.throwIfAborted();
   const run = await beginRun(options.pool, options.begin);

@@ -3,7 +3,7 @@
 // where the elapsed time itself is what a check measures (run duration, a run left running, an abandoned run).
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { beginRun, failRun } from '../loader/sync-runs.ts';
+import { beginRun, failRun } from './sync-api.ts';
 import { exportEvent, healthOf, minutesBefore, syncEvents, syncProfiles, syncRun, type EngageProfile } from './run-fixtures.ts';
 
 let db: TestDatabase;
@@ -26,9 +26,10 @@ describe('sync_health()', () => {
   it('with no runs: one row per check, all ok but the watermark (never synced)', async () => {
     const { rows } = await db.pool.query('select "check", status, detail from mixpanel_sync.sync_health()');
     expect(rows.map((r) => r.check)).toEqual([
-      'events.duration', 'events.incremental_volume', 'events.watermark_lag', 'events.lateness', 'events.too_old',
-      'events.failed_runs', 'events.rejected', 'profiles.change_detection', 'profiles.failed_runs', 'profiles.rejected',
-      'runs.running',
+      'events.duration', 'events.incremental_volume', 'events.incremental_typical', 'events.watermark_lag',
+      'events.watermark_stalled', 'events.lateness', 'events.too_old', 'events.timezone', 'events.subscribers',
+      'events.failed_runs', 'events.rejected', 'profiles.duration', 'profiles.change_detection', 'profiles.skip_rate',
+      'profiles.failed_runs', 'profiles.rejected', 'runs.running',
     ]);
     expect(rows.filter((r) => r.status !== 'ok')).toEqual([
       { check: 'events.watermark_lag', status: 'warn', detail: expect.stringContaining('never synced') },
@@ -39,7 +40,7 @@ describe('sync_health()', () => {
     const { rows } = await db.pool.query(
       `select key, kind, value from mixpanel_sync.sync_settings where key like 'health.%' and description <> '' order by key`,
     );
-    expect(rows.length).toBe(14);
+    expect(rows.length).toBe(24); // 14 of 000003, 10 of 200-health-cohorts.sql (the plan's monitors)
     expect(rows).toContainEqual({ key: 'health.events_duration_warn', kind: 'interval', value: '60 seconds' });
     expect(rows).toContainEqual({ key: 'health.incremental_received_warn', kind: 'integer', value: '50000' });
     expect(rows).toContainEqual({ key: 'health.watermark_lag_warn', kind: 'interval', value: '6 hours' });

@@ -3,7 +3,7 @@
 // moved back only where elapsed time itself is the point (retention, abandonment, a slow stage).
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { beginRun, failRun } from '../loader/sync-runs.ts';
+import { beginRun, failRun } from './sync-api.ts';
 import { exportEvent, minutesBefore, syncEvents, syncRun } from './run-fixtures.ts';
 
 let db: TestDatabase;

@@ -8,7 +8,7 @@ import fc from 'fast-check';
 import type pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { beginRun, finishRun } from '../loader/sync-runs.ts';
+import { beginRun, finishRun } from './sync-api.ts';
 import { exportEvent, syncProfiles, type EngageProfile, type ExportEvent } from './run-fixtures.ts';
 
 interface Switches {

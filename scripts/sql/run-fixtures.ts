@@ -1,6 +1,6 @@
 // Test fixtures: real runs through the SQL API (begin_run, stage_*, finish_run) with a chosen clock.
 import type pg from 'pg';
-import { beginRun, finishRun, type SyncRunRow } from '../loader/sync-runs.ts';
+import { beginRun, finishRun, stageRecords, syncHealth, type HealthRow, type SyncRun } from './sync-api.ts';
 
 type Queryable = Pick<pg.Pool, 'query'>;
 
@@ -30,10 +30,10 @@ export const minutesBefore = (time: Date, minutes: number): Date => new Date(tim
 /** A run that stages `lines` (events or profiles, as the run's source) and finishes. */
 export async function syncRun(
   db: Queryable,
-  options: { source: 'events' | 'profiles'; lines: readonly unknown[]; clock?: Date; forceFull?: boolean; beforeFinish?: (run: SyncRunRow) => Promise<unknown> },
-): Promise<SyncRunRow> {
+  options: { source: 'events' | 'profiles'; lines: readonly unknown[]; clock?: Date; forceFull?: boolean; beforeFinish?: (run: SyncRun) => Promise<unknown> },
+): Promise<SyncRun> {
   const run = await beginRun(db, { source: options.source, clock: options.clock, forceFull: options.forceFull });
-  await db.query(`select mixpanel_sync.stage_${options.source}($1, $2::jsonb)`, [run.id, JSON.stringify(options.lines)]);
+  await stageRecords(db, options.source, run.id, options.lines);
   await options.beforeFinish?.(run);
   return finishRun(db, run.id);
 }
@@ -44,8 +44,8 @@ export const syncEvents = (db: Queryable, lines: readonly ExportEvent[], options
 export const syncProfiles = (db: Queryable, lines: readonly EngageProfile[]) => syncRun(db, { source: 'profiles', lines });
 
 /** One sync_health() row by check name. */
-export async function healthOf(db: Queryable, check: string): Promise<{ status: string; value: string | null; detail: string }> {
-  const { rows } = await db.query('select status, value, detail from mixpanel_sync.sync_health() where "check" = $1', [check]);
+export async function healthOf(db: Queryable, check: string): Promise<HealthRow> {
+  const rows = (await syncHealth(db)).filter((row) => row.check === check);
   if (rows.length !== 1) throw new Error(`sync_health() has no check ${check}`);
-  return rows[0];
+  return rows[0]!;
 }

@@ -1,0 +1,321 @@
+// The typed SQL API: every call from TypeScript into a function of schema mixpanel_sync (or mixpanel_sync_verify)
+// goes through one small function here, one statement each. The loader, the CLIs, the bench and the tests use it;
+// the rules themselves (parsing, keys, guards, accounting) live in the SQL functions, never here.
+import type pg from 'pg';
+
+/** pg.Pool, pg.PoolClient and pg.Client all fit. */
+export type Queryable = Pick<pg.ClientBase, 'query'>;
+
+export type RunSource = 'events' | 'profiles';
+
+/** A mixpanel_sync.sync_runs row as node-pg returns it (bigint columns come as strings, dates as 'YYYY-MM-DD'). */
+export interface SyncRun {
+  id: string;
+  source: RunSource;
+  mode: 'full' | 'incremental';
+  status: 'running' | 'succeeded' | 'failed' | 'abandoned';
+  fetch_from: Date | null;
+  fetch_to: Date;
+  window_from_day: string | null;
+  window_to_day: string | null;
+  lookback_from: Date | null;
+  processed_after: Date | null;
+  project_timezone: string | null;
+  received: string | null;
+  applied: string | null;
+  duplicates: string | null;
+  rejected: string | null;
+  too_old: string | null;
+  users_touched: string | null;
+  inserted: string | null;
+  updated: string | null;
+  unchanged: string | null;
+  watermark_before: Date | null;
+  watermark_after: Date | null;
+  lateness: unknown;
+  options: Record<string, unknown>;
+  started_at: Date;
+  finished_at: Date | null;
+  stage_ms: string | null;
+  apply_ms: string | null;
+  total_ms: string | null;
+  error: string | null;
+}
+
+/** A count column of a run as a number (null before the run finished). */
+export function runCount(value: string | null): number | null {
+  return value === null ? null : Number(value);
+}
+
+// date columns stay 'YYYY-MM-DD' strings: `::text` keeps node-pg from reading them as local midnight.
+const RUN_COLUMNS = `r.*, r.window_from_day::text as window_from_day, r.window_to_day::text as window_to_day`;
+
+// ---------------------------------------------------------------------------------------------------------------
+// The run life cycle: begin_run, staging, finish_run, fail_run
+
+export interface BeginRunOptions {
+  source: RunSource;
+  forceFull?: boolean;
+  /** The run's clock (its fetch_to); default the database's now(). */
+  clock?: Date | string;
+  /** IANA name, for projects whose export times are local (MIXPANEL_PROJECT_TIMEZONE). */
+  projectTimezone?: string | null;
+  /** A full run over exactly these UTC days ('YYYY-MM-DD'; without `to`, exactly the day `from`). */
+  resync?: { from: string; to?: string | null } | null;
+  /** A full run may empty or shrink stored days (begin_run allow_shrink => true; otherwise finish_run refuses with MP001). */
+  allowShrink?: boolean;
+}
+
+/** mixpanel_sync.begin_run: the new running run (MP002 when one of this source is running, MP004 on bad arguments). */
+export async function beginRun(db: Queryable, options: BeginRunOptions): Promise<SyncRun> {
+  const { rows } = await db.query<SyncRun>(
+    `select ${RUN_COLUMNS} from mixpanel_sync.begin_run($1, force_full => $2,
+       clock => coalesce($3::timestamptz, now()), project_timezone => $4,
+       resync_from => $5::date, resync_to => $6::date${options.allowShrink ? ', allow_shrink => true' : ''}) r`,
+    [
+      options.source,
+      options.forceFull ?? false,
+      options.clock ?? null,
+      options.projectTimezone ?? null,
+      options.resync?.from ?? null,
+      options.resync?.to ?? null,
+    ],
+  );
+  return rows[0]!;
+}
+
+/** mixpanel_sync.finish_run: parses, applies and accounts for the staged rows; the finished run. */
+export async function finishRun(db: Queryable, runId: string | number): Promise<SyncRun> {
+  const { rows } = await db.query<SyncRun>(`select ${RUN_COLUMNS} from mixpanel_sync.finish_run($1) r`, [runId]);
+  return rows[0]!;
+}
+
+/** mixpanel_sync.fail_run: the run recorded as failed with `error`, its staged rows dropped, nothing applied. */
+export async function failRun(db: Queryable, runId: string | number, error: string): Promise<SyncRun> {
+  const { rows } = await db.query<SyncRun>(`select ${RUN_COLUMNS} from mixpanel_sync.fail_run($1, $2) r`, [runId, error]);
+  return rows[0]!;
+}
+
+/** mixpanel_sync.record_framing: the input framing counts of a run (blank_lines, bom_stripped, …) into sync_runs.options->'framing'. */
+export async function recordFraming(db: Queryable, runId: string | number, counts: Record<string, number>): Promise<void> {
+  await db.query('select mixpanel_sync.record_framing($1, $2::jsonb)', [runId, JSON.stringify(counts)]);
+}
+
+/** mixpanel_sync.stage_events / stage_profiles: a JSON array of records staged for a run (psql's way in). */
+export async function stageRecords(db: Queryable, source: RunSource, runId: string | number, records: readonly unknown[]): Promise<void> {
+  const fn = source === 'events' ? 'mixpanel_sync.stage_events' : 'mixpanel_sync.stage_profiles';
+  await db.query(`select ${fn}($1, $2::jsonb)`, [runId, JSON.stringify(records)]);
+}
+
+/**
+ * Raw lines into staged_events / staged_profiles in order, as the loader's COPY puts them (no JSON parsing on the
+ * way, so broken lines reach the parser too). The loader itself streams COPY (scripts/loader/copy-into-staging.ts).
+ */
+export async function stageLines(db: Queryable, source: RunSource, runId: string | number, lines: readonly string[]): Promise<void> {
+  const table = source === 'events' ? 'mixpanel_sync.staged_events' : 'mixpanel_sync.staged_profiles';
+  for (let at = 0; at < lines.length; at += 20_000) {
+    await db.query(
+      `insert into ${table} (run_id, line) select $1, l.line from unnest($2::text[]) with ordinality l (line, n) order by l.n`,
+      [runId, lines.slice(at, at + 20_000)],
+    );
+  }
+}
+
+/** mixpanel_sync.parse_staged_events: staged lines parsed into run_events once (finish_run does it itself). */
+export async function parseStagedEvents(db: Queryable, runId: string | number): Promise<{ received: number; rejected: number }> {
+  const { rows } = await db.query<{ received: string; rejected: string }>('select received, rejected from mixpanel_sync.parse_staged_events($1)', [runId]);
+  return { received: Number(rows[0]!.received), rejected: Number(rows[0]!.rejected) };
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// The apply paths, called directly by tests and the bench (finish_run picks one by the events.upsert_path setting)
+
+/** mixpanel_sync.apply_result */
+export interface ApplyResult {
+  applied: number;
+  duplicates: number;
+  too_old: number;
+  users_touched: number;
+}
+
+export type PathImplementation = 'set' | 'loop';
+
+async function applyPath(db: Queryable, fn: string, args: unknown[]): Promise<ApplyResult> {
+  const placeholders = args.map((_, i) => (i === 0 ? '$1' : `$${i + 1}::date`)).join(', ');
+  const { rows } = await db.query<Record<keyof ApplyResult, string>>(
+    `select applied, duplicates, too_old, users_touched from mixpanel_sync.${fn}(${placeholders})`,
+    args,
+  );
+  const row = rows[0]!;
+  return { applied: Number(row.applied), duplicates: Number(row.duplicates), too_old: Number(row.too_old), users_touched: Number(row.users_touched) };
+}
+
+/** REPLACE: upsert_subscribers_incremental (or its _loop twin) over the days [fromDay, toDay] of a parsed run. */
+export function applyReplace(db: Queryable, runId: string | number, fromDay: string, toDay: string, implementation: PathImplementation = 'set'): Promise<ApplyResult> {
+  return applyPath(db, `upsert_subscribers_incremental${implementation === 'loop' ? '_loop' : ''}`, [runId, fromDay, toDay]);
+}
+
+/** ADD: upsert_subscribers_incremental_add (or its _loop twin) of a parsed run, events from horizonDay on. */
+export function applyAdd(db: Queryable, runId: string | number, horizonDay: string, implementation: PathImplementation = 'set'): Promise<ApplyResult> {
+  return applyPath(db, `upsert_subscribers_incremental_add${implementation === 'loop' ? '_loop' : ''}`, [runId, horizonDay]);
+}
+
+/** mixpanel_sync.profiles_result */
+export interface ProfilesResult {
+  received: number;
+  rejected: number;
+  duplicates: number;
+  inserted: number;
+  updated: number;
+  unchanged: number;
+}
+
+/** upsert_subscriber_properties: the profiles apply step alone on a staged run, change detection on or off. */
+export async function applyProfiles(db: Queryable, runId: string | number, changeDetection: boolean): Promise<ProfilesResult> {
+  const { rows } = await db.query<Record<keyof ProfilesResult, string>>(
+    'select received, rejected, duplicates, inserted, updated, unchanged from mixpanel_sync.upsert_subscriber_properties($1, $2)',
+    [runId, changeDetection],
+  );
+  const row = rows[0]!;
+  return {
+    received: Number(row.received), rejected: Number(row.rejected), duplicates: Number(row.duplicates),
+    inserted: Number(row.inserted), updated: Number(row.updated), unchanged: Number(row.unchanged),
+  };
+}
+
+/** mixpanel_sync.horizon_day of a run: the first day the ledger still holds at its clock (the ADD paths' horizon). */
+export async function runHorizonDay(db: Queryable, runId: string | number): Promise<string> {
+  const { rows } = await db.query<{ day: string }>(
+    `select mixpanel_sync.horizon_day(r.fetch_to, mixpanel_sync.setting('events.ledger_retention')::interval)::text as day
+     from mixpanel_sync.sync_runs r where r.id = $1`,
+    [runId],
+  );
+  return rows[0]!.day;
+}
+
+/** The work_mem finish_run runs the paths with, set for this transaction (for callers of the paths themselves). */
+export async function setFinishRunWorkMem(db: Queryable): Promise<void> {
+  await db.query(
+    `select pg_catalog.set_config('work_mem', coalesce(
+       (select substring(c from 'work_mem=(.*)') from pg_catalog.pg_proc p, unnest(p.proconfig) c
+        where p.oid = 'mixpanel_sync.finish_run(bigint)'::regprocedure and c like 'work_mem=%'), current_setting('work_mem')), true)`,
+  );
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Settings (mixpanel_sync.sync_settings, read through mixpanel_sync.setting)
+
+export async function readSetting(db: Queryable, key: string): Promise<string> {
+  const { rows } = await db.query<{ value: string }>('select mixpanel_sync.setting($1) as value', [key]);
+  return rows[0]!.value;
+}
+
+/** Changes a setting; its check constraint refuses values the sync cannot use. */
+export async function writeSetting(db: Queryable, key: string, value: string): Promise<void> {
+  const { rowCount } = await db.query('update mixpanel_sync.sync_settings set value = $2 where key = $1', [key, value]);
+  if (rowCount !== 1) throw new Error(`no setting ${key} in mixpanel_sync.sync_settings`);
+}
+
+/** events.upsert_path: which REPLACE/ADD implementation finish_run calls. */
+export function setUpsertPath(db: Queryable, implementation: PathImplementation): Promise<void> {
+  return writeSetting(db, 'events.upsert_path', implementation);
+}
+
+/** The start of the UTC day an incremental Export reads again: the day of (events watermark − events.overlap). */
+export async function rereadFromDay(db: Queryable): Promise<Date> {
+  const { rows } = await db.query<{ day: Date }>(
+    `select date_trunc('day', (w.watermark - mixpanel_sync.setting('events.overlap')::interval) at time zone 'UTC') at time zone 'UTC' as day
+     from mixpanel_sync.sync_watermarks w where w.source = 'events'`,
+  );
+  return rows[0]!.day;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Status and health (npm run status, the demo)
+
+export type HealthStatus = 'ok' | 'warn' | 'critical';
+
+/** A row of mixpanel_sync.sync_health() */
+export interface HealthRow {
+  check: string;
+  status: HealthStatus;
+  value: string | null;
+  threshold: string | null;
+  detail: string | null;
+}
+
+export async function syncHealth(db: Queryable): Promise<HealthRow[]> {
+  const { rows } = await db.query<HealthRow>('select h."check", h.status, h.value, h.threshold, h.detail from mixpanel_sync.sync_health() h');
+  return rows;
+}
+
+export interface WatermarkRow {
+  source: string;
+  watermark: Date;
+  processing_watermark: Date | null;
+  /** now() - watermark, as PostgreSQL prints an interval */
+  lag: string;
+  run_id: number | null;
+  updated_at: Date;
+}
+
+export async function readWatermarks(db: Queryable): Promise<WatermarkRow[]> {
+  const { rows } = await db.query<WatermarkRow>(
+    `select w.source, w.watermark, w.processing_watermark,
+       justify_interval(date_trunc('second', now() - w.watermark))::text as lag, w.run_id::float8 as run_id, w.updated_at
+     from mixpanel_sync.sync_watermarks w order by w.source`,
+  );
+  return rows;
+}
+
+/** The last `limit` runs, newest first. */
+export async function readLastRuns(db: Queryable, limit: number): Promise<SyncRun[]> {
+  const { rows } = await db.query<SyncRun>(`select ${RUN_COLUMNS} from mixpanel_sync.sync_runs r order by r.id desc limit $1`, [limit]);
+  return rows;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Verify helpers (schema mixpanel_sync_verify): whole-table snapshots and their first difference, the one definition
+// of "equal" that the verify/*.sql proofs and the property tests share.
+
+/** {table: {primary key as JSON text: row}}, as mixpanel_sync_verify.table_snapshot returns it. */
+export type TableSnapshot = Record<string, Record<string, Record<string, unknown>>>;
+
+/** Every row of the named mixpanel_sync tables; `ignore` lists columns as table.column. */
+export async function tableSnapshot(db: Queryable, tables: readonly string[], ignore: readonly string[] = []): Promise<TableSnapshot> {
+  const { rows } = await db.query<{ snapshot: TableSnapshot }>('select mixpanel_sync_verify.table_snapshot($1, $2) as snapshot', [tables, ignore]);
+  return rows[0]!.snapshot;
+}
+
+/**
+ * null when equal, else the first difference (table, key, column, expected, actual): verify_first_difference. Keys
+ * may be any JSON text of the primary key array (canonical_snapshot re-prints them), e.g. JSON.stringify([id]).
+ */
+export async function firstDifference(db: Queryable, expected: TableSnapshot, actual: TableSnapshot): Promise<string | null> {
+  const { rows } = await db.query<{ difference: string | null }>(
+    `select mixpanel_sync_verify.verify_first_difference(
+       mixpanel_sync_verify.canonical_snapshot($1::jsonb), mixpanel_sync_verify.canonical_snapshot($2::jsonb)) as difference`,
+    [JSON.stringify(expected), JSON.stringify(actual)],
+  );
+  return rows[0]!.difference;
+}
+
+/** Throws an Error naming the first difference; `what` says what expected and actual are. */
+export async function assertSameTables(db: Queryable, what: string, expected: TableSnapshot, actual: TableSnapshot): Promise<void> {
+  const difference = await firstDifference(db, expected, actual);
+  if (difference !== null) throw new Error(`${what}: ${difference}`);
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Session control (pg_catalog), for Ctrl-C during finish_run
+
+/** Cancels the statement running on another backend (a finish_run cut short by Ctrl-C rolls back). */
+export async function cancelBackend(db: Queryable, pid: number): Promise<void> {
+  await db.query('select pg_catalog.pg_cancel_backend($1)', [pid]);
+}
+
+/** The server process of a connection, for cancelBackend. */
+export async function backendPid(db: Queryable): Promise<number> {
+  const { rows } = await db.query<{ pid: number }>('select pg_catalog.pg_backend_pid() as pid');
+  return rows[0]!.pid;
+}
