@@ -1,4 +1,4 @@
-// npm run sync:events -- [--file PATH|-] [--full | --resync-from DAY [--resync-to DAY]] [--allow-empty] [--json] [--database-url URL]
+// npm run sync:events -- [--file PATH|-] [--full | --resync-from DAY [--resync-to DAY]] [--allow-shrink] [--wait SECONDS] [--json] [--database-url URL]
 // One events run: begin_run, COPY the lines into staging, finish_run, a summary. See loader/events-sync.ts.
 import { readMixpanelSettings, type MixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
 import { syncEvents } from '../loader/events-sync.ts';
@@ -10,19 +10,26 @@ npm run sync:events -- [options]
 Loads Mixpanel events into PostgreSQL: one run (begin_run, COPY into staging, finish_run).
 Without --file it reads the Mixpanel Export API over the run's window.
 
-  --file PATH, -f PATH   JSONL file of raw export events (gzip recognised); - reads stdin
+  --file PATH, -f PATH   raw export events: JSONL or one JSON array (gzip recognised); - reads stdin
+                         (framing: README "How input is framed")
   --full                 force a full run: replace the last events.full_window days
-  --resync-from DAY      a full run over exactly the UTC days DAY..--resync-to (default today),
-  --resync-to DAY        e.g. after events were deleted or re-imported in Mixpanel (YYYY-MM-DD)
-  --allow-empty          let a full run with no input empty its window
+  --resync-from DAY      a full run over exactly the UTC days DAY..--resync-to; without --resync-to
+  --resync-to DAY        exactly the one day DAY (YYYY-MM-DD), e.g. after events were deleted or
+                         re-imported in Mixpanel; refused together with --full
+  --allow-shrink         let a full run empty or shrink stored days (finish_run refuses it otherwise,
+                         SQLSTATE MP001); --allow-empty is a deprecated alias
+  --wait SECONDS         when another events run is running, retry for up to SECONDS (default 0)
   --json                 print the summary as one JSON line
   --database-url URL     default: DATABASE_URL
   -h, --help
 
 Environment: DATABASE_URL; for the Export API MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET,
 MIXPANEL_PROJECT_ID, MIXPANEL_REGION (us|eu|in); MIXPANEL_PROJECT_TIMEZONE for projects that
-export local times. Exit codes: 0 succeeded, 1 run failed (nothing applied), 2 nothing started,
-130 interrupted.
+export local times.
+Exit codes (by SQLSTATE, README "Exit codes"): 0 succeeded; 1 run failed, nothing applied (MP001
+replace guard, MP003 input incomplete, a lost connection, any other error after begin_run);
+2 nothing started (bad flags, MP002 another run is running, MP004 invalid run arguments);
+130 interrupted (Ctrl-C, SIGTERM, SIGHUP: the run is failed, unless it had already committed).
 `;
 
 let mixpanel: MixpanelSettings | undefined;
@@ -34,6 +41,7 @@ await runLoaderCli({
     full: { type: 'boolean', default: false },
     'resync-from': { type: 'string' },
     'resync-to': { type: 'string' },
+    'allow-shrink': { type: 'boolean', default: false },
     'allow-empty': { type: 'boolean', default: false },
   },
   prepare(values) {
@@ -42,17 +50,19 @@ await runLoaderCli({
       if (day !== undefined && !/^\d{4}-\d{2}-\d{2}$/.test(String(day))) throw new Error(`--${flag} wants a day as YYYY-MM-DD, got ${String(day)}`);
     }
     if (values['resync-to'] !== undefined && values['resync-from'] === undefined) throw new Error('--resync-to needs --resync-from');
-    if (values['resync-from'] !== undefined && values.full === true) throw new Error('--full and --resync-from are two kinds of full run: pick one');
+    // --full with --resync-* is refused by begin_run itself (MP004), so psql and the loader agree.
+    if (values['allow-empty'] === true) process.stderr.write('sync:events: --allow-empty is deprecated: use --allow-shrink\n');
     if (values.file === undefined) mixpanel = readMixpanelSettings();
   },
-  run: ({ values, databaseUrl, signal, progress }) =>
+  run: ({ values, databaseUrl, waitSeconds, signal, progress }) =>
     syncEvents({
       connectionString: databaseUrl,
       input: values.file as string | undefined,
       mixpanel,
       full: values.full === true,
       resync: values['resync-from'] === undefined ? undefined : { from: String(values['resync-from']), to: values['resync-to'] as string | undefined },
-      allowEmpty: values['allow-empty'] === true,
+      allowShrink: values['allow-shrink'] === true || values['allow-empty'] === true,
+      waitSeconds,
       projectTimezone: process.env.MIXPANEL_PROJECT_TIMEZONE?.trim() || null,
       signal,
       progress,

@@ -3,154 +3,30 @@
 // only the profiles whose content changed), a summary. syncProfiles is also what the demo calls in-process.
 //
 // Input: a file or stdin (gzip recognised) holding a JSON array of profiles, JSONL of profiles, or saved Engage
-// response pages ({"results": […]}, one per line or a JSON array of them), told apart here; without --file, the
-// Engage API (scripts/mixpanel/engage-profiles.ts). Profiles are not validated here: finish_run rejects, with a
-// reason, whatever is not a profile (mixpanel_sync.sync_rejects).
-import { createInterface } from 'node:readline';
+// response pages ({"results": […]}, one per line or a JSON array of them), framed by the one rule of
+// scripts/loader/input-framing.ts; without --file, the Engage API (scripts/mixpanel/engage-profiles.ts). Profiles are
+// not validated here: finish_run rejects, with a reason, whatever is not a profile (mixpanel_sync.sync_rejects).
 import { Readable } from 'node:stream';
-import { StringDecoder } from 'node:string_decoder';
 import { pathToFileURL } from 'node:url';
 import { engageProfiles, type EngageProfilesOptions } from '../mixpanel/engage-profiles.ts';
 import type { RequestOptions } from '../mixpanel/mixpanel-request.ts';
 import { readMixpanelSettings, type MixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
 import { withPool, type PoolChoice } from '../loader/database-connection.ts';
 import { runLoaderCli } from '../loader/loader-cli.ts';
-import { checkInputPath, openInput, peekBytes, type InputSource } from '../loader/open-input.ts';
+import { checkInputPath, openInput, type InputSource } from '../loader/open-input.ts';
 import type { ProgressLine } from '../loader/progress-line.ts';
 import { runStagedSync } from '../loader/staged-sync.ts';
 import type { SyncRun } from '../sql/sync-api.ts';
 
 // ---------------------------------------------------------------------------------------------------------------
-// The input, as one profile per line
+// The input: bytes, framed like every other input (scripts/loader/input-framing.ts); Engage pages are expanded into
+// their profiles by the COPY encoder, from their bytes (a profile nested 10,000 deep is never parsed or re-serialised)
 // ---------------------------------------------------------------------------------------------------------------
 
-/** The profiles of an Engage response page, or null when the record is not one (a profile, or not JSON). */
-function pageResults(record: string): unknown[] | null {
-  if (!record.includes('"results"')) return null; // a profile line is passed on unparsed
-  try {
-    const value: unknown = JSON.parse(record);
-    if (value === null || typeof value !== 'object' || Array.isArray(value) || '$distinct_id' in value) return null;
-    const results = (value as { results?: unknown }).results;
-    return Array.isArray(results) ? results : null;
-  } catch {
-    return null;
-  }
-}
-
-/** A record on one line: pretty-printed JSON is compacted; text that is not JSON keeps its content, joined. */
-function oneLine(record: string): string {
-  if (!/[\r\n]/.test(record)) return record;
-  try {
-    return JSON.stringify(JSON.parse(record));
-  } catch {
-    return record.replace(/[\r\n]+/g, ' ');
-  }
-}
-
-/** A record as the profiles it holds: the results of a page, else itself. */
-function* profilesOf(record: string): Generator<string> {
-  const results = pageResults(record);
-  if (results === null) yield oneLine(record);
-  else for (const profile of results) yield JSON.stringify(profile);
-}
-
-/**
- * The JSON values of a text stream, without parsing them: top-level values one after the other (pretty-printed
- * or not), and the elements of a top-level array. Text that does not balance comes out as it is, to be rejected.
- */
-async function* jsonValues(text: AsyncIterable<string>): AsyncGenerator<string> {
-  let pieces: string[] = [];
-  let start = 0;
-  let depth = 0;
-  let inString = false;
-  let escaped = false;
-  let inTopArray = false;
-  const take = (chunk: string, end: number): string => {
-    pieces.push(chunk.slice(start, end));
-    const value = pieces.join('').trim();
-    pieces = [];
-    return value;
-  };
-  for await (const chunk of text) {
-    start = 0;
-    for (let i = 0; i < chunk.length; i++) {
-      const c = chunk[i];
-      if (inString) {
-        if (escaped) escaped = false;
-        else if (c === '\\') escaped = true;
-        else if (c === '"') inString = false;
-      } else if (c === '"') {
-        inString = true;
-      } else if (c === '{' || (c === '[' && (depth > 0 || inTopArray))) {
-        depth++;
-      } else if (c === '[') {
-        inTopArray = true; // its elements are the values
-        start = i + 1;
-      } else if (c === '}' || (c === ']' && depth > 0)) {
-        depth--;
-        if (depth <= 0 && !inTopArray) {
-          depth = 0;
-          const value = take(chunk, i + 1);
-          start = i + 1;
-          if (value) yield value;
-        }
-      } else if (depth === 0 && (c === ',' || c === ']')) {
-        const value = take(chunk, i);
-        start = i + 1;
-        if (c === ']') inTopArray = false;
-        if (value) yield value;
-      }
-    }
-    pieces.push(chunk.slice(start));
-  }
-  const rest = pieces.join('').trim();
-  if (rest) yield rest;
-}
-
-async function* decoded(bytes: Readable): AsyncGenerator<string> {
-  const decoder = new StringDecoder('utf8');
-  for await (const chunk of bytes) yield decoder.write(chunk as Buffer);
-  yield decoder.end();
-}
-
-/** JSONL unless the input starts with '[' or with a line that is only '{' (pretty-printed JSON). */
-function isJsonLines(head: string): boolean {
-  const start = head.trimStart();
-  return !(start.startsWith('[') || /^\{\s*(\n|$)/.test(start));
-}
-
-/** The profiles of a file or stdin, one per line, whatever the format (see the top of this file). */
-export async function* profileLines(input: Readable): AsyncGenerator<string> {
-  const peeked = await peekBytes(input, 1);
-  const head = peeked.head.toString('utf8');
-  if (head === '') return; // an empty input (the stream has ended)
-  const bytes = peeked.stream;
-  const records = isJsonLines(head) ? createInterface({ input: bytes, crlfDelay: Infinity }) : jsonValues(decoded(bytes));
-  for await (const record of records) if (record.trim()) yield* profilesOf(record);
-}
-
-/** Every profile the Engage API returns, one per line. */
-async function* engageLines(options: EngageProfilesOptions): AsyncGenerator<string> {
-  for await (const page of engageProfiles(options)) {
-    for (const profile of page.results) yield JSON.stringify(profile);
-  }
-}
-
-/** Lines as the bytes of JSONL, in chunks of about 64 KiB. */
-function jsonlStream(lines: AsyncIterable<string>): Readable {
+/** Every Engage page as its bytes, one page per line (the encoder stages each page's results). */
+function engageBytes(options: EngageProfilesOptions): Readable {
   async function* chunks(): AsyncGenerator<Buffer> {
-    let batch: string[] = [];
-    let size = 0;
-    for await (const line of lines) {
-      batch.push(line, '\n');
-      size += line.length + 1;
-      if (size >= 64 * 1024) {
-        yield Buffer.from(batch.join(''));
-        batch = [];
-        size = 0;
-      }
-    }
-    if (batch.length) yield Buffer.from(batch.join(''));
+    for await (const page of engageProfiles(options)) yield Buffer.from(`${page.text.replace(/\r?\n/g, ' ')}\n`);
   }
   return Readable.from(chunks(), { objectMode: false });
 }
@@ -213,6 +89,8 @@ export interface SyncProfilesOptions extends PoolChoice {
   progress?: ProgressLine;
   /** Told before each Engage API retry. */
   onRetry?: RequestOptions['onRetry'];
+  /** When another profiles run is running (MP002), retry begin_run for up to this many seconds. */
+  waitSeconds?: number;
 }
 
 export async function syncProfiles(options: SyncProfilesOptions): Promise<ProfilesSummary> {
@@ -225,15 +103,12 @@ export async function syncProfiles(options: SyncProfilesOptions): Promise<Profil
       table: 'mixpanel_sync.staged_profiles',
       begin: { source: 'profiles', clock: options.clock, projectTimezone: options.projectTimezone ?? mixpanel?.projectTimezone ?? null },
       openLines: async (_run, signal) =>
-        jsonlStream(
-          input !== undefined
-            ? profileLines(await openInput(input))
-            : engageLines({ ...options.engage, settings: mixpanel!, signal, ...(options.onRetry ? { onRetry: options.onRetry } : {}) }),
-        ),
+        input !== undefined
+          ? openInput(input)
+          : engageBytes({ ...options.engage, settings: mixpanel!, signal, ...(options.onRetry ? { onRetry: options.onRetry } : {}) }),
       signal: options.signal,
       progress: options.progress,
-      // no profiles is a run that changes nothing (profiles missing from a run are kept)
-      allowEmpty: true,
+      ...(options.waitSeconds !== undefined ? { waitSeconds: options.waitSeconds } : {}),
       summarise: profilesSummary,
     }),
   );
@@ -252,13 +127,15 @@ Without --file it reads the Mixpanel Engage API.
 
   --file PATH, -f PATH   a JSON array of profiles, JSONL of profiles, or saved Engage response pages
                          (one per line or a JSON array of them); gzip recognised; - reads stdin
+  --wait SECONDS         when another profiles run is running, retry for up to SECONDS (default 0)
   --json                 print the summary as one JSON line
   --database-url URL     default: DATABASE_URL
   -h, --help
 
 Environment: DATABASE_URL; for the Engage API MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET, MIXPANEL_PROJECT_ID,
 MIXPANEL_REGION (us|eu|in); MIXPANEL_PROJECT_TIMEZONE: the zone $created and $last_seen are read in (default UTC).
-Exit codes: 0 succeeded, 1 run failed (nothing applied), 2 nothing started, 130 interrupted.
+Exit codes (by SQLSTATE, README "Exit codes"): 0 succeeded; 1 run failed, nothing applied; 2 nothing started
+(bad flags, MP002 another profiles run is running); 130 interrupted (the run is failed unless it had committed).
 `;
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
@@ -270,8 +147,9 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
     prepare(values) {
       if (values.file === undefined) mixpanel = readMixpanelSettings();
     },
-    run: ({ values, databaseUrl, signal, progress }) =>
+    run: ({ values, databaseUrl, waitSeconds, signal, progress }) =>
       syncProfiles({
+        waitSeconds,
         connectionString: databaseUrl,
         input: values.file as string | undefined,
         mixpanel,

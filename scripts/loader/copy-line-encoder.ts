@@ -1,172 +1,108 @@
-// Turns a byte stream of lines (JSONL) into rows of COPY text format without parsing them:
-// each non-blank line becomes `<prefix><line escaped>\n`, where the escaping is the only change
-// (backslash → \\, tab → \t, CR → \r; a line holds no LF). Blank and whitespace-only lines are
-// skipped. Work per chunk: one indexOf per newline and per special byte, one copy of the data.
+// Turns framed records (input-framing.ts) into rows of COPY text format for a staging table's columns
+// (run_id, line, problem, line_no), without parsing them: the escaping is the only change to a record's bytes
+// (backslash → \\, tab → \t, CR → \r, LF → \n). Work per chunk: one indexOf per special byte, one copy of the data.
 import { Transform, type TransformCallback } from 'node:stream';
+import { createInputFramer, pageElements, type FramedRecord, type FramingCounts } from './input-framing.ts';
 
 const NL = 0x0a;
 const CR = 0x0d;
 const TAB = 0x09;
-const SPACE = 0x20;
 const BACKSLASH = 0x5c;
 const ESCAPES = new Map<number, Buffer>([
   [BACKSLASH, Buffer.from('\\\\')],
   [TAB, Buffer.from('\\t')],
   [CR, Buffer.from('\\r')],
+  [NL, Buffer.from('\\n')],
 ]);
-const NEWLINE = Buffer.from('\n');
+const SPECIALS = [BACKSLASH, TAB, CR, NL];
+const TAB_BUFFER = Buffer.from('\t');
+const NULL_FIELD = Buffer.from('\\N');
 
-export const DEFAULT_MAX_LINE_BYTES = 64 * 1024 * 1024;
+/** The staging tables' COPY column list. */
+export const STAGING_COPY_COLUMNS = '(run_id, line, problem, line_no)';
 
-export interface LineEncoderStats {
-  /** Rows produced (non-blank lines). */
-  rows: number;
-  /** Blank or whitespace-only lines skipped. */
-  blankLines: number;
-}
-
-export interface CopyLineEncoder {
-  /** Encodes the whole lines now complete; a trailing partial line is kept for the next chunk. */
-  push(chunk: Buffer): Buffer | null;
-  /** End of input: encodes a last line that had no newline. */
-  end(): Buffer | null;
-  readonly stats: LineEncoderStats;
-}
-
-function isBlank(bytes: Buffer, start: number, end: number): boolean {
-  for (let i = start; i < end; i++) {
-    const c = bytes[i];
-    if (c !== SPACE && c !== TAB && c !== CR) return false;
-  }
-  return true;
-}
-
-/** The next special byte at or after `from` in one buffer; each kind is searched again only once passed, so each byte is scanned once. */
-function specialFinder(bytes: Buffer): (from: number) => number {
-  const find = (byte: number, from: number): number => {
-    const at = bytes.indexOf(byte, from);
-    return at < 0 ? Infinity : at;
-  };
-  let backslash = -1;
-  let tab = -1;
-  let cr = -1;
-  return (from) => {
-    if (backslash < from) backslash = find(BACKSLASH, from);
-    if (tab < from) tab = find(TAB, from);
-    if (cr < from) cr = find(CR, from);
-    return Math.min(backslash, tab, cr);
-  };
-}
-
-export function createCopyLineEncoder(options: { prefix: string; maxLineBytes?: number }): CopyLineEncoder {
-  const prefix = Buffer.from(options.prefix);
-  const maxLineBytes = options.maxLineBytes ?? DEFAULT_MAX_LINE_BYTES;
-  const stats: LineEncoderStats = { rows: 0, blankLines: 0 };
-  let carry: Buffer[] = [];
-  let carryBytes = 0;
-  let lineNo = 0;
-
-  function tooLong(line: number, bytes: number): Error {
-    return new Error(`input line ${line} is over ${bytes} bytes, longer than the ${maxLineBytes}-byte limit: is the input JSONL (one record per line)?`);
-  }
-
-  /** Appends the row for bytes[start, end) (no newline in it) to pieces. */
-  function encodeLine(bytes: Buffer, start: number, end: number, nextSpecial: (from: number) => number, pieces: Buffer[]) {
-    lineNo++;
-    if (end - start > maxLineBytes) throw tooLong(lineNo, end - start);
-    if (start === end || (bytes[start] !== 0x7b && isBlank(bytes, start, end))) {
-      stats.blankLines++;
-      return;
+/** Appends `bytes` escaped for COPY text format to pieces. */
+function pushEscaped(bytes: Buffer, pieces: Buffer[]) {
+  const next = SPECIALS.map((b) => bytes.indexOf(b));
+  let from = 0;
+  for (;;) {
+    let at = -1;
+    let which = -1;
+    for (let k = 0; k < next.length; k++) {
+      if (next[k]! >= 0 && (at < 0 || next[k]! < at)) (at = next[k]!), (which = k);
     }
-    stats.rows++;
+    if (at < 0) break;
+    if (at > from) pieces.push(bytes.subarray(from, at));
+    pieces.push(ESCAPES.get(bytes[at]!)!);
+    from = at + 1;
+    next[which] = bytes.indexOf(SPECIALS[which]!, from);
+  }
+  if (from < bytes.length) pieces.push(from === 0 ? bytes : bytes.subarray(from));
+}
+
+/** The COPY rows of records, each `<run_id>\t<line>\t<problem or \N>\t<line_no>\n`. */
+export function encodeCopyRows(runId: string, records: readonly FramedRecord[]): Buffer | null {
+  if (records.length === 0) return null;
+  const prefix = Buffer.from(`${runId}\t`);
+  const pieces: Buffer[] = [];
+  for (const record of records) {
     pieces.push(prefix);
-    let from = start;
-    for (let at = nextSpecial(from); at < end; at = nextSpecial(from)) {
-      if (at > from) pieces.push(bytes.subarray(from, at));
-      pieces.push(ESCAPES.get(bytes[at]!)!);
-      from = at + 1;
-    }
-    if (from < end) pieces.push(bytes.subarray(from, end));
-    pieces.push(NEWLINE);
+    pushEscaped(record.bytes, pieces);
+    pieces.push(TAB_BUFFER);
+    if (record.problem === null) pieces.push(NULL_FIELD);
+    else pushEscaped(Buffer.from(record.problem), pieces);
+    pieces.push(Buffer.from(`\t${record.lineNo}\n`));
   }
-
-  function encodeBuffer(bytes: Buffer, pieces: Buffer[], finalLine: boolean) {
-    const nextSpecial = specialFinder(bytes);
-    let start = 0;
-    for (let nl = bytes.indexOf(NL); nl >= 0; nl = bytes.indexOf(NL, start)) {
-      encodeLine(bytes, start, nl, nextSpecial, pieces);
-      start = nl + 1;
-    }
-    if (finalLine && start < bytes.length) encodeLine(bytes, start, bytes.length, nextSpecial, pieces);
-    return start;
-  }
-
-  function output(pieces: Buffer[]): Buffer | null {
-    return pieces.length === 0 ? null : Buffer.concat(pieces);
-  }
-
-  return {
-    stats,
-    push(chunk) {
-      const pieces: Buffer[] = [];
-      let bytes = chunk;
-      if (carryBytes > 0) {
-        const nl = chunk.indexOf(NL);
-        if (nl < 0) {
-          carry.push(chunk);
-          carryBytes += chunk.length;
-          if (carryBytes > maxLineBytes) throw tooLong(lineNo + 1, carryBytes);
-          return null;
-        }
-        // The line that spans chunks gets its own small buffer; the rest is encoded in place.
-        const line = Buffer.concat([...carry, chunk.subarray(0, nl)]);
-        carry = [];
-        carryBytes = 0;
-        encodeBuffer(line, pieces, true);
-        bytes = chunk.subarray(nl + 1);
-      }
-      const consumed = encodeBuffer(bytes, pieces, false);
-      if (consumed < bytes.length) {
-        carry = [bytes.subarray(consumed)];
-        carryBytes = bytes.length - consumed;
-      }
-      return output(pieces);
-    },
-    end() {
-      if (carryBytes === 0) return null;
-      const pieces: Buffer[] = [];
-      encodeBuffer(Buffer.concat(carry), pieces, true);
-      carry = [];
-      carryBytes = 0;
-      return output(pieces);
-    },
-  };
+  return Buffer.concat(pieces);
 }
 
-/** The encoder as a stream: bytes in, COPY text rows out. `stats` fills in as it runs; onRows sees the row count after each chunk. */
-export function copyLineEncoderStream(options: {
-  prefix: string;
-  maxLineBytes?: number;
+/** Engage pages stand for their profiles: each element of a page's `results` is a record (same line number). */
+export function expandEngagePages(records: FramedRecord[]): FramedRecord[] {
+  if (!records.some((r) => r.problem === null && pageElements(r.bytes) !== null)) return records;
+  const expanded: FramedRecord[] = [];
+  for (const record of records) {
+    const elements = record.problem === null ? pageElements(record.bytes) : null;
+    if (elements === null) expanded.push(record);
+    else for (const bytes of elements) expanded.push({ bytes, lineNo: record.lineNo, problem: null });
+  }
+  return expanded;
+}
+
+export interface CopyRowStreamOptions {
+  runId: string;
+  /** Records longer than this are staged as problem rows (default MAX_RECORD_BYTES). */
+  maxRecordBytes?: number;
+  /** Profiles: Engage pages are expanded into their profiles. */
+  expandPages?: boolean;
+  /** Called with the rows encoded so far, as they go. */
   onRows?: (rows: number) => void;
-}): Transform & { stats: LineEncoderStats } {
-  const encoder = createCopyLineEncoder(options);
+}
+
+/** Input bytes in, COPY text rows out, framed by input-framing.ts. `counts` and `rows` fill in as it runs. */
+export function copyRowStream(options: CopyRowStreamOptions): Transform & { counts: FramingCounts; rows: () => number } {
+  const framer = createInputFramer(options.maxRecordBytes === undefined ? {} : { maxRecordBytes: options.maxRecordBytes });
+  let rows = 0;
+  const encode = (records: FramedRecord[]): Buffer | undefined => {
+    const all = options.expandPages ? expandEngagePages(records) : records;
+    rows += all.length;
+    options.onRows?.(rows);
+    return encodeCopyRows(options.runId, all) ?? undefined;
+  };
   const stream = new Transform({
     transform(chunk: Buffer, _encoding, callback: TransformCallback) {
       try {
-        const rows = encoder.push(chunk);
-        options.onRows?.(encoder.stats.rows);
-        callback(null, rows ?? undefined);
+        callback(null, encode(framer.push(chunk)));
       } catch (error) {
         callback(error as Error);
       }
     },
     flush(callback: TransformCallback) {
       try {
-        callback(null, encoder.end() ?? undefined);
+        callback(null, encode(framer.end()));
       } catch (error) {
         callback(error as Error);
       }
     },
   });
-  return Object.assign(stream, { stats: encoder.stats });
+  return Object.assign(stream, { counts: framer.counts, rows: () => rows });
 }

@@ -26,8 +26,10 @@ export interface SyncEventsOptions extends PoolChoice {
   clock?: Date;
   /** MIXPANEL_PROJECT_TIMEZONE: for projects that export local times. */
   projectTimezone?: string | null;
-  /** Apply a full run with no lines (it empties the window). */
-  allowEmpty?: boolean;
+  /** Let a full run empty or shrink stored days (begin_run allow_shrink => true); without it finish_run refuses (MP001). */
+  allowShrink?: boolean;
+  /** When another events run is running (MP002), retry begin_run for up to this many seconds. */
+  waitSeconds?: number;
   signal?: AbortSignal;
   progress?: ProgressLine;
   /** Told before each Export API retry. */
@@ -36,7 +38,7 @@ export interface SyncEventsOptions extends PoolChoice {
   onExport?: (request: ExportRequest) => void;
 }
 
-/** The Export API answers of the run's plan, one after the other, as one byte stream. */
+/** The Export API answers of the run's plan, one after the other, as one byte stream (framed like a file: input-framing.ts). */
 function exportStream(run: SyncRun, options: SyncEventsOptions, settings: MixpanelSettings, signal: AbortSignal): Readable {
   async function* chunks(): AsyncGenerator<Buffer> {
     for (const request of exportPlan(run)) {
@@ -62,11 +64,12 @@ export async function syncEvents(options: SyncEventsOptions): Promise<RunSummary
         clock: options.clock,
         projectTimezone: options.projectTimezone ?? mixpanel?.projectTimezone ?? null,
         resync: options.resync ?? null,
+        allowShrink: options.allowShrink ?? false,
       },
       openLines: (run, signal) => (input !== undefined ? openInput(input) : exportStream(run, options, mixpanel!, signal)),
       signal: options.signal,
       progress: options.progress,
-      allowEmpty: options.allowEmpty,
+      ...(options.waitSeconds !== undefined ? { waitSeconds: options.waitSeconds } : {}),
     }),
   );
 }

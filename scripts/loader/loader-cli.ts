@@ -5,23 +5,27 @@ import { describeError } from './describe-error.ts';
 import { resolveDatabaseUrl } from './database-connection.ts';
 import { progressLine, type ProgressLine } from './progress-line.ts';
 import { summaryJson, summaryLines, type RunSummary } from './run-summary.ts';
-import { isLoaderFailure } from './staged-sync.ts';
+import { isLoaderFailure, SQLSTATE, sqlState } from './staged-sync.ts';
 
 export const EXIT = {
   /** The run succeeded. */
   ok: 0,
   /** The run failed; sync_runs holds it as failed with the reason, nothing was applied. */
   failed: 1,
-  /** Nothing started: bad flags, missing configuration, unreadable input, database unreachable. */
+  /** Nothing started: bad flags, missing configuration, unreadable input, database unreachable, begin_run refused (MP002, MP004). */
   notStarted: 2,
   /** Stopped by Ctrl-C, SIGTERM or SIGHUP; the run is recorded as failed. */
   interrupted: 130,
 } as const;
 
+/** Signals arriving within this long of the first one are the same delivery (a terminal's or systemd's group signal, a wrapper's re-send), not a second Ctrl-C. */
+export const SIGNAL_GROUP_WINDOW_MS = 1000;
+
 type Options = NonNullable<ParseArgsConfig['options']>;
 
 const COMMON_OPTIONS = {
   file: { type: 'string', short: 'f' },
+  wait: { type: 'string' },
   json: { type: 'boolean', default: false },
   'database-url': { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
@@ -30,6 +34,8 @@ const COMMON_OPTIONS = {
 export interface LoaderContext {
   values: Record<string, string | boolean | undefined>;
   databaseUrl: string;
+  /** --wait SECONDS: how long begin_run is retried while another run of the source is running (MP002). */
+  waitSeconds: number;
   signal: AbortSignal;
   progress: ProgressLine;
 }
@@ -57,10 +63,21 @@ function parse<S>(command: LoaderCommand<S>, argv: string[]): LoaderContext['val
   }
 }
 
+/**
+ * The documented Ctrl-C: the first SIGINT, SIGTERM or SIGHUP cancels the run (fail_run, exit 130), unless finish_run
+ * has already committed (then the success is reported, exit 0). Signals within SIGNAL_GROUP_WINDOW_MS of the first
+ * are the same delivery and ignored; a later one quits at once, leaving the run to the next begin_run to abandon.
+ */
 function interruptOnSignals(controller: AbortController, name: string): () => void {
+  let firstAt = 0;
   const onSignal = (signal: NodeJS.Signals) => {
-    if (controller.signal.aborted) process.exit(EXIT.interrupted); // a second Ctrl-C: leave now
-    process.stderr.write(`\n${name}: ${signal} received, failing the run (Ctrl-C again to quit at once)\n`);
+    if (controller.signal.aborted) {
+      if (Date.now() - firstAt < SIGNAL_GROUP_WINDOW_MS) return;
+      process.stderr.write(`${name}: ${signal} received again: quitting at once; the run stays running until the next begin_run marks it abandoned\n`);
+      process.exit(EXIT.interrupted);
+    }
+    firstAt = Date.now();
+    process.stderr.write(`\n${name}: ${signal} received, cancelling the run (again after a second to quit at once)\n`);
     controller.abort(new Error(`${signal} received`));
   };
   const signals: NodeJS.Signals[] = ['SIGINT', 'SIGTERM', 'SIGHUP'];
@@ -68,6 +85,13 @@ function interruptOnSignals(controller: AbortController, name: string): () => vo
   return () => {
     for (const signal of signals) process.off(signal, onSignal);
   };
+}
+
+function parseWait(value: unknown): number {
+  if (value === undefined) return 0;
+  const seconds = Number(value);
+  if (!/^\d+(\.\d+)?$/.test(String(value)) || !Number.isFinite(seconds)) throw new Error(`--wait wants a number of seconds, got ${String(value)}`);
+  return seconds;
 }
 
 /** Runs the command with process.argv and exits with its code. */
@@ -80,6 +104,7 @@ export async function runLoaderCli<S = RunSummary>(command: LoaderCommand<S>, ar
   };
   let values: LoaderContext['values'];
   let databaseUrl: string;
+  let waitSeconds: number;
   try {
     values = parse(command, argv);
     if (values.help) {
@@ -87,6 +112,7 @@ export async function runLoaderCli<S = RunSummary>(command: LoaderCommand<S>, ar
       process.exit(EXIT.ok);
     }
     databaseUrl = resolveDatabaseUrl(values['database-url'] as string | undefined);
+    waitSeconds = parseWait(values.wait);
     await command.prepare?.(values);
   } catch (error) {
     return fail(EXIT.notStarted, describeError(error));
@@ -97,12 +123,18 @@ export async function runLoaderCli<S = RunSummary>(command: LoaderCommand<S>, ar
   const progress = progressLine(process.stderr, command.name);
   const json = values.json === true;
   try {
-    const summary = await command.run({ values, databaseUrl, signal: controller.signal, progress });
+    const summary = await command.run({ values, databaseUrl, waitSeconds, signal: controller.signal, progress });
     show(summary, json);
+    if (controller.signal.aborted) process.stderr.write(`${command.name}: the run had already committed when the signal came: it succeeded\n`);
     process.exit(EXIT.ok);
   } catch (error) {
     progress.done();
-    if (!isLoaderFailure<S>(error)) return fail(EXIT.notStarted, `no run started: ${describeError(error, controller.signal)}`);
+    if (!isLoaderFailure<S>(error)) {
+      // begin_run refused (MP002 another run is running, MP004 invalid arguments) or the run never began: nothing started.
+      const code = sqlState(error);
+      const what = code === SQLSTATE.runInProgress || code === SQLSTATE.invalidArguments ? 'begin_run refused' : 'no run started';
+      return fail(controller.signal.aborted ? EXIT.interrupted : EXIT.notStarted, `${what}: ${describeError(error, controller.signal)}`);
+    }
     if (error.summary) show(error.summary, json);
     return fail(controller.signal.aborted ? EXIT.interrupted : EXIT.failed, error.message);
   } finally {

@@ -18,6 +18,8 @@ export interface EngagePage {
   /** As Mixpanel reports it (may be absent). */
   total: number | null;
   results: EngageProfile[];
+  /** The page as Mixpanel sent it: the loader stages its profiles from these bytes, never re-serialising them. */
+  text: string;
 }
 
 export interface EngageProfilesOptions extends RequestOptions {
@@ -70,6 +72,7 @@ function parsePage(text: string, requestedPage: number, requestedSize: number): 
     sessionId: typeof body.session_id === 'string' && body.session_id !== '' ? body.session_id : null,
     total: number(body.total, null),
     results: body.results as EngageProfile[],
+    text,
   };
 }
 
