@@ -7,7 +7,7 @@ import { commit, Logger } from 'graphile-migrate';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { databaseUrl } from './database-url.ts';
-import { isEmptySql, runMigrations } from './migrate.ts';
+import { isEmptySql, readCurrentMigrationText, runMigrations } from './migrate.ts';
 import { dropDatabase } from './test-databases.ts';
 import { templateDatabase } from './vitest-database.ts';
 
@@ -108,5 +108,25 @@ describe('isEmptySql', () => {
     expect(isEmptySql('  -- a\n/* b\n c */\n\t')).toBe(true);
     expect(isEmptySql('-- a\nselect 1; -- b')).toBe(false);
     expect(isEmptySql('/* a */ select 1')).toBe(false);
+  });
+});
+
+describe('readCurrentMigrationText', () => {
+  it('joins current/*.sql in numeric order after `--! split:` lines, as graphile-migrate does', async () => {
+    const folder = await migrationsFolder({
+      'current/10-last.sql': 'select 10;\n',
+      'current/2-second.sql': '\nselect 2;',
+      'current/1-first.sql': 'select 1;',
+      'current/notes.txt': 'not sql',
+    });
+    expect(await readCurrentMigrationText(folder)).toBe('--! split: 1-first.sql\nselect 1;\n\n--! split: 2-second.sql\nselect 2;\n\n--! split: 10-last.sql\nselect 10;\n');
+  });
+
+  it('refuses current.sql next to current/, and two files with one number', async () => {
+    const both = await migrationsFolder({ 'current.sql': '', 'current/1-a.sql': 'select 1;' });
+    await expect(readCurrentMigrationText(both)).rejects.toThrow(/allows only one of these/);
+    const clash = await migrationsFolder({ 'current/1-a.sql': 'select 1;', 'current/001-b.sql': 'select 2;' });
+    await expect(readCurrentMigrationText(clash)).rejects.toThrow(/have the same number/);
+    expect(await readCurrentMigrationText(await migrationsFolder({ 'committed/.gitkeep': '' }))).toBe('');
   });
 });

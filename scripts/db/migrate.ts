@@ -1,13 +1,11 @@
-// Applies migrations with graphile-migrate: committed ones (`migrate`), then the current migration once
+// Applies migrations with graphile-migrate's public API: committed ones (`migrate`), then the current migration once
 // (`watch(settings, true)`) when it is non-empty: migrations/current.sql, or migrations/current/*.sql in folder mode.
+// Nothing here imports graphile-migrate's dist/ internals: the .gmrc and the current migration are read here.
 import { randomBytes } from 'node:crypto';
-import { access } from 'node:fs/promises';
+import { access, readdir, readFile } from 'node:fs/promises';
+import path from 'node:path';
 import pg from 'pg';
 import { Logger, migrate, watch, type Settings } from 'graphile-migrate';
-import { getSettings } from 'graphile-migrate/dist/commands/_common.js';
-import { getCurrentMigrationLocation, readCurrentMigration } from 'graphile-migrate/dist/current.js';
-import { clearAllPools } from 'graphile-migrate/dist/pgReal.js';
-import type { ParsedSettings } from 'graphile-migrate/dist/settings.js';
 import { defaultMigrationsFolder, gmrcPath } from './paths.ts';
 import { sleep } from './processes.ts';
 
@@ -38,15 +36,24 @@ function quietLogger({ log, errorLog = toStderr }: MigrateOptions): Logger {
   });
 }
 
+const exists = (file: string): Promise<boolean> => access(file).then(() => true, () => false);
+
+/** .gmrc as JSON with comments (graphile-migrate reads JSON5; this project's .gmrc keeps to JSON plus comments). */
 async function gmrcSettings(file: string | false | undefined): Promise<Settings> {
-  const path = file ?? gmrcPath;
-  if (path === false) return {};
-  const present = await access(path).then(() => true, () => false);
-  if (!present) {
+  const gmrc = file ?? gmrcPath;
+  if (gmrc === false) return {};
+  if (!(await exists(gmrc))) {
     if (file) throw new Error(`graphile-migrate config ${file} not found`);
     return {};
   }
-  return getSettings({ configFile: path });
+  const text = await readFile(gmrc, 'utf8');
+  // comments out, strings kept: a string literal, or a comment (replaced by nothing)
+  const json = text.replace(/("(?:[^"\\]|\\.)*")|\/\*[\s\S]*?\*\/|\/\/[^\n]*/g, (_comment, string: string | undefined) => string ?? '');
+  try {
+    return JSON.parse(json) as Settings;
+  } catch (error) {
+    throw new Error(`${gmrc}: not JSON with comments (${(error as Error).message}); keep .gmrc to JSON plus comments`);
+  }
 }
 
 /** SQL with comments and whitespace removed is empty (graphile-migrate's "empty-ish"). */
@@ -54,12 +61,34 @@ export function isEmptySql(sql: string): boolean {
   return sql.replace(/\/\*[\s\S]*?\*\//g, '').replace(/--.*$/gm, '').trim() === '';
 }
 
-/** The current migration's text (current.sql or current/*.sql joined), '' when there is none. */
+/** graphile-migrate's names for the files of a current/ folder: 1.sql, 001-message.sql. */
+const CURRENT_FILE = /^([0-9]+)(-[-_a-zA-Z0-9]*)?\.sql$/;
+
+/**
+ * The current migration's text, '' when there is none: current.sql, or the .sql files of current/ in numeric order,
+ * each after a `--! split: <file>` line (graphile-migrate's own joining rule). Both at once is graphile-migrate's
+ * "only one of these may exist" error.
+ */
 export async function readCurrentMigrationText(migrationsFolder = defaultMigrationsFolder): Promise<string> {
-  const settings = { migrationsFolder } as ParsedSettings; // only migrationsFolder is read
-  const location = await getCurrentMigrationLocation(settings);
-  if (!location.exists) return '';
-  return readCurrentMigration(settings, location);
+  const file = path.join(migrationsFolder, 'current.sql');
+  const folder = path.join(migrationsFolder, 'current');
+  const [hasFile, hasFolder] = [await exists(file), await exists(folder)];
+  if (hasFile && hasFolder) throw new Error(`both ${file} and ${folder} exist: graphile-migrate allows only one of these`);
+  if (hasFile) return readFile(file, 'utf8');
+  if (!hasFolder) return '';
+  const parts: { id: number; name: string }[] = [];
+  for (const name of await readdir(folder)) {
+    if (name.startsWith('.') || !name.endsWith('.sql')) continue;
+    const match = CURRENT_FILE.exec(name);
+    const id = match ? Number.parseInt(match[1]!, 10) : 0;
+    if (!id) throw new Error(`${path.join(folder, name)}: a current migration file is named like 001.sql or 001-message.sql (a positive number first)`);
+    const clash = parts.find((part) => part.id === id);
+    if (clash) throw new Error(`${folder}: ${clash.name} and ${name} have the same number; each file needs its own`);
+    parts.push({ id, name });
+  }
+  parts.sort((a, b) => a.id - b.id);
+  const bodies = await Promise.all(parts.map(async ({ name }) => `--! split: ${name}\n${(await readFile(path.join(folder, name), 'utf8')).trim()}\n`));
+  return bodies.join('\n');
 }
 
 function withApplicationName(url: string, name: string): string | undefined {
@@ -74,11 +103,10 @@ function withApplicationName(url: string, name: string): string | undefined {
 
 /**
  * graphile-migrate keeps idle pooled connections for 200 ms after use and calls process.exit(1) if the server then
- * terminates one (a server stopping, DROP DATABASE … WITH (FORCE)). Its clearAllPools() does not wait, so we do:
- * until no connection with our application_name is left (or 10 s).
+ * terminates one (a server stopping, DROP DATABASE … WITH (FORCE)). So we wait until no connection with our
+ * application_name is left (or 10 s).
  */
 async function closeGraphileMigratePools(url: string, applicationName: string | undefined): Promise<void> {
-  clearAllPools();
   if (!applicationName) return sleep(500);
   const client = new pg.Client({ connectionString: url });
   client.on('error', () => {});
