@@ -166,6 +166,10 @@ begin
   select seed_run, jsonb_build_object('$distinct_id', b.distinct_id, '$properties', b.properties)::text
   from verify_base b order by b.i;
   perform mixpanel_sync.finish_run(seed_run);
+  -- Backdated: in one transaction now() never moves, so without this updated_at could not tell a rewrite of an
+  -- unchanged profile from a change. (Seen failing, issue 15: an upsert_subscriber_properties that sets updated_at on
+  -- every row it writes passed before this line, and fails check 1 on updated_at with it.)
+  update mixpanel_sync.subscriber_properties p set updated_at = '2000-01-01 00:00:00+00' where pg_temp.verify_ours(p.distinct_id);
 
   -- Sync 2, staged once and applied by both paths from the same state.
   batch_run := (mixpanel_sync.begin_run('profiles')).id;
@@ -210,6 +214,12 @@ begin
       on_result, off_result;
   end if;
 
+  if (select count(*) from jsonb_array_elements(on_rows) r where (r ->> 'updated_at')::timestamptz = '2000-01-01 00:00:00+00')
+      <> 2000 - expected_updated then
+    raise exception 'verify/profiles_change_detection: % rows kept the backdated updated_at, expected the % unchanged profiles',
+      (select count(*) from jsonb_array_elements(on_rows) r where (r ->> 'updated_at')::timestamptz = '2000-01-01 00:00:00+00'), 2000 - expected_updated;
+  end if;
+
   -- 2. the counts and the contents
   if (on_result.received, on_result.rejected, on_result.duplicates, on_result.inserted, on_result.updated, on_result.unchanged)
     is distinct from (2424::bigint, 24::bigint, 100::bigint, expected_inserted, expected_updated, 2000 - expected_updated) then
@@ -252,6 +262,8 @@ begin
   -- 3. a second identical sync, in a subtransaction of its own (a row it rewrote would get a new xmin too)
   select jsonb_object_agg(p.distinct_id, jsonb_build_array(p.ctid, p.xmin, p.xmax)) into versions
   from mixpanel_sync.subscriber_properties p where pg_temp.verify_ours(p.distinct_id);
+  -- sync 2 was applied by hand above; its run is closed (one profiles run at a time) and its staged lines dropped
+  perform mixpanel_sync.fail_run(batch_run, 'verify: applied by upsert_subscriber_properties directly');
   before := pg_temp.verify_writes();
   begin
     again := mixpanel_sync.begin_run('profiles');
