@@ -4,7 +4,7 @@ import { createWriteStream } from 'node:fs';
 import { finished } from 'node:stream/promises';
 import type pg from 'pg';
 import { countSampleProfiles, writeSampleProfiles } from '../fixtures/sample-profiles.ts';
-import { syncProfiles, type ProfilesSummary } from '../cli/sync-profiles.ts';
+import { syncProfiles, type ProfilesSummary } from '../loader/profiles-sync.ts';
 import type { Scale } from './bench-options.ts';
 import type { BenchDatabase, BenchServer } from './bench-server.ts';
 import type { SuiteResult } from './figures.ts';

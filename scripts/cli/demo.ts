@@ -14,7 +14,7 @@ import { summaryLines, type RunSummary } from '../loader/run-summary.ts';
 import { sampleEventLines, writeSampleEvents, type SampleEventOptions } from '../fixtures/sample-events.ts';
 import { writeSampleProfiles } from '../fixtures/sample-profiles.ts';
 import { rereadFromDay, syncHealth } from '../sql/sync-api.ts';
-import { profilesSummaryLine, syncProfiles } from './sync-profiles.ts';
+import { profilesSummaryLine, syncProfiles } from '../loader/profiles-sync.ts';
 
 const DAY_MS = 86_400_000;
 

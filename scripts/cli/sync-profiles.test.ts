@@ -14,7 +14,7 @@ import type { EngageProfile } from '../mixpanel/engage-profiles.ts';
 import { startFakeMixpanel, type FakeMixpanel } from '../fixtures/fake-mixpanel-server.ts';
 import type { RetryNotice } from '../mixpanel/mixpanel-request.ts';
 import { writeSampleProfiles, type ProfileFormat } from '../fixtures/sample-profiles.ts';
-import { profilesSummaryLine, syncProfiles, type ProfilesSummary } from './sync-profiles.ts';
+import { profilesSummaryLine, syncProfiles, type ProfilesSummary } from '../loader/profiles-sync.ts';
 import { expandEngagePages } from '../loader/copy-line-encoder.ts';
 import { createInputFramer } from '../loader/input-framing.ts';
 
