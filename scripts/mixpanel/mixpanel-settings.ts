@@ -89,6 +89,25 @@ export function defaultBudgetFile(projectId: number): string {
  * Throws a one-line `config` error naming the variable to set.
  */
 export function readMixpanelSettings(env: Env = process.env, overrides: Partial<MixpanelSettings> = {}): MixpanelSettings {
+  try {
+    return readSettings(env, overrides);
+  } catch (error) {
+    // A message names the value it refuses; a secret pasted into the wrong variable must not be printed with it.
+    throw withoutSecret(error, overrides.secret ?? env.MIXPANEL_SECRET?.trim());
+  }
+}
+
+function withoutSecret(error: unknown, secret: string | undefined): unknown {
+  if (secret && error instanceof Error && error.message.includes(secret)) error.message = error.message.split(secret).join('***');
+  return error;
+}
+
+/** A value for a message, with URL credentials (`//user:secret@`) masked. */
+function shown(raw: string): string {
+  return raw.replace(/\/\/[^/@\s]*@/g, '//***@');
+}
+
+function readSettings(env: Env, overrides: Partial<MixpanelSettings>): MixpanelSettings {
   const serviceAccount =
     overrides.serviceAccount ??
     required(env, 'MIXPANEL_SERVICE_ACCOUNT', 'set it to a Mixpanel service account username (Organization settings > Service Accounts)');
@@ -140,10 +159,10 @@ function normaliseApiUrl(raw: string): string {
   try {
     url = new URL(raw);
   } catch {
-    throw configError('MIXPANEL_API_URL', `is "${raw}", not a URL`, 'set it to a base URL such as http://127.0.0.1:8080, or unset it');
+    throw configError('MIXPANEL_API_URL', `is "${shown(raw)}", not a URL`, 'set it to a base URL such as http://127.0.0.1:8080, or unset it');
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw configError('MIXPANEL_API_URL', `is "${raw}", not http(s)`, 'set it to a base URL such as http://127.0.0.1:8080, or unset it');
+    throw configError('MIXPANEL_API_URL', `is "${shown(raw)}", not http(s)`, 'set it to a base URL such as http://127.0.0.1:8080, or unset it');
   }
   if (url.search || url.hash || url.username || url.password) {
     throw configError('MIXPANEL_API_URL', 'has a query, fragment or credentials', 'give only scheme, host, port and an optional path prefix');
