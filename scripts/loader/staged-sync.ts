@@ -140,7 +140,7 @@ export async function runStagedSync<S = RunSummary>(options: StagedSyncOptions<S
     let recorded: unknown = null;
     for (const db of lost === null && code !== null ? [client, options.pool] : [options.pool]) {
       try {
-        summary = summarise(await failRun(db, run.id, reason));
+        summary = summarise(await failRun(db, run.id, reason, code));
         recorded = null;
         break;
       } catch (failError) {

@@ -1,0 +1,231 @@
+// sync:events tells the truth: exit code, message and sync_runs.status agree, for SQL refusals (matched by SQLSTATE),
+// a lost connection, and signals to the whole process group, with the CLI spawned exactly as users run it.
+import { spawn, type SpawnOptions } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { repoRoot } from '../db/paths.ts';
+import { createTestDatabase } from '../db/vitest-database.ts';
+import { createRandom } from '../fixtures/prng.ts';
+import { beginRun, failRun } from '../sql/sync-api.ts';
+
+const db = await createTestDatabase();
+const dir = mkdtempSync(path.join(os.tmpdir(), 'sync-events-truth-'));
+const script = fileURLToPath(new URL('./sync-events.ts', import.meta.url));
+afterAll(async () => {
+  rmSync(dir, { recursive: true, force: true });
+  await db.drop();
+});
+
+interface Result {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+function collect(command: string, args: string[], options: SpawnOptions & { stdin?: string } = {}): { done: Promise<Result>; pid: number; write: (s: string) => void } {
+  const child = spawn(command, args, {
+    ...options,
+    env: { ...process.env, DATABASE_URL: db.url, MIXPANEL_PROJECT_TIMEZONE: '', ...options.env },
+    stdio: ['pipe', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout!.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  child.stdin!.on('error', () => {});
+  if (options.stdin !== undefined) child.stdin!.end(options.stdin);
+  return {
+    pid: child.pid!,
+    write: (s) => child.stdin!.write(s),
+    done: new Promise((resolve) => child.on('close', (code) => resolve({ code, stdout, stderr }))),
+  };
+}
+
+const cli = (args: string[], stdin = '') => collect(process.execPath, ['--import', 'tsx', script, ...args], { stdin }).done;
+
+const now = Math.floor(Date.now() / 1000);
+const lines = (n: number, tag: string) =>
+  Array.from({ length: n }, (_, i) => JSON.stringify({ event: 'Page View', properties: { time: now - 3600 + i, distinct_id: `u${i % 5}`, $insert_id: `${tag}-${i}` } }));
+const file = (name: string, content: string) => {
+  const at = path.join(dir, name);
+  writeFileSync(at, content);
+  return at;
+};
+const runs = async () => (await db.pool.query('select count(*)::int as n from mixpanel_sync.sync_runs')).rows[0].n as number;
+const lastRun = async () =>
+  (await db.pool.query<{ id: string; status: string; error: string | null }>('select r.id::text as id, r.status, r.error from mixpanel_sync.sync_runs r order by r.id desc limit 1')).rows[0]!;
+/** Lines of stderr that are not the progress line (only drawn on a TTY) or npm's own. */
+const ourLines = (stderr: string) => stderr.split('\n').filter((l) => l.startsWith('sync:events:'));
+
+beforeAll(async () => {
+  const seeded = await cli(['--file', file('seed.jsonl', `${lines(20, 'seed').join('\n')}\n`), '--json']);
+  expect(seeded.code).toBe(0);
+});
+
+describe('SQL refusals, matched by SQLSTATE', () => {
+  it('--full with --resync-from: refused by begin_run (MP004), exit 2, nothing started', async () => {
+    // Protection: begin_run's MP004 check (the CLI no longer checks it itself); a CLI-side refusal would have a
+    // different message, and with neither the run would have started (seen: exit 0 before the SQL landed).
+    const before = await runs();
+    const result = await cli(['--file', file('a.jsonl', `${lines(3, 'a').join('\n')}\n`), '--full', '--resync-from', '2026-11-01']);
+    expect(result.code).toBe(2);
+    expect(ourLines(result.stderr)).toEqual([expect.stringMatching(/^sync:events: begin_run refused: .*resync/)]);
+    expect(await runs()).toBe(before);
+  });
+
+  it('another run is running (MP002): exit 2 naming it; --wait retries until it ends', async () => {
+    // Protection: the --wait retry loop in staged-sync.ts; without it (waitSeconds ignored) the second call exited 2 (seen).
+    const holder = await db.pool.connect();
+    try {
+      const running = await beginRun(holder, { source: 'events' });
+      const refused = await cli(['--file', file('b.jsonl', `${lines(3, 'b').join('\n')}\n`)]);
+      expect(refused.code).toBe(2);
+      expect(ourLines(refused.stderr)).toEqual([expect.stringMatching(new RegExp(`^sync:events: begin_run refused: .*\\b${running.id}\\b`))]);
+
+      const timedOut = await cli(['--file', file('b.jsonl', `${lines(3, 'b').join('\n')}\n`), '--wait', '1']);
+      expect(timedOut.code).toBe(2);
+
+      const waiting = cli(['--file', file('b.jsonl', `${lines(3, 'b').join('\n')}\n`), '--wait', '60', '--json']);
+      await sleep(1500);
+      await failRun(holder, running.id, 'test: released');
+      const waited = await waiting;
+      expect(waited.code).toBe(0);
+      expect(JSON.parse(waited.stdout)).toMatchObject({ status: 'succeeded', received: 3 });
+    } finally {
+      holder.release();
+    }
+  });
+
+  it('the REPLACE guard (MP001): exit 1, the run failed with the hint; --allow-empty still works, with a notice', async () => {
+    const empty = file('empty.jsonl', '\n');
+    const refused = await cli(['--file', empty, '--full', '--json']);
+    expect(refused.code).toBe(1);
+    expect(ourLines(refused.stderr)).toEqual([expect.stringMatching(/^sync:events: events run \d+ failed: .*allow-shrink/)]);
+    expect(JSON.parse(refused.stdout)).toMatchObject({ status: 'failed' });
+    expect((await lastRun()).status).toBe('failed');
+
+    const allowed = await cli(['--file', empty, '--full', '--allow-empty', '--json']);
+    expect(allowed.code).toBe(0);
+    expect(ourLines(allowed.stderr)).toEqual(['sync:events: --allow-empty is deprecated: use --allow-shrink']);
+    expect((await lastRun()).status).toBe('succeeded');
+    // put the data back for the tests after this one
+    expect((await cli(['--file', file('seed.jsonl', `${lines(20, 'seed').join('\n')}\n`), '--full'])).code).toBe(0);
+  });
+
+  it('the terminated-early marker (MP003) from a file: exit 1, the run failed as incomplete', async () => {
+    const result = await cli(['--file', file('cut.jsonl', `${lines(5, 'cut').join('\n')}\nterminated early\n`), '--json']);
+    expect(result.code).toBe(1);
+    const summary = JSON.parse(result.stdout) as { run_id: number };
+    expect(summary).toMatchObject({ status: 'failed' });
+    const { rows } = await db.pool.query('select status, error from mixpanel_sync.sync_runs where id = $1', [summary.run_id]);
+    expect(rows[0], JSON.stringify((await db.pool.query('select id, status, error from mixpanel_sync.sync_runs order by id')).rows)).toMatchObject({ status: 'failed', error: expect.stringContaining('terminated early') });
+  });
+});
+
+describe('a lost connection: one line, exit 1, the run failed', () => {
+  async function terminateWhen(pattern: string): Promise<void> {
+    for (let i = 0; i < 600; i++) {
+      const { rows } = await db.pool.query<{ pid: number }>(
+        `select pid from pg_catalog.pg_stat_activity where datname = current_database() and pid <> pg_catalog.pg_backend_pid() and query ilike $1 and state = 'active'`,
+        [pattern],
+      );
+      if (rows.length > 0) {
+        await db.pool.query('select pg_catalog.pg_terminate_backend($1)', [rows[0]!.pid]);
+        return;
+      }
+      await sleep(20);
+    }
+    throw new Error(`no backend ran ${pattern}`);
+  }
+
+  it('mid-COPY', async () => {
+    // Protection: the client 'error' listener in staged-sync.ts; without it Node died on an unhandled 'error' event
+    // with a stack trace (seen), and the run stayed running.
+    const child = collect(process.execPath, ['--import', 'tsx', script, '--file', '-', '--json']);
+    const feed = setInterval(() => child.write(`${lines(50, `copy-${Date.now()}`).join('\n')}\n`), 5);
+    await terminateWhen('copy mixpanel_sync.staged_events%');
+    const result = await child.done;
+    clearInterval(feed);
+    expect(result.code).toBe(1);
+    expect(ourLines(result.stderr)).toHaveLength(1);
+    expect(result.stderr).not.toMatch(/\n\s+at /); // no stack trace
+    const run = await lastRun();
+    expect(run.status).toBe('failed');
+    expect(ourLines(result.stderr)[0]).toContain(`events run ${run.id} failed: `);
+  });
+
+  it('mid-finish', async () => {
+    await db.pool.query(`create or replace function public.test_slow_finish() returns trigger language plpgsql set search_path = '' as $$
+      begin perform pg_catalog.pg_sleep(0.5); return new; end $$`);
+    await db.pool.query(`create trigger test_slow_finish before update on mixpanel_sync.sync_runs for each row
+      when (old.status = 'running' and new.status = 'succeeded') execute function public.test_slow_finish()`);
+    try {
+      const child = collect(process.execPath, ['--import', 'tsx', script, '--file', file('f.jsonl', `${lines(10, 'fin').join('\n')}\n`), '--json']);
+      await terminateWhen('%mixpanel_sync.finish_run%');
+      const result = await child.done;
+      expect(result.code).toBe(1);
+      expect(ourLines(result.stderr)).toHaveLength(1);
+      expect(result.stderr).not.toMatch(/\n\s+at /);
+      expect((await lastRun()).status).toBe('failed');
+    } finally {
+      await db.pool.query('drop trigger test_slow_finish on mixpanel_sync.sync_runs');
+    }
+  });
+});
+
+describe('signals to the whole process group during finish_run (npm run sync:events, as users run it)', () => {
+  it('exit code, message and sync_runs.status agree in every trial', { timeout: 900_000 }, async () => {
+    // Protection: SIGNAL_GROUP_WINDOW_MS in loader-cli.ts; with the window set to 0 a group delivery plus npm's
+    // re-send took the "quit at once" path: exit 130 with the run left running (seen).
+    await db.pool.query(`create or replace function public.test_slow_finish() returns trigger language plpgsql set search_path = '' as $$
+      begin perform pg_catalog.pg_sleep(0.3); return new; end $$`);
+    await db.pool.query(`create trigger test_slow_finish before update on mixpanel_sync.sync_runs for each row
+      when (old.status = 'running' and new.status = 'succeeded') execute function public.test_slow_finish()`);
+    const random = createRandom(20261201);
+    const input = file('trial.jsonl', `${lines(30, 'trial').join('\n')}\n`);
+    const outcomes: Record<string, number> = {};
+    try {
+      for (let trial = 0; trial < 30; trial++) {
+        const signal = random.pick(['SIGINT', 'SIGTERM'] as const);
+        const child = collect('npm', ['run', '--silent', 'sync:events', '--', '--file', input, '--json'], { cwd: repoRoot, detached: true });
+        // wait for finish_run, then signal the process group at a seeded moment within (or just after) it
+        for (let i = 0; i < 1000; i++) {
+          const { rowCount } = await db.pool.query(
+            `select 1 from pg_catalog.pg_stat_activity where datname = current_database() and query ilike '%mixpanel_sync.finish_run%' and state = 'active' and pid <> pg_catalog.pg_backend_pid()`,
+          );
+          if (rowCount) break;
+          await sleep(10);
+        }
+        await sleep(random.int(450));
+        try {
+          process.kill(-child.pid, signal);
+        } catch {
+          // the group already exited
+        }
+        const result = await child.done;
+        const run = await lastRun();
+        const mine = ourLines(result.stderr);
+        const label = `trial ${trial} (${signal}): exit ${result.code}, status ${run.status}, stderr ${JSON.stringify(mine)}`;
+        if (result.code === 0) {
+          expect(run.status, label).toBe('succeeded');
+          expect(JSON.parse(result.stdout), label).toMatchObject({ status: 'succeeded', run_id: Number(run.id) });
+        } else {
+          expect(result.code, label).toBe(130);
+          expect(run.status, label).toBe('failed');
+          expect(run.error, label).toBe(`interrupted: ${signal} received`);
+          expect(mine.at(-1), label).toBe(`sync:events: events run ${run.id} failed: interrupted: ${signal} received`);
+          expect(JSON.parse(result.stdout), label).toMatchObject({ status: 'failed' });
+        }
+        outcomes[String(result.code)] = (outcomes[String(result.code)] ?? 0) + 1;
+      }
+    } finally {
+      await db.pool.query('drop trigger test_slow_finish on mixpanel_sync.sync_runs');
+    }
+    // both outcomes were exercised (the moments straddle the commit)
+    expect(Object.keys(outcomes).sort(), JSON.stringify(outcomes)).toEqual(['0', '130']);
+  });
+});
