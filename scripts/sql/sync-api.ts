@@ -90,9 +90,12 @@ export async function finishRun(db: Queryable, runId: string | number): Promise<
   return rows[0]!;
 }
 
-/** mixpanel_sync.fail_run: the run recorded as failed with `error`, its staged rows dropped, nothing applied. */
-export async function failRun(db: Queryable, runId: string | number, error: string): Promise<SyncRun> {
-  const { rows } = await db.query<SyncRun>(`select ${RUN_COLUMNS} from mixpanel_sync.fail_run($1, $2) r`, [runId, error]);
+/** mixpanel_sync.fail_run: the run recorded as failed with `error` (and the SQLSTATE that failed it, kept in options->>'error_code'), its staged rows dropped, nothing applied. */
+export async function failRun(db: Queryable, runId: string | number, error: string, errorCode: string | null = null): Promise<SyncRun> {
+  const { rows } = await db.query<SyncRun>(
+    `select ${RUN_COLUMNS} from mixpanel_sync.fail_run($1, $2${errorCode === null ? '' : ', error_code => $3'}) r`,
+    errorCode === null ? [runId, error] : [runId, error, errorCode],
+  );
   return rows[0]!;
 }
 
