@@ -370,3 +370,327 @@ $$;
 comment on function mixpanel_sync.sync_health() is
   'Health of the sync, one row per check: status ok|warn|critical, the value measured, the thresholds (health.* rows in '
   'sync_settings) and a detail. select * from mixpanel_sync.sync_health(); see docs/operations.md.';
+
+------------------------------------------------------------------------------------------
+-- Cohorts: the cohort list (/api/query/cohorts/list) and membership (Engage filter_by_cohort)
+------------------------------------------------------------------------------------------
+
+alter table mixpanel_sync.sync_runs drop constraint sync_runs_source_check;
+-- not valid, then validated: the check is added without blocking writes during the scan
+alter table mixpanel_sync.sync_runs add constraint sync_runs_source_check check (source in ('events', 'profiles', 'cohorts')) not valid;
+alter table mixpanel_sync.sync_runs validate constraint sync_runs_source_check;
+
+create table mixpanel_sync.cohorts (
+  cohort_id bigint primary key,
+  name text not null,
+  description text,
+  member_count bigint,
+  is_visible boolean,
+  created_at timestamptz,
+  properties jsonb not null,
+  changed_by_run_id bigint not null,
+  synced_at timestamptz not null default now()
+);
+comment on table mixpanel_sync.cohorts is
+  'Mixpanel cohorts as /api/query/cohorts/list describes them, one row per cohort; a row is rewritten only when its content changed.';
+comment on column mixpanel_sync.cohorts.member_count is 'The count Mixpanel reported in the list (cohort_members holds the members themselves).';
+comment on column mixpanel_sync.cohorts.properties is 'The list entry as Mixpanel sent it.';
+comment on column mixpanel_sync.cohorts.changed_by_run_id is 'The cohorts run that last wrote this row (inserted or changed it).';
+comment on column mixpanel_sync.cohorts.synced_at is 'When that run wrote it.';
+
+create table mixpanel_sync.cohort_members (
+  cohort_id bigint not null references mixpanel_sync.cohorts (cohort_id) on delete cascade,
+  distinct_id text collate "C" not null,
+  added_by_run_id bigint not null,
+  primary key (cohort_id, distinct_id)
+);
+create index cohort_members_distinct_id_idx on mixpanel_sync.cohort_members (distinct_id);
+comment on table mixpanel_sync.cohort_members is
+  'Which users are in which cohort (Engage filter_by_cohort). Join to subscribers / subscriber_properties on distinct_id. '
+  'A cohorts run inserts who joined and deletes who left; members who stayed are not written.';
+comment on column mixpanel_sync.cohort_members.added_by_run_id is 'The cohorts run that saw this member join.';
+
+create unlogged table mixpanel_sync.staged_cohorts (
+  run_id bigint not null,
+  line_id bigint generated always as identity,
+  line jsonb not null,
+  primary key (run_id, line_id)
+);
+comment on table mixpanel_sync.staged_cohorts is 'The cohort list entries of runs in progress, as received.';
+
+create unlogged table mixpanel_sync.staged_cohort_members (
+  run_id bigint not null,
+  line_id bigint generated always as identity,
+  cohort_id bigint not null,
+  profile jsonb not null,
+  primary key (run_id, line_id)
+);
+comment on table mixpanel_sync.staged_cohort_members is
+  'Engage profiles of each cohort (filter_by_cohort) for runs in progress, as received; only $distinct_id is used.';
+
+create unlogged table mixpanel_sync.staged_cohort_fetches (
+  run_id bigint not null,
+  cohort_id bigint not null,
+  primary key (run_id, cohort_id)
+);
+comment on table mixpanel_sync.staged_cohort_fetches is
+  'Cohorts whose whole membership a run in progress has staged: only their membership is replaced by finish_cohorts_run.';
+
+create function mixpanel_sync.drop_staged_cohort_rows(run_id bigint)
+returns void
+language sql
+set search_path = ''
+as $$
+  delete from mixpanel_sync.staged_cohorts s where s.run_id = drop_staged_cohort_rows.run_id;
+  delete from mixpanel_sync.staged_cohort_members s where s.run_id = drop_staged_cohort_rows.run_id;
+  delete from mixpanel_sync.staged_cohort_fetches s where s.run_id = drop_staged_cohort_rows.run_id;
+$$;
+comment on function mixpanel_sync.drop_staged_cohort_rows(bigint) is 'Removes everything staged for a cohorts run.';
+
+create function mixpanel_sync.begin_cohorts_run(clock timestamptz default now())
+returns mixpanel_sync.sync_runs
+language plpgsql
+set search_path = ''
+as $$
+declare
+  run mixpanel_sync.sync_runs;
+  other mixpanel_sync.sync_runs;
+begin
+  if clock is null then
+    raise exception 'begin_cohorts_run: clock must not be null' using errcode = 'MP004', hint = 'leave clock out to use now()';
+  end if;
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.begin_run:cohorts', 0));
+  perform mixpanel_sync.abandon_stale_runs();
+  select * into other from mixpanel_sync.sync_runs r where r.source = 'cohorts' and r.status = 'running' order by r.started_at limit 1;
+  if found then
+    raise exception 'begin_cohorts_run: run % of source cohorts is running (started % ago); one cohorts run at a time',
+      other.id, justify_interval(date_trunc('second', now() - other.started_at))
+      using errcode = 'MP002',
+        hint = format('wait for it to finish; if its loader is dead: select mixpanel_sync.fail_run(%s, ''loader died'')', other.id);
+  end if;
+  -- staged rows of cohorts runs that ended without finish_cohorts_run (failed, abandoned)
+  delete from mixpanel_sync.staged_cohorts s where not exists (select from mixpanel_sync.sync_runs r where r.id = s.run_id and r.status = 'running');
+  delete from mixpanel_sync.staged_cohort_members s where not exists (select from mixpanel_sync.sync_runs r where r.id = s.run_id and r.status = 'running');
+  delete from mixpanel_sync.staged_cohort_fetches s where not exists (select from mixpanel_sync.sync_runs r where r.id = s.run_id and r.status = 'running');
+  insert into mixpanel_sync.sync_runs (source, mode, fetch_to, options)
+  values ('cohorts', 'full', clock, jsonb_build_object('mode_reason', 'cohorts are always read whole',
+    'owner', jsonb_build_object('pid', pg_catalog.pg_backend_pid())))
+  returning * into run;
+  return run;
+end;
+$$;
+comment on function mixpanel_sync.begin_cohorts_run(timestamptz) is
+  'Begins a cohorts run (source ''cohorts'', always whole): refuses with MP002 while another cohorts run is running, '
+  'abandons stale runs and clears staged rows of cohorts runs that ended without finishing.';
+
+create function mixpanel_sync.stage_cohorts(run_id bigint, list jsonb)
+returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  staged bigint;
+begin
+  perform mixpanel_sync.running_run(run_id, 'stage_cohorts', 'cohorts');
+  if jsonb_typeof(list) is distinct from 'array' then
+    raise exception 'stage_cohorts: the cohort list must be a JSON array, got %', coalesce(jsonb_typeof(list), 'null')
+      using errcode = 'invalid_parameter_value', hint = 'pass the body of /api/query/cohorts/list as it came';
+  end if;
+  insert into mixpanel_sync.staged_cohorts (run_id, line)
+  select stage_cohorts.run_id, e.value from jsonb_array_elements(list) with ordinality e(value, n) order by e.n;
+  get diagnostics staged = row_count;
+  return staged;
+end;
+$$;
+comment on function mixpanel_sync.stage_cohorts(bigint, jsonb) is
+  'Stages the cohort list of a cohorts run (the /api/query/cohorts/list array); finish_cohorts_run parses it.';
+
+create function mixpanel_sync.stage_cohort_members(run_id bigint, cohort_id bigint, profiles jsonb, complete boolean default false)
+returns bigint
+language plpgsql
+set search_path = ''
+as $$
+declare
+  staged bigint;
+begin
+  perform mixpanel_sync.running_run(run_id, 'stage_cohort_members', 'cohorts');
+  if cohort_id is null or jsonb_typeof(profiles) is distinct from 'array' then
+    raise exception 'stage_cohort_members: needs a cohort_id and a JSON array of Engage profiles'
+      using errcode = 'invalid_parameter_value', hint = 'pass the results array of each Engage page of filter_by_cohort';
+  end if;
+  insert into mixpanel_sync.staged_cohort_members (run_id, cohort_id, profile)
+  select stage_cohort_members.run_id, stage_cohort_members.cohort_id, e.value
+  from jsonb_array_elements(profiles) with ordinality e(value, n) order by e.n;
+  get diagnostics staged = row_count;
+  if complete then
+    insert into mixpanel_sync.staged_cohort_fetches (run_id, cohort_id)
+    values (stage_cohort_members.run_id, stage_cohort_members.cohort_id) on conflict do nothing;
+  end if;
+  return staged;
+end;
+$$;
+comment on function mixpanel_sync.stage_cohort_members(bigint, bigint, jsonb, boolean) is
+  'Stages one Engage page of a cohort''s members; complete => true on its last page marks the membership whole, and only '
+  'cohorts marked whole have their membership replaced (a cohort fetched in part is left as it was).';
+
+create function mixpanel_sync.cohort_list_rows(run_id bigint)
+returns table (line_id bigint, line jsonb, cohort_id bigint, reject_reason text)
+language sql
+stable
+set search_path = ''
+as $$
+  select s.line_id, s.line,
+    case when jsonb_typeof(s.line -> 'id') = 'number' and (s.line ->> 'id') ~ '^[0-9]{1,18}$' then (s.line ->> 'id')::bigint end,
+    case
+      when jsonb_typeof(s.line) <> 'object' then 'cohort entry is not a JSON object'
+      when jsonb_typeof(s.line -> 'id') is distinct from 'number' or (s.line ->> 'id') !~ '^[0-9]{1,18}$' then 'cohort id missing or not a positive integer'
+      when jsonb_typeof(s.line -> 'name') is distinct from 'string' then 'cohort name missing or not a string'
+    end
+  from mixpanel_sync.staged_cohorts s
+  where s.run_id = cohort_list_rows.run_id;
+$$;
+comment on function mixpanel_sync.cohort_list_rows(bigint) is
+  'The staged cohort list of a run parsed: the cohort id, or why the entry cannot be used (reject_reason).';
+
+create function mixpanel_sync.cohort_member_rows(run_id bigint)
+returns table (line_id bigint, cohort_id bigint, profile jsonb, distinct_id text, reject_reason text)
+language sql
+stable
+set search_path = ''
+as $$
+  select m.line_id, m.cohort_id, m.profile,
+    case when jsonb_typeof(m.profile -> '$distinct_id') in ('string', 'number') then m.profile ->> '$distinct_id' end,
+    case
+      when jsonb_typeof(m.profile) <> 'object' then 'profile is not a JSON object'
+      when coalesce(jsonb_typeof(m.profile -> '$distinct_id') not in ('string', 'number'), true)
+        or m.profile ->> '$distinct_id' = '' then 'missing $distinct_id'
+      when length(m.profile ->> '$distinct_id') > 255 then '$distinct_id longer than 255 characters'
+    end
+  from mixpanel_sync.staged_cohort_members m
+  where m.run_id = cohort_member_rows.run_id
+    and exists (select from mixpanel_sync.staged_cohort_fetches f where f.run_id = m.run_id and f.cohort_id = m.cohort_id);
+$$;
+comment on function mixpanel_sync.cohort_member_rows(bigint) is
+  'The staged members of a run''s cohorts fetched whole, parsed: the distinct_id, or why the profile cannot be used.';
+
+create function mixpanel_sync.finish_cohorts_run(run_id bigint)
+returns mixpanel_sync.sync_runs
+language plpgsql
+set search_path = ''
+as $$
+declare
+  run mixpanel_sync.sync_runs;
+  began timestamptz := clock_timestamp();
+  n_list bigint;
+  n_list_rejected bigint;
+  n_cohorts_written bigint;
+  n_cohorts_removed bigint;
+  n_received bigint;
+  n_rejected bigint;
+  n_duplicates bigint;
+  n_members bigint;
+  n_added bigint;
+  n_removed bigint;
+  n_whole bigint;
+begin
+  run := mixpanel_sync.running_run(run_id, 'finish_cohorts_run', 'cohorts');
+  perform from mixpanel_sync.sync_runs r where r.id = run.id for update;
+
+  -- The list: one row per usable entry (a numeric id and a name); the rest rejected with a reason.
+  select count(*), count(*) filter (where l.reject_reason is not null) into n_list, n_list_rejected
+  from mixpanel_sync.cohort_list_rows(run.id) l;
+
+  insert into mixpanel_sync.sync_rejects (run_id, source, line_no, payload, reason)
+  select finish_cohorts_run.run_id, 'cohorts', l.line_id, l.line::text, l.reject_reason
+  from mixpanel_sync.cohort_list_rows(run.id) l where l.reject_reason is not null;
+
+  if n_list > n_list_rejected or not exists (select from mixpanel_sync.cohorts) then
+    -- The list is whole: cohorts no longer in it are deleted (their members with them).
+    delete from mixpanel_sync.cohorts c
+    where not exists (select from mixpanel_sync.cohort_list_rows(run.id) l where l.reject_reason is null and l.cohort_id = c.cohort_id);
+    get diagnostics n_cohorts_removed = row_count;
+  else
+    n_cohorts_removed := 0; -- an empty list over stored cohorts: nothing is deleted (see the run's options)
+  end if;
+
+  insert into mixpanel_sync.cohorts as c (cohort_id, name, description, member_count, is_visible, created_at, properties, changed_by_run_id, synced_at)
+  select distinct on (l.cohort_id) l.cohort_id, l.line ->> 'name', l.line ->> 'description',
+    case when (l.line ->> 'count') ~ '^[0-9]{1,18}$' then (l.line ->> 'count')::bigint end,
+    case when jsonb_typeof(l.line -> 'is_visible') = 'number' then (l.line ->> 'is_visible') <> '0'
+      when jsonb_typeof(l.line -> 'is_visible') = 'boolean' then (l.line ->> 'is_visible')::boolean end,
+    case when (l.line ->> 'created') ~ '^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}$' then (l.line ->> 'created')::timestamp at time zone 'UTC' end,
+    l.line, finish_cohorts_run.run_id, now()
+  from mixpanel_sync.cohort_list_rows(run.id) l
+  where l.reject_reason is null
+  order by l.cohort_id, l.line_id desc
+  on conflict (cohort_id) do update set
+    name = excluded.name, description = excluded.description, member_count = excluded.member_count,
+    is_visible = excluded.is_visible, created_at = excluded.created_at, properties = excluded.properties,
+    changed_by_run_id = excluded.changed_by_run_id, synced_at = excluded.synced_at
+  where c.properties is distinct from excluded.properties;
+  get diagnostics n_cohorts_written = row_count;
+
+  -- Members: every staged profile of a cohort fetched whole (cohort_member_rows); the distinct_id as Engage gives it.
+  -- A cohort fetched whole but not (validly) listed has no row in cohorts: its members are left out.
+  select count(*), count(*) filter (where r.reject_reason is not null),
+    count(*) filter (where r.reject_reason is null) - count(distinct (r.cohort_id, r.distinct_id)) filter (where r.reject_reason is null)
+  into n_received, n_rejected, n_duplicates
+  from mixpanel_sync.cohort_member_rows(run.id) r join mixpanel_sync.cohorts c0 on c0.cohort_id = r.cohort_id;
+
+  insert into mixpanel_sync.sync_rejects (run_id, source, line_no, payload, reason)
+  select finish_cohorts_run.run_id, 'cohorts', r.line_id, r.profile::text, r.reject_reason || ' (cohort ' || r.cohort_id || ')'
+  from mixpanel_sync.cohort_member_rows(run.id) r join mixpanel_sync.cohorts c0 on c0.cohort_id = r.cohort_id where r.reject_reason is not null;
+
+  -- Who left: members of the cohorts fetched whole that the fetch no longer has.
+  delete from mixpanel_sync.cohort_members cm
+  where cm.cohort_id in (
+      select f.cohort_id from mixpanel_sync.staged_cohort_fetches f where f.run_id = finish_cohorts_run.run_id)
+    and not exists (
+      select from mixpanel_sync.cohort_member_rows(run.id) r
+      where r.reject_reason is null and r.cohort_id = cm.cohort_id and r.distinct_id = cm.distinct_id);
+  get diagnostics n_removed = row_count;
+
+  -- Who joined; members who stayed are not touched (on conflict do nothing writes no tuple for them).
+  insert into mixpanel_sync.cohort_members (cohort_id, distinct_id, added_by_run_id)
+  select distinct r.cohort_id, r.distinct_id, finish_cohorts_run.run_id
+  from mixpanel_sync.cohort_member_rows(run.id) r join mixpanel_sync.cohorts c0 on c0.cohort_id = r.cohort_id
+  where r.reject_reason is null
+    and not exists (select from mixpanel_sync.cohort_members cm where cm.cohort_id = r.cohort_id and cm.distinct_id = r.distinct_id)
+  on conflict do nothing;
+  get diagnostics n_added = row_count;
+
+  select count(distinct (r.cohort_id, r.distinct_id)) into n_members from mixpanel_sync.cohort_member_rows(run.id) r join mixpanel_sync.cohorts c0 on c0.cohort_id = r.cohort_id where r.reject_reason is null;
+  select count(*) into n_whole from mixpanel_sync.staged_cohort_fetches f
+  where f.run_id = finish_cohorts_run.run_id and exists (select from mixpanel_sync.cohorts c where c.cohort_id = f.cohort_id);
+
+  perform mixpanel_sync.drop_staged_cohort_rows(run.id);
+  update mixpanel_sync.sync_runs r set
+    status = 'succeeded',
+    received = n_received,
+    applied = n_members,
+    duplicates = n_duplicates,
+    rejected = n_rejected + n_list_rejected,
+    too_old = 0,
+    users_touched = n_added + n_removed,
+    inserted = n_added,
+    updated = n_removed,
+    unchanged = n_members - n_added,
+    options = r.options || jsonb_build_object(
+      'cohorts_listed', n_list - n_list_rejected, 'cohorts_written', n_cohorts_written, 'cohorts_removed', n_cohorts_removed,
+      'cohorts_fetched_whole', n_whole, 'members', n_members, 'members_added', n_added, 'members_removed', n_removed,
+      'list_rejected', n_list_rejected),
+    finished_at = clock_timestamp(),
+    stage_ms = (extract(epoch from began - r.started_at) * 1000)::bigint,
+    apply_ms = (extract(epoch from clock_timestamp() - began) * 1000)::bigint,
+    total_ms = (extract(epoch from clock_timestamp() - r.started_at) * 1000)::bigint
+  where r.id = run.id
+  returning r.* into run;
+  return run;
+end;
+$$;
+comment on function mixpanel_sync.finish_cohorts_run(bigint) is
+  'Applies a cohorts run in one transaction, set-based with change detection: cohorts upserted only when their list '
+  'entry changed and deleted when no longer listed; for each cohort fetched whole, members who left deleted and who '
+  'joined inserted, members who stayed untouched (an unchanged membership writes 0 tuples). Counts: received = member '
+  'rows staged = applied (distinct members) + duplicates + rejected (list rejects counted in rejected too); inserted = '
+  'members added, updated = members removed, unchanged = members kept; the rest in options.';

@@ -68,7 +68,7 @@ function parse<S>(command: LoaderCommand<S>, argv: string[]): LoaderContext['val
  * has already committed (then the success is reported, exit 0). Signals within SIGNAL_GROUP_WINDOW_MS of the first
  * are the same delivery and ignored; a later one quits at once, leaving the run to the next begin_run to abandon.
  */
-function interruptOnSignals(controller: AbortController, name: string): () => void {
+export function interruptOnSignals(controller: AbortController, name: string): () => void {
   let firstAt = 0;
   const onSignal = (signal: NodeJS.Signals) => {
     if (controller.signal.aborted) {
@@ -92,6 +92,17 @@ function parseWait(value: unknown): number {
   const seconds = Number(value);
   if (!/^\d+(\.\d+)?$/.test(String(value)) || !Number.isFinite(seconds)) throw new Error(`--wait wants a number of seconds, got ${String(value)}`);
   return seconds;
+}
+
+/** What a sync that threw means for its caller: exit code, one-line message, and the failed run's summary if any. */
+export function failureOutcome<S = RunSummary>(error: unknown, signal: AbortSignal): { exitCode: number; message: string; summary: S | null } {
+  if (!isLoaderFailure<S>(error)) {
+    // begin_run refused (MP002 another run is running, MP004 invalid arguments) or the run never began: nothing started.
+    const code = sqlState(error);
+    const what = code === SQLSTATE.runInProgress || code === SQLSTATE.invalidArguments ? 'begin_run refused' : 'no run started';
+    return { exitCode: signal.aborted ? EXIT.interrupted : EXIT.notStarted, message: `${what}: ${describeError(error, signal)}`, summary: null };
+  }
+  return { exitCode: signal.aborted ? EXIT.interrupted : EXIT.failed, message: error.message, summary: error.summary };
 }
 
 /** Runs the command with process.argv and exits with its code. */
@@ -129,14 +140,9 @@ export async function runLoaderCli<S = RunSummary>(command: LoaderCommand<S>, ar
     process.exit(EXIT.ok);
   } catch (error) {
     progress.done();
-    if (!isLoaderFailure<S>(error)) {
-      // begin_run refused (MP002 another run is running, MP004 invalid arguments) or the run never began: nothing started.
-      const code = sqlState(error);
-      const what = code === SQLSTATE.runInProgress || code === SQLSTATE.invalidArguments ? 'begin_run refused' : 'no run started';
-      return fail(controller.signal.aborted ? EXIT.interrupted : EXIT.notStarted, `${what}: ${describeError(error, controller.signal)}`);
-    }
-    if (error.summary) show(error.summary, json);
-    return fail(controller.signal.aborted ? EXIT.interrupted : EXIT.failed, error.message);
+    const outcome = failureOutcome<S>(error, controller.signal);
+    if (outcome.summary) show(outcome.summary, json);
+    return fail(outcome.exitCode, outcome.message);
   } finally {
     release();
   }

@@ -47,6 +47,7 @@ export const MIXPANEL_HOSTS: Record<MixpanelRegion, { export: string; query: str
 
 export const EXPORT_PATH = '/api/2.0/export';
 export const ENGAGE_PATH = '/api/query/engage';
+export const COHORTS_LIST_PATH = '/api/query/cohorts/list';
 
 export const DEFAULT_SETTINGS = {
   region: 'us' as MixpanelRegion,
@@ -221,6 +222,13 @@ export function exportUrl(settings: Pick<MixpanelSettings, 'apiUrl' | 'region' |
 /** POST https://mixpanel.com/api/query/engage?project_id=… (the parameters go in a form body). */
 export function engageUrl(settings: Pick<MixpanelSettings, 'apiUrl' | 'region' | 'projectId'>): URL {
   const url = new URL(base(settings, 'query') + ENGAGE_PATH);
+  url.searchParams.set('project_id', String(settings.projectId));
+  return url;
+}
+
+/** POST https://mixpanel.com/api/query/cohorts/list?project_id=… (Query API). */
+export function cohortsListUrl(settings: Pick<MixpanelSettings, 'apiUrl' | 'region' | 'projectId'>): URL {
+  const url = new URL(base(settings, 'query') + COHORTS_LIST_PATH);
   url.searchParams.set('project_id', String(settings.projectId));
   return url;
 }

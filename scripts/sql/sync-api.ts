@@ -322,3 +322,38 @@ export async function backendPid(db: Queryable): Promise<number> {
   const { rows } = await db.query<{ pid: number }>('select pg_catalog.pg_backend_pid() as pid');
   return rows[0]!.pid;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Cohorts runs (200-health-cohorts.sql): begin_cohorts_run, stage_cohorts, stage_cohort_members, finish_cohorts_run
+
+/** A cohorts run's sync_runs row (source 'cohorts'). */
+export type CohortsRun = Omit<SyncRun, 'source'> & { source: 'cohorts' };
+
+/** mixpanel_sync.begin_cohorts_run: the new running cohorts run (MP002 when one is running). */
+export async function beginCohortsRun(db: Queryable, clock?: Date | string): Promise<CohortsRun> {
+  const { rows } = await db.query<CohortsRun>(`select ${RUN_COLUMNS} from mixpanel_sync.begin_cohorts_run(coalesce($1::timestamptz, now())) r`, [clock ?? null]);
+  return rows[0]!;
+}
+
+/** mixpanel_sync.stage_cohorts: the /api/query/cohorts/list array, as received. */
+export async function stageCohorts(db: Queryable, runId: string | number, list: readonly unknown[]): Promise<number> {
+  const { rows } = await db.query<{ staged: string }>('select mixpanel_sync.stage_cohorts($1, $2::jsonb) as staged', [runId, JSON.stringify(list)]);
+  return Number(rows[0]!.staged);
+}
+
+/** mixpanel_sync.stage_cohort_members: one Engage page of a cohort's members; `complete` on its last page. */
+export async function stageCohortMembers(db: Queryable, runId: string | number, cohortId: number, profiles: readonly unknown[], complete: boolean): Promise<number> {
+  const { rows } = await db.query<{ staged: string }>('select mixpanel_sync.stage_cohort_members($1, $2, $3::jsonb, $4) as staged', [
+    runId,
+    cohortId,
+    JSON.stringify(profiles),
+    complete,
+  ]);
+  return Number(rows[0]!.staged);
+}
+
+/** mixpanel_sync.finish_cohorts_run: cohorts and memberships applied set-based, only what changed written. */
+export async function finishCohortsRun(db: Queryable, runId: string | number): Promise<CohortsRun> {
+  const { rows } = await db.query<CohortsRun>(`select ${RUN_COLUMNS} from mixpanel_sync.finish_cohorts_run($1) r`, [runId]);
+  return rows[0]!;
+}
