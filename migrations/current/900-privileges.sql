@@ -92,6 +92,9 @@ begin
      and not pg_catalog.pg_has_role(current_user, 'mixpanel_sync_loader', 'member') then
     execute pg_catalog.format('grant mixpanel_sync_loader to %I', current_user);
   end if;
+  -- … and the new owner needs CREATE on the schema (superusers excepted): held only for the hand-over, inside this
+  -- transaction, so the loader never can create objects in the schema.
+  grant create on schema mixpanel_sync to mixpanel_sync_loader;
   for t in
     select c.oid::regclass as rel
     from pg_catalog.pg_class c
@@ -100,6 +103,7 @@ begin
   loop
     execute pg_catalog.format('alter table %s owner to mixpanel_sync_loader', t.rel);
   end loop;
+  revoke create on schema mixpanel_sync from mixpanel_sync_loader;
 end
 $staging$;
 

@@ -4,21 +4,25 @@
 // - a login role granted only mixpanel_sync_reader selects the aggregates and profiles and can do nothing else;
 // - PUBLIC (a login role with no grant) reaches nothing; a role given Supabase's "expose a custom schema" grants
 //   (as anon is) sees no row and can change nothing, because RLS is on everywhere with policies for our roles only;
+// - the migration needs no superuser (Supabase's postgres is not one): a CREATEROLE owner migrates, its loader runs;
 // - the catalogue: no function executable by PUBLIC, no SECURITY DEFINER, RLS on every table, views security_invoker.
 // Seen failing without the protection: dropping the loader's policy on events_daily (finish_run: "new row violates
 // row-level security policy"), leaving staged_events owned by the migration role (COPY: "COPY FROM not supported with
 // row-level security"), removing `revoke execute … from public` (the catalogue test lists every function), and
-// `grant select on … to mixpanel_sync_reader` removed for subscribers (reader: permission denied).
+// `grant select on … to mixpanel_sync_reader` removed for subscribers (reader: permission denied), and the CREATE hand-over
+// around `alter table … owner to mixpanel_sync_loader` removed (a non-superuser migration: "permission denied for schema").
 import { Readable } from 'node:stream';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { databaseUrl } from '../db/database-url.ts';
+import { runMigrations } from '../db/migrate.ts';
 import { createTestDatabase, templateDatabase, type TestDatabase } from '../db/vitest-database.ts';
 import { copyIntoStaging } from '../loader/copy-into-staging.ts';
 import { CLOCK, eventLines } from '../fixtures/test-support.ts';
 import { beginRun, failRun, finishRun, readLastRuns, readWatermarks, syncHealth } from './sync-api.ts';
 
 let db: TestDatabase;
-let roles: { loader: string; reader: string; nobody: string; exposed: string };
+let roles: { loader: string; reader: string; nobody: string; exposed: string; owner: string };
 const pools: pg.Pool[] = [];
 
 /** A pool on the test database as `user` (the harness's servers use trust authentication on 127.0.0.1). */
@@ -44,6 +48,16 @@ async function dropRoles(serverUrl: string, names: string[]): Promise<void> {
   }
 }
 
+async function dropDatabaseIfExists(serverUrl: string, name: string): Promise<void> {
+  const client = new pg.Client({ connectionString: serverUrl });
+  await client.connect();
+  try {
+    await client.query(`drop database if exists ${quote(name)} with (force)`);
+  } finally {
+    await client.end();
+  }
+}
+
 /** The SQLSTATE a promise rejects with (fails the test when it resolves). */
 async function sqlstate(promise: Promise<unknown>): Promise<string> {
   try {
@@ -60,7 +74,7 @@ const profileLine = (i: number) =>
 beforeAll(async () => {
   db = await createTestDatabase();
   const stem = db.name; // unique per test file run; roles are cluster-wide
-  roles = { loader: `${stem}_loader`, reader: `${stem}_reader`, nobody: `${stem}_nobody`, exposed: `${stem}_exposed` };
+  roles = { loader: `${stem}_loader`, reader: `${stem}_reader`, nobody: `${stem}_nobody`, exposed: `${stem}_exposed`, owner: `${stem}_owner` };
   await db.pool.query(`create role ${quote(roles.loader)} login in role mixpanel_sync_loader`);
   await db.pool.query(`create role ${quote(roles.reader)} login in role mixpanel_sync_reader`);
   await db.pool.query(`create role ${quote(roles.nobody)} login`);
@@ -76,6 +90,7 @@ afterAll(async () => {
   await Promise.all(pools.map((pool) => pool.end()));
   if (!db) return;
   await db.drop();
+  if (roles) await dropDatabaseIfExists(templateDatabase().serverUrl, `${roles.owner}_db`);
   if (roles) await dropRoles(templateDatabase().serverUrl, Object.values(roles));
 });
 
@@ -180,6 +195,55 @@ describe('PUBLIC and an exposed schema', () => {
     }
     const changed = await exposed.query(`update mixpanel_sync.sync_settings set value = value`);
     expect(changed.rowCount).toBe(0);
+  });
+});
+
+describe('the migration owner', () => {
+  it('needs no superuser: a CREATEROLE role (as Supabase\'s postgres) migrates a database of its own, then its loader runs', async () => {
+    const server = templateDatabase().serverUrl;
+    const name = `${roles.owner}_db`;
+    await db.pool.query(`create role ${quote(roles.owner)} login createrole`);
+    // Supabase's postgres created the roles itself on the first migration, so it may grant them (ADMIN OPTION, PG16+)
+    await db.pool.query(`grant mixpanel_sync_loader, mixpanel_sync_reader to ${quote(roles.owner)} with admin option`);
+    const admin = new pg.Client({ connectionString: server });
+    await admin.connect();
+    try {
+      await admin.query(`create database ${quote(name)} owner ${quote(roles.owner)}`);
+    } finally {
+      await admin.end();
+    }
+    const ownerUrl = new URL(databaseUrl(server, name));
+    ownerUrl.username = roles.owner;
+    await runMigrations(ownerUrl.toString());
+
+    const staging = new pg.Client({ connectionString: ownerUrl.toString() });
+    await staging.connect();
+    try {
+      const { rows } = await staging.query<{ rel: string; owner: string; rolsuper: boolean }>(
+        `select c.relname as rel, pg_catalog.pg_get_userbyid(c.relowner) as owner,
+                (select r.rolsuper from pg_catalog.pg_roles r where r.rolname = current_user) as rolsuper
+         from pg_catalog.pg_class c where c.oid = 'mixpanel_sync.staged_events'::regclass`,
+      );
+      expect(rows[0]).toEqual({ rel: 'staged_events', owner: 'mixpanel_sync_loader', rolsuper: false });
+      // the loader role got no lasting CREATE on the schema from the hand-over
+      const { rows: create } = await staging.query(`select pg_catalog.has_schema_privilege('mixpanel_sync_loader', 'mixpanel_sync', 'CREATE') as c`);
+      expect(create[0].c).toBe(false);
+    } finally {
+      await staging.end();
+    }
+
+    const loaderUrl = new URL(ownerUrl.toString());
+    loaderUrl.username = roles.loader;
+    const loader = new pg.Pool({ connectionString: loaderUrl.toString(), max: 2 });
+    pools.push(loader);
+    const run = await beginRun(loader, { source: 'events', clock: CLOCK });
+    const client = await loader.connect();
+    try {
+      await copyIntoStaging(client, { table: 'mixpanel_sync.staged_events', runId: run.id, lines: Readable.from([`${eventLines(5, { prefix: 'own' }).join('\n')}\n`]) });
+    } finally {
+      client.release();
+    }
+    expect(await finishRun(loader, run.id)).toMatchObject({ status: 'succeeded', applied: '5' });
   });
 });
 
