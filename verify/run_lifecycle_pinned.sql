@@ -10,15 +10,20 @@
 --      staged lines and parsed run_events (present before it: checked), marks the run failed with its error, and a
 --      second fail_run keeps finished_at and total_ms;
 --   4. staged rows never outlive a finished run; exact counts (received = applied + duplicates + too_old + rejected);
---   5. subscribers equal what this script's own event list says (per user totals, first/last, counts per name).
+--   5. subscribers equal what this script's own event list says (per user totals, first/last, counts per name);
+--   6. begin_run refuses a resync whose resync_from is after its resync_to;
+--   7. a profiles run reports users_touched = inserted + updated and the zone its dates were read in.
 -- Mutants seen failing it (written into a scratch database with create or replace, issue 15): begin_run with
 -- watermark + overlap; refresh_subscribers with max(d.first_at) per event name; finish_events_run pruning l.day <= horizon; upsert_subscribers_incremental_add with
 -- c.day > horizon_day; fail_run setting the events watermark to now(); fail_run without drop_staged_rows;
--- fail_run with either coalesce (error, finished_at) swapped. Each fails here and passes on main.
+-- fail_run with either coalesce (error, finished_at) swapped; begin_run with `and` for the `or` before
+-- `resync_from > coalesce(…)`, or with `or` for the `and` after `resync_from is not null`; finish_profiles_run with
+-- inserted - updated, or coalesce('UTC', project_timezone) (survivors of the first quick mutation sample).
+-- Each fails here and passes on main.
 -- Run on a migrated database: psql -v ON_ERROR_STOP=1 -f verify/run_lifecycle_pinned.sql   (it rolls back)
 -- It sets the events.* settings inside its transaction, holds finish_run's lock and the events watermark row, and
 -- needs no other events run running (begin_run refuses a second one). Its data: distinct_ids 'verify:life-…',
--- days 2000-01-02 .. 2000-02-16, run clocks 2000-02-14 .. 2000-02-16.
+-- 'verify:life-p…' profiles, days 2000-01-02 .. 2000-02-16, run clocks 2000-02-14 .. 2000-02-17.
 begin;
 
 -- One export line: the event, its user, its time (seconds) and $insert_id; processed a minute after it happened.
@@ -156,10 +161,40 @@ begin
     jsonb_build_object('subscribers', expected_subscribers),
     jsonb_build_object('subscribers', (select jsonb_object_agg(k, v - 'updated_at') from jsonb_each(mixpanel_sync_verify.verify_snapshot() -> 'subscribers') s (k, v))));
 
+  -- 6. begin_run refuses a resync whose first day is after its last (SQLSTATE 22023; MP004 once the safety core lands).
+  declare
+    refused text;
+  begin
+    begin
+      perform mixpanel_sync.begin_run('events', clock => '2000-02-17 12:00:00+00', resync_from => '2000-02-10', resync_to => '2000-02-09');
+    exception when others then
+      refused := sqlstate;
+    end;
+    perform pg_temp.check(refused in ('22023', 'MP004'), 'begin_run with resync_from 2000-02-10 after resync_to 2000-02-09',
+      'refused (22023 or MP004)', coalesce(refused, 'a run started'));
+  end;
+
+  -- 7. profiles runs: users_touched = inserted + updated; options.dates_read_in names the project timezone, else UTC.
+  run := mixpanel_sync.begin_run('profiles', clock => '2000-02-17 12:00:00+00', project_timezone => 'America/Los_Angeles');
+  insert into mixpanel_sync.staged_profiles (run_id, line) values
+    (run.id, '{"$distinct_id": "verify:life-p1", "$properties": {"$name": "One"}}'),
+    (run.id, '{"$distinct_id": "verify:life-p2", "$properties": {"$name": "Two"}}');
+  run := mixpanel_sync.finish_run(run.id);
+  perform pg_temp.same('first profiles run (inserted, updated, users_touched, dates_read_in)', '(2,0,2,America/Los_Angeles)',
+    format('(%s,%s,%s,%s)', run.inserted, run.updated, run.users_touched, run.options ->> 'dates_read_in'));
+  run := mixpanel_sync.begin_run('profiles', clock => '2000-02-17 13:00:00+00');
+  insert into mixpanel_sync.staged_profiles (run_id, line) values
+    (run.id, '{"$distinct_id": "verify:life-p1", "$properties": {"$name": "One, renamed"}}'),
+    (run.id, '{"$distinct_id": "verify:life-p3", "$properties": {"$name": "Three"}}');
+  run := mixpanel_sync.finish_run(run.id);
+  perform pg_temp.same('second profiles run (inserted, updated, users_touched, dates_read_in)', '(1,1,2,UTC)',
+    format('(%s,%s,%s,%s)', run.inserted, run.updated, run.users_touched, run.options ->> 'dates_read_in'));
+  perform pg_temp.same('staged rows left after the profiles runs', 0::bigint, pg_temp.staged_left(run.id));
+
   perform mixpanel_sync_verify.verify_assert_same('run_lifecycle_pinned', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
     others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}' #- '{rows of others,sync_runs}');
 
-  raise notice 'PASS verify/run_lifecycle_pinned: incremental window = watermark - overlap (fetch_from, processed_after, lookback_from exact); horizon day 2000-01-03 kept by the prune and deduplicated by ADD before and after it; fail_run left the watermark row, event tables and counters alone and dropped 2 parsed lines; staged rows gone after every run; subscribers = the script''s event list (2 users, 8 events); rows of others untouched';
+  raise notice 'PASS verify/run_lifecycle_pinned: incremental window = watermark - overlap (fetch_from, processed_after, lookback_from exact); horizon day 2000-01-03 kept by the prune and deduplicated by ADD before and after it; fail_run left the watermark row, event tables and counters alone and dropped 2 parsed lines; staged rows gone after every run; subscribers = the script''s event list (2 users, 8 events); a resync from after its last day refused; profiles runs: users_touched = inserted + updated, dates_read_in = the project timezone or UTC; rows of others untouched';
 end;
 $$;
 

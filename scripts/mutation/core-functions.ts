@@ -7,7 +7,7 @@ export const coreFunctions = [
   'upsert_subscribers_incremental', 'upsert_subscribers_incremental_loop', 'insert_new_events_loop',
   'upsert_subscribers_incremental_add', 'upsert_subscribers_incremental_add_loop',
   'refresh_subscribers', 'refresh_subscriber_loop', 'upsert_subscriber_properties', 'finish_profiles_run',
-  'horizon_day', 'drop_staged_rows',
+  'horizon_day', 'drop_staged_rows', 'event_second', 'is_terminated_early_marker',
 ];
 
 /** Guard and identity functions as they land (SQL-safety stream): counted as core too. */
@@ -40,6 +40,9 @@ export const proofMap: Record<string, string[]> = {
   upsert_subscribers_incremental_add_loop: add,
   refresh_subscribers: ['verify/finish_run_end_to_end.sql', 'verify/parse_independent.sql', ...replace, 'property-tests/subscribers-definition.test.ts'],
   refresh_subscriber_loop: ['verify/finish_run_end_to_end.sql', ...replace, 'property-tests/subscribers-definition.test.ts'],
+  event_second: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql'],
+  event_key: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql', 'property-tests/add-algebra.test.ts'],
+  legacy_event_key: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql'],
   upsert_subscriber_properties: profiles,
   finish_profiles_run: profiles,
 };

@@ -1,4 +1,5 @@
 // npm run mutate [-- --quick] [-- --workers 2] [-- --only fn,…] [-- --list] [-- --seed N] [-- --sample N] [-- --out FILE]
+//                 [-- --fc-num-runs 5] [-- --timeout-ms 240000] [-- --migrations DIR]
 // Mutation testing of the SQL functions: each function's definition is read from a migrated template database
 // (pg_get_functiondef), mutated one small change at a time (scripts/mutation/mutants.ts), and every mutant is put
 // into a clone database of its own with `create or replace`; then the proofs run against that clone (verify/*.sql,
@@ -25,6 +26,7 @@ export interface Equivalent {
 }
 
 const equivalentFile = path.join(repoRoot, 'scripts', 'mutation', 'equivalent-mutants.json');
+const notesFile = path.join(repoRoot, 'scripts', 'mutation', 'survivor-notes.json');
 
 export async function readEquivalents(): Promise<Equivalent[]> {
   return JSON.parse(await readFile(equivalentFile, 'utf8')) as Equivalent[];
@@ -91,7 +93,12 @@ function proofsFor(mutant: Mutant, all: Proof[], quick: boolean): Proof[] {
   const name = mutant.fn.replace(/^mixpanel_sync\./, '').replace(/\(.*$/, '');
   const mapped = (proofMap[name] ?? []).map((p) => all.find((proof) => proof.name === p)).filter((p): p is Proof => !!p);
   const unique = [...new Set(mapped)];
-  if (quick) return unique.length > 0 ? unique : all.filter((p) => p.kind === 'verify');
+  // --quick: the mapped verify scripts and the first mapped property test (vitest costs seconds per file)
+  if (quick) {
+    const verify = unique.filter((p) => p.kind === 'verify');
+    const property = unique.filter((p) => p.kind === 'property').slice(0, 1);
+    return verify.length + property.length > 0 ? [...verify, ...property] : all.filter((p) => p.kind === 'verify');
+  }
   return [...unique, ...all.filter((p) => !unique.includes(p))];
 }
 
@@ -134,6 +141,8 @@ async function main(argv: string[]): Promise<number> {
       'fc-num-runs': { type: 'string', default: '5' },
       'timeout-ms': { type: 'string', default: '240000' },
       out: { type: 'string', default: path.join(repoRoot, 'MUTATION.md') },
+      // another migrations folder (e.g. a `git archive` of a commit) to take the functions from
+      migrations: { type: 'string' },
     },
   });
   const started = Date.now();
@@ -141,7 +150,7 @@ async function main(argv: string[]): Promise<number> {
   const server = await resolveDatabaseServer();
   let template: TemplateDatabase | undefined;
   try {
-    template = await createTemplateDatabase(server.url);
+    template = await createTemplateDatabase(server.url, values.migrations ? { migrationsFolder: path.resolve(values.migrations) } : {});
     console.log(`mutate: template ${template.template} migrated in ${Date.now() - started} ms`);
     const reader = await cloneDatabase(template, `${template.prefix}_definitions`);
     const definitions = await readDefinitions(reader);
@@ -170,20 +179,29 @@ async function main(argv: string[]): Promise<number> {
     });
 
     // Baseline: every proof a mutant may meet must pass on the unmutated functions, else it would "kill" everything.
+    // Each in a clone of its own: two proofs in one database would meet (one events run at a time, shared settings).
     const needed = [...new Set(chosen.flatMap((m) => proofsFor(m, proofs, values.quick)))];
-    const baseDb = databaseName(await cloneDatabase(template, `${template.prefix}_baseline`));
     const baselineMs = new Map<string, number>();
     const broken: string[] = [];
-    await pool(needed, Number(values.workers), async (proof) => {
+    await pool(needed, Number(values.workers), async (proof, index) => {
+      const baseDb = databaseName(await cloneDatabase(template!, `${template!.prefix}_baseline${index}`));
       const outcome = await runProof(proof, context(baseDb));
+      await dropDatabase(template!.serverUrl, baseDb);
       baselineMs.set(proof.name, outcome.ms);
       console.log(`mutate: baseline ${proof.name} ${outcome.passed ? 'passed' : `FAILED (${outcome.detail})`} in ${outcome.ms} ms`);
       if (!outcome.passed) broken.push(proof.name);
     });
-    await dropDatabase(template.serverUrl, baseDb);
     if (broken.length > 0) throw new Error(`the unmutated functions fail ${broken.join(', ')}: fix that first (mutation results would mean nothing)`);
 
+    const line = (r: MutantResult) => `${r.status.padEnd(8)} ${r.mutant.fn} [${r.mutant.operator}] line ${r.mutant.line}: ${r.mutant.original} -> ${r.mutant.replacement}`
+      + `${r.killedBy ? ` (by ${r.killedBy})` : ''} ${r.ms} ms`;
+    let done = 0;
     const results = await pool(chosen, Number(values.workers), async (mutant, index): Promise<MutantResult> => {
+      const result = await runMutant(mutant, index);
+      console.log(`[${++done}/${chosen.length}] ${line(result)}`);
+      return result;
+    });
+    async function runMutant(mutant: Mutant, index: number): Promise<MutantResult> {
       const t0 = Date.now();
       const database = `${template!.prefix}_m${index}`;
       await cloneDatabase(template!, database);
@@ -201,10 +219,6 @@ async function main(argv: string[]): Promise<number> {
       } finally {
         await dropDatabase(template!.serverUrl, database).catch(() => {});
       }
-    });
-    for (const r of results) {
-      console.log(`${r.status.padEnd(8)} ${r.mutant.fn} [${r.mutant.operator}] line ${r.mutant.line}: ${r.mutant.original} -> ${r.mutant.replacement}`
-        + `${r.killedBy ? ` (by ${r.killedBy})` : ''} ${r.ms} ms`);
     }
     const info: RunInfo = {
       mode: values.quick ? 'quick' : only ? 'only' : 'full',
@@ -217,6 +231,7 @@ async function main(argv: string[]): Promise<number> {
       generatedCore: generated.filter((m) => isCore(m.fn.replace(/^mixpanel_sync\./, '').replace(/\(.*$/, ''))).length,
       equivalents: equivalents.filter((e) => generated.some((m) => m.key === e.key)),
       baselineMs,
+      survivorNotes: new Map((JSON.parse(await readFile(notesFile, 'utf8')) as { key: string; analysis: string }[]).map((n) => [n.key, n.analysis])),
       date: new Date().toISOString(),
     };
     await writeFile(values.out, writeReport(results, info));

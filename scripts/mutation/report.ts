@@ -23,6 +23,8 @@ export interface RunInfo {
   generatedCore: number;
   equivalents: { key: string; reason: string }[];
   baselineMs: Map<string, number>;
+  /** reviewed analyses of survivors that are not equivalent (scripts/mutation/survivor-notes.json) */
+  survivorNotes: Map<string, string>;
   date: string;
 }
 
@@ -103,7 +105,8 @@ export function writeReport(results: MutantResult[], info: RunInfo): string {
   if (survivors.length === 0) out.push('None.');
   for (const r of survivors) {
     out.push(`- \`${r.mutant.fn}\` [${r.mutant.operator}] line ${r.mutant.line}: \`${r.mutant.original}\` → \`${r.mutant.replacement}\``
-      + ` (tried: ${r.tried.join(', ')})`, `  - key: \`${r.mutant.key}\``, '  - analysis: SURVIVOR_ANALYSIS');
+      + ` (tried: ${r.tried.join(', ')})`, `  - key: \`${r.mutant.key}\``,
+      `  - analysis: ${info.survivorNotes.get(r.mutant.key) ?? 'not analysed yet (add it to scripts/mutation/survivor-notes.json, or the mutant to equivalent-mutants.json with its reason)'}`);
   }
   out.push('', '## Listed equivalent (not run)', '');
   if (info.equivalents.length === 0) out.push('None.');
