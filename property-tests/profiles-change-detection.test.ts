@@ -10,7 +10,7 @@
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from './db.ts';
-import { applyProfiles, beginRun, finishRun, runCount, stageLines, type Queryable } from '../scripts/sql/sync-api.ts';
+import { applyProfiles, beginRun, finishRun, runCount, stageLines, type ProfilesResult, type Queryable } from '../scripts/sql/sync-api.ts';
 import { branch, rolledBack } from './event-runs.ts';
 import { propertyParameters, timeoutFor } from './fc-parameters.ts';
 
@@ -25,16 +25,8 @@ interface Profile {
 /** A staged line: a usable profile (its object and exact text) or a line that must be rejected. */
 type Line = { kind: 'profile'; profile: Profile; line: string } | { kind: 'invalid'; line: string };
 
-interface RunCounts {
-  id: number;
-  status: string;
-  received: number;
-  rejected: number;
-  duplicates: number;
-  inserted: number;
-  updated: number;
-  unchanged: number;
-}
+/** A finished profiles run: its id, status and the counts of mixpanel_sync.profiles_result. */
+type RunCounts = ProfilesResult & { id: number; status: string };
 
 interface StoredRow {
   distinct_id: string;

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { repoRoot } from '../scripts/db/paths.ts';
 import { runVerifyScript, type VerifyOutcome } from '../scripts/cli/verify.ts';
+import { beginRun, finishRun, stageRecords, writeSetting } from '../scripts/sql/sync-api.ts';
 import { createTestDatabase, type TestDatabase } from './db.ts';
 
 const script = path.join(repoRoot, 'verify', 'profiles_change_detection.sql');
@@ -27,17 +28,14 @@ async function wholeState(): Promise<unknown> {
 beforeAll(async () => {
   db = await createTestDatabase();
   // a database in use: synced profiles (one with an id the proof's numbers are near), rejects, change detection off
-  const { rows } = await db.pool.query(`select id from mixpanel_sync.begin_run('profiles')`);
-  await db.pool.query('select mixpanel_sync.stage_profiles($1, $2)', [
-    rows[0].id,
-    JSON.stringify([
-      { $distinct_id: 'customer-1', $properties: { $email: 'a@example.com', plan: 'pro' } },
-      { $distinct_id: 9007199253999999, $properties: { $name: 'Numbered' } },
-      { $properties: {} },
-    ]),
+  const run = await beginRun(db.pool, { source: 'profiles' });
+  await stageRecords(db.pool, 'profiles', run.id, [
+    { $distinct_id: 'customer-1', $properties: { $email: 'a@example.com', plan: 'pro' } },
+    { $distinct_id: 9007199253999999, $properties: { $name: 'Numbered' } },
+    { $properties: {} },
   ]);
-  await db.pool.query('select mixpanel_sync.finish_run($1)', [rows[0].id]);
-  await db.pool.query(`update mixpanel_sync.sync_settings set value = 'off' where key = 'profiles.change_detection'`);
+  await finishRun(db.pool, run.id);
+  await writeSetting(db.pool, 'profiles.change_detection', 'off');
 });
 
 afterAll(async () => {

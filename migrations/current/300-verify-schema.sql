@@ -3,7 +3,8 @@
 -- of mixpanel_sync. `alter function … set schema` keeps each function's oid, owner, privileges and comment; the
 -- bodies are then re-created because SQL function bodies name other helpers by their schema.
 -- Stale text in committed migrations (never edited): 000002 and 000003 say "Loaded after 1-events-core.sql" (they
--- follow 000001-events-core.sql), and 000002's header names a view that no longer exists; the README says so too.
+-- follow 000001-events-core.sql), and 000002 likens staged_profiles_parsed to a view staged_events_parsed that no
+-- longer exists (parse_new_staged_events parses events); README "Layout" says so too.
 create schema mixpanel_sync_verify;
 comment on schema mixpanel_sync_verify is
   'Helpers of the verify/*.sql proofs and of the property tests: deterministic data, whole-table snapshots and '

@@ -5,6 +5,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
 import { repoRoot } from '../db/paths.ts';
+import { beginRun, finishRun, setUpsertPath, stageRecords } from '../sql/sync-api.ts';
 import { firstMetaCommand, listVerifyScripts, runVerifyScript, runVerifyScripts } from './verify.ts';
 
 // The event scripts (the profiles helper tests its own).
@@ -27,14 +28,14 @@ async function wholeState(): Promise<unknown> {
 
 // A database that is in use: a finished sync of 2024 events (watermark, ledger, runs, rejects) and a changed setting.
 async function seedProductionLikeData(): Promise<void> {
-  const { rows } = await db.pool.query(`select id from mixpanel_sync.begin_run('events', clock => '2024-05-10 12:00:00+00')`);
+  const run = await beginRun(db.pool, { source: 'events', clock: '2024-05-10T12:00:00Z' });
   const events = Array.from({ length: 60 }, (_, i) => ({
     event: i % 3 ? 'login' : 'purchase',
     properties: { distinct_id: `customer-${i % 7}`, time: 1715000000 + i * 997, $insert_id: `p${i % 50}` },
   }));
-  await db.pool.query('select mixpanel_sync.stage_events($1, $2)', [rows[0].id, JSON.stringify([...events, { event: 'no properties' }])]);
-  await db.pool.query('select mixpanel_sync.finish_run($1)', [rows[0].id]);
-  await db.pool.query(`update mixpanel_sync.sync_settings set value = 'loop' where key = 'events.upsert_path'`);
+  await stageRecords(db.pool, 'events', run.id, [...events, { event: 'no properties' }]);
+  await finishRun(db.pool, run.id);
+  await setUpsertPath(db.pool, 'loop');
 }
 
 beforeAll(async () => {

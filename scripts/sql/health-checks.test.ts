@@ -3,7 +3,7 @@
 // where the elapsed time itself is what a check measures (run duration, a run left running, an abandoned run).
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { beginRun, failRun } from './sync-api.ts';
+import { beginRun, failRun, finishRun, stageRecords } from './sync-api.ts';
 import { exportEvent, healthOf, minutesBefore, syncEvents, syncProfiles, syncRun, type EngageProfile } from './run-fixtures.ts';
 
 let db: TestDatabase;
@@ -134,8 +134,8 @@ describe('sync_health()', () => {
     await moveStartBack(dead.id, '3 hours');
     const next = await beginRun(db.pool, { source: 'events' }); // abandons the dead one
     expect(await healthOf(db.pool, 'events.failed_runs')).toMatchObject({ status: 'critical', value: '3', detail: expect.stringContaining('abandoned') });
-    await db.pool.query('select mixpanel_sync.stage_events($1, $2::jsonb)', [next.id, JSON.stringify(onTime(now))]);
-    await db.pool.query('select mixpanel_sync.finish_run($1)', [next.id]);
+    await stageRecords(db.pool, 'events', next.id, onTime(now));
+    await finishRun(db.pool, next.id);
     expect(await healthOf(db.pool, 'events.failed_runs')).toMatchObject({ status: 'ok', value: '0' });
     expect(await statusOf('profiles.failed_runs')).toBe('ok');
   });

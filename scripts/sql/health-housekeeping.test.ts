@@ -3,7 +3,7 @@
 // moved back only where elapsed time itself is the point (retention, abandonment, a slow stage).
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { beginRun, failRun } from './sync-api.ts';
+import { beginRun, failRun, stageRecords } from './sync-api.ts';
 import { exportEvent, minutesBefore, syncEvents, syncRun } from './run-fixtures.ts';
 
 let db: TestDatabase;
@@ -73,13 +73,13 @@ describe('housekeeping', () => {
     expect(await stagedRows(finished.id)).toBe(0);
 
     const failed = await beginRun(db.pool, { source: 'profiles' });
-    await db.pool.query(`select mixpanel_sync.stage_profiles($1, '[{"$distinct_id": "u", "$properties": {}}]')`, [failed.id]);
+    await stageRecords(db.pool, 'profiles', failed.id, [{ $distinct_id: 'u', $properties: {} }]);
     expect(await stagedRows(failed.id)).toBe(1);
     await failRun(db.pool, failed.id, 'Engage answered 500');
     expect(await stagedRows(failed.id)).toBe(0);
 
     const dead = await beginRun(db.pool, { source: 'events' });
-    await db.pool.query('select mixpanel_sync.stage_events($1, $2::jsonb)', [dead.id, JSON.stringify(lines('d'))]);
+    await stageRecords(db.pool, 'events', dead.id, lines('d'));
     await db.pool.query(`update mixpanel_sync.sync_runs set started_at = started_at - interval '3 hours' where id = $1`, [dead.id]);
     await beginRun(db.pool, { source: 'events' });
     expect(await count(`select count(*) as n from mixpanel_sync.sync_runs where id = $1 and status = 'abandoned'`, [dead.id])).toBe(1);

@@ -8,7 +8,7 @@ import fc from 'fast-check';
 import type pg from 'pg';
 import { afterAll, beforeAll, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { beginRun, finishRun } from './sync-api.ts';
+import { beginRun, finishRun, stageRecords } from './sync-api.ts';
 import { exportEvent, syncProfiles, type EngageProfile, type ExportEvent } from './run-fixtures.ts';
 
 interface Switches {
@@ -120,7 +120,7 @@ async function play(db: pg.Pool, runs: readonly PlannedRun[], switches: readonly
     const begun = await beginRun(db, { source: 'events', clock: run.clock, forceFull: switches[i]!.forceFull });
     if (begun.mode === 'full' && i > 0) fullReSyncs++;
     const lines = begun.mode === 'full' ? [...soFar.values()] : run.events;
-    await db.query('select mixpanel_sync.stage_events($1, $2::jsonb)', [begun.id, JSON.stringify(lines)]);
+    await stageRecords(db, 'events', begun.id, lines);
     await finishRun(db, begun.id);
     await syncProfiles(db, run.profiles);
   }

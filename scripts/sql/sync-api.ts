@@ -206,6 +206,18 @@ export async function setFinishRunWorkMem(db: Queryable): Promise<void> {
 }
 
 // ---------------------------------------------------------------------------------------------------------------
+// The event rules, for callers that build or filter export lines themselves (the demo, the bench)
+
+/** mixpanel_sync.event_second of each properties.time: the epoch second (seconds, or milliseconds from 1e11 on); null out of range. */
+export async function eventSeconds(db: Queryable, times: readonly number[]): Promise<(number | null)[]> {
+  const { rows } = await db.query<{ second: string | null }>(
+    'select mixpanel_sync.event_second(t.time) as second from unnest($1::numeric[]) with ordinality t (time, n) order by t.n',
+    [times],
+  );
+  return rows.map((row) => runCount(row.second));
+}
+
+// ---------------------------------------------------------------------------------------------------------------
 // Settings (mixpanel_sync.sync_settings, read through mixpanel_sync.setting)
 
 export async function readSetting(db: Queryable, key: string): Promise<string> {
