@@ -8,52 +8,58 @@ const NL = 0x0a;
 const CR = 0x0d;
 const TAB = 0x09;
 const BACKSLASH = 0x5c;
-const ESCAPES = new Map<number, Buffer>([
-  [BACKSLASH, Buffer.from('\\\\')],
-  [TAB, Buffer.from('\\t')],
-  [CR, Buffer.from('\\r')],
-  [NL, Buffer.from('\\n')],
-]);
 const SPECIALS = [BACKSLASH, TAB, CR, NL];
-const TAB_BUFFER = Buffer.from('\t');
-const NULL_FIELD = Buffer.from('\\N');
 
 /** The staging tables' COPY column list. */
 export const STAGING_COPY_COLUMNS = '(run_id, line, problem, line_no)';
 
-/** Appends `bytes` escaped for COPY text format to pieces. */
-function pushEscaped(bytes: Buffer, pieces: Buffer[]) {
-  const next = SPECIALS.map((b) => bytes.indexOf(b));
+/** The letter after the backslash, by SPECIALS index: \\ \t \r \n */
+const ESCAPE_LETTER = [0x5c, 0x74, 0x72, 0x6e];
+
+/** Writes `bytes` escaped for COPY text format into out at `at`; returns the new end. out has room for 2 × bytes. */
+function writeEscaped(bytes: Buffer, out: Buffer, at: number): number {
+  const next = [bytes.indexOf(BACKSLASH), bytes.indexOf(TAB), bytes.indexOf(CR), bytes.indexOf(NL)];
   let from = 0;
   for (;;) {
-    let at = -1;
+    let pos = -1;
     let which = -1;
-    for (let k = 0; k < next.length; k++) {
-      if (next[k]! >= 0 && (at < 0 || next[k]! < at)) (at = next[k]!), (which = k);
+    for (let k = 0; k < 4; k++) {
+      const n = next[k]!;
+      if (n >= 0 && (pos < 0 || n < pos)) (pos = n), (which = k);
     }
-    if (at < 0) break;
-    if (at > from) pieces.push(bytes.subarray(from, at));
-    pieces.push(ESCAPES.get(bytes[at]!)!);
-    from = at + 1;
+    if (pos < 0) break;
+    if (pos > from) {
+      out.set(bytes.subarray(from, pos), at);
+      at += pos - from;
+    }
+    out[at++] = BACKSLASH;
+    out[at++] = ESCAPE_LETTER[which]!;
+    from = pos + 1;
     next[which] = bytes.indexOf(SPECIALS[which]!, from);
   }
-  if (from < bytes.length) pieces.push(from === 0 ? bytes : bytes.subarray(from));
+  if (from < bytes.length) out.set(from === 0 ? bytes : bytes.subarray(from), at);
+  return at + bytes.length - from;
 }
 
-/** The COPY rows of records, each `<run_id>\t<line>\t<problem or \N>\t<line_no>\n`. */
+/** The COPY rows of records, each `<run_id>\t<line>\t<problem or \N>\t<line_no>\n`, in one buffer. */
 export function encodeCopyRows(runId: string, records: readonly FramedRecord[]): Buffer | null {
   if (records.length === 0) return null;
-  const prefix = Buffer.from(`${runId}\t`);
-  const pieces: Buffer[] = [];
+  const prefix = `${runId}\t`;
+  let size = 0;
+  for (const record of records) size += 2 * record.bytes.length + (record.problem === null ? 0 : 2 * Buffer.byteLength(record.problem)) + 32;
+  const out = Buffer.allocUnsafe(size + records.length * prefix.length);
+  let at = 0;
   for (const record of records) {
-    pieces.push(prefix);
-    pushEscaped(record.bytes, pieces);
-    pieces.push(TAB_BUFFER);
-    if (record.problem === null) pieces.push(NULL_FIELD);
-    else pushEscaped(Buffer.from(record.problem), pieces);
-    pieces.push(Buffer.from(`\t${record.lineNo}\n`));
+    at += out.write(prefix, at, 'latin1');
+    at = writeEscaped(record.bytes, out, at);
+    if (record.problem === null) at += out.write(`\t\\N\t${record.lineNo}\n`, at, 'latin1');
+    else {
+      out[at++] = TAB;
+      at = writeEscaped(Buffer.from(record.problem), out, at);
+      at += out.write(`\t${record.lineNo}\n`, at, 'latin1');
+    }
   }
-  return Buffer.concat(pieces);
+  return out.subarray(0, at);
 }
 
 /** Engage pages stand for their profiles: each element of a page's `results` is a record (same line number). */

@@ -192,11 +192,12 @@ export function createInputFramer(options: InputFramerOptions = {}): InputFramer
   let lineNo = 1; // the line the next byte is on
 
   // ---- records out: the problem check (NUL, UTF-8) and over-long records
-  function emit(bytes: Buffer, at: number, marker = false) {
+  /** `clean`: the bytes are already known to be valid UTF-8 without NUL (checked for a whole chunk at once). */
+  function emit(bytes: Buffer, at: number, marker = false, clean = false) {
     counts.records++;
     if (marker) {
       out.push({ bytes, lineNo: at, problem: null, marker: true });
-    } else if (!checkBytes) {
+    } else if (!checkBytes || clean) {
       out.push({ bytes, lineNo: at, problem: null });
     } else if (bytes.indexOf(0) >= 0) {
       counts.nul_bytes++;
@@ -225,15 +226,15 @@ export function createInputFramer(options: InputFramerOptions = {}): InputFramer
   let carry: Buffer[] = [];
   let carryBytes = 0;
   let overlong: { head: Buffer; total: number; lineNo: number } | null = null;
-  let held: { buf: Buffer; lineNo: number; joined?: true } | null = null;
+  let held: { buf: Buffer; lineNo: number; clean: boolean; joined?: true } | null = null;
 
   function emitHeld() {
     if (held === null) return;
-    emit(held.buf, held.lineNo);
+    emit(held.buf, held.lineNo, false, held.clean);
     held = null;
   }
 
-  function lineContent(content: Buffer, at: number) {
+  function lineContent(content: Buffer, at: number, clean = false) {
     if (content.length > maxRecordBytes) {
       emitHeld();
       emitOverlong(content.subarray(0, OVERLONG_HEAD_BYTES), content.length, at);
@@ -258,7 +259,7 @@ export function createInputFramer(options: InputFramerOptions = {}): InputFramer
       return;
     }
     if (held === null) {
-      held = { buf: line, lineNo: at };
+      held = { buf: line, lineNo: at, clean };
       return;
     }
     const heldIsRecord = held.buf[0] === OPEN && held.buf[1] === QUOTE;
@@ -268,18 +269,18 @@ export function createInputFramer(options: InputFramerOptions = {}): InputFramer
       : !heldIsRecord || (heldClosed && isJson(held.buf));
     if (newRecord) {
       emitHeld();
-      held = { buf: line, lineNo: at };
+      held = { buf: line, lineNo: at, clean };
       return;
     }
     const glue = endsInsideString(held.buf) ? ESCAPED_NEWLINE : null;
     const size = held.buf.length + (glue ? glue.length : 0) + line.length;
     if (size > maxRecordBytes) {
       emitHeld(); // not a record we can rebuild: both go on as they are
-      held = { buf: line, lineNo: at };
+      held = { buf: line, lineNo: at, clean };
       return;
     }
     if (!held.joined) counts.rejoined_records++;
-    held = { buf: Buffer.concat(glue ? [held.buf, glue, line] : [held.buf, line]), lineNo: held.lineNo, joined: true };
+    held = { buf: Buffer.concat(glue ? [held.buf, glue, line] : [held.buf, line]), lineNo: held.lineNo, clean: held.clean && clean, joined: true };
   }
 
   /** An over-long line: its first 1 KiB is kept, the rest only counted. */
@@ -291,6 +292,18 @@ export function createInputFramer(options: InputFramerOptions = {}): InputFramer
 
   function pushLines(chunk: Buffer) {
     let position = 0;
+    // The whole lines of this chunk checked at once (one native pass each): when clean, no per-line check.
+    let region = -2; // end of the checked region: the chunk's last newline (-2: not checked yet)
+    let regionClean = false;
+    const lineIsClean = (start: number, end: number): boolean => {
+      if (!checkBytes) return false;
+      if (region === -2) {
+        region = chunk.lastIndexOf(NL);
+        const zero = chunk.indexOf(0, start);
+        regionClean = region > start && (zero < 0 || zero > region) && isUtf8(chunk.subarray(start, region));
+      }
+      return regionClean && end <= region;
+    };
     for (;;) {
       const nl = chunk.indexOf(NL, position);
       if (nl < 0) break;
@@ -307,7 +320,7 @@ export function createInputFramer(options: InputFramerOptions = {}): InputFramer
         carryBytes = 0;
         lineContent(line, at);
       } else {
-        lineContent(chunk.subarray(position, nl), at);
+        lineContent(chunk.subarray(position, nl), at, lineIsClean(position, nl));
       }
       position = nl + 1;
       if (mode !== 'lines') return switchFrom(chunk.subarray(position));
