@@ -162,10 +162,11 @@ const clauseEnd = /^(group|order|returning|limit|offset|union|except|intersect|w
 
 function isAssignment(masked: string, at: number): boolean {
   // `col = value` in an update's SET list or an ON CONFLICT … DO UPDATE SET: the left side is the line's first token
-  // (and the options of a PL/pgSQL RAISE … USING errcode = …)
+  // (and the options of a PL/pgSQL RAISE … USING errcode = …, and GET DIAGNOSTICS x = …)
   const lineStart = masked.lastIndexOf('\n', at) + 1;
   const before = masked.slice(lineStart, at);
-  return /^\s*(set\s+)?[a-z_][a-z_0-9]*\s*$/i.test(before) || /\b(errcode|message|hint|detail|column|constraint|datatype|table|schema)\s*$/i.test(before);
+  return /^\s*(set\s+)?[a-z_][a-z_0-9]*\s*$/i.test(before) || /\b(errcode|message|hint|detail|column|constraint|datatype|table|schema)\s*$/i.test(before)
+    || /\bdiagnostics\s+[a-z_]+\s*$/i.test(before);
 }
 
 function isBetweenAnd(masked: string, at: number): boolean {
