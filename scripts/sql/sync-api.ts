@@ -369,3 +369,61 @@ export async function finishCohortsRun(db: Queryable, runId: string | number): P
   const { rows } = await db.query<CohortsRun>(`select ${RUN_COLUMNS} from mixpanel_sync.finish_cohorts_run($1) r`, [runId]);
   return rows[0]!;
 }
+
+// ---------------------------------------------------------------------------------------------------------------
+// Spot-check (200-health-cohorts.sql): begin_spot_check, stage_spot_check, spot_check_differences, finish_spot_check
+
+/** A mixpanel_sync.spot_checks row (from_day/to_day as 'YYYY-MM-DD'). */
+export interface SpotCheck {
+  id: string;
+  seed: string;
+  users: string[];
+  from_day: string;
+  to_day: string;
+  watermark: Date;
+  processing_watermark: Date | null;
+  project_timezone: string | null;
+}
+
+/** One (user, day, event) group that differs, or holds pending events; day null: the user's subscribers summary. */
+export interface SpotCheckDifference {
+  distinct_id: string;
+  day: string | null;
+  event_name: string;
+  mixpanel: number;
+  ours: number;
+  pending: number;
+  differs: boolean;
+  reason: string;
+}
+
+/** mixpanel_sync.begin_spot_check: `users` subscribers chosen by the seed, and the synced window. */
+export async function beginSpotCheck(db: Queryable, users: number, seed: string): Promise<SpotCheck> {
+  const { rows } = await db.query<SpotCheck>(
+    `select c.id, c.seed, c.users, c.from_day::text as from_day, c.to_day::text as to_day, c.watermark, c.processing_watermark, c.project_timezone
+     from mixpanel_sync.begin_spot_check($1, $2) c`,
+    [users, seed],
+  );
+  return rows[0]!;
+}
+
+/** mixpanel_sync.stage_spot_check: export lines as received. */
+export async function stageSpotCheck(db: Queryable, checkId: string, lines: readonly string[]): Promise<void> {
+  await db.query('select mixpanel_sync.stage_spot_check($1, $2::text[])', [checkId, lines]);
+}
+
+/** mixpanel_sync.spot_check_differences and spot_check_counts: what differs, how much was compared and pending. */
+export async function spotCheckResult(db: Queryable, checkId: string): Promise<{ differences: SpotCheckDifference[]; compared: number; pending: number }> {
+  const { rows } = await db.query(
+    `select distinct_id, day::text as day, event_name, mixpanel::int, ours::int, pending::int, differs, reason
+     from mixpanel_sync.spot_check_differences($1)`,
+    [checkId],
+  );
+  const counts = await db.query('select compared::int, pending::int from mixpanel_sync.spot_check_counts($1)', [checkId]);
+  return { differences: rows as SpotCheckDifference[], compared: counts.rows[0].compared, pending: counts.rows[0].pending };
+}
+
+/** mixpanel_sync.finish_spot_check: the result recorded on the check, its staged lines dropped. */
+export async function finishSpotCheck(db: Queryable, checkId: string, compared: number, differences: number, pending: number): Promise<void> {
+  await db.query('select mixpanel_sync.finish_spot_check($1, $2, $3, $4)', [checkId, compared, differences, pending]);
+}
