@@ -3,7 +3,7 @@
 // where the elapsed time itself is what a check measures (run duration, a run left running, an abandoned run).
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { beginRun, failRun, finishRun, stageRecords } from './sync-api.ts';
+import { beginRun, failRun, finishRun, stageRecords, syncHealth } from './sync-api.ts';
 import { exportEvent, healthOf, minutesBefore, syncEvents, syncProfiles, syncRun, type EngageProfile } from './run-fixtures.ts';
 
 let db: TestDatabase;
@@ -24,7 +24,7 @@ const onTime = (at: Date, n = 3, tag = 'e') =>
 
 describe('sync_health()', () => {
   it('with no runs: one row per check, all ok but the watermark (never synced)', async () => {
-    const { rows } = await db.pool.query('select "check", status, detail from mixpanel_sync.sync_health()');
+    const rows = (await syncHealth(db.pool)).map(({ check, status, detail }) => ({ check, status, detail }));
     expect(rows.map((r) => r.check)).toEqual([
       'events.duration', 'events.incremental_volume', 'events.incremental_typical', 'events.watermark_lag',
       'events.watermark_stalled', 'events.lateness', 'events.too_old', 'events.timezone', 'events.subscribers',
