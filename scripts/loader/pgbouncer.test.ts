@@ -18,6 +18,7 @@ import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
 import { findPgBouncer, startPgBouncer, type PgBouncer } from '../fixtures/pgbouncer.ts';
+import { sendCancelRequest } from './database-connection.ts';
 import { sampleEventLines } from '../fixtures/sample-events.ts';
 import { sampleProfiles } from '../fixtures/sample-profiles.ts';
 
@@ -182,6 +183,34 @@ describe.skipIf(!binary && !inCi)('the loader through pgbouncer (transaction poo
     expect(rows[0].rejects).toBeGreaterThan(0);
     expect(rows[0].profiles).toBeGreaterThan(0);
     expect(bouncer.log()).toMatch(/pool_mode|transaction|listening/i);
+  });
+
+  it('a statement is cancelled through pgbouncer by its connection\'s cancel key, not by a pid read earlier', async () => {
+    const url = bouncer.urlFor(pooled.url);
+    const [a, b, c] = [new pg.Client({ connectionString: url }), new pg.Client({ connectionString: url }), new pg.Client({ connectionString: url })];
+    for (const client of [a, b, c]) await client.connect();
+    try {
+      // what the loader did (staged-sync.ts): read "its" pid, run finish_run, on Ctrl-C pg_cancel_backend(pid)
+      const pid = (await a.query('select pg_catalog.pg_backend_pid() as pid')).rows[0].pid;
+      await b.query('begin'); // b now holds the server session that served a
+      expect((await b.query('select pg_catalog.pg_backend_pid() as pid')).rows[0].pid).toBe(pid);
+      const running = a.query(`select pg_catalog.pg_sleep(0.5), pg_catalog.pg_backend_pid() as pid`);
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      await c.query('select pg_catalog.pg_cancel_backend($1)', [pid]); // reaches b's session, not a's statement
+      expect((await running).rows[0].pid).not.toBe(pid);
+      await b.query('rollback');
+
+      // a CancelRequest with a's key reaches the session running a's statement
+      const sleeping = a.query('select pg_catalog.pg_sleep(30)').then(
+        () => 'finished',
+        (error: { code?: string }) => error.code,
+      );
+      await new Promise((resolve) => setTimeout(resolve, 200));
+      await sendCancelRequest(a);
+      expect(await sleeping).toBe('57014');
+    } finally {
+      for (const client of [a, b, c]) await client.end();
+    }
   });
 
   it('control: the comparison sees one extra line loaded on one side', async () => {
