@@ -35,6 +35,8 @@ export interface StagedSyncOptions<S = RunSummary> {
   waitSeconds?: number;
   /** What the run's row becomes for the caller and for a LoaderFailure (default runSummary). */
   summarise?: (run: SyncRun) => S;
+  /** Framing counts from before the loader's own framing (the Export client's), added to the recorded ones. */
+  moreFramingCounts?: () => Record<string, number>;
 }
 
 /** The error a failed run throws: its message is the one-line reason, summary the failed run (null when fail_run could not record it). */
@@ -83,7 +85,9 @@ async function stageAndFinish<S>(client: pg.PoolClient, run: SyncRun, options: S
   });
   options.progress?.done();
   signal.throwIfAborted();
-  await recordFraming(client, run.id, { ...counts });
+  const recorded: Record<string, number> = { ...counts };
+  for (const [key, value] of Object.entries(options.moreFramingCounts?.() ?? {})) recorded[key] = (recorded[key] ?? 0) + value;
+  await recordFraming(client, run.id, recorded);
 
   // A signal during finish_run cancels it: the transaction rolls back and fail_run records why. When finish_run
   // committed before the cancel arrived, the run succeeded and that is what is reported.
