@@ -278,19 +278,20 @@ as $$
     case when coalesce(i.events, 0) < mixpanel_sync.setting('health.timezone_min_events')::bigint then 'ok'
       else mixpanel_sync.health_level(abs(i.offset_s - i.configured_s), mixpanel_sync.setting_seconds('health.timezone_skew_warn'), null)
     end,
-    case when i.events > 0 then 'median event time ' || mixpanel_sync.utc_offset_text(-i.p50_ms / 1000.0) || ' from its processing time' end,
+    case when i.events > 0 then mixpanel_sync.utc_offset_text(-i.p50_ms / 1000.0) end,
     mixpanel_sync.health_thresholds(mixpanel_sync.setting('health.timezone_skew_warn') || ' off the configured zone', null),
     case
       when coalesce(i.events, 0) < mixpanel_sync.setting('health.timezone_min_events')::bigint
         then format('no data: fewer than %s events in the recent runs', mixpanel_sync.setting('health.timezone_min_events'))
       when abs(i.offset_s - i.configured_s) >= mixpanel_sync.setting_seconds('health.timezone_skew_warn')
-        then format('events are stamped about %s from UTC (%s configured): the project likely exports local time of '
+        then format('the median event time is about %s from its mp_processing_time_ms (%s configured): the project likely exports local time of '
           'UTC%s. Its newest hours are rejected as "after the run''s fetch_to" and the rest is stored off by the offset. Set '
           'MIXPANEL_PROJECT_TIMEZONE to the project''s zone (Mixpanel: Project Settings, Timezone), then resync the window '
           '(npm run sync:events -- --full)', mixpanel_sync.utc_offset_text(i.offset_s),
           coalesce(i.project_timezone || ' = ' || mixpanel_sync.utc_offset_text(i.configured_s), 'none'),
           mixpanel_sync.utc_offset_text(i.offset_s))
-      else format('event times match their processing times%s', coalesce(' read in ' || i.project_timezone, ' (UTC)'))
+      else format('the median event time is %s from its mp_processing_time_ms: event times match their processing times%s',
+        mixpanel_sync.utc_offset_text(-i.p50_ms / 1000.0), coalesce(' read in ' || i.project_timezone, ' (UTC)'))
     end
   from implied i;
 $$;
