@@ -2,7 +2,7 @@
 -- Runs last in the current migration, after every other file, so "all functions / all tables in schema" below
 -- covers what the other streams create. Re-runnable: every statement is idempotent.
 --
--- Model (see README "Roles and privileges"):
+-- Model (see README "Roles, Supabase and PgBouncer"):
 --   * every function runs with the caller's rights (no SECURITY DEFINER anywhere): calling a function gives no more
 --     than the caller's table privileges, so the table grants and RLS policies below are the real boundary;
 --   * PUBLIC may execute nothing in either schema, and has no USAGE on them (a schema created with CREATE SCHEMA
@@ -38,7 +38,7 @@ comment on role mixpanel_sync_loader is
   'mixpanel-pg-sync loader: runs syncs (begin_run, COPY into staged_*, stage_*, finish_run, fail_run, status, sync_health). '
   'NOLOGIN: grant it to the login role the loader connects as.';
 comment on role mixpanel_sync_reader is
-  'mixpanel-pg-sync reader: SELECT on the aggregates (events_daily, subscribers) and profiles (subscriber_properties). '
+  'mixpanel-pg-sync reader: SELECT on the aggregates (events_daily, subscribers), profiles (subscriber_properties) and cohorts. '
   'NOLOGIN: grant it to the login roles of dashboards and analysts.';
 
 -- ---------------------------------------------------------------------------------------------------------------------
