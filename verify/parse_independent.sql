@@ -10,12 +10,14 @@
 --      an empty $insert_id counts as none;
 --   3. the seconds/milliseconds boundary: 100000000000 (1e11) is milliseconds (1973-03-03 09:46:40), 99999999999
 --      is seconds (year 5138: after the run's clock, rejected), 1e14 ms is out of range;
---   4. finishing the run gives the exact counts (received 27 = applied 11 + duplicates 3 + too_old 2 + rejected 11)
+--   4. parsing is incremental: a second parse_staged_events parses nothing again (same totals, same rows);
+--   5. finishing the run gives the exact counts (received 27 = applied 11 + duplicates 3 + too_old 2 + rejected 11)
 --      and leaves no staged line or run_events row of the run.
 -- Mutants seen failing it (scratch database, create or replace, issue 15): event_second reading milliseconds from
 -- 1e12, or with `< 1e11` → `<= 1e11`, or `>= 1e11` → `> 1e11`; event_key without the $insert_id; event_key taking
 -- an empty $insert_id as an id; the parser keying to the millisecond; finish_run without drop_staged_rows; the parser
--- with `is distinct from 'null'` for `<> 'null'` (an absent event, distinct_id or time reported as of the wrong type).
+-- with `is distinct from 'null'` for `<> 'null'` (an absent event, distinct_id or time reported as of the wrong type);
+-- the parser without `s.line_id not in (already parsed)` (the second parse fails).
 -- Each fails here and passes on main.
 -- Run on a migrated database: psql -v ON_ERROR_STOP=1 -f verify/parse_independent.sql   (it rolls back)
 -- It needs no other events run running (begin_run refuses a second one) and holds finish_run's lock while it runs.
@@ -115,6 +117,7 @@ declare
   actual jsonb;
   bad text;
   left_over bigint;
+  parsed record;
 begin
   update mixpanel_sync.sync_settings s set value = v.value
   from (values ('events.full_window', '45 days'), ('events.ledger_retention', '45 days'), ('events.upsert_path', 'set')) v (key, value)
@@ -123,6 +126,13 @@ begin
   run := mixpanel_sync.begin_run('events', true, clock => '2000-01-10 12:00:00+00');
   insert into mixpanel_sync.staged_events (run_id, line) select run.id, l.line from verify_lines l order by l.label;
   perform mixpanel_sync.parse_staged_events(run.id);
+  -- parsing is incremental (the loader may parse between COPY chunks): a second call parses nothing again
+  parsed := mixpanel_sync.parse_staged_events(run.id);
+  if (parsed.received, parsed.rejected) is distinct from (27::bigint, 11::bigint)
+      or (select count(*) from mixpanel_sync.run_events e where e.run_id = run.id) <> 27 then
+    raise exception 'verify/parse_independent: a second parse_staged_events reported (received, rejected) (%, %) and left % run_events rows, expected (27, 11) and 27',
+      parsed.received, parsed.rejected, (select count(*) from mixpanel_sync.run_events e where e.run_id = run.id);
+  end if;
 
   -- 1. Every line as this script expects it.
   select jsonb_object_agg(l.label, jsonb_build_object('distinct_id', l.distinct_id, 'event_name', l.event_name,

@@ -1,14 +1,16 @@
 // npm run mutate [-- --quick] [-- --workers 2] [-- --only fn,…] [-- --list] [-- --seed N] [-- --sample N] [-- --out FILE]
-//                 [-- --fc-num-runs 5] [-- --timeout-ms 240000] [-- --migrations DIR]
+//                 [-- --fc-num-runs 5] [-- --timeout-ms 240000] [-- --migrations DIR] [-- --strict] [-- --rewrite]
+// --rewrite: MUTATION.md again from the last run (.tmp/mutation/last-run.json) with the current survivor notes.
+// A proof that fails on the unmutated functions is left out (and named in the report); --strict stops instead.
 // Mutation testing of the SQL functions: each function's definition is read from a migrated template database
 // (pg_get_functiondef), mutated one small change at a time (scripts/mutation/mutants.ts), and every mutant is put
 // into a clone database of its own with `create or replace`; then the proofs run against that clone (verify/*.sql,
-// and property-tests/*.test.ts with a low FC_NUM_RUNS) until one fails (killed) or none does (survived).
+// property-tests/*.test.ts with a low FC_NUM_RUNS, scripts/sql/*.test.ts) until one fails (killed) or none does (survived).
 // --quick: a seeded sample (~40) of the core functions' mutants, only the proofs mapped to each function.
 // Mutants listed in scripts/mutation/equivalent-mutants.json are not run (they cannot change behaviour; reasons there).
 // Writes MUTATION.md (or --out) and prints one line per mutant and a closing "mutate: …" line; exit 1 when a
 // non-equivalent mutant of a core function survived.
-import { readFile, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -27,6 +29,11 @@ export interface Equivalent {
 
 const equivalentFile = path.join(repoRoot, 'scripts', 'mutation', 'equivalent-mutants.json');
 const notesFile = path.join(repoRoot, 'scripts', 'mutation', 'survivor-notes.json');
+const lastRunFile = path.join(repoRoot, '.tmp', 'mutation', 'last-run.json');
+
+async function readNotes(): Promise<Map<string, string>> {
+  return new Map((JSON.parse(await readFile(notesFile, 'utf8')) as { key: string; analysis: string }[]).map((n) => [n.key, n.analysis]));
+}
 
 export async function readEquivalents(): Promise<Equivalent[]> {
   return JSON.parse(await readFile(equivalentFile, 'utf8')) as Equivalent[];
@@ -96,7 +103,7 @@ function proofsFor(mutant: Mutant, all: Proof[], quick: boolean): Proof[] {
   // --quick: the mapped verify scripts and the first mapped property test (vitest costs seconds per file)
   if (quick) {
     const verify = unique.filter((p) => p.kind === 'verify');
-    const property = unique.filter((p) => p.kind === 'property').slice(0, 1);
+    const property = unique.filter((p) => p.kind === 'vitest').slice(0, 1);
     return verify.length + property.length > 0 ? [...verify, ...property] : all.filter((p) => p.kind === 'verify');
   }
   return [...unique, ...all.filter((p) => !unique.includes(p))];
@@ -143,9 +150,19 @@ async function main(argv: string[]): Promise<number> {
       out: { type: 'string', default: path.join(repoRoot, 'MUTATION.md') },
       // another migrations folder (e.g. a `git archive` of a commit) to take the functions from
       migrations: { type: 'string' },
+      strict: { type: 'boolean', default: false },
+      rewrite: { type: 'boolean', default: false },
     },
   });
   const started = Date.now();
+  if (values.rewrite) {
+    // MUTATION.md again from the last run's results, with the current survivor notes (no database needed)
+    const saved = JSON.parse(await readFile(lastRunFile, 'utf8')) as { results: MutantResult[]; info: RunInfo & { baselineMs: [string, number][] } };
+    const info: RunInfo = { ...saved.info, baselineMs: new Map(saved.info.baselineMs), survivorNotes: await readNotes() };
+    await writeFile(values.out, writeReport(saved.results, info));
+    console.log(`mutate: ${path.relative(repoRoot, values.out)} rewritten from ${path.relative(repoRoot, lastRunFile)}`);
+    return 0;
+  }
   const only = values.only?.split(',').map((s) => s.trim()).filter(Boolean);
   const server = await resolveDatabaseServer();
   let template: TemplateDatabase | undefined;
@@ -191,7 +208,10 @@ async function main(argv: string[]): Promise<number> {
       console.log(`mutate: baseline ${proof.name} ${outcome.passed ? 'passed' : `FAILED (${outcome.detail})`} in ${outcome.ms} ms`);
       if (!outcome.passed) broken.push(proof.name);
     });
-    if (broken.length > 0) throw new Error(`the unmutated functions fail ${broken.join(', ')}: fix that first (mutation results would mean nothing)`);
+    // A proof that fails on the unmutated functions cannot judge a mutant: --strict stops, else it is left out and reported.
+    if (broken.length > 0 && values.strict) throw new Error(`the unmutated functions fail ${broken.join(', ')}: fix that first (mutation results would mean nothing)`);
+    if (broken.length > 0) console.log(`mutate: left out, failing without any mutant: ${broken.join(', ')}`);
+    const usable = proofs.filter((p) => !broken.includes(p.name));
 
     const line = (r: MutantResult) => `${r.status.padEnd(8)} ${r.mutant.fn} [${r.mutant.operator}] line ${r.mutant.line}: ${r.mutant.original} -> ${r.mutant.replacement}`
       + `${r.killedBy ? ` (by ${r.killedBy})` : ''} ${r.ms} ms`;
@@ -210,7 +230,7 @@ async function main(argv: string[]): Promise<number> {
         const invalid = await applyMutant(ctx.databaseUrl, mutant.sql);
         if (invalid) return { mutant, status: 'invalid', detail: invalid, ms: Date.now() - t0, tried: [] };
         const tried: string[] = [];
-        for (const proof of proofsFor(mutant, proofs, values.quick)) {
+        for (const proof of proofsFor(mutant, usable, values.quick)) {
           tried.push(proof.name);
           const outcome = await runProof(proof, ctx);
           if (!outcome.passed) return { mutant, status: 'killed', killedBy: proof.name, detail: outcome.detail, ms: Date.now() - t0, tried };
@@ -231,10 +251,14 @@ async function main(argv: string[]): Promise<number> {
       generatedCore: generated.filter((m) => isCore(m.fn.replace(/^mixpanel_sync\./, '').replace(/\(.*$/, ''))).length,
       equivalents: equivalents.filter((e) => generated.some((m) => m.key === e.key)),
       baselineMs,
-      survivorNotes: new Map((JSON.parse(await readFile(notesFile, 'utf8')) as { key: string; analysis: string }[]).map((n) => [n.key, n.analysis])),
+      brokenProofs: broken,
+      survivorNotes: await readNotes(),
       date: new Date().toISOString(),
     };
     await writeFile(values.out, writeReport(results, info));
+    await mkdir(path.dirname(lastRunFile), { recursive: true });
+    await writeFile(lastRunFile, JSON.stringify({ results: results.map((r) => ({ ...r, mutant: { ...r.mutant, sql: '' } })),
+      info: { ...info, baselineMs: [...info.baselineMs], survivorNotes: undefined } }));
     const killed = results.filter((r) => r.status === 'killed').length;
     const survived = results.filter((r) => r.status === 'survived');
     const invalid = results.filter((r) => r.status === 'invalid').length;

@@ -1,5 +1,5 @@
-// The proofs a mutant is run against: every verify/*.sql (through pg, like `npm run verify`) and every
-// property-tests/*.test.ts (vitest in a child process, its harness pointed at the mutant's database with
+// The proofs a mutant is run against: every verify/*.sql (through pg, like `npm run verify`), every
+// property-tests/*.test.ts and scripts/sql/*.test.ts (vitest in a child process, its harness pointed at the mutant's database with
 // DATABASE_URL + MIXPANEL_PG_SYNC_TEMPLATE). A proof kills a mutant when it fails on it.
 import { spawn } from 'node:child_process';
 import { readdir } from 'node:fs/promises';
@@ -10,7 +10,7 @@ import { listVerifyScripts, runVerifyScript } from '../cli/verify.ts';
 export interface Proof {
   /** path relative to the repository, e.g. verify/parse_independent.sql or property-tests/add-algebra.test.ts */
   name: string;
-  kind: 'verify' | 'property';
+  kind: 'verify' | 'vitest';
 }
 
 export interface ProofOutcome {
@@ -22,10 +22,14 @@ export interface ProofOutcome {
 
 export async function listProofs(): Promise<Proof[]> {
   const verify = (await listVerifyScripts()).map((file): Proof => ({ name: path.relative(repoRoot, file), kind: 'verify' }));
-  const dir = path.join(repoRoot, 'property-tests');
-  const property = (await readdir(dir)).filter((f) => f.endsWith('.test.ts')).sort()
-    .map((f): Proof => ({ name: `property-tests/${f}`, kind: 'property' }));
-  return [...verify, ...property];
+  // the property tests, then the SQL behaviour tests (scripts/sql): every vitest file that runs the SQL functions
+  const vitest: Proof[] = [];
+  for (const dir of ['property-tests', 'scripts/sql']) {
+    for (const f of (await readdir(path.join(repoRoot, dir))).filter((name) => name.endsWith('.test.ts')).sort()) {
+      vitest.push({ name: `${dir}/${f}`, kind: 'vitest' });
+    }
+  }
+  return [...verify, ...vitest];
 }
 
 export interface ProofContext {
@@ -84,7 +88,7 @@ function runVitest(file: string, context: ProofContext): Promise<ProofOutcome> {
 
 /** Runs one proof against the context's database. */
 export async function runProof(proof: Proof, context: ProofContext): Promise<ProofOutcome> {
-  if (proof.kind === 'property') return runVitest(proof.name, context);
+  if (proof.kind === 'vitest') return runVitest(proof.name, context);
   const started = Date.now();
   // statement_timeout on the script's own connection: a mutant that loops forever is stopped
   const url = new URL(context.databaseUrl);

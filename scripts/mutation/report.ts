@@ -23,6 +23,8 @@ export interface RunInfo {
   generatedCore: number;
   equivalents: { key: string; reason: string }[];
   baselineMs: Map<string, number>;
+  /** proofs that failed on the unmutated functions, left out */
+  brokenProofs: string[];
   /** reviewed analyses of survivors that are not equivalent (scripts/mutation/survivor-notes.json) */
   survivorNotes: Map<string, string>;
   date: string;
@@ -79,9 +81,10 @@ export function writeReport(results: MutantResult[], info: RunInfo): string {
     'How it works: each function\'s definition is read from a migrated template database (`pg_get_functiondef`); the operators '
       + `(${operators.join(', ')}) are applied one at a time to code only (comments, string literals and quoted identifiers are masked); `
       + 'each mutant goes into a clone database of its own with `create or replace`, and the proofs run against that clone '
-      + '(verify/*.sql directly, property-tests/*.test.ts through vitest with `DATABASE_URL` + `MIXPANEL_PG_SYNC_TEMPLATE` = the clone) '
+      + '(verify/*.sql directly; property-tests/*.test.ts and scripts/sql/*.test.ts through vitest with `DATABASE_URL` + `MIXPANEL_PG_SYNC_TEMPLATE` = the clone) '
       + 'until one fails. A mutant that does not compile is "invalid" and not counted.',
     '',
+    ...(info.brokenProofs.length > 0 ? [`**Left out** (they fail on the unmutated functions, so they judged no mutant): ${info.brokenProofs.join(', ')}.`, ''] : []),
     `Core functions: ${killedCore} of ${core.length} valid mutants killed (${rate(killedCore, core.length - killedCore)}).`,
     '',
     '## Per function',
