@@ -11,13 +11,14 @@
 --   3. the seconds/milliseconds boundary: 100000000000 (1e11) is milliseconds (1973-03-03 09:46:40), 99999999999
 --      is seconds (year 5138: after the run's clock, rejected), 1e14 ms is out of range;
 --   4. parsing is incremental: a second parse_staged_events parses nothing again (same totals, same rows);
---   5. finishing the run gives the exact counts (received 27 = applied 11 + duplicates 3 + too_old 2 + rejected 11)
+--   5. finishing the run gives the exact counts (received 28 = applied 12 + duplicates 3 + too_old 2 + rejected 11)
 --      and leaves no staged line or run_events row of the run.
 -- Mutants seen failing it (scratch database, create or replace, issue 15): event_second reading milliseconds from
 -- 1e12, or with `< 1e11` → `<= 1e11`, or `>= 1e11` → `> 1e11`; event_key without the $insert_id; event_key taking
 -- an empty $insert_id as an id; the parser keying to the millisecond; finish_run without drop_staged_rows; the parser
 -- with `is distinct from 'null'` for `<> 'null'` (an absent event, distinct_id or time reported as of the wrong type);
--- the parser without `s.line_id not in (already parsed)` (the second parse fails).
+-- the parser without `s.line_id not in (already parsed)` (the second parse fails); the parser with `processing_ms >= 0`
+-- for `> 0` (either place).
 -- Each fails here and passes on main.
 -- Run on a migrated database: psql -v ON_ERROR_STOP=1 -f verify/parse_independent.sql   (it rolls back)
 -- It needs no other events run running (begin_run refuses a second one) and holds finish_run's lock while it runs.
@@ -96,6 +97,9 @@ insert into verify_lines values
     null, null, null, null, null, null, null, '*'),
   ('L21', '{"event": "' || repeat('x', 256) || '", "properties": {"distinct_id": "verify:parse-a", "time": 946900800}}',
     null, null, null, null, null, null, null, 'event name longer than'),
+  -- an mp_processing_time_ms of 0 is no processing time (and no lateness)
+  ('L30', '{"event": "signup", "properties": {"distinct_id": "verify:parse-c", "time": 946900800, "$insert_id": "k30", "mp_processing_time_ms": 0}}',
+    'N', 'verify:parse-c', 'signup', '2000-01-03 12:00:00+00', '2000-01-03', null, null, null),
   -- a key that is absent is missing, not of the wrong type
   ('L27', '{"properties": {"distinct_id": "verify:parse-a", "time": 946900800}}',
     null, null, null, null, null, null, null, 'missing event name'),
@@ -128,9 +132,9 @@ begin
   perform mixpanel_sync.parse_staged_events(run.id);
   -- parsing is incremental (the loader may parse between COPY chunks): a second call parses nothing again
   parsed := mixpanel_sync.parse_staged_events(run.id);
-  if (parsed.received, parsed.rejected) is distinct from (27::bigint, 11::bigint)
-      or (select count(*) from mixpanel_sync.run_events e where e.run_id = run.id) <> 27 then
-    raise exception 'verify/parse_independent: a second parse_staged_events reported (received, rejected) (%, %) and left % run_events rows, expected (27, 11) and 27',
+  if (parsed.received, parsed.rejected) is distinct from (28::bigint, 11::bigint)
+      or (select count(*) from mixpanel_sync.run_events e where e.run_id = run.id) <> 28 then
+    raise exception 'verify/parse_independent: a second parse_staged_events reported (received, rejected) (%, %) and left % run_events rows, expected (28, 11) and 28',
       parsed.received, parsed.rejected, (select count(*) from mixpanel_sync.run_events e where e.run_id = run.id);
   end if;
 
@@ -179,8 +183,8 @@ begin
 
   -- 4. Finishing: exact counts, nothing staged left.
   run := mixpanel_sync.finish_run(run.id);
-  if (run.received, run.applied, run.duplicates, run.too_old, run.rejected) is distinct from (27::bigint, 11::bigint, 3::bigint, 2::bigint, 11::bigint) then
-    raise exception 'verify/parse_independent: finished run (received, applied, duplicates, too_old, rejected) = (%, %, %, %, %), expected (27, 11, 3, 2, 11)',
+  if (run.received, run.applied, run.duplicates, run.too_old, run.rejected) is distinct from (28::bigint, 12::bigint, 3::bigint, 2::bigint, 11::bigint) then
+    raise exception 'verify/parse_independent: finished run (received, applied, duplicates, too_old, rejected) = (%, %, %, %, %), expected (28, 12, 3, 2, 11)',
       run.received, run.applied, run.duplicates, run.too_old, run.rejected;
   end if;
   select (select count(*) from mixpanel_sync.staged_events s where s.run_id = run.id)
@@ -191,7 +195,7 @@ begin
   perform mixpanel_sync_verify.verify_assert_same('parse_independent', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
     others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}');
 
-  raise notice 'PASS verify/parse_independent: 27 lines parsed as this script expects them (user, name, time, UTC day, processing time, lateness, reject reason); 13 identity classes as expected (seconds, milliseconds and fractions of one second are one event; name, second, $insert_id or content apart are not; "" is no $insert_id); 1e11 read as milliseconds, 99999999999 as seconds; finished with received 27 = applied 11 + duplicates 3 + too_old 2 + rejected 11, nothing staged left; rows of others untouched';
+  raise notice 'PASS verify/parse_independent: 28 lines parsed as this script expects them (user, name, time, UTC day, processing time, lateness, reject reason); 14 identity classes as expected (seconds, milliseconds and fractions of one second are one event; name, second, $insert_id or content apart are not; "" is no $insert_id); 1e11 read as milliseconds, 99999999999 as seconds; finished with received 28 = applied 12 + duplicates 3 + too_old 2 + rejected 11, nothing staged left; rows of others untouched';
 end;
 $$;
 

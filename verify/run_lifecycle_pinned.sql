@@ -12,13 +12,15 @@
 --   4. staged rows never outlive a finished run; exact counts (received = applied + duplicates + too_old + rejected);
 --   5. subscribers equal what this script's own event list says (per user totals, first/last, counts per name);
 --   6. begin_run refuses a resync whose resync_from is after its resync_to;
---   7. a profiles run reports users_touched = inserted + updated and the zone its dates were read in.
+--   7. a profiles run reports users_touched = inserted + updated and the zone its dates were read in;
+--   8. a forced full run resets the watermark and the processing watermark to what it saw, also downwards.
 -- Mutants seen failing it (written into a scratch database with create or replace, issue 15): begin_run with
 -- watermark + overlap; refresh_subscribers with max(d.first_at) per event name; finish_events_run pruning l.day <= horizon; upsert_subscribers_incremental_add with
 -- c.day > horizon_day; fail_run setting the events watermark to now(); fail_run without drop_staged_rows;
 -- fail_run with either coalesce (error, finished_at) swapped; begin_run with `and` for the `or` before
 -- `resync_from > coalesce(…)`, or with `or` for the `and` after `resync_from is not null`; finish_profiles_run with
--- inserted - updated, or coalesce('UTC', project_timezone) (survivors of the first quick mutation sample).
+-- inserted - updated, or coalesce('UTC', project_timezone) (survivors of the first quick mutation sample);
+-- finish_events_run with coalesce(mark.processing_watermark, seen.processing_time) (a survivor of the second).
 -- Each fails here and passes on main.
 -- Run on a migrated database: psql -v ON_ERROR_STOP=1 -f verify/run_lifecycle_pinned.sql   (it rolls back)
 -- It sets the events.* settings inside its transaction, holds finish_run's lock and the events watermark row, and
@@ -161,6 +163,22 @@ begin
     jsonb_build_object('subscribers', expected_subscribers),
     jsonb_build_object('subscribers', (select jsonb_object_agg(k, v - 'updated_at') from jsonb_each(mixpanel_sync_verify.verify_snapshot() -> 'subscribers') s (k, v))));
 
+  -- 8. A full run resets both watermarks to what it saw, down as well as up: an incremental run brings e9, processed
+  -- at 20:00 (processing watermark 20:00); a forced full run re-sends the window, e9 without a processing time.
+  run := mixpanel_sync.begin_run('events', clock => '2000-02-16 21:00:00+00');
+  perform mixpanel_sync.stage_events(run.id, jsonb_build_array(jsonb_set(pg_temp.line('login', 'verify:life-b', '2000-02-16 10:00:00+00', 'life-9'),
+    '{properties,mp_processing_time_ms}', to_jsonb(extract(epoch from '2000-02-16 20:00:00+00'::timestamptz)::bigint * 1000))));
+  run := mixpanel_sync.finish_run(run.id);
+  perform pg_temp.same('processing watermark after e9', '2000-02-16 20:00:00+00'::timestamptz,
+    (select w.processing_watermark from mixpanel_sync.sync_watermarks w where w.source = 'events'));
+  run := mixpanel_sync.begin_run('events', true, clock => '2000-02-17 12:00:00+00');
+  perform mixpanel_sync.stage_events(run.id, jsonb_build_array(e4, e5, e6, e7, e8,
+    pg_temp.line('login', 'verify:life-b', '2000-02-16 10:00:00+00', 'life-9') #- '{properties,mp_processing_time_ms}'));
+  run := mixpanel_sync.finish_run(run.id);
+  perform pg_temp.same('forced full run (received, applied, watermark, processing watermark)',
+    format('(6,6,%s,%s)', '2000-02-16 17:00:00+00'::timestamptz, '2000-02-16 17:01:00+00'::timestamptz),
+    (select format('(%s,%s,%s,%s)', run.received, run.applied, w.watermark, w.processing_watermark) from mixpanel_sync.sync_watermarks w where w.source = 'events'));
+
   -- 6. begin_run refuses a resync whose first day is after its last (SQLSTATE 22023; MP004 once the safety core lands).
   declare
     refused text;
@@ -194,7 +212,7 @@ begin
   perform mixpanel_sync_verify.verify_assert_same('run_lifecycle_pinned', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
     others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}' #- '{rows of others,sync_runs}');
 
-  raise notice 'PASS verify/run_lifecycle_pinned: incremental window = watermark - overlap (fetch_from, processed_after, lookback_from exact); horizon day 2000-01-03 kept by the prune and deduplicated by ADD before and after it; fail_run left the watermark row, event tables and counters alone and dropped 2 parsed lines; staged rows gone after every run; subscribers = the script''s event list (2 users, 8 events); a resync from after its last day refused; profiles runs: users_touched = inserted + updated, dates_read_in = the project timezone or UTC; rows of others untouched';
+  raise notice 'PASS verify/run_lifecycle_pinned: incremental window = watermark - overlap (fetch_from, processed_after, lookback_from exact); horizon day 2000-01-03 kept by the prune and deduplicated by ADD before and after it; fail_run left the watermark row, event tables and counters alone and dropped 2 parsed lines; staged rows gone after every run; subscribers = the script''s event list (2 users, 8 events); a resync from after its last day refused; profiles runs: users_touched = inserted + updated, dates_read_in = the project timezone or UTC; a forced full run reset both watermarks downwards; rows of others untouched';
 end;
 $$;
 

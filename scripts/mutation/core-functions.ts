@@ -21,7 +21,7 @@ const endToEnd = ['verify/run_lifecycle_pinned.sql', 'verify/parse_independent.s
 const replace = ['verify/replace_loop_equals_set.sql', 'verify/replace_then_adds_equal_replace.sql', 'verify/finish_run_end_to_end.sql', 'property-tests/loop-equals-set.test.ts'];
 const add = ['verify/add_idempotent_order_independent.sql', 'verify/add_loop_equals_set.sql', 'verify/replace_then_adds_equal_replace.sql',
   'verify/run_lifecycle_pinned.sql', 'property-tests/add-algebra.test.ts'];
-const profiles = ['verify/profiles_change_detection.sql', 'property-tests/profiles-change-detection.test.ts', 'property-tests/profiles-verify.test.ts'];
+const profiles = ['verify/run_lifecycle_pinned.sql', 'verify/profiles_change_detection.sql', 'property-tests/profiles-change-detection.test.ts', 'property-tests/profiles-verify.test.ts'];
 
 /** Proofs to try first per function name, cheapest likely killer first. */
 export const proofMap: Record<string, string[]> = {
