@@ -11,7 +11,7 @@
 --      second fail_run keeps finished_at and total_ms;
 --   4. staged rows never outlive a finished run; exact counts (received = applied + duplicates + too_old + rejected);
 --   5. subscribers equal what this script's own event list says (per user totals, first/last, counts per name);
---   6. begin_run refuses a resync whose resync_from is after its resync_to;
+--   6. begin_run refuses a resync whose resync_from is after its resync_to, an unknown source and a null source;
 --   7. a profiles run reports users_touched = inserted + updated and the zone its dates were read in;
 --   8. a forced full run resets the watermark and the processing watermark to what it saw, also downwards.
 -- Mutants seen failing it (written into a scratch database with create or replace, issue 15): begin_run with
@@ -20,7 +20,8 @@
 -- fail_run with either coalesce (error, finished_at) swapped; begin_run with `and` for the `or` before
 -- `resync_from > coalesce(…)`, or with `or` for the `and` after `resync_from is not null`; finish_profiles_run with
 -- inserted - updated, or coalesce('UTC', project_timezone) (survivors of the first quick mutation sample);
--- finish_events_run with coalesce(mark.processing_watermark, seen.processing_time) (a survivor of the second).
+-- finish_events_run with coalesce(mark.processing_watermark, seen.processing_time) (a survivor of the second);
+-- begin_run with `source is null and source not in (…)` (the survivor of the third).
 -- Each fails here and passes on main.
 -- Run on a migrated database: psql -v ON_ERROR_STOP=1 -f verify/run_lifecycle_pinned.sql   (it rolls back)
 -- It sets the events.* settings inside its transaction, holds finish_run's lock and the events watermark row, and
@@ -190,6 +191,21 @@ begin
     end;
     perform pg_temp.check(refused in ('22023', 'MP004'), 'begin_run with resync_from 2000-02-10 after resync_to 2000-02-09',
       'refused (22023 or MP004)', coalesce(refused, 'a run started'));
+    -- and a source it does not know, or none
+    refused := null;
+    begin
+      perform mixpanel_sync.begin_run('nonsense', clock => '2000-02-17 12:00:00+00');
+    exception when others then
+      refused := sqlstate;
+    end;
+    perform pg_temp.check(refused in ('22023', 'MP004'), 'begin_run(''nonsense'')', 'refused (22023 or MP004)', coalesce(refused, 'a run started'));
+    refused := null;
+    begin
+      perform mixpanel_sync.begin_run(null, clock => '2000-02-17 12:00:00+00');
+    exception when others then
+      refused := sqlstate;
+    end;
+    perform pg_temp.check(refused in ('22023', 'MP004'), 'begin_run(null)', 'refused (22023 or MP004)', coalesce(refused, 'a run started'));
   end;
 
   -- 7. profiles runs: users_touched = inserted + updated; options.dates_read_in names the project timezone, else UTC.
@@ -212,7 +228,7 @@ begin
   perform mixpanel_sync_verify.verify_assert_same('run_lifecycle_pinned', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
     others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}' #- '{rows of others,sync_runs}');
 
-  raise notice 'PASS verify/run_lifecycle_pinned: incremental window = watermark - overlap (fetch_from, processed_after, lookback_from exact); horizon day 2000-01-03 kept by the prune and deduplicated by ADD before and after it; fail_run left the watermark row, event tables and counters alone and dropped 2 parsed lines; staged rows gone after every run; subscribers = the script''s event list (2 users, 8 events); a resync from after its last day refused; profiles runs: users_touched = inserted + updated, dates_read_in = the project timezone or UTC; a forced full run reset both watermarks downwards; rows of others untouched';
+  raise notice 'PASS verify/run_lifecycle_pinned: incremental window = watermark - overlap (fetch_from, processed_after, lookback_from exact); horizon day 2000-01-03 kept by the prune and deduplicated by ADD before and after it; fail_run left the watermark row, event tables and counters alone and dropped 2 parsed lines; staged rows gone after every run; subscribers = the script''s event list (2 users, 8 events); a resync from after its last day, an unknown and a null source refused; profiles runs: users_touched = inserted + updated, dates_read_in = the project timezone or UTC; a forced full run reset both watermarks downwards; rows of others untouched';
 end;
 $$;
 

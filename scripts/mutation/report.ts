@@ -111,6 +111,26 @@ export function writeReport(results: MutantResult[], info: RunInfo): string {
       + ` (tried: ${r.tried.join(', ')})`, `  - key: \`${r.mutant.key}\``,
       `  - analysis: ${info.survivorNotes.get(r.mutant.key) ?? 'not analysed yet (add it to scripts/mutation/survivor-notes.json, or the mutant to equivalent-mutants.json with its reason)'}`);
   }
+  out.push('', '## Running it', '',
+    '```',
+    'npm run mutate -- --quick              # CI: ~40 sampled mutants of the core functions, mapped proofs only (seed 15)',
+    'npm run mutate                         # weekly: every mutant of every mixpanel_sync function, all proofs',
+    'npm run mutate -- --only fail_run,begin_run   # the mutants of some functions, all proofs',
+    'npm run mutate -- --list [--quick]     # print the mutants (keys for equivalent-mutants.json), run nothing',
+    'npm run mutate -- --rewrite            # this file again from the last run (.tmp/mutation/last-run.json) with current notes',
+    '```',
+    '',
+    'It starts its own embedded PostgreSQL (or uses `DATABASE_URL`, whose user needs CREATEDB; it creates and drops `mps_…` databases). '
+      + 'Exit 1 when a mutant of a core function survived that is not listed equivalent. `--workers N` (default 2) mutants run at a time; '
+      + '`--fc-num-runs` (default 5) and `--timeout-ms` (default 240000 per proof: a mutant that hangs is killed by the timeout). '
+      + 'A proof that fails on the unmutated functions is left out and named above (`--strict` stops instead). '
+      + '`--migrations DIR` takes the functions from another migrations folder (e.g. `git archive <commit> migrations`).',
+    '',
+    'Weekly job: `npm run mutate` (the full run; expect up to an hour on 2 cores, most of it in the survivors, which run every proof); '
+      + 'commit the MUTATION.md it writes. A new survivor is either a missing test (write it: the issue-15 proofs '
+      + 'verify/run_lifecycle_pinned.sql and verify/parse_independent.sql are where most of them went) or an equivalent mutant '
+      + '(add its key and the reason to scripts/mutation/equivalent-mutants.json, reviewed like code). Keys hold the mutated line, '
+      + 'so an edit of that line retires its entries.');
   out.push('', '## Listed equivalent (not run)', '');
   if (info.equivalents.length === 0) out.push('None.');
   for (const e of info.equivalents) out.push(`- \`${e.key}\`: ${e.reason}`);
