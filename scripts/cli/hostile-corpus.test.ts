@@ -7,12 +7,13 @@
 // "input line 172 is over 67290956 bytes, longer than the 67108864-byte limit" (exit 1, the whole run failed; before
 // that limit, invalid UTF-8 and NUL bytes failed the COPY). Profiles: "invalid byte sequence for encoding "UTF8": 0x00
 // (COPY staged_profiles, line 32)" (exit 1). Both pass with the session's loader framing and 100-safety-core.sql.
-import { mkdtempSync, rmSync } from 'node:fs';
+import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createTestDatabase } from '../db/vitest-database.ts';
-import { runCli, summaryOf, type CliResult } from '../fixtures/cli-runner.ts';
+import { runCli, startCli, summaryOf, type CliResult } from '../fixtures/cli-runner.ts';
+import { eventsRunOutcome as outcome } from '../fixtures/run-outcome.ts';
 import {
   hostileEvents,
   hostileProfiles,
@@ -31,6 +32,9 @@ afterAll(async () => {
 });
 
 const SEED = 20261201;
+const eventsFile = path.join(dir, 'events.jsonl');
+/** What the --file run of the events corpus ended with, for the other input paths to match. */
+let fileOutcome: string | undefined;
 const NOW = Math.floor(Date.now() / 1000);
 const env = { DATABASE_URL: db.url };
 
@@ -68,13 +72,14 @@ function rejectMismatches<O extends { outcome: string; reason?: RegExp }>(record
   return problems;
 }
 
+
 describe('hostile events corpus through npm run sync:events', () => {
   it(
     'applies every good record, rejects every bad one with its reason and line, and accounts for all of them',
     async () => {
       const records = hostileEvents({ seed: SEED, now: NOW });
       expect(kinds(records).length).toBeGreaterThanOrEqual(60);
-      const file = path.join(dir, 'events.jsonl');
+      const file = eventsFile;
       const placed = await writeCorpus(file, records);
 
       const result = await runCli('sync:events', ['--file', file, '--json'], { env });
@@ -118,6 +123,7 @@ describe('hostile events corpus through npm run sync:events', () => {
       for (const id of actual.keys()) if (!expected.has(id)) missing.push(`${id}: in the ledger, but no record of the corpus should be applied under it`);
       expect(missing).toEqual([]);
       for (const row of rows) expect(Number(row.daily), row.distinct_id).toBe(row.events.length);
+      fileOutcome = await outcome(db.pool, summary!);
 
       // the same file again: nothing new, nothing failed, the accounting still holds
       const again = await runCli('sync:events', ['--file', file, '--json'], { env });
@@ -125,6 +131,26 @@ describe('hostile events corpus through npm run sync:events', () => {
       const second = summaryOf(again)!;
       expect(second).toMatchObject({ status: 'succeeded', applied: 0, rejected: count('rejected') });
       expect(second.received).toBe(Number(second.applied) + Number(second.duplicates) + Number(second.too_old) + Number(second.rejected));
+    },
+    600_000,
+  );
+});
+
+describe('one framing rule: the events corpus through stdin ends as from --file', () => {
+  it(
+    'npm run sync:events -- --file - (stdin): same counts, rejects (line, reason), ledger and events_daily as --file',
+    async () => {
+      expect(fileOutcome, 'the --file run above must have passed').toBeDefined();
+      const viaStdin = await createTestDatabase();
+      try {
+        const cli = startCli('sync:events', ['--file', '-', '--json'], { env: { DATABASE_URL: viaStdin.url }, stdin: 'open' });
+        createReadStream(eventsFile).pipe(cli.child.stdin!);
+        const stdinResult = await cli.result;
+        expect(stdinResult.code, describeRun(stdinResult)).toBe(0);
+        expect(await outcome(viaStdin.pool, summaryOf(stdinResult)!)).toBe(fileOutcome);
+      } finally {
+        await viaStdin.drop();
+      }
     },
     600_000,
   );
