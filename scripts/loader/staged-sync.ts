@@ -10,10 +10,11 @@ import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
 import { copyIntoStaging, type StagingTable } from './copy-into-staging.ts';
+import { sendCancelRequest } from './database-connection.ts';
 import { describeError } from './describe-error.ts';
 import type { ProgressLine } from './progress-line.ts';
 import { runSummary, type RunSummary } from './run-summary.ts';
-import { backendPid, beginRun, cancelBackend, failRun, finishRun, recordFraming, type BeginRunOptions, type SyncRun } from '../sql/sync-api.ts';
+import { beginRun, failRun, finishRun, recordFraming, type BeginRunOptions, type SyncRun } from '../sql/sync-api.ts';
 
 /** SQLSTATEs of the project's class MP (see README "Exit codes"). */
 export const SQLSTATE = {
@@ -91,8 +92,9 @@ async function stageAndFinish<S>(client: pg.PoolClient, run: SyncRun, options: S
 
   // A signal during finish_run cancels it: the transaction rolls back and fail_run records why. When finish_run
   // committed before the cancel arrived, the run succeeded and that is what is reported.
-  const pid = await backendPid(client);
-  const cancel = () => void cancelBackend(options.pool, pid).catch(() => undefined);
+  // By the connection's cancel key (not a pid read earlier): through a transaction pooler only the key reaches the
+  // server session running this finish_run (scripts/loader/pgbouncer.test.ts).
+  const cancel = () => void sendCancelRequest(client).catch(() => undefined);
   signal.addEventListener('abort', cancel, { once: true });
   try {
     signal.throwIfAborted();

@@ -322,20 +322,6 @@ export async function assertSameTables(db: Queryable, what: string, expected: Ta
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Session control (pg_catalog), for Ctrl-C during finish_run
-
-/** Cancels the statement running on another backend (a finish_run cut short by Ctrl-C rolls back). */
-export async function cancelBackend(db: Queryable, pid: number): Promise<void> {
-  await db.query('select pg_catalog.pg_cancel_backend($1)', [pid]);
-}
-
-/** The server process of a connection, for cancelBackend. */
-export async function backendPid(db: Queryable): Promise<number> {
-  const { rows } = await db.query<{ pid: number }>('select pg_catalog.pg_backend_pid() as pid');
-  return rows[0]!.pid;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
 // Cohorts runs (200-health-cohorts.sql): begin_cohorts_run, stage_cohorts, stage_cohort_members, finish_cohorts_run
 
 /** A cohorts run's sync_runs row (source 'cohorts'). */
@@ -426,4 +412,18 @@ export async function spotCheckResult(db: Queryable, checkId: string): Promise<{
 /** mixpanel_sync.finish_spot_check: the result recorded on the check, its staged lines dropped. */
 export async function finishSpotCheck(db: Queryable, checkId: string, compared: number, differences: number, pending: number): Promise<void> {
   await db.query('select mixpanel_sync.finish_spot_check($1, $2, $3, $4)', [checkId, compared, differences, pending]);
+}
+
+/** Rows and an order-independent checksum of every row (sum of hashtextextended of its jsonb, `ignore` columns left
+ * out) per table: fast enough for whole tables, for "these tables are identical" in the demo. */
+export async function tablesChecksum(db: Queryable, tables: readonly ('events_daily' | 'event_ledger' | 'subscribers')[], ignore: readonly string[] = []): Promise<string> {
+  const parts: string[] = [];
+  for (const table of tables) {
+    const { rows } = await db.query<{ n: string; h: string }>(
+      `select count(*) as n, coalesce(sum(hashtextextended((to_jsonb(t) - $1::text[])::text, 0)), 0) as h from mixpanel_sync.${table} t`,
+      [ignore],
+    );
+    parts.push(`${table} ${rows[0]!.n} rows #${BigInt(rows[0]!.h).toString(16).replace('-', '~')}`);
+  }
+  return parts.join(', ');
 }
