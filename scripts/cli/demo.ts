@@ -15,11 +15,14 @@ import { sampleEventLines, writeSampleEvents, type SampleEventOptions } from '..
 import { writeSampleProfiles } from '../fixtures/sample-profiles.ts';
 import { rereadFromDay, syncHealth } from '../sql/sync-api.ts';
 import { profilesSummaryLine, syncProfiles } from '../loader/profiles-sync.ts';
+import { proofSteps } from './demo-proofs.ts';
 
 const DAY_MS = 86_400_000;
 
 interface DemoContext {
   pool: pg.Pool;
+  /** The throwaway database's URL (the verify step opens its own connection). */
+  url: string;
   /** Where the demo writes its files (removed with the server). */
   dir: string;
   /** The first sync's clock: a day before `now`. */
@@ -135,7 +138,7 @@ const health: DemoStep = {
 };
 
 /** The demo, in order. A step reads and extends the context; add new ones here. */
-const demoSteps: DemoStep[] = [fullSync, incrementalSync, subscribers, profileSyncs, health];
+const demoSteps: DemoStep[] = [fullSync, incrementalSync, subscribers, profileSyncs, health, ...proofSteps];
 
 async function main(): Promise<void> {
   const started = performance.now();
@@ -153,6 +156,7 @@ async function main(): Promise<void> {
     const firstClock = new Date(now.getTime() - DAY_MS);
     const context: DemoContext = {
       pool,
+      url,
       dir,
       now,
       firstClock,
