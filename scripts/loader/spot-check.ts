@@ -45,7 +45,7 @@ const addDays = (day: string, days: number) => new Date(Date.parse(`${day}T00:00
 function exportDays(check: SpotCheck): { fromDate: string; toDate: string } {
   const today = new Date().toISOString().slice(0, 10);
   const after = addDays(check.to_day, 1);
-  return { fromDate: addDays(check.from_day, -1), toDate: after > today ? today : after };
+  return { fromDate: addDays(check.from_day, -1), toDate: [after, today].sort()[0]! }; // the earlier of two YYYY-MM-DD days
 }
 
 export async function spotCheck(options: SpotCheckOptions): Promise<SpotCheckReport> {
