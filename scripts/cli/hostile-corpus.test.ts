@@ -8,6 +8,9 @@
 // that limit, invalid UTF-8 and NUL bytes failed the COPY). Profiles: "invalid byte sequence for encoding "UTF8": 0x00
 // (COPY staged_profiles, line 32)" (exit 1). Both pass with the session's loader framing and 100-safety-core.sql.
 import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { once } from 'node:events';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -199,5 +202,71 @@ describe('hostile profiles corpus through npm run sync:profiles', () => {
     expect(again.code, describeRun(again)).toBe(0);
     const second = summaryOf(again)!;
     expect(second).toMatchObject({ status: 'succeeded', inserted: 0, updated: 0, unchanged: good.length, rejected: rejected.length });
+  }, 300_000);
+});
+
+describe('hostile profiles corpus as an Engage API page', () => {
+  it('every profile of the corpus that is JSON, in one Engage page: the good ones stored, each bad one rejected with its reason', async () => {
+    const viaApi = await createTestDatabase();
+    // an Engage answer is one JSON document: the records that are JSON values (bytes that are not UTF-8, or text
+    // that is not JSON, cannot be part of one); deeper than Node can parse is fine, the loader does not parse it
+    const records = hostileProfiles({ seed: SEED, now: NOW }).filter((record) => {
+      if (!Buffer.isBuffer(record.bytes) || ['blank-line', 'page-wrapper-line', 'bom-first-line'].includes(record.kind)) return false;
+      const text = record.bytes.toString('utf8');
+      if (text.includes('\uFFFD') || text.includes('\u0000')) return false;
+      try {
+        JSON.parse(text);
+        return true;
+      } catch (error) {
+        return error instanceof RangeError; // Maximum call stack size exceeded
+      }
+    });
+    const items = records.map((record) => (record.bytes as Buffer).subarray(0, (record.bytes as Buffer).length - 1));
+    const page = Buffer.concat([
+      Buffer.from(`{"page":0,"page_size":1000,"session_id":"s1","status":"ok","total":${items.length},"results":[`),
+      ...items.flatMap((item, i) => (i ? [Buffer.from(','), item] : [item])),
+      Buffer.from(']}'),
+    ]);
+    const server = http.createServer((request, response) => {
+      request.resume();
+      request.on('end', () => {
+        response.writeHead(200, { 'content-type': 'application/json' });
+        response.end(page);
+      });
+    });
+    server.listen(0, '127.0.0.1');
+    await once(server, 'listening');
+    try {
+      const result = await runCli('sync:profiles', ['--json'], {
+        env: {
+          DATABASE_URL: viaApi.url,
+          MIXPANEL_SERVICE_ACCOUNT: 'sa',
+          MIXPANEL_SECRET: 'secret',
+          MIXPANEL_PROJECT_ID: '1234',
+          MIXPANEL_API_URL: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
+          MIXPANEL_BUDGET_FILE: path.join(dir, 'budget-engage.json'),
+          MIXPANEL_MAX_TRIES: '1',
+        },
+      });
+      expect(result.code, describeRun(result)).toBe(0);
+      const good = records.flatMap((r) => (r.expect.outcome === 'applied' ? r.expect.distinctIds : []));
+      const bad = records.filter((r) => r.expect.outcome === 'rejected');
+      expect(bad.length).toBeGreaterThanOrEqual(10);
+      expect(summaryOf(result)).toMatchObject({ status: 'succeeded', received: good.length + bad.length, inserted: good.length, rejected: bad.length });
+      const { rows: stored } = await viaApi.pool.query<{ distinct_id: string }>('select distinct_id from mixpanel_sync.subscriber_properties');
+      expect(stored.map((row) => row.distinct_id).sort()).toEqual([...good].sort());
+      const { rows: rejects } = await viaApi.pool.query<{ reason: string }>('select reason from mixpanel_sync.sync_rejects order by id');
+      const unmatched = [...rejects.map((row) => row.reason)];
+      const missing: string[] = [];
+      for (const record of bad) {
+        const at = unmatched.findIndex((reason) => (record.expect as { reason: RegExp }).reason.test(reason));
+        if (at < 0) missing.push(`${record.kind}: no reject matching ${(record.expect as { reason: RegExp }).reason}`);
+        else unmatched.splice(at, 1);
+      }
+      expect({ missing, unmatched }).toEqual({ missing: [], unmatched: [] });
+    } finally {
+      server.close();
+      await viaApi.drop();
+    }
   }, 300_000);
 });
