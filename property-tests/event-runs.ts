@@ -30,6 +30,13 @@ export function spanDay(span: EventSpan, offset: number): string {
 
 /** A forced-full run at pathClock with the lines staged and parsed once: ready for a path to be called on it. */
 export async function parsedRun(client: Queryable, lines: StagedLine[]): Promise<string> {
+  // One events run at a time (begin_run refuses another with MP002): the path-level runs staged before are set
+  // aside (failed, their parsed rows kept for the paths still to be called on them).
+  await client.query(
+    `update mixpanel_sync.sync_runs set status = 'failed', finished_at = now(), error = 'path-level test run: applied by calling a path directly'
+     where source = 'events' and status = 'running' and fetch_to = $1`,
+    [pathClock],
+  );
   const run = await beginRun(client, { source: 'events', clock: pathClock, forceFull: true });
   await stageLines(client, 'events', run.id, lines.map((l) => l.line));
   await parseStagedEvents(client, run.id);
