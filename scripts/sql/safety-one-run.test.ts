@@ -63,7 +63,7 @@ describe('one run at a time per source', () => {
     await loader.connect();
     const dead = await beginRun(loader, { source: 'events' });
     const pid = (dead.options.owner as { pid: number }).pid;
-    expect(pid).toBe(loader.processID);
+    expect(pid).toBe((await loader.query('select pg_backend_pid() as pid')).rows[0].pid);
     await loader.end();
     // the backend may take a moment to leave pg_stat_activity
     for (let i = 0; i < 50; i++) {
