@@ -1,0 +1,219 @@
+// Identity merge (issue 12) in SQL: what psql gets. Runs go through finish_run once finish_events_run calls
+// apply_identity (the hook), through the test-only equivalent before (identity-support.ts finishWithIdentity).
+// Seen failing without each protection (removed once in 500-identity.sql, then restored):
+//   - the run_events rewrite removed from apply_identity: "New User Signup" gave U1 = 3 and $device:D1 = 2;
+//   - the re-attribution call removed from apply_identity: "identified later" kept 2 events under $device:D1;
+//   - at_canonical dropped from the ledger duplicate rule (every alias row moved): "counted under both" failed on
+//     the ledger primary key; with `where g.events > 0` removed the zero-count row broke events_daily's check;
+//   - `order by ... identified_at nulls last` as `order by m.alias` (least id wins): the original-mode canonical was
+//     'anon-1' instead of 'user-early';
+//   - the `not exists` conflict filter removed from identity_edges: the second user took the device over.
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { setIdentityMode, syncEventsWithIdentity } from './identity-support.ts';
+import { syncProfiles } from './run-fixtures.ts';
+
+let db: TestDatabase;
+beforeAll(async () => {
+  db = await createTestDatabase();
+});
+afterAll(async () => {
+  await db?.drop();
+});
+beforeEach(async () => {
+  await db.pool.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.event_ledger_legacy,
+    mixpanel_sync.subscribers, mixpanel_sync.subscriber_properties, mixpanel_sync.identity_links, mixpanel_sync.sync_runs,
+    mixpanel_sync.sync_rejects, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.run_events cascade`);
+  await db.pool.query('drop table if exists mixpanel_sync.raw_events');
+  await db.pool.query(`update mixpanel_sync.sync_settings set value = 'set' where key = 'events.upsert_path'`);
+});
+
+const at = (iso: string) => Math.floor(Date.parse(iso) / 1000);
+
+/** An export event as Mixpanel's Export API returns it: distinct_id is what Mixpanel shows now. */
+function event(name: string, distinctId: string, time: string, insertId: string, extra: Record<string, unknown> = {}) {
+  return { event: name, properties: { distinct_id: distinctId, time: at(time), $insert_id: insertId, ...extra } };
+}
+
+async function countsBy(table: 'events_daily' | 'event_ledger' | 'subscribers'): Promise<Record<string, number>> {
+  const sql = {
+    events_daily: 'select distinct_id, sum(event_count)::int as n from mixpanel_sync.events_daily group by 1',
+    event_ledger: 'select distinct_id, count(*)::int as n from mixpanel_sync.event_ledger group by 1',
+    subscribers: 'select distinct_id, total_events::int as n from mixpanel_sync.subscribers',
+  }[table];
+  const { rows } = await db.pool.query<{ distinct_id: string; n: number }>(sql);
+  return Object.fromEntries(rows.map((row) => [row.distinct_id, row.n]));
+}
+
+// Mixpanel's "New User Signup" (Simplified ID Merge): two anonymous events on device D1, then a sign-up that carries
+// $device_id D1 and $user_id U1. Once merged, the Export API shows all three under U1.
+const adClick = (shownAs: string) => event('Ad Click', shownAs, '2024-03-09T10:00:00Z', 'i-ad', { $device_id: 'D1' });
+const appOpen = (shownAs: string) => event('App Open', shownAs, '2024-03-09T10:05:00Z', 'i-open', { $device_id: 'D1' });
+const signUp = event('Sign Up', 'U1', '2024-03-09T10:10:00Z', 'i-signup', { $device_id: 'D1', $user_id: 'U1' });
+
+describe('simplified ID merge', () => {
+  it('New User Signup: U1 = 3 and no $device:D1 row after the overlap re-read shows the events under U1', async () => {
+    await setIdentityMode(db.pool, 'simplified');
+    await syncEventsWithIdentity(db.pool, [adClick('$device:D1'), appOpen('$device:D1')], { clock: '2024-03-09T10:06:00Z', forceFull: true });
+    expect(await countsBy('events_daily')).toEqual({ '$device:D1': 2 });
+
+    const second = await syncEventsWithIdentity(db.pool, [adClick('U1'), appOpen('U1'), signUp], { clock: '2024-03-09T11:00:00Z' });
+    expect(second.mode).toBe('incremental');
+    expect(await countsBy('events_daily')).toEqual({ U1: 3 });
+    expect(await countsBy('event_ledger')).toEqual({ U1: 3 });
+    expect(await countsBy('subscribers')).toEqual({ U1: 3 });
+    expect(Number(second.links_learned)).toBe(1);
+    expect(Number(second.reattributed_events)).toBe(2);
+    expect(Number(second.applied)).toBe(1);
+    expect(Number(second.duplicates)).toBe(2);
+    const { rows } = await db.pool.query(`select member, canonical, is_canonical from mixpanel_sync.identity_cluster('$device:D1')`);
+    expect(rows).toEqual([
+      { member: 'U1', canonical: 'U1', is_canonical: true },
+      { member: '$device:D1', canonical: 'U1', is_canonical: false },
+    ]);
+  });
+
+  it('with identity.mode off the same runs double count (the behaviour the mode fixes)', async () => {
+    await setIdentityMode(db.pool, 'off');
+    await syncEventsWithIdentity(db.pool, [adClick('$device:D1'), appOpen('$device:D1')], { clock: '2024-03-09T10:06:00Z', forceFull: true });
+    const second = await syncEventsWithIdentity(db.pool, [adClick('U1'), appOpen('U1'), signUp], { clock: '2024-03-09T11:00:00Z' });
+    expect(await countsBy('events_daily')).toEqual({ '$device:D1': 2, U1: 3 });
+    expect(second.links_learned).toBeNull();
+    expect((await db.pool.query('select count(*)::int as n from mixpanel_sync.identity_links')).rows[0].n).toBe(0);
+  });
+
+  it('identified later: events beyond the overlap move to U1 when the link is learned (re-attribution)', async () => {
+    await setIdentityMode(db.pool, 'simplified');
+    await syncEventsWithIdentity(db.pool, [adClick('$device:D1'), appOpen('$device:D1')], { clock: '2024-03-09T10:06:00Z', forceFull: true });
+    const second = await syncEventsWithIdentity(db.pool, [signUp], { clock: '2024-03-09T11:00:00Z' });
+    expect(await countsBy('events_daily')).toEqual({ U1: 3 });
+    expect(await countsBy('event_ledger')).toEqual({ U1: 3 });
+    expect(await countsBy('subscribers')).toEqual({ U1: 3 });
+    expect(Number(second.reattributed_events)).toBe(2);
+    // later anonymous events of the device count under U1 too
+    await syncEventsWithIdentity(db.pool, [event('App Open', '$device:D1', '2024-03-09T11:30:00Z', 'i-late', { $device_id: 'D1' })], {
+      clock: '2024-03-09T12:00:00Z',
+    });
+    expect(await countsBy('events_daily')).toEqual({ U1: 4 });
+  });
+
+  it('an event counted under both ids before the link was known is counted once after', async () => {
+    await setIdentityMode(db.pool, 'simplified');
+    await syncEventsWithIdentity(db.pool, [adClick('$device:D1')], { clock: '2024-03-09T10:06:00Z', forceFull: true });
+    // the same event ($insert_id) re-read under U1 without the properties that would teach the link
+    await syncEventsWithIdentity(db.pool, [event('Ad Click', 'U1', '2024-03-09T10:00:00Z', 'i-ad')], { clock: '2024-03-09T10:30:00Z' });
+    expect(await countsBy('events_daily')).toEqual({ '$device:D1': 1, U1: 1 });
+    const third = await syncEventsWithIdentity(db.pool, [signUp], { clock: '2024-03-09T11:00:00Z' });
+    expect(await countsBy('events_daily')).toEqual({ U1: 2 });
+    expect(await countsBy('event_ledger')).toEqual({ U1: 2 });
+    expect(third.options.reattributed_duplicates).toBe(1);
+  });
+
+  it('a device joined to one user stays with it when another user signs in on it', async () => {
+    await setIdentityMode(db.pool, 'simplified');
+    await syncEventsWithIdentity(db.pool, [adClick('$device:D1'), signUp], { clock: '2024-03-09T10:30:00Z', forceFull: true });
+    await syncEventsWithIdentity(db.pool, [event('Sign In', 'U2', '2024-03-09T10:40:00Z', 'i-u2', { $device_id: 'D1', $user_id: 'U2' })], {
+      clock: '2024-03-09T11:00:00Z',
+    });
+    expect(await countsBy('events_daily')).toEqual({ U1: 2, U2: 1 });
+    const { rows } = await db.pool.query(`select mixpanel_sync.identity_canonical('$device:D1') as c`);
+    expect(rows[0].c).toBe('U1');
+  });
+});
+
+describe('original ID merge', () => {
+  it('$identify, $create_alias and $merge join clusters transitively; the canonical id may change', async () => {
+    await setIdentityMode(db.pool, 'original');
+    await syncEventsWithIdentity(
+      db.pool,
+      [
+        event('view', 'anon-1', '2024-03-09T09:00:00Z', 'a1'),
+        event('view', 'anon-1', '2024-03-09T09:01:00Z', 'a2'),
+        event('$identify', 'user-late', '2024-03-09T09:30:00Z', 'id1', { $anon_id: 'anon-1', $identified_id: 'user-late' }),
+        event('view', 'user-early', '2024-03-09T08:00:00Z', 'b1'),
+        event('$create_alias', 'user-early', '2024-03-09T08:10:00Z', 'al1', { alias: 'alias-2' }),
+      ],
+      { clock: '2024-03-09T10:00:00Z', forceFull: true },
+    );
+    expect(await countsBy('events_daily')).toEqual({ 'user-late': 3, 'user-early': 2 });
+
+    const merge = await syncEventsWithIdentity(
+      db.pool,
+      [event('$merge', 'user-late', '2024-03-09T10:30:00Z', 'm1', { $distinct_ids: ['alias-2', 'anon-1'] })],
+      { clock: '2024-03-09T11:00:00Z' },
+    );
+    // user-early was identified first (08:10): it is the canonical id of the joined cluster
+    expect(await countsBy('events_daily')).toEqual({ 'user-early': 6 });
+    expect(await countsBy('subscribers')).toEqual({ 'user-early': 6 });
+    expect(Number(merge.links_learned)).toBe(2); // anon-1 and user-late now name user-early
+    const { rows } = await db.pool.query(`select member, canonical from mixpanel_sync.identity_cluster('anon-1')`);
+    expect(rows).toEqual([
+      { member: 'user-early', canonical: 'user-early' },
+      { member: 'alias-2', canonical: 'user-early' },
+      { member: 'anon-1', canonical: 'user-early' },
+      { member: 'user-late', canonical: 'user-early' },
+    ]);
+  });
+});
+
+describe('profiles and the raw events table', () => {
+  it("the canonical profile wins; an alias profile becomes the canonical id's when it has none", async () => {
+    await syncProfiles(db.pool, [
+      { $distinct_id: '$device:D1', $properties: { $email: 'device@example.com' } },
+      { $distinct_id: '$device:D2', $properties: { $email: 'device2@example.com' } },
+      { $distinct_id: 'U1', $properties: { $email: 'u1@example.com' } },
+    ]);
+    await setIdentityMode(db.pool, 'simplified');
+    await syncEventsWithIdentity(
+      db.pool,
+      [signUp, event('Sign Up', 'U2', '2024-03-09T10:20:00Z', 'i-u2', { $device_id: 'D2', $user_id: 'U2' })],
+      { clock: '2024-03-09T11:00:00Z', forceFull: true },
+    );
+    const { rows } = await db.pool.query('select distinct_id, email from mixpanel_sync.subscriber_properties order by 1');
+    expect(rows).toEqual([
+      { distinct_id: 'U1', email: 'u1@example.com' },
+      { distinct_id: 'U2', email: 'device2@example.com' },
+    ]);
+  });
+
+  it('rows of mixpanel_sync.raw_events, when the table exists, move too (a key held by both ids is kept once)', async () => {
+    await db.pool.query(`create table mixpanel_sync.raw_events (distinct_id text collate "C" not null, event_key uuid not null,
+      primary key (distinct_id, event_key))`);
+    await db.pool.query(`insert into mixpanel_sync.raw_events values ('$device:D1', md5('a')::uuid), ('$device:D1', md5('b')::uuid),
+      ('U1', md5('b')::uuid), ('other', md5('a')::uuid)`);
+    await setIdentityMode(db.pool, 'simplified');
+    const run = await syncEventsWithIdentity(db.pool, [signUp], { clock: '2024-03-09T11:00:00Z', forceFull: true });
+    const { rows } = await db.pool.query(`select distinct_id, count(*)::int as n from mixpanel_sync.raw_events group by 1 order by 1`);
+    expect(rows).toEqual([
+      { distinct_id: 'U1', n: 2 },
+      { distinct_id: 'other', n: 1 },
+    ]);
+    expect(run.options.reattributed_raw_events).toBe(1);
+  });
+});
+
+describe('reattribute_all and the setting', () => {
+  it('moves rows stored under aliases (e.g. written while the mode was off) and is idempotent', async () => {
+    await setIdentityMode(db.pool, 'off');
+    await syncEventsWithIdentity(db.pool, [adClick('$device:D1'), appOpen('$device:D1'), signUp], { clock: '2024-03-09T11:00:00Z', forceFull: true });
+    await setIdentityMode(db.pool, 'simplified');
+    // a run that teaches the link but stores nothing of the device's: its rows wait for reattribute_all only if the
+    // link was learned without them; here the link's run moves them at once
+    await syncEventsWithIdentity(db.pool, [signUp], { clock: '2024-03-09T11:30:00Z' });
+    expect(await countsBy('events_daily')).toEqual({ U1: 3 });
+    // rows written under the alias behind the map's back are moved by reattribute_all
+    await db.pool.query(`insert into mixpanel_sync.events_daily values ('$device:D1', '2024-03-01', 'old', 2, '2024-03-01 01:00Z', '2024-03-01 02:00Z')`);
+    const first = await db.pool.query('select mixpanel_sync.reattribute_all() as r');
+    expect(first.rows[0].r).toMatchObject({ ids_moved: 1, reattributed_events: 2 });
+    expect(await countsBy('events_daily')).toEqual({ U1: 5 });
+    const again = await db.pool.query('select mixpanel_sync.reattribute_all() as r');
+    expect(again.rows[0].r).toMatchObject({ ids_moved: 0, reattributed_events: 0 });
+  });
+
+  it('an identity.mode that is not off, simplified or original fails the run with a hint', async () => {
+    await setIdentityMode(db.pool, 'simplified');
+    await db.pool.query(`alter table mixpanel_sync.sync_settings drop constraint if exists sync_settings_value_valid`);
+    await db.pool.query(`update mixpanel_sync.sync_settings set value = 'sideways' where key = 'identity.mode'`);
+    await expect(db.pool.query('select mixpanel_sync.identity_mode()')).rejects.toMatchObject({ code: '22023' });
+  });
+});
