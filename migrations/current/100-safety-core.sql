@@ -1101,6 +1101,7 @@ declare
   recomputes boolean;
   held timestamptz;
   new_processing timestamptz;
+  identity jsonb;
 begin
   select s.line_no, s.line_id, s.line into marker
   from mixpanel_sync.staged_events s
@@ -1113,6 +1114,13 @@ begin
   end if;
 
   parsed := mixpanel_sync.parse_staged_events(run.id);
+
+  -- Identity merge (500-identity.sql, issue 12): learn the run's links, move the rows of ids no longer canonical,
+  -- rewrite the run's events to canonical ids; before the guard and the apply path, which then see canonical ids.
+  identity := mixpanel_sync.apply_identity(run.id);
+  run.options := run.options || identity;
+  run.links_learned := (identity ->> 'links_learned')::bigint;
+  run.reattributed_events := (identity ->> 'reattributed_events')::bigint;
 
   if run.mode = 'full' then
     perform mixpanel_sync.replace_guard(run);
@@ -1473,6 +1481,65 @@ comment on function mixpanel_sync.finish_profiles_run(mixpanel_sync.sync_runs) i
   'profiles.change_detection (fast path, then on any error a line can cause the careful path, then line by line '
   'rejecting a line that still raises) and fills received, rejected, duplicates, inserted, updated, unchanged, '
   'users_touched and options (change_detection, rows_written, lines_recognised, dates_read_in).';
+
+------------------------------------------------------------------------------------------
+-- finish_run: records what the identity step did (sync_runs.links_learned, reattributed_events: 500-identity.sql)
+------------------------------------------------------------------------------------------
+
+create or replace function mixpanel_sync.finish_run(run_id bigint)
+returns mixpanel_sync.sync_runs
+language plpgsql
+set search_path = ''
+-- A run's batch is sorted and hashed in memory rather than in temporary files.
+set work_mem = '64MB'
+as $$
+declare
+  began timestamptz := clock_timestamp();
+  run mixpanel_sync.sync_runs;
+begin
+  -- Finishes are serialised: apply one at a time.
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.finish_run', 0));
+  run := mixpanel_sync.running_run(run_id, 'finish_run', null);
+  perform from mixpanel_sync.sync_runs r where r.id = run.id for update;
+
+  if run.source = 'events' then
+    run := mixpanel_sync.finish_events_run(run);
+  else
+    run := mixpanel_sync.finish_profiles_run(run);
+  end if;
+
+  perform mixpanel_sync.drop_staged_rows(run.id);
+  update mixpanel_sync.sync_runs r set
+    status = 'succeeded',
+    received = run.received,
+    applied = run.applied,
+    duplicates = run.duplicates,
+    rejected = run.rejected,
+    too_old = run.too_old,
+    users_touched = run.users_touched,
+    inserted = run.inserted,
+    updated = run.updated,
+    unchanged = run.unchanged,
+    watermark_before = run.watermark_before,
+    watermark_after = run.watermark_after,
+    lateness = run.lateness,
+    links_learned = run.links_learned,
+    reattributed_events = run.reattributed_events,
+    options = run.options,
+    finished_at = clock_timestamp(),
+    stage_ms = (extract(epoch from began - r.started_at) * 1000)::bigint,
+    apply_ms = (extract(epoch from clock_timestamp() - began) * 1000)::bigint,
+    total_ms = (extract(epoch from clock_timestamp() - r.started_at) * 1000)::bigint
+  where r.id = run.id
+  returning r.* into run;
+  perform mixpanel_sync.prune_history();
+  return run;
+end;
+$$;
+comment on function mixpanel_sync.finish_run(bigint) is
+  'Applies a run in ONE transaction: parse, reject, identity step, REPLACE guard, REPLACE or ADD, prune the ledger, '
+  'advance the watermark, record counts and timings. Finishes are serialised with a transaction-scoped advisory lock. '
+  'On error nothing changes (MP001 guard refusal, MP003 incomplete input, …): call fail_run with the SQLSTATE.';
 
 ------------------------------------------------------------------------------------------
 -- fail_run: the error and its code
