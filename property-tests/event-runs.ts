@@ -55,8 +55,9 @@ export async function branch<T>(client: Queryable, fn: () => Promise<T>): Promis
 
 /** Empties every table a run writes and puts the path switch back: the next iteration starts from nothing. */
 export async function emptyTables(client: Queryable): Promise<void> {
-  await client.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers, mixpanel_sync.sync_runs,
-    mixpanel_sync.sync_rejects, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.run_events`);
+  // cascade: tables of later streams that reference sync_runs (identity_links) start from nothing too
+  await client.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.event_ledger_legacy, mixpanel_sync.subscribers,
+    mixpanel_sync.sync_runs, mixpanel_sync.sync_rejects, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.run_events cascade`);
   await setUpsertPath(client, 'set');
 }
 
