@@ -1,8 +1,8 @@
 // A large event history built straight into events_daily / event_ledger / subscribers with set-based
 // SQL (generate_series), not through the loader, so a million users take minutes, not hours.
 // Shape: user u has EVENTS_PER_USER events on distinct days of the 45-day window, with distinct event
-// names, so events_daily holds one row per event (its largest size for the event count). Event keys
-// follow the core's formula, so export lines rebuilt from the same formula are exact duplicates.
+// names, so events_daily holds one row per event (its largest size for the event count). Event keys come from
+// mixpanel_sync.event_key itself, so export lines rebuilt from the ledger are exact duplicates.
 import { readFile } from 'node:fs/promises';
 import type pg from 'pg';
 import { beginRun } from '../sql/sync-api.ts';
@@ -21,8 +21,8 @@ export interface HistoryShape {
 
 const USER_EVENTS = 'generate_series(0, $1::int - 1) u cross join lateral bench_history.user_events(u, $2::timestamptz) e';
 
-/** md5(name, second, $insert_id)::uuid: the core's event_key for an event with an $insert_id. */
-const EVENT_KEY_SQL = `md5(e.event_name || E'\\x1f' || e.second::text || E'\\x1f' || e.insert_id)::uuid`;
+/** The core's own key of an event with an $insert_id (the content is only read without one). */
+const EVENT_KEY_SQL = 'mixpanel_sync.event_key(e.event_name, e.second, e.insert_id, null)';
 
 interface SavedIndex {
   table: string;
@@ -120,7 +120,7 @@ export async function historyLines(db: Queryable, shape: HistoryShape, from: Dat
      from mixpanel_sync.event_ledger l
      cross join lateral (select substr(l.distinct_id, 4)::int as u, extract(epoch from l.event_time)::bigint as second) x
      where l.day = ($1::timestamptz at time zone 'UTC')::date and l.event_time between $2 and $3
-       and l.distinct_id like 'hu\\_%' and l.event_key = md5(l.event_name || E'\\x1f' || x.second::text || E'\\x1f' || 'h' || x.u || '_' || ((44 - x.u % 45) % 45))::uuid
+       and l.distinct_id like 'hu\\_%' and l.event_key = mixpanel_sync.event_key(l.event_name, x.second, 'h' || x.u || '_' || ((44 - x.u % 45) % 45), null)
      order by l.event_time`,
     [shape.end, from, to],
   );

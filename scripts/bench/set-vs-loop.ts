@@ -3,7 +3,7 @@
 import type { BenchServer, BenchDatabase } from './bench-server.ts';
 import type { Scale } from './bench-options.ts';
 import { applyAdd, applyReplace, finishRun, parseStagedEvents, setFinishRunWorkMem, stageLines, type PathImplementation, type Queryable } from '../sql/sync-api.ts';
-import { beginFullRun, stageEarlierLines, vacuumEventTables, type BenchRun } from './core-steps.ts';
+import { beginFullRun, stageLinesBefore, vacuumEventTables, type BenchRun } from './core-steps.ts';
 import type { SuiteResult } from './figures.ts';
 import { EVENTS_PER_USER, SAMPLE_END } from './sample-data.ts';
 import { sampleEventLines } from '../fixtures/sample-events.ts';
@@ -60,11 +60,12 @@ async function measureBatch(server: BenchServer, users: number, repeats: number)
   const db = await server.freshDatabase();
   try {
     const lines = sampleEventLines({ users, events: Math.round(users * EVENTS_PER_USER), days: 45, end: SAMPLE_END, seed: 7 });
+    // the prior state first (one events run at a time), then the batch run the trials parse and apply, never finished
+    const prior = await beginFullRun(db.pool, SAMPLE_END);
+    await stageLinesBefore(db.pool, prior.id, lines, new Date(SAMPLE_END.getTime() - PRIOR_AGE_MS));
+    await finishRun(db.pool, prior.id);
     const batch = await beginFullRun(db.pool, SAMPLE_END);
     await stageLines(db.pool, 'events', batch.id, lines);
-    const prior = await beginFullRun(db.pool, SAMPLE_END);
-    await stageEarlierLines(db.pool, batch.id, prior.id, new Date(SAMPLE_END.getTime() - PRIOR_AGE_MS));
-    await finishRun(db.pool, prior.id);
     await vacuumEventTables(db.pool);
 
     const trials: Trial[] = [];

@@ -13,7 +13,7 @@ import { withThrowawayDatabase } from '../db/throwaway-database.ts';
 import { summaryLines, type RunSummary } from '../loader/run-summary.ts';
 import { sampleEventLines, writeSampleEvents, type SampleEventOptions } from '../fixtures/sample-events.ts';
 import { writeSampleProfiles } from '../fixtures/sample-profiles.ts';
-import { rereadFromDay, syncHealth } from '../sql/sync-api.ts';
+import { eventSeconds, rereadFromDay, syncHealth } from '../sql/sync-api.ts';
 import { profilesSummaryLine, syncProfiles } from '../loader/profiles-sync.ts';
 import { proofSteps } from './demo-proofs.ts';
 
@@ -46,12 +46,6 @@ async function writeLines(file: string, lines: Iterable<string>): Promise<void> 
   await finished(out);
 }
 
-/** Seconds of properties.time (which a few sample lines carry in ms). */
-function lineTime(line: string): number {
-  const time = Number(/"time":(\d+)/.exec(line)?.[1]);
-  return time >= 1e11 ? time / 1000 : time;
-}
-
 function show(context: DemoContext, summary: RunSummary): void {
   context.summaries.push(summary);
   for (const line of summaryLines(summary)) context.say(line);
@@ -77,7 +71,10 @@ const incrementalSync: DemoStep = {
   async run(context) {
     const { sample, firstClock, now } = context;
     const since = (await rereadFromDay(context.pool)).getTime() / 1000; // what an incremental Export reads again
-    const reread = sampleEventLines(sample).filter((line) => lineTime(line) >= since);
+    // the second of each line as the parser reads properties.time (a few sample lines carry it in ms)
+    const sampleLines = sampleEventLines(sample);
+    const lineSeconds = await eventSeconds(context.pool, sampleLines.map((line) => Number(/"time":(\d+)/.exec(line)?.[1])));
+    const reread = sampleLines.filter((_, i) => (lineSeconds[i] ?? Number.NEGATIVE_INFINITY) >= since);
     const newDay = sampleEventLines({ ...sample, events: Math.round(sample.events / sample.days), days: 1, end: now });
     // events of the last 4 days that reached Mixpanel only after the first sync
     const late = sampleEventLines({ ...sample, events: 60, days: 4, end: new Date(firstClock.getTime() - 3_600_000), duplicateRate: 0, lateRate: 0 }).map((line, i) =>
