@@ -104,6 +104,12 @@ export async function recordFraming(db: Queryable, runId: string | number, count
   await db.query('select mixpanel_sync.record_framing($1, $2::jsonb)', [runId, JSON.stringify(counts)]);
 }
 
+/** mixpanel_sync.heartbeat_run: the loader's sign of life for a running run (true when recorded; false when the run is not running or finish_run holds its row). */
+export async function heartbeatRun(db: Queryable, runId: string | number): Promise<boolean> {
+  const { rows } = await db.query<{ recorded: boolean }>('select mixpanel_sync.heartbeat_run($1) as recorded', [runId]);
+  return rows[0]!.recorded;
+}
+
 /** mixpanel_sync.stage_events / stage_profiles: a JSON array of records staged for a run (psql's way in). */
 export async function stageRecords(db: Queryable, source: RunSource, runId: string | number, records: readonly unknown[]): Promise<void> {
   const fn = source === 'events' ? 'mixpanel_sync.stage_events' : 'mixpanel_sync.stage_profiles';
