@@ -1,9 +1,13 @@
-// Identity merge (issue 12) for tests: the identity.mode setting and a finish that runs mixpanel_sync.apply_identity.
+// Identity merge (issue 12) for tests: the identity.mode setting, and runs through finish_run (which calls
+// mixpanel_sync.apply_identity).
 // The rules live in migrations/current/500-identity.sql; this module only calls them.
 import type { Queryable, SyncRun } from './sync-api.ts';
 import { beginRun, finishRun, stageRecords } from './sync-api.ts';
 
 export type IdentityMode = 'off' | 'simplified' | 'original';
+
+/** A sync_runs row with the identity columns of 500-identity.sql (null when identity.mode was off). */
+export type IdentityRun = SyncRun & { links_learned: string | null; reattributed_events: string | null };
 
 /**
  * Sets identity.mode. Interim: until 100-safety-core.sql accepts the setting kind 'identity_mode', the row cannot
@@ -22,57 +26,13 @@ export async function setIdentityMode(db: Queryable, mode: IdentityMode): Promis
   );
 }
 
-/** Whether finish_events_run calls apply_identity itself (the hook of the integration contract). */
-export async function finishHasIdentityHook(db: Queryable): Promise<boolean> {
-  const { rows } = await db.query<{ hooked: boolean }>(
-    `select p.prosrc like '%apply_identity%' as hooked from pg_proc p
-     where p.oid = 'mixpanel_sync.finish_events_run(mixpanel_sync.sync_runs)'::regprocedure`,
-  );
-  return rows[0]!.hooked;
-}
-
-/**
- * finish_run with the identity step. When finish_events_run has the hook, exactly finish_run. Before it lands, the
- * test-only equivalent in one transaction: parse, apply_identity, finish_run (whose parse then finds nothing new),
- * and the counts recorded as the caller will record them.
- */
-export async function finishWithIdentity(db: Queryable & { connect?: unknown }, runId: string | number): Promise<SyncRun> {
-  if (await finishHasIdentityHook(db)) return finishRun(db, runId);
-  const client = typeof db.connect === 'function' ? await (db as unknown as { connect(): Promise<Queryable & { release(): void }> }).connect() : null;
-  const q = client ?? db;
-  try {
-    await q.query('begin');
-    await q.query('select mixpanel_sync.parse_staged_events($1)', [runId]);
-    const { rows } = await q.query<{ result: Record<string, unknown> }>('select mixpanel_sync.apply_identity($1) as result', [runId]);
-    const result = rows[0]!.result;
-    await finishRun(q, runId);
-    await q.query(
-      `update mixpanel_sync.sync_runs r set options = r.options || $2::jsonb,
-         links_learned = ($2::jsonb ->> 'links_learned')::bigint, reattributed_events = ($2::jsonb ->> 'reattributed_events')::bigint
-       where r.id = $1`,
-      [runId, JSON.stringify(result)],
-    );
-    const { rows: runs } = await q.query<SyncRun>(
-      `select r.*, r.window_from_day::text as window_from_day, r.window_to_day::text as window_to_day from mixpanel_sync.sync_runs r where r.id = $1`,
-      [runId],
-    );
-    await q.query('commit');
-    return runs[0]!;
-  } catch (error) {
-    await q.query('rollback');
-    throw error;
-  } finally {
-    client?.release();
-  }
-}
-
-/** begin_run, stage the records, finish with the identity step. */
+/** begin_run, stage the records, finish_run (whose finish_events_run runs apply_identity after parsing). */
 export async function syncEventsWithIdentity(
   db: Queryable,
   records: readonly unknown[],
   options: { clock: Date | string; forceFull?: boolean },
-): Promise<SyncRun> {
+): Promise<IdentityRun> {
   const run = await beginRun(db, { source: 'events', clock: options.clock, forceFull: options.forceFull });
   await stageRecords(db, 'events', run.id, records);
-  return finishWithIdentity(db, run.id);
+  return (await finishRun(db, run.id)) as IdentityRun;
 }

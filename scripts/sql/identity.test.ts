@@ -1,12 +1,12 @@
-// Identity merge (issue 12) in SQL: what psql gets. Runs go through finish_run once finish_events_run calls
-// apply_identity (the hook), through the test-only equivalent before (identity-support.ts finishWithIdentity).
+// Identity merge (issue 12) in SQL: what psql gets. Runs go through begin_run, stage_events and finish_run, whose
+// finish_events_run calls apply_identity after parsing.
 // Seen failing without each protection (removed once in 500-identity.sql, then restored):
-//   - the run_events rewrite removed from apply_identity: "New User Signup" gave U1 = 3 and $device:D1 = 2;
-//   - the re-attribution call removed from apply_identity: "identified later" kept 2 events under $device:D1;
-//   - at_canonical dropped from the ledger duplicate rule (every alias row moved): "counted under both" failed on
-//     the ledger primary key; with `where g.events > 0` removed the zero-count row broke events_daily's check;
-//   - `order by ... identified_at nulls last` as `order by m.alias` (least id wins): the original-mode canonical was
-//     'anon-1' instead of 'user-early';
+//   - the run_events rewrite removed from apply_identity: "identified later" (a later event of the device counted
+//     under $device:D1), "a device joined to one user" and the original-mode case failed;
+//   - the re-attribution call removed from apply_identity: 7 cases failed ("New User Signup": $device:D1 kept 2);
+//   - at_canonical dropped from the set-based ledger duplicate rule: "counted under both" failed;
+//   - `order by ... identified_at nulls last` as `order by m.alias` (least id wins): $device:D1 became canonical and
+//     8 cases failed;
 //   - the `not exists` conflict filter removed from identity_edges: the second user took the device over.
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
