@@ -14,7 +14,7 @@ alter table mixpanel_sync.sync_runs add column heartbeat_at timestamptz;
 comment on column mixpanel_sync.sync_runs.heartbeat_at is
   'Last sign of life of the run''s loader (mixpanel_sync.heartbeat_run, called every few seconds on a connection of its '
   'own while the run is in progress); null when the run never had one (psql). begin_run abandons a running run whose '
-  'owner session is gone only when this is null or older than runs.heartbeat_timeout.';
+  'owner session is gone only when this is null, older than runs.heartbeat_timeout or older than the server''s start.';
 
 insert into mixpanel_sync.sync_settings (key, value, kind, description) values
   ('runs.heartbeat_timeout', '2 minutes', 'interval',
@@ -108,14 +108,17 @@ begin
   new_id := pg_catalog.nextval(pg_catalog.pg_get_serial_sequence('mixpanel_sync.sync_runs', 'id'));
 
   -- A running run whose loader is gone is abandoned now, not after runs.abandon_after: its owner session (the one that
-  -- ran its begin_run) no longer exists AND it has no heartbeat younger than runs.heartbeat_timeout. Through a
+  -- ran its begin_run) no longer exists AND it has no heartbeat younger than runs.heartbeat_timeout and younger than
+  -- the server's start. Through a
   -- transaction pooler (pgbouncer) the owner session may close while the loader works on another one: the loader's
   -- heartbeat keeps such a run alive. A run that never had a heartbeat (psql) is judged by its owner session alone.
   for other in
     select * from mixpanel_sync.sync_runs r
     where r.source = begin_run.source and r.status = 'running'
       and r.options -> 'owner' ->> 'pid' is not null
-      and (r.heartbeat_at is null or r.heartbeat_at < now() - heartbeat_timeout)
+      and (r.heartbeat_at is null or r.heartbeat_at < now() - heartbeat_timeout
+        -- no beat since the server (re)started: the loader's connections died with it (pg_ctl stop -m immediate)
+        or r.heartbeat_at < pg_catalog.pg_postmaster_start_time())
       and not exists (
         select from pg_catalog.pg_stat_activity a
         where a.pid = (r.options -> 'owner' ->> 'pid')::integer
@@ -129,9 +132,11 @@ begin
       finished_at = now(),
       total_ms = (extract(epoch from now() - r.started_at) * 1000)::bigint,
       error = format('abandoned by begin_run of run %s: its loader''s session (pid %s) is gone', new_id, other.options -> 'owner' ->> 'pid')
-        || case when other.heartbeat_at is not null
+        || case when other.heartbeat_at < now() - heartbeat_timeout
           then format(' and its last heartbeat is %s old (runs.heartbeat_timeout %s)',
             justify_interval(date_trunc('second', now() - other.heartbeat_at)), heartbeat_timeout)
+          when other.heartbeat_at is not null
+          then ' and it sent no heartbeat since the server started'
           else '' end
     where r.id = other.id;
     perform mixpanel_sync.drop_staged_rows(other.id);
@@ -218,8 +223,8 @@ comment on function mixpanel_sync.begin_run(text, boolean, timestamptz, text, da
   'allow_shrink: let this full run empty or shrink stored days (the REPLACE guard of finish_run, MP001, is off). '
   'One run at a time per source: refused with MP002 while another is running (a unique index makes two racing calls '
   'safe); a running run is abandoned first when its loader is gone: its owner session (options->owner: pid, '
-  'backend_start) no longer exists and its heartbeat (heartbeat_at, set by heartbeat_run) is absent or older than '
-  'runs.heartbeat_timeout; any run still running after runs.abandon_after is abandoned too. Through a transaction '
+  'backend_start) no longer exists and its heartbeat (heartbeat_at, set by heartbeat_run) is absent, older than '
+  'runs.heartbeat_timeout or older than the server''s start; any run still running after runs.abandon_after is abandoned too. Through a transaction '
   'pooler (pgbouncer) the owner session may close or outlive the loader: the loader''s heartbeat is what counts there. '
   'Invalid arguments: MP004 (e.g. force_full with resync_*).';
 
@@ -274,6 +279,8 @@ begin
   end if;
 end;
 $$;
+-- `revoke … on all functions` (900-privileges.sql) does not cover procedures: PUBLIC loses EXECUTE here.
+revoke execute on procedure mixpanel_sync.finish_or_fail_run(bigint) from public;
 comment on procedure mixpanel_sync.finish_or_fail_run(bigint) is
   'The psql way to end a run: call mixpanel_sync.finish_or_fail_run(run_id). Runs finish_run; when it raises (MP001 '
   'REPLACE guard refusal, MP003 incomplete input, …) records the run failed with that error and SQLSTATE (fail_run), '

@@ -182,9 +182,11 @@ describe('a lost connection: one line, exit 1, the run failed', () => {
 });
 
 describe('the server stops at once mid-COPY (pg_ctl stop -m immediate)', () => {
-  it('one line, exit 1, the failure could not be recorded; the next run abandons the dead run and succeeds', { timeout: 300_000 }, async () => {
+  it('one line saying the connection was lost, exit 1, the failure could not be recorded; the next run abandons the dead run and succeeds', { timeout: 300_000 }, async () => {
     // Protection: the client 'error' listener and the "could not be recorded" path of staged-sync.ts; without the
     // listener the loader died on an unhandled 'error' event with a stack trace (seen, mid-COPY test above).
+    // The line says plainly that the connection was lost (isConnectionLoss in staged-sync.ts); without it the line was
+    // "events run 1 failed: write EPIPE; the failure could not be recorded (connect ECONNREFUSED 127.0.0.1:…): …" (seen).
     const crash = await startCrashableServer();
     try {
       const child = collect(process.execPath, ['--import', 'tsx', script, '--file', '-'], { databaseUrl: crash.url });
@@ -203,7 +205,7 @@ describe('the server stops at once mid-COPY (pg_ctl stop -m immediate)', () => {
       const result = await child.done;
       clearInterval(feed);
       expect(result.code).toBe(1);
-      expect(ourLines(result.stderr)).toEqual([expect.stringMatching(/^sync:events: events run (\d+) failed: .*the failure could not be recorded .*the next begin_run marks run \1 abandoned$/)]);
+      expect(ourLines(result.stderr)).toEqual([expect.stringMatching(/^sync:events: events run (\d+) failed: the connection to the database was lost \(.*\); the failure could not be recorded \(the database cannot be reached\): the next begin_run marks run \1 abandoned$/)]);
       expect(result.stderr).not.toMatch(/\n\s+at /);
 
       await crash.restart();

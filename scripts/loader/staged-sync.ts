@@ -6,6 +6,9 @@
 // - any failure after begin_run (input, COPY, HTTP, finish_run refusals MP001/MP003, abort, a lost connection):
 //   fail_run with a one-line reason (on the run's connection, else a fresh one), then a LoaderFailure carrying the
 //   SQLSTATE. When the database cannot be reached, the run is left to the next begin_run, which abandons it.
+// - while the run is in progress, heartbeat_run every HEARTBEAT_INTERVAL_MS on another pooled connection: through a
+//   transaction pooler the server session of begin_run (the run's recorded owner) may be closed while this loader
+//   works on another, and begin_run abandons such a run only once its heartbeat is older than runs.heartbeat_timeout.
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
@@ -14,7 +17,7 @@ import { sendCancelRequest } from './database-connection.ts';
 import { describeError } from './describe-error.ts';
 import type { ProgressLine } from './progress-line.ts';
 import { runSummary, type RunSummary } from './run-summary.ts';
-import { beginRun, failRun, finishRun, recordFraming, type BeginRunOptions, type SyncRun } from '../sql/sync-api.ts';
+import { beginRun, failRun, finishRun, heartbeatRun, recordFraming, type BeginRunOptions, type SyncRun } from '../sql/sync-api.ts';
 
 /** SQLSTATEs of the project's class MP (see README "Exit codes"). */
 export const SQLSTATE = {
@@ -23,6 +26,13 @@ export const SQLSTATE = {
   inputIncomplete: 'MP003',
   invalidArguments: 'MP004',
 } as const;
+
+/**
+ * How often a run in progress tells SQL it is alive (mixpanel_sync.heartbeat_run). Well under the default
+ * runs.heartbeat_timeout (2 minutes), so that a few missed beats (a busy server, a pooler queue) do not make a live
+ * run look dead.
+ */
+export const HEARTBEAT_INTERVAL_MS = 30_000;
 
 export interface StagedSyncOptions<S = RunSummary> {
   pool: pg.Pool;
@@ -38,6 +48,8 @@ export interface StagedSyncOptions<S = RunSummary> {
   summarise?: (run: SyncRun) => S;
   /** Framing counts from before the loader's own framing (the Export client's), added to the recorded ones. */
   moreFramingCounts?: () => Record<string, number>;
+  /** Heartbeat interval (default HEARTBEAT_INTERVAL_MS; tests use a shorter one). */
+  heartbeatIntervalMs?: number;
 }
 
 /** The error a failed run throws: its message is the one-line reason, summary the failed run (null when fail_run could not record it). */
@@ -61,6 +73,21 @@ export function sqlState(error: unknown): string | null {
   return typeof code === 'string' && /^[0-9A-Z]{5}$/.test(code) ? code : null;
 }
 
+/** Socket errors of a connection that broke or could not be made. */
+const CONNECTION_ERRORS = new Set(['EPIPE', 'ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'ENOTCONN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH']);
+
+/**
+ * True when the error says the connection to the database is gone (a socket error, pg's "Connection terminated", or
+ * SQLSTATE class 08 / 57P01-57P03: the server shut down or is starting), not that a statement failed.
+ */
+export function isConnectionLoss(error: unknown): boolean {
+  const fields = (error ?? {}) as { code?: unknown; message?: unknown };
+  const code = typeof fields.code === 'string' ? fields.code : '';
+  if (CONNECTION_ERRORS.has(code) || code.startsWith('08') || ['57P01', '57P02', '57P03'].includes(code)) return true;
+  const message = typeof fields.message === 'string' ? fields.message : '';
+  return /^Connection terminated|^Client has encountered a connection error|^write EPIPE|ECONNRESET|ECONNREFUSED/.test(message);
+}
+
 /** begin_run on `client`; on MP002 and while waitSeconds allow, tried again every second. */
 async function begin(client: pg.ClientBase, options: StagedSyncOptions<unknown>, signal: AbortSignal): Promise<SyncRun> {
   const deadline = Date.now() + Math.max(0, options.waitSeconds ?? 0) * 1000;
@@ -72,6 +99,37 @@ async function begin(client: pg.ClientBase, options: StagedSyncOptions<unknown>,
       await sleep(Math.min(1000, Math.max(50, deadline - Date.now())), undefined, { signal });
     }
   }
+}
+
+/**
+ * Calls heartbeat_run at once and then every intervalMs on the pool (a connection other than the run's), one beat at
+ * a time. A beat that fails (the database briefly unreachable) is only skipped: the run's own statements report a
+ * lost connection. stop() ends the beats; settled() resolves when the last one sent has ended.
+ */
+function startHeartbeat(pool: pg.Pool, runId: string, intervalMs: number): { stop: () => void; settled: () => Promise<void> } {
+  let stopped = false;
+  let inFlight: Promise<void> | null = null;
+  const beat = () => {
+    if (stopped || inFlight !== null) return;
+    inFlight = heartbeatRun(pool, runId).then(
+      () => undefined,
+      () => undefined,
+    ).finally(() => {
+      inFlight = null;
+    });
+  };
+  const timer = setInterval(beat, intervalMs);
+  timer.unref();
+  beat();
+  return {
+    stop: () => {
+      stopped = true;
+      clearInterval(timer);
+    },
+    settled: async () => {
+      await inFlight;
+    },
+  };
 }
 
 async function stageAndFinish<S>(client: pg.PoolClient, run: SyncRun, options: StagedSyncOptions<S>, signal: AbortSignal): Promise<SyncRun> {
@@ -132,14 +190,21 @@ export async function runStagedSync<S = RunSummary>(options: StagedSyncOptions<S
     release(lost !== null);
     throw error; // nothing started: the caller reports it (exit 2)
   }
+  const heartbeat = startHeartbeat(options.pool, run.id, options.heartbeatIntervalMs ?? HEARTBEAT_INTERVAL_MS);
   try {
     const finished = await stageAndFinish(client, run, options, signal);
+    heartbeat.stop();
     release(false);
+    // after the release: with a pool of one connection the last beat waits for the run's
+    await heartbeat.settled();
     return summarise(finished);
   } catch (error) {
+    heartbeat.stop();
     options.progress?.done();
     const code = signal.aborted ? null : sqlState(error);
-    const reason = describeError(error, signal);
+    const reason = !signal.aborted && (lost !== null || isConnectionLoss(error))
+      ? `the connection to the database was lost (${describeError(lost ?? error)})`
+      : describeError(error, signal);
     const message = `${run.source} run ${run.id} failed: ${reason}`;
     // The run's own connection records the failure when it still works (a COPY cut short leaves it unusable).
     let summary: S | null = null;
@@ -154,9 +219,11 @@ export async function runStagedSync<S = RunSummary>(options: StagedSyncOptions<S
       }
     }
     release(true);
+    await heartbeat.settled();
     if (recorded !== null) {
+      const why = isConnectionLoss(recorded) ? 'the database cannot be reached' : describeError(recorded);
       throw loaderFailure(
-        `${message}; the failure could not be recorded (${describeError(recorded)}): the next begin_run marks run ${run.id} abandoned`,
+        `${message}; the failure could not be recorded (${why}): the next begin_run marks run ${run.id} abandoned`,
         null,
         code,
       );

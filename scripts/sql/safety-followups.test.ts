@@ -3,6 +3,9 @@
 //   - `and (r.heartbeat_at is null or r.heartbeat_at < now() - heartbeat_timeout)` removed from begin_run: the run
 //     with a fresh heartbeat whose owner session was closed (what pgbouncer's server_idle_timeout does) was abandoned
 //     (begin_run started a new run: "expected undefined to be 'MP002'");
+//   - `or r.heartbeat_at < pg_postmaster_start_time()` removed: a run whose last beat came before the server's start
+//     (its loader died with the server) blocked the next begin_run with MP002 until runs.heartbeat_timeout; the
+//     crash test of scripts/cli/sync-events-truth.test.ts failed the same way ("begin_run refused: … run 1 … is running");
 //   - json_problem without the detail: the lone low surrogate's reason was only "not valid JSON: invalid input syntax
 //     for type json" (no "Unicode low surrogate must follow a high surrogate.").
 import pg from 'pg';
@@ -60,6 +63,21 @@ describe('the run heartbeat', () => {
     expect(status).toBe('abandoned');
     expect(error).toMatch(new RegExp(`^abandoned by begin_run of run ${next.id}: its loader's session \\(pid \\d+\\) is gone and its last heartbeat is 00:03:0\\d old \\(runs.heartbeat_timeout 00:02:00\\)$`));
     await failRun(db.pool, next.id, 'test: done');
+  });
+
+  it('a heartbeat from before the server started does not count: the loader died with the server', async () => {
+    await db.pool.query(`update mixpanel_sync.sync_settings set value = '1 day' where key = 'runs.heartbeat_timeout'`);
+    try {
+      const dead = await runOfClosedSession(true);
+      await db.pool.query(`update mixpanel_sync.sync_runs set heartbeat_at = pg_postmaster_start_time() - interval '1 second' where id = $1`, [dead.id]);
+      const next = await beginRun(db.pool, { source: 'events' });
+      const { status, error } = await statusOf(dead.id);
+      expect(status).toBe('abandoned');
+      expect(error).toMatch(/is gone and it sent no heartbeat since the server started$/);
+      await failRun(db.pool, next.id, 'test: done');
+    } finally {
+      await db.pool.query(`update mixpanel_sync.sync_settings set value = '2 minutes' where key = 'runs.heartbeat_timeout'`);
+    }
   });
 
   it('a run that never had a heartbeat (psql) keeps the owner-session rule: abandoned at once', async () => {
