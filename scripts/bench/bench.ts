@@ -1,17 +1,19 @@
-// npm run bench [-- --quick] [-- --json] [-- --only suite,…]: the figures of BENCHMARKS.md.
+// npm run bench [-- --quick] [-- --scale] [-- --json] [-- --only suite,…]: the figures of BENCHMARKS.md.
 // A full run of every suite writes BENCHMARKS.md; --quick writes .tmp/bench/BENCHMARKS.quick.md.
 import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { repoRoot } from '../db/paths.ts';
 import { parseBenchArgs, SUITES, type BenchOptions, type SuiteName } from './bench-options.ts';
 import { describeMachine, startBenchServer, type BenchServer } from './bench-server.ts';
-import { emptyFigures, type FigureKey, type Section, type SuiteResult } from './figures.ts';
+import { emptyFigures, FIGURE_KEYS, type FigureKey, type Section, type SuiteResult } from './figures.ts';
 import { renderMarkdown, renderSummary } from './report.ts';
 import { benchFile } from './sample-data.ts';
 import { incrementalHistory } from './incremental-history.ts';
 import { loaderRss } from './loader-rss.ts';
+import { malformedLine } from './malformed.ts';
 import { originalScenario } from './original-scenario.ts';
 import { profilesSuite } from './profiles.ts';
+import { settingsCost } from './settings-cost.ts';
 import { setVsLoop } from './set-vs-loop.ts';
 import { log } from './timing.ts';
 
@@ -20,10 +22,22 @@ type Suite = (server: BenchServer, options: BenchOptions) => Promise<SuiteResult
 /** The figures each suite measures: null, with the suite's error as the reason, when it fails. */
 const SUITE_FIGURES: Record<SuiteName, FigureKey[]> = {
   'set-vs-loop': ['set_vs_loop_replace', 'set_vs_loop_add'],
-  'full-sync': ['full_sync_events_per_s', 'full_sync_vs_copy', 'baseline_full_speedup', 'baseline_incremental_speedup', 'baseline_double_counted'],
-  incremental: ['incremental_ms', 'incremental_history_growth'],
+  'full-sync': [
+    'full_sync_events_per_s',
+    'full_sync_vs_copy',
+    'first_full_sync_vs_copy',
+    'baseline_full_speedup',
+    'baseline_incremental_speedup',
+    'baseline_double_counted',
+    'ours_double_counted',
+    'storage_bytes_per_event',
+    'resync_bloat_ratio',
+  ],
+  incremental: ['incremental_ms', 'incremental_history_growth', 'scale_storage_bytes_per_event', 'scale_incremental_ms'],
   profiles: ['profiles_unchanged_tuples_written', 'profiles_cd_speedup'],
-  'loader-rss': ['loader_rss_growth'],
+  'loader-rss': ['loader_peak_rss_mib', 'loader_rss_growth', 'full_sync_1m_events_per_s'],
+  malformed: ['malformed_line_finish_ratio'],
+  'settings-cost': ['identity_mode_cost', 'raw_storage_time_ratio', 'raw_storage_bytes_per_event'],
 };
 
 const RUNNERS: Record<SuiteName, Suite> = {
@@ -32,6 +46,8 @@ const RUNNERS: Record<SuiteName, Suite> = {
   incremental: (server, options) => incrementalHistory(server, options.scale, options.quick),
   profiles: (server, options) => profilesSuite(server, options.scale),
   'loader-rss': (server, options) => loaderRss(server, options.scale, options.quick),
+  malformed: (server, options) => malformedLine(server, options.scale),
+  'settings-cost': (server, options) => settingsCost(server, options.scale),
 };
 
 async function main(): Promise<void> {
@@ -58,7 +74,7 @@ async function main(): Promise<void> {
     const probe = await server.freshDatabase();
     const machine = await describeMachine(probe.pool, server.source);
     await probe.drop();
-    log(`${machine.cores} cores, PostgreSQL ${machine.postgres} (${server.source})${options.quick ? ', quick scale' : ''}`);
+    log(`${machine.cores} cores, PostgreSQL ${machine.postgres} (${server.source})${options.quick ? ', quick scale' : ''}${options.scaleHistory ? ', 30M-event history' : ''}`);
     for (const name of options.suites) {
       log(`suite ${name}`);
       try {
@@ -74,12 +90,18 @@ async function main(): Promise<void> {
         for (const key of SUITE_FIGURES[name]) missing[key] = reason;
       }
     }
+    for (const key of FIGURE_KEYS) {
+      if (figures[key] === null && missing[key] === undefined) {
+        const suite = SUITES.find((name) => SUITE_FIGURES[name].includes(key));
+        missing[key] = suite && !options.suites.includes(suite) ? `the ${suite} suite was not run` : 'not measured by its suite';
+      }
+    }
     const markdown = renderMarkdown({ machine, quick: options.quick, startedAt, totalMs: Date.now() - startedAt.getTime(), figures, sections, missing });
     const everySuite = SUITES.every((name) => options.suites.includes(name));
     const target = !options.quick && everySuite ? path.join(repoRoot, 'BENCHMARKS.md') : await benchFile(options.quick ? 'BENCHMARKS.quick.md' : 'BENCHMARKS.partial.md');
     await writeFile(target, markdown);
     log(`wrote ${path.relative(repoRoot, target)}`);
-    process.stderr.write(`${renderSummary(figures)}\n`);
+    process.stderr.write(`${renderSummary(figures, missing)}\n`);
     if (options.json) process.stdout.write(`${JSON.stringify(figures)}\n`);
     if (failed.length > 0) {
       process.stderr.write(`bench: ${failed.length} suite(s) failed: ${failed.join(', ')}\n`);

@@ -6,6 +6,7 @@ import type { BenchServer } from './bench-server.ts';
 import type { SuiteResult } from './figures.ts';
 import { buildHistory, EVENTS_PER_USER, historyLines, newEventLines, type ExportLine, type HistoryShape } from './history-builder.ts';
 import { benchFile, SAMPLE_END, writeLines } from './sample-data.ts';
+import { eventStorage } from './storage.ts';
 import { log, median, ratio, seconds, timed } from './timing.ts';
 
 const NEW_EVENTS = 2_500;
@@ -18,6 +19,8 @@ interface HistoryFigures {
   events: number;
   buildMs: number;
   sizeBytes: number;
+  /** tables + indexes ÷ events counted, right after the build (storage.ts) */
+  bytesPerEvent: number;
   runMs: number[];
   /** runs whose applied/duplicates differ from what was sent */
   mismatches: string[];
@@ -29,10 +32,7 @@ async function measureHistory(server: BenchServer, users: number, repeats: numbe
   try {
     const build = await timed(() => buildHistory(db.pool, shape, (message) => log(`${users} users: ${message}`)));
     log(`incremental: history of ${users} users built in ${seconds(build.ms)}`);
-    const { rows } = await db.pool.query<{ bytes: string }>(
-      `select sum(pg_catalog.pg_total_relation_size(c))::bigint as bytes
-       from unnest(array['mixpanel_sync.event_ledger', 'mixpanel_sync.events_daily', 'mixpanel_sync.subscribers']::regclass[]) c`,
-    );
+    const storage = await eventStorage(db.pool);
     const earlier: ExportLine[] = [];
     let watermark = shape.end.getTime();
     const runMs: number[] = [];
@@ -57,11 +57,14 @@ async function measureHistory(server: BenchServer, users: number, repeats: numbe
       earlier.push(...fresh);
       watermark = Math.max(...fresh.map((e) => e.second)) * 1000;
     }
-    return { users, events: users * EVENTS_PER_USER, buildMs: build.ms, sizeBytes: Number(rows[0]!.bytes), runMs, mismatches };
+    return { users, events: users * EVENTS_PER_USER, buildMs: build.ms, sizeBytes: storage.bytes, bytesPerEvent: storage.bytesPerEvent, runMs, mismatches };
   } finally {
     await db.drop();
   }
 }
+
+/** The ≥ 30M-event history of the scale figures (--scale, or a full run). */
+const SCALE_EVENTS = 30_000_000;
 
 export async function incrementalHistory(server: BenchServer, scale: Scale, quick: boolean): Promise<SuiteResult> {
   const small = await measureHistory(server, scale.historyUsers.small, scale.repeats);
@@ -72,22 +75,36 @@ export async function incrementalHistory(server: BenchServer, scale: Scale, quic
   const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(2)} GiB`;
   const mismatches = [...small.mismatches, ...big.mismatches];
   return {
-    figures: { incremental_ms: smallMs, incremental_history_growth: growth },
+    figures: {
+      incremental_ms: smallMs,
+      incremental_history_growth: growth,
+      ...(big.events >= SCALE_EVENTS ? { scale_storage_bytes_per_event: big.bytesPerEvent, scale_incremental_ms: bigMs } : {}),
+    },
+    ...(big.events >= SCALE_EVENTS
+      ? {}
+      : {
+          missing: {
+            scale_storage_bytes_per_event: `the big history has ${big.events.toLocaleString('en-US')} events, not ≥ 30M: run with --scale`,
+            scale_incremental_ms: `the big history has ${big.events.toLocaleString('en-US')} events, not ≥ 30M: run with --scale`,
+          },
+        }),
     section: {
       title: 'Incremental sync as history grows',
-      command: 'npm run bench -- --only incremental',
+      command: big.events >= SCALE_EVENTS ? 'npm run bench -- --scale' : 'npm run bench -- --only incremental',
       method: [
         `History built with set-based SQL (generate_series, scripts/bench/history.sql) straight into event_ledger, events_daily and subscribers, indexes re-created after, VACUUM ANALYZE: each user has ${EVENTS_PER_USER} events on distinct days of the 45-day window with distinct names, so events_daily holds one row per event.`,
         `Each run: ${NEW_EVENTS.toLocaleString('en-US')} new events for random existing users over the hour after the watermark, plus every event of the last 2 h re-read (exact duplicates of the ledger's), through \`syncEvents\` from a JSONL file, timed end to end.`,
         `Runs are an hour apart; two warm-up runs (so the overlap re-read lies past the built history, the same 5,000 events in both), then ${scale.repeats} timed runs; medians.`,
-        quick ? `**Quick scale**: the "big" history is ${scale.historyUsers.big.toLocaleString('en-US')} users, not 1,000,000.` : 'Full scale: the big history is 1,000,000 users, 30,000,000 events.',
+        'Storage: pg_total_relation_size (heap, TOAST, indexes) of event_ledger, events_daily, subscribers and all their partitions, right after the build, ÷ the events counted (storage.ts). scale_storage_bytes_per_event and scale_incremental_ms come from the ≥ 30M-event history (`--scale`, or a full run).',
+        quick && big.events < SCALE_EVENTS ? `**Quick scale**: the "big" history is ${scale.historyUsers.big.toLocaleString('en-US')} users, not 1,000,000.` : `The big history is ${big.users.toLocaleString('en-US')} users, ${big.events.toLocaleString('en-US')} events.`,
       ],
       table: [
-        ['history', 'events', 'tables + indexes', 'built in', 'incremental run (median)', 'runs'],
+        ['history', 'events', 'tables + indexes', 'per event', 'built in', 'incremental run (median)', 'runs'],
         ...[small, big].map((h) => [
           `${h.users.toLocaleString('en-US')} users`,
           h.events.toLocaleString('en-US'),
           gib(h.sizeBytes),
+          `${Math.round(h.bytesPerEvent)} B`,
           seconds(h.buildMs),
           `${Math.round(median(h.runMs)).toLocaleString('en-US')} ms`,
           h.runMs.map((ms) => `${Math.round(ms)}`).join(', ') + ' ms',

@@ -8,6 +8,7 @@ import type { BenchDatabase, BenchServer } from './bench-server.ts';
 import { baselineFullSync, baselineIncrementalSync, baselineTotalEvents, installBaseline, BASELINE_BATCH_USERS } from './baseline/baseline-events.ts';
 import { copyFileAsJsonb, createCopyTable } from './copy-file.ts';
 import { vacuumEventTables } from './core-steps.ts';
+import { eventStorage, type EventStorage } from './storage.ts';
 import type { SuiteResult } from './figures.ts';
 import { benchFile, distinctEvents, parseLine, SAMPLE_END, writeLines } from './sample-data.ts';
 import { sampleEventLines } from '../fixtures/sample-events.ts';
@@ -104,15 +105,38 @@ export async function originalScenario(server: BenchServer, scale: Scale): Promi
   const data = await scenarioData();
   log(`original scenario: ${data.fullLines} lines full, ${data.incrementalLines} incremental (${data.overlapLines} overlap)`);
 
-  // first sync into an empty database
+  // first sync into an empty database, side by side with a bare COPY into the same database (alternating order);
+  // the first trial's database then takes `scale.resyncs` steady-state full re-syncs (autovacuum as configured)
   const firstSync: number[] = [];
+  const firstCopy: number[] = [];
+  const fresh: EventStorage[] = [];
+  let resynced: { storage: EventStorage; fresh: EventStorage } | null = null;
   for (let repeat = 0; repeat < scale.repeats; repeat++) {
-    const fresh = await server.freshDatabase();
+    const db = await server.freshDatabase();
     try {
-      firstSync.push((await timed(() => ourFullSync(fresh, data))).ms);
-      log(`original scenario: our first full sync: ${seconds(firstSync.at(-1)!)}`);
+      await createCopyTable(db.pool);
+      const steps = [
+        async () => {
+          firstSync.push((await timed(() => ourFullSync(db, data))).ms);
+          log(`original scenario: our first full sync: ${seconds(firstSync.at(-1)!)}`);
+        },
+        async () => {
+          firstCopy.push((await timed(() => copyFileAsJsonb(db.pool, data.fullFile))).ms);
+          log(`original scenario: COPY into jsonb (empty database): ${seconds(firstCopy.at(-1)!)}`);
+        },
+      ];
+      for (const step of repeat % 2 === 0 ? steps : [...steps].reverse()) await step();
+      await db.pool.query('drop table public.bench_copy_limit');
+      fresh.push(await eventStorage(db.pool));
+      if (repeat === 0 && scale.resyncs > 0) {
+        for (let resync = 1; resync <= scale.resyncs; resync++) {
+          const { ms } = await timed(() => ourFullSync(db, data));
+          log(`original scenario: re-sync ${resync} of ${scale.resyncs} (no manual VACUUM): ${seconds(ms)}`);
+        }
+        resynced = { storage: await eventStorage(db.pool), fresh: fresh[0]! };
+      }
     } finally {
-      await fresh.drop();
+      await db.drop();
     }
   }
 
@@ -159,7 +183,7 @@ export async function originalScenario(server: BenchServer, scale: Scale): Promi
       }
     }
     totals = { ourFull, ourAfter: after.ours, baselineFull, baselineAfter: after.baseline };
-    return report(data, scale, { firstSync, fullTimes, incrementalTimes, totals, copyRows });
+    return report(data, scale, { firstSync, firstCopy, fresh, resynced, fullTimes, incrementalTimes, totals, copyRows });
   } finally {
     await steady.drop();
   }
@@ -167,6 +191,9 @@ export async function originalScenario(server: BenchServer, scale: Scale): Promi
 
 interface Measured {
   firstSync: number[];
+  firstCopy: number[];
+  fresh: EventStorage[];
+  resynced: { storage: EventStorage; fresh: EventStorage } | null;
   fullTimes: Map<string, number[]>;
   incrementalTimes: Map<string, number[]>;
   totals: { ourFull: number; ourAfter: number; baselineFull: number; baselineAfter: number };
@@ -177,6 +204,10 @@ function report(data: ScenarioData, scale: Scale, measured: Measured): SuiteResu
   const { totals } = measured;
   const ours = median(measured.fullTimes.get('our full sync')!);
   const first = median(measured.firstSync);
+  const firstCopy = median(measured.firstCopy);
+  const freshBytes = median(measured.fresh.map((f) => f.bytesPerEvent));
+  const { resynced } = measured;
+  const bloat = resynced ? ratio(resynced.storage.bytesPerEvent, resynced.fresh.bytesPerEvent) : null;
   const baseline = median(measured.fullTimes.get('baseline full sync')!);
   const copy = median(measured.fullTimes.get('COPY into jsonb')!);
   const oursIncremental = median(measured.incrementalTimes.get('ours')!);
@@ -200,13 +231,23 @@ function report(data: ScenarioData, scale: Scale, measured: Measured): SuiteResu
       baseline_full_speedup: ratio(baseline, ours),
       baseline_incremental_speedup: ratio(baselineIncremental, oursIncremental),
       baseline_double_counted: baselineDoubleCounted,
+      ours_double_counted: ourDoubleCounted,
+      first_full_sync_vs_copy: ratio(first, firstCopy),
+      storage_bytes_per_event: freshBytes,
+      resync_bloat_ratio: bloat,
     },
+    ...(resynced ? {} : { missing: { resync_bloat_ratio: 'quick scale: the 7 full re-syncs are skipped (a full run measures them)' } }),
     section: {
       title: 'The original scenario: full and incremental sync, ours vs the original design',
       command: 'npm run bench -- --only full-sync',
       method: [
         `Data: one generated stream (${USERS.toLocaleString('en-US')} users, Zipf-skewed activity, 2 % re-sent lines, 3 % without $insert_id) split by event time as the export API would serve it: the full file holds the ${data.fullLines.toLocaleString('en-US')} lines up to ${data.fullClock.toISOString()} (the full run's clock; its window is the 45 UTC days ending that day), the incremental file the ${data.incrementalLines.toLocaleString('en-US')} lines from the full file's last event − 2 h (${data.overlapLines} of them in that overlap) up to ${data.incrementalClock.toISOString()}.`,
         'Ours: `syncEvents({ input: file, full, clock })` in process (begin_run, COPY into staging, finish_run), timed end to end.',
+        `First sync: into an empty database, side by side with a bare COPY of the same file into the same fresh database, alternating which goes first; ${scale.repeats} databases.`,
+        `Storage: pg_total_relation_size (heap, TOAST, indexes) of event_ledger, events_daily, subscribers and all their partitions (pg_partition_tree), right after the first sync, ÷ the events counted (sum of subscribers.total_events); median of the ${scale.repeats} databases.`,
+        scale.resyncs > 0
+          ? `Re-sync bloat: the first database then takes ${scale.resyncs} more full syncs of the same file at the same clock (steady state: nothing changes), with no manual VACUUM (autovacuum as the server is configured); bytes per event after them ÷ bytes per event after the first sync.`
+          : '**Quick scale**: the re-sync bloat (7 full re-syncs) is skipped.',
         `Full sync, steady state: each run meets the previous run's data (the original re-synced 45 days every run); "first sync" is into an empty database. Full syncs, the baseline and the COPY rotate order; VACUUM ANALYZE before each.`,
         `COPY: the same file streamed into an UNLOGGED table with one jsonb column (${measured.copyRows.toLocaleString('en-US')} rows): the floor for loading these bytes into PostgreSQL.`,
         `Baseline (scripts/bench/baseline/): the original design, in its own schema bench_baseline: TypeScript parses and aggregates per user, loop-based plpgsql REPLACE per user (DELETE + one INSERT per event name + summary upsert) in batches of ${BASELINE_BATCH_USERS} users; incremental fetches from watermark − 2 h and ADDs.`,
@@ -216,7 +257,11 @@ function report(data: ScenarioData, scale: Scale, measured: Measured): SuiteResu
       table: [
         ['measure', 'ours', 'baseline', 'COPY'],
         ['full sync, steady state', `${seconds(ours)} (${perSecond(ours)} events/s)`, `${seconds(baseline)} (${perSecond(baseline)} events/s)`, `${seconds(copy)} (${perSecond(copy)} lines/s)`],
-        ['full sync, first (empty database)', `${seconds(first)} (${perSecond(first)} events/s)`, '', ''],
+        ['full sync, first (empty database)', `${seconds(first)} (${perSecond(first)} events/s)`, '', `${seconds(firstCopy)} (into the same empty database)`],
+        ['tables + indexes per event, after the first sync', `${Math.round(freshBytes)} B (${measured.fresh.map((f) => `${(f.bytes / 2 ** 20).toFixed(1)} MiB`).join(', ')} for ${measured.fresh[0]?.events.toLocaleString('en-US') ?? '?'} events)`, '', ''],
+        ...(resynced
+          ? [[`tables + indexes per event, after ${scale.resyncs} more full syncs`, `${Math.round(resynced.storage.bytesPerEvent)} B (${(resynced.storage.bytes / 2 ** 20).toFixed(1)} MiB; fresh ${Math.round(resynced.fresh.bytesPerEvent)} B)`, '', '']]
+          : []),
         ['incremental sync', seconds(oursIncremental), seconds(baselineIncremental), ''],
         ['events counted after full sync (truth ' + data.truthAfterFull.toLocaleString('en-US') + ')', totals.ourFull.toLocaleString('en-US'), totals.baselineFull.toLocaleString('en-US'), ''],
         ['events counted after incremental (truth ' + data.truthAfterIncremental.toLocaleString('en-US') + ')', totals.ourAfter.toLocaleString('en-US'), totals.baselineAfter.toLocaleString('en-US'), ''],
