@@ -71,7 +71,7 @@ create table mixpanel_sync.identity_links (
   alias text collate "C" primary key check (alias <> '' and length(alias) <= 255),
   canonical text collate "C" not null references mixpanel_sync.identity_links (alias),
   identified_at timestamptz,
-  learned_from_run bigint references mixpanel_sync.sync_runs (id) on delete set null,
+  learned_from_run bigint,
   learned_at timestamptz not null default now()
 );
 create index identity_links_canonical_idx on mixpanel_sync.identity_links (canonical);
@@ -87,7 +87,8 @@ comment on column mixpanel_sync.identity_links.identified_at is
   'The time of the earliest event that named this id as the identified side of a link ($user_id of a simplified '
   'link, $identified_id of $identify, distinct_id of $create_alias); null for ids only seen as anonymous or in $merge.';
 comment on column mixpanel_sync.identity_links.learned_from_run is
-  'The run that last set this row''s canonical (null once that run is pruned, or for reattribute_all).';
+  'The sync_runs.id of the run that last set this row''s canonical. No foreign key: runs are pruned after '
+  'runs.retention while links stay, and sync_runs stays truncatable on its own.';
 comment on column mixpanel_sync.identity_links.learned_at is 'When this row''s canonical was last set.';
 
 create function mixpanel_sync.identity_canonical(distinct_id text)
