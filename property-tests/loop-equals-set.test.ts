@@ -5,7 +5,7 @@ import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { batchArb } from './arbitraries.ts';
 import { createTestDatabase, type TestDatabase } from './db.ts';
-import { applyAdd, applyReplace, assertSameTables, tableSnapshot } from '../scripts/sql/sync-api.ts';
+import { applyAdd, applyReplace, assertSameTables, tableSnapshot, type Queryable } from '../scripts/sql/sync-api.ts';
 import { applyPriorState, branch, eventTables, parsedRun, pathDayArb, pathSpan, priorStateArb, rolledBack, spanDay } from './event-runs.ts';
 import { propertyParameters, timeoutFor } from './fc-parameters.ts';
 
@@ -38,6 +38,48 @@ describe('invariant 1: loop ≡ set-based', () => {
       propertyParameters(runs, 150),
     );
     expect(exercised, 'runs that applied events and skipped some').toBeGreaterThan(0);
+  });
+
+  // ledger_from (400-ledger.sql): finish_run passes the ledger horizon, so that REPLACE writes ledger rows only for the
+  // days the ledger keeps. Loop ≡ set with it, and REPLACE(W, E, ledger_from H) ≡ REPLACE(W, E) then the ledger rows of
+  // W before H deleted (what the prune of finish_run does), apply_result included.
+  // Seen failing: with `k.day >= kept_from` dropped from ledger_written in the set path (rows before H inserted), both
+  // comparisons named the first ledger row before H.
+  it('REPLACE with ledger_from: loop ≡ set, and ≡ REPLACE then the ledger before ledger_from pruned', { timeout: timeoutFor(runs, 150) }, async () => {
+    let exercised = 0;
+    const replaceFrom = async (client: Queryable, runId: string, from: string, to: string, ledgerFrom: string | null, fn: string) => {
+      const { rows } = await client.query<Record<string, string>>(
+        `select applied, duplicates, too_old, users_touched from mixpanel_sync.${fn}($1, $2::date, $3::date, $4::date)`, [runId, from, to, ledgerFrom]);
+      return { applied: Number(rows[0]!.applied), duplicates: Number(rows[0]!.duplicates), too_old: Number(rows[0]!.too_old), users_touched: Number(rows[0]!.users_touched) };
+    };
+    await fc.assert(
+      fc.asyncProperty(priorStateArb(pathSpan), batchArb({ ...pathSpan, maxEvents: 60 }), pathDayArb, pathDayArb, pathDayArb, async (prior, batch, a, b, h) => {
+        const [from, to] = [spanDay(pathSpan, Math.min(a, b)), spanDay(pathSpan, Math.max(a, b))];
+        const ledgerFrom = spanDay(pathSpan, h);
+        await rolledBack(db.pool, async (client) => {
+          await applyPriorState(client, pathSpan, prior);
+          const runId = await parsedRun(client, batch);
+          const bySet = await branch(client, async () => ({
+            result: await replaceFrom(client, runId, from, to, ledgerFrom, 'upsert_subscribers_incremental'),
+            tables: await tableSnapshot(client, eventTables),
+          }));
+          const whole = await branch(client, async () => {
+            const result = await replaceFrom(client, runId, from, to, null, 'upsert_subscribers_incremental');
+            await client.query('delete from mixpanel_sync.event_ledger l where l.day between $1::date and $2::date and l.day < $3::date', [from, to, ledgerFrom]);
+            return { result, tables: await tableSnapshot(client, eventTables) };
+          });
+          const loopResult = await replaceFrom(client, runId, from, to, ledgerFrom, 'upsert_subscribers_incremental_loop');
+          await assertSameTables(db.pool, `REPLACE ${from}..${to}, ledger from ${ledgerFrom}: tables after the loop (expected) and the set-based path (actual)`, await tableSnapshot(client, eventTables), bySet.tables);
+          expect(bySet.result, 'apply_result of the set-based path (actual) and the loop (expected)').toEqual(loopResult);
+          await assertSameTables(db.pool, `REPLACE ${from}..${to}: REPLACE then the ledger before ${ledgerFrom} deleted (expected) and REPLACE with ledger_from (actual)`,
+            whole.tables, await tableSnapshot(client, eventTables));
+          expect(loopResult, 'apply_result with ledger_from (actual) and without (expected)').toEqual(whole.result);
+          if (loopResult.applied > 0 && ledgerFrom > from && ledgerFrom <= to) exercised++;
+        });
+      }),
+      propertyParameters(runs, 150),
+    );
+    expect(exercised, 'runs whose ledger_from fell inside the window').toBeGreaterThan(0);
   });
 
   it('ADD: upsert_subscribers_incremental_add ≡ upsert_subscribers_incremental_add_loop', { timeout: timeoutFor(runs, 150) }, async () => {
