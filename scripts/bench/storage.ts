@@ -1,5 +1,5 @@
 // Bytes on disk per event of history: pg_total_relation_size (heap, TOAST, every index) of the event tables and
-// of all their partitions (pg_partition_tree, so a day-partitioned ledger counts whole), ÷ the events counted.
+// of all their partitions (pg_partition_tree, so a day-partitioned ledger counts whole; a plain table is itself), ÷ the events counted.
 import type { Queryable } from '../sql/sync-api.ts';
 
 /** The tables that hold event history (whichever of them exist). */
@@ -14,10 +14,11 @@ export interface EventStorage {
 
 export async function eventStorage(db: Queryable, tables: readonly string[] = EVENT_TABLES): Promise<EventStorage> {
   const { rows } = await db.query<{ bytes: string; events: string | null }>(
-    `select (select coalesce(sum(pg_catalog.pg_total_relation_size(p.relid)), 0)::bigint
+    `select (select coalesce(sum(pg_catalog.pg_total_relation_size(x.rel)), 0)::bigint
              from unnest($1::text[]) t (name)
-             cross join lateral pg_catalog.pg_partition_tree(pg_catalog.to_regclass(t.name)) p
-             where pg_catalog.to_regclass(t.name) is not null) as bytes,
+             cross join lateral (select pg_catalog.to_regclass(t.name) as r) g
+             cross join lateral unnest(coalesce((select array_agg(p.relid) from pg_catalog.pg_partition_tree(g.r) p), array[g.r])) x (rel)
+             where g.r is not null) as bytes,
             (select sum(s.total_events) from mixpanel_sync.subscribers s) as events`,
     [tables],
   );
