@@ -107,9 +107,9 @@ export interface SuiteResult {
  */
 export const WHY_MISSED: Partial<Record<FigureKey, string>> = {
   full_sync_events_per_s:
-    'parsing in SQL costs more than this target allows on this machine: the jsonb parse alone of 95k 570-byte lines is ≈ 0.72 s and a bare COPY into jsonb ≈ 1 s (≈ 95k lines/s), so ≥ 100k events/s cannot be reached while lines are parsed as jsonb in SQL; the parse and the delete-and-reinsert REPLACE dominate a run.',
+    'parsing in SQL costs more than this target allows on this machine: the jsonb parse alone of 95k 570-byte lines is ≈ 0.72 s and a bare COPY into jsonb ≈ 1 s (≈ 95k lines/s), so ≥ 100k events/s cannot be reached while lines are parsed as jsonb in SQL.',
   full_sync_vs_copy:
-    'after the COPY into staging, finish_run parses every line again (the jsonb parse the bare COPY also pays, plus the field extraction and the event key) and REPLACE deletes and re-inserts every row of the window even when nothing changed: ≈ 150k rows and their index entries for 95k events; a merge REPLACE that writes only the difference cut the apply by ≈ 60 % on a re-sync in a scratch copy.',
+    'after the COPY into staging, finish_run parses every line again (the jsonb parse the bare COPY also pays, plus the field extraction and the event key) and then merges the window into events_daily and the ledger: the section\'s table has the times side by side; docs/ledger.md has the step profile.',
   profiles_cd_speedup:
     'change detection saves only the write; parsing every staged profile (jsonb_to_record, the null/"" strip and two ISO-date regexes per row) is ≈ 80 % of a run whether anything changed or not. Skipping the parse of lines whose hash did not change is the proposed fix.',
   incremental_history_growth:
