@@ -38,22 +38,17 @@ export interface SyncEventsOptions extends PoolChoice {
   onExport?: (request: ExportRequest) => void;
 }
 
-/** The Export API answers of the run's plan, one after the other, as one byte stream (framed like a file: input-framing.ts). */
-// The Export client frames each answer by the same rule before the loader sees it (for its retries), so what it
-// skipped or rejoined is added to the run's framing counts here.
-function exportStream(run: SyncRun, options: SyncEventsOptions, settings: MixpanelSettings, signal: AbortSignal, counts: Record<string, number>): Readable {
+/**
+ * The Export API answers of the run's plan, one after the other, as one byte stream: the bodies as Mixpanel sent them,
+ * framed by the loader like a file (input-framing.ts), so the same bytes give the same rows, rejects, line numbers and
+ * framing counts on every path.
+ */
+function exportStream(run: SyncRun, options: SyncEventsOptions, settings: MixpanelSettings, signal: AbortSignal): Readable {
   async function* chunks(): AsyncGenerator<Buffer> {
     for (const request of exportPlan(run)) {
       options.onExport?.(request);
       const { fromDate, toDate, where } = request;
-      const answer = exportEvents({ fromDate, toDate, where, settings, signal, onRetry: options.onRetry });
-      try {
-        yield* answer;
-      } finally {
-        counts.blank_lines = (counts.blank_lines ?? 0) + answer.stats.blankLines;
-        counts.rejoined_records = (counts.rejoined_records ?? 0) + answer.stats.rejoined;
-        counts.cr_stripped = (counts.cr_stripped ?? 0) + answer.stats.crLines;
-      }
+      yield* exportEvents({ fromDate, toDate, where, settings, signal, onRetry: options.onRetry });
     }
   }
   return Readable.from(chunks(), { objectMode: false });
@@ -63,7 +58,6 @@ export async function syncEvents(options: SyncEventsOptions): Promise<RunSummary
   const { input, mixpanel } = options;
   if (input === undefined && !mixpanel) throw new Error('syncEvents needs an input (file, - or stream) or Mixpanel settings for the Export API');
   if (input !== undefined) await checkInputPath(input);
-  const apiCounts: Record<string, number> = {};
   return withPool(options, (pool) =>
     runStagedSync({
       pool,
@@ -76,8 +70,7 @@ export async function syncEvents(options: SyncEventsOptions): Promise<RunSummary
         resync: options.resync ?? null,
         allowShrink: options.allowShrink ?? false,
       },
-      openLines: (run, signal) => (input !== undefined ? openInput(input) : exportStream(run, options, mixpanel!, signal, apiCounts)),
-      moreFramingCounts: () => apiCounts,
+      openLines: (run, signal) => (input !== undefined ? openInput(input) : exportStream(run, options, mixpanel!, signal)),
       signal: options.signal,
       progress: options.progress,
       ...(options.waitSeconds !== undefined ? { waitSeconds: options.waitSeconds } : {}),

@@ -15,6 +15,7 @@ import type pg from 'pg';
 import { copyIntoStaging, type StagingTable } from './copy-into-staging.ts';
 import { sendCancelRequest } from './database-connection.ts';
 import { describeError } from './describe-error.ts';
+import { isMixpanelError } from '../mixpanel/mixpanel-errors.ts';
 import type { ProgressLine } from './progress-line.ts';
 import { runSummary, type RunSummary } from './run-summary.ts';
 import { beginRun, failRun, finishRun, heartbeatRun, recordFraming, type BeginRunOptions, type SyncRun } from '../sql/sync-api.ts';
@@ -46,8 +47,6 @@ export interface StagedSyncOptions<S = RunSummary> {
   waitSeconds?: number;
   /** What the run's row becomes for the caller and for a LoaderFailure (default runSummary). */
   summarise?: (run: SyncRun) => S;
-  /** Framing counts from before the loader's own framing (the Export client's), added to the recorded ones. */
-  moreFramingCounts?: () => Record<string, number>;
   /** Heartbeat interval (default HEARTBEAT_INTERVAL_MS; tests use a shorter one). */
   heartbeatIntervalMs?: number;
 }
@@ -81,11 +80,12 @@ const CONNECTION_ERRORS = new Set(['EPIPE', 'ECONNRESET', 'ECONNREFUSED', 'ECONN
  * SQLSTATE class 08 / 57P01-57P03: the server shut down or is starting), not that a statement failed.
  */
 export function isConnectionLoss(error: unknown): boolean {
+  if (isMixpanelError(error)) return false; // Mixpanel's connection, not the database's
   const fields = (error ?? {}) as { code?: unknown; message?: unknown };
   const code = typeof fields.code === 'string' ? fields.code : '';
   if (CONNECTION_ERRORS.has(code) || code.startsWith('08') || ['57P01', '57P02', '57P03'].includes(code)) return true;
   const message = typeof fields.message === 'string' ? fields.message : '';
-  return /^Connection terminated|^Client has encountered a connection error|^write EPIPE|ECONNRESET|ECONNREFUSED/.test(message);
+  return /^Connection terminated|^Client has encountered a connection error/.test(message);
 }
 
 /** begin_run on `client`; on MP002 and while waitSeconds allow, tried again every second. */
@@ -144,9 +144,7 @@ async function stageAndFinish<S>(client: pg.PoolClient, run: SyncRun, options: S
   });
   options.progress?.done();
   signal.throwIfAborted();
-  const recorded: Record<string, number> = { ...counts };
-  for (const [key, value] of Object.entries(options.moreFramingCounts?.() ?? {})) recorded[key] = (recorded[key] ?? 0) + value;
-  await recordFraming(client, run.id, recorded);
+  await recordFraming(client, run.id, { ...counts });
 
   // A signal during finish_run cancels it: the transaction rolls back and fail_run records why. When finish_run
   // committed before the cancel arrived, the run succeeded and that is what is reported.

@@ -1,5 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { exportEvents, lateArrivalWhere, type ExportEventsOptions } from './export-events.ts';
+import { createInputFramer } from '../loader/input-framing.ts';
 import { startFakeMixpanel, type FakeMixpanel } from '../fixtures/fake-mixpanel-server.ts';
 import { isMixpanelError, type MixpanelError } from './mixpanel-errors.ts';
 import type { MixpanelSettings } from './mixpanel-settings.ts';
@@ -163,12 +164,16 @@ describe('exportEvents against the fake Mixpanel', () => {
     expect(error.message).toMatch(/ETIMEDOUT/);
   });
 
-  it('rejoins split records and drops CR and blank lines', async () => {
+  it('hands split records, CR and blank lines on as sent; the loader\'s framing (input-framing.ts) rebuilds the records', async () => {
     fake.queueExport({ splitLines: [5, 6, 59], crlf: true, blankLines: true });
     const { text, stats } = await collect({ settings: fake.settings() });
-    expect(text).toBe(expected);
+    expect(text).not.toBe(expected);
     expect(stats).toMatchObject({ records: 60, rejoined: 3, blankLines: 60 });
-    expect(JSON.parse(text.split('\n')[5]!).properties.note).toBe('two\nlines');
+    const framer = createInputFramer();
+    const records = [...framer.push(Buffer.from(text)), ...framer.end()].map((r) => r.bytes.toString('utf8'));
+    expect(records).toEqual(lines);
+    expect(JSON.parse(records[5]!).properties.note).toBe('two\nlines');
+    expect(framer.counts).toMatchObject({ rejoined_records: 3, blank_lines: 60 });
   });
 
   it('an empty export is no lines', async () => {

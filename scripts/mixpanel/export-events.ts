@@ -1,17 +1,18 @@
-// Mixpanel raw event Export API client: GET /api/2.0/export streamed as clean JSONL chunks.
+// Mixpanel raw event Export API client: GET /api/2.0/export, its body streamed on as received (the loader frames it
+// by its one rule, scripts/loader/input-framing.ts, exactly as the same bytes from a file).
 //
 // Failures and what the caller sees:
 // - 429 / 5xx / connection refused / a body that drops or ends with `terminated early`
-//   before any line was handed out: retried (Retry-After, else back-off), MIXPANEL_MAX_TRIES
+//   before any byte was handed out (bytes are held until the body's first record is known): retried (Retry-After, else back-off), MIXPANEL_MAX_TRIES
 //   tries in all, each one a query taken from the hourly budget.
-// - The same after lines were handed out: an `interrupted` error. The export cannot resume
+// - The same after bytes were handed out: an `interrupted` error. The export cannot resume
 //   mid-stream (Mixpanel has no cursor) and re-sending lines already passed on would double
 //   them in this run, so the run is failed and run again whole (the SQL side changes nothing
 //   for a failed run).
 import { Readable } from 'node:stream';
 import { isMixpanelError, mixpanelError, type MixpanelError } from './mixpanel-errors.ts';
 import { bodyError, sendChecked, type HttpAnswer } from './http-request.ts';
-import { createLineJoiner, type LineJoiner, type LineStats } from './export-lines.ts';
+import { createExportBodyWatcher, type ExportBodyWatcher, type LineStats } from './export-lines.ts';
 import { requestHeaders, withRetries, type RequestOptions } from './mixpanel-request.ts';
 import { exportUrl, readMixpanelSettings, type MixpanelSettings } from './mixpanel-settings.ts';
 import { abortError } from './retry-policy.ts';
@@ -29,8 +30,6 @@ export interface ExportEventsOptions extends RequestOptions {
   limit?: number;
   /** Default: readMixpanelSettings() from the environment. */
   settings?: MixpanelSettings;
-  /** Longest record rebuilt from split lines (default 32 MiB). */
-  maxRecordBytes?: number;
 }
 
 export interface ExportStats extends LineStats {
@@ -79,7 +78,7 @@ export function andWhere(...expressions: Array<string | null | undefined>): stri
 interface Opened {
   answer: HttpAnswer;
   iterator: AsyncIterator<Buffer>;
-  joiner: LineJoiner;
+  joiner: ExportBodyWatcher;
   first: Buffer[];
   done: boolean;
 }
@@ -87,12 +86,12 @@ interface Opened {
 async function* exportChunks(settings: MixpanelSettings, options: ExportEventsOptions, stats: ExportStats): AsyncGenerator<Buffer> {
   const url = exportUrl(settings, options);
   const { signal } = options;
-  let joiner: LineJoiner | null = null;
+  let joiner: ExportBodyWatcher | null = null;
   const syncStats = () => {
     if (joiner) Object.assign(stats, joiner.stats);
   };
 
-  // One attempt: send, then read until the first whole record is ready (or the body ends).
+  // One attempt: send, then read until the body's first record is known (or the body ends).
   // Everything up to there can fail and be retried, since nothing was handed out yet.
   const opened = await withRetries(settings, 'export', options, async (tryNumber): Promise<Opened> => {
     stats.attempts = tryNumber;
@@ -101,7 +100,7 @@ async function* exportChunks(settings: MixpanelSettings, options: ExportEventsOp
       'export',
       settings.projectId,
     );
-    joiner = createLineJoiner(options.maxRecordBytes === undefined ? {} : { maxRecordBytes: options.maxRecordBytes });
+    joiner = createExportBodyWatcher();
     const iterator = answer.body[Symbol.asyncIterator]() as AsyncIterator<Buffer>;
     try {
       for (;;) {
@@ -148,9 +147,9 @@ async function* exportChunks(settings: MixpanelSettings, options: ExportEventsOp
 }
 
 /**
- * Stream the raw events of [fromDate, toDate] (UTC days, inclusive) as Buffers of whole JSONL
- * lines (each ends in "\n"; no blank lines, no CR, split records rejoined). Memory stays flat:
- * the body is never held whole. `stats` fills in as the stream is read.
+ * Stream the raw events of [fromDate, toDate] (UTC days, inclusive): the body's bytes as Mixpanel sent them (a final
+ * newline added when missing), for the loader's framing (input-framing.ts). Memory stays flat: the body is never held
+ * whole. `stats` (records, rejoined, blank lines… by the same framing rule) fills in as the stream is read.
  */
 export function exportEvents(options: ExportEventsOptions): ExportStream {
   assertUtcDay(options.fromDate, 'fromDate');
