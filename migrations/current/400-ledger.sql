@@ -534,3 +534,9 @@ comment on function mixpanel_sync.finish_events_run(mixpanel_sync.sync_runs) is
   'run it is the newest event the run applied, or when it applied none the newest event held before its window (none: '
   'the watermark row is removed and the next run is full); a resync moves it forward only unless it lay in the '
   'resync''s days (then as a full run); an incremental run moves it forward only.';
+
+comment on column mixpanel_sync.sync_runs.users_touched is
+  'Users whose stored data the run changed. Events, full run (REPLACE as a merge): users whose events_daily rows in '
+  'the window were inserted, updated or deleted (their subscribers row was recomputed; 0 for a re-sync of unchanged '
+  'data). Events, incremental run (ADD): users with an event applied. Profiles: inserted + updated. Cohorts: members '
+  'added + removed.';
