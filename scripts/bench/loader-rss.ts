@@ -47,7 +47,7 @@ async function measureSize(server: BenchServer, lines: number, repeats: number):
   return figures;
 }
 
-async function floors(): Promise<Array<{ what: string; kib: number[] }>> {
+async function floors(repeats: number): Promise<Array<{ what: string; kib: number[] }>> {
   const commands: Array<{ what: string; argv: string[] }> = [
     { what: '`node -e 0` (bare Node)', argv: [process.execPath, '-e', '0'] },
     { what: '`node --import tsx -e 0` (the TypeScript loader)', argv: [process.execPath, '--import', 'tsx', '-e', '0'] },
@@ -56,7 +56,7 @@ async function floors(): Promise<Array<{ what: string; kib: number[] }>> {
   const out: Array<{ what: string; kib: number[] }> = [];
   for (const command of commands) {
     const kib: number[] = [];
-    for (let i = 0; i < 3; i++) kib.push((await measureCommand(command.argv)).peakRssKiB);
+    for (let i = 0; i < repeats; i++) kib.push((await measureCommand(command.argv)).peakRssKiB);
     out.push({ what: command.what, kib });
   }
   return out;
@@ -71,7 +71,7 @@ export async function loaderRss(server: BenchServer, scale: Scale, quick: boolea
       section: { title: 'Loader memory', command: 'npm run bench -- --only loader-rss', method: [reason], table: [], reading: [] },
     };
   }
-  const base = await floors();
+  const base = await floors(quick ? 1 : 3);
   const small = await measureSize(server, scale.rssLines.small, scale.repeats);
   const large = await measureSize(server, scale.rssLines.large, scale.repeats);
   const peak = Math.max(median(small.peakKiB), median(large.peakKiB));
@@ -90,7 +90,7 @@ export async function loaderRss(server: BenchServer, scale: Scale, quick: boolea
         `\`npm run sync:events -- --file F --full --json --database-url …\` (npm runs \`exec node --import tsx scripts/cli/sync-events.ts\`) under \`${TIME_BINARY} -f %M\`: the peak resident set of the largest process of the tree (npm or the loader), as a user would see it. Each trial on a fresh database; the generated file's events end at the moment it is written, so the full window holds them.`,
         'Why the old figure was 248 MiB: it was `process.resourceUsage().maxRSS` of a child spawned by the bench. Linux keeps a process\'s RSS high-water mark across exec (signal_struct.maxrss), and a spawned child starts as a fork of the bench, so the child\'s "peak" was at least the bench\'s own RSS at the fork (≈ 250 MiB of generated data), whatever the loader used. Shown on this machine: a node that allocates 300 MiB and then spawns `node -e …` sees the child report maxRSS ≈ 303 MiB; the same child under /usr/bin/time reports ≈ 39 MiB. /usr/bin/time forks the measured command from its own small process.',
         'full_sync_1m_events_per_s: lines ÷ the run\'s duration as the database recorded it (sync_runs.total_ms: begin_run to the end of finish_run), a first full sync into an empty database, median of the large-file trials.',
-        `Medians of ${scale.repeats} trials per size; the floors are medians of 3.`,
+        `Medians of ${scale.repeats} trials per size; the floors are medians of ${quick ? '1 (quick)' : '3'}.`,
         ...(quick ? [`**Quick scale**: ${scale.rssLines.large.toLocaleString('en-US')} lines, not 1,000,000.`] : []),
       ],
       table: [
