@@ -7,8 +7,8 @@
 // That the pooler really pools per transaction is checked (one server session serves two clients in turn), and that the
 // comparison can fail is shown by the control case (one extra line loaded on one side only).
 // Known difference, left out of the comparison: sync_runs.options->owner names the server session that ran begin_run;
-// through pgbouncer that is a pooled session that outlives the loader (so a dead loader's run is abandoned only after
-// runs.abandon_after, as begin_run's comment says).
+// through pgbouncer that is a pooled session that may outlive the loader or close before it ends (a live run is kept
+// by its heartbeat: scripts/loader/run-heartbeat.test.ts).
 import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
@@ -30,7 +30,7 @@ if (!binary && !inCi) console.warn('[pgbouncer.test] skipped: pgbouncer is not i
 /** Columns that hold the wall clock of a run (when it ran, how long it took), not what it did. */
 const CLOCK_COLUMNS = new Set([
   'updated_at', 'created_at', 'first_synced_at', 'started_at', 'finished_at', 'fetch_from', 'fetch_to', 'lookback_from',
-  'processed_after', 'window_from_day', 'window_to_day', 'stage_ms', 'apply_ms', 'total_ms',
+  'processed_after', 'window_from_day', 'window_to_day', 'stage_ms', 'apply_ms', 'total_ms', 'heartbeat_at',
 ]);
 
 interface CliResult {
