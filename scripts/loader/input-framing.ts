@@ -45,11 +45,10 @@ export interface InputFramerOptions {
   /** Longest record staged as text (default MAX_RECORD_BYTES). */
   maxRecordBytes?: number;
   /**
-   * false: records come out as their raw bytes, unchecked (the Export API client, whose output the loader frames
-   * again, checks nothing twice); an over-long record then calls onOverlong, which throws.
+   * false: records come out as their raw bytes, unchecked (the Export API client watches its body with this framer
+   * only to learn where records are; the loader frames and checks the same bytes).
    */
   checkBytes?: boolean;
-  onOverlong?: (lineNo: number, bytes: number) => never;
 }
 
 /** The counts recorded on the run (mixpanel_sync.record_framing → sync_runs.options->'framing'). */
@@ -211,7 +210,6 @@ export function createInputFramer(options: InputFramerOptions = {}): InputFramer
   }
 
   function emitOverlong(head: Buffer, total: number, at: number) {
-    options.onOverlong?.(at, total);
     counts.records++;
     counts.overlong_records++;
     const limit = maxRecordBytes % (1024 * 1024) === 0 ? `${maxRecordBytes / (1024 * 1024)} MiB` : `${maxRecordBytes}-byte`;
