@@ -243,41 +243,42 @@ begin
     touched := array_append(touched, group_id);
   end if;
 
-  -- 2. events_daily rows of the window the run has no event for: deleted.
+  -- 2. events_daily rows of the window the run has no event for: deleted, one at a time. (The rows are found with
+  --    one anti-join: a per-row lookup in run_events, which has no index for it, would make the loop quadratic.)
   for daily_row in
     select d.distinct_id, d.day, d.event_name from mixpanel_sync.events_daily d
-    where d.day between from_day and to_day order by d.distinct_id, d.day, d.event_name
+    where d.day between from_day and to_day
+      and not exists (
+        select from mixpanel_sync.run_events e
+        where e.run_id = upsert_subscribers_incremental_loop.run_id and e.reject_reason is null
+          and e.distinct_id = d.distinct_id and e.day = d.day and e.event_name = d.event_name
+          and (e.legacy_key is null or not exists (
+            select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = e.distinct_id and g.event_key = e.legacy_key))
+          and not exists (
+            select from mixpanel_sync.event_ledger l
+            where l.distinct_id = e.distinct_id and l.event_key = e.event_key and l.day not between from_day and to_day))
+    order by d.distinct_id, d.day, d.event_name
   loop
-    if not exists (
-      select from mixpanel_sync.run_events e
-      where e.run_id = upsert_subscribers_incremental_loop.run_id and e.reject_reason is null
-        and e.distinct_id = daily_row.distinct_id and e.day = daily_row.day and e.event_name = daily_row.event_name
-        and (e.legacy_key is null or not exists (
-          select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = e.distinct_id and g.event_key = e.legacy_key))
-        and not exists (
-          select from mixpanel_sync.event_ledger l
-          where l.distinct_id = e.distinct_id and l.event_key = e.event_key and l.day not between from_day and to_day)) then
-      delete from mixpanel_sync.events_daily d
-      where d.distinct_id = daily_row.distinct_id and d.day = daily_row.day and d.event_name = daily_row.event_name;
-      touched := array_append(touched, daily_row.distinct_id);
-    end if;
+    delete from mixpanel_sync.events_daily d
+    where d.distinct_id = daily_row.distinct_id and d.day = daily_row.day and d.event_name = daily_row.event_name;
+    touched := array_append(touched, daily_row.distinct_id);
   end loop;
 
-  -- 3. Ledger rows of the window no kept event of the run claimed (or before kept_from): deleted.
+  -- 3. Ledger rows of the window no kept event of the run claimed (or before kept_from): deleted, one at a time.
   for ledger_row in
-    select l.distinct_id, l.event_key, l.day from mixpanel_sync.event_ledger l
-    where l.day between from_day and to_day order by l.distinct_id, l.event_key
+    select l.distinct_id, l.event_key from mixpanel_sync.event_ledger l
+    where l.day between from_day and to_day
+      and (l.day < kept_from or not exists (
+        select from mixpanel_sync.run_events e
+        where e.run_id = upsert_subscribers_incremental_loop.run_id and e.reject_reason is null
+          and e.distinct_id = l.distinct_id and e.event_key = l.event_key
+          and e.day between kept_from and to_day
+          and (e.legacy_key is null or not exists (
+            select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = e.distinct_id and g.event_key = e.legacy_key))))
+    order by l.distinct_id, l.event_key
   loop
-    if ledger_row.day < kept_from or not exists (
-      select from mixpanel_sync.run_events e
-      where e.run_id = upsert_subscribers_incremental_loop.run_id and e.reject_reason is null
-        and e.distinct_id = ledger_row.distinct_id and e.event_key = ledger_row.event_key
-        and e.day between kept_from and to_day
-        and (e.legacy_key is null or not exists (
-          select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = e.distinct_id and g.event_key = e.legacy_key))) then
-      delete from mixpanel_sync.event_ledger l
-      where l.distinct_id = ledger_row.distinct_id and l.event_key = ledger_row.event_key;
-    end if;
+    delete from mixpanel_sync.event_ledger l
+    where l.distinct_id = ledger_row.distinct_id and l.event_key = ledger_row.event_key;
   end loop;
 
   for user_id in select distinct u from unnest(touched) u order by 1 loop

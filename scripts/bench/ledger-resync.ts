@@ -116,6 +116,27 @@ async function main(): Promise<void> {
       result[name]!.add = add.ms;
       log(`${name}: incremental ${add.ms.toFixed(0)} ms, ${add.applied} applied`);
     }
+    // What each ledger column and index costs (the merge database, after the runs).
+    const { rows: columns } = await pools.merge!.query(`select
+        count(*) as rows,
+        avg(pg_column_size(l.distinct_id)) as distinct_id, avg(pg_column_size(l.event_key)) as event_key,
+        avg(pg_column_size(l.day)) as day, avg(pg_column_size(l.event_name)) as event_name,
+        avg(pg_column_size(l.event_time)) as event_time, avg(pg_column_size(l.run_id)) as run_id,
+        avg(pg_column_size(l.*)) as whole_row,
+        pg_relation_size('mixpanel_sync.event_ledger') as heap,
+        pg_relation_size('mixpanel_sync.event_ledger_pkey') as pkey,
+        pg_relation_size('mixpanel_sync.event_ledger_day_idx') as day_idx,
+        pg_relation_size('mixpanel_sync.events_daily') as daily_heap,
+        pg_relation_size('mixpanel_sync.events_daily_pkey') as daily_pkey,
+        pg_relation_size('mixpanel_sync.events_daily_day_idx') as daily_day_idx,
+        (select count(*) from mixpanel_sync.events_daily) as daily_rows
+      from mixpanel_sync.event_ledger l`);
+    const c = columns[0];
+    const perRow = (bytes: string, rows: string) => (Number(bytes) / Number(rows)).toFixed(1);
+    console.log(`\nLedger columns (merge, ${c.rows} rows): average bytes per value: ${['distinct_id', 'event_key', 'day', 'event_name', 'event_time', 'run_id', 'whole_row']
+      .map((k) => `${k} ${Number(c[k]).toFixed(1)}`).join(', ')}.`);
+    console.log(`Per ledger row: heap ${perRow(c.heap, c.rows)} B, primary key ${perRow(c.pkey, c.rows)} B, day index ${perRow(c.day_idx, c.rows)} B. ` +
+      `Per events_daily row (${c.daily_rows}): heap ${perRow(c.daily_heap, c.daily_rows)} B, primary key ${perRow(c.daily_pkey, c.daily_rows)} B, day index ${perRow(c.daily_day_idx, c.daily_rows)} B.\n`);
     const m = result.merge!;
     const p = result.previous!;
     console.log(`| measure (${events.toLocaleString('en-US')} events, ${users.toLocaleString('en-US')} users) | previous (no 400-ledger.sql) | merge (400-ledger.sql) | merge ÷ previous |`);
