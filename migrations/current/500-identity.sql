@@ -140,7 +140,8 @@ as $$
     where e.run_id = identity_edges.run_id
       and e.reject_reason is null
       and case mode
-        when 'simplified' then strpos(s.line, '$device_id') > 0
+        -- an event shown under $device:<d> without $user_id teaches nothing: its line is not read again
+        when 'simplified' then strpos(s.line, '$device_id') > 0 and (e.distinct_id not like '$device:%' or strpos(s.line, '$user_id') > 0)
         when 'original' then e.event_name in ('$identify', '$create_alias', '$merge')
         else false
       end
