@@ -4,9 +4,9 @@
 --     A steady-state re-sync of the same data writes nothing, so it leaves no dead tuples behind (no bloat).
 --   * The ledger is as long as dedup needs: events.ledger_retention defaults to 7 days (overlap 2 h + late lookback
 --     5 days + a margin), no longer the 45-day REPLACE window; REPLACE writes ledger rows only from the horizon on.
---   * ADD pre-filters the events already in the ledger before its insert.
--- Owner: the ledger stream. Applied after 100-safety-core.sql (later files win: this file redefines the REPLACE and
--- ADD set paths, the REPLACE _loop twin and finish_events_run). The identity hook, the REPLACE guard, the legacy
+--   * ADD is 100's (a duplicate pre-filter before its insert was tried: no measurable gain, see docs/ledger.md).
+-- Owner: the ledger stream. Applied after 100-safety-core.sql (later files win: this file redefines the REPLACE set
+-- path and its _loop twin and finish_events_run). The identity hook, the REPLACE guard, the legacy
 -- ledger, the watermark rules and the accounting invariant are kept as 100 and 500 define them.
 
 ------------------------------------------------------------------------------------------
@@ -323,83 +323,6 @@ $$;
 comment on function mixpanel_sync.merge_daily_row_loop(text, date, text, bigint, timestamptz, timestamptz) is
   'Row-at-a-time step of upsert_subscribers_incremental_loop: sets one events_daily row to this count and first/last '
   'time, inserting it when missing and writing nothing when it already holds them; true when it wrote.';
-
-------------------------------------------------------------------------------------------
--- ADD, set-based: the events already in the ledger are filtered out before the insert
-------------------------------------------------------------------------------------------
-
-create or replace function mixpanel_sync.upsert_subscribers_incremental_add(run_id bigint, horizon_day date)
-returns mixpanel_sync.apply_result
-language plpgsql
-set search_path = ''
-set work_mem = '64MB'
-as $$
-declare
-  result mixpanel_sync.apply_result;
-begin
-  with candidates as materialized (
-    select e.distinct_id, e.event_key, e.legacy_key, e.event_name, e.event_time, e.day
-    from mixpanel_sync.run_events e
-    where e.run_id = upsert_subscribers_incremental_add.run_id and e.reject_reason is null
-  ), in_window as (
-    select c.* from candidates c where c.day >= horizon_day
-  ), fresh as (
-    -- The pre-filter: an event whose key is in the ledger (or, by its old-formula key, in the legacy ledger) is a
-    -- duplicate; an anti-join here spares the insert below its per-row speculative conflict check.
-    select w.* from in_window w
-    where not exists (
-        select from mixpanel_sync.event_ledger l where l.distinct_id = w.distinct_id and l.event_key = w.event_key)
-      and (w.legacy_key is null or not exists (
-        select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = w.distinct_id and g.event_key = w.legacy_key))
-  ), ledgered as (
-    -- do nothing still skips repeats inside the batch: the first of them wins, and all of them carry the same name
-    -- and second by construction of the key.
-    insert into mixpanel_sync.event_ledger (distinct_id, event_key, day, event_name, event_time, run_id)
-    select f.distinct_id, f.event_key, f.day, f.event_name, f.event_time, upsert_subscribers_incremental_add.run_id
-    from fresh f
-    on conflict (distinct_id, event_key) do nothing
-    returning event_ledger.distinct_id, event_ledger.day, event_ledger.event_name, event_ledger.event_time
-  ), daily as (
-    insert into mixpanel_sync.events_daily as d (distinct_id, day, event_name, event_count, first_at, last_at)
-    select l.distinct_id, l.day, l.event_name, count(*), min(l.event_time), max(l.event_time)
-    from ledgered l
-    group by l.distinct_id, l.day, l.event_name
-    on conflict (distinct_id, day, event_name) do update set
-      event_count = d.event_count + excluded.event_count,
-      first_at = least(d.first_at, excluded.first_at),
-      last_at = greatest(d.last_at, excluded.last_at)
-  ), per_name as (
-    select l.distinct_id, l.event_name, count(*) as event_count, min(l.event_time) as first_at, max(l.event_time) as last_at
-    from ledgered l
-    group by l.distinct_id, l.event_name
-  ), summed as (
-    -- ADD only ever adds: the summary moves by the run's delta, without reading a user's history.
-    insert into mixpanel_sync.subscribers as s
-      (distinct_id, total_events, first_event_at, last_event_at, event_counts, updated_at)
-    select p.distinct_id, sum(p.event_count), min(p.first_at), max(p.last_at), jsonb_object_agg(p.event_name, p.event_count), now()
-    from per_name p
-    group by p.distinct_id
-    on conflict (distinct_id) do update set
-      total_events = s.total_events + excluded.total_events,
-      first_event_at = least(s.first_event_at, excluded.first_event_at),
-      last_event_at = greatest(s.last_event_at, excluded.last_event_at),
-      event_counts = mixpanel_sync.add_event_counts(s.event_counts, excluded.event_counts),
-      updated_at = excluded.updated_at
-  )
-  select
-    (select count(*) from ledgered),
-    (select count(*) from in_window) - (select count(*) from ledgered),
-    (select count(*) from candidates) - (select count(*) from in_window),
-    (select count(distinct l.distinct_id) from ledgered l)
-  into result.applied, result.duplicates, result.too_old, result.users_touched;
-  return result;
-end;
-$$;
-comment on function mixpanel_sync.upsert_subscribers_incremental_add(bigint, date) is
-  'ADD, set-based, one statement: applies the run''s events not yet in the ledger (nor, by their old-formula key, in '
-  'event_ledger_legacy; repeats inside the run count once; those already there are filtered out before the insert) '
-  'and moves each touched subscriber by the run''s delta; events before horizon_day (the ledger horizon: '
-  'events.ledger_retention) cannot be deduplicated and are counted too_old, not applied. Idempotent and order-independent.';
 
 ------------------------------------------------------------------------------------------
 -- finish_events_run: REPLACE keeps ledger rows from the horizon on (as 100 otherwise: identity hook, guard, watermark)
