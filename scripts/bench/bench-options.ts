@@ -19,6 +19,8 @@ export interface Scale {
   malformedLines: number;
   /** full re-syncs of the same file before the bloat is measured (0: resync_bloat_ratio is skipped) */
   resyncs: number;
+  /** events of the original scenario's full file (95,000; a quick run uses fewer at the same density) */
+  scenarioEvents: number;
   /** events of the identity / raw storage scenario (the original scenario has 95,000) */
   settingsEvents: number;
 }
@@ -39,6 +41,7 @@ const FULL: Scale = {
   profiles: 100_000,
   rssLines: { small: 10_000, large: 1_000_000 },
   malformedLines: 200_000,
+  scenarioEvents: 95_000,
   resyncs: 7,
   settingsEvents: 95_000,
 };
@@ -50,6 +53,7 @@ const QUICK: Scale = {
   profiles: 10_000,
   rssLines: { small: 10_000, large: 50_000 },
   malformedLines: 20_000,
+  scenarioEvents: 30_000,
   resyncs: 0,
   settingsEvents: 20_000,
 };

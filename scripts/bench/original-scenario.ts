@@ -14,8 +14,8 @@ import { benchFile, distinctEvents, parseLine, SAMPLE_END, writeLines } from './
 import { sampleEventLines } from '../fixtures/sample-events.ts';
 import { log, median, ratio, seconds, timed } from './timing.ts';
 
-const USERS = 3_000;
-const FULL_EVENTS = 95_000;
+/** The original project's density: 95,000 events for 3,000 users (a quick run scales both down). */
+const EVENTS_PER_USER = 95_000 / 3_000;
 const NEW_EVENTS = 2_500;
 const OVERLAP_SECONDS = 2 * 3_600;
 const WINDOW_DAYS = 45;
@@ -42,10 +42,11 @@ function windowFromDay(clock: Date): string {
 
 /**
  * One generated stream of 97,500 lines over 46 days, split by event time as the export API would serve
- * it: the full sync gets the 95,000 earliest events (its clock is the last of them), the incremental
+ * it: the full sync gets the FULL_EVENTS (95,000) earliest events (its clock is the last of them), the incremental
  * one every event from that last event − 2 h on (the original's overlap).
  */
-async function scenarioData(): Promise<ScenarioData> {
+async function scenarioData(FULL_EVENTS: number): Promise<ScenarioData> {
+  const USERS = Math.round(FULL_EVENTS / EVENTS_PER_USER);
   const end = new Date(SAMPLE_END.getTime() + DAY_MS);
   const lines = sampleEventLines({ users: USERS, events: FULL_EVENTS + NEW_EVENTS, days: WINDOW_DAYS + 1, end, seed: 11 });
   const seconds = lines.map((line) => parseLine(line).second);
@@ -102,7 +103,7 @@ async function rotate(db: BenchDatabase, steps: Step[], repeats: number): Promis
 }
 
 export async function originalScenario(server: BenchServer, scale: Scale): Promise<SuiteResult> {
-  const data = await scenarioData();
+  const data = await scenarioData(scale.scenarioEvents);
   log(`original scenario: ${data.fullLines} lines full, ${data.incrementalLines} incremental (${data.overlapLines} overlap)`);
 
   // first sync into an empty database, side by side with a bare COPY into the same database (alternating order);
@@ -241,7 +242,7 @@ function report(data: ScenarioData, scale: Scale, measured: Measured): SuiteResu
       title: 'The original scenario: full and incremental sync, ours vs the original design',
       command: 'npm run bench -- --only full-sync',
       method: [
-        `Data: one generated stream (${USERS.toLocaleString('en-US')} users, Zipf-skewed activity, 2 % re-sent lines, 3 % without $insert_id) split by event time as the export API would serve it: the full file holds the ${data.fullLines.toLocaleString('en-US')} lines up to ${data.fullClock.toISOString()} (the full run's clock; its window is the 45 UTC days ending that day), the incremental file the ${data.incrementalLines.toLocaleString('en-US')} lines from the full file's last event − 2 h (${data.overlapLines} of them in that overlap) up to ${data.incrementalClock.toISOString()}.`,
+        `Data: one generated stream (${Math.round(scale.scenarioEvents / EVENTS_PER_USER).toLocaleString('en-US')} users, Zipf-skewed activity, 2 % re-sent lines, 3 % without $insert_id) split by event time as the export API would serve it: the full file holds the ${data.fullLines.toLocaleString('en-US')} lines up to ${data.fullClock.toISOString()} (the full run's clock; its window is the 45 UTC days ending that day), the incremental file the ${data.incrementalLines.toLocaleString('en-US')} lines from the full file's last event − 2 h (${data.overlapLines} of them in that overlap) up to ${data.incrementalClock.toISOString()}.`,
         'Ours: `syncEvents({ input: file, full, clock })` in process (begin_run, COPY into staging, finish_run), timed end to end.',
         `First sync: into an empty database, side by side with a bare COPY of the same file into the same fresh database, alternating which goes first; ${scale.repeats} databases.`,
         `Storage: pg_total_relation_size (heap, TOAST, indexes) of event_ledger, events_daily, subscribers and all their partitions (pg_partition_tree), right after the first sync, ÷ the events counted (sum of subscribers.total_events); median of the ${scale.repeats} databases.`,
@@ -253,6 +254,7 @@ function report(data: ScenarioData, scale: Scale, measured: Measured): SuiteResu
         `Baseline (scripts/bench/baseline/): the original design, in its own schema bench_baseline: TypeScript parses and aggregates per user, loop-based plpgsql REPLACE per user (DELETE + one INSERT per event name + summary upsert) in batches of ${BASELINE_BATCH_USERS} users; incremental fetches from watermark − 2 h and ADDs.`,
         'Incremental: from a copy of the steady-state database (CREATE DATABASE … TEMPLATE) for each trial; ours and the baseline alternate order.',
         `Medians of ${scale.repeats} trials.`,
+        ...(scale.scenarioEvents === 95_000 ? [] : [`**Quick scale**: ${scale.scenarioEvents.toLocaleString('en-US')} events in the full file, not 95,000.`]),
       ],
       table: [
         ['measure', 'ours', 'baseline', 'COPY'],
