@@ -486,8 +486,8 @@ describe('6. the loader tells the truth', () => {
         const result = await cli.result;
         expect(result.code, explain(result)).toBe(1);
         oneLine(result.stderr);
-        // the reason names what broke (the loader currently says e.g. "write EPIPE; the failure could not be recorded
-        // (connect ECONNREFUSED …): the next begin_run marks run 1 abandoned")
+        // the reason names what broke (e.g. "the connection to the database was lost (…); the failure could not be
+        // recorded (the database cannot be reached): the next begin_run marks run 1 abandoned")
         expect(result.stderr).toMatch(/connection|terminat|server|shut ?down|EPIPE|ECONNRESET|ECONNREFUSED/i);
         await crash.restart();
         const pool = new pg.Pool({ connectionString: crash.url });
