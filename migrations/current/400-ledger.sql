@@ -149,6 +149,12 @@ returns mixpanel_sync.apply_result
 language plpgsql
 set search_path = ''
 set work_mem = '64MB'
+-- The queries that find the rows to delete (steps 2 and 3) join run_events, whose statistics say little about the
+-- run: a nested loop over it would be quadratic (measured: 115 s instead of seconds for 31k events). The per-row
+-- statements are primary-key lookups, which this does not change. Without nested loops the plan cost turns JIT on
+-- before PostgreSQL 18 (seconds of compiling): off too, as in upsert_subscriber_properties.
+set enable_nestloop = off
+set jit = off
 as $$
 declare
   kept_from date := greatest(from_day, coalesce(ledger_from, from_day));
