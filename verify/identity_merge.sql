@@ -18,17 +18,6 @@
 -- 2000-01-10 and -11.
 begin;
 
--- identity.mode for this transaction. Interim: until 100-safety-core.sql accepts the setting kind 'identity_mode',
--- the row is missing and is added here with the two sync_settings checks dropped (all rolled back at the end).
-do $$
-begin
-  if not exists (select from mixpanel_sync.sync_settings s where s.key = 'identity.mode') then
-    alter table mixpanel_sync.sync_settings drop constraint sync_settings_value_valid, drop constraint sync_settings_kind_check;
-    insert into mixpanel_sync.sync_settings (key, value, kind, description) values ('identity.mode', 'off', 'identity_mode', 'verify');
-  end if;
-end;
-$$;
-
 -- The lines of the two runs (Export API shapes: distinct_id is the id Mixpanel shows at the time of the export).
 create function pg_temp.verify_run_lines(which text) returns jsonb language sql immutable as $$
   select case which

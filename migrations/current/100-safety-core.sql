@@ -9,13 +9,14 @@
 -- Owner: the SQL-safety stream. Applied after migrations/committed/000001..000005.
 
 ------------------------------------------------------------------------------------------
--- Settings: a 'ratio' kind (0..1) and the REPLACE guard thresholds
+-- Settings: a 'ratio' kind (0..1), an 'identity_mode' kind (off | simplified | original, 500-identity.sql) and the
+-- REPLACE guard thresholds
 ------------------------------------------------------------------------------------------
 
 alter table mixpanel_sync.sync_settings drop constraint sync_settings_value_valid;
 alter table mixpanel_sync.sync_settings drop constraint sync_settings_kind_check;
 alter table mixpanel_sync.sync_settings add constraint sync_settings_kind_check
-  check (kind in ('interval', 'integer', 'numeric', 'ratio', 'on_off', 'set_loop'));
+  check (kind in ('interval', 'integer', 'numeric', 'ratio', 'on_off', 'set_loop', 'identity_mode'));
 
 create or replace function mixpanel_sync.setting_value_is_valid(kind text, value text)
 returns boolean
@@ -31,6 +32,7 @@ begin
     when 'ratio' then return value::numeric between 0 and 1;
     when 'on_off' then return value in ('on', 'off');
     when 'set_loop' then return value in ('set', 'loop');
+    when 'identity_mode' then return value in ('off', 'simplified', 'original');
     else return false;
   end case;
   return true;
@@ -41,7 +43,8 @@ exception
 end;
 $$;
 comment on function mixpanel_sync.setting_value_is_valid(text, text) is
-  'True when value parses as a setting of this kind (a ratio is a number from 0 to 1); backs the check on sync_settings.';
+  'True when value parses as a setting of this kind (a ratio is a number from 0 to 1; an identity_mode is off, simplified '
+  'or original); backs the check on sync_settings.';
 
 alter table mixpanel_sync.sync_settings
   add constraint sync_settings_value_valid

@@ -28,18 +28,12 @@ comment on column mixpanel_sync.sync_runs.reattributed_events is
 -- The setting
 ------------------------------------------------------------------------------------------
 
--- identity.mode needs its own setting kind ('identity_mode': off | simplified | original). The kind check and
--- setting_value_is_valid belong to 100-safety-core.sql; until they accept the kind this insert adds nothing and
--- identity_mode() reads the missing row as 'off' (today's behaviour).
-insert into mixpanel_sync.sync_settings (key, value, kind, description)
-select 'identity.mode', 'off', 'identity_mode',
+-- identity.mode has its own setting kind ('identity_mode': off | simplified | original, checked on write by
+-- setting_value_is_valid in 100-safety-core.sql).
+insert into mixpanel_sync.sync_settings (key, value, kind, description) values ('identity.mode', 'off', 'identity_mode',
   'Mixpanel ID Merge of the project (Project Settings > Identity Merge): off (distinct_ids taken as they come), '
   'simplified (Simplified ID Merge: an event with $device_id and $user_id joins $device:<device_id> to the user), '
-  'original (Original ID Merge: $identify, $create_alias, $merge). Switching on: see the README, "Identity merge".'
-where mixpanel_sync.setting_value_is_valid('identity_mode', 'off')
-  and mixpanel_sync.setting_value_is_valid('identity_mode', 'simplified')
-  and not mixpanel_sync.setting_value_is_valid('identity_mode', 'sideways')
-on conflict (key) do nothing;
+  'original (Original ID Merge: $identify, $create_alias, $merge). Switching on: see the README, "Identity merge".');
 
 create function mixpanel_sync.identity_mode()
 returns text

@@ -9,21 +9,10 @@ export type IdentityMode = 'off' | 'simplified' | 'original';
 /** A sync_runs row with the identity columns of 500-identity.sql (null when identity.mode was off). */
 export type IdentityRun = SyncRun & { links_learned: string | null; reattributed_events: string | null };
 
-/**
- * Sets identity.mode. Interim: until 100-safety-core.sql accepts the setting kind 'identity_mode', the row cannot
- * exist in a migrated database (500-identity.sql inserts it only once the kind is accepted), so the test database's
- * two sync_settings checks are dropped to add it. Remove the fallback when the kind lands.
- */
+/** Sets identity.mode (a sync_settings row of kind identity_mode, checked on write). */
 export async function setIdentityMode(db: Queryable, mode: IdentityMode): Promise<void> {
   const { rowCount } = await db.query(`update mixpanel_sync.sync_settings set value = $1 where key = 'identity.mode'`, [mode]);
-  if (rowCount === 1) return;
-  const { rows } = await db.query<{ accepted: boolean }>(`select mixpanel_sync.setting_value_is_valid('identity_mode', 'off') as accepted`);
-  if (rows[0]!.accepted) throw new Error('identity.mode is missing from mixpanel_sync.sync_settings though its kind is accepted');
-  await db.query(`alter table mixpanel_sync.sync_settings drop constraint sync_settings_value_valid, drop constraint sync_settings_kind_check`);
-  await db.query(
-    `insert into mixpanel_sync.sync_settings (key, value, kind, description) values ('identity.mode', $1, 'identity_mode', 'test')`,
-    [mode],
-  );
+  if (rowCount !== 1) throw new Error('identity.mode is missing from mixpanel_sync.sync_settings: is the database migrated?');
 }
 
 /** begin_run, stage the records, finish_run (whose finish_events_run runs apply_identity after parsing). */
