@@ -2,7 +2,7 @@
 // around the clock with some events after it and some older than the ledger retention), finished through finish_run.
 import fc from 'fast-check';
 import { batchArb, dayMs, exportEventArb, type StagedLine } from './arbitraries.ts';
-import { beginRun, finishRun, setUpsertPath, stageLines, type Queryable, type SyncRun } from '../scripts/sql/sync-api.ts';
+import { beginRun, finishRun, setUpsertPath, stageLines, writeSetting, type Queryable, type SyncRun } from '../scripts/sql/sync-api.ts';
 
 export interface RunStep {
   clock: string;
@@ -72,8 +72,18 @@ export function runStepsArb({ minLength = 1, maxLength = 3, maxEvents = 40, jump
   });
 }
 
+/**
+ * The ledger retention these sequences are built around: 0-to-3-day steps stay incremental, 40-to-60-day jumps pass
+ * it (the run turns full). With the 7-day default of 400-ledger.sql a 3-day step may already turn a run full, and a
+ * full run whose batch has no usable event over stored days is refused by the REPLACE guard (MP001), which the tests
+ * of these sequences do not expect. The 7-day default is proved by scripts/sql/ledger-merge.test.ts,
+ * verify/replace_merge_writes_only_changes.sql and the ledger_from property of loop-equals-set.test.ts.
+ */
+export const sequenceLedgerRetention = '45 days';
+
 /** begin_run at the step's clock, stage its lines, switch the path: the run, ready to finish. */
 export async function stageStep(client: Queryable, step: RunStep): Promise<SyncRun> {
+  await writeSetting(client, 'events.ledger_retention', sequenceLedgerRetention);
   const run = await beginRun(client, { source: 'events', clock: step.clock, forceFull: step.forceFull, projectTimezone: step.timezone });
   await stageLines(client, 'events', run.id, step.lines.map((l) => l.line));
   await setUpsertPath(client, step.loop ? 'loop' : 'set');
