@@ -8,17 +8,6 @@
 -- Its data: distinct_ids 'verify:…' and -90000000NN, days 1999-12-29 .. 2000-01-11, run clock 2000-02-01.
 begin;
 
--- One events run at a time (begin_run refuses another with MP002): the runs this script staged before are set aside
--- (failed, their parsed rows kept for the paths called on them) before verify_staged_run begins the next.
-create function pg_temp.verify_staged_run(events jsonb) returns bigint language plpgsql as $w$
-begin
-  update mixpanel_sync.sync_runs r set status = 'failed', finished_at = now(),
-    error = 'verify: staged and parsed for a path called directly'
-  where r.source = 'events' and r.status = 'running' and r.fetch_to = '2000-02-01 00:00:00+00' and r.options ->> 'mode_reason' = 'forced';
-  return mixpanel_sync_verify.verify_staged_run(events);
-end;
-$w$;
-
 do $$
 declare
   others_before jsonb := mixpanel_sync_verify.verify_others();
@@ -31,13 +20,13 @@ declare
 begin
   -- An arbitrary prior state: a REPLACE over 1999-12-30 .. 2000-01-10, then an ADD on top.
   perform mixpanel_sync.upsert_subscribers_incremental(
-    pg_temp.verify_staged_run(mixpanel_sync_verify.verify_events('add-prior', 400, '1999-12-30', 12)), '1999-12-30', '2000-01-10');
+    mixpanel_sync_verify.verify_staged_run(mixpanel_sync_verify.verify_events('add-prior', 400, '1999-12-30', 12)), '1999-12-30', '2000-01-10');
   perform mixpanel_sync.upsert_subscribers_incremental_add(
-    pg_temp.verify_staged_run(mixpanel_sync_verify.verify_events('add-prior-add', 150, '2000-01-01', 8)), '1999-12-30');
+    mixpanel_sync_verify.verify_staged_run(mixpanel_sync_verify.verify_events('add-prior-add', 150, '2000-01-01', 8)), '1999-12-30');
   prior := mixpanel_sync_verify.verify_snapshot();
 
   -- The run under test: half of it re-sends the prior ADD's events, the rest is new; horizon 2000-01-02.
-  run_id := pg_temp.verify_staged_run(
+  run_id := mixpanel_sync_verify.verify_staged_run(
     mixpanel_sync_verify.verify_events('add-prior-add', 75, '2000-01-01', 8) || mixpanel_sync_verify.verify_events('add-input', 400, '2000-01-01', 9));
   begin
     set_result := mixpanel_sync.upsert_subscribers_incremental_add(run_id, '2000-01-02');

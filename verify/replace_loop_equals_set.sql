@@ -8,17 +8,6 @@
 -- Its data: distinct_ids 'verify:…' and -90000000NN, days 1999-12-29 .. 2000-01-11, run clock 2000-02-01.
 begin;
 
--- One events run at a time (begin_run refuses another with MP002): the runs this script staged before are set aside
--- (failed, their parsed rows kept for the paths called on them) before verify_staged_run begins the next.
-create function pg_temp.verify_staged_run(events jsonb) returns bigint language plpgsql as $w$
-begin
-  update mixpanel_sync.sync_runs r set status = 'failed', finished_at = now(),
-    error = 'verify: staged and parsed for a path called directly'
-  where r.source = 'events' and r.status = 'running' and r.fetch_to = '2000-02-01 00:00:00+00' and r.options ->> 'mode_reason' = 'forced';
-  return mixpanel_sync_verify.verify_staged_run(events);
-end;
-$w$;
-
 do $$
 declare
   others_before jsonb := mixpanel_sync_verify.verify_others();
@@ -31,16 +20,16 @@ declare
 begin
   -- An arbitrary prior state: a REPLACE over 1999-12-30 .. 2000-01-10, then an ADD on top.
   perform mixpanel_sync.upsert_subscribers_incremental(
-    pg_temp.verify_staged_run(mixpanel_sync_verify.verify_events('replace-prior', 400, '1999-12-30', 12)), '1999-12-30', '2000-01-10');
+    mixpanel_sync_verify.verify_staged_run(mixpanel_sync_verify.verify_events('replace-prior', 400, '1999-12-30', 12)), '1999-12-30', '2000-01-10');
   -- … with a user whose only event lies inside the window under test: REPLACE must leave no subscriber row for it.
   perform mixpanel_sync.upsert_subscribers_incremental_add(
-    pg_temp.verify_staged_run(mixpanel_sync_verify.verify_events('replace-prior-add', 150, '2000-01-01', 8)
+    mixpanel_sync_verify.verify_staged_run(mixpanel_sync_verify.verify_events('replace-prior-add', 150, '2000-01-01', 8)
       || '{"event": "login", "properties": {"distinct_id": "verify:only-in-window", "time": 946987200, "$insert_id": "w"}}'),
     '1999-12-30');
   prior := mixpanel_sync_verify.verify_snapshot();
 
   -- The run under test replaces 2000-01-03 .. 2000-01-07; its input also has events just outside the window.
-  run_id := pg_temp.verify_staged_run(mixpanel_sync_verify.verify_events('replace-input', 500, '2000-01-03', 5));
+  run_id := mixpanel_sync_verify.verify_staged_run(mixpanel_sync_verify.verify_events('replace-input', 500, '2000-01-03', 5));
   begin
     set_result := mixpanel_sync.upsert_subscribers_incremental(run_id, '2000-01-03', '2000-01-07');
     by_set := mixpanel_sync_verify.verify_snapshot();

@@ -9,17 +9,6 @@
 -- Its data: distinct_ids 'verify:…' and -90000000NN, days 1999-12-25 .. 2000-01-13, run clock 2000-02-01.
 begin;
 
--- One events run at a time (begin_run refuses another with MP002): the runs this script staged before are set aside
--- (failed, their parsed rows kept for the paths called on them) before verify_staged_run begins the next.
-create function pg_temp.verify_staged_run(events jsonb) returns bigint language plpgsql as $w$
-begin
-  update mixpanel_sync.sync_runs r set status = 'failed', finished_at = now(),
-    error = 'verify: staged and parsed for a path called directly'
-  where r.source = 'events' and r.status = 'running' and r.fetch_to = '2000-02-01 00:00:00+00' and r.options ->> 'mode_reason' = 'forced';
-  return mixpanel_sync_verify.verify_staged_run(events);
-end;
-$w$;
-
 do $$
 declare
   others_before jsonb := mixpanel_sync_verify.verify_others();
@@ -38,13 +27,13 @@ declare
 begin
   -- An arbitrary prior state inside and around W = 1999-12-30 .. 2000-01-10.
   perform mixpanel_sync.upsert_subscribers_incremental(
-    pg_temp.verify_staged_run(mixpanel_sync_verify.verify_events('rta-prior', 400, '1999-12-26', 18)), '1999-12-25', '2000-01-13');
+    mixpanel_sync_verify.verify_staged_run(mixpanel_sync_verify.verify_events('rta-prior', 400, '1999-12-26', 18)), '1999-12-25', '2000-01-13');
   perform mixpanel_sync.upsert_subscribers_incremental_add(
-    pg_temp.verify_staged_run(mixpanel_sync_verify.verify_events('rta-prior-add', 150, '2000-01-01', 8)), '1999-12-25');
+    mixpanel_sync_verify.verify_staged_run(mixpanel_sync_verify.verify_events('rta-prior-add', 150, '2000-01-01', 8)), '1999-12-25');
 
-  a_run := pg_temp.verify_staged_run(a);
-  add_runs := array[pg_temp.verify_staged_run(b1), pg_temp.verify_staged_run(b2), pg_temp.verify_staged_run(b1)];
-  union_run := pg_temp.verify_staged_run(a || b1 || b2 || b1);
+  a_run := mixpanel_sync_verify.verify_staged_run(a);
+  add_runs := array[mixpanel_sync_verify.verify_staged_run(b1), mixpanel_sync_verify.verify_staged_run(b2), mixpanel_sync_verify.verify_staged_run(b1)];
+  union_run := mixpanel_sync_verify.verify_staged_run(a || b1 || b2 || b1);
 
   begin
     stepwise_applied := (mixpanel_sync.upsert_subscribers_incremental(a_run, '1999-12-30', '2000-01-10')).applied;
