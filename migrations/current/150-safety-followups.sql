@@ -2,8 +2,8 @@
 --   * a run heartbeat, so that a run driven through a transaction pooler (pgbouncer), whose begin_run session may be
 --     closed while the loader works on other server sessions, is not abandoned as dead: sync_runs.heartbeat_at,
 --     heartbeat_run, the setting runs.heartbeat_timeout, and begin_run (taken over from 100) checking it;
---   * finish_or_fail_run: the psql call that finishes a run or, on a refusal (MP001, MP003, …), records it failed and
---     commits that before re-raising, so the session is not left with a running run that blocks the next begin_run;
+--   * finish_or_fail_run: the psql call that finishes a run or, on a refusal (MP001, MP003, …), records it failed
+--     (with a WARNING naming the SQLSTATE), so the session is not left with a running run that blocks the next begin_run;
 --   * json_problem keeps PostgreSQL's detail (e.g. "Unicode low surrogate must follow a high surrogate.").
 
 ------------------------------------------------------------------------------------------
@@ -232,61 +232,38 @@ comment on function mixpanel_sync.begin_run(text, boolean, timestamptz, text, da
 -- finish_or_fail_run: the psql call
 ------------------------------------------------------------------------------------------
 
--- A procedure, not a function: it COMMITs the failed run before re-raising. PostgreSQL refuses transaction control in
--- a routine with a SET clause, so this one has no `set search_path = ''`; instead every name in it is schema-qualified
--- (pg_catalog is searched first whatever the caller's search_path), and what it runs (finish_run, fail_run) has its own.
-create procedure mixpanel_sync.finish_or_fail_run(run_id bigint)
+create function mixpanel_sync.finish_or_fail_run(run_id bigint)
+returns mixpanel_sync.sync_runs
 language plpgsql
+set search_path = ''
 as $$
 declare
-  failed boolean := false;
   err_state text;
   err_message text;
-  err_detail text;
   err_hint text;
+  run mixpanel_sync.sync_runs;
 begin
   begin
-    perform mixpanel_sync.finish_run(finish_or_fail_run.run_id);
+    return mixpanel_sync.finish_run(finish_or_fail_run.run_id);
   exception
     when others then
-      -- finish_run's work is rolled back to here; what failed it is kept to be recorded and raised again.
-      failed := true;
-      get stacked diagnostics err_state = returned_sqlstate, err_message = message_text, err_detail = pg_exception_detail,
-        err_hint = pg_exception_hint;
+      -- finish_run's work is rolled back to here; what refused it is recorded on the run and reported.
+      get stacked diagnostics err_state = returned_sqlstate, err_message = message_text, err_hint = pg_exception_hint;
   end;
-  if not failed then
-    return;
-  end if;
-  begin
-    perform mixpanel_sync.fail_run(finish_or_fail_run.run_id, err_message, err_state);
-  exception
-    when others then
-      -- not recordable (e.g. no such run): the original error is what the caller must see
-      failed := false;
-  end;
-  if failed then
-    -- outside any block with an exception handler: plpgsql allows COMMIT only there
-    commit;
-  end if;
-  if coalesce(err_hint, '') <> '' and coalesce(err_detail, '') <> '' then
-    raise exception using errcode = err_state, message = err_message, detail = err_detail, hint = err_hint;
-  elsif coalesce(err_hint, '') <> '' then
-    raise exception using errcode = err_state, message = err_message, hint = err_hint;
-  elsif coalesce(err_detail, '') <> '' then
-    raise exception using errcode = err_state, message = err_message, detail = err_detail;
-  else
-    raise exception using errcode = err_state, message = err_message;
-  end if;
+  -- raises itself when the run cannot be failed (no such run, already succeeded): the caller sees that error
+  run := mixpanel_sync.fail_run(finish_or_fail_run.run_id, err_message, err_state);
+  raise warning 'run % failed (SQLSTATE %): %', finish_or_fail_run.run_id, err_state, err_message
+    using hint = coalesce(nullif(err_hint, ''), 'the reason is in mixpanel_sync.sync_runs.error of this run');
+  return run;
 end;
 $$;
--- `revoke … on all functions` (900-privileges.sql) does not cover procedures: PUBLIC loses EXECUTE here.
-revoke execute on procedure mixpanel_sync.finish_or_fail_run(bigint) from public;
-comment on procedure mixpanel_sync.finish_or_fail_run(bigint) is
-  'The psql way to end a run: call mixpanel_sync.finish_or_fail_run(run_id). Runs finish_run; when it raises (MP001 '
-  'REPLACE guard refusal, MP003 incomplete input, …) records the run failed with that error and SQLSTATE (fail_run), '
-  'COMMITs that, then raises the same SQLSTATE with its message, detail and hint. So the session is never left with a '
-  'running run that refuses the next begin_run (MP002). Call it on its own, not inside BEGIN … COMMIT (a procedure '
-  'that commits cannot run in an explicit transaction block). The loader calls finish_run and fail_run itself.';
+comment on function mixpanel_sync.finish_or_fail_run(bigint) is
+  'The psql way to end a run: select status, error from mixpanel_sync.finish_or_fail_run(run_id). Runs finish_run and '
+  'returns the succeeded run; when finish_run raises (MP001 REPLACE guard refusal, MP003 incomplete input, a cancel, …) '
+  'nothing of it is applied, the run is recorded failed with that error and SQLSTATE (fail_run, options->>''error_code''), '
+  'a WARNING names the SQLSTATE, message and hint, and the failed run is returned. So the session is never left with a '
+  'running run that refuses the next begin_run (MP002). The loader calls finish_run and fail_run itself; a script that '
+  'must stop on a refusal calls finish_run (which raises) and then fail_run.';
 
 ------------------------------------------------------------------------------------------
 -- json_problem: with PostgreSQL's detail

@@ -1,11 +1,10 @@
 // Issue 9, Build 1: "A refusal fails the run: … visible in sync_health()", on the psql path too. A psql user who
 // meets the REPLACE guard (MP001) must not be left with a run that blocks every later begin_run (MP002).
-// The psql recipe ends a run with `call mixpanel_sync.finish_or_fail_run(run_id)` (150-safety-followups.sql): on a
-// refusal it records the run failed (fail_run, with the SQLSTATE), COMMITs that, and raises the same error again.
-// Seen failing without it: with plain `select mixpanel_sync.finish_run(…)` (what this test did before the procedure
-// existed) the run stayed 'running' ("expected 'running' to be 'failed'") and the same session's next begin_run was
-// refused with MP002; with the procedure's COMMIT removed, the fail_run was rolled back with the re-raise (the run
-// stayed 'running': "expected { status: 'running', … } to deeply equal { status: 'failed', … }").
+// The psql recipe ends a run with `select … from mixpanel_sync.finish_or_fail_run(run_id)` (150-safety-followups.sql):
+// on a refusal it records the run failed (fail_run, with the SQLSTATE), warns with the SQLSTATE, message and hint, and
+// returns the failed run. Seen failing without it: with plain `select mixpanel_sync.finish_run(…)` the run stayed
+// 'running' ("expected 'running' to be 'failed'") and the same session's next begin_run was refused with MP002; with
+// the fail_run call removed from finish_or_fail_run, the returned run was still 'running'.
 import { afterAll, describe, expect, it } from 'vitest';
 import { createTestDatabase } from '../db/vitest-database.ts';
 
@@ -19,7 +18,7 @@ interface PgError {
 }
 
 describe('REPLACE guard refusal through plain SQL', () => {
-  it('after finish_or_fail_run raises MP001, the run is failed with its code and the same session can begin the next run', async () => {
+  it('after finish_or_fail_run meets MP001, the run is failed with its code and the same session can begin the next run', async () => {
     const client = await db.pool.connect();
     try {
       const day = Math.floor(Date.now() / 1000 / 86_400) * 86_400 - 86_400;
@@ -28,24 +27,29 @@ describe('REPLACE guard refusal through plain SQL', () => {
         first[0]!.id,
         JSON.stringify([1, 2].map((i) => ({ event: 'e', properties: { time: day + i, distinct_id: 'u', $insert_id: `i${i}` } }))),
       ]);
-      await client.query('call mixpanel_sync.finish_or_fail_run($1)', [first[0]!.id]);
-      const { rows: done } = await client.query<{ status: string }>('select status from mixpanel_sync.sync_runs where id = $1', [first[0]!.id]);
+      const { rows: done } = await client.query<{ status: string }>('select status from mixpanel_sync.finish_or_fail_run($1)', [first[0]!.id]);
       expect(done[0]!.status).toBe('succeeded');
 
       const { rows } = await client.query<{ id: string }>("select id from mixpanel_sync.begin_run('events', force_full => true)");
-      const refused = await client.query('call mixpanel_sync.finish_or_fail_run($1)', [rows[0]!.id]).then(
-        () => null,
-        (error: PgError) => error,
+      const notices: { code?: string; message?: string; hint?: string; severity?: string }[] = [];
+      const onNotice = (notice: { code?: string; message?: string; hint?: string; severity?: string }) => notices.push(notice);
+      client.on('notice', onNotice);
+      const { rows: returned } = await client.query<{ status: string; error: string; error_code: string }>(
+        "select status, error, options ->> 'error_code' as error_code from mixpanel_sync.finish_or_fail_run($1)",
+        [rows[0]!.id],
       );
-      // the same SQLSTATE, message and hint as finish_run's own refusal
-      expect(refused?.code).toBe('MP001');
-      expect(refused?.message).toMatch(/^finish_run: /);
-      expect(refused?.hint).toMatch(/allow_shrink => true/);
+      client.off('notice', onNotice);
+      // the refusal: recorded on the run with finish_run's own SQLSTATE and message, and said in a WARNING with its hint
+      expect(returned[0]).toMatchObject({ status: 'failed', error_code: 'MP001' });
+      expect(returned[0]!.error).toMatch(/^finish_run: /);
+      const warning = notices.find((n) => n.severity === 'WARNING');
+      expect(warning?.message).toMatch(new RegExp(`^run ${rows[0]!.id} failed \\(SQLSTATE MP001\\): finish_run: `));
+      expect(warning?.hint).toMatch(/allow_shrink => true/);
       const { rows: run } = await client.query<{ status: string; error: string; error_code: string }>(
         "select status, error, options ->> 'error_code' as error_code from mixpanel_sync.sync_runs where id = $1",
         [rows[0]!.id],
       );
-      expect(run[0]).toEqual({ status: 'failed', error: refused?.message, error_code: 'MP001' });
+      expect(run[0]).toEqual(returned[0]);
       const { rows: daily } = await client.query<{ n: string }>('select count(*) as n from mixpanel_sync.events_daily');
       expect(Number(daily[0]!.n)).toBeGreaterThan(0);
       const next = await client.query<{ id: string }>("select id from mixpanel_sync.begin_run('events')").then(
@@ -53,7 +57,7 @@ describe('REPLACE guard refusal through plain SQL', () => {
         (error: PgError) => `${error.code}: ${error.message}`,
       );
       expect(next).toMatch(/^\d+$/);
-      await client.query('call mixpanel_sync.finish_or_fail_run($1)', [next]);
+      await client.query('select mixpanel_sync.finish_or_fail_run($1)', [next]);
     } finally {
       client.release();
     }

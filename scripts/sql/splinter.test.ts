@@ -115,16 +115,7 @@ async function lint(exposed: string, before = ''): Promise<Finding[]> {
   }
 }
 
-/**
- * Findings excused, each for its reason. mixpanel_sync.finish_or_fail_run (150-safety-followups.sql) is the psql
- * recipe's procedure that COMMITs a refused run as failed before raising its error again; PostgreSQL refuses COMMIT in
- * a routine with a SET clause ("invalid transaction termination", tried), so it cannot carry `set search_path = ''`.
- * Its body names everything by schema, and PUBLIC may not execute it. Lead to decide (issue 9 asks for 0 WARN).
- */
-const EXCUSED = [/^function_search_path_mutable Function \\?`mixpanel_sync\.finish_or_fail_run\\?` has a role mutable search_path$/];
-
-const serious = (findings: Finding[]) =>
-  findings.filter((f) => (f.level === 'WARN' || f.level === 'ERROR') && !EXCUSED.some((excused) => excused.test(`${f.name} ${f.detail}`)));
+const serious = (findings: Finding[]) => findings.filter((f) => f.level === 'WARN' || f.level === 'ERROR');
 
 describe.skipIf('missing' in splinter)('splinter (Supabase database linter)', () => {
   beforeAll(async () => {
@@ -137,12 +128,12 @@ describe.skipIf('missing' in splinter)('splinter (Supabase database linter)', ()
 
   it('reports no WARN or ERROR on our schemas when they are not exposed', async () => {
     const findings = await lint(NOT_EXPOSED);
-    expect(serious(findings)).toEqual([]);
+    expect(serious(findings).map((f) => `${f.level} ${f.name} ${f.detail}`)).toEqual([]);
   });
 
   it("reports no WARN or ERROR on our schemas exposed with the guide's grants", async () => {
     const findings = await lint(EXPOSED, guideGrants);
-    expect(serious(findings)).toEqual([]);
+    expect(serious(findings).map((f) => `${f.level} ${f.name} ${f.detail}`)).toEqual([]);
   });
 
   it('control: the same lint run does see a table without RLS and a security-definer view', async () => {
