@@ -328,20 +328,6 @@ export async function assertSameTables(db: Queryable, what: string, expected: Ta
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// Session control (pg_catalog), for Ctrl-C during finish_run
-
-/** Cancels the statement running on another backend (a finish_run cut short by Ctrl-C rolls back). */
-export async function cancelBackend(db: Queryable, pid: number): Promise<void> {
-  await db.query('select pg_catalog.pg_cancel_backend($1)', [pid]);
-}
-
-/** The server process of a connection, for cancelBackend. */
-export async function backendPid(db: Queryable): Promise<number> {
-  const { rows } = await db.query<{ pid: number }>('select pg_catalog.pg_backend_pid() as pid');
-  return rows[0]!.pid;
-}
-
-// ---------------------------------------------------------------------------------------------------------------
 // Cohorts runs (200-health-cohorts.sql): begin_cohorts_run, stage_cohorts, stage_cohort_members, finish_cohorts_run
 
 /** A cohorts run's sync_runs row (source 'cohorts'). */
