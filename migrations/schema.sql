@@ -43,6 +43,49 @@ create type mixpanel_sync.profiles_result as (
 comment on type mixpanel_sync.profiles_result is 'What applying a profiles run did: lines received, rejected, superseded by a later line of the same profile (duplicates), profiles inserted, updated (content changed), unchanged, rows actually written, and lines recognised as the very line that set their row (unchanged, not parsed).';
 grant usage on type mixpanel_sync.profiles_result to public;
 
+create table mixpanel_sync.cohort_members (
+  cohort_id bigint not null,
+  distinct_id text collate "C" not null,
+  added_by_run_id bigint not null,
+  constraint cohort_members_cohort_id_fkey FOREIGN KEY (cohort_id) REFERENCES mixpanel_sync.cohorts(cohort_id) ON DELETE CASCADE,
+  constraint cohort_members_pkey PRIMARY KEY (cohort_id, distinct_id)
+);
+comment on table mixpanel_sync.cohort_members is 'Which users are in which cohort (Engage filter_by_cohort). Join to subscribers / subscriber_properties on distinct_id. A cohorts run inserts who joined and deletes who left; members who stayed are not written.';
+comment on column mixpanel_sync.cohort_members.added_by_run_id is 'The cohorts run that saw this member join.';
+CREATE INDEX cohort_members_distinct_id_idx ON mixpanel_sync.cohort_members USING btree (distinct_id);
+alter table mixpanel_sync.cohort_members enable row level security;
+create policy mixpanel_sync_loader_all on mixpanel_sync.cohort_members as permissive for all to mixpanel_sync_loader using (true) with check (true);
+comment on policy mixpanel_sync_loader_all on mixpanel_sync.cohort_members is 'The loader reads and writes every row: RLS is on only so that roles without a policy (anon, authenticated) see nothing.';
+create policy mixpanel_sync_reader_read on mixpanel_sync.cohort_members as permissive for select to mixpanel_sync_reader using (true);
+comment on policy mixpanel_sync_reader_read on mixpanel_sync.cohort_members is 'The reader sees every row of the aggregates and profiles; RLS is on only so that roles without a policy see nothing.';
+grant delete, insert, select, truncate, update on table mixpanel_sync.cohort_members to mixpanel_sync_loader;
+grant select on table mixpanel_sync.cohort_members to mixpanel_sync_reader;
+
+create table mixpanel_sync.cohorts (
+  cohort_id bigint not null,
+  name text not null,
+  description text,
+  member_count bigint,
+  is_visible boolean,
+  created_at timestamp with time zone,
+  properties jsonb not null,
+  changed_by_run_id bigint not null,
+  synced_at timestamp with time zone default now() not null,
+  constraint cohorts_pkey PRIMARY KEY (cohort_id)
+);
+comment on table mixpanel_sync.cohorts is 'Mixpanel cohorts as /api/query/cohorts/list describes them, one row per cohort; a row is rewritten only when its content changed.';
+comment on column mixpanel_sync.cohorts.member_count is 'The count Mixpanel reported in the list (cohort_members holds the members themselves).';
+comment on column mixpanel_sync.cohorts.properties is 'The list entry as Mixpanel sent it.';
+comment on column mixpanel_sync.cohorts.changed_by_run_id is 'The cohorts run that last wrote this row (inserted or changed it).';
+comment on column mixpanel_sync.cohorts.synced_at is 'When that run wrote it.';
+alter table mixpanel_sync.cohorts enable row level security;
+create policy mixpanel_sync_loader_all on mixpanel_sync.cohorts as permissive for all to mixpanel_sync_loader using (true) with check (true);
+comment on policy mixpanel_sync_loader_all on mixpanel_sync.cohorts is 'The loader reads and writes every row: RLS is on only so that roles without a policy (anon, authenticated) see nothing.';
+create policy mixpanel_sync_reader_read on mixpanel_sync.cohorts as permissive for select to mixpanel_sync_reader using (true);
+comment on policy mixpanel_sync_reader_read on mixpanel_sync.cohorts is 'The reader sees every row of the aggregates and profiles; RLS is on only so that roles without a policy see nothing.';
+grant delete, insert, select, truncate, update on table mixpanel_sync.cohorts to mixpanel_sync_loader;
+grant select on table mixpanel_sync.cohorts to mixpanel_sync_reader;
+
 create table mixpanel_sync.event_ledger (
   distinct_id text collate "C" not null,
   event_key uuid not null,
@@ -52,8 +95,9 @@ create table mixpanel_sync.event_ledger (
   run_id bigint not null,
   constraint event_ledger_pkey PRIMARY KEY (distinct_id, event_key)
 );
-comment on table mixpanel_sync.event_ledger is 'One row per applied event inside the ledger retention: the memory that makes ADD idempotent.';
+comment on table mixpanel_sync.event_ledger is 'One row per applied event of the last events.ledger_retention days (the horizon): the memory that makes ADD idempotent. Older days are pruned by finish_run; REPLACE writes rows only from the horizon on. run_id: the run that last wrote the row (inserted it, or changed its day, name or time); a REPLACE that finds the row unchanged leaves it (and its run_id) as it is.';
 comment on column mixpanel_sync.event_ledger.event_key is 'Mixpanel''s dedup identity, mixpanel_sync.event_key(name, second, $insert_id, event): injective.';
+comment on column mixpanel_sync.event_ledger.run_id is 'The run that last wrote this row: inserted it, or changed its day, event_name or event_time (a REPLACE that finds the event unchanged does not rewrite it). Not "the last run that saw the event".';
 CREATE INDEX event_ledger_day_idx ON mixpanel_sync.event_ledger USING btree (day);
 alter table mixpanel_sync.event_ledger enable row level security;
 create policy mixpanel_sync_loader_all on mixpanel_sync.event_ledger as permissive for all to mixpanel_sync_loader using (true) with check (true);
@@ -97,6 +141,28 @@ comment on policy mixpanel_sync_reader_read on mixpanel_sync.events_daily is 'Th
 grant delete, insert, select, truncate, update on table mixpanel_sync.events_daily to mixpanel_sync_loader;
 grant select on table mixpanel_sync.events_daily to mixpanel_sync_reader;
 
+create table mixpanel_sync.identity_links (
+  alias text collate "C" not null,
+  canonical text collate "C" not null,
+  identified_at timestamp with time zone,
+  learned_from_run bigint,
+  learned_at timestamp with time zone default now() not null,
+  constraint identity_links_alias_check CHECK (((alias <> ''::text) AND (length(alias) <= 255))),
+  constraint identity_links_canonical_fkey FOREIGN KEY (canonical) REFERENCES mixpanel_sync.identity_links(alias),
+  constraint identity_links_pkey PRIMARY KEY (alias)
+);
+comment on table mixpanel_sync.identity_links is 'The identity map: one row per distinct_id that belongs to a cluster (an id that no link names is its own cluster and has no row). The canonical id of a cluster has a row of its own with canonical = alias; every other member names it. With identity.mode on, aggregate rows are keyed by canonical ids only. Learned by apply_identity.';
+comment on column mixpanel_sync.identity_links.alias is 'A distinct_id of the cluster (the canonical id included).';
+comment on column mixpanel_sync.identity_links.canonical is 'The cluster''s canonical id: the member with the earliest identified_at, then the least id in byte order (simplified: the $user_id; original: the earliest identified id). It can change when clusters merge.';
+comment on column mixpanel_sync.identity_links.identified_at is 'The time of the earliest event that named this id as the identified side of a link ($user_id of a simplified link, $identified_id of $identify, distinct_id of $create_alias); null for ids only seen as anonymous or in $merge.';
+comment on column mixpanel_sync.identity_links.learned_from_run is 'The sync_runs.id of the run that last set this row''s canonical. No foreign key: runs are pruned after runs.retention while links stay, and sync_runs stays truncatable on its own.';
+comment on column mixpanel_sync.identity_links.learned_at is 'When this row''s canonical was last set.';
+CREATE INDEX identity_links_canonical_idx ON mixpanel_sync.identity_links USING btree (canonical);
+alter table mixpanel_sync.identity_links enable row level security;
+create policy mixpanel_sync_loader_all on mixpanel_sync.identity_links as permissive for all to mixpanel_sync_loader using (true) with check (true);
+comment on policy mixpanel_sync_loader_all on mixpanel_sync.identity_links is 'The loader reads and writes every row: RLS is on only so that roles without a policy (anon, authenticated) see nothing.';
+grant delete, insert, select, truncate, update on table mixpanel_sync.identity_links to mixpanel_sync_loader;
+
 create unlogged table mixpanel_sync.run_events (
   run_id bigint not null,
   line_id bigint not null,
@@ -117,6 +183,57 @@ alter table mixpanel_sync.run_events enable row level security;
 create policy mixpanel_sync_loader_all on mixpanel_sync.run_events as permissive for all to mixpanel_sync_loader using (true) with check (true);
 comment on policy mixpanel_sync_loader_all on mixpanel_sync.run_events is 'The loader reads and writes every row: RLS is on only so that roles without a policy (anon, authenticated) see nothing.';
 grant delete, insert, select, truncate, update on table mixpanel_sync.run_events to mixpanel_sync_loader;
+
+create table mixpanel_sync.spot_checks (
+  id bigint generated always as identity not null,
+  seed text not null,
+  users text[] not null,
+  from_day date not null,
+  to_day date not null,
+  watermark timestamp with time zone not null,
+  processing_watermark timestamp with time zone,
+  project_timezone text,
+  started_at timestamp with time zone default now() not null,
+  finished_at timestamp with time zone,
+  compared bigint,
+  differences bigint,
+  pending bigint,
+  constraint spot_checks_pkey PRIMARY KEY (id)
+);
+comment on table mixpanel_sync.spot_checks is 'One row per spot-check: the users chosen (seeded), the synced window compared, and what was found.';
+comment on column mixpanel_sync.spot_checks.watermark is 'The events watermark when the check began: events after it are not synced yet (pending, not a difference).';
+comment on column mixpanel_sync.spot_checks.processing_watermark is 'The processing watermark when the check began: events Mixpanel processed after it arrived late and are pending.';
+alter table mixpanel_sync.spot_checks enable row level security;
+create policy mixpanel_sync_loader_all on mixpanel_sync.spot_checks as permissive for all to mixpanel_sync_loader using (true) with check (true);
+comment on policy mixpanel_sync_loader_all on mixpanel_sync.spot_checks is 'The loader reads and writes every row: RLS is on only so that roles without a policy (anon, authenticated) see nothing.';
+grant delete, insert, select, truncate, update on table mixpanel_sync.spot_checks to mixpanel_sync_loader;
+
+create unlogged table mixpanel_sync.staged_cohort_fetches (
+  run_id bigint not null,
+  cohort_id bigint not null,
+  constraint staged_cohort_fetches_pkey PRIMARY KEY (run_id, cohort_id)
+);
+comment on table mixpanel_sync.staged_cohort_fetches is 'Cohorts whose whole membership a run in progress has staged: only their membership is replaced by finish_cohorts_run.';
+alter table mixpanel_sync.staged_cohort_fetches enable row level security;
+
+create unlogged table mixpanel_sync.staged_cohort_members (
+  run_id bigint not null,
+  line_id bigint generated always as identity not null,
+  cohort_id bigint not null,
+  profile jsonb not null,
+  constraint staged_cohort_members_pkey PRIMARY KEY (run_id, line_id)
+);
+comment on table mixpanel_sync.staged_cohort_members is 'Engage profiles of each cohort (filter_by_cohort) for runs in progress, as received; only $distinct_id is used.';
+alter table mixpanel_sync.staged_cohort_members enable row level security;
+
+create unlogged table mixpanel_sync.staged_cohorts (
+  run_id bigint not null,
+  line_id bigint generated always as identity not null,
+  line jsonb not null,
+  constraint staged_cohorts_pkey PRIMARY KEY (run_id, line_id)
+);
+comment on table mixpanel_sync.staged_cohorts is 'The cohort list entries of runs in progress, as received.';
+alter table mixpanel_sync.staged_cohorts enable row level security;
 
 create unlogged table mixpanel_sync.staged_events (
   run_id bigint not null,
@@ -143,6 +260,16 @@ comment on table mixpanel_sync.staged_profiles is 'Raw Mixpanel Engage profiles 
 comment on column mixpanel_sync.staged_profiles.problem is 'As staged_events.problem: set when the loader could not stage the profile as text (e.g. invalid UTF-8); the profile is rejected with this reason, never altered.';
 comment on column mixpanel_sync.staged_profiles.line_no is 'As staged_events.line_no: the 1-based number of the profile in the run''s input.';
 alter table mixpanel_sync.staged_profiles enable row level security;
+
+create unlogged table mixpanel_sync.staged_spot_check_events (
+  check_id bigint not null,
+  line_id bigint generated always as identity not null,
+  line text not null,
+  constraint staged_spot_check_events_check_id_fkey FOREIGN KEY (check_id) REFERENCES mixpanel_sync.spot_checks(id) ON DELETE CASCADE,
+  constraint staged_spot_check_events_pkey PRIMARY KEY (check_id, line_id)
+);
+comment on table mixpanel_sync.staged_spot_check_events is 'Export lines fetched by a spot-check in progress, as received (its own scratch, never read by the sync).';
+alter table mixpanel_sync.staged_spot_check_events enable row level security;
 
 create table mixpanel_sync.subscriber_properties (
   distinct_id text not null,
@@ -258,17 +385,24 @@ create table mixpanel_sync.sync_runs (
   apply_ms bigint,
   total_ms bigint,
   error text,
+  heartbeat_at timestamp with time zone,
+  links_learned bigint,
+  reattributed_events bigint,
   constraint sync_runs_mode_check CHECK ((mode = ANY (ARRAY['full'::text, 'incremental'::text]))),
   constraint sync_runs_pkey PRIMARY KEY (id),
-  constraint sync_runs_source_check CHECK ((source = ANY (ARRAY['events'::text, 'profiles'::text]))),
+  constraint sync_runs_source_check CHECK ((source = ANY (ARRAY['events'::text, 'profiles'::text, 'cohorts'::text]))),
   constraint sync_runs_status_check CHECK ((status = ANY (ARRAY['running'::text, 'succeeded'::text, 'failed'::text, 'abandoned'::text])))
 );
 comment on table mixpanel_sync.sync_runs is 'One row per run: window, counts, watermark before/after, timings, lateness distribution and error.';
 comment on column mixpanel_sync.sync_runs.fetch_to is 'The run''s own clock: nothing after it is applied and the watermark never moves past it.';
 comment on column mixpanel_sync.sync_runs.lookback_from is 'Incremental events runs: how far back late-arriving events are looked for (with processed_after).';
 comment on column mixpanel_sync.sync_runs.processed_after is 'Incremental events runs: only events with mp_processing_time_ms after this are new in the lookback days.';
+comment on column mixpanel_sync.sync_runs.users_touched is 'Users whose stored data the run changed. Events, full run (REPLACE as a merge): users whose events_daily rows in the window were inserted, updated or deleted (their subscribers row was recomputed; 0 for a re-sync of unchanged data). Events, incremental run (ADD): users with an event applied. Profiles: inserted + updated. Cohorts: members added + removed.';
 comment on column mixpanel_sync.sync_runs.lateness is 'Distribution of mp_processing_time_ms - time over the events of the run (ms): events, p50_ms, p90_ms, p99_ms, max_ms, beyond_overlap.';
 comment on column mixpanel_sync.sync_runs.options is 'How the run was made: mode_reason, upsert_path, horizon_day, allow_shrink, owner {pid, backend_start} (the session that began it), framing (the loader''s framing counts, record_framing), error_code (the SQLSTATE given to fail_run, e.g. MP001 for a REPLACE guard refusal) and other switches in force.';
+comment on column mixpanel_sync.sync_runs.heartbeat_at is 'Last sign of life of the run''s loader (mixpanel_sync.heartbeat_run, called every few seconds on a connection of its own while the run is in progress); null when the run never had one (psql). begin_run abandons a running run whose owner session is gone only when this is null, older than runs.heartbeat_timeout or older than the server''s start.';
+comment on column mixpanel_sync.sync_runs.links_learned is 'Identity merge (identity.mode <> ''off''): ids this run linked to a new canonical id (a new alias, or the ids of a cluster whose canonical id changed). Null when identity.mode was off. Set from apply_identity''s result.';
+comment on column mixpanel_sync.sync_runs.reattributed_events is 'Identity merge: events this run moved from an alias to its canonical id in events_daily (events counted under both ids, found by the ledger, are counted once and not here). Null when identity.mode was off.';
 CREATE UNIQUE INDEX sync_runs_one_running_per_source_idx ON mixpanel_sync.sync_runs USING btree (source) WHERE (status = 'running'::text);
 comment on index mixpanel_sync.sync_runs_one_running_per_source_idx is 'At most one running run per source: two begin_run calls racing for the same source cannot both start (MP002).';
 CREATE INDEX sync_runs_running_idx ON mixpanel_sync.sync_runs USING btree (started_at) WHERE (status = 'running'::text);
@@ -285,7 +419,7 @@ create table mixpanel_sync.sync_settings (
   value text not null,
   kind text not null,
   description text not null,
-  constraint sync_settings_kind_check CHECK ((kind = ANY (ARRAY['interval'::text, 'integer'::text, 'numeric'::text, 'ratio'::text, 'on_off'::text, 'set_loop'::text]))),
+  constraint sync_settings_kind_check CHECK ((kind = ANY (ARRAY['interval'::text, 'integer'::text, 'numeric'::text, 'ratio'::text, 'on_off'::text, 'set_loop'::text, 'identity_mode'::text]))),
   constraint sync_settings_pkey PRIMARY KEY (key),
   constraint sync_settings_value_valid CHECK (mixpanel_sync.setting_value_is_valid(kind, value))
 );
@@ -425,6 +559,72 @@ $function$;
 comment on function mixpanel_sync.add_event_counts(counts jsonb, more jsonb) is 'Two subscribers.event_counts objects added key by key.';
 grant execute on function mixpanel_sync.add_event_counts(counts jsonb, more jsonb) to mixpanel_sync_loader;
 
+CREATE OR REPLACE FUNCTION mixpanel_sync.apply_identity(run_id bigint)
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  mode text := mixpanel_sync.identity_mode();
+  learned record;
+  moved jsonb;
+  rewritten bigint;
+begin
+  if mode = 'off' then
+    return jsonb_build_object('identity_mode', mode);
+  end if;
+  learned := mixpanel_sync.learn_identity_links(run_id, mode);
+  moved := case mixpanel_sync.setting('events.upsert_path')
+    when 'loop' then mixpanel_sync.reattribute_identities_loop(learned.from_ids, learned.to_ids)
+    else mixpanel_sync.reattribute_identities(learned.from_ids, learned.to_ids)
+  end;
+  -- The run's events under canonical ids: the apply path that follows deduplicates (canonical id, key).
+  update mixpanel_sync.run_events e set distinct_id = l.canonical
+  from mixpanel_sync.identity_links l
+  where e.run_id = apply_identity.run_id and l.alias = e.distinct_id and l.canonical <> l.alias;
+  get diagnostics rewritten = row_count;
+  return jsonb_build_object('identity_mode', mode, 'links_learned', learned.links_learned,
+    'events_resolved', rewritten) || moved;
+end;
+$function$;
+comment on function mixpanel_sync.apply_identity(run_id bigint) is 'The identity step of finish_events_run (after parsing into run_events, before REPLACE/ADD), when identity.mode is not off: learns the run''s links (learn_identity_links), moves the aggregate rows of ids no longer canonical (reattribute_identities, or its _loop twin when events.upsert_path = loop), and rewrites run_events.distinct_id of the run to canonical ids. Returns {identity_mode, links_learned, events_resolved, reattributed_events, reattributed_duplicates, reattributed_ledger_rows, reattributed_raw_events, reattributed_profiles}; with mode off only {identity_mode} and nothing is changed. The caller merges it into sync_runs.options and sets sync_runs.links_learned and reattributed_events from it.';
+grant execute on function mixpanel_sync.apply_identity(run_id bigint) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.begin_cohorts_run(clock timestamp with time zone DEFAULT now())
+ RETURNS mixpanel_sync.sync_runs
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  run mixpanel_sync.sync_runs;
+  other mixpanel_sync.sync_runs;
+begin
+  if clock is null then
+    raise exception 'begin_cohorts_run: clock must not be null' using errcode = 'MP004', hint = 'leave clock out to use now()';
+  end if;
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.begin_run:cohorts', 0));
+  perform mixpanel_sync.abandon_stale_runs();
+  select * into other from mixpanel_sync.sync_runs r where r.source = 'cohorts' and r.status = 'running' order by r.started_at limit 1;
+  if found then
+    raise exception 'begin_cohorts_run: run % of source cohorts is running (started % ago); one cohorts run at a time',
+      other.id, justify_interval(date_trunc('second', now() - other.started_at))
+      using errcode = 'MP002',
+        hint = format('wait for it to finish; if its loader is dead: select mixpanel_sync.fail_run(%s, ''loader died'')', other.id);
+  end if;
+  -- staged rows of cohorts runs that ended without finish_cohorts_run (failed, abandoned)
+  delete from mixpanel_sync.staged_cohorts s where not exists (select from mixpanel_sync.sync_runs r where r.id = s.run_id and r.status = 'running');
+  delete from mixpanel_sync.staged_cohort_members s where not exists (select from mixpanel_sync.sync_runs r where r.id = s.run_id and r.status = 'running');
+  delete from mixpanel_sync.staged_cohort_fetches s where not exists (select from mixpanel_sync.sync_runs r where r.id = s.run_id and r.status = 'running');
+  insert into mixpanel_sync.sync_runs (source, mode, fetch_to, options)
+  values ('cohorts', 'full', clock, jsonb_build_object('mode_reason', 'cohorts are always read whole',
+    'owner', jsonb_build_object('pid', pg_catalog.pg_backend_pid())))
+  returning * into run;
+  return run;
+end;
+$function$;
+comment on function mixpanel_sync.begin_cohorts_run(clock timestamp with time zone) is 'Begins a cohorts run (source ''cohorts'', always whole): refuses with MP002 while another cohorts run is running, abandons stale runs and clears staged rows of cohorts runs that ended without finishing.';
+grant execute on function mixpanel_sync.begin_cohorts_run(clock timestamp with time zone) to mixpanel_sync_loader;
+
 CREATE OR REPLACE FUNCTION mixpanel_sync.begin_run(source text, force_full boolean DEFAULT false, clock timestamp with time zone DEFAULT now(), project_timezone text DEFAULT NULL::text, resync_from date DEFAULT NULL::date, resync_to date DEFAULT NULL::date, allow_shrink boolean DEFAULT false)
  RETURNS mixpanel_sync.sync_runs
  LANGUAGE plpgsql
@@ -439,6 +639,7 @@ declare
   new_id bigint;
   owner jsonb;
   clock_day date;
+  heartbeat_timeout interval := mixpanel_sync.setting('runs.heartbeat_timeout')::interval;
 begin
   if source is null or source not in ('events', 'profiles') then
     raise exception 'begin_run: source must be ''events'' or ''profiles'', got %', coalesce(quote_literal(source), 'null')
@@ -476,12 +677,18 @@ begin
   perform mixpanel_sync.abandon_stale_runs();
   new_id := pg_catalog.nextval(pg_catalog.pg_get_serial_sequence('mixpanel_sync.sync_runs', 'id'));
 
-  -- A running run whose loader's session is gone is abandoned now, not after runs.abandon_after. (Through a
-  -- transaction pooler such as pgbouncer the server session outlives the client: then only abandon_after applies.)
+  -- A running run whose loader is gone is abandoned now, not after runs.abandon_after: its owner session (the one that
+  -- ran its begin_run) no longer exists AND it has no heartbeat younger than runs.heartbeat_timeout and younger than
+  -- the server's start. Through a
+  -- transaction pooler (pgbouncer) the owner session may close while the loader works on another one: the loader's
+  -- heartbeat keeps such a run alive. A run that never had a heartbeat (psql) is judged by its owner session alone.
   for other in
     select * from mixpanel_sync.sync_runs r
     where r.source = begin_run.source and r.status = 'running'
       and r.options -> 'owner' ->> 'pid' is not null
+      and (r.heartbeat_at is null or r.heartbeat_at < now() - heartbeat_timeout
+        -- no beat since the server (re)started: the loader's connections died with it (pg_ctl stop -m immediate)
+        or r.heartbeat_at < pg_catalog.pg_postmaster_start_time())
       and not exists (
         select from pg_catalog.pg_stat_activity a
         where a.pid = (r.options -> 'owner' ->> 'pid')::integer
@@ -495,6 +702,12 @@ begin
       finished_at = now(),
       total_ms = (extract(epoch from now() - r.started_at) * 1000)::bigint,
       error = format('abandoned by begin_run of run %s: its loader''s session (pid %s) is gone', new_id, other.options -> 'owner' ->> 'pid')
+        || case when other.heartbeat_at < now() - heartbeat_timeout
+          then format(' and its last heartbeat is %s old (runs.heartbeat_timeout %s)',
+            justify_interval(date_trunc('second', now() - other.heartbeat_at)), heartbeat_timeout)
+          when other.heartbeat_at is not null
+          then ' and it sent no heartbeat since the server started'
+          else '' end
     where r.id = other.id;
     perform mixpanel_sync.drop_staged_rows(other.id);
   end loop;
@@ -572,8 +785,107 @@ begin
   return run;
 end;
 $function$;
-comment on function mixpanel_sync.begin_run(source text, force_full boolean, clock timestamp with time zone, project_timezone text, resync_from date, resync_to date, allow_shrink boolean) is 'Starts a run (one short transaction) and decides its mode and window. Full when there is no watermark, when forced, when events.incremental is off, or when the watermark is older than the ledger retention; else incremental from watermark - events.overlap. clock is the run''s fetch_to. project_timezone: for projects that store local time. resync_from/resync_to: a full run that replaces exactly those UTC days (resync_from alone: that one day). allow_shrink: let this full run empty or shrink stored days (the REPLACE guard of finish_run, MP001, is off). One run at a time per source: refused with MP002 while another is running (a unique index makes two racing calls safe); a running run whose loader''s session (options->owner: pid, backend_start) no longer exists is abandoned first, and any run still running after runs.abandon_after. Caveat: through a transaction pooler (pgbouncer) the server session outlives the loader, so only runs.abandon_after applies. Invalid arguments: MP004 (e.g. force_full with resync_*).';
+comment on function mixpanel_sync.begin_run(source text, force_full boolean, clock timestamp with time zone, project_timezone text, resync_from date, resync_to date, allow_shrink boolean) is 'Starts a run (one short transaction) and decides its mode and window. Full when there is no watermark, when forced, when events.incremental is off, or when the watermark is older than the ledger retention; else incremental from watermark - events.overlap. clock is the run''s fetch_to. project_timezone: for projects that store local time. resync_from/resync_to: a full run that replaces exactly those UTC days (resync_from alone: that one day). allow_shrink: let this full run empty or shrink stored days (the REPLACE guard of finish_run, MP001, is off). One run at a time per source: refused with MP002 while another is running (a unique index makes two racing calls safe); a running run is abandoned first when its loader is gone: its owner session (options->owner: pid, backend_start) no longer exists and its heartbeat (heartbeat_at, set by heartbeat_run) is absent, older than runs.heartbeat_timeout or older than the server''s start; any run still running after runs.abandon_after is abandoned too. Through a transaction pooler (pgbouncer) the owner session may close or outlive the loader: the loader''s heartbeat is what counts there. Invalid arguments: MP004 (e.g. force_full with resync_*).';
 grant execute on function mixpanel_sync.begin_run(source text, force_full boolean, clock timestamp with time zone, project_timezone text, resync_from date, resync_to date, allow_shrink boolean) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.begin_spot_check(users integer, seed text)
+ RETURNS mixpanel_sync.spot_checks
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  mark mixpanel_sync.sync_watermarks;
+  zone text;
+  chosen text[];
+  check_row mixpanel_sync.spot_checks;
+begin
+  if users is null or users < 1 or seed is null then
+    raise exception 'begin_spot_check: users must be at least 1 and seed not null' using errcode = 'invalid_parameter_value',
+      hint = 'select * from mixpanel_sync.begin_spot_check(20, ''1'')';
+  end if;
+  select * into mark from mixpanel_sync.sync_watermarks w where w.source = 'events';
+  if mark.watermark is null then
+    raise exception 'begin_spot_check: nothing synced yet (no events watermark)' using errcode = 'no_data_found',
+      hint = 'run npm run sync:events first';
+  end if;
+  -- the same users for the same seed and subscribers: ordered by a hash of seed and distinct_id
+  select array_agg(s.distinct_id order by s.h, s.distinct_id) into chosen
+  from (
+    select s.distinct_id, md5(begin_spot_check.seed || ':' || s.distinct_id) as h
+    from mixpanel_sync.subscribers s
+    order by 2, 1
+    limit begin_spot_check.users
+  ) s;
+  if chosen is null then
+    raise exception 'begin_spot_check: no subscribers to check' using errcode = 'no_data_found', hint = 'run npm run sync:events first';
+  end if;
+  select r.project_timezone into zone from mixpanel_sync.sync_runs r
+  where r.source = 'events' and r.status = 'succeeded' order by r.finished_at desc, r.id desc limit 1;
+  -- staged lines of checks that never finished
+  delete from mixpanel_sync.staged_spot_check_events e
+  where e.check_id in (select c.id from mixpanel_sync.spot_checks c where c.started_at < now() - interval '1 day');
+  insert into mixpanel_sync.spot_checks (seed, users, from_day, to_day, watermark, processing_watermark, project_timezone)
+  values (seed, chosen,
+    (mark.watermark at time zone 'UTC')::date - (extract(day from mixpanel_sync.setting('events.full_window')::interval)::integer - 1),
+    (mark.watermark at time zone 'UTC')::date, mark.watermark, mark.processing_watermark, zone)
+  returning * into check_row;
+  return check_row;
+end;
+$function$;
+comment on function mixpanel_sync.begin_spot_check(users integer, seed text) is 'Begins a spot-check: picks `users` subscribers by md5(seed || '':'' || distinct_id) (the same seed picks the same users), and the synced window: the events.full_window days ending with the watermark''s UTC day.';
+grant execute on function mixpanel_sync.begin_spot_check(users integer, seed text) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.cohort_list_rows(run_id bigint)
+ RETURNS TABLE(line_id bigint, line jsonb, cohort_id bigint, reject_reason text)
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select s.line_id, s.line,
+    case when jsonb_typeof(s.line -> 'id') = 'number' and (s.line ->> 'id') ~ '^[0-9]{1,18}$' then (s.line ->> 'id')::bigint end,
+    case
+      when jsonb_typeof(s.line) <> 'object' then 'cohort entry is not a JSON object'
+      when jsonb_typeof(s.line -> 'id') is distinct from 'number' or (s.line ->> 'id') !~ '^[0-9]{1,18}$' then 'cohort id missing or not a positive integer'
+      when jsonb_typeof(s.line -> 'name') is distinct from 'string' then 'cohort name missing or not a string'
+    end
+  from mixpanel_sync.staged_cohorts s
+  where s.run_id = cohort_list_rows.run_id;
+$function$;
+comment on function mixpanel_sync.cohort_list_rows(run_id bigint) is 'The staged cohort list of a run parsed: the cohort id, or why the entry cannot be used (reject_reason).';
+grant execute on function mixpanel_sync.cohort_list_rows(run_id bigint) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.cohort_member_rows(run_id bigint)
+ RETURNS TABLE(line_id bigint, cohort_id bigint, profile jsonb, distinct_id text, reject_reason text)
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select m.line_id, m.cohort_id, m.profile,
+    case when jsonb_typeof(m.profile -> '$distinct_id') in ('string', 'number') then m.profile ->> '$distinct_id' end,
+    case
+      when jsonb_typeof(m.profile) <> 'object' then 'profile is not a JSON object'
+      when coalesce(jsonb_typeof(m.profile -> '$distinct_id') not in ('string', 'number'), true)
+        or m.profile ->> '$distinct_id' = '' then 'missing $distinct_id'
+      when length(m.profile ->> '$distinct_id') > 255 then '$distinct_id longer than 255 characters'
+    end
+  from mixpanel_sync.staged_cohort_members m
+  where m.run_id = cohort_member_rows.run_id
+    and exists (select from mixpanel_sync.staged_cohort_fetches f where f.run_id = m.run_id and f.cohort_id = m.cohort_id);
+$function$;
+comment on function mixpanel_sync.cohort_member_rows(run_id bigint) is 'The staged members of a run''s cohorts fetched whole, parsed: the distinct_id, or why the profile cannot be used.';
+grant execute on function mixpanel_sync.cohort_member_rows(run_id bigint) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.drop_staged_cohort_rows(run_id bigint)
+ RETURNS void
+ LANGUAGE sql
+ SET search_path TO ''
+AS $function$
+  delete from mixpanel_sync.staged_cohorts s where s.run_id = drop_staged_cohort_rows.run_id;
+  delete from mixpanel_sync.staged_cohort_members s where s.run_id = drop_staged_cohort_rows.run_id;
+  delete from mixpanel_sync.staged_cohort_fetches s where s.run_id = drop_staged_cohort_rows.run_id;
+$function$;
+comment on function mixpanel_sync.drop_staged_cohort_rows(run_id bigint) is 'Removes everything staged for a cohorts run.';
+grant execute on function mixpanel_sync.drop_staged_cohort_rows(run_id bigint) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.drop_staged_rows(run_id bigint)
  RETURNS void
@@ -618,28 +930,33 @@ grant execute on function mixpanel_sync.drop_staged_rows(run_id bigint) to mixpa
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.event_key(event_name text, second bigint, insert_id text, content jsonb)
  RETURNS uuid
- LANGUAGE sql
+ LANGUAGE plpgsql
  IMMUTABLE PARALLEL SAFE
  SET search_path TO ''
 AS $function$
-  select md5(case
+begin
+  return md5(case
     when insert_id <> '' then pg_catalog.jsonb_build_array(event_name, second, insert_id)::text
     else pg_catalog.jsonb_build_array(event_name, second, null, md5((content #- '{properties,distinct_id}')::text))::text
   end)::uuid;
+end;
 $function$;
 comment on function mixpanel_sync.event_key(event_name text, second bigint, insert_id text, content jsonb) is 'Mixpanel''s dedup identity of an event (with its distinct_id, the ledger''s other key column): md5 of the JSON array [event name, second, $insert_id] when $insert_id is present and not empty, else [event name, second, null, md5 of the event''s canonical jsonb without properties.distinct_id]. JSON text is an unambiguous encoding (3 vs 4 elements, strings quoted and escaped), so two different identities never share a key (up to md5 collisions), and the key does not change when only the distinct_id does. content: the event as received.';
 grant execute on function mixpanel_sync.event_key(event_name text, second bigint, insert_id text, content jsonb) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.event_second(event_time numeric)
  RETURNS bigint
- LANGUAGE sql
+ LANGUAGE plpgsql
  IMMUTABLE PARALLEL SAFE
  SET search_path TO ''
 AS $function$
-  select case
+begin
+  -- plpgsql, not sql: a sql function with a SET clause cannot be inlined and costs ~4x more per call.
+  return case
     when event_time >= 1 and event_time < 1e11 then floor(event_time)::bigint
     when event_time >= 1e11 and event_time < 1e14 then floor(event_time / 1000)::bigint
   end;
+end;
 $function$;
 comment on function mixpanel_sync.event_second(event_time numeric) is 'The second (Unix epoch) of an export event''s properties.time: seconds, or milliseconds from 1e11 on; null when out of range (below 1 s, or from 1e14). Mixpanel deduplicates to the second.';
 grant execute on function mixpanel_sync.event_second(event_time numeric) to mixpanel_sync_loader;
@@ -676,6 +993,124 @@ $function$;
 comment on function mixpanel_sync.fail_run(run_id bigint, error text, error_code text) is 'Marks a run failed with its error and drops its staged rows. The data and the watermark are untouched. error_code: the SQLSTATE that failed it (e.g. MP001, a REPLACE guard refusal), kept in options->>''error_code'' so that sync_health shows it; when omitted it is read from an error that starts with MPnnn.';
 grant execute on function mixpanel_sync.fail_run(run_id bigint, error text, error_code text) to mixpanel_sync_loader;
 
+CREATE OR REPLACE FUNCTION mixpanel_sync.finish_cohorts_run(run_id bigint)
+ RETURNS mixpanel_sync.sync_runs
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  run mixpanel_sync.sync_runs;
+  began timestamptz := clock_timestamp();
+  n_list bigint;
+  n_list_rejected bigint;
+  n_cohorts_written bigint;
+  n_cohorts_removed bigint;
+  n_received bigint;
+  n_rejected bigint;
+  n_duplicates bigint;
+  n_members bigint;
+  n_added bigint;
+  n_removed bigint;
+  n_whole bigint;
+begin
+  run := mixpanel_sync.running_run(run_id, 'finish_cohorts_run', 'cohorts');
+  perform from mixpanel_sync.sync_runs r where r.id = run.id for update;
+
+  -- The list: one row per usable entry (a numeric id and a name); the rest rejected with a reason.
+  select count(*), count(*) filter (where l.reject_reason is not null) into n_list, n_list_rejected
+  from mixpanel_sync.cohort_list_rows(run.id) l;
+
+  insert into mixpanel_sync.sync_rejects (run_id, source, line_no, payload, reason)
+  select finish_cohorts_run.run_id, 'cohorts', l.line_id, l.line::text, l.reject_reason
+  from mixpanel_sync.cohort_list_rows(run.id) l where l.reject_reason is not null;
+
+  if n_list > n_list_rejected or not exists (select from mixpanel_sync.cohorts) then
+    -- The list is whole: cohorts no longer in it are deleted (their members with them).
+    delete from mixpanel_sync.cohorts c
+    where not exists (select from mixpanel_sync.cohort_list_rows(run.id) l where l.reject_reason is null and l.cohort_id = c.cohort_id);
+    get diagnostics n_cohorts_removed = row_count;
+  else
+    n_cohorts_removed := 0; -- an empty list over stored cohorts: nothing is deleted (see the run's options)
+  end if;
+
+  insert into mixpanel_sync.cohorts as c (cohort_id, name, description, member_count, is_visible, created_at, properties, changed_by_run_id, synced_at)
+  select distinct on (l.cohort_id) l.cohort_id, l.line ->> 'name', l.line ->> 'description',
+    case when (l.line ->> 'count') ~ '^[0-9]{1,18}$' then (l.line ->> 'count')::bigint end,
+    case when jsonb_typeof(l.line -> 'is_visible') = 'number' then (l.line ->> 'is_visible') <> '0'
+      when jsonb_typeof(l.line -> 'is_visible') = 'boolean' then (l.line ->> 'is_visible')::boolean end,
+    case when (l.line ->> 'created') ~ '^\d{4}-\d{2}-\d{2}[ T]\d{2}:\d{2}:\d{2}$' then (l.line ->> 'created')::timestamp at time zone 'UTC' end,
+    l.line, finish_cohorts_run.run_id, now()
+  from mixpanel_sync.cohort_list_rows(run.id) l
+  where l.reject_reason is null
+  order by l.cohort_id, l.line_id desc
+  on conflict (cohort_id) do update set
+    name = excluded.name, description = excluded.description, member_count = excluded.member_count,
+    is_visible = excluded.is_visible, created_at = excluded.created_at, properties = excluded.properties,
+    changed_by_run_id = excluded.changed_by_run_id, synced_at = excluded.synced_at
+  where c.properties is distinct from excluded.properties;
+  get diagnostics n_cohorts_written = row_count;
+
+  -- Members: every staged profile of a cohort fetched whole (cohort_member_rows); the distinct_id as Engage gives it.
+  -- A cohort fetched whole but not (validly) listed has no row in cohorts: its members are left out.
+  select count(*), count(*) filter (where r.reject_reason is not null),
+    count(*) filter (where r.reject_reason is null) - count(distinct (r.cohort_id, r.distinct_id)) filter (where r.reject_reason is null)
+  into n_received, n_rejected, n_duplicates
+  from mixpanel_sync.cohort_member_rows(run.id) r join mixpanel_sync.cohorts c0 on c0.cohort_id = r.cohort_id;
+
+  insert into mixpanel_sync.sync_rejects (run_id, source, line_no, payload, reason)
+  select finish_cohorts_run.run_id, 'cohorts', r.line_id, r.profile::text, r.reject_reason || ' (cohort ' || r.cohort_id || ')'
+  from mixpanel_sync.cohort_member_rows(run.id) r join mixpanel_sync.cohorts c0 on c0.cohort_id = r.cohort_id where r.reject_reason is not null;
+
+  -- Who left: members of the cohorts fetched whole that the fetch no longer has.
+  delete from mixpanel_sync.cohort_members cm
+  where cm.cohort_id in (
+      select f.cohort_id from mixpanel_sync.staged_cohort_fetches f where f.run_id = finish_cohorts_run.run_id)
+    and not exists (
+      select from mixpanel_sync.cohort_member_rows(run.id) r
+      where r.reject_reason is null and r.cohort_id = cm.cohort_id and r.distinct_id = cm.distinct_id);
+  get diagnostics n_removed = row_count;
+
+  -- Who joined; members who stayed are not touched (on conflict do nothing writes no tuple for them).
+  insert into mixpanel_sync.cohort_members (cohort_id, distinct_id, added_by_run_id)
+  select distinct r.cohort_id, r.distinct_id, finish_cohorts_run.run_id
+  from mixpanel_sync.cohort_member_rows(run.id) r join mixpanel_sync.cohorts c0 on c0.cohort_id = r.cohort_id
+  where r.reject_reason is null
+    and not exists (select from mixpanel_sync.cohort_members cm where cm.cohort_id = r.cohort_id and cm.distinct_id = r.distinct_id)
+  on conflict do nothing;
+  get diagnostics n_added = row_count;
+
+  select count(distinct (r.cohort_id, r.distinct_id)) into n_members from mixpanel_sync.cohort_member_rows(run.id) r join mixpanel_sync.cohorts c0 on c0.cohort_id = r.cohort_id where r.reject_reason is null;
+  select count(*) into n_whole from mixpanel_sync.staged_cohort_fetches f
+  where f.run_id = finish_cohorts_run.run_id and exists (select from mixpanel_sync.cohorts c where c.cohort_id = f.cohort_id);
+
+  perform mixpanel_sync.drop_staged_cohort_rows(run.id);
+  update mixpanel_sync.sync_runs r set
+    status = 'succeeded',
+    received = n_received,
+    applied = n_members,
+    duplicates = n_duplicates,
+    rejected = n_rejected + n_list_rejected,
+    too_old = 0,
+    users_touched = n_added + n_removed,
+    inserted = n_added,
+    updated = n_removed,
+    unchanged = n_members - n_added,
+    options = r.options || jsonb_build_object(
+      'cohorts_listed', n_list - n_list_rejected, 'cohorts_written', n_cohorts_written, 'cohorts_removed', n_cohorts_removed,
+      'cohorts_fetched_whole', n_whole, 'members', n_members, 'members_added', n_added, 'members_removed', n_removed,
+      'list_rejected', n_list_rejected),
+    finished_at = clock_timestamp(),
+    stage_ms = (extract(epoch from began - r.started_at) * 1000)::bigint,
+    apply_ms = (extract(epoch from clock_timestamp() - began) * 1000)::bigint,
+    total_ms = (extract(epoch from clock_timestamp() - r.started_at) * 1000)::bigint
+  where r.id = run.id
+  returning r.* into run;
+  return run;
+end;
+$function$;
+comment on function mixpanel_sync.finish_cohorts_run(run_id bigint) is 'Applies a cohorts run in one transaction, set-based with change detection: cohorts upserted only when their list entry changed and deleted when no longer listed; for each cohort fetched whole, members who left deleted and who joined inserted, members who stayed untouched (an unchanged membership writes 0 tuples). Counts: received = member rows staged = applied (distinct members) + duplicates + rejected (list rejects counted in rejected too); inserted = members added, updated = members removed, unchanged = members kept; the rest in options.';
+grant execute on function mixpanel_sync.finish_cohorts_run(run_id bigint) to mixpanel_sync_loader;
+
 CREATE OR REPLACE FUNCTION mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs)
  RETURNS mixpanel_sync.sync_runs
  LANGUAGE plpgsql
@@ -693,6 +1128,7 @@ declare
   recomputes boolean;
   held timestamptz;
   new_processing timestamptz;
+  identity jsonb;
 begin
   select s.line_no, s.line_id, s.line into marker
   from mixpanel_sync.staged_events s
@@ -706,11 +1142,18 @@ begin
 
   parsed := mixpanel_sync.parse_staged_events(run.id);
 
+  -- Identity merge (500-identity.sql, issue 12): learn the run's links, move the rows of ids no longer canonical,
+  -- rewrite the run's events to canonical ids; before the guard and the apply path, which then see canonical ids.
+  identity := mixpanel_sync.apply_identity(run.id);
+  run.options := run.options || identity;
+  run.links_learned := (identity ->> 'links_learned')::bigint;
+  run.reattributed_events := (identity ->> 'reattributed_events')::bigint;
+
   if run.mode = 'full' then
     perform mixpanel_sync.replace_guard(run);
     result := case path
-      when 'loop' then mixpanel_sync.upsert_subscribers_incremental_loop(run.id, run.window_from_day, run.window_to_day)
-      else mixpanel_sync.upsert_subscribers_incremental(run.id, run.window_from_day, run.window_to_day)
+      when 'loop' then mixpanel_sync.upsert_subscribers_incremental_loop(run.id, run.window_from_day, run.window_to_day, horizon)
+      else mixpanel_sync.upsert_subscribers_incremental(run.id, run.window_from_day, run.window_to_day, horizon)
     end;
   else
     result := case path
@@ -785,8 +1228,36 @@ begin
   return run;
 end;
 $function$;
-comment on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) is 'The events part of finish_run: refuses an incomplete input (Mixpanel''s "terminated early" line, MP003), parses once, applies the REPLACE guard to full runs (MP001), REPLACE (full) or ADD (incremental) by events.upsert_path, prunes both ledgers, and sets the watermark. The watermark never claims data the tables do not hold: after a full run it is the newest event the run applied, or when it applied none the newest event held before its window (none: the watermark row is removed and the next run is full); a resync moves it forward only unless it lay in the resync''s days (then as a full run); an incremental run moves it forward only.';
+comment on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) is 'The events part of finish_run: refuses an incomplete input (Mixpanel''s "terminated early" line, MP003), parses once, runs the identity step (apply_identity), applies the REPLACE guard to full runs (MP001), REPLACE (full, a merge keeping ledger rows from the ledger horizon on) or ADD (incremental) by events.upsert_path, prunes both ledgers below the horizon (events.ledger_retention), and sets the watermark. The watermark never claims data the tables do not hold: after a full run it is the newest event the run applied, or when it applied none the newest event held before its window (none: the watermark row is removed and the next run is full); a resync moves it forward only unless it lay in the resync''s days (then as a full run); an incremental run moves it forward only.';
 grant execute on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.finish_or_fail_run(run_id bigint)
+ RETURNS mixpanel_sync.sync_runs
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  err_state text;
+  err_message text;
+  err_hint text;
+  run mixpanel_sync.sync_runs;
+begin
+  begin
+    return mixpanel_sync.finish_run(finish_or_fail_run.run_id);
+  exception
+    when others then
+      -- finish_run's work is rolled back to here; what refused it is recorded on the run and reported.
+      get stacked diagnostics err_state = returned_sqlstate, err_message = message_text, err_hint = pg_exception_hint;
+  end;
+  -- raises itself when the run cannot be failed (no such run, already succeeded): the caller sees that error
+  run := mixpanel_sync.fail_run(finish_or_fail_run.run_id, err_message, err_state);
+  raise warning 'run % failed (SQLSTATE %): %', finish_or_fail_run.run_id, err_state, err_message
+    using hint = coalesce(nullif(err_hint, ''), 'the reason is in mixpanel_sync.sync_runs.error of this run');
+  return run;
+end;
+$function$;
+comment on function mixpanel_sync.finish_or_fail_run(run_id bigint) is 'The psql way to end a run: select status, error from mixpanel_sync.finish_or_fail_run(run_id). Runs finish_run and returns the succeeded run; when finish_run raises (MP001 REPLACE guard refusal, MP003 incomplete input, a cancel, …) nothing of it is applied, the run is recorded failed with that error and SQLSTATE (fail_run, options->>''error_code''), a WARNING names the SQLSTATE, message and hint, and the failed run is returned. So the session is never left with a running run that refuses the next begin_run (MP002). The loader calls finish_run and fail_run itself; a script that must stop on a refusal calls finish_run (which raises) and then fail_run.';
+grant execute on function mixpanel_sync.finish_or_fail_run(run_id bigint) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.finish_profiles_run(run mixpanel_sync.sync_runs)
  RETURNS mixpanel_sync.sync_runs
@@ -798,6 +1269,7 @@ declare
   result mixpanel_sync.profiles_result;
   line record;
 begin
+  perform mixpanel_sync.number_staged_lines('profiles', run.id);
   -- 1. Fast path: trust every line to be a JSON object (one cast per line). A line that is not, or anything else a
   --    line can cause (nesting too deep: class 54), makes the statement fail.
   perform pg_catalog.set_config('mixpanel_sync.trust_json_lines', 'on', true);
@@ -868,7 +1340,7 @@ declare
   began timestamptz := clock_timestamp();
   run mixpanel_sync.sync_runs;
 begin
-  -- Finishes are serialised: concurrent runs may stage at once, but apply one at a time.
+  -- Finishes are serialised: apply one at a time.
   perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.finish_run', 0));
   run := mixpanel_sync.running_run(run_id, 'finish_run', null);
   perform from mixpanel_sync.sync_runs r where r.id = run.id for update;
@@ -894,6 +1366,8 @@ begin
     watermark_before = run.watermark_before,
     watermark_after = run.watermark_after,
     lateness = run.lateness,
+    links_learned = run.links_learned,
+    reattributed_events = run.reattributed_events,
     options = run.options,
     finished_at = clock_timestamp(),
     stage_ms = (extract(epoch from began - r.started_at) * 1000)::bigint,
@@ -905,8 +1379,22 @@ begin
   return run;
 end;
 $function$;
-comment on function mixpanel_sync.finish_run(run_id bigint) is 'Applies a run in ONE transaction: parse, reject, REPLACE or ADD, prune the ledger, advance the watermark, record counts and timings. Finishes are serialised with a transaction-scoped advisory lock. On error nothing changes: call fail_run.';
+comment on function mixpanel_sync.finish_run(run_id bigint) is 'Applies a run in ONE transaction: parse, reject, identity step, REPLACE guard, REPLACE or ADD, prune the ledger, advance the watermark, record counts and timings. Finishes are serialised with a transaction-scoped advisory lock. On error nothing changes (MP001 guard refusal, MP003 incomplete input, …): call fail_run with the SQLSTATE.';
 grant execute on function mixpanel_sync.finish_run(run_id bigint) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.finish_spot_check(check_id bigint, compared bigint, differences bigint, pending bigint)
+ RETURNS mixpanel_sync.spot_checks
+ LANGUAGE sql
+ SET search_path TO ''
+AS $function$
+  delete from mixpanel_sync.staged_spot_check_events e where e.check_id = finish_spot_check.check_id;
+  update mixpanel_sync.spot_checks c set finished_at = now(), compared = finish_spot_check.compared,
+    differences = finish_spot_check.differences, pending = finish_spot_check.pending
+  where c.id = finish_spot_check.check_id
+  returning *;
+$function$;
+comment on function mixpanel_sync.finish_spot_check(check_id bigint, compared bigint, differences bigint, pending bigint) is 'Records what a spot-check found and drops its staged lines.';
+grant execute on function mixpanel_sync.finish_spot_check(check_id bigint, compared bigint, differences bigint, pending bigint) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.health_events_duration()
  RETURNS mixpanel_sync.health_check
@@ -1291,19 +1779,20 @@ AS $function$
     case when coalesce(i.events, 0) < mixpanel_sync.setting('health.timezone_min_events')::bigint then 'ok'
       else mixpanel_sync.health_level(abs(i.offset_s - i.configured_s), mixpanel_sync.setting_seconds('health.timezone_skew_warn'), null)
     end,
-    case when i.events > 0 then 'median event time ' || mixpanel_sync.utc_offset_text(-i.p50_ms / 1000.0) || ' from its processing time' end,
+    case when i.events > 0 then mixpanel_sync.utc_offset_text(-i.p50_ms / 1000.0) end,
     mixpanel_sync.health_thresholds(mixpanel_sync.setting('health.timezone_skew_warn') || ' off the configured zone', null),
     case
       when coalesce(i.events, 0) < mixpanel_sync.setting('health.timezone_min_events')::bigint
         then format('no data: fewer than %s events in the recent runs', mixpanel_sync.setting('health.timezone_min_events'))
       when abs(i.offset_s - i.configured_s) >= mixpanel_sync.setting_seconds('health.timezone_skew_warn')
-        then format('events are stamped about %s from UTC (%s configured): the project likely exports local time of '
+        then format('the median event time is about %s from its mp_processing_time_ms (%s configured): the project likely exports local time of '
           'UTC%s. Its newest hours are rejected as "after the run''s fetch_to" and the rest is stored off by the offset. Set '
           'MIXPANEL_PROJECT_TIMEZONE to the project''s zone (Mixpanel: Project Settings, Timezone), then resync the window '
           '(npm run sync:events -- --full)', mixpanel_sync.utc_offset_text(i.offset_s),
           coalesce(i.project_timezone || ' = ' || mixpanel_sync.utc_offset_text(i.configured_s), 'none'),
           mixpanel_sync.utc_offset_text(i.offset_s))
-      else format('event times match their processing times%s', coalesce(' read in ' || i.project_timezone, ' (UTC)'))
+      else format('the median event time is %s from its mp_processing_time_ms: event times match their processing times%s',
+        mixpanel_sync.utc_offset_text(-i.p50_ms / 1000.0), coalesce(' read in ' || i.project_timezone, ' (UTC)'))
     end
   from implied i;
 $function$;
@@ -1405,6 +1894,24 @@ $function$;
 comment on function mixpanel_sync.health_watermark_stalled() is 'sync_health events.watermark_stalled: how long (by the runs'' clocks, fetch_to) events runs have succeeded without moving the watermark, i.e. since the last run that moved it to the newest run after it. The plan''s "watermark not advancing for 6 h"; events.watermark_lag covers runs that stopped or fail.';
 grant execute on function mixpanel_sync.health_watermark_stalled() to mixpanel_sync_loader;
 
+CREATE OR REPLACE FUNCTION mixpanel_sync.heartbeat_run(run_id bigint)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+begin
+  -- skip locked: while finish_run holds the run's row the loader is visibly alive, and the heartbeat must never wait.
+  update mixpanel_sync.sync_runs r set heartbeat_at = clock_timestamp()
+  where r.id = (
+    select l.id from mixpanel_sync.sync_runs l
+    where l.id = heartbeat_run.run_id and l.status = 'running'
+    for update skip locked);
+  return found;
+end;
+$function$;
+comment on function mixpanel_sync.heartbeat_run(run_id bigint) is 'The loader''s sign of life for a running run: sets sync_runs.heartbeat_at to now (one UPDATE of one row; nothing when the run is not running or its row is locked by finish_run). True when recorded. begin_run does not abandon a run with a heartbeat younger than runs.heartbeat_timeout, even when its owner session is gone.';
+grant execute on function mixpanel_sync.heartbeat_run(run_id bigint) to mixpanel_sync_loader;
+
 CREATE OR REPLACE FUNCTION mixpanel_sync.horizon_day(clock timestamp with time zone, span interval)
  RETURNS date
  LANGUAGE sql
@@ -1415,6 +1922,128 @@ AS $function$
 $function$;
 comment on function mixpanel_sync.horizon_day(clock timestamp with time zone, span interval) is 'First UTC day of a span of whole days ending with the day of clock (45 days ending today starts 44 days ago).';
 grant execute on function mixpanel_sync.horizon_day(clock timestamp with time zone, span interval) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.identity_canonical(distinct_id text)
+ RETURNS text
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select coalesce((select l.canonical from mixpanel_sync.identity_links l where l.alias = distinct_id), distinct_id);
+$function$;
+comment on function mixpanel_sync.identity_canonical(distinct_id text) is 'The canonical id of a distinct_id through identity_links (the id itself when no link names it).';
+grant execute on function mixpanel_sync.identity_canonical(distinct_id text) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.identity_cluster(distinct_id text)
+ RETURNS TABLE(member text, canonical text, is_canonical boolean, identified_at timestamp with time zone, learned_from_run bigint, learned_at timestamp with time zone)
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  select l.alias, l.canonical, l.alias = l.canonical, l.identified_at, l.learned_from_run, l.learned_at
+  from mixpanel_sync.identity_links l
+  where l.canonical = mixpanel_sync.identity_canonical(identity_cluster.distinct_id)
+  union all
+  select identity_cluster.distinct_id, identity_cluster.distinct_id, true, null, null, null
+  where not exists (select from mixpanel_sync.identity_links l where l.alias = identity_cluster.distinct_id)
+  order by 3 desc, 1;
+$function$;
+comment on function mixpanel_sync.identity_cluster(distinct_id text) is 'The cluster of a distinct_id, canonical id first: select * from mixpanel_sync.identity_cluster(''$device:D1''). An id no link names is a cluster of one.';
+grant execute on function mixpanel_sync.identity_cluster(distinct_id text) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.identity_edges(run_id bigint, mode text)
+ RETURNS TABLE(alias text, target text, identified_at timestamp with time zone)
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  -- The raw properties come from the staged line (usable lines only: each is a JSON object). Lines that cannot hold
+  -- a link are skipped before their JSON is read again (strpos).
+  with props as (
+    select e.line_id, e.distinct_id, e.event_name, e.event_time, s.line::jsonb -> 'properties' as p
+    from mixpanel_sync.run_events e
+    join mixpanel_sync.staged_events s on s.run_id = e.run_id and s.line_id = e.line_id
+    where e.run_id = identity_edges.run_id
+      and e.reject_reason is null
+      and case mode
+        -- an event shown under $device:<d> without $user_id teaches nothing: its line is not read again
+        when 'simplified' then strpos(s.line, '$device_id') > 0 and (e.distinct_id not like '$device:%' or strpos(s.line, '$user_id') > 0)
+        when 'original' then e.event_name in ('$identify', '$create_alias', '$merge')
+        else false
+      end
+    offset 0
+  ), simplified as (
+    -- $device:<device_id> -> $user_id; without $user_id, an export that shows the event under another id than
+    -- $device:<device_id> shows it under the canonical id Mixpanel merged the device into ("retroactively updated").
+    select x.alias, x.target, x.event_time, x.line_id, x.has_user
+    from (
+      select '$device:' || (q.p ->> '$device_id') as alias,
+        case when jsonb_typeof(q.p -> '$user_id') in ('string', 'number') then q.p ->> '$user_id' else q.distinct_id end as target,
+        jsonb_typeof(q.p -> '$user_id') in ('string', 'number') as has_user,
+        q.event_time, q.line_id
+      from props q
+      where mode = 'simplified' and jsonb_typeof(q.p -> '$device_id') in ('string', 'number') and q.p ->> '$device_id' <> ''
+    ) x
+    where x.target <> '' and x.target not like '$device:%' and length(x.alias) <= 255 and length(x.target) <= 255
+  ), simplified_first as (
+    -- A device joins one user only: the first link wins (earliest event of the run; an earlier run's link is kept).
+    select distinct on (f.alias) f.alias, f.target, f.event_time
+    from simplified f
+    order by f.alias, f.event_time, f.line_id
+  ), original as (
+    select q.p ->> '$anon_id' as alias, q.p ->> '$identified_id' as target, q.event_time as identified_at
+    from props q
+    where q.event_name = '$identify' and jsonb_typeof(q.p -> '$anon_id') in ('string', 'number')
+      and jsonb_typeof(q.p -> '$identified_id') in ('string', 'number')
+    union all
+    select q.p ->> 'alias', q.distinct_id, q.event_time
+    from props q
+    where q.event_name = '$create_alias' and jsonb_typeof(q.p -> 'alias') in ('string', 'number')
+    union all
+    select m.first_id, m.other_id, null
+    from props q
+    cross join lateral (
+      select d.value #>> '{}' as other_id, first_value(d.value #>> '{}') over (order by d.ordinality) as first_id
+      from jsonb_array_elements(case when jsonb_typeof(q.p -> '$distinct_ids') = 'array' then q.p -> '$distinct_ids' else '[]' end)
+        with ordinality as d (value, ordinality)
+      where jsonb_typeof(d.value) in ('string', 'number')
+    ) m
+    where q.event_name = '$merge'
+  )
+  select f.alias, f.target, f.event_time
+  from simplified_first f
+  where not exists (select from mixpanel_sync.identity_links l
+    where l.alias = f.alias and l.canonical <> f.alias and l.canonical <> f.target)
+  union all
+  select o.alias, o.target, o.identified_at
+  from original o
+  where mode = 'original' and o.alias <> '' and o.target <> '' and o.alias <> o.target
+    and length(o.alias) <= 255 and length(o.target) <= 255;
+$function$;
+comment on function mixpanel_sync.identity_edges(run_id bigint, mode text) is 'The links a run''s usable events teach in this mode, as (alias, target, identified_at: when target is the identified side). simplified: an event with $device_id and $user_id links $device:<device_id> to $user_id (an event with $device_id exported under another id than $device:<device_id> links it to that id); a device already joined to another user stays with it. original: $identify ($anon_id -> $identified_id), $create_alias (alias -> distinct_id), $merge (every id of $distinct_ids with the first; no identified side).';
+grant execute on function mixpanel_sync.identity_edges(run_id bigint, mode text) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.identity_mode()
+ RETURNS text
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO ''
+AS $function$
+declare
+  mode text;
+begin
+  select s.value into mode from mixpanel_sync.sync_settings s where s.key = 'identity.mode';
+  mode := coalesce(mode, 'off');
+  if mode not in ('off', 'simplified', 'original') then
+    raise exception 'identity.mode is "%", not one of off, simplified, original', mode
+      using errcode = 'invalid_parameter_value',
+        hint = 'update mixpanel_sync.sync_settings set value = ''simplified'' where key = ''identity.mode'' (the README says how to find the project''s mode)';
+  end if;
+  return mode;
+end;
+$function$;
+comment on function mixpanel_sync.identity_mode() is 'The identity.mode setting: off, simplified or original; off when the row is missing. Raises for any other value.';
+grant execute on function mixpanel_sync.identity_mode() to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.insert_new_events_loop(run_id bigint, from_day date, to_day date, OUT applied bigint, OUT duplicates bigint, OUT outside bigint, OUT distinct_ids text[])
  RETURNS record
@@ -1532,6 +2161,8 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.json_problem(line text)
  IMMUTABLE STRICT
  SET search_path TO ''
 AS $function$
+declare
+  detail text;
 begin
   if jsonb_typeof(line::jsonb) <> 'object' then
     return 'not a JSON object';
@@ -1539,10 +2170,12 @@ begin
   return null;
 exception
   when others then
-    return 'not valid JSON: ' || sqlerrm;
+    get stacked diagnostics detail = pg_exception_detail;
+    -- e.g. 'not valid JSON: invalid input syntax for type json (Unicode low surrogate must follow a high surrogate.)'
+    return 'not valid JSON: ' || sqlerrm || coalesce(' (' || nullif(detail, '') || ')', '');
 end;
 $function$;
-comment on function mixpanel_sync.json_problem(line text) is 'Why a line is not a JSON object, or null when it is one.';
+comment on function mixpanel_sync.json_problem(line text) is 'Why a line is not a JSON object, or null when it is one: "not a JSON object", or "not valid JSON: " with PostgreSQL''s message and, in parentheses, its detail (e.g. "Token "x" is invalid.", "Unicode low surrogate must follow a high surrogate.").';
 grant execute on function mixpanel_sync.json_problem(line text) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.last_succeeded_run(source text)
@@ -1559,13 +2192,89 @@ $function$;
 comment on function mixpanel_sync.last_succeeded_run(source text) is 'The run of this source applied last (a row of nulls when there is none).';
 grant execute on function mixpanel_sync.last_succeeded_run(source text) to mixpanel_sync_loader;
 
+CREATE OR REPLACE FUNCTION mixpanel_sync.learn_identity_links(run_id bigint, mode text, OUT links_learned bigint, OUT from_ids text[], OUT to_ids text[])
+ RETURNS record
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  edge_alias text[];
+  edge_target text[];
+  edge_identified timestamptz[];
+begin
+  select coalesce(array_agg(g.alias), '{}'), coalesce(array_agg(g.target), '{}'), coalesce(array_agg(g.identified_at), '{}')
+  into edge_alias, edge_target, edge_identified
+  from mixpanel_sync.identity_edges(learn_identity_links.run_id, mode) g;
+  links_learned := 0;
+  from_ids := '{}';
+  to_ids := '{}';
+  if cardinality(edge_alias) = 0 then
+    return;
+  end if;
+
+  -- 1. Every id a link names gets a row (a new id is its own cluster), with its earliest identified time.
+  insert into mixpanel_sync.identity_links as l (alias, canonical, identified_at, learned_from_run, learned_at)
+  select n.id, n.id, min(n.identified_at), learn_identity_links.run_id, now()
+  from (
+    select unnest(edge_alias) as id, null::timestamptz as identified_at
+    union all
+    select unnest(edge_target), unnest(edge_identified)
+  ) n
+  group by n.id
+  on conflict (alias) do update set identified_at = excluded.identified_at
+  where excluded.identified_at < l.identified_at or (l.identified_at is null and excluded.identified_at is not null);
+
+  -- 2. The clusters the links touch are joined (connected components over their canonical ids), and each joined
+  --    cluster's canonical id is chosen again: the earliest identified_at, then the least id. A cluster whose member
+  --    just got an earlier identified_at is chosen again too. Every row whose canonical changes is learned; the
+  --    former canonical ids hold the only aggregate rows to move (the invariant).
+  with recursive edges as (
+    select ra.canonical as a, rb.canonical as b
+    from unnest(edge_alias, edge_target) as g (alias, target)
+    join mixpanel_sync.identity_links ra on ra.alias = g.alias collate "C"
+    join mixpanel_sync.identity_links rb on rb.alias = g.target collate "C"
+  ), both_ways as (
+    select e.a, e.b from edges e where e.a <> e.b
+    union
+    select e.b, e.a from edges e where e.a <> e.b
+  ), reach (root, other) as (
+    select distinct r, r from edges e, lateral (values (e.a), (e.b)) v (r)
+    union
+    select h.root, w.b from reach h join both_ways w on w.a = h.other
+  ), component as (
+    select h.root, min(h.other) as label from reach h group by h.root
+  ), chosen as (
+    select distinct on (c.label) c.label, m.alias as canonical
+    from component c
+    join mixpanel_sync.identity_links m on m.canonical = c.root
+    order by c.label, m.identified_at nulls last, m.alias
+  ), changed as (
+    update mixpanel_sync.identity_links l set
+      canonical = h.canonical, learned_from_run = learn_identity_links.run_id, learned_at = now()
+    from component c
+    join chosen h on h.label = c.label
+    where l.canonical = c.root and l.canonical <> h.canonical
+    returning l.alias, c.root as old_canonical, h.canonical as new_canonical
+  )
+  select count(*),
+    coalesce(array_agg(h.alias order by h.alias) filter (where h.alias = h.old_canonical), '{}'),
+    coalesce(array_agg(h.new_canonical order by h.alias) filter (where h.alias = h.old_canonical), '{}')
+  into links_learned, from_ids, to_ids
+  from changed h;
+end;
+$function$;
+comment on function mixpanel_sync.learn_identity_links(run_id bigint, mode text, OUT links_learned bigint, OUT from_ids text[], OUT to_ids text[]) is 'Adds the links of a run''s events (identity_edges) to identity_links, set-based: clusters joined transitively, canonical ids chosen again (earliest identified_at, then least id). Returns the rows learned and the moves to make: from_ids[i] (a former canonical id, the only ids holding aggregate rows) now belongs to to_ids[i].';
+grant execute on function mixpanel_sync.learn_identity_links(run_id bigint, mode text, OUT links_learned bigint, OUT from_ids text[], OUT to_ids text[]) to mixpanel_sync_loader;
+
 CREATE OR REPLACE FUNCTION mixpanel_sync.legacy_event_key(event_name text, second bigint, insert_id text, content jsonb)
  RETURNS uuid
- LANGUAGE sql
+ LANGUAGE plpgsql
  IMMUTABLE PARALLEL SAFE
  SET search_path TO ''
 AS $function$
-  select md5(event_name || E'\x1f' || second::text || E'\x1f' || coalesce(nullif(insert_id, ''), '#' || md5(content::text)))::uuid;
+begin
+  return md5(event_name || E'\x1f' || second::text || E'\x1f' || coalesce(nullif(insert_id, ''), '#' || md5(content::text)))::uuid;
+end;
 $function$;
 comment on function mixpanel_sync.legacy_event_key(event_name text, second bigint, insert_id text, content jsonb) is 'The event key of versions before event_key (not injective: 0x1f in names, $insert_id shaped like ''#''||md5). Used only to recognise events applied before the upgrade, while event_ledger_legacy holds rows.';
 grant execute on function mixpanel_sync.legacy_event_key(event_name text, second bigint, insert_id text, content jsonb) to mixpanel_sync_loader;
@@ -1584,6 +2293,39 @@ $function$;
 comment on function mixpanel_sync.line_can_cause(state text) is 'True for an SQLSTATE one input line can cause (bad data, too deep, too long: classes 22, 54 and the like); false for what says nothing about the line (cancel, lock timeout, deadlock, full disk, out of memory): those fail the finish.';
 grant execute on function mixpanel_sync.line_can_cause(state text) to mixpanel_sync_loader;
 
+CREATE OR REPLACE FUNCTION mixpanel_sync.merge_daily_row_loop(distinct_id text, day date, event_name text, event_count bigint, first_at timestamp with time zone, last_at timestamp with time zone)
+ RETURNS boolean
+ LANGUAGE plpgsql
+ SET search_path TO ''
+ SET enable_seqscan TO 'off'
+ SET jit TO 'off'
+AS $function$
+declare
+  stored record;
+begin
+  select d.event_count, d.first_at, d.last_at into stored
+  from mixpanel_sync.events_daily d
+  where d.distinct_id = merge_daily_row_loop.distinct_id and d.day = merge_daily_row_loop.day
+    and d.event_name = merge_daily_row_loop.event_name;
+  if not found then
+    insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at)
+    values (distinct_id, day, event_name, event_count, first_at, last_at);
+    return true;
+  end if;
+  if (stored.event_count, stored.first_at, stored.last_at) is not distinct from (event_count, first_at, last_at) then
+    return false;
+  end if;
+  update mixpanel_sync.events_daily d set
+    event_count = merge_daily_row_loop.event_count, first_at = merge_daily_row_loop.first_at,
+    last_at = merge_daily_row_loop.last_at
+  where d.distinct_id = merge_daily_row_loop.distinct_id and d.day = merge_daily_row_loop.day
+    and d.event_name = merge_daily_row_loop.event_name;
+  return true;
+end;
+$function$;
+comment on function mixpanel_sync.merge_daily_row_loop(distinct_id text, day date, event_name text, event_count bigint, first_at timestamp with time zone, last_at timestamp with time zone) is 'Row-at-a-time step of upsert_subscribers_incremental_loop: sets one events_daily row to this count and first/last time, inserting it when missing and writing nothing when it already holds them; true when it wrote.';
+grant execute on function mixpanel_sync.merge_daily_row_loop(distinct_id text, day date, event_name text, event_count bigint, first_at timestamp with time zone, last_at timestamp with time zone) to mixpanel_sync_loader;
+
 CREATE OR REPLACE FUNCTION mixpanel_sync.next_line_no(source text, run_id bigint)
  RETURNS bigint
  LANGUAGE sql
@@ -1597,6 +2339,42 @@ AS $function$
 $function$;
 comment on function mixpanel_sync.next_line_no(source text, run_id bigint) is 'The last line number staged for a run so far (0 when none): stage_events and stage_profiles number on from it.';
 grant execute on function mixpanel_sync.next_line_no(source text, run_id bigint) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.number_staged_lines(source text, run_id bigint)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+begin
+  -- Lines staged without a number (COPY of (run_id, line) only) are numbered on from the run's last number, in
+  -- line_id order. Nothing to do (one scan of the run's lines) when the stager numbered them, as the loader does.
+  if source = 'events' then
+    if exists (select from mixpanel_sync.staged_events s where s.run_id = number_staged_lines.run_id and s.line_no is null) then
+      update mixpanel_sync.staged_events s set line_no = n.line_no
+      from (
+        select u.line_id, b.base + row_number() over (order by u.line_id) as line_no
+        from mixpanel_sync.staged_events u,
+          (select coalesce(max(m.line_no), 0) as base from mixpanel_sync.staged_events m where m.run_id = number_staged_lines.run_id) b
+        where u.run_id = number_staged_lines.run_id and u.line_no is null
+      ) n
+      where s.run_id = number_staged_lines.run_id and s.line_id = n.line_id;
+    end if;
+  else
+    if exists (select from mixpanel_sync.staged_profiles s where s.run_id = number_staged_lines.run_id and s.line_no is null) then
+      update mixpanel_sync.staged_profiles s set line_no = n.line_no
+      from (
+        select u.line_id, b.base + row_number() over (order by u.line_id) as line_no
+        from mixpanel_sync.staged_profiles u,
+          (select coalesce(max(m.line_no), 0) as base from mixpanel_sync.staged_profiles m where m.run_id = number_staged_lines.run_id) b
+        where u.run_id = number_staged_lines.run_id and u.line_no is null
+      ) n
+      where s.run_id = number_staged_lines.run_id and s.line_id = n.line_id;
+    end if;
+  end if;
+end;
+$function$;
+comment on function mixpanel_sync.number_staged_lines(source text, run_id bigint) is 'Gives the run''s staged lines that have no line_no one (after the run''s highest, in line_id order), so that every reject has its line number. Called before parsing.';
+grant execute on function mixpanel_sync.number_staged_lines(source text, run_id bigint) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.parse_new_staged_events(run_id bigint, only_line_id bigint DEFAULT NULL::bigint)
  RETURNS bigint
@@ -1704,7 +2482,7 @@ begin
     returning run_events.line_id, run_events.reject_reason
   ), rejected as (
     insert into mixpanel_sync.sync_rejects (run_id, source, line_no, payload, reason)
-    select s.run_id, 'events', mixpanel_sync.staged_line_no('events', s.run_id, s.line_id, s.line_no), s.line, p.reject_reason
+    select s.run_id, 'events', s.line_no, s.line, p.reject_reason
     from parsed_lines p
     join mixpanel_sync.staged_events s on s.run_id = parse_new_staged_events.run_id and s.line_id = p.line_id
     where p.reject_reason is not null
@@ -1724,6 +2502,7 @@ AS $function$
 declare
   line record;
 begin
+  perform mixpanel_sync.number_staged_lines('events', run_id);
   -- 1. Fast path: trust every line to be a JSON object (one cast per line). A line that is not (class 22), or is
   --    nested too deep (54: stack depth), or raises anything else a line can cause makes the statement fail.
   perform pg_catalog.set_config('mixpanel_sync.trust_json_lines', 'on', true);
@@ -1808,6 +2587,273 @@ end;
 $function$;
 comment on function mixpanel_sync.prune_history() is 'Deletes finished runs older than runs.retention, with their rejects. Called by finish_run.';
 grant execute on function mixpanel_sync.prune_history() to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.reattribute_all()
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  from_ids text[];
+  to_ids text[];
+begin
+  -- Any id stored under a non-canonical id of the map (data from before identity.mode was on, or from another mode).
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.finish_run', 0));
+  select coalesce(array_agg(l.alias order by l.alias), '{}'), coalesce(array_agg(l.canonical order by l.alias), '{}')
+  into from_ids, to_ids
+  from mixpanel_sync.identity_links l
+  where l.alias <> l.canonical
+    and (exists (select from mixpanel_sync.events_daily d where d.distinct_id = l.alias)
+      or exists (select from mixpanel_sync.event_ledger d where d.distinct_id = l.alias)
+      or exists (select from mixpanel_sync.event_ledger_legacy d where d.distinct_id = l.alias)
+      or exists (select from mixpanel_sync.subscribers d where d.distinct_id = l.alias)
+      or exists (select from mixpanel_sync.subscriber_properties d where d.distinct_id = l.alias));
+  return jsonb_build_object('ids_moved', cardinality(from_ids))
+    || mixpanel_sync.reattribute_identities(from_ids, to_ids);
+end;
+$function$;
+comment on function mixpanel_sync.reattribute_all() is 'One-off re-attribution of all stored data through identity_links (serialised with finish_run): every row keyed by an id whose canonical is another id moves to it. Run it after switching identity.mode on and the full resync that learns the links (README, "Identity merge"). Idempotent: a second call moves nothing.';
+grant execute on function mixpanel_sync.reattribute_all() to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.reattribute_identities(from_ids text[], to_ids text[])
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO ''
+ SET work_mem TO '64MB'
+AS $function$
+declare
+  moved record;
+  raw_moved bigint := 0;
+  profiles_moved bigint;
+begin
+  -- Ledger rows: an event applied under the alias and under its canonical id (or under two aliases of one cluster)
+  -- was counted twice; one row is kept (the canonical's, else the least alias's), the others are dropped and their
+  -- events_daily count taken back. Then events_daily rows merge (sum, least first_at, greatest last_at).
+  with moves as materialized (
+    select m.from_id collate "C" as from_id, m.to_id collate "C" as to_id
+    from unnest(from_ids, to_ids) as m (from_id, to_id)
+    where m.from_id <> m.to_id
+  ), ledger_rows as (
+    select l.distinct_id, l.event_key, l.day, l.event_name, m.to_id,
+      exists (select from mixpanel_sync.event_ledger c where c.distinct_id = m.to_id and c.event_key = l.event_key) as at_canonical,
+      row_number() over (partition by m.to_id, l.event_key order by l.distinct_id) as n
+    from mixpanel_sync.event_ledger l join moves m on l.distinct_id = m.from_id
+  ), legacy_rows as (
+    select l.distinct_id, l.event_key, l.day, l.event_name, m.to_id,
+      exists (select from mixpanel_sync.event_ledger_legacy c where c.distinct_id = m.to_id and c.event_key = l.event_key) as at_canonical,
+      row_number() over (partition by m.to_id, l.event_key order by l.distinct_id) as n
+    from mixpanel_sync.event_ledger_legacy l join moves m on l.distinct_id = m.from_id
+  ), ledger_dropped as (
+    delete from mixpanel_sync.event_ledger l using ledger_rows r
+    where (r.at_canonical or r.n > 1) and l.distinct_id = r.distinct_id and l.event_key = r.event_key
+    returning l.distinct_id, l.day, l.event_name
+  ), ledger_moved as (
+    update mixpanel_sync.event_ledger l set distinct_id = r.to_id
+    from ledger_rows r
+    where not r.at_canonical and r.n = 1 and l.distinct_id = r.distinct_id and l.event_key = r.event_key
+    returning 1
+  ), legacy_dropped as (
+    delete from mixpanel_sync.event_ledger_legacy l using legacy_rows r
+    where (r.at_canonical or r.n > 1) and l.distinct_id = r.distinct_id and l.event_key = r.event_key
+    returning l.distinct_id, l.day, l.event_name
+  ), legacy_moved as (
+    update mixpanel_sync.event_ledger_legacy l set distinct_id = r.to_id
+    from legacy_rows r
+    where not r.at_canonical and r.n = 1 and l.distinct_id = r.distinct_id and l.event_key = r.event_key
+    returning 1
+  ), dropped_counts as (
+    select d.distinct_id, d.day, d.event_name, count(*) as events
+    from (select * from ledger_dropped union all select * from legacy_dropped) d
+    group by d.distinct_id, d.day, d.event_name
+  ), alias_daily as (
+    delete from mixpanel_sync.events_daily d using moves m
+    where d.distinct_id = m.from_id
+    returning d.distinct_id, d.day, d.event_name, d.event_count, d.first_at, d.last_at, m.to_id
+  ), merged as (
+    select a.to_id, a.day, a.event_name, sum(a.event_count - coalesce(c.events, 0)) as events,
+      min(a.first_at) as first_at, max(a.last_at) as last_at
+    from alias_daily a
+    left join dropped_counts c on c.distinct_id = a.distinct_id and c.day = a.day and c.event_name = a.event_name
+    group by a.to_id, a.day, a.event_name
+  ), daily as (
+    insert into mixpanel_sync.events_daily as d (distinct_id, day, event_name, event_count, first_at, last_at)
+    select g.to_id, g.day, g.event_name, g.events, g.first_at, g.last_at
+    from merged g
+    where g.events > 0
+    on conflict (distinct_id, day, event_name) do update set
+      event_count = d.event_count + excluded.event_count,
+      first_at = least(d.first_at, excluded.first_at),
+      last_at = greatest(d.last_at, excluded.last_at)
+  )
+  select
+    (select coalesce(sum(g.events) filter (where g.events > 0), 0) from merged g) as events,
+    (select count(*) from ledger_dropped) + (select count(*) from legacy_dropped) as duplicates,
+    (select count(*) from ledger_moved) + (select count(*) from legacy_moved) as ledger_rows
+  into moved;
+
+  -- The raw events table, when one exists (issue 13): the same rule on (distinct_id, event_key).
+  if to_regclass('mixpanel_sync.raw_events') is not null then
+    execute $raw$
+      with moves as materialized (
+        select m.from_id collate "C" as from_id, m.to_id collate "C" as to_id
+        from unnest($1::text[], $2::text[]) as m (from_id, to_id) where m.from_id <> m.to_id
+      ), raw_rows as (
+        select r.ctid as row_id, m.to_id,
+          exists (select from mixpanel_sync.raw_events c where c.distinct_id = m.to_id and c.event_key = r.event_key) as at_canonical,
+          row_number() over (partition by m.to_id, r.event_key order by r.distinct_id) as n
+        from mixpanel_sync.raw_events r join moves m on r.distinct_id = m.from_id
+      ), dropped as (
+        delete from mixpanel_sync.raw_events r using raw_rows x
+        where (x.at_canonical or x.n > 1) and r.ctid = x.row_id returning 1
+      ), moved as (
+        update mixpanel_sync.raw_events r set distinct_id = x.to_id from raw_rows x
+        where not x.at_canonical and x.n = 1 and r.ctid = x.row_id returning 1
+      )
+      select (select count(*) from moved)
+    $raw$ into raw_moved using from_ids, to_ids;
+  end if;
+
+  -- Profiles: Mixpanel keeps the canonical id's profile. When the canonical id has none, the profile of the least
+  -- alias becomes its profile; every other alias profile is removed.
+  with moves as materialized (
+    select m.from_id as from_id, m.to_id as to_id
+    from unnest(from_ids, to_ids) as m (from_id, to_id) where m.from_id <> m.to_id
+  ), alias_profiles as (
+    select p.distinct_id, m.to_id,
+      not exists (select from mixpanel_sync.subscriber_properties c where c.distinct_id = m.to_id)
+        and row_number() over (partition by m.to_id order by p.distinct_id collate "C") = 1 as keeps
+    from mixpanel_sync.subscriber_properties p join moves m on p.distinct_id = m.from_id
+  ), removed as (
+    delete from mixpanel_sync.subscriber_properties p using alias_profiles a
+    where not a.keeps and p.distinct_id = a.distinct_id
+    returning 1
+  ), renamed as (
+    update mixpanel_sync.subscriber_properties p set distinct_id = a.to_id
+    from alias_profiles a
+    where a.keeps and p.distinct_id = a.distinct_id
+    returning 1
+  )
+  select (select count(*) from removed) + (select count(*) from renamed) into profiles_moved;
+
+  perform mixpanel_sync.refresh_subscribers(from_ids || to_ids);
+  return jsonb_build_object('reattributed_events', moved.events, 'reattributed_duplicates', moved.duplicates,
+    'reattributed_ledger_rows', moved.ledger_rows, 'reattributed_raw_events', raw_moved,
+    'reattributed_profiles', profiles_moved);
+end;
+$function$;
+comment on function mixpanel_sync.reattribute_identities(from_ids text[], to_ids text[]) is 'Set-based: moves every row of from_ids[i] to to_ids[i] in events_daily (rows merged: sum, least first_at, greatest last_at), event_ledger and event_ledger_legacy (an event held under both ids, or two aliases, is kept once and its extra count taken back), mixpanel_sync.raw_events when it exists, subscriber_properties (the canonical profile wins), and recomputes subscribers of both. Returns counts: reattributed_events (events now counted under the canonical id), reattributed_duplicates, reattributed_ledger_rows, reattributed_raw_events, reattributed_profiles.';
+grant execute on function mixpanel_sync.reattribute_identities(from_ids text[], to_ids text[]) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.reattribute_identities_loop(from_ids text[], to_ids text[])
+ RETURNS jsonb
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  move record;
+  event record;
+  day_row record;
+  raw_row record;
+  raw_exists boolean;
+  member text;
+  events_moved bigint := 0;
+  duplicates bigint := 0;
+  ledger_rows bigint := 0;
+  raw_moved bigint := 0;
+  profiles_moved bigint := 0;
+  touched text[] := '{}';
+  has_raw boolean := to_regclass('mixpanel_sync.raw_events') is not null;
+  row_count_now bigint;
+begin
+  for move in
+    select m.from_id collate "C" as from_id, m.to_id collate "C" as to_id
+    from unnest(from_ids, to_ids) as m (from_id, to_id)
+    where m.from_id <> m.to_id
+    order by 1
+  loop
+    touched := touched || array[move.from_id::text, move.to_id::text];
+    -- the ledgers, one row at a time: a key the canonical id already holds is a double count
+    for event in
+      select l.event_key, l.day, l.event_name, false as legacy from mixpanel_sync.event_ledger l where l.distinct_id = move.from_id
+      union all
+      select g.event_key, g.day, g.event_name, true from mixpanel_sync.event_ledger_legacy g where g.distinct_id = move.from_id
+      order by 4, 1
+    loop
+      if not event.legacy and exists (select from mixpanel_sync.event_ledger c where c.distinct_id = move.to_id and c.event_key = event.event_key)
+        or event.legacy and exists (select from mixpanel_sync.event_ledger_legacy c where c.distinct_id = move.to_id and c.event_key = event.event_key) then
+        if event.legacy then
+          delete from mixpanel_sync.event_ledger_legacy g where g.distinct_id = move.from_id and g.event_key = event.event_key;
+        else
+          delete from mixpanel_sync.event_ledger l where l.distinct_id = move.from_id and l.event_key = event.event_key;
+        end if;
+        update mixpanel_sync.events_daily d set event_count = d.event_count - 1
+        where d.distinct_id = move.from_id and d.day = event.day and d.event_name = event.event_name and d.event_count > 1;
+        get diagnostics row_count_now = row_count;
+        if row_count_now = 0 then
+          delete from mixpanel_sync.events_daily d
+          where d.distinct_id = move.from_id and d.day = event.day and d.event_name = event.event_name;
+        end if;
+        duplicates := duplicates + 1;
+      elsif event.legacy then
+        update mixpanel_sync.event_ledger_legacy g set distinct_id = move.to_id
+        where g.distinct_id = move.from_id and g.event_key = event.event_key;
+        ledger_rows := ledger_rows + 1;
+      else
+        update mixpanel_sync.event_ledger l set distinct_id = move.to_id
+        where l.distinct_id = move.from_id and l.event_key = event.event_key;
+        ledger_rows := ledger_rows + 1;
+      end if;
+    end loop;
+    -- events_daily, one row at a time
+    for day_row in
+      select d.day, d.event_name, d.event_count, d.first_at, d.last_at
+      from mixpanel_sync.events_daily d where d.distinct_id = move.from_id order by d.day, d.event_name
+    loop
+      insert into mixpanel_sync.events_daily as d (distinct_id, day, event_name, event_count, first_at, last_at)
+      values (move.to_id, day_row.day, day_row.event_name, day_row.event_count, day_row.first_at, day_row.last_at)
+      on conflict (distinct_id, day, event_name) do update set
+        event_count = d.event_count + excluded.event_count,
+        first_at = least(d.first_at, excluded.first_at),
+        last_at = greatest(d.last_at, excluded.last_at);
+      delete from mixpanel_sync.events_daily d
+      where d.distinct_id = move.from_id and d.day = day_row.day and d.event_name = day_row.event_name;
+      events_moved := events_moved + day_row.event_count;
+    end loop;
+    -- the raw events table, when one exists
+    if has_raw then
+      for raw_row in execute 'select r.ctid as row_id, r.event_key from mixpanel_sync.raw_events r where r.distinct_id = $1 order by r.event_key'
+        using move.from_id
+      loop
+        execute 'select exists (select from mixpanel_sync.raw_events c where c.distinct_id = $1 and c.event_key = $2)'
+          into raw_exists using move.to_id, raw_row.event_key;
+        if raw_exists then
+          execute 'delete from mixpanel_sync.raw_events r where r.ctid = $1' using raw_row.row_id;
+        else
+          execute 'update mixpanel_sync.raw_events r set distinct_id = $1 where r.ctid = $2' using move.to_id, raw_row.row_id;
+          raw_moved := raw_moved + 1;
+        end if;
+      end loop;
+    end if;
+    -- the profile: the canonical one wins; else the first alias's (in id order) becomes it
+    if exists (select from mixpanel_sync.subscriber_properties p where p.distinct_id = move.from_id) then
+      if exists (select from mixpanel_sync.subscriber_properties p where p.distinct_id = move.to_id) then
+        delete from mixpanel_sync.subscriber_properties p where p.distinct_id = move.from_id;
+      else
+        update mixpanel_sync.subscriber_properties p set distinct_id = move.to_id where p.distinct_id = move.from_id;
+      end if;
+      profiles_moved := profiles_moved + 1;
+    end if;
+  end loop;
+  foreach member in array touched loop
+    perform mixpanel_sync.refresh_subscriber_loop(member);
+  end loop;
+  return jsonb_build_object('reattributed_events', events_moved, 'reattributed_duplicates', duplicates,
+    'reattributed_ledger_rows', ledger_rows, 'reattributed_raw_events', raw_moved,
+    'reattributed_profiles', profiles_moved);
+end;
+$function$;
+comment on function mixpanel_sync.reattribute_identities_loop(from_ids text[], to_ids text[]) is 'Row-at-a-time reference implementation of reattribute_identities: same contract, same resulting tables and counts (property-tests/identity-loop-equals-set.test.ts). Used when events.upsert_path = ''loop''.';
+grant execute on function mixpanel_sync.reattribute_identities_loop(from_ids text[], to_ids text[]) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.record_framing(run_id bigint, counts jsonb)
  RETURNS jsonb
@@ -2076,6 +3122,7 @@ begin
     when 'ratio' then return value::numeric between 0 and 1;
     when 'on_off' then return value in ('on', 'off');
     when 'set_loop' then return value in ('set', 'loop');
+    when 'identity_mode' then return value in ('off', 'simplified', 'original');
     else return false;
   end case;
   return true;
@@ -2085,8 +3132,171 @@ exception
     return false;
 end;
 $function$;
-comment on function mixpanel_sync.setting_value_is_valid(kind text, value text) is 'True when value parses as a setting of this kind (a ratio is a number from 0 to 1); backs the check on sync_settings.';
+comment on function mixpanel_sync.setting_value_is_valid(kind text, value text) is 'True when value parses as a setting of this kind (a ratio is a number from 0 to 1; an identity_mode is off, simplified or original); backs the check on sync_settings.';
 grant execute on function mixpanel_sync.setting_value_is_valid(kind text, value text) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.spot_check_counts(check_id bigint)
+ RETURNS TABLE(compared bigint, pending bigint)
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  -- (user, day, event) groups over the window on either side, and the pending events among Mixpanel's
+  select
+    (select count(*) from (
+      select d.distinct_id, d.day, d.event_name from mixpanel_sync.events_daily d, mixpanel_sync.spot_checks c
+      where c.id = spot_check_counts.check_id and d.distinct_id = any (c.users) and d.day between c.from_day and c.to_day
+      union
+      select x.distinct_id, x.day, x.event_name from mixpanel_sync.spot_check_differences(spot_check_counts.check_id) x where x.day is not null
+    ) g),
+    (select coalesce(sum(x.pending), 0)::bigint from mixpanel_sync.spot_check_differences(spot_check_counts.check_id) x);
+$function$;
+comment on function mixpanel_sync.spot_check_counts(check_id bigint) is 'How many (user, day, event) groups a spot-check compared, and how many of Mixpanel''s events were pending.';
+grant execute on function mixpanel_sync.spot_check_counts(check_id bigint) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.spot_check_differences(check_id bigint)
+ RETURNS TABLE(distinct_id text, day date, event_name text, mixpanel bigint, ours bigint, pending bigint, differs boolean, reason text)
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  with c as (
+    select * from mixpanel_sync.spot_checks k where k.id = spot_check_differences.check_id
+  ), parsed as (
+    select p.*, mixpanel_sync.event_second(p.time_raw) as second
+    from (
+      select j.doc, j.doc ->> 'event' as event_name,
+        case when jsonb_typeof(j.doc #> '{properties,distinct_id}') in ('string', 'number') then j.doc #>> '{properties,distinct_id}' end as distinct_id,
+        case when jsonb_typeof(j.doc #> '{properties,time}') = 'number' then (j.doc #>> '{properties,time}')::numeric end as time_raw,
+        case when jsonb_typeof(j.doc #> '{properties,$insert_id}') in ('string', 'number') then j.doc #>> '{properties,$insert_id}' end as insert_id,
+        case when jsonb_typeof(j.doc #> '{properties,mp_processing_time_ms}') = 'number'
+          then to_timestamp((j.doc #>> '{properties,mp_processing_time_ms}')::numeric / 1000) end as processed_at
+      from (
+        select mixpanel_sync.json_object_or_null(s.line) as doc
+        from mixpanel_sync.staged_spot_check_events s where s.check_id = spot_check_differences.check_id
+      ) j
+      where jsonb_typeof(j.doc -> 'event') = 'string'
+    ) p
+  ), events as (
+    -- Mixpanel's dedup rule, the sync's own: one event per (distinct_id, event_key)
+    select distinct on (e.distinct_id, e.key) e.*
+    from (
+      select p.distinct_id, p.event_name, p.processed_at,
+        mixpanel_sync.event_key(p.event_name, p.second, p.insert_id, p.doc) as key,
+        case when c.project_timezone is null then to_timestamp(p.second)
+          else (to_timestamp(p.second) at time zone 'UTC') at time zone c.project_timezone end as event_time
+      from parsed p cross join c
+      where p.second is not null and p.distinct_id = any (c.users)
+    ) e
+    order by e.distinct_id, e.key
+  ), theirs as (
+    select e.distinct_id, (e.event_time at time zone 'UTC')::date as day, e.event_name,
+      count(*) filter (where not e.pending) as events,
+      count(*) filter (where e.pending) as pending
+    from (
+      -- pending: after the watermark, or processed by Mixpanel after the processing watermark (a late arrival)
+      select e.*, (e.event_time > c.watermark or coalesce(e.processed_at > c.processing_watermark, false)) as pending
+      from events e cross join c
+    ) e cross join c
+    where (e.event_time at time zone 'UTC')::date between c.from_day and c.to_day
+    group by 1, 2, 3
+  ), ours as (
+    select d.distinct_id::text as distinct_id, d.day, d.event_name::text as event_name, d.event_count as events
+    from mixpanel_sync.events_daily d cross join c
+    where d.distinct_id = any (c.users) and d.day between c.from_day and c.to_day
+  ), days_ours as (
+    select distinct o.distinct_id, o.day from ours o
+  ), compared as (
+    select coalesce(t.distinct_id, o.distinct_id) as distinct_id, coalesce(t.day, o.day) as day,
+      coalesce(t.event_name, o.event_name) as event_name,
+      coalesce(t.events, 0) as mixpanel, coalesce(o.events, 0) as ours, coalesce(t.pending, 0) as pending
+    from theirs t
+    full join ours o on o.distinct_id = t.distinct_id and o.day = t.day and o.event_name = t.event_name
+  ), by_day as (
+    select x.*,
+      case
+        when x.mixpanel > x.ours and not exists (select from days_ours d where d.distinct_id = x.distinct_id and d.day = x.day)
+          then 'missing day'
+        when x.mixpanel > x.ours then 'missing events'
+        when x.ours > x.mixpanel and x.mixpanel = 0 and x.pending = 0 then 'extra events (Mixpanel has none)'
+        when x.ours > x.mixpanel then 'extra events'
+        when x.pending > 0 then 'late arrivals after the watermark (the next run syncs them)'
+      end as reason
+    from compared x
+  ), subscriber_totals as (
+    -- subscribers (the per-user summary over every stored day) against Mixpanel's window plus the stored days
+    -- outside the window, per event name
+    select u.distinct_id, n.event_name,
+      coalesce(((s.event_counts ->> n.event_name))::bigint, 0) as summary,
+      coalesce((select sum(t.events) from theirs t where t.distinct_id = u.distinct_id and t.event_name = n.event_name), 0)
+        + coalesce((select sum(d.event_count) from mixpanel_sync.events_daily d
+            where d.distinct_id = u.distinct_id and d.event_name = n.event_name and d.day not between c.from_day and c.to_day), 0) as expected
+    from c cross join unnest(c.users) u(distinct_id)
+    left join mixpanel_sync.subscribers s on s.distinct_id = u.distinct_id
+    cross join lateral (
+      select k as event_name from jsonb_object_keys(coalesce(s.event_counts, '{}')) k
+      union select t.event_name from theirs t where t.distinct_id = u.distinct_id
+    ) n
+  )
+  select b.distinct_id, b.day, b.event_name, b.mixpanel, b.ours, b.pending, b.mixpanel <> b.ours, b.reason
+  from by_day b where b.reason is not null
+  union all
+  select t.distinct_id, null, t.event_name, t.expected, t.summary, 0, true,
+    'subscribers.event_counts differs (' || t.summary || ' stored, ' || t.expected || ' expected)'
+  from subscriber_totals t where t.summary <> t.expected
+  order by 1, 2 nulls last, 3;
+$function$;
+comment on function mixpanel_sync.spot_check_differences(check_id bigint) is 'The differences a spot-check found, per user, UTC day and event name over its window: Mixpanel''s events (staged, deduplicated with event_key like the sync, read in the run''s project timezone) against events_daily, and per user and event name against subscribers.event_counts. Events after the watermark, or processed after the processing watermark, are pending (not a difference: the next run syncs them; differs false). Groups that match are not returned.';
+grant execute on function mixpanel_sync.spot_check_differences(check_id bigint) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.stage_cohort_members(run_id bigint, cohort_id bigint, profiles jsonb, complete boolean DEFAULT false)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  staged bigint;
+begin
+  perform mixpanel_sync.running_run(run_id, 'stage_cohort_members', 'cohorts');
+  if cohort_id is null or jsonb_typeof(profiles) is distinct from 'array' then
+    raise exception 'stage_cohort_members: needs a cohort_id and a JSON array of Engage profiles'
+      using errcode = 'invalid_parameter_value', hint = 'pass the results array of each Engage page of filter_by_cohort';
+  end if;
+  insert into mixpanel_sync.staged_cohort_members (run_id, cohort_id, profile)
+  select stage_cohort_members.run_id, stage_cohort_members.cohort_id, e.value
+  from jsonb_array_elements(profiles) with ordinality e(value, n) order by e.n;
+  get diagnostics staged = row_count;
+  if complete then
+    insert into mixpanel_sync.staged_cohort_fetches (run_id, cohort_id)
+    values (stage_cohort_members.run_id, stage_cohort_members.cohort_id) on conflict do nothing;
+  end if;
+  return staged;
+end;
+$function$;
+comment on function mixpanel_sync.stage_cohort_members(run_id bigint, cohort_id bigint, profiles jsonb, complete boolean) is 'Stages one Engage page of a cohort''s members; complete => true on its last page marks the membership whole, and only cohorts marked whole have their membership replaced (a cohort fetched in part is left as it was).';
+grant execute on function mixpanel_sync.stage_cohort_members(run_id bigint, cohort_id bigint, profiles jsonb, complete boolean) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.stage_cohorts(run_id bigint, list jsonb)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  staged bigint;
+begin
+  perform mixpanel_sync.running_run(run_id, 'stage_cohorts', 'cohorts');
+  if jsonb_typeof(list) is distinct from 'array' then
+    raise exception 'stage_cohorts: the cohort list must be a JSON array, got %', coalesce(jsonb_typeof(list), 'null')
+      using errcode = 'invalid_parameter_value', hint = 'pass the body of /api/query/cohorts/list as it came';
+  end if;
+  insert into mixpanel_sync.staged_cohorts (run_id, line)
+  select stage_cohorts.run_id, e.value from jsonb_array_elements(list) with ordinality e(value, n) order by e.n;
+  get diagnostics staged = row_count;
+  return staged;
+end;
+$function$;
+comment on function mixpanel_sync.stage_cohorts(run_id bigint, list jsonb) is 'Stages the cohort list of a cohorts run (the /api/query/cohorts/list array); finish_cohorts_run parses it.';
+grant execute on function mixpanel_sync.stage_cohorts(run_id bigint, list jsonb) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.stage_events(run_id bigint, events jsonb)
  RETURNS bigint
@@ -2137,22 +3347,17 @@ $function$;
 comment on function mixpanel_sync.stage_profiles(run_id bigint, profiles jsonb) is 'Stages Engage profiles for a running profiles run: a JSON array of profiles, an Engage response page ({"results": […]}) or one profile {"$distinct_id": …, "$properties": {…}}; returns rows staged, numbered on from the run''s lines staged before. The loader uses COPY into staged_profiles (run_id, line_no, line, problem) instead.';
 grant execute on function mixpanel_sync.stage_profiles(run_id bigint, profiles jsonb) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.staged_line_no(source text, run_id bigint, line_id bigint, line_no bigint)
+CREATE OR REPLACE FUNCTION mixpanel_sync.stage_spot_check(check_id bigint, lines text[])
  RETURNS bigint
  LANGUAGE sql
- STABLE
  SET search_path TO ''
 AS $function$
-  -- Lines staged without a number (COPY of (run_id, line) only): their position among the run's lines.
-  select coalesce(line_no, case source
-    when 'events' then (select count(*) from mixpanel_sync.staged_events s
-      where s.run_id = staged_line_no.run_id and s.line_id <= staged_line_no.line_id)
-    else (select count(*) from mixpanel_sync.staged_profiles s
-      where s.run_id = staged_line_no.run_id and s.line_id <= staged_line_no.line_id)
-  end);
+  insert into mixpanel_sync.staged_spot_check_events (check_id, line)
+  select stage_spot_check.check_id, l.line from unnest(lines) with ordinality l(line, n) order by l.n;
+  select pg_catalog.cardinality(lines)::bigint;
 $function$;
-comment on function mixpanel_sync.staged_line_no(source text, run_id bigint, line_id bigint, line_no bigint) is 'sync_rejects.line_no of a staged line: its line_no, or when it was staged without one its position among the run''s staged lines (line_id order).';
-grant execute on function mixpanel_sync.staged_line_no(source text, run_id bigint, line_id bigint, line_no bigint) to mixpanel_sync_loader;
+comment on function mixpanel_sync.stage_spot_check(check_id bigint, lines text[]) is 'Stages export lines (JSONL, as received) for a spot-check.';
+grant execute on function mixpanel_sync.stage_spot_check(check_id bigint, lines text[]) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.sync_health()
  RETURNS TABLE("check" text, status text, value text, threshold text, detail text)
@@ -2212,7 +3417,7 @@ AS $function$
       and p.line_id not in (select k.line_id from known k)
   ), rejected as (
     insert into mixpanel_sync.sync_rejects (run_id, source, line_no, payload, reason)
-    select p.run_id, 'profiles', mixpanel_sync.staged_line_no('profiles', p.run_id, p.line_id, p.line_no), p.line, p.reject_reason
+    select p.run_id, 'profiles', p.line_no, p.line, p.reject_reason
     from parsed p
     where p.reject_reason is not null
     returning 1
@@ -2304,71 +3509,98 @@ $function$;
 comment on function mixpanel_sync.upsert_subscriber_properties(run_id bigint, change_detection boolean) is 'Applies a profiles run''s staged lines in ONE statement: a line identical to the one that set its row is unchanged without parsing; the others are parsed (rejects to sync_rejects with their line number), the last line of each profile wins, and INSERT … ON CONFLICT DO UPDATE … WHERE (columns) IS DISTINCT FROM (excluded columns) writes only what changed. change_detection false parses and writes every profile (the original behaviour). Both leave the same contents.';
 grant execute on function mixpanel_sync.upsert_subscriber_properties(run_id bigint, change_detection boolean) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.upsert_subscribers_incremental(run_id bigint, from_day date, to_day date)
+CREATE OR REPLACE FUNCTION mixpanel_sync.upsert_subscribers_incremental(run_id bigint, from_day date, to_day date, ledger_from date DEFAULT NULL::date)
  RETURNS mixpanel_sync.apply_result
  LANGUAGE plpgsql
  SET search_path TO ''
  SET work_mem TO '64MB'
 AS $function$
 declare
-  cleared text[];
+  -- ledger rows of the window are kept from this day on (finish_run passes the ledger horizon: older rows would be
+  -- pruned at once); null: the whole window.
+  kept_from date := greatest(from_day, coalesce(ledger_from, from_day));
   counted record;
-  touched text[];
 begin
-  with cleared_daily as (
-    delete from mixpanel_sync.events_daily d where d.day between from_day and to_day returning d.distinct_id
-  ), cleared_ledger as (
-    delete from mixpanel_sync.event_ledger l where l.day between from_day and to_day returning l.distinct_id
-  ), cleared_legacy as (
-    delete from mixpanel_sync.event_ledger_legacy l where l.day between from_day and to_day returning l.distinct_id
-  )
-  select coalesce(array_agg(c.distinct_id), '{}') into cleared
-  from (select distinct_id from cleared_daily union select distinct_id from cleared_ledger
-    union select distinct_id from cleared_legacy) c;
+  -- The legacy ledger only ever empties: its rows of the window go (as before the merge).
+  delete from mixpanel_sync.event_ledger_legacy g where g.day between from_day and to_day;
 
-  -- The window is empty now and a key's day is fixed by its second, so deduplicating the run is
-  -- almost all it takes; a key can still sit in the ledger (or the legacy ledger) outside the window when the
-  -- project timezone changed between runs (its day moved): such an event is already counted, a duplicate.
-  with events as (
+  -- The window's new content is the run's events of the window, deduplicated (a key fixes the name and the second),
+  -- less those already counted outside the window: a key can sit in the ledger (or, by its old-formula key, in the
+  -- legacy ledger) on a day outside the window when the project timezone changed between runs.
+  with wanted as materialized (
     select distinct on (e.distinct_id, e.event_key) e.distinct_id, e.event_key, e.legacy_key, e.event_name, e.event_time, e.day
     from mixpanel_sync.run_events e
     where e.run_id = upsert_subscribers_incremental.run_id
       and e.reject_reason is null
       and e.day between from_day and to_day
     order by e.distinct_id, e.event_key
-  ), ledgered as (
-    insert into mixpanel_sync.event_ledger (distinct_id, event_key, day, event_name, event_time, run_id)
-    select v.distinct_id, v.event_key, v.day, v.event_name, v.event_time, upsert_subscribers_incremental.run_id
-    from events v
-    where v.legacy_key is null or not exists (
-      select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = v.distinct_id and g.event_key = v.legacy_key)
-    on conflict (distinct_id, event_key) do nothing
-    returning event_ledger.distinct_id, event_ledger.day, event_ledger.event_name, event_ledger.event_time
-  ), daily as (
-    insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at)
-    select l.distinct_id, l.day, l.event_name, count(*), min(l.event_time), max(l.event_time)
-    from ledgered l
-    group by l.distinct_id, l.day, l.event_name
+  ), kept as materialized (
+    select w.*
+    from wanted w
+    where (w.legacy_key is null or not exists (
+        select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = w.distinct_id and g.event_key = w.legacy_key))
+      and not exists (
+        select from mixpanel_sync.event_ledger l
+        where l.distinct_id = w.distinct_id and l.event_key = w.event_key and l.day not between from_day and to_day)
+  ), ledger_gone as (
+    -- rows of the window that are not in its new content (or before kept_from)
+    delete from mixpanel_sync.event_ledger l
+    where l.day between from_day and to_day
+      and not exists (
+        select from kept k where k.distinct_id = l.distinct_id and k.event_key = l.event_key and k.day >= kept_from)
+    returning 1
+  ), ledger_written as (
+    -- new rows inserted; a row already there rewritten only when its day, name or time differ (a timezone change)
+    insert into mixpanel_sync.event_ledger as l (distinct_id, event_key, day, event_name, event_time, run_id)
+    select k.distinct_id, k.event_key, k.day, k.event_name, k.event_time, upsert_subscribers_incremental.run_id
+    from kept k
+    where k.day >= kept_from
+    order by k.distinct_id, k.event_key
+    on conflict (distinct_id, event_key) do update set
+      day = excluded.day, event_name = excluded.event_name, event_time = excluded.event_time, run_id = excluded.run_id
+    where (l.day, l.event_name, l.event_time) is distinct from (excluded.day, excluded.event_name, excluded.event_time)
+    returning 1
+  ), target as materialized (
+    select k.distinct_id, k.day, k.event_name, count(*) as event_count, min(k.event_time) as first_at,
+      max(k.event_time) as last_at
+    from kept k
+    group by k.distinct_id, k.day, k.event_name
+  ), daily_gone as (
+    delete from mixpanel_sync.events_daily d
+    where d.day between from_day and to_day
+      and not exists (
+        select from target t where t.distinct_id = d.distinct_id and t.day = d.day and t.event_name = d.event_name)
+    returning d.distinct_id
+  ), daily_written as (
+    insert into mixpanel_sync.events_daily as d (distinct_id, day, event_name, event_count, first_at, last_at)
+    select t.distinct_id, t.day, t.event_name, t.event_count, t.first_at, t.last_at
+    from target t
+    order by t.distinct_id, t.day, t.event_name
+    on conflict (distinct_id, day, event_name) do update set
+      event_count = excluded.event_count, first_at = excluded.first_at, last_at = excluded.last_at
+    -- an unchanged row is not rewritten: no dead tuple, no index entry, no WAL
+    where (d.event_count, d.first_at, d.last_at) is distinct from (excluded.event_count, excluded.first_at, excluded.last_at)
+    returning d.distinct_id
   )
   select
-    (select count(*) from ledgered) as applied,
-    array(select distinct_id from ledgered union select unnest(cleared)) as touched
+    (select count(*) from kept) as applied,
+    array(select g.distinct_id from daily_gone g union select w.distinct_id from daily_written w) as touched,
+    (select count(*) from ledger_gone) + (select count(*) from ledger_written) as ledger_rows_written
   into counted;
-  touched := counted.touched;
 
-  perform mixpanel_sync.refresh_subscribers(touched);
+  perform mixpanel_sync.refresh_subscribers(counted.touched);
   return (
     select (counted.applied,
       count(*) filter (where e.day between from_day and to_day) - counted.applied,
       count(*) filter (where e.day not between from_day and to_day),
-      cardinality(touched))::mixpanel_sync.apply_result
+      cardinality(counted.touched))::mixpanel_sync.apply_result
     from mixpanel_sync.run_events e
     where e.run_id = upsert_subscribers_incremental.run_id and e.reject_reason is null
   );
 end;
 $function$;
-comment on function mixpanel_sync.upsert_subscribers_incremental(run_id bigint, from_day date, to_day date) is 'REPLACE, set-based: removes every events_daily, event_ledger and event_ledger_legacy row with day in [from_day, to_day], then inserts the run''s events of those days deduplicated. Events outside the window are counted too_old. Rows outside the window are untouched.';
-grant execute on function mixpanel_sync.upsert_subscribers_incremental(run_id bigint, from_day date, to_day date) to mixpanel_sync_loader;
+comment on function mixpanel_sync.upsert_subscribers_incremental(run_id bigint, from_day date, to_day date, ledger_from date) is 'REPLACE, set-based, as a merge: the days [from_day, to_day] of events_daily and event_ledger end up holding exactly the run''s events of those days, deduplicated (less events already counted outside the window), and only what changed is written: rows gone deleted, new rows inserted, a row rewritten only when IS DISTINCT FROM its new content. Ledger rows are kept from ledger_from on (null: the whole window; finish_run passes the ledger horizon). event_ledger_legacy rows of the window are deleted. applied: events the window now holds from the run; duplicates: the run''s other events of the window; too_old: its events outside the window; users_touched: users whose events_daily rows changed (their subscribers row is recomputed). Rows outside the window are untouched.';
+grant execute on function mixpanel_sync.upsert_subscribers_incremental(run_id bigint, from_day date, to_day date, ledger_from date) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.upsert_subscribers_incremental_add(run_id bigint, horizon_day date)
  RETURNS mixpanel_sync.apply_result
@@ -2456,47 +3688,154 @@ $function$;
 comment on function mixpanel_sync.upsert_subscribers_incremental_add_loop(run_id bigint, horizon_day date) is 'ADD, row-at-a-time reference implementation of upsert_subscribers_incremental_add: same contract, same resulting tables.';
 grant execute on function mixpanel_sync.upsert_subscribers_incremental_add_loop(run_id bigint, horizon_day date) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.upsert_subscribers_incremental_loop(run_id bigint, from_day date, to_day date)
+CREATE OR REPLACE FUNCTION mixpanel_sync.upsert_subscribers_incremental_loop(run_id bigint, from_day date, to_day date, ledger_from date DEFAULT NULL::date)
  RETURNS mixpanel_sync.apply_result
  LANGUAGE plpgsql
  SET search_path TO ''
  SET work_mem TO '64MB'
+ SET enable_nestloop TO 'off'
+ SET jit TO 'off'
+ SET enable_seqscan TO 'off'
 AS $function$
 declare
-  cleared_user record;
-  cleared text[] := '{}';
-  inserted record;
+  kept_from date := greatest(from_day, coalesce(ledger_from, from_day));
+  event record;
+  stored record;
+  legacy_row record;
+  daily_row record;
+  ledger_row record;
+  previous_id text;
+  previous_key uuid;
+  group_id text;
+  group_day date;
+  group_name text;
+  group_count bigint := 0;
+  group_first timestamptz;
+  group_last timestamptz;
+  applied bigint := 0;
+  duplicates bigint := 0;
+  outside bigint := 0;
+  touched text[] := '{}';
   user_id text;
 begin
-  for cleared_user in
-    select d.distinct_id from mixpanel_sync.events_daily d where d.day between from_day and to_day
-    union
-    select l.distinct_id from mixpanel_sync.event_ledger l where l.day between from_day and to_day
-    union
-    select g.distinct_id from mixpanel_sync.event_ledger_legacy g where g.day between from_day and to_day
-    order by 1
+  for legacy_row in
+    select g.distinct_id, g.event_key from mixpanel_sync.event_ledger_legacy g
+    where g.day between from_day and to_day order by g.distinct_id, g.event_key
+  loop
+    delete from mixpanel_sync.event_ledger_legacy g
+    where g.distinct_id = legacy_row.distinct_id and g.event_key = legacy_row.event_key;
+  end loop;
+
+  -- 1. The run's events in events_daily order (a key fixes the day and the name, so repeats are adjacent): each kept
+  --    event claims its ledger row, each (user, day, name) group its events_daily row.
+  for event in
+    select e.distinct_id, e.event_key, e.legacy_key, e.event_name, e.event_time, e.day
+    from mixpanel_sync.run_events e
+    where e.run_id = upsert_subscribers_incremental_loop.run_id and e.reject_reason is null
+    order by e.distinct_id, e.day, e.event_name, e.event_key, e.line_id
+  loop
+    if event.day < from_day or event.day > to_day then
+      outside := outside + 1;
+      continue;
+    end if;
+    if event.distinct_id = previous_id and event.event_key = previous_key then
+      duplicates := duplicates + 1;
+      continue;
+    end if;
+    previous_id := event.distinct_id;
+    previous_key := event.event_key;
+    if event.legacy_key is not null and exists (
+      select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = event.distinct_id and g.event_key = event.legacy_key) then
+      duplicates := duplicates + 1;
+      continue;
+    end if;
+    select l.day, l.event_name, l.event_time into stored
+    from mixpanel_sync.event_ledger l where l.distinct_id = event.distinct_id and l.event_key = event.event_key;
+    if found and (stored.day < from_day or stored.day > to_day) then
+      duplicates := duplicates + 1;
+      continue;
+    end if;
+
+    if event.day >= kept_from then
+      if not found then
+        insert into mixpanel_sync.event_ledger (distinct_id, event_key, day, event_name, event_time, run_id)
+        values (event.distinct_id, event.event_key, event.day, event.event_name, event.event_time,
+          upsert_subscribers_incremental_loop.run_id);
+      elsif (stored.day, stored.event_name, stored.event_time) is distinct from (event.day, event.event_name, event.event_time) then
+        update mixpanel_sync.event_ledger l set day = event.day, event_name = event.event_name,
+          event_time = event.event_time, run_id = upsert_subscribers_incremental_loop.run_id
+        where l.distinct_id = event.distinct_id and l.event_key = event.event_key;
+      end if;
+    end if;
+
+    if group_count > 0 and (group_id, group_day, group_name) is distinct from (event.distinct_id, event.day, event.event_name) then
+      if mixpanel_sync.merge_daily_row_loop(group_id, group_day, group_name, group_count, group_first, group_last) then
+        touched := array_append(touched, group_id);
+      end if;
+      group_count := 0;
+    end if;
+    if group_count = 0 then
+      group_id := event.distinct_id;
+      group_day := event.day;
+      group_name := event.event_name;
+      group_first := event.event_time;
+      group_last := event.event_time;
+    end if;
+    group_count := group_count + 1;
+    group_first := least(group_first, event.event_time);
+    group_last := greatest(group_last, event.event_time);
+    applied := applied + 1;
+  end loop;
+  if group_count > 0 and mixpanel_sync.merge_daily_row_loop(group_id, group_day, group_name, group_count, group_first, group_last) then
+    touched := array_append(touched, group_id);
+  end if;
+
+  -- 2. events_daily rows of the window the run has no event for: deleted, one at a time. (The rows are found with
+  --    one anti-join: a per-row lookup in run_events, which has no index for it, would make the loop quadratic.)
+  for daily_row in
+    select d.distinct_id, d.day, d.event_name from mixpanel_sync.events_daily d
+    where d.day between from_day and to_day
+      and not exists (
+        select from mixpanel_sync.run_events e
+        where e.run_id = upsert_subscribers_incremental_loop.run_id and e.reject_reason is null
+          and e.distinct_id = d.distinct_id and e.day = d.day and e.event_name = d.event_name
+          and (e.legacy_key is null or not exists (
+            select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = e.distinct_id and g.event_key = e.legacy_key))
+          and not exists (
+            select from mixpanel_sync.event_ledger l
+            where l.distinct_id = e.distinct_id and l.event_key = e.event_key and l.day not between from_day and to_day))
+    order by d.distinct_id, d.day, d.event_name
   loop
     delete from mixpanel_sync.events_daily d
-    where d.distinct_id = cleared_user.distinct_id and d.day between from_day and to_day;
-    delete from mixpanel_sync.event_ledger l
-    where l.distinct_id = cleared_user.distinct_id and l.day between from_day and to_day;
-    delete from mixpanel_sync.event_ledger_legacy g
-    where g.distinct_id = cleared_user.distinct_id and g.day between from_day and to_day;
-    cleared := array_append(cleared, cleared_user.distinct_id);
+    where d.distinct_id = daily_row.distinct_id and d.day = daily_row.day and d.event_name = daily_row.event_name;
+    touched := array_append(touched, daily_row.distinct_id);
   end loop;
 
-  inserted := mixpanel_sync.insert_new_events_loop(run_id, from_day, to_day);
+  -- 3. Ledger rows of the window no kept event of the run claimed (or before kept_from): deleted, one at a time.
+  for ledger_row in
+    select l.distinct_id, l.event_key from mixpanel_sync.event_ledger l
+    where l.day between from_day and to_day
+      and (l.day < kept_from or not exists (
+        select from mixpanel_sync.run_events e
+        where e.run_id = upsert_subscribers_incremental_loop.run_id and e.reject_reason is null
+          and e.distinct_id = l.distinct_id and e.event_key = l.event_key
+          and e.day between kept_from and to_day
+          and (e.legacy_key is null or not exists (
+            select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = e.distinct_id and g.event_key = e.legacy_key))))
+    order by l.distinct_id, l.event_key
+  loop
+    delete from mixpanel_sync.event_ledger l
+    where l.distinct_id = ledger_row.distinct_id and l.event_key = ledger_row.event_key;
+  end loop;
 
-  foreach user_id in array cleared || inserted.distinct_ids loop
+  for user_id in select distinct u from unnest(touched) u order by 1 loop
     perform mixpanel_sync.refresh_subscriber_loop(user_id);
   end loop;
-  return (inserted.applied, inserted.duplicates, inserted.outside,
-    (select count(*) from (select unnest(cleared) union select unnest(inserted.distinct_ids)) u)
-  )::mixpanel_sync.apply_result;
+  return (applied, duplicates, outside, (select count(distinct u) from unnest(touched) u))::mixpanel_sync.apply_result;
 end;
 $function$;
-comment on function mixpanel_sync.upsert_subscribers_incremental_loop(run_id bigint, from_day date, to_day date) is 'REPLACE, row-at-a-time reference implementation of upsert_subscribers_incremental: same contract, same resulting tables.';
-grant execute on function mixpanel_sync.upsert_subscribers_incremental_loop(run_id bigint, from_day date, to_day date) to mixpanel_sync_loader;
+comment on function mixpanel_sync.upsert_subscribers_incremental_loop(run_id bigint, from_day date, to_day date, ledger_from date) is 'REPLACE, row-at-a-time reference implementation of upsert_subscribers_incremental: the same merge (only what changed is written), the same contract, the same resulting tables and apply_result.';
+grant execute on function mixpanel_sync.upsert_subscribers_incremental_loop(run_id bigint, from_day date, to_day date, ledger_from date) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.utc_offset_text(seconds numeric)
  RETURNS text
@@ -2715,10 +4054,16 @@ begin
   perform mixpanel_sync.stage_events(run.id, events);
   insert into mixpanel_sync.staged_events (run_id, line) values (run.id, '{"event": "cut off", "properties": {"distin');
   perform mixpanel_sync.parse_staged_events(run.id);
+  update mixpanel_sync.sync_runs r set
+    status = 'failed',
+    finished_at = clock_timestamp(),
+    total_ms = (extract(epoch from clock_timestamp() - r.started_at) * 1000)::bigint,
+    error = 'verify: staged and parsed for a path called directly'
+  where r.id = run.id;
   return run.id;
 end;
 $function$;
-comment on function mixpanel_sync_verify.verify_staged_run(events jsonb) is 'Verify scripts: a forced-full run at clock 2000-02-01 with these events (and one non-JSON line) staged and parsed once.';
+comment on function mixpanel_sync_verify.verify_staged_run(events jsonb) is 'Verify scripts: a forced-full run at clock 2000-02-01 with these events (and one non-JSON line) staged and parsed once, for a path the script calls directly; the run is then marked failed (error ''verify: staged and parsed for a path called directly''), its staged and parsed rows kept, so that the next verify_staged_run may begin (one events run at a time).';
 
 -- ====================================================================================================
 -- schema public
@@ -2728,12 +4073,12 @@ create schema if not exists public;
 comment on schema public is 'standard public schema';
 grant usage on schema public to public;
 
--- rows of mixpanel_sync.sync_settings after migrating (35)
+-- rows of mixpanel_sync.sync_settings after migrating (37)
 insert into mixpanel_sync.sync_settings (key, value, kind, description) values
   ('events.full_window', '45 days', 'interval', 'A full run replaces this many whole UTC days, ending with the day of the run''s clock.'),
   ('events.incremental', 'on', 'on_off', 'on: incremental runs from the watermark. off: every run is a full run over events.full_window.'),
   ('events.late_lookback', '5 days', 'interval', 'How far before fetch_from an incremental run looks for late-arriving events (by mp_processing_time_ms).'),
-  ('events.ledger_retention', '45 days', 'interval', 'How long the ledger remembers applied events. Older events cannot be deduplicated: they are counted too_old, not applied.'),
+  ('events.ledger_retention', '7 days', 'interval', 'How long the ledger remembers applied events, in whole UTC days ending with the run''s day (default 7 days: events.overlap + events.late_lookback + a margin). An incremental run (ADD) can deduplicate only events of these days: an older event is counted too_old, not applied, and the next full run (REPLACE over events.full_window) counts it. A watermark older than this makes the next run full. REPLACE rebuilds events_daily for its whole window whatever this is.'),
   ('events.overlap', '2 hours', 'interval', 'Incremental runs start this long before the watermark. Re-read events are counted as duplicates, never twice.'),
   ('events.replace_guard_min_events', '100', 'integer', 'REPLACE guard: a UTC day of a full run''s window holding at least this many events is guarded: the run is refused (MP001) when it would keep less than events.replace_guard_ratio of them. Override for one run: begin_run(..., allow_shrink => true), CLI --allow-shrink.'),
   ('events.replace_guard_ratio', '0.5', 'ratio', 'REPLACE guard: the share of a guarded day''s stored events a full run must keep (0 to 1; 0 turns the per-day check off). A full run with no usable event over a window that holds events is always refused without allow_shrink.'),
@@ -2762,12 +4107,14 @@ insert into mixpanel_sync.sync_settings (key, value, kind, description) values
   ('health.watermark_lag_critical', '24 hours', 'interval', 'sync_health events.watermark_lag: critical when the watermark is at least this old.'),
   ('health.watermark_lag_warn', '6 hours', 'interval', 'sync_health events.watermark_lag: warn when the newest applied event (the watermark) is at least this old.'),
   ('health.watermark_stalled_warn', '6 hours', 'interval', 'sync_health events.watermark_stalled: warn when runs kept succeeding for at least this long (by their clocks, fetch_to) without moving the events watermark (the plan: watermark not advancing for 6 h).'),
+  ('identity.mode', 'off', 'identity_mode', 'Mixpanel ID Merge of the project (Project Settings > Identity Merge): off (distinct_ids taken as they come), simplified (Simplified ID Merge: an event with $device_id and $user_id joins $device:<device_id> to the user), original (Original ID Merge: $identify, $create_alias, $merge). Switching on: see the README, "Identity merge".'),
   ('profiles.change_detection', 'on', 'on_off', 'on: unchanged profiles are not written. off: every profile is written (the original behaviour).'),
   ('runs.abandon_after', '2 hours', 'interval', 'A run still running after this long is marked abandoned (its loader is presumed dead) and its staged rows dropped.'),
+  ('runs.heartbeat_timeout', '2 minutes', 'interval', 'A running run whose loader sent a heartbeat (heartbeat_run) within this interval is alive, even when the server session of its begin_run is gone (through a transaction pooler such as pgbouncer that session may be closed while the loader works on another): begin_run abandons it only once its owner session is gone AND its heartbeat is older than this. Keep it well above the loader''s heartbeat interval (30 s).'),
   ('runs.retention', '90 days', 'interval', 'Finished runs and their rejects older than this are pruned.');
 
 -- Roles the grants and policies name (cluster-wide: created by the migrations when missing).
 create role mixpanel_sync_loader nologin;
 comment on role mixpanel_sync_loader is 'mixpanel-pg-sync loader: runs syncs (begin_run, COPY into staged_*, stage_*, finish_run, fail_run, status, sync_health). NOLOGIN: grant it to the login role the loader connects as.';
 create role mixpanel_sync_reader nologin;
-comment on role mixpanel_sync_reader is 'mixpanel-pg-sync reader: SELECT on the aggregates (events_daily, subscribers) and profiles (subscriber_properties). NOLOGIN: grant it to the login roles of dashboards and analysts.';
+comment on role mixpanel_sync_reader is 'mixpanel-pg-sync reader: SELECT on the aggregates (events_daily, subscribers), profiles (subscriber_properties) and cohorts. NOLOGIN: grant it to the login roles of dashboards and analysts.';
