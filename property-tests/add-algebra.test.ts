@@ -10,7 +10,18 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { batchArb, dayMs, eventDayMs, validLines, type StagedLine } from './arbitraries.ts';
 import { createTestDatabase, type TestDatabase } from './db.ts';
 import { applyAdd, applyReplace, assertSameTables, tableSnapshot } from '../scripts/sql/sync-api.ts';
-import { applyPriorState, branch, emptyTables, eventTables, parsedRun, pathDayArb, pathSpan, priorStateArb, rolledBack, spanDay } from './event-runs.ts';
+import {
+  applyPriorState,
+  branch,
+  emptyTables,
+  eventTables,
+  parsedRun,
+  pathDayArb,
+  pathSpan,
+  priorStateArb,
+  rolledBack,
+  spanDay,
+} from './event-runs.ts';
 import { propertyParameters, timeoutFor } from './fc-parameters.ts';
 
 let db: TestDatabase;
@@ -37,9 +48,17 @@ describe('invariant 2: ADD is idempotent and order-independent', () => {
           const first = await applyAdd(client, runs[0]!, horizonDay);
           const once = await tableSnapshot(client, eventTables);
           const second = await applyAdd(client, runs[1]!, horizonDay);
-          await assertSameTables(db.pool, `ADD(E) above ${horizonDay}: tables after ADD(E) (expected) and after ADD(E) again (actual)`, once, await tableSnapshot(client, eventTables));
+          await assertSameTables(
+            db.pool,
+            `ADD(E) above ${horizonDay}: tables after ADD(E) (expected) and after ADD(E) again (actual)`,
+            once,
+            await tableSnapshot(client, eventTables),
+          );
           expect(second, 'apply_result of the second ADD(E)').toEqual({
-            applied: 0, duplicates: first.applied + first.duplicates, too_old: first.too_old, users_touched: 0,
+            applied: 0,
+            duplicates: first.applied + first.duplicates,
+            too_old: first.too_old,
+            users_touched: 0,
           });
           if (first.applied > 0) exercised++;
         } finally {
@@ -51,11 +70,16 @@ describe('invariant 2: ADD is idempotent and order-independent', () => {
     expect(exercised, 'runs whose first ADD applied events').toBeGreaterThan(0);
   });
 
-  it('ADD(A); ADD(B) ≡ ADD(B); ADD(A) for overlapping A and B (event_ledger.run_id aside)', { timeout: timeoutFor(runs, 150) }, async () => {
+  it('ADD(A); ADD(B) ≡ ADD(B); ADD(A) for overlapping A and B (event_ledger.run_id aside)', {
+    timeout: timeoutFor(runs, 150),
+  }, async () => {
     const overlapping = fc
       .tuple(batchArb({ ...pathSpan, maxEvents: 40 }), batchArb({ ...pathSpan, maxEvents: 40 }))
       .chain(([a, b]) => fc.tuple(fc.constant(a), fc.constant(b), fc.subarray(validLines(a)), fc.subarray(validLines(b))))
-      .map(([a, b, fromA, fromB]): [StagedLine[], StagedLine[]] => [[...a, ...fromB], [...b, ...fromA]]);
+      .map(([a, b, fromA, fromB]): [StagedLine[], StagedLine[]] => [
+        [...a, ...fromB],
+        [...b, ...fromA],
+      ]);
     await fc.assert(
       fc.asyncProperty(priorStateArb(pathSpan), overlapping, pathDayArb, async (prior, [a, b], horizon) => {
         const horizonDay = spanDay(pathSpan, horizon);
@@ -69,8 +93,12 @@ describe('invariant 2: ADD is idempotent and order-independent', () => {
           });
           await applyAdd(client, runB, horizonDay);
           await applyAdd(client, runA, horizonDay);
-          await assertSameTables(db.pool, `ADD above ${horizonDay}: tables after ADD(A); ADD(B) (expected) and ADD(B); ADD(A) (actual)`,
-            aThenB, await tableSnapshot(client, eventTables, ['event_ledger.run_id']));
+          await assertSameTables(
+            db.pool,
+            `ADD above ${horizonDay}: tables after ADD(A); ADD(B) (expected) and ADD(B); ADD(A) (actual)`,
+            aThenB,
+            await tableSnapshot(client, eventTables, ['event_ledger.run_id']),
+          );
         });
       }),
       propertyParameters(runs, 150),
@@ -79,16 +107,29 @@ describe('invariant 2: ADD is idempotent and order-independent', () => {
 });
 
 describe('invariant 3: REPLACE ≡ REPLACE then ADDs', () => {
-  it('REPLACE(W, A); ADD(B1); …; ADD(Bk) ≡ REPLACE(W, A ∪ B1 ∪ … ∪ Bk) with Bi inside W (event_ledger.run_id aside)', { timeout: timeoutFor(runs, 250) }, async () => {
+  it('REPLACE(W, A); ADD(B1); …; ADD(Bk) ≡ REPLACE(W, A ∪ B1 ∪ … ∪ Bk) with Bi inside W (event_ledger.run_id aside)', {
+    timeout: timeoutFor(runs, 250),
+  }, async () => {
     const scenario = fc
       .record({ a: batchArb({ ...pathSpan, maxEvents: 40 }), x: pathDayArb, y: pathDayArb })
       .chain(({ a, x, y }) => {
         const [from, to] = [Math.min(x, y), Math.max(x, y)];
         const inside = { firstDayMs: pathSpan.firstDayMs + from * dayMs, days: to - from + 1 };
-        const aInside = validLines(a).filter((l) => l.kind === 'event' && eventDayMs(l.event) >= inside.firstDayMs
-          && eventDayMs(l.event) < inside.firstDayMs + inside.days * dayMs);
-        const b = fc.record({ fresh: batchArb({ ...inside, maxEvents: 20 }), fromA: fc.subarray(aInside), again: fc.integer({ min: 0, max: 100 }) });
-        return fc.record({ a: fc.constant(a), from: fc.constant(from), to: fc.constant(to), bs: fc.array(b, { minLength: 1, maxLength: 3 }) });
+        const aInside = validLines(a).filter(
+          (l) =>
+            l.kind === 'event' && eventDayMs(l.event) >= inside.firstDayMs && eventDayMs(l.event) < inside.firstDayMs + inside.days * dayMs,
+        );
+        const b = fc.record({
+          fresh: batchArb({ ...inside, maxEvents: 20 }),
+          fromA: fc.subarray(aInside),
+          again: fc.integer({ min: 0, max: 100 }),
+        });
+        return fc.record({
+          a: fc.constant(a),
+          from: fc.constant(from),
+          to: fc.constant(to),
+          bs: fc.array(b, { minLength: 1, maxLength: 3 }),
+        });
       })
       .map(({ a, from, to, bs }) => {
         // each Bi: fresh events inside W, some of A, and a share of the previous B re-sent
@@ -115,9 +156,15 @@ describe('invariant 3: REPLACE ≡ REPLACE then ADDs', () => {
             return { applied, tables: await tableSnapshot(client, eventTables, ['event_ledger.run_id']) };
           });
           const atOnce = await applyReplace(client, unionRun, fromDay, toDay);
-          await assertSameTables(db.pool, `W = ${fromDay}..${toDay}: tables after REPLACE(W, A ∪ B…) (expected) and REPLACE(W, A) then ADD(Bi) (actual)`,
-            await tableSnapshot(client, eventTables, ['event_ledger.run_id']), stepwise.tables);
-          expect(stepwise.applied, 'events applied by REPLACE then ADDs (actual) and by REPLACE of the union (expected)').toBe(atOnce.applied);
+          await assertSameTables(
+            db.pool,
+            `W = ${fromDay}..${toDay}: tables after REPLACE(W, A ∪ B…) (expected) and REPLACE(W, A) then ADD(Bi) (actual)`,
+            await tableSnapshot(client, eventTables, ['event_ledger.run_id']),
+            stepwise.tables,
+          );
+          expect(stepwise.applied, 'events applied by REPLACE then ADDs (actual) and by REPLACE of the union (expected)').toBe(
+            atOnce.applied,
+          );
           if (atOnce.duplicates > 0 && stepwise.applied > 0) exercised++;
         });
       }),

@@ -102,13 +102,20 @@ const invalidLineArb: fc.Arbitrary<string> = fc.constantFrom(
 /** Numbers beyond any real time. They must not fail the run: such a time is a rejected line, such a processing time is ignored. */
 export const outOfRangeLineArb: fc.Arbitrary<string> = fc.oneof(
   fc.constantFrom(1e30, -1e19, 9.3e18, 1e21).map((time) => `{"event": "x", "properties": {"distinct_id": "u1", "time": ${time}}}`),
-  fc.constantFrom(1e30, -1e30).map((ms) => `{"event": "x", "properties": {"distinct_id": "u1", "time": 1709251200, "mp_processing_time_ms": ${ms}}}`),
+  fc
+    .constantFrom(1e30, -1e30)
+    .map((ms) => `{"event": "x", "properties": {"distinct_id": "u1", "time": 1709251200, "mp_processing_time_ms": ${ms}}}`),
 );
 
 /** The event sent again: same name, user, second and $insert_id (so the same event to Mixpanel), other details changed. */
 function retried(event: ExportEvent, millis: number): StagedLine {
   const second = eventSecond(event);
-  const properties = { ...event.properties, time: second * 1000 + millis, mp_processing_time_ms: second * 1000 + millis + 1, retry: millis };
+  const properties = {
+    ...event.properties,
+    time: second * 1000 + millis,
+    mp_processing_time_ms: second * 1000 + millis + 1,
+    retry: millis,
+  };
   const again = { event: event.event, properties };
   return { kind: 'event', event: again, line: JSON.stringify(again) };
 }

@@ -37,7 +37,10 @@ interface Identity {
 function canonical(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
   if (value && typeof value === 'object') {
-    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonical((value as Record<string, unknown>)[k])}`).join(',')}}`;
+    return `{${Object.keys(value)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical((value as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
   }
   return JSON.stringify(value);
 }
@@ -47,7 +50,12 @@ function identityOf(i: Identity): string {
   const props = { ...(i.content.properties as Record<string, unknown>) };
   delete props.distinct_id;
   const hasInsertId = i.insertId !== null && i.insertId !== '';
-  return JSON.stringify([i.name, i.second, hasInsertId ? i.insertId : null, hasInsertId ? null : canonical({ ...i.content, properties: props })]);
+  return JSON.stringify([
+    i.name,
+    i.second,
+    hasInsertId ? i.insertId : null,
+    hasInsertId ? null : canonical({ ...i.content, properties: props }),
+  ]);
 }
 
 const md5Shaped = fc.constantFrom('#0cc175b9c0f1b6a831c399e269772661', '#92eb5ffee6ae2fec3ad71c777531578f');
@@ -124,7 +132,10 @@ describe('upgrade from the old key', () => {
     try {
       const migrations = path.resolve(import.meta.dirname, '../migrations');
       const sqlFiles = async (folder: string) =>
-        (await readdir(path.join(migrations, folder))).filter((f) => f.endsWith('.sql')).sort().map((f) => path.join(migrations, folder, f));
+        (await readdir(path.join(migrations, folder)))
+          .filter((f) => f.endsWith('.sql'))
+          .sort()
+          .map((f) => path.join(migrations, folder, f));
       for (const file of await sqlFiles('committed')) await client.query(await readFile(file, 'utf8'));
 
       const at = Date.UTC(2024, 2, 9, 10) / 1000;
@@ -132,7 +143,10 @@ describe('upgrade from the old key', () => {
         event: i % 3 === 0 ? 'a\x1fb' : 'view',
         properties: { distinct_id: `u${i % 5}`, time: at + i * 60, ...(i % 2 === 0 ? { $insert_id: `ins-${i}` } : { plan: `p${i}` }) },
       }));
-      const fresh = Array.from({ length: 10 }, (_, i) => ({ event: 'later', properties: { distinct_id: `u${i % 5}`, time: at + 7200 + i } }));
+      const fresh = Array.from({ length: 10 }, (_, i) => ({
+        event: 'later',
+        properties: { distinct_id: `u${i % 5}`, time: at + 7200 + i },
+      }));
       // the old code: begin_run(source, force_full, clock) of 000001
       const full = await client.query(`select id from mixpanel_sync.begin_run('events', true, '2024-03-09T12:00:00Z')`);
       await client.query('select mixpanel_sync.stage_events($1, $2::jsonb)', [full.rows[0].id, JSON.stringify(old)]);
@@ -153,7 +167,9 @@ describe('upgrade from the old key', () => {
         const run = await client.query(`select id, mode from mixpanel_sync.begin_run('events', clock => '2024-03-09T14:00:00Z')`);
         expect(run.rows[0].mode).toBe('incremental');
         await client.query('select mixpanel_sync.stage_events($1, $2::jsonb)', [run.rows[0].id, JSON.stringify([...old, ...fresh])]);
-        const done = await client.query('select applied::int, duplicates::int, too_old::int from mixpanel_sync.finish_run($1)', [run.rows[0].id]);
+        const done = await client.query('select applied::int, duplicates::int, too_old::int from mixpanel_sync.finish_run($1)', [
+          run.rows[0].id,
+        ]);
         expect(done.rows[0]).toEqual({ applied: 10, duplicates: 60, too_old: 0 });
         expect(await stored()).toBe(70);
         const subscribers = await client.query('select sum(total_events)::int as n from mixpanel_sync.subscribers');

@@ -38,7 +38,12 @@ export async function parsedRun(client: Queryable, lines: StagedLine[]): Promise
     [pathClock],
   );
   const run = await beginRun(client, { source: 'events', clock: pathClock, forceFull: true });
-  await stageLines(client, 'events', run.id, lines.map((l) => l.line));
+  await stageLines(
+    client,
+    'events',
+    run.id,
+    lines.map((l) => l.line),
+  );
   await parseStagedEvents(client, run.id);
   return run.id;
 }
@@ -85,7 +90,8 @@ export type PriorStep =
 export function priorStateArb(span: EventSpan): fc.Arbitrary<PriorStep[]> {
   const offset = fc.integer({ min: 0, max: span.days - 1 });
   const step: fc.Arbitrary<PriorStep> = fc.oneof(
-    fc.record({ path: fc.constant('replace' as const), lines: batchArb({ ...span, maxEvents: 30 }), from: offset, to: offset })
+    fc
+      .record({ path: fc.constant('replace' as const), lines: batchArb({ ...span, maxEvents: 30 }), from: offset, to: offset })
       .map((s) => ({ ...s, from: Math.min(s.from, s.to), to: Math.max(s.from, s.to) })),
     fc.record({ path: fc.constant('add' as const), lines: batchArb({ ...span, maxEvents: 30 }), horizon: offset }),
   );

@@ -17,7 +17,16 @@ import { propertyParameters, timeoutFor } from './fc-parameters.ts';
 import { finishStep, runStepsArb, stageStep } from './run-sequences.ts';
 
 // Where finish_run writes.
-const writtenTables = ['events_daily', 'event_ledger', 'subscribers', 'run_events', 'sync_rejects', 'sync_watermarks', 'sync_runs', 'staged_events'];
+const writtenTables = [
+  'events_daily',
+  'event_ledger',
+  'subscribers',
+  'run_events',
+  'sync_rejects',
+  'sync_watermarks',
+  'sync_runs',
+  'staged_events',
+];
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -42,22 +51,33 @@ beforeAll(async () => {
     end;
     $$;`);
   for (const table of writtenTables) {
-    await db.pool.query(`create trigger count_writes after insert or update or delete on mixpanel_sync.${table} for each row execute function public.count_write()`);
+    await db.pool.query(
+      `create trigger count_writes after insert or update or delete on mixpanel_sync.${table} for each row execute function public.count_write()`,
+    );
   }
 });
 afterAll(async () => {
   await db?.drop();
 });
 
-type Injection =
-  | { kind: 'trigger'; pick: number; fraction: number }
-  | { kind: 'lock'; table: string }
-  | { kind: 'timeout'; ms: number };
+type Injection = { kind: 'trigger'; pick: number; fraction: number } | { kind: 'lock'; table: string } | { kind: 'timeout'; ms: number };
 
 const injectionArb: fc.Arbitrary<Injection> = fc.oneof(
-  { weight: 6, arbitrary: fc.record({ kind: fc.constant('trigger' as const), pick: fc.nat(), fraction: fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }) }) },
-  { weight: 2, arbitrary: fc.record({ kind: fc.constant('lock' as const),
-      table: fc.constantFrom('events_daily', 'event_ledger', 'subscribers', 'sync_watermarks', 'sync_rejects', 'sync_runs', 'finish lock') }) },
+  {
+    weight: 6,
+    arbitrary: fc.record({
+      kind: fc.constant('trigger' as const),
+      pick: fc.nat(),
+      fraction: fc.double({ min: 0, max: 1, maxExcluded: true, noNaN: true }),
+    }),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      kind: fc.constant('lock' as const),
+      table: fc.constantFrom('events_daily', 'event_ledger', 'subscribers', 'sync_watermarks', 'sync_rejects', 'sync_runs', 'finish lock'),
+    }),
+  },
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('timeout' as const), ms: fc.integer({ min: 1, max: 30 }) }) },
 );
 
@@ -69,12 +89,23 @@ interface Write {
 
 // Columns that legitimately differ between two transactions doing the same work: clock readings and now(), and
 // the ids of rejects (taken from a sequence, which a rollback does not give back; rejects are keyed by line here).
-const volatile = ['sync_runs.finished_at', 'sync_runs.stage_ms', 'sync_runs.apply_ms', 'sync_runs.total_ms', 'subscribers.updated_at',
-  'sync_watermarks.updated_at', 'sync_rejects.created_at', 'sync_rejects.id'];
+const volatile = [
+  'sync_runs.finished_at',
+  'sync_runs.stage_ms',
+  'sync_runs.apply_ms',
+  'sync_runs.total_ms',
+  'subscribers.updated_at',
+  'sync_watermarks.updated_at',
+  'sync_rejects.created_at',
+  'sync_rejects.id',
+];
 
 async function stableState(client: pg.PoolClient): Promise<TableSnapshot> {
   const tables = await tableSnapshot(client, allTables, volatile);
-  const rejects = Object.values(tables.sync_rejects!).map((row): [string, Record<string, unknown>] => [JSON.stringify([row.run_id, row.line_no]), row]);
+  const rejects = Object.values(tables.sync_rejects!).map((row): [string, Record<string, unknown>] => [
+    JSON.stringify([row.run_id, row.line_no]),
+    row,
+  ]);
   return { ...tables, sync_rejects: Object.fromEntries(rejects) };
 }
 
@@ -84,7 +115,9 @@ async function dryRun(client: pg.PoolClient, runId: string): Promise<{ writes: W
   try {
     await client.query(`set local proofs.count_writes = 'on'`);
     await finishRun(client, runId);
-    const { rows } = await client.query<{ table: string; op: string; count: string }>('select tab as table, op, n as count from public.write_counts order by tab, op');
+    const { rows } = await client.query<{ table: string; op: string; count: string }>(
+      'select tab as table, op, n as count from public.write_counts order by tab, op',
+    );
     return { writes: rows.map((r) => ({ ...r, count: Number(r.count) })), state: await stableState(client) };
   } finally {
     await client.query('rollback');
@@ -99,27 +132,38 @@ async function inject(injection: Injection, writes: Write[], finisher: pg.PoolCl
     await db.pool.query(`alter sequence public.injected_writes restart;
       create trigger inject_failure after ${write.op.toLowerCase()} on mixpanel_sync.${write.table}
       for each row execute function public.inject_failure('${nth}')`);
-    return [`${write.op} #${nth} of ${write.count} on ${write.table}`, async () => {
-      await db.pool.query(`drop trigger inject_failure on mixpanel_sync.${write.table}`);
-    }];
+    return [
+      `${write.op} #${nth} of ${write.count} on ${write.table}`,
+      async () => {
+        await db.pool.query(`drop trigger inject_failure on mixpanel_sync.${write.table}`);
+      },
+    ];
   }
   if (injection.kind === 'timeout') {
     await finisher.query(`set statement_timeout = ${injection.ms}`);
-    return [`statement_timeout ${injection.ms} ms`, async () => {
-      await finisher.query('reset statement_timeout');
-    }];
+    return [
+      `statement_timeout ${injection.ms} ms`,
+      async () => {
+        await finisher.query('reset statement_timeout');
+      },
+    ];
   }
   const holder = await db.pool.connect();
   await holder.query('begin');
-  await holder.query(injection.table === 'finish lock'
-    ? `select pg_advisory_xact_lock(hashtextextended('mixpanel_sync.finish_run', 0))`
-    : `lock table mixpanel_sync.${injection.table} in share mode`);
+  await holder.query(
+    injection.table === 'finish lock'
+      ? `select pg_advisory_xact_lock(hashtextextended('mixpanel_sync.finish_run', 0))`
+      : `lock table mixpanel_sync.${injection.table} in share mode`,
+  );
   await finisher.query(`set lock_timeout = '100ms'`);
-  return [`lock on ${injection.table}`, async () => {
-    await finisher.query('reset lock_timeout');
-    await holder.query('rollback');
-    holder.release();
-  }];
+  return [
+    `lock on ${injection.table}`,
+    async () => {
+      await finisher.query('reset lock_timeout');
+      await holder.query('rollback');
+      holder.release();
+    },
+  ];
 }
 
 function withoutRun(tables: TableSnapshot, runId: string): TableSnapshot {
@@ -136,53 +180,73 @@ async function runEventsOf(runId: string): Promise<number> {
 const runs = 80;
 
 describe('invariant 5: a failed run changes nothing but its own sync_runs row', () => {
-  it('finish_run failing anywhere leaves every table as it was; fail_run then marks only the run', { timeout: timeoutFor(runs, 800) }, async () => {
+  it('finish_run failing anywhere leaves every table as it was; fail_run then marks only the run', {
+    timeout: timeoutFor(runs, 800),
+  }, async () => {
     const failedAt: string[] = [];
     await fc.assert(
-      fc.asyncProperty(runStepsArb({ minLength: 1, maxLength: 3, jumpWeight: 3 }), injectionArb, fc.boolean(), async (steps, injection, parsedEarly) => {
-        await emptyTables(db.pool);
-        await db.pool.query('truncate public.write_counts');
-        const finisher = await db.pool.connect();
-        try {
-          for (const step of steps.slice(0, -1)) await finishStep(finisher, step);
-          const run = await stageStep(finisher, steps.at(-1)!);
-          // Now and then the lines are parsed while staging (as a loader may between COPY chunks), so that run_events
-          // holds the run's lines when fail_run comes: else the run_events check below could not fail (issue 15; seen
-          // failing with a drop_staged_rows that truncates staged_events but not run_events).
-          const staged = parsedEarly ? (await parseStagedEvents(finisher, run.id)).received : 0;
-          if (parsedEarly) expect(await runEventsOf(run.id), 'run_events after parsing while staging').toBe(staged);
-          const before = await tableSnapshot(finisher, allTables);
-          const dry = await dryRun(finisher, run.id);
-          const [where, undo] = await inject(injection, dry.writes, finisher);
-          let error: Error | undefined;
+      fc.asyncProperty(
+        runStepsArb({ minLength: 1, maxLength: 3, jumpWeight: 3 }),
+        injectionArb,
+        fc.boolean(),
+        async (steps, injection, parsedEarly) => {
+          await emptyTables(db.pool);
+          await db.pool.query('truncate public.write_counts');
+          const finisher = await db.pool.connect();
           try {
-            await finishRun(finisher, run.id);
-          } catch (caught) {
-            error = caught as Error;
-          } finally {
-            await undo();
-          }
-          if (!error) {
-            await assertSameTables(db.pool, `finish_run succeeded despite ${where}: state of the dry run (expected) and of this finish (actual)`, dry.state, await stableState(finisher));
-            return;
-          }
-          failedAt.push(where);
-          await assertSameTables(db.pool, `after finish_run failed at ${where} (${error.message}): tables before (expected) and after (actual)`,
-            before, await tableSnapshot(finisher, allTables));
+            for (const step of steps.slice(0, -1)) await finishStep(finisher, step);
+            const run = await stageStep(finisher, steps.at(-1)!);
+            // Now and then the lines are parsed while staging (as a loader may between COPY chunks), so that run_events
+            // holds the run's lines when fail_run comes: else the run_events check below could not fail (issue 15; seen
+            // failing with a drop_staged_rows that truncates staged_events but not run_events).
+            const staged = parsedEarly ? (await parseStagedEvents(finisher, run.id)).received : 0;
+            if (parsedEarly) expect(await runEventsOf(run.id), 'run_events after parsing while staging').toBe(staged);
+            const before = await tableSnapshot(finisher, allTables);
+            const dry = await dryRun(finisher, run.id);
+            const [where, undo] = await inject(injection, dry.writes, finisher);
+            let error: Error | undefined;
+            try {
+              await finishRun(finisher, run.id);
+            } catch (caught) {
+              error = caught as Error;
+            } finally {
+              await undo();
+            }
+            if (!error) {
+              await assertSameTables(
+                db.pool,
+                `finish_run succeeded despite ${where}: state of the dry run (expected) and of this finish (actual)`,
+                dry.state,
+                await stableState(finisher),
+              );
+              return;
+            }
+            failedAt.push(where);
+            await assertSameTables(
+              db.pool,
+              `after finish_run failed at ${where} (${error.message}): tables before (expected) and after (actual)`,
+              before,
+              await tableSnapshot(finisher, allTables),
+            );
 
-          const failed = await failRun(finisher, run.id, error.message);
-          const after = await tableSnapshot(finisher, allTables);
-          await assertSameTables(db.pool, `after fail_run (failed at ${where}): tables before (expected) and after (actual), the run's row and staged lines aside`,
-            withoutRun(before, run.id), withoutRun(after, run.id));
-          expect(Object.keys(after.staged_events!).length, 'staged lines left after fail_run').toBe(0);
-          expect(await runEventsOf(run.id), 'run_events left after fail_run').toBe(0);
-          expect(failed).toMatchObject({ status: 'failed', error: error.message, watermark_after: null, applied: null });
-          const { rows } = await finisher.query('select finished_at from mixpanel_sync.sync_runs where id = $1', [run.id]);
-          expect(rows[0].finished_at, 'failed run finished_at').toBeInstanceOf(Date);
-        } finally {
-          finisher.release();
-        }
-      }),
+            const failed = await failRun(finisher, run.id, error.message);
+            const after = await tableSnapshot(finisher, allTables);
+            await assertSameTables(
+              db.pool,
+              `after fail_run (failed at ${where}): tables before (expected) and after (actual), the run's row and staged lines aside`,
+              withoutRun(before, run.id),
+              withoutRun(after, run.id),
+            );
+            expect(Object.keys(after.staged_events!).length, 'staged lines left after fail_run').toBe(0);
+            expect(await runEventsOf(run.id), 'run_events left after fail_run').toBe(0);
+            expect(failed).toMatchObject({ status: 'failed', error: error.message, watermark_after: null, applied: null });
+            const { rows } = await finisher.query('select finished_at from mixpanel_sync.sync_runs where id = $1', [run.id]);
+            expect(rows[0].finished_at, 'failed run finished_at').toBeInstanceOf(Date);
+          } finally {
+            finisher.release();
+          }
+        },
+      ),
       propertyParameters(runs, 800),
     );
     expect(failedAt.length, `finishes made to fail: ${failedAt.join(', ')}`).toBeGreaterThan(propertyParameters(runs).numRuns! / 2);

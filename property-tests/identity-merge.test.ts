@@ -48,16 +48,30 @@ const nameArb = fc.constantFrom('view', 'click');
 // Simplified: devices D0..D3, each joined to at most one user (U0..U2); anonymous events show under $device:<d> or,
 // once Mixpanel merged the device, under its user; sign-ins carry $device_id and $user_id.
 const simplifiedHistoryArb = fc
-  .tuple(fc.array(fc.option(fc.integer({ min: 0, max: 2 }), { nil: null }), { minLength: 4, maxLength: 4 }),
-    fc.array(fc.record({ device: fc.integer({ min: 0, max: 3 }), signIn: fc.boolean(), minute: minuteArb, name: nameArb }), { minLength: 3, maxLength: 12, size: 'max' }))
+  .tuple(
+    fc.array(fc.option(fc.integer({ min: 0, max: 2 }), { nil: null }), { minLength: 4, maxLength: 4 }),
+    fc.array(fc.record({ device: fc.integer({ min: 0, max: 3 }), signIn: fc.boolean(), minute: minuteArb, name: nameArb }), {
+      minLength: 3,
+      maxLength: 12,
+      size: 'max',
+    }),
+  )
   .map(([deviceUser, events]) =>
     events.map((e, index): HistoryEvent => {
       const user = deviceUser[e.device] === null ? null : `U${deviceUser[e.device]}`;
       const props = { time: base + e.minute * 60, $insert_id: `e${index}`, $device_id: `D${e.device}` };
       if (e.signIn && user !== null) {
-        return { line: () => ({ event: 'Sign In', properties: { ...props, distinct_id: user, $user_id: user } }), shownAs: [user], links: true };
+        return {
+          line: () => ({ event: 'Sign In', properties: { ...props, distinct_id: user, $user_id: user } }),
+          shownAs: [user],
+          links: true,
+        };
       }
-      return { line: (shownAs) => ({ event: e.name, properties: { ...props, distinct_id: shownAs } }), shownAs: user === null ? [`$device:D${e.device}`] : [`$device:D${e.device}`, user], links: false };
+      return {
+        line: (shownAs) => ({ event: e.name, properties: { ...props, distinct_id: shownAs } }),
+        shownAs: user === null ? [`$device:D${e.device}`] : [`$device:D${e.device}`, user],
+        links: false,
+      };
     }),
   );
 
@@ -71,12 +85,27 @@ function originalHistory(events: OriginalEvent[]): HistoryEvent[] {
   return events.map((e, index): HistoryEvent => {
     const props = { time: base + e.minute * 60, $insert_id: `e${index}` };
     if (e.kind === 'identify') {
-      return { line: (shownAs) => ({ event: '$identify', properties: { ...props, distinct_id: shownAs, $anon_id: e.id, $identified_id: e.other } }), shownAs: [e.other, e.id], links: true };
+      return {
+        line: (shownAs) => ({
+          event: '$identify',
+          properties: { ...props, distinct_id: shownAs, $anon_id: e.id, $identified_id: e.other },
+        }),
+        shownAs: [e.other, e.id],
+        links: true,
+      };
     }
     if (e.kind === 'merge') {
-      return { line: (shownAs) => ({ event: '$merge', properties: { ...props, distinct_id: shownAs, $distinct_ids: [e.id, e.other] } }), shownAs: [e.id, e.other], links: true };
+      return {
+        line: (shownAs) => ({ event: '$merge', properties: { ...props, distinct_id: shownAs, $distinct_ids: [e.id, e.other] } }),
+        shownAs: [e.id, e.other],
+        links: true,
+      };
     }
-    return { line: (shownAs) => ({ event: e.name, properties: { ...props, distinct_id: shownAs } }), shownAs: [e.id, e.other], links: false };
+    return {
+      line: (shownAs) => ({ event: e.name, properties: { ...props, distinct_id: shownAs } }),
+      shownAs: [e.id, e.other],
+      links: false,
+    };
   });
 }
 
@@ -84,7 +113,13 @@ const originalHistoryArb = fc
   .array(
     fc.oneof(
       fc.record({ kind: fc.constant('plain' as const), id: idArb, other: idArb, minute: minuteArb, name: nameArb }),
-      fc.record({ kind: fc.constant('identify' as const), id: fc.constantFrom('A0', 'A1'), other: fc.constantFrom('U0', 'U1'), minute: minuteArb, name: nameArb }),
+      fc.record({
+        kind: fc.constant('identify' as const),
+        id: fc.constantFrom('A0', 'A1'),
+        other: fc.constantFrom('U0', 'U1'),
+        minute: minuteArb,
+        name: nameArb,
+      }),
       fc.record({ kind: fc.constant('merge' as const), id: idArb, other: idArb, minute: minuteArb, name: nameArb }),
     ),
     { minLength: 3, maxLength: 12, size: 'max' },
@@ -115,7 +150,10 @@ interface RunPicks {
  * without links leaves out the events that teach one, so that events are stored under ids not linked yet.
  */
 const runsArb = fc.array(
-  fc.record({ withoutLinks: fc.constantFrom(true, true, true, false), picks: fc.array(fc.record({ pick: fc.nat(), shown: fc.nat() }), { minLength: 1, maxLength: 10, size: 'max' }) }),
+  fc.record({
+    withoutLinks: fc.constantFrom(true, true, true, false),
+    picks: fc.array(fc.record({ pick: fc.nat(), shown: fc.nat() }), { minLength: 1, maxLength: 10, size: 'max' }),
+  }),
   { minLength: 2, maxLength: 4, size: 'max' },
 );
 
@@ -143,7 +181,10 @@ async function applyRuns(mode: IdentityMode, path: PathImplementation, runs: Lin
   let moved = 0;
   let duplicates = 0;
   for (const [index, lines] of runs.entries()) {
-    const run = await syncEventsWithIdentity(db.pool, lines, { clock: new Date((base + 11 * 3600 + index * 3600) * 1000), forceFull: index === 0 });
+    const run = await syncEventsWithIdentity(db.pool, lines, {
+      clock: new Date((base + 11 * 3600 + index * 3600) * 1000),
+      forceFull: index === 0,
+    });
     expect(run.status).toBe('succeeded');
     links += Number(run.links_learned);
     moved += Number(run.reattributed_events);
@@ -159,7 +200,10 @@ async function replaceResolved(runs: Line[][], map: Map<string, string>) {
   await emptyAll();
   await setIdentityMode(db.pool, 'off');
   await setUpsertPath(db.pool, 'set');
-  const lines = runs.flat().map((line) => ({ ...line, properties: { ...line.properties, distinct_id: map.get(line.properties.distinct_id) ?? line.properties.distinct_id } }));
+  const lines = runs.flat().map((line) => ({
+    ...line,
+    properties: { ...line.properties, distinct_id: map.get(line.properties.distinct_id) ?? line.properties.distinct_id },
+  }));
   await syncEventsWithIdentity(db.pool, lines, { clock: new Date((base + 11 * 3600 + runs.length * 3600) * 1000), forceFull: true });
   return tableSnapshot(db.pool, eventTables, ignored);
 }
@@ -170,7 +214,9 @@ describe.each([
   ['simplified' as const, simplifiedHistoryArb, []],
   ['original' as const, originalHistoryArb, [doubleCountExample]],
 ])('identity merge, %s', (mode, historyArb, examples: [HistoryEvent[], RunPicks[]][]) => {
-  it('tables ≡ one REPLACE over all lines resolved through the final map; loop ≡ set', { timeout: timeoutFor(runsPerMode, 2000) }, async () => {
+  it('tables ≡ one REPLACE over all lines resolved through the final map; loop ≡ set', {
+    timeout: timeoutFor(runsPerMode, 2000),
+  }, async () => {
     let reattributed = 0;
     let learned = 0;
     let doubled = 0;
@@ -179,11 +225,21 @@ describe.each([
         const lines = runLines(history, runs);
         const bySet = await applyRuns(mode, 'set', lines);
         const byLoop = await applyRuns(mode, 'loop', lines);
-        await assertSameTables(db.pool, 'tables and identity_links after the loop path (expected) and the set-based path (actual)', byLoop.tables, bySet.tables);
+        await assertSameTables(
+          db.pool,
+          'tables and identity_links after the loop path (expected) and the set-based path (actual)',
+          byLoop.tables,
+          bySet.tables,
+        );
         expect(bySet.moved, 'reattributed_events, set (actual) and loop (expected)').toBe(byLoop.moved);
         const expected = await replaceResolved(lines, bySet.map);
         const actual = Object.fromEntries(eventTables.map((table) => [table, bySet.tables[table]!]));
-        await assertSameTables(db.pool, 'one REPLACE over all lines resolved through the final map (expected) and the runs (actual)', expected, actual);
+        await assertSameTables(
+          db.pool,
+          'one REPLACE over all lines resolved through the final map (expected) and the runs (actual)',
+          expected,
+          actual,
+        );
         if (bySet.moved > 0) reattributed++;
         if (bySet.links > 0) learned++;
         if (bySet.duplicates > 0) doubled++;
@@ -193,6 +249,7 @@ describe.each([
     expect(learned, 'property runs that learned links').toBeGreaterThan(0);
     expect(reattributed, 'property runs that moved stored events to a canonical id').toBeGreaterThan(0);
     console.log(`identity merge, ${mode}: ${learned} runs learned links, ${reattributed} moved events, ${doubled} merged double counts`);
-    if (mode === 'original') expect(doubled, 'property runs where an event counted under two ids of a cluster was merged').toBeGreaterThan(0);
+    if (mode === 'original')
+      expect(doubled, 'property runs where an event counted under two ids of a cluster was merged').toBeGreaterThan(0);
   });
 });

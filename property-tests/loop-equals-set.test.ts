@@ -23,18 +23,32 @@ describe('invariant 1: loop ≡ set-based', () => {
   it('REPLACE: upsert_subscribers_incremental ≡ upsert_subscribers_incremental_loop', { timeout: timeoutFor(runs, 150) }, async () => {
     let exercised = 0;
     await fc.assert(
-      fc.asyncProperty(priorStateArb(pathSpan), batchArb({ ...pathSpan, maxEvents: 60 }), pathDayArb, pathDayArb, async (prior, batch, a, b) => {
-        const [from, to] = [spanDay(pathSpan, Math.min(a, b)), spanDay(pathSpan, Math.max(a, b))];
-        await rolledBack(db.pool, async (client) => {
-          await applyPriorState(client, pathSpan, prior);
-          const runId = await parsedRun(client, batch);
-          const bySet = await branch(client, async () => ({ result: await applyReplace(client, runId, from, to), tables: await tableSnapshot(client, eventTables) }));
-          const loopResult = await applyReplace(client, runId, from, to, 'loop');
-          await assertSameTables(db.pool, `REPLACE ${from}..${to}: tables after the loop (expected) and the set-based path (actual)`, await tableSnapshot(client, eventTables), bySet.tables);
-          expect(bySet.result, 'apply_result of the set-based path (actual) and the loop (expected)').toEqual(loopResult);
-          if (loopResult.applied > 0 && loopResult.duplicates + loopResult.too_old > 0) exercised++;
-        });
-      }),
+      fc.asyncProperty(
+        priorStateArb(pathSpan),
+        batchArb({ ...pathSpan, maxEvents: 60 }),
+        pathDayArb,
+        pathDayArb,
+        async (prior, batch, a, b) => {
+          const [from, to] = [spanDay(pathSpan, Math.min(a, b)), spanDay(pathSpan, Math.max(a, b))];
+          await rolledBack(db.pool, async (client) => {
+            await applyPriorState(client, pathSpan, prior);
+            const runId = await parsedRun(client, batch);
+            const bySet = await branch(client, async () => ({
+              result: await applyReplace(client, runId, from, to),
+              tables: await tableSnapshot(client, eventTables),
+            }));
+            const loopResult = await applyReplace(client, runId, from, to, 'loop');
+            await assertSameTables(
+              db.pool,
+              `REPLACE ${from}..${to}: tables after the loop (expected) and the set-based path (actual)`,
+              await tableSnapshot(client, eventTables),
+              bySet.tables,
+            );
+            expect(bySet.result, 'apply_result of the set-based path (actual) and the loop (expected)').toEqual(loopResult);
+            if (loopResult.applied > 0 && loopResult.duplicates + loopResult.too_old > 0) exercised++;
+          });
+        },
+      ),
       propertyParameters(runs, 150),
     );
     expect(exercised, 'runs that applied events and skipped some').toBeGreaterThan(0);
@@ -45,38 +59,66 @@ describe('invariant 1: loop ≡ set-based', () => {
   // W before H deleted (what the prune of finish_run does), apply_result included.
   // Seen failing: with `k.day >= kept_from` dropped from ledger_written in the set path (rows before H inserted), both
   // comparisons named the first ledger row before H.
-  it('REPLACE with ledger_from: loop ≡ set, and ≡ REPLACE then the ledger before ledger_from pruned', { timeout: timeoutFor(runs, 150) }, async () => {
+  it('REPLACE with ledger_from: loop ≡ set, and ≡ REPLACE then the ledger before ledger_from pruned', {
+    timeout: timeoutFor(runs, 150),
+  }, async () => {
     let exercised = 0;
     const replaceFrom = async (client: Queryable, runId: string, from: string, to: string, ledgerFrom: string | null, fn: string) => {
       const { rows } = await client.query<Record<string, string>>(
-        `select applied, duplicates, too_old, users_touched from mixpanel_sync.${fn}($1, $2::date, $3::date, $4::date)`, [runId, from, to, ledgerFrom]);
-      return { applied: Number(rows[0]!.applied), duplicates: Number(rows[0]!.duplicates), too_old: Number(rows[0]!.too_old), users_touched: Number(rows[0]!.users_touched) };
+        `select applied, duplicates, too_old, users_touched from mixpanel_sync.${fn}($1, $2::date, $3::date, $4::date)`,
+        [runId, from, to, ledgerFrom],
+      );
+      return {
+        applied: Number(rows[0]!.applied),
+        duplicates: Number(rows[0]!.duplicates),
+        too_old: Number(rows[0]!.too_old),
+        users_touched: Number(rows[0]!.users_touched),
+      };
     };
     await fc.assert(
-      fc.asyncProperty(priorStateArb(pathSpan), batchArb({ ...pathSpan, maxEvents: 60 }), pathDayArb, pathDayArb, pathDayArb, async (prior, batch, a, b, h) => {
-        const [from, to] = [spanDay(pathSpan, Math.min(a, b)), spanDay(pathSpan, Math.max(a, b))];
-        const ledgerFrom = spanDay(pathSpan, h);
-        await rolledBack(db.pool, async (client) => {
-          await applyPriorState(client, pathSpan, prior);
-          const runId = await parsedRun(client, batch);
-          const bySet = await branch(client, async () => ({
-            result: await replaceFrom(client, runId, from, to, ledgerFrom, 'upsert_subscribers_incremental'),
-            tables: await tableSnapshot(client, eventTables),
-          }));
-          const whole = await branch(client, async () => {
-            const result = await replaceFrom(client, runId, from, to, null, 'upsert_subscribers_incremental');
-            await client.query('delete from mixpanel_sync.event_ledger l where l.day between $1::date and $2::date and l.day < $3::date', [from, to, ledgerFrom]);
-            return { result, tables: await tableSnapshot(client, eventTables) };
+      fc.asyncProperty(
+        priorStateArb(pathSpan),
+        batchArb({ ...pathSpan, maxEvents: 60 }),
+        pathDayArb,
+        pathDayArb,
+        pathDayArb,
+        async (prior, batch, a, b, h) => {
+          const [from, to] = [spanDay(pathSpan, Math.min(a, b)), spanDay(pathSpan, Math.max(a, b))];
+          const ledgerFrom = spanDay(pathSpan, h);
+          await rolledBack(db.pool, async (client) => {
+            await applyPriorState(client, pathSpan, prior);
+            const runId = await parsedRun(client, batch);
+            const bySet = await branch(client, async () => ({
+              result: await replaceFrom(client, runId, from, to, ledgerFrom, 'upsert_subscribers_incremental'),
+              tables: await tableSnapshot(client, eventTables),
+            }));
+            const whole = await branch(client, async () => {
+              const result = await replaceFrom(client, runId, from, to, null, 'upsert_subscribers_incremental');
+              await client.query(
+                'delete from mixpanel_sync.event_ledger l where l.day between $1::date and $2::date and l.day < $3::date',
+                [from, to, ledgerFrom],
+              );
+              return { result, tables: await tableSnapshot(client, eventTables) };
+            });
+            const loopResult = await replaceFrom(client, runId, from, to, ledgerFrom, 'upsert_subscribers_incremental_loop');
+            await assertSameTables(
+              db.pool,
+              `REPLACE ${from}..${to}, ledger from ${ledgerFrom}: tables after the loop (expected) and the set-based path (actual)`,
+              await tableSnapshot(client, eventTables),
+              bySet.tables,
+            );
+            expect(bySet.result, 'apply_result of the set-based path (actual) and the loop (expected)').toEqual(loopResult);
+            await assertSameTables(
+              db.pool,
+              `REPLACE ${from}..${to}: REPLACE then the ledger before ${ledgerFrom} deleted (expected) and REPLACE with ledger_from (actual)`,
+              whole.tables,
+              await tableSnapshot(client, eventTables),
+            );
+            expect(loopResult, 'apply_result with ledger_from (actual) and without (expected)').toEqual(whole.result);
+            if (loopResult.applied > 0 && ledgerFrom > from && ledgerFrom <= to) exercised++;
           });
-          const loopResult = await replaceFrom(client, runId, from, to, ledgerFrom, 'upsert_subscribers_incremental_loop');
-          await assertSameTables(db.pool, `REPLACE ${from}..${to}, ledger from ${ledgerFrom}: tables after the loop (expected) and the set-based path (actual)`, await tableSnapshot(client, eventTables), bySet.tables);
-          expect(bySet.result, 'apply_result of the set-based path (actual) and the loop (expected)').toEqual(loopResult);
-          await assertSameTables(db.pool, `REPLACE ${from}..${to}: REPLACE then the ledger before ${ledgerFrom} deleted (expected) and REPLACE with ledger_from (actual)`,
-            whole.tables, await tableSnapshot(client, eventTables));
-          expect(loopResult, 'apply_result with ledger_from (actual) and without (expected)').toEqual(whole.result);
-          if (loopResult.applied > 0 && ledgerFrom > from && ledgerFrom <= to) exercised++;
-        });
-      }),
+        },
+      ),
       propertyParameters(runs, 150),
     );
     expect(exercised, 'runs whose ledger_from fell inside the window').toBeGreaterThan(0);
@@ -91,9 +133,17 @@ describe('invariant 1: loop ≡ set-based', () => {
           await applyPriorState(client, pathSpan, prior);
           // re-send the prior batches too: events already in the ledger
           const runId = await parsedRun(client, [...batch, ...prior.flatMap((step) => step.lines)]);
-          const bySet = await branch(client, async () => ({ result: await applyAdd(client, runId, horizonDay), tables: await tableSnapshot(client, eventTables) }));
+          const bySet = await branch(client, async () => ({
+            result: await applyAdd(client, runId, horizonDay),
+            tables: await tableSnapshot(client, eventTables),
+          }));
           const loopResult = await applyAdd(client, runId, horizonDay, 'loop');
-          await assertSameTables(db.pool, `ADD above ${horizonDay}: tables after the loop (expected) and the set-based path (actual)`, await tableSnapshot(client, eventTables), bySet.tables);
+          await assertSameTables(
+            db.pool,
+            `ADD above ${horizonDay}: tables after the loop (expected) and the set-based path (actual)`,
+            await tableSnapshot(client, eventTables),
+            bySet.tables,
+          );
           expect(bySet.result, 'apply_result of the set-based path (actual) and the loop (expected)').toEqual(loopResult);
           if (loopResult.applied > 0 && loopResult.duplicates > 0) exercised++;
         });

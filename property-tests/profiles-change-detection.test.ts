@@ -180,7 +180,10 @@ function normalised(properties: Properties): Properties {
 function canonical(value: Json): string {
   if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
   if (value !== null && typeof value === 'object') {
-    return `{${Object.keys(value).sort().map((key) => `${JSON.stringify(key)}:${canonical(value[key]!)}`).join(',')}}`;
+    return `{${Object.keys(value)
+      .sort()
+      .map((key) => `${JSON.stringify(key)}:${canonical(value[key]!)}`)
+      .join(',')}}`;
   }
   return JSON.stringify(value);
 }
@@ -209,7 +212,14 @@ interface Expected {
 function expectedSync(before: Map<string, Properties>, lines: Line[]): Expected {
   const last = lastProfiles(lines);
   const usable = lines.filter((line) => line.kind === 'profile').length;
-  const result: Expected = { inserted: [], updated: [], unchanged: [], rejected: lines.length - usable, duplicates: usable - last.size, after: new Map(before) };
+  const result: Expected = {
+    inserted: [],
+    updated: [],
+    unchanged: [],
+    rejected: lines.length - usable,
+    duplicates: usable - last.size,
+    after: new Map(before),
+  };
   for (const [id, properties] of last) {
     const old = before.get(id);
     if (old === undefined) result.inserted.push(id);
@@ -236,7 +246,12 @@ function typedColumns(properties: Properties): Record<string, unknown> {
 
 async function stageRun(client: Queryable, lines: Line[]): Promise<string> {
   const run = await beginRun(client, { source: 'profiles' });
-  await stageLines(client, 'profiles', run.id, lines.map((line) => line.line));
+  await stageLines(
+    client,
+    'profiles',
+    run.id,
+    lines.map((line) => line.line),
+  );
   return run.id;
 }
 
@@ -246,8 +261,14 @@ async function syncProfiles(client: Queryable, lines: Line[]): Promise<RunCounts
   const run = await finishRun(client, await stageRun(client, lines));
   await client.query('release savepoint sync');
   return {
-    id: Number(run.id), status: run.status, received: runCount(run.received)!, rejected: runCount(run.rejected)!,
-    duplicates: runCount(run.duplicates)!, inserted: runCount(run.inserted)!, updated: runCount(run.updated)!, unchanged: runCount(run.unchanged)!,
+    id: Number(run.id),
+    status: run.status,
+    received: runCount(run.received)!,
+    rejected: runCount(run.rejected)!,
+    duplicates: runCount(run.duplicates)!,
+    inserted: runCount(run.inserted)!,
+    updated: runCount(run.updated)!,
+    unchanged: runCount(run.unchanged)!,
   };
 }
 
@@ -281,9 +302,12 @@ afterAll(async () => {
 });
 
 /** A prior state (one or two syncs of random batches), then the edited batch of the next sync. */
-const scenarioArb = fc
-  .array(batchArb, { minLength: 1, maxLength: 2 })
-  .chain((prior) => editedBatchArb(prior.reduce((state, lines) => expectedSync(state, lines).after, new Map<string, Properties>())).map((next) => ({ prior, next })));
+const scenarioArb = fc.array(batchArb, { minLength: 1, maxLength: 2 }).chain((prior) =>
+  editedBatchArb(prior.reduce((state, lines) => expectedSync(state, lines).after, new Map<string, Properties>())).map((next) => ({
+    prior,
+    next,
+  })),
+);
 
 async function playPrior(client: Queryable, prior: Line[][]): Promise<Map<string, Properties>> {
   let state = new Map<string, Properties>();
@@ -297,7 +321,9 @@ async function playPrior(client: Queryable, prior: Line[][]): Promise<Map<string
 const runs = 60;
 
 describe('profiles change detection', () => {
-  it('updated = exactly the profiles whose normalised content changed; only they get a new row version', { timeout: timeoutFor(runs, 200) }, async () => {
+  it('updated = exactly the profiles whose normalised content changed; only they get a new row version', {
+    timeout: timeoutFor(runs, 200),
+  }, async () => {
     const seen = { blanksOnly: 0, changed: 0, inserted: 0, repeats: 0, rejected: 0 };
     await fc.assert(
       fc.asyncProperty(scenarioArb, async ({ prior, next }) => {
@@ -344,7 +370,9 @@ describe('profiles change detection', () => {
     for (const [what, count] of Object.entries(seen)) expect(count, `scenarios with ${what}`).toBeGreaterThan(0);
   });
 
-  it('is idempotent: the same batch again reports 0 inserted, 0 updated and writes or locks no row', { timeout: timeoutFor(runs, 200) }, async () => {
+  it('is idempotent: the same batch again reports 0 inserted, 0 updated and writes or locks no row', {
+    timeout: timeoutFor(runs, 200),
+  }, async () => {
     await fc.assert(
       fc.asyncProperty(scenarioArb, async ({ prior, next }) => {
         await rolledBack(db.pool, async (client) => {
@@ -361,13 +389,18 @@ describe('profiles change detection', () => {
     );
   });
 
-  it('change detection on ≡ off: the same rows (every column) and the same counts from the same state', { timeout: timeoutFor(runs, 200) }, async () => {
+  it('change detection on ≡ off: the same rows (every column) and the same counts from the same state', {
+    timeout: timeoutFor(runs, 200),
+  }, async () => {
     await fc.assert(
       fc.asyncProperty(scenarioArb, async ({ prior, next }) => {
         await rolledBack(db.pool, async (client) => {
           await playPrior(client, prior);
           const runId = await stageRun(client, next.lines);
-          const on = await branch(client, async () => ({ counts: await upsert(client, runId, true), rows: withoutVersion(await storedRows(client)) }));
+          const on = await branch(client, async () => ({
+            counts: await upsert(client, runId, true),
+            rows: withoutVersion(await storedRows(client)),
+          }));
           const offCounts = await upsert(client, runId, false);
           expect(withoutVersion(await storedRows(client)), 'rows with change detection off (actual) and on (expected)').toEqual(on.rows);
           expect(offCounts, 'counts with change detection off (actual) and on (expected)').toEqual(on.counts);

@@ -19,7 +19,9 @@ async function wholeState(): Promise<unknown> {
   const tables = ['subscriber_properties', 'sync_runs', 'sync_rejects', 'sync_settings', 'staged_profiles'];
   const state: Record<string, unknown> = {};
   for (const table of tables) {
-    const { rows } = await db.pool.query(`select coalesce(jsonb_agg(to_jsonb(t) order by to_jsonb(t)::text), '[]') as rows from mixpanel_sync.${table} t`);
+    const { rows } = await db.pool.query(
+      `select coalesce(jsonb_agg(to_jsonb(t) order by to_jsonb(t)::text), '[]') as rows from mixpanel_sync.${table} t`,
+    );
     state[table] = rows[0].rows;
   }
   return state;
@@ -44,7 +46,9 @@ afterAll(async () => {
 
 /** Runs the script with upsert_subscriber_properties broken on purpose (`find` replaced), then puts it back. */
 async function verifyWithBrokenUpsert(find: string, replacement: string): Promise<VerifyOutcome> {
-  const { rows } = await db.pool.query(`select pg_get_functiondef('mixpanel_sync.upsert_subscriber_properties(bigint, boolean)'::regprocedure) as def`);
+  const { rows } = await db.pool.query(
+    `select pg_get_functiondef('mixpanel_sync.upsert_subscriber_properties(bigint, boolean)'::regprocedure) as def`,
+  );
   const original: string = rows[0].def;
   const broken = original.replace(find, replacement);
   expect(broken).not.toBe(original);
@@ -61,7 +65,9 @@ describe('verify/profiles_change_detection.sql', () => {
     const before = await wholeState();
     const outcome = await runVerifyScript(db.url, script);
     expect(outcome.failure).toBeUndefined();
-    expect(outcome.passLines).toEqual([expect.stringMatching(/^PASS verify\/profiles_change_detection: .*300 inserted, 450 updated, 1550 unchanged/)]);
+    expect(outcome.passLines).toEqual([
+      expect.stringMatching(/^PASS verify\/profiles_change_detection: .*300 inserted, 450 updated, 1550 unchanged/),
+    ]);
     expect(await wholeState()).toEqual(before);
   });
 
@@ -77,7 +83,10 @@ describe('verify/profiles_change_detection.sql', () => {
   });
 
   it('names the first difference when the write-all path moves changed_by_run_id of unchanged rows', { timeout: 120_000 }, async () => {
-    const outcome = await verifyWithBrokenUpsert('then excluded.changed_by_run_id else s.changed_by_run_id end', 'then excluded.changed_by_run_id else excluded.changed_by_run_id end');
+    const outcome = await verifyWithBrokenUpsert(
+      'then excluded.changed_by_run_id else s.changed_by_run_id end',
+      'then excluded.changed_by_run_id else excluded.changed_by_run_id end',
+    );
     expect(outcome.failure).toMatch(
       /^verify\/profiles_change_detection: change detection on and off leave different rows, first: distinct_id \S+: column changed_by_run_id on \d+, off \d+/,
     );
@@ -86,7 +95,9 @@ describe('verify/profiles_change_detection.sql', () => {
 
   it('names the first row a second identical sync locked when unchanged profiles reach the insert', { timeout: 120_000 }, async () => {
     const outcome = await verifyWithBrokenUpsert('where not change_detection or not c.is_unchanged', '');
-    expect(outcome.failure).toMatch(/^verify\/profiles_change_detection: the second identical sync wrote or locked a row, first: distinct_id \S+: \(ctid, xmin, xmax\)/);
+    expect(outcome.failure).toMatch(
+      /^verify\/profiles_change_detection: the second identical sync wrote or locked a row, first: distinct_id \S+: \(ctid, xmin, xmax\)/,
+    );
     expect(outcome.passLines).toEqual([]);
   });
 });

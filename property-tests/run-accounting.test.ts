@@ -34,7 +34,10 @@ function expectedRejects(step: RunStep): string[] {
 function canonical(value: unknown): string {
   if (Array.isArray(value)) return `[${value.map(canonical).join(',')}]`;
   if (value && typeof value === 'object') {
-    return `{${Object.keys(value).sort().map((k) => `${JSON.stringify(k)}:${canonical((value as Record<string, unknown>)[k])}`).join(',')}}`;
+    return `{${Object.keys(value)
+      .sort()
+      .map((k) => `${JSON.stringify(k)}:${canonical((value as Record<string, unknown>)[k])}`)
+      .join(',')}}`;
   }
   return JSON.stringify(value);
 }
@@ -53,14 +56,25 @@ function modelEventsDaily(step: RunStep, fromDayMs: number): TableSnapshot {
     if (second > clockSeconds || dayStart < fromDayMs) continue;
     const insertId = properties.$insert_id;
     const hasInsertId = insertId !== undefined && insertId !== null && insertId !== '';
-    const key = JSON.stringify([String(properties.distinct_id), event, second,
-      hasInsertId ? (typeof insertId === 'string' ? insertId : canonical(insertId)) : `#${canonical(line.event)}`]);
+    const key = JSON.stringify([
+      String(properties.distinct_id),
+      event,
+      second,
+      hasInsertId ? (typeof insertId === 'string' ? insertId : canonical(insertId)) : `#${canonical(line.event)}`,
+    ]);
     if (seen.has(key)) continue;
     seen.add(key);
     const day = new Date(dayStart).toISOString().slice(0, 10);
     const rowKey = JSON.stringify([String(properties.distinct_id), day, event]);
     const at = isoInstant(second);
-    const row = rows.get(rowKey) ?? { distinct_id: String(properties.distinct_id), day, event_name: event, event_count: 0, first_at: at, last_at: at };
+    const row = rows.get(rowKey) ?? {
+      distinct_id: String(properties.distinct_id),
+      day,
+      event_name: event,
+      event_count: 0,
+      first_at: at,
+      last_at: at,
+    };
     row.event_count = (row.event_count as number) + 1;
     if (at < (row.first_at as string)) row.first_at = at;
     if (at > (row.last_at as string)) row.last_at = at;
@@ -82,7 +96,9 @@ async function watermark(): Promise<Watermark | undefined> {
 const runs = 60;
 
 describe('run accounting', () => {
-  it('counts add up, rejects are complete with reasons, the watermark stays within fetch_to', { timeout: timeoutFor(runs, 400) }, async () => {
+  it('counts add up, rejects are complete with reasons, the watermark stays within fetch_to', {
+    timeout: timeoutFor(runs, 400),
+  }, async () => {
     let rejected = 0;
     await fc.assert(
       fc.asyncProperty(runStepsArb({ minLength: 1, maxLength: 4 }), async (steps) => {
@@ -94,24 +110,36 @@ describe('run accounting', () => {
           expect(run.status, label).toBe('succeeded');
           const received = runCount(run.received);
           expect(received, `${label}: received = lines staged`).toBe(step.lines.length);
-          expect(runCount(run.applied)! + runCount(run.duplicates)! + runCount(run.too_old)! + runCount(run.rejected)!,
-            `${label}: applied + duplicates + too_old + rejected = received`).toBe(received);
+          expect(
+            runCount(run.applied)! + runCount(run.duplicates)! + runCount(run.too_old)! + runCount(run.rejected)!,
+            `${label}: applied + duplicates + too_old + rejected = received`,
+          ).toBe(received);
 
           const { rows } = await db.pool.query('select payload, reason from mixpanel_sync.sync_rejects where run_id = $1', [run.id]);
-          expect(rows.filter((r) => !r.reason), `${label}: rejects without a reason`).toEqual([]);
-          expect(rows.map((r) => r.payload).sort(), `${label}: sync_rejects payloads (actual) and the bad lines staged (expected)`).toEqual(expectedRejects(step));
+          expect(
+            rows.filter((r) => !r.reason),
+            `${label}: rejects without a reason`,
+          ).toEqual([]);
+          expect(rows.map((r) => r.payload).sort(), `${label}: sync_rejects payloads (actual) and the bad lines staged (expected)`).toEqual(
+            expectedRejects(step),
+          );
           expect(runCount(run.rejected), `${label}: rejected = rows in sync_rejects`).toBe(rows.length);
           rejected += rows.length;
 
           const after = await watermark();
           const fetchTo = run.fetch_to.getTime();
           if (after && after.watermark.getTime() !== before?.watermark.getTime()) {
-            expect(after.watermark.getTime(), `${label}: watermark ${after.watermark.toISOString()} moved past fetch_to`).toBeLessThanOrEqual(fetchTo);
+            expect(
+              after.watermark.getTime(),
+              `${label}: watermark ${after.watermark.toISOString()} moved past fetch_to`,
+            ).toBeLessThanOrEqual(fetchTo);
           }
           if (after?.processing_watermark && after.processing_watermark.getTime() !== before?.processing_watermark?.getTime()) {
             expect(after.processing_watermark.getTime(), `${label}: processing watermark moved past fetch_to`).toBeLessThanOrEqual(fetchTo);
           }
-          expect(run.watermark_after?.getTime(), `${label}: run.watermark_after = sync_watermarks.watermark`).toBe(after?.watermark.getTime());
+          expect(run.watermark_after?.getTime(), `${label}: run.watermark_after = sync_watermarks.watermark`).toBe(
+            after?.watermark.getTime(),
+          );
         }
       }),
       propertyParameters(runs, 400),
@@ -119,30 +147,48 @@ describe('run accounting', () => {
     expect(rejected, 'rejected lines seen').toBeGreaterThan(0);
   });
 
-  it('a full run on an empty database keeps exactly the events of Mixpanel\'s dedup rule (model)', { timeout: timeoutFor(runs, 200) }, async () => {
+  it("a full run on an empty database keeps exactly the events of Mixpanel's dedup rule (model)", {
+    timeout: timeoutFor(runs, 200),
+  }, async () => {
     await fc.assert(
       fc.asyncProperty(runStepsArb({ minLength: 1, maxLength: 1 }), async ([step]) => {
         await emptyTables(db.pool);
         const run = await finishStep(db.pool, { ...step!, forceFull: true });
         const fromDayMs = Date.parse(`${run.window_from_day}T00:00:00Z`);
         const stored = await tableSnapshot(db.pool, ['events_daily']);
-        await assertSameTables(db.pool, `full run at ${step!.clock}: events_daily by the model (expected) and stored (actual)`, modelEventsDaily(step!, fromDayMs), stored);
+        await assertSameTables(
+          db.pool,
+          `full run at ${step!.clock}: events_daily by the model (expected) and stored (actual)`,
+          modelEventsDaily(step!, fromDayMs),
+          stored,
+        );
       }),
       propertyParameters(runs, 200),
     );
   });
 
-  it('numbers beyond any real time do not fail a run: a time is rejected, a processing time ignored', { timeout: timeoutFor(runs, 200) }, async () => {
+  it('numbers beyond any real time do not fail a run: a time is rejected, a processing time ignored', {
+    timeout: timeoutFor(runs, 200),
+  }, async () => {
     await fc.assert(
-      fc.asyncProperty(runStepsArb({ minLength: 1, maxLength: 1, maxEvents: 10 }), fc.array(outOfRangeLineArb, { minLength: 1, maxLength: 3 }), async ([step], extreme) => {
-        await emptyTables(db.pool);
-        const lines: StagedLine[] = [...step!.lines, ...extreme.map((line): StagedLine => ({ kind: 'invalid', line }))];
-        const run = await finishStep(db.pool, { ...step!, lines });
-        const { rows } = await db.pool.query('select payload, reason from mixpanel_sync.sync_rejects where run_id = $1', [run.id]);
-        const timeLines = extreme.filter((line) => !line.includes('mp_processing_time_ms'));
-        expect(rows.filter((r) => timeLines.includes(r.payload)).map((r) => r.reason)).toEqual(timeLines.map(() => expect.stringMatching(/^properties\.time out of range/)));
-        expect(rows.filter((r) => extreme.includes(r.payload) && !timeLines.includes(r.payload)), 'lines rejected for their processing time').toEqual([]);
-      }),
+      fc.asyncProperty(
+        runStepsArb({ minLength: 1, maxLength: 1, maxEvents: 10 }),
+        fc.array(outOfRangeLineArb, { minLength: 1, maxLength: 3 }),
+        async ([step], extreme) => {
+          await emptyTables(db.pool);
+          const lines: StagedLine[] = [...step!.lines, ...extreme.map((line): StagedLine => ({ kind: 'invalid', line }))];
+          const run = await finishStep(db.pool, { ...step!, lines });
+          const { rows } = await db.pool.query('select payload, reason from mixpanel_sync.sync_rejects where run_id = $1', [run.id]);
+          const timeLines = extreme.filter((line) => !line.includes('mp_processing_time_ms'));
+          expect(rows.filter((r) => timeLines.includes(r.payload)).map((r) => r.reason)).toEqual(
+            timeLines.map(() => expect.stringMatching(/^properties\.time out of range/)),
+          );
+          expect(
+            rows.filter((r) => extreme.includes(r.payload) && !timeLines.includes(r.payload)),
+            'lines rejected for their processing time',
+          ).toEqual([]);
+        },
+      ),
       propertyParameters(runs, 200),
     );
   });

@@ -32,7 +32,13 @@ export interface RunStepsOptions {
  * then a retry of the previous run as a full run (same clock, same lines), which changes no subscriber's summary
  * when the previous run was full.
  */
-export function runStepsArb({ minLength = 1, maxLength = 3, maxEvents = 40, jumpWeight = 1, timezones = false }: RunStepsOptions = {}): fc.Arbitrary<RunStep[]> {
+export function runStepsArb({
+  minLength = 1,
+  maxLength = 3,
+  maxEvents = 40,
+  jumpWeight = 1,
+  timezones = false,
+}: RunStepsOptions = {}): fc.Arbitrary<RunStep[]> {
   const plan = fc.record({
     advanceMinutes: fc.oneof(
       { weight: 5, arbitrary: fc.integer({ min: 0, max: 3 * 24 * 60 }) },
@@ -55,17 +61,29 @@ export function runStepsArb({ minLength = 1, maxLength = 3, maxEvents = 40, jump
           batchArb({ firstDayMs: clockDayMs - 3 * dayMs, days: 5, maxEvents }),
           fc.array(exportEventArb({ firstDayMs: clockDayMs - 60 * dayMs, days: 30 }), { maxLength: 3 }),
         )
-        .map(([lines, old]): RunStep => ({
-          clock, timezone, forceFull, loop,
-          lines: [...lines, ...old.map((event): StagedLine => ({ kind: 'event', event, line: JSON.stringify(event) }))],
-        }));
+        .map(
+          ([lines, old]): RunStep => ({
+            clock,
+            timezone,
+            forceFull,
+            loop,
+            lines: [...lines, ...old.map((event): StagedLine => ({ kind: 'event', event, line: JSON.stringify(event) }))],
+          }),
+        );
     });
     return fc.tuple(...steps).map((built) => {
       const result: RunStep[] = [];
       for (const [i, step] of built.entries()) {
         const previous = result[i - 1];
         if (previous && plans[i]!.retry) result.push({ ...previous, forceFull: true, loop: step.loop });
-        else result.push({ ...step, lines: [...step.lines, ...(previous?.lines ?? []).slice(0, Math.floor(((previous?.lines.length ?? 0) * plans[i]!.resendPercent) / 100))] });
+        else
+          result.push({
+            ...step,
+            lines: [
+              ...step.lines,
+              ...(previous?.lines ?? []).slice(0, Math.floor(((previous?.lines.length ?? 0) * plans[i]!.resendPercent) / 100)),
+            ],
+          });
       }
       return result;
     });
@@ -85,7 +103,12 @@ export const sequenceLedgerRetention = '45 days';
 export async function stageStep(client: Queryable, step: RunStep): Promise<SyncRun> {
   await writeSetting(client, 'events.ledger_retention', sequenceLedgerRetention);
   const run = await beginRun(client, { source: 'events', clock: step.clock, forceFull: step.forceFull, projectTimezone: step.timezone });
-  await stageLines(client, 'events', run.id, step.lines.map((l) => l.line));
+  await stageLines(
+    client,
+    'events',
+    run.id,
+    step.lines.map((l) => l.line),
+  );
   await setUpsertPath(client, step.loop ? 'loop' : 'set');
   return run;
 }
@@ -93,5 +116,3 @@ export async function stageStep(client: Queryable, step: RunStep): Promise<SyncR
 export async function finishStep(client: Queryable, step: RunStep): Promise<SyncRun> {
   return finishRun(client, (await stageStep(client, step)).id);
 }
-
-

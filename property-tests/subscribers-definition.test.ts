@@ -58,8 +58,12 @@ describe('invariant 4: subscribers ≡ its definition over events_daily', () => 
         for (const [index, step] of steps.entries()) {
           await finishStep(db.pool, step);
           const stored = await tableSnapshot(db.pool, ['subscribers'], ['subscribers.updated_at']);
-          await assertSameTables(db.pool, `after run ${index + 1} (${step.forceFull ? 'forced full' : 'full or incremental'}, ${step.loop ? 'loop' : 'set'}): subscribers by definition (expected) and stored (actual)`,
-            await subscribersByDefinition(db.pool), stored);
+          await assertSameTables(
+            db.pool,
+            `after run ${index + 1} (${step.forceFull ? 'forced full' : 'full or incremental'}, ${step.loop ? 'loop' : 'set'}): subscribers by definition (expected) and stored (actual)`,
+            await subscribersByDefinition(db.pool),
+            stored,
+          );
           const after = await tableSnapshot(db.pool, ['subscribers']);
           for (const [key, row] of Object.entries(after.subscribers!)) {
             const old = before.subscribers![key];

@@ -3,7 +3,13 @@
 import os from 'node:os';
 import pg from 'pg';
 import { databaseName, resolveDatabaseServer, type DatabaseSource } from '../db/database-url.ts';
-import { cloneDatabase, createTemplateDatabase, dropDatabase, dropDatabasesWithPrefix, type TemplateDatabase } from '../db/test-databases.ts';
+import {
+  cloneDatabase,
+  createTemplateDatabase,
+  dropDatabase,
+  dropDatabasesWithPrefix,
+  type TemplateDatabase,
+} from '../db/test-databases.ts';
 
 /** Settings of the embedded server, beyond the harness's (durability off: fsync, synchronous_commit, full_page_writes). */
 export const EMBEDDED_SETTINGS: Record<string, string> = {
@@ -88,7 +94,17 @@ export interface Machine {
   settings: Record<string, string>;
 }
 
-const REPORTED_SETTINGS = ['shared_buffers', 'work_mem', 'maintenance_work_mem', 'max_wal_size', 'fsync', 'synchronous_commit', 'full_page_writes', 'jit', 'max_parallel_workers_per_gather'];
+const REPORTED_SETTINGS = [
+  'shared_buffers',
+  'work_mem',
+  'maintenance_work_mem',
+  'max_wal_size',
+  'fsync',
+  'synchronous_commit',
+  'full_page_writes',
+  'jit',
+  'max_parallel_workers_per_gather',
+];
 
 export async function describeMachine(pool: pg.Pool, source: DatabaseSource): Promise<Machine> {
   const version = await pool.query<{ version: string }>("select pg_catalog.current_setting('server_version') as version");

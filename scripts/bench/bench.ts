@@ -74,7 +74,9 @@ async function main(): Promise<void> {
     const probe = await server.freshDatabase();
     const machine = await describeMachine(probe.pool, server.source);
     await probe.drop();
-    log(`${machine.cores} cores, PostgreSQL ${machine.postgres} (${server.source})${options.quick ? ', quick scale' : ''}${options.scaleHistory ? ', 30M-event history' : ''}`);
+    log(
+      `${machine.cores} cores, PostgreSQL ${machine.postgres} (${server.source})${options.quick ? ', quick scale' : ''}${options.scaleHistory ? ', 30M-event history' : ''}`,
+    );
     for (const name of options.suites) {
       log(`suite ${name}`);
       try {
@@ -96,9 +98,20 @@ async function main(): Promise<void> {
         missing[key] = suite && !options.suites.includes(suite) ? `the ${suite} suite was not run` : 'not measured by its suite';
       }
     }
-    const markdown = renderMarkdown({ machine, quick: options.quick, startedAt, totalMs: Date.now() - startedAt.getTime(), figures, sections, missing });
+    const markdown = renderMarkdown({
+      machine,
+      quick: options.quick,
+      startedAt,
+      totalMs: Date.now() - startedAt.getTime(),
+      figures,
+      sections,
+      missing,
+    });
     const everySuite = SUITES.every((name) => options.suites.includes(name));
-    const target = !options.quick && everySuite ? path.join(repoRoot, 'BENCHMARKS.md') : await benchFile(options.quick ? 'BENCHMARKS.quick.md' : 'BENCHMARKS.partial.md');
+    const target =
+      !options.quick && everySuite
+        ? path.join(repoRoot, 'BENCHMARKS.md')
+        : await benchFile(options.quick ? 'BENCHMARKS.quick.md' : 'BENCHMARKS.partial.md');
     await writeFile(target, markdown);
     log(`wrote ${path.relative(repoRoot, target)}`);
     process.stderr.write(`${renderSummary(figures, missing)}\n`);

@@ -43,18 +43,39 @@ export function measureCommand(argv: string[], env: NodeJS.ProcessEnv = process.
       const wallMs = performance.now() - started;
       const at = stderr.lastIndexOf(marker);
       if (code !== 0 || at < 0) {
-        return reject(new Error(`${argv.join(' ')} exited ${code}: ${stderr.replace(/@@peak-rss-kib=\d+/, '').trim().split('\n').at(-1) ?? ''}`));
+        return reject(
+          new Error(
+            `${argv.join(' ')} exited ${code}: ${
+              stderr
+                .replace(/@@peak-rss-kib=\d+/, '')
+                .trim()
+                .split('\n')
+                .at(-1) ?? ''
+            }`,
+          ),
+        );
       }
-      const peakRssKiB = Number(stderr.slice(at + marker.length).trim().split('\n')[0]);
+      const peakRssKiB = Number(
+        stderr
+          .slice(at + marker.length)
+          .trim()
+          .split('\n')[0],
+      );
       resolve({ peakRssKiB, wallMs, stdout, stderr: stderr.slice(0, at) });
     });
   });
 }
 
 /** `npm run sync:events -- --file <file> --full --json` (or, with direct, the `exec node --import tsx …` it runs). */
-export async function measureSyncCli(databaseUrl: string, file: string, direct = false): Promise<MeasuredCommand & { summary: RunSummary }> {
+export async function measureSyncCli(
+  databaseUrl: string,
+  file: string,
+  direct = false,
+): Promise<MeasuredCommand & { summary: RunSummary }> {
   const args = ['--file', file, '--full', '--json', '--database-url', databaseUrl];
-  const argv = direct ? [process.execPath, '--import', 'tsx', 'scripts/cli/sync-events.ts', ...args] : ['npm', 'run', '--silent', 'sync:events', '--', ...args];
+  const argv = direct
+    ? [process.execPath, '--import', 'tsx', 'scripts/cli/sync-events.ts', ...args]
+    : ['npm', 'run', '--silent', 'sync:events', '--', ...args];
   const measured = await measureCommand(argv);
   const line = measured.stdout.trim().split('\n').at(-1) ?? '';
   return { ...measured, summary: JSON.parse(line) as RunSummary };
@@ -63,7 +84,11 @@ export async function measureSyncCli(databaseUrl: string, file: string, direct =
 if (process.argv[1]?.endsWith('cli-rss.ts')) {
   const [databaseUrl, file, flag] = process.argv.slice(2);
   measureSyncCli(databaseUrl!, file!, flag === '--node')
-    .then((m) => process.stdout.write(`peak RSS ${(m.peakRssKiB / 1024).toFixed(1)} MiB, ${m.summary.received} lines in ${(m.wallMs / 1000).toFixed(2)} s\n`))
+    .then((m) =>
+      process.stdout.write(
+        `peak RSS ${(m.peakRssKiB / 1024).toFixed(1)} MiB, ${m.summary.received} lines in ${(m.wallMs / 1000).toFixed(2)} s\n`,
+      ),
+    )
     .catch((error: unknown) => {
       process.stderr.write(`cli-rss: ${(error as Error).message}\n`);
       process.exitCode = 1;

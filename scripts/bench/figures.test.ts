@@ -9,7 +9,13 @@ import { renderMarkdown } from './report.ts';
 const machine = { cores: 2, cpu: 'test', memoryGiB: 1, node: 'v20', postgres: '18', source: 'embedded' as const, settings: {} };
 
 it('computes each verdict from its target: ratios, sizes, and ours_double_counted for baseline_double_counted', () => {
-  const figures = { ...emptyFigures(), baseline_double_counted: 185, ours_double_counted: 0, loader_peak_rss_mib: 130, first_full_sync_vs_copy: 1.9 };
+  const figures = {
+    ...emptyFigures(),
+    baseline_double_counted: 185,
+    ours_double_counted: 0,
+    loader_peak_rss_mib: 130,
+    first_full_sync_vs_copy: 1.9,
+  };
   expect(meetsTarget('loader_peak_rss_mib', 130, figures)).toBe(false);
   expect(meetsTarget('loader_peak_rss_mib', 127.9, figures)).toBe(true);
   expect(meetsTarget('first_full_sync_vs_copy', 1.9, figures)).toBe(true);
@@ -21,7 +27,15 @@ it('computes each verdict from its target: ratios, sizes, and ours_double_counte
 
 it('writes one Markdown row per figure with the target text and the computed verdict', () => {
   const figures = { ...emptyFigures(), loader_peak_rss_mib: 130, resync_bloat_ratio: 1.1, set_vs_loop_add: 2.3 };
-  const markdown = renderMarkdown({ machine, quick: true, startedAt: new Date(0), totalMs: 1, figures, sections: [], missing: { storage_bytes_per_event: 'because' } });
+  const markdown = renderMarkdown({
+    machine,
+    quick: true,
+    startedAt: new Date(0),
+    totalMs: 1,
+    figures,
+    sections: [],
+    missing: { storage_bytes_per_event: 'because' },
+  });
   for (const key of FIGURE_KEYS) expect(markdown).toContain(`| \`${key}\` |`);
   expect(markdown).toContain(`| \`loader_peak_rss_mib\` | 130.0 MiB | ${TARGETS.loader_peak_rss_mib.text} | **missed** |`);
   expect(markdown).toContain(`| \`resync_bloat_ratio\` | 1.10× | ${TARGETS.resync_bloat_ratio.text} | met |`);

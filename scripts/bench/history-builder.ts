@@ -128,7 +128,14 @@ export async function historyLines(db: Queryable, shape: HistoryShape, from: Dat
 }
 
 /** `count` new events for existing users, evenly spread over (from, to]; `salt` makes each batch different. */
-export async function newEventLines(db: Queryable, shape: HistoryShape, count: number, from: Date, to: Date, salt: number): Promise<ExportLine[]> {
+export async function newEventLines(
+  db: Queryable,
+  shape: HistoryShape,
+  count: number,
+  from: Date,
+  to: Date,
+  salt: number,
+): Promise<ExportLine[]> {
   const { rows } = await db.query<ExportLine>(
     `select x.second::int as second, json_build_object('event', 'event_' || lpad((i % ${NAMES})::text, 2, '0'), 'properties', json_build_object(
         'time', x.second, 'distinct_id', 'hu_' || (abs(hashint8($5::bigint * 1000003 + i)) % $1),

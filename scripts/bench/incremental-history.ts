@@ -47,17 +47,32 @@ async function measureHistory(server: BenchServer, users: number, repeats: numbe
         ...(await historyLines(db.pool, shape, from, new Date(watermark))),
         ...earlier.filter((e) => e.second * 1000 >= from.getTime() && e.second * 1000 <= watermark),
       ];
-      const file = await writeLines(await benchFile(`incremental-${users}-${run}.jsonl`), [...overlap, ...fresh].map((e) => e.line));
+      const file = await writeLines(
+        await benchFile(`incremental-${users}-${run}.jsonl`),
+        [...overlap, ...fresh].map((e) => e.line),
+      );
       const { ms, value: summary } = await timed(() => syncEvents({ pool: db.pool, input: file, clock }));
       if (summary.mode !== 'incremental' || summary.applied !== fresh.length || summary.duplicates !== overlap.length) {
-        mismatches.push(`run ${run}: ${summary.mode}, applied ${summary.applied} of ${fresh.length} new, ${summary.duplicates} duplicates of ${overlap.length} re-read`);
+        mismatches.push(
+          `run ${run}: ${summary.mode}, applied ${summary.applied} of ${fresh.length} new, ${summary.duplicates} duplicates of ${overlap.length} re-read`,
+        );
       }
-      log(`incremental: ${users} users, run ${run}${run < WARM_UP_RUNS ? ' (warm-up)' : ''}: ${seconds(ms)}, ${fresh.length} new + ${overlap.length} overlap`);
+      log(
+        `incremental: ${users} users, run ${run}${run < WARM_UP_RUNS ? ' (warm-up)' : ''}: ${seconds(ms)}, ${fresh.length} new + ${overlap.length} overlap`,
+      );
       if (run >= WARM_UP_RUNS) runMs.push(ms);
       earlier.push(...fresh);
       watermark = Math.max(...fresh.map((e) => e.second)) * 1000;
     }
-    return { users, events: users * EVENTS_PER_USER, buildMs: build.ms, sizeBytes: storage.bytes, bytesPerEvent: storage.bytesPerEvent, runMs, mismatches };
+    return {
+      users,
+      events: users * EVENTS_PER_USER,
+      buildMs: build.ms,
+      sizeBytes: storage.bytes,
+      bytesPerEvent: storage.bytesPerEvent,
+      runMs,
+      mismatches,
+    };
   } finally {
     await db.drop();
   }
@@ -96,7 +111,9 @@ export async function incrementalHistory(server: BenchServer, scale: Scale, quic
         `Each run: ${NEW_EVENTS.toLocaleString('en-US')} new events for random existing users over the hour after the watermark, plus every event of the last 2 h re-read (exact duplicates of the ledger's), through \`syncEvents\` from a JSONL file, timed end to end.`,
         `Runs are an hour apart; two warm-up runs (so the overlap re-read lies past the built history, the same 5,000 events in both), then ${scale.repeats} timed runs; medians.`,
         'Storage: pg_total_relation_size (heap, TOAST, indexes) of event_ledger, events_daily, subscribers and all their partitions, right after the build, ÷ the events counted (storage.ts). scale_storage_bytes_per_event and scale_incremental_ms come from the ≥ 30M-event history (`--scale`, or a full run).',
-        quick && big.events < SCALE_EVENTS ? `**Quick scale**: the "big" history is ${scale.historyUsers.big.toLocaleString('en-US')} users, not 1,000,000.` : `The big history is ${big.users.toLocaleString('en-US')} users, ${big.events.toLocaleString('en-US')} events.`,
+        quick && big.events < SCALE_EVENTS
+          ? `**Quick scale**: the "big" history is ${scale.historyUsers.big.toLocaleString('en-US')} users, not 1,000,000.`
+          : `The big history is ${big.users.toLocaleString('en-US')} users, ${big.events.toLocaleString('en-US')} events.`,
       ],
       table: [
         ['history', 'events', 'tables + indexes', 'per event', 'built in', 'incremental run (median)', 'runs'],
@@ -107,7 +124,7 @@ export async function incrementalHistory(server: BenchServer, scale: Scale, quic
           `${Math.round(h.bytesPerEvent)} B`,
           seconds(h.buildMs),
           `${Math.round(median(h.runMs)).toLocaleString('en-US')} ms`,
-          h.runMs.map((ms) => `${Math.round(ms)}`).join(', ') + ' ms',
+          `${h.runMs.map((ms) => `${Math.round(ms)}`).join(', ')} ms`,
         ]),
       ],
       reading: mismatches.length > 0 ? [`**Counts off** (applied/duplicates): ${mismatches.join('; ')}`] : [],

@@ -34,19 +34,31 @@ const stageSql = `
   ) h
   where h.t >= $5::bigint`;
 
-async function run(pool: pg.Pool, options: { full: boolean; clock: string; extra?: number }): Promise<{ ms: number; applied: number; touched: number }> {
-  const { rows: began } = await pool.query(`select id from mixpanel_sync.begin_run('events', force_full => $1, clock => $2::timestamptz)`, [options.full, options.clock]);
+async function run(
+  pool: pg.Pool,
+  options: { full: boolean; clock: string; extra?: number },
+): Promise<{ ms: number; applied: number; touched: number }> {
+  const { rows: began } = await pool.query(`select id from mixpanel_sync.begin_run('events', force_full => $1, clock => $2::timestamptz)`, [
+    options.full,
+    options.clock,
+  ]);
   const runId = began[0].id;
   // a full run reads the whole window; an incremental run the last 3 hours of the history (its overlap) and the new events
   await pool.query(stageSql, [runId, events, users, clock, options.full ? 0 : Date.parse(clock) / 1000 - 3 * 3600]);
   // 2 % re-sent lines
-  await pool.query(`insert into mixpanel_sync.staged_events (run_id, line_no, line)
-    select run_id, line_no + $2::bigint, line from mixpanel_sync.staged_events where run_id = $1 and line_no % 50 = 0`, [runId, events]);
+  await pool.query(
+    `insert into mixpanel_sync.staged_events (run_id, line_no, line)
+    select run_id, line_no + $2::bigint, line from mixpanel_sync.staged_events where run_id = $1 and line_no % 50 = 0`,
+    [runId, events],
+  );
   if (options.extra) {
-    await pool.query(`insert into mixpanel_sync.staged_events (run_id, line_no, line)
+    await pool.query(
+      `insert into mixpanel_sync.staged_events (run_id, line_no, line)
       select $1, $2 + g, jsonb_build_object('event', 'new', 'properties', jsonb_build_object('distinct_id', 'user-' || (g % $3),
         'time', extract(epoch from $4::timestamptz)::bigint - 60 - g % 3000, '$insert_id', 'n-' || g))::text
-      from generate_series(1, $5::bigint) g`, [runId, 2 * events, users, options.clock, options.extra]);
+      from generate_series(1, $5::bigint) g`,
+      [runId, 2 * events, users, options.clock, options.extra],
+    );
   }
   const started = performance.now();
   const { rows } = await pool.query('select applied, users_touched from mixpanel_sync.finish_run($1)', [runId]);
@@ -77,7 +89,10 @@ async function main(): Promise<void> {
     await rm(path.join(previous, 'current', '400-ledger.sql'));
     const admin = new pg.Client({ connectionString: server.url });
     await admin.connect();
-    for (const [name, folder] of [['merge', path.resolve('migrations')], ['previous', previous]] as const) {
+    for (const [name, folder] of [
+      ['merge', path.resolve('migrations')],
+      ['previous', previous],
+    ] as const) {
       const db = `ledger_resync_${name}`;
       await admin.query(`drop database if exists ${db}`);
       await admin.query(`create database ${db}`);
@@ -89,7 +104,10 @@ async function main(): Promise<void> {
     await admin.end();
     const names = ['merge', 'previous'];
     const order = (step: number) => (step % 2 === 0 ? names : [...names].reverse());
-    const result: Record<string, { first: number; fresh: number; resyncs: number[]; after: number; add: number; ledgerDays: string; touched: number }> = {};
+    const result: Record<
+      string,
+      { first: number; fresh: number; resyncs: number[]; after: number; add: number; ledgerDays: string; touched: number }
+    > = {};
     for (const name of names) result[name] = { first: 0, fresh: 0, resyncs: [], after: 0, add: 0, ledgerDays: '', touched: 0 };
     for (const name of order(0)) {
       const first = await run(pools[name]!, { full: true, clock });
@@ -133,21 +151,46 @@ async function main(): Promise<void> {
       from mixpanel_sync.event_ledger l`);
     const c = columns[0];
     const perRow = (bytes: string, rows: string) => (Number(bytes) / Number(rows)).toFixed(1);
-    console.log(`\nLedger columns (merge, ${c.rows} rows): average bytes per value: ${['distinct_id', 'event_key', 'day', 'event_name', 'event_time', 'run_id', 'whole_row']
-      .map((k) => `${k} ${Number(c[k]).toFixed(1)}`).join(', ')}.`);
-    console.log(`Per ledger row: heap ${perRow(c.heap, c.rows)} B, primary key ${perRow(c.pkey, c.rows)} B, day index ${perRow(c.day_idx, c.rows)} B. ` +
-      `Per events_daily row (${c.daily_rows}): heap ${perRow(c.daily_heap, c.daily_rows)} B, primary key ${perRow(c.daily_pkey, c.daily_rows)} B, day index ${perRow(c.daily_day_idx, c.daily_rows)} B.\n`);
+    console.log(
+      `\nLedger columns (merge, ${c.rows} rows): average bytes per value: ${[
+        'distinct_id',
+        'event_key',
+        'day',
+        'event_name',
+        'event_time',
+        'run_id',
+        'whole_row',
+      ]
+        .map((k) => `${k} ${Number(c[k]).toFixed(1)}`)
+        .join(', ')}.`,
+    );
+    console.log(
+      `Per ledger row: heap ${perRow(c.heap, c.rows)} B, primary key ${perRow(c.pkey, c.rows)} B, day index ${perRow(c.day_idx, c.rows)} B. ` +
+        `Per events_daily row (${c.daily_rows}): heap ${perRow(c.daily_heap, c.daily_rows)} B, primary key ${perRow(c.daily_pkey, c.daily_rows)} B, day index ${perRow(c.daily_day_idx, c.daily_rows)} B.\n`,
+    );
     const m = result.merge!;
     const p = result.previous!;
-    console.log(`| measure (${events.toLocaleString('en-US')} events, ${users.toLocaleString('en-US')} users) | previous (no 400-ledger.sql) | merge (400-ledger.sql) | merge ÷ previous |`);
+    console.log(
+      `| measure (${events.toLocaleString('en-US')} events, ${users.toLocaleString('en-US')} users) | previous (no 400-ledger.sql) | merge (400-ledger.sql) | merge ÷ previous |`,
+    );
     console.log('| --- | --- | --- | --- |');
-    console.log(`| first full sync, finish_run | ${p.first.toFixed(0)} ms | ${m.first.toFixed(0)} ms | ${(m.first / p.first).toFixed(2)}× |`);
-    console.log(`| steady-state full re-sync, finish_run (median of 7) | ${median(p.resyncs).toFixed(0)} ms | ${median(m.resyncs).toFixed(0)} ms | ${(median(m.resyncs) / median(p.resyncs)).toFixed(2)}× |`);
-    console.log(`| bytes per event after the first full sync | ${p.fresh.toFixed(0)} B | ${m.fresh.toFixed(0)} B | ${(m.fresh / p.fresh).toFixed(2)}× |`);
-    console.log(`| bytes per event after 7 re-syncs | ${p.after.toFixed(0)} B (${(p.after / p.fresh).toFixed(2)}× fresh) | ${m.after.toFixed(0)} B (${(m.after / m.fresh).toFixed(2)}× fresh) | ${(m.after / p.after).toFixed(2)}× |`);
+    console.log(
+      `| first full sync, finish_run | ${p.first.toFixed(0)} ms | ${m.first.toFixed(0)} ms | ${(m.first / p.first).toFixed(2)}× |`,
+    );
+    console.log(
+      `| steady-state full re-sync, finish_run (median of 7) | ${median(p.resyncs).toFixed(0)} ms | ${median(m.resyncs).toFixed(0)} ms | ${(median(m.resyncs) / median(p.resyncs)).toFixed(2)}× |`,
+    );
+    console.log(
+      `| bytes per event after the first full sync | ${p.fresh.toFixed(0)} B | ${m.fresh.toFixed(0)} B | ${(m.fresh / p.fresh).toFixed(2)}× |`,
+    );
+    console.log(
+      `| bytes per event after 7 re-syncs | ${p.after.toFixed(0)} B (${(p.after / p.fresh).toFixed(2)}× fresh) | ${m.after.toFixed(0)} B (${(m.after / m.fresh).toFixed(2)}× fresh) | ${(m.after / p.after).toFixed(2)}× |`,
+    );
     console.log(`| ledger days held | ${p.ledgerDays} | ${m.ledgerDays} | |`);
     console.log(`| users_touched by a re-sync of the same data | ${p.touched} | ${m.touched} | |`);
-    console.log(`| incremental run (2 h overlap + 3,000 new), finish_run | ${p.add.toFixed(0)} ms | ${m.add.toFixed(0)} ms | ${(m.add / p.add).toFixed(2)}× |`);
+    console.log(
+      `| incremental run (2 h overlap + 3,000 new), finish_run | ${p.add.toFixed(0)} ms | ${m.add.toFixed(0)} ms | ${(m.add / p.add).toFixed(2)}× |`,
+    );
   } finally {
     for (const pool of Object.values(pools)) await pool.end();
     await server.stop();

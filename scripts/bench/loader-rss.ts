@@ -36,7 +36,9 @@ async function measureSize(server: BenchServer, lines: number, repeats: number):
         figures.peakKiB.push(result.peakRssKiB);
         figures.durationMs.push(result.summary.duration_ms);
         figures.wallMs.push(result.wallMs);
-        log(`loader-rss: ${lines} lines: peak RSS ${mib(result.peakRssKiB)}, run ${seconds(result.summary.duration_ms)}, command ${seconds(result.wallMs)}`);
+        log(
+          `loader-rss: ${lines} lines: peak RSS ${mib(result.peakRssKiB)}, run ${seconds(result.summary.duration_ms)}, command ${seconds(result.wallMs)}`,
+        );
       } finally {
         await db.drop();
       }
@@ -51,7 +53,10 @@ async function floors(repeats: number): Promise<Array<{ what: string; kib: numbe
   const commands: Array<{ what: string; argv: string[] }> = [
     { what: '`node -e 0` (bare Node)', argv: [process.execPath, '-e', '0'] },
     { what: '`node --import tsx -e 0` (the TypeScript loader)', argv: [process.execPath, '--import', 'tsx', '-e', '0'] },
-    { what: '`npm run sync:events -- --help` (npm, tsx and every module the CLI imports)', argv: ['npm', 'run', '--silent', 'sync:events', '--', '--help'] },
+    {
+      what: '`npm run sync:events -- --help` (npm, tsx and every module the CLI imports)',
+      argv: ['npm', 'run', '--silent', 'sync:events', '--', '--help'],
+    },
   ];
   const out: Array<{ what: string; kib: number[] }> = [];
   for (const command of commands) {
@@ -82,14 +87,20 @@ export async function loaderRss(server: BenchServer, scale: Scale, quick: boolea
       loader_rss_growth: ratio(median(large.peakKiB), median(small.peakKiB)),
       ...(isMillion ? { full_sync_1m_events_per_s: large.lines / (median(large.durationMs) / 1000) } : {}),
     },
-    ...(isMillion ? {} : { missing: { full_sync_1m_events_per_s: `quick scale: the large file has ${large.lines.toLocaleString('en-US')} lines, not 1,000,000` } }),
+    ...(isMillion
+      ? {}
+      : {
+          missing: {
+            full_sync_1m_events_per_s: `quick scale: the large file has ${large.lines.toLocaleString('en-US')} lines, not 1,000,000`,
+          },
+        }),
     section: {
       title: 'Loader memory and 1M-line throughput, measured as a user runs the CLI',
       command: 'npm run bench -- --only loader-rss',
       method: [
         `\`npm run sync:events -- --file F --full --json --database-url …\` (npm runs \`exec node --import tsx scripts/cli/sync-events.ts\`) under \`${TIME_BINARY} -f %M\`: the peak resident set of the largest process of the tree (npm or the loader), as a user would see it. Each trial on a fresh database; the generated file's events end at the moment it is written, so the full window holds them.`,
-        'Why the old figure was 248 MiB: it was `process.resourceUsage().maxRSS` of a child spawned by the bench. Linux keeps a process\'s RSS high-water mark across exec (signal_struct.maxrss), and a spawned child starts as a fork of the bench, so the child\'s "peak" was at least the bench\'s own RSS at the fork (≈ 250 MiB of generated data), whatever the loader used. Shown on this machine: a node that allocates 300 MiB and then spawns `node -e …` sees the child report maxRSS ≈ 303 MiB; the same child under /usr/bin/time reports ≈ 39 MiB. /usr/bin/time forks the measured command from its own small process.',
-        'full_sync_1m_events_per_s: lines ÷ the run\'s duration as the database recorded it (sync_runs.total_ms: begin_run to the end of finish_run), a first full sync into an empty database, median of the large-file trials.',
+        "Why the old figure was 248 MiB: it was `process.resourceUsage().maxRSS` of a child spawned by the bench. Linux keeps a process's RSS high-water mark across exec (signal_struct.maxrss), and a spawned child starts as a fork of the bench, so the child's \"peak\" was at least the bench's own RSS at the fork (≈ 250 MiB of generated data), whatever the loader used. Shown on this machine: a node that allocates 300 MiB and then spawns `node -e …` sees the child report maxRSS ≈ 303 MiB; the same child under /usr/bin/time reports ≈ 39 MiB. /usr/bin/time forks the measured command from its own small process.",
+        "full_sync_1m_events_per_s: lines ÷ the run's duration as the database recorded it (sync_runs.total_ms: begin_run to the end of finish_run), a first full sync into an empty database, median of the large-file trials.",
         `Medians of ${scale.repeats} trials per size; the floors are medians of ${quick ? '1 (quick)' : '3'}.`,
         ...(quick ? [`**Quick scale**: ${scale.rssLines.large.toLocaleString('en-US')} lines, not 1,000,000.`] : []),
       ],

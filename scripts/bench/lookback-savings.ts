@@ -56,7 +56,10 @@ async function totalEvents(pool: pg.Pool): Promise<number> {
 }
 
 /** Runs the scenario on `pool` (a migrated database whose events tables it overwrites). */
-export async function measureLookbackSavings(pool: pg.Pool, options: { lateRate: number; runs: number; everyHours: number }): Promise<LookbackSavings> {
+export async function measureLookbackSavings(
+  pool: pg.Pool,
+  options: { lateRate: number; runs: number; everyHours: number },
+): Promise<LookbackSavings> {
   const end = new Date(Math.floor(Date.now() / HOUR_MS) * HOUR_MS);
   const spanHours = options.runs * options.everyHours;
   // the original plan's rate: 95,000 events over 45 days
@@ -93,7 +96,11 @@ export async function measureLookbackSavings(pool: pg.Pool, options: { lateRate:
 async function main(argv: string[]): Promise<void> {
   const { values } = parseArgs({
     args: argv,
-    options: { 'late-rate': { type: 'string', default: '0.01' }, runs: { type: 'string', default: '8' }, 'every-hours': { type: 'string', default: '6' } },
+    options: {
+      'late-rate': { type: 'string', default: '0.01' },
+      runs: { type: 'string', default: '8' },
+      'every-hours': { type: 'string', default: '6' },
+    },
   });
   const options = { lateRate: Number(values['late-rate']), runs: Number(values.runs), everyHours: Number(values['every-hours']) };
   await withThrowawayDatabase('lookback_savings', async ({ url }) => {
@@ -101,12 +108,21 @@ async function main(argv: string[]): Promise<void> {
     try {
       const result = await measureLookbackSavings(pool, options);
       const say = (line: string) => process.stdout.write(`${line}\n`);
-      say(`late rate ${result.lateRate}: ${result.events.toLocaleString('en-US')} sample events, ${result.runs.length} incremental runs every ${options.everyHours} h`);
+      say(
+        `late rate ${result.lateRate}: ${result.events.toLocaleString('en-US')} sample events, ${result.runs.length} incremental runs every ${options.everyHours} h`,
+      );
       say('clock                     received  plain overlap  applied');
-      for (const run of result.runs) say(`${run.clock}  ${String(run.received).padStart(8)}  ${String(run.plainOverlap).padStart(13)}  ${String(run.applied).padStart(7)}`);
+      for (const run of result.runs)
+        say(
+          `${run.clock}  ${String(run.received).padStart(8)}  ${String(run.plainOverlap).padStart(13)}  ${String(run.applied).padStart(7)}`,
+        );
       const received = result.runs.reduce((sum, run) => sum + run.received, 0) / result.runs.length;
-      say(`saved per run: ${Math.round(result.savedPerRun).toLocaleString('en-US')} events (${Math.round((100 * result.savedPerRun) / (received + result.savedPerRun))}% of what a plain overlap reads)`);
-      say(`missed late events: ${result.fullTotal - result.incrementalTotal} (events after the incremental runs ${result.incrementalTotal}, after a full run at the same clock ${result.fullTotal})`);
+      say(
+        `saved per run: ${Math.round(result.savedPerRun).toLocaleString('en-US')} events (${Math.round((100 * result.savedPerRun) / (received + result.savedPerRun))}% of what a plain overlap reads)`,
+      );
+      say(
+        `missed late events: ${result.fullTotal - result.incrementalTotal} (events after the incremental runs ${result.incrementalTotal}, after a full run at the same clock ${result.fullTotal})`,
+      );
     } finally {
       await pool.end();
     }

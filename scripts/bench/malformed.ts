@@ -24,7 +24,9 @@ async function fullSync(server: BenchServer, file: string): Promise<Trial> {
   try {
     const summary = await syncEvents({ pool: db.pool, input: file, full: true, clock: SAMPLE_END });
     if (summary.status !== 'succeeded') throw new Error(`malformed: the full sync ended ${summary.status}`);
-    const { rows } = await db.pool.query<{ apply_ms: string | null }>('select apply_ms from mixpanel_sync.sync_runs where id = $1', [summary.run_id]);
+    const { rows } = await db.pool.query<{ apply_ms: string | null }>('select apply_ms from mixpanel_sync.sync_runs where id = $1', [
+      summary.run_id,
+    ]);
     return { applyMs: Number(rows[0]!.apply_ms), totalMs: summary.duration_ms, rejected: summary.rejected ?? 0 };
   } finally {
     await db.drop();
@@ -48,10 +50,11 @@ export async function malformedLine(server: BenchServer, scale: Scale): Promise<
     }
   }
   const extraRejected = median(trials.malformed.map((t) => t.rejected)) - median(trials.clean.map((t) => t.rejected));
-  if (extraRejected !== 1) throw new Error(`malformed: the malformed file's runs rejected ${extraRejected} more lines than the clean one's; expected 1`);
+  if (extraRejected !== 1)
+    throw new Error(`malformed: the malformed file's runs rejected ${extraRejected} more lines than the clean one's; expected 1`);
   const cleanMs = median(trials.clean.map((t) => t.applyMs));
   const malformedMs = median(trials.malformed.map((t) => t.applyMs));
-  const ms = (t: Trial[]) => t.map((x) => `${Math.round(x.applyMs)}`).join(', ') + ' ms';
+  const ms = (t: Trial[]) => `${t.map((x) => `${Math.round(x.applyMs)}`).join(', ')} ms`;
   return {
     figures: { malformed_line_finish_ratio: ratio(malformedMs, cleanMs) },
     section: {
@@ -59,7 +62,7 @@ export async function malformedLine(server: BenchServer, scale: Scale): Promise<
       command: 'npm run bench -- --only malformed',
       method: [
         `A generated file of ${count.toLocaleString('en-US')} lines, and the same file with its middle line replaced by \`${MALFORMED_LINE}\` (not JSON: a trailing comma).`,
-        'Each trial: a full sync (`syncEvents`, full, fixed clock) into a fresh database; finish_run\'s time is sync_runs.apply_ms, which finish_run records from its start to its end. The malformed run must reject exactly one line more than the clean one.',
+        "Each trial: a full sync (`syncEvents`, full, fixed clock) into a fresh database; finish_run's time is sync_runs.apply_ms, which finish_run records from its start to its end. The malformed run must reject exactly one line more than the clean one.",
         `Medians of ${scale.repeats} trials each, clean and malformed alternating which goes first.`,
       ],
       table: [

@@ -5,7 +5,13 @@ import type pg from 'pg';
 import { syncEvents } from '../loader/events-sync.ts';
 import type { Scale } from './bench-options.ts';
 import type { BenchDatabase, BenchServer } from './bench-server.ts';
-import { baselineFullSync, baselineIncrementalSync, baselineTotalEvents, installBaseline, BASELINE_BATCH_USERS } from './baseline/baseline-events.ts';
+import {
+  baselineFullSync,
+  baselineIncrementalSync,
+  baselineTotalEvents,
+  installBaseline,
+  BASELINE_BATCH_USERS,
+} from './baseline/baseline-events.ts';
 import { copyFileAsJsonb, createCopyTable } from './copy-file.ts';
 import { vacuumEventTables } from './core-steps.ts';
 import { eventStorage, type EventStorage } from './storage.ts';
@@ -166,14 +172,18 @@ export async function originalScenario(server: BenchServer, scale: Scale): Promi
     const baselineFull = await baselineTotalEvents(steady.pool);
     await steady.end();
 
-    incrementalTimes = new Map([['ours', []], ['baseline', []]]);
+    incrementalTimes = new Map([
+      ['ours', []],
+      ['baseline', []],
+    ]);
     let after = { ours: 0, baseline: 0 };
     for (let repeat = 0; repeat < scale.repeats; repeat++) {
       const clone = await server.cloneOf(steady.name);
       try {
         const order = repeat % 2 === 0 ? (['ours', 'baseline'] as const) : (['baseline', 'ours'] as const);
         for (const who of order) {
-          const sync = who === 'ours' ? () => ourIncrementalSync(clone, data) : () => baselineIncrementalSync(clone.pool, data.incrementalFile);
+          const sync =
+            who === 'ours' ? () => ourIncrementalSync(clone, data) : () => baselineIncrementalSync(clone.pool, data.incrementalFile);
           const { ms } = await timed<unknown>(sync);
           incrementalTimes.get(who)!.push(ms);
           log(`original scenario: ${who} incremental sync: ${seconds(ms)}`);
@@ -254,20 +264,59 @@ function report(data: ScenarioData, scale: Scale, measured: Measured): SuiteResu
         `Baseline (scripts/bench/baseline/): the original design, in its own schema bench_baseline: TypeScript parses and aggregates per user, loop-based plpgsql REPLACE per user (DELETE + one INSERT per event name + summary upsert) in batches of ${BASELINE_BATCH_USERS} users; incremental fetches from watermark − 2 h and ADDs.`,
         'Incremental: from a copy of the steady-state database (CREATE DATABASE … TEMPLATE) for each trial; ours and the baseline alternate order.',
         `Medians of ${scale.repeats} trials.`,
-        ...(scale.scenarioEvents === 95_000 ? [] : [`**Quick scale**: ${scale.scenarioEvents.toLocaleString('en-US')} events in the full file, not 95,000.`]),
+        ...(scale.scenarioEvents === 95_000
+          ? []
+          : [`**Quick scale**: ${scale.scenarioEvents.toLocaleString('en-US')} events in the full file, not 95,000.`]),
       ],
       table: [
         ['measure', 'ours', 'baseline', 'COPY'],
-        ['full sync, steady state', `${seconds(ours)} (${perSecond(ours)} events/s)`, `${seconds(baseline)} (${perSecond(baseline)} events/s)`, `${seconds(copy)} (${perSecond(copy)} lines/s)`],
-        ['full sync, first (empty database)', `${seconds(first)} (${perSecond(first)} events/s)`, '', `${seconds(firstCopy)} (into the same empty database)`],
-        ['tables + indexes per event, after the first sync', `${Math.round(freshBytes)} B (${measured.fresh.map((f) => `${(f.bytes / 2 ** 20).toFixed(1)} MiB`).join(', ')} for ${measured.fresh[0]?.events.toLocaleString('en-US') ?? '?'} events)`, '', ''],
+        [
+          'full sync, steady state',
+          `${seconds(ours)} (${perSecond(ours)} events/s)`,
+          `${seconds(baseline)} (${perSecond(baseline)} events/s)`,
+          `${seconds(copy)} (${perSecond(copy)} lines/s)`,
+        ],
+        [
+          'full sync, first (empty database)',
+          `${seconds(first)} (${perSecond(first)} events/s)`,
+          '',
+          `${seconds(firstCopy)} (into the same empty database)`,
+        ],
+        [
+          'tables + indexes per event, after the first sync',
+          `${Math.round(freshBytes)} B (${measured.fresh.map((f) => `${(f.bytes / 2 ** 20).toFixed(1)} MiB`).join(', ')} for ${measured.fresh[0]?.events.toLocaleString('en-US') ?? '?'} events)`,
+          '',
+          '',
+        ],
         ...(resynced
-          ? [[`tables + indexes per event, after ${scale.resyncs} more full syncs`, `${Math.round(resynced.storage.bytesPerEvent)} B (${(resynced.storage.bytes / 2 ** 20).toFixed(1)} MiB; fresh ${Math.round(resynced.fresh.bytesPerEvent)} B)`, '', '']]
+          ? [
+              [
+                `tables + indexes per event, after ${scale.resyncs} more full syncs`,
+                `${Math.round(resynced.storage.bytesPerEvent)} B (${(resynced.storage.bytes / 2 ** 20).toFixed(1)} MiB; fresh ${Math.round(resynced.fresh.bytesPerEvent)} B)`,
+                '',
+                '',
+              ],
+            ]
           : []),
         ['incremental sync', seconds(oursIncremental), seconds(baselineIncremental), ''],
-        ['events counted after full sync (truth ' + data.truthAfterFull.toLocaleString('en-US') + ')', totals.ourFull.toLocaleString('en-US'), totals.baselineFull.toLocaleString('en-US'), ''],
-        ['events counted after incremental (truth ' + data.truthAfterIncremental.toLocaleString('en-US') + ')', totals.ourAfter.toLocaleString('en-US'), totals.baselineAfter.toLocaleString('en-US'), ''],
-        ['counted twice by the incremental run', ourDoubleCounted.toLocaleString('en-US'), baselineDoubleCounted.toLocaleString('en-US'), ''],
+        [
+          `events counted after full sync (truth ${data.truthAfterFull.toLocaleString('en-US')})`,
+          totals.ourFull.toLocaleString('en-US'),
+          totals.baselineFull.toLocaleString('en-US'),
+          '',
+        ],
+        [
+          `events counted after incremental (truth ${data.truthAfterIncremental.toLocaleString('en-US')})`,
+          totals.ourAfter.toLocaleString('en-US'),
+          totals.baselineAfter.toLocaleString('en-US'),
+          '',
+        ],
+        [
+          'counted twice by the incremental run',
+          ourDoubleCounted.toLocaleString('en-US'),
+          baselineDoubleCounted.toLocaleString('en-US'),
+          '',
+        ],
       ],
       reading,
     },

@@ -22,7 +22,10 @@ export async function writeSampleFile(file: string, lines: number, end: Date): P
 }
 
 async function main(argv: string[]): Promise<void> {
-  const { values } = parseArgs({ args: argv, options: { small: { type: 'string', default: '10000' }, large: { type: 'string', default: '1000000' } } });
+  const { values } = parseArgs({
+    args: argv,
+    options: { small: { type: 'string', default: '10000' }, large: { type: 'string', default: '1000000' } },
+  });
   const sizes = [Number(values.small), Number(values.large)];
   const dir = await mkdtemp(path.join(os.tmpdir(), 'loader-rss-'));
   try {
@@ -35,10 +38,14 @@ async function main(argv: string[]): Promise<void> {
         const result = await measureSyncCli(databaseUrl, file);
         peaks.push(result.peakRssKiB);
         const mib = (result.peakRssKiB / 1024).toFixed(1);
-        process.stdout.write(`${lines.toLocaleString('en-US')} lines: peak RSS ${mib} MiB (received ${result.summary.received}, ${(result.summary.duration_ms / 1000).toFixed(1)} s)\n`);
+        process.stdout.write(
+          `${lines.toLocaleString('en-US')} lines: peak RSS ${mib} MiB (received ${result.summary.received}, ${(result.summary.duration_ms / 1000).toFixed(1)} s)\n`,
+        );
         await rm(file);
       }
-      process.stdout.write(`ratio: ${(peaks[1]! / peaks[0]!).toFixed(2)} (target <= 1.5); peak ${(Math.max(...peaks) / 1024).toFixed(1)} MiB (target <= 128)\n`);
+      process.stdout.write(
+        `ratio: ${(peaks[1]! / peaks[0]!).toFixed(2)} (target <= 1.5); peak ${(Math.max(...peaks) / 1024).toFixed(1)} MiB (target <= 128)\n`,
+      );
     });
   } finally {
     await rm(dir, { recursive: true, force: true });

@@ -89,7 +89,9 @@ export async function profilesSuite(server: BenchServer, scale: Scale): Promise<
         await db.pool.query('vacuum (analyze) mixpanel_sync.subscriber_properties');
         const result = await syncAndCount(db, file);
         (mode === 'on' ? on : off).push(result);
-        log(`profiles: re-sync, change detection ${mode}: ${seconds(result.ms)}, ${result.written['mixpanel_sync.subscriber_properties']} tuples written`);
+        log(
+          `profiles: re-sync, change detection ${mode}: ${seconds(result.ms)}, ${result.written['mixpanel_sync.subscriber_properties']} tuples written`,
+        );
       }
     }
     await setChangeDetection(db.pool, 'on');
@@ -105,13 +107,37 @@ export async function profilesSuite(server: BenchServer, scale: Scale): Promise<
         command: 'npm run bench -- --only profiles',
         method: [
           `${profiles.toLocaleString('en-US')} generated Engage profiles (pages of 1,000, as the Engage API returns them) synced once, then re-synced unchanged through \`syncProfiles\` in process, with profiles.change_detection on and off alternately (${scale.repeats} each; VACUUM ANALYZE before each).`,
-          'Tuples written: n_tup_ins + n_tup_upd + n_tup_del of pg_stat_user_tables, before and after the run, read once the loader\'s connections have closed (a closing backend flushes its counters) and the counters stopped moving. The key figure is the largest over the change-detection-on runs.',
+          "Tuples written: n_tup_ins + n_tup_upd + n_tup_del of pg_stat_user_tables, before and after the run, read once the loader's connections have closed (a closing backend flushes its counters) and the counters stopped moving. The key figure is the largest over the change-detection-on runs.",
         ],
         table: [
-          ['run', 'time (median)', 'subscriber_properties tuples written', 'staged_profiles tuples written', 'inserted / updated / unchanged'],
-          ['first sync', seconds(first.ms), `${table(first)}`, `${staged(first)}`, `${first.summary.inserted} / ${first.summary.updated} / ${first.summary.unchanged}`],
-          ['re-sync, change detection on', seconds(onMs), on.map(table).join(', '), on.map(staged).join(', '), `${on[0]!.summary.inserted} / ${on[0]!.summary.updated} / ${on[0]!.summary.unchanged}`],
-          ['re-sync, change detection off', seconds(offMs), off.map(table).join(', '), off.map(staged).join(', '), `${off[0]!.summary.inserted} / ${off[0]!.summary.updated} / ${off[0]!.summary.unchanged}`],
+          [
+            'run',
+            'time (median)',
+            'subscriber_properties tuples written',
+            'staged_profiles tuples written',
+            'inserted / updated / unchanged',
+          ],
+          [
+            'first sync',
+            seconds(first.ms),
+            `${table(first)}`,
+            `${staged(first)}`,
+            `${first.summary.inserted} / ${first.summary.updated} / ${first.summary.unchanged}`,
+          ],
+          [
+            're-sync, change detection on',
+            seconds(onMs),
+            on.map(table).join(', '),
+            on.map(staged).join(', '),
+            `${on[0]!.summary.inserted} / ${on[0]!.summary.updated} / ${on[0]!.summary.unchanged}`,
+          ],
+          [
+            're-sync, change detection off',
+            seconds(offMs),
+            off.map(table).join(', '),
+            off.map(staged).join(', '),
+            `${off[0]!.summary.inserted} / ${off[0]!.summary.updated} / ${off[0]!.summary.unchanged}`,
+          ],
         ],
         reading: [
           'staged_profiles rows are the raw lines COPYed in and deleted by finish_run (an UNLOGGED table): the price of parsing in SQL, paid with change detection on or off.',

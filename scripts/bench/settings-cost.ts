@@ -32,7 +32,9 @@ interface Trial {
 function identityLines(events: number): { lines: string[]; identifiedUsers: number } {
   const lines = sampleEventLines({ users: USERS, events, days: WINDOW_DAYS, end: SAMPLE_END, seed: 31 });
   const middle = (SAMPLE_END.getTime() - (WINDOW_DAYS / 2) * DAY_MS) / 1000;
-  const users = [...new Set(lines.map((line) => String((JSON.parse(line) as { properties: { distinct_id: unknown } }).properties.distinct_id)))].sort();
+  const users = [
+    ...new Set(lines.map((line) => String((JSON.parse(line) as { properties: { distinct_id: unknown } }).properties.distinct_id))),
+  ].sort();
   const identified = new Set(users.filter((_, i) => i % IDENTIFIED_EVERY === 0));
   const out = lines.map((line) => {
     const record = JSON.parse(line) as { event: string; properties: Record<string, unknown> };
@@ -51,7 +53,9 @@ function identityLines(events: number): { lines: string[]; identifiedUsers: numb
 }
 
 async function identityAvailable(pool: pg.Pool): Promise<boolean> {
-  const { rows } = await pool.query<{ present: boolean }>(`select pg_catalog.to_regprocedure('mixpanel_sync.identity_mode()') is not null as present`);
+  const { rows } = await pool.query<{ present: boolean }>(
+    `select pg_catalog.to_regprocedure('mixpanel_sync.identity_mode()') is not null as present`,
+  );
   return rows[0]!.present;
 }
 
@@ -83,13 +87,24 @@ async function trial(server: BenchServer, file: string, key: string, value: stri
               (select sum(total_events) from mixpanel_sync.subscribers) as events`,
       [summary.run_id],
     );
-    return { ms: summary.duration_ms, events: Number(rows[0]!.events ?? 0), schemaBytes: await schemaBytes(db.pool), linksLearned: Number(rows[0]!.links ?? 0) };
+    return {
+      ms: summary.duration_ms,
+      events: Number(rows[0]!.events ?? 0),
+      schemaBytes: await schemaBytes(db.pool),
+      linksLearned: Number(rows[0]!.links ?? 0),
+    };
   } finally {
     await db.drop();
   }
 }
 
-async function compare(server: BenchServer, file: string, key: string, values: [string, string], repeats: number): Promise<Record<string, Trial[]>> {
+async function compare(
+  server: BenchServer,
+  file: string,
+  key: string,
+  values: [string, string],
+  repeats: number,
+): Promise<Record<string, Trial[]>> {
   const out: Record<string, Trial[]> = { [values[0]]: [], [values[1]]: [] };
   for (let repeat = 0; repeat < repeats; repeat++) {
     for (const value of repeat % 2 === 0 ? values : [...values].reverse()) {
@@ -110,10 +125,20 @@ export async function settingsCost(server: BenchServer, scale: Scale): Promise<S
 
   const figures: SuiteResult['figures'] = {};
   const missing: Partial<Record<FigureKey, string>> = {};
-  const table: string[][] = [['setting', 'value', 'full sync (median)', 'trials', 'events counted', 'tables + indexes of mixpanel_sync', 'links learned']];
+  const table: string[][] = [
+    ['setting', 'value', 'full sync (median)', 'trials', 'events counted', 'tables + indexes of mixpanel_sync', 'links learned'],
+  ];
   const rows = (key: string, runs: Record<string, Trial[]>) => {
     for (const [value, trials] of Object.entries(runs)) {
-      table.push([key, value, seconds(median(trials.map((t) => t.ms))), trials.map((t) => `${Math.round(t.ms)}`).join(', ') + ' ms', `${trials[0]!.events}`, `${(median(trials.map((t) => t.schemaBytes)) / 2 ** 20).toFixed(1)} MiB`, `${trials[0]!.linksLearned}`]);
+      table.push([
+        key,
+        value,
+        seconds(median(trials.map((t) => t.ms))),
+        `${trials.map((t) => `${Math.round(t.ms)}`).join(', ')} ms`,
+        `${trials[0]!.events}`,
+        `${(median(trials.map((t) => t.schemaBytes)) / 2 ** 20).toFixed(1)} MiB`,
+        `${trials[0]!.linksLearned}`,
+      ]);
     }
   };
 
@@ -143,7 +168,7 @@ export async function settingsCost(server: BenchServer, scale: Scale): Promise<S
       command: 'npm run bench -- --only settings-cost',
       method: [
         `Data: ${scale.settingsEvents.toLocaleString('en-US')} generated events of ${USERS.toLocaleString('en-US')} users over ${WINDOW_DAYS} days; ${identifiedUsers} users (every ${IDENTIFIED_EVERY}th, 20 %) are anonymous before the window's middle (distinct_id \`$device:dev-<user>\`, \`$device_id\`) and identified after it (their id, with \`$device_id\` and \`$user_id\`: Simplified ID Merge joins the two).`,
-        'Each trial: set the setting in a fresh database, then a first full sync of the file (`syncEvents`, full, fixed clock), timed by the run\'s duration (sync_runs.total_ms). The two values alternate which goes first.',
+        "Each trial: set the setting in a fresh database, then a first full sync of the file (`syncEvents`, full, fixed clock), timed by the run's duration (sync_runs.total_ms). The two values alternate which goes first.",
         'identity_mode_cost: median time with identity.mode = simplified ÷ with off. raw_storage_time_ratio: time per event counted with events.store_raw on ÷ off; raw_storage_bytes_per_event: (tables + indexes of every mixpanel_sync table with it on − off) ÷ events counted.',
         `Medians of ${scale.repeats} trials per value. identity.mode is set with setIdentityMode (scripts/sql/identity-support.ts); events.store_raw is measured only where its sync_settings row exists, else reported as not measured.`,
       ],

@@ -3,7 +3,12 @@
 import type { Queryable } from '../sql/sync-api.ts';
 
 /** The tables that hold event history (whichever of them exist). */
-export const EVENT_TABLES = ['mixpanel_sync.event_ledger', 'mixpanel_sync.event_ledger_legacy', 'mixpanel_sync.events_daily', 'mixpanel_sync.subscribers'];
+export const EVENT_TABLES = [
+  'mixpanel_sync.event_ledger',
+  'mixpanel_sync.event_ledger_legacy',
+  'mixpanel_sync.events_daily',
+  'mixpanel_sync.subscribers',
+];
 
 export interface EventStorage {
   bytes: number;

@@ -16,7 +16,9 @@ async function main(args: string[]): Promise<number> {
   const topAt = args.indexOf('--top');
   const top = topAt >= 0 ? Number(args[topAt + 1]) : 15;
   if (!file || !Number.isInteger(top) || top < 1) {
-    console.error('usage: npx tsx scripts/bench/test-times.ts REPORT.json [--top N]   (REPORT from vitest --reporter=json --outputFile=REPORT.json)');
+    console.error(
+      'usage: npx tsx scripts/bench/test-times.ts REPORT.json [--top N]   (REPORT from vitest --reporter=json --outputFile=REPORT.json)',
+    );
     return 2;
   }
   const report = JSON.parse(await readFile(file, 'utf8')) as Report;

@@ -35,7 +35,12 @@ function lines(prefix: string, days: number[], perDay: number, offset = 0): stri
   for (const d of days) {
     for (let i = 0; i < perDay; i++) {
       const n = i + offset;
-      out.push(JSON.stringify({ event: n % 4 ? 'Page View' : 'Purchase', properties: { time: TODAY + d * DAY + 600 + n * 2, distinct_id: `${prefix}-${n % 11}`, $insert_id: `${prefix}-${d}-${n}` } }));
+      out.push(
+        JSON.stringify({
+          event: n % 4 ? 'Page View' : 'Purchase',
+          properties: { time: TODAY + d * DAY + 600 + n * 2, distinct_id: `${prefix}-${n % 11}`, $insert_id: `${prefix}-${d}-${n}` },
+        }),
+      );
     }
   }
   return `${out.join('\n')}\n`;
@@ -75,7 +80,9 @@ async function snapshot(): Promise<Record<string, string>> {
   return withPool(async (pool) => {
     const result: Record<string, string> = {};
     for (const [table, columns] of Object.entries(TABLES)) {
-      const { rows } = await pool.query<{ rows: unknown }>(`select coalesce(jsonb_agg(t), '[]') as rows from (select ${columns} from mixpanel_sync.${table}) t`);
+      const { rows } = await pool.query<{ rows: unknown }>(
+        `select coalesce(jsonb_agg(t), '[]') as rows from (select ${columns} from mixpanel_sync.${table}) t`,
+      );
       result[table] = JSON.stringify(rows[0]!.rows);
     }
     return result;
@@ -110,7 +117,9 @@ function explain(result: CliResult): string {
 
 /** A normal run; after a crash it waits (--wait) while the killed loader's backend may still be finishing. */
 async function normalRun(file: string, wait = false): Promise<CliResult> {
-  const result = await runCli('sync:events', ['--file', file, '--json', ...(wait ? ['--wait', '300'] : [])], { env: { DATABASE_URL: crash.url } });
+  const result = await runCli('sync:events', ['--file', file, '--json', ...(wait ? ['--wait', '300'] : [])], {
+    env: { DATABASE_URL: crash.url },
+  });
   expect(result.code, explain(result)).toBe(0);
   return result;
 }
@@ -184,7 +193,14 @@ describe('seeded crash trials (seed 4242)', () => {
       const result = await cli.result;
       if (trial.action === 'postmaster-immediate') await crash.restart();
 
-      const crashed = await withPool(async (pool) => (await pool.query<{ id: string; status: string; error: string | null }>("select id, status, error from mixpanel_sync.sync_runs order by id desc limit 1")).rows[0]!);
+      const crashed = await withPool(
+        async (pool) =>
+          (
+            await pool.query<{ id: string; status: string; error: string | null }>(
+              'select id, status, error from mixpanel_sync.sync_runs order by id desc limit 1',
+            )
+          ).rows[0]!,
+      );
       const context = `${JSON.stringify(trial)} seen=${seen} run=${JSON.stringify(crashed)}\n${explain(result)}`;
       // what the CLI said agrees with the run's row
       if (trial.action === 'sigint-group' || trial.action === 'sigterm-group') {
@@ -205,7 +221,9 @@ describe('seeded crash trials (seed 4242)', () => {
       }
 
       await normalRun(inputFile, true);
-      const runs = await withPool(async (pool) => (await pool.query<{ status: string }>('select status from mixpanel_sync.sync_runs order by id')).rows.map((r) => r.status));
+      const runs = await withPool(async (pool) =>
+        (await pool.query<{ status: string }>('select status from mixpanel_sync.sync_runs order by id')).rows.map((r) => r.status),
+      );
       expect(runs, context).not.toContain('running');
       expect(await differences(reference), context).toEqual({ events_daily: 0, event_ledger: 0, subscribers: 0, sync_watermarks: 0 });
     }, 600_000);

@@ -19,7 +19,9 @@ async function main(): Promise<void> {
   const server = await resolveDatabaseServer();
   if (server.source === 'DATABASE_URL') {
     const result = await runMigrations(server.url);
-    console.log(`Migrated the database in DATABASE_URL (${redactUrl(server.url)})${result.currentApplied ? ', current migration included' : ''}.`);
+    console.log(
+      `Migrated the database in DATABASE_URL (${redactUrl(server.url)})${result.currentApplied ? ', current migration included' : ''}.`,
+    );
     console.log('Nothing to keep running: DATABASE_URL points at your own server. Unset it to get a throwaway one.');
     return;
   }
@@ -27,12 +29,16 @@ async function main(): Promise<void> {
     await createDatabases(server.url, [database, `${database}_shadow`]);
     const url = databaseUrl(server.url, database);
     const result = await runMigrations(url);
-    console.log(`PostgreSQL (${server.source}) is running; migrations applied${result.currentApplied ? ', current migration included' : ''}.\n`);
+    console.log(
+      `PostgreSQL (${server.source}) is running; migrations applied${result.currentApplied ? ', current migration included' : ''}.\n`,
+    );
     console.log(`DATABASE_URL=${url}`);
     console.log(`SHADOW_DATABASE_URL=${databaseUrl(server.url, `${database}_shadow`)}`);
     console.log(`ROOT_DATABASE_URL=${databaseUrl(server.url, 'postgres')}\n`);
     console.log(`psql "${url}"`);
-    console.log('Export the lines above in another shell (graphile-migrate watch/commit read them). Ctrl-C stops the server and deletes its data.');
+    console.log(
+      'Export the lines above in another shell (graphile-migrate watch/commit read them). Ctrl-C stops the server and deletes its data.',
+    );
   } catch (error) {
     await server.stop();
     throw error;

@@ -42,7 +42,10 @@ const seconds = (ms: number) => `${(ms / 1000).toFixed(2)} s`;
 async function linesSince(pool: pg.Pool, lines: readonly string[], since: number): Promise<string[]> {
   const times = lines.map((line) => Number(/"time":(\d+)/.exec(line)?.[1]));
   const near = lines.map((_, i) => i).filter((i) => !(times[i]! < since - 86_400));
-  const secondsOf = await eventSeconds(pool, near.map((i) => times[i]!));
+  const secondsOf = await eventSeconds(
+    pool,
+    near.map((i) => times[i]!),
+  );
   return near.filter((_, k) => (secondsOf[k] ?? Number.NEGATIVE_INFINITY) >= since).map((i) => lines[i]!);
 }
 const TABLES = ['events_daily', 'event_ledger', 'subscribers'] as const;
@@ -84,10 +87,17 @@ export const setVsLoop = {
         }
       }
       const { set, loop } = results;
-      context.say(`  ${staged.length.toLocaleString('en-US')} staged lines, REPLACE of ${run.window_from_day}..${run.window_to_day}, each path in a transaction rolled back`);
-      context.say(`  set  (upsert_subscribers_incremental):      ${seconds(set.ms)}  ${set.applied.toLocaleString('en-US')} events applied`);
-      context.say(`  loop (upsert_subscribers_incremental_loop): ${seconds(loop.ms)}  ${loop.applied.toLocaleString('en-US')} events applied  (${(loop.ms / set.ms).toFixed(1)}x the set path)`);
-      if (set.digest !== loop.digest || set.applied !== loop.applied) throw new Error(`set and loop differ: ${set.digest} vs ${loop.digest}`);
+      context.say(
+        `  ${staged.length.toLocaleString('en-US')} staged lines, REPLACE of ${run.window_from_day}..${run.window_to_day}, each path in a transaction rolled back`,
+      );
+      context.say(
+        `  set  (upsert_subscribers_incremental):      ${seconds(set.ms)}  ${set.applied.toLocaleString('en-US')} events applied`,
+      );
+      context.say(
+        `  loop (upsert_subscribers_incremental_loop): ${seconds(loop.ms)}  ${loop.applied.toLocaleString('en-US')} events applied  (${(loop.ms / set.ms).toFixed(1)}x the set path)`,
+      );
+      if (set.digest !== loop.digest || set.applied !== loop.applied)
+        throw new Error(`set and loop differ: ${set.digest} vs ${loop.digest}`);
       context.say(`  tables identical: ${set.digest} (checksum of every row, set = loop)`);
     } finally {
       await failRun(pool, run.id, 'demo: the set-vs-loop proof only, nothing applied');
@@ -100,7 +110,9 @@ export const originalDoubleCounts = {
   async run(context: ProofContext) {
     const { pool } = context;
     // the same window as this toolkit's full run: the original had a 45-day window too
-    const full = (await readLastRuns(pool, 20)).find((r) => r.source === 'events' && r.mode === 'full' && r.status === 'succeeded' && r.options.mode_reason !== 'resync');
+    const full = (await readLastRuns(pool, 20)).find(
+      (r) => r.source === 'events' && r.mode === 'full' && r.status === 'succeeded' && r.options.mode_reason !== 'resync',
+    );
     if (!full?.window_from_day) throw new Error('no full events run to compare with');
     const since = Date.parse(`${full.window_from_day}T00:00:00Z`) / 1000;
     const lines = (await readFile(path.join(context.dir, 'events.jsonl'), 'utf8')).split('\n').filter(Boolean);

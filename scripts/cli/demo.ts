@@ -59,10 +59,13 @@ const fullSync: DemoStep = {
     const stats = await writeSampleEvents(context.sample, out);
     out.end();
     await finished(out);
-    context.say(`sample: ${stats.lines.toLocaleString('en-US')} lines, ${context.sample.users.toLocaleString('en-US')} users, ${context.sample.days} days (${stats.duplicates} re-sent lines, ${stats.late} late, ${stats.missingInsertId} without $insert_id)`);
+    context.say(
+      `sample: ${stats.lines.toLocaleString('en-US')} lines, ${context.sample.users.toLocaleString('en-US')} users, ${context.sample.days} days (${stats.duplicates} re-sent lines, ${stats.late} late, ${stats.missingInsertId} without $insert_id)`,
+    );
     const summary = await syncEvents({ pool: context.pool, input: file, clock: context.firstClock });
     show(context, summary);
-    if (summary.too_old) context.say('  (too old: sample events before the first of the 45 whole UTC days a full run replaces; counted, not applied)');
+    if (summary.too_old)
+      context.say('  (too old: sample events before the first of the 45 whole UTC days a full run replaces; counted, not applied)');
   },
 };
 
@@ -73,13 +76,21 @@ const incrementalSync: DemoStep = {
     const since = (await rereadFromDay(context.pool)).getTime() / 1000; // what an incremental Export reads again
     // the second of each line as the parser reads properties.time (a few sample lines carry it in ms)
     const sampleLines = sampleEventLines(sample);
-    const lineSeconds = await eventSeconds(context.pool, sampleLines.map((line) => Number(/"time":(\d+)/.exec(line)?.[1])));
+    const lineSeconds = await eventSeconds(
+      context.pool,
+      sampleLines.map((line) => Number(/"time":(\d+)/.exec(line)?.[1])),
+    );
     const reread = sampleLines.filter((_, i) => (lineSeconds[i] ?? Number.NEGATIVE_INFINITY) >= since);
     const newDay = sampleEventLines({ ...sample, events: Math.round(sample.events / sample.days), days: 1, end: now });
     // events of the last 4 days that reached Mixpanel only after the first sync
-    const late = sampleEventLines({ ...sample, events: 60, days: 4, end: new Date(firstClock.getTime() - 3_600_000), duplicateRate: 0, lateRate: 0 }).map((line, i) =>
-      line.replace(/"mp_processing_time_ms":\d+/, `"mp_processing_time_ms":${firstClock.getTime() + (i + 1) * 600_000}`),
-    );
+    const late = sampleEventLines({
+      ...sample,
+      events: 60,
+      days: 4,
+      end: new Date(firstClock.getTime() - 3_600_000),
+      duplicateRate: 0,
+      lateRate: 0,
+    }).map((line, i) => line.replace(/"mp_processing_time_ms":\d+/, `"mp_processing_time_ms":${firstClock.getTime() + (i + 1) * 600_000}`));
     const file = path.join(context.dir, 'next-day.jsonl');
     await writeLines(file, [...reread, ...newDay, ...late]);
     context.say(`input: ${reread.length} re-read lines (overlap), ${newDay.length} new-day lines, ${late.length} late arrivals`);
@@ -92,7 +103,13 @@ const incrementalSync: DemoStep = {
 const subscribers: DemoStep = {
   title: 'mixpanel_sync.subscribers (most active users)',
   async run(context) {
-    const { rows } = await context.pool.query<{ distinct_id: string; total_events: string; first_event_at: Date; last_event_at: Date; top: string }>(
+    const { rows } = await context.pool.query<{
+      distinct_id: string;
+      total_events: string;
+      first_event_at: Date;
+      last_event_at: Date;
+      top: string;
+    }>(
       `select s.distinct_id, s.total_events, s.first_event_at, s.last_event_at,
          (select string_agg(e.key || ' ' || e.value, ', ' order by e.value::bigint desc, e.key)
           from (select * from jsonb_each_text(s.event_counts) order by value::bigint desc, key limit 3) e) as top
@@ -101,7 +118,9 @@ const subscribers: DemoStep = {
     const { rows: count } = await context.pool.query<{ n: string }>('select count(*) as n from mixpanel_sync.subscribers');
     context.say(`${Number(count[0]!.n).toLocaleString('en-US')} subscribers; the top 5:`);
     for (const row of rows) {
-      context.say(`  ${row.distinct_id.padEnd(44)} ${row.total_events.padStart(5)} events  ${row.first_event_at.toISOString().slice(0, 16)} .. ${row.last_event_at.toISOString().slice(0, 16)}  ${row.top}`);
+      context.say(
+        `  ${row.distinct_id.padEnd(44)} ${row.total_events.padStart(5)} events  ${row.first_event_at.toISOString().slice(0, 16)} .. ${row.last_event_at.toISOString().slice(0, 16)}  ${row.top}`,
+      );
     }
   },
 };
@@ -120,10 +139,14 @@ const profileSyncs: DemoStep = {
     };
     const base = await write('profiles.pages', 0);
     context.say(`sample: ${base.profiles.toLocaleString('en-US')} profiles of the same users, as saved Engage pages`);
-    context.say(`  first sync:  ${profilesSummaryLine(await syncProfiles({ pool: context.pool, input: base.file, clock: context.firstClock }))}`);
+    context.say(
+      `  first sync:  ${profilesSummaryLine(await syncProfiles({ pool: context.pool, input: base.file, clock: context.firstClock }))}`,
+    );
     const edited = await write('profiles-edited.pages', 0.1);
     context.say(`  ${edited.edited.toLocaleString('en-US')} profiles edited since; the rest byte-identical`);
-    context.say(`  second sync: ${profilesSummaryLine(await syncProfiles({ pool: context.pool, input: edited.file, clock: context.now }))}`);
+    context.say(
+      `  second sync: ${profilesSummaryLine(await syncProfiles({ pool: context.pool, input: edited.file, clock: context.now }))}`,
+    );
   },
 };
 

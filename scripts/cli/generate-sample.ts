@@ -97,7 +97,13 @@ export function parseSampleArgs(argv: string[]): SampleCommand {
       seed: number('seed', values.seed, 1, Number.isInteger, 'an integer'),
       duplicateRate: number('duplicate-rate', values['duplicate-rate'], DEFAULT_EVENT_RATES.duplicateRate, rate, 'between 0 and 1'),
       lateRate: number('late-rate', values['late-rate'], DEFAULT_EVENT_RATES.lateRate, rate, 'between 0 and 1'),
-      missingInsertIdRate: number('missing-insert-id-rate', values['missing-insert-id-rate'], DEFAULT_EVENT_RATES.missingInsertIdRate, rate, 'between 0 and 1'),
+      missingInsertIdRate: number(
+        'missing-insert-id-rate',
+        values['missing-insert-id-rate'],
+        DEFAULT_EVENT_RATES.missingInsertIdRate,
+        rate,
+        'between 0 and 1',
+      ),
       msTimeRate: number('ms-time-rate', values['ms-time-rate'], DEFAULT_EVENT_RATES.msTimeRate, rate, 'between 0 and 1'),
     },
     eventsOut,
@@ -155,7 +161,13 @@ export async function generateSample(command: SampleCommand): Promise<SampleResu
   if (command.profilesOut !== null) {
     const out = output(command.profilesOut);
     profiles = await writeSampleProfiles(
-      { users: command.events.users, seed: command.events.seed, end: command.events.end, editRate: command.editRate, editSeed: command.editSeed },
+      {
+        users: command.events.users,
+        seed: command.events.seed,
+        end: command.events.end,
+        editRate: command.editRate,
+        editSeed: command.editSeed,
+      },
       out.stream,
       command.profilesFormat,
       command.pageSize,
@@ -175,7 +187,9 @@ function summary(command: SampleCommand, result: SampleResult): string {
     );
   }
   if (result.profiles) {
-    parts.push(`${result.profiles.profiles} profiles (${result.profiles.edited} edited) -> ${command.profilesOut === '-' ? 'stdout' : command.profilesOut}`);
+    parts.push(
+      `${result.profiles.profiles} profiles (${result.profiles.edited} edited) -> ${command.profilesOut === '-' ? 'stdout' : command.profilesOut}`,
+    );
   }
   return `generate-sample: ${parts.join('; ') || 'nothing to write'} in ${(result.ms / 1000).toFixed(2)} s`;
 }

@@ -51,12 +51,16 @@ async function rejectsOf(runId: unknown): Promise<Map<number, string>> {
     [runId],
   );
   const map = new Map<number, string>();
-  for (const row of rows) map.set(Number(row.line_no), `${map.has(Number(row.line_no)) ? `${map.get(Number(row.line_no))} | ` : ''}${row.reason}`);
+  for (const row of rows)
+    map.set(Number(row.line_no), `${map.has(Number(row.line_no)) ? `${map.get(Number(row.line_no))} | ` : ''}${row.reason}`);
   return map;
 }
 
 /** Every expected reject that is missing, on another line, or has a reason that names another problem. */
-function rejectMismatches<O extends { outcome: string; reason?: RegExp }>(records: PlacedRecord<O>[], rejects: Map<number, string>): string[] {
+function rejectMismatches<O extends { outcome: string; reason?: RegExp }>(
+  records: PlacedRecord<O>[],
+  rejects: Map<number, string>,
+): string[] {
   const problems: string[] = [];
   const expectedLines = new Set<number>();
   for (const record of records) {
@@ -64,7 +68,8 @@ function rejectMismatches<O extends { outcome: string; reason?: RegExp }>(record
     expectedLines.add(record.firstLine);
     const reason = rejects.get(record.firstLine);
     if (reason === undefined) problems.push(`${record.kind}: no reject on line ${record.firstLine}`);
-    else if (!record.expect.reason!.test(reason)) problems.push(`${record.kind}: line ${record.firstLine} rejected as "${reason.slice(0, 200)}", expected ${record.expect.reason}`);
+    else if (!record.expect.reason!.test(reason))
+      problems.push(`${record.kind}: line ${record.firstLine} rejected as "${reason.slice(0, 200)}", expected ${record.expect.reason}`);
   }
   for (const [lineNo, reason] of rejects) {
     if (!expectedLines.has(lineNo)) {
@@ -75,88 +80,81 @@ function rejectMismatches<O extends { outcome: string; reason?: RegExp }>(record
   return problems;
 }
 
-
 describe('hostile events corpus through npm run sync:events', () => {
-  it(
-    'applies every good record, rejects every bad one with its reason and line, and accounts for all of them',
-    async () => {
-      const records = hostileEvents({ seed: SEED, now: NOW });
-      expect(kinds(records).length).toBeGreaterThanOrEqual(60);
-      const file = eventsFile;
-      const placed = await writeCorpus(file, records);
+  it('applies every good record, rejects every bad one with its reason and line, and accounts for all of them', async () => {
+    const records = hostileEvents({ seed: SEED, now: NOW });
+    expect(kinds(records).length).toBeGreaterThanOrEqual(60);
+    const file = eventsFile;
+    const placed = await writeCorpus(file, records);
 
-      const result = await runCli('sync:events', ['--file', file, '--json'], { env });
-      expect(result.code, describeRun(result)).toBe(0);
-      const summary = summaryOf(result);
-      expect(summary, describeRun(result)).toMatchObject({ status: 'succeeded', mode: 'full' });
-      const count = (outcome: EventOutcome['outcome']) => placed.filter((r) => r.expect.outcome === outcome).length;
-      expect({
-        received: summary!.received,
-        applied: summary!.applied,
-        duplicates: summary!.duplicates,
-        too_old: summary!.too_old,
-        rejected: summary!.rejected,
-      }).toEqual({
-        received: placed.length - count('not_received'),
-        applied: count('applied'),
-        duplicates: count('duplicate'),
-        too_old: count('too_old'),
-        rejected: count('rejected'),
-      });
+    const result = await runCli('sync:events', ['--file', file, '--json'], { env });
+    expect(result.code, describeRun(result)).toBe(0);
+    const summary = summaryOf(result);
+    expect(summary, describeRun(result)).toMatchObject({ status: 'succeeded', mode: 'full' });
+    const count = (outcome: EventOutcome['outcome']) => placed.filter((r) => r.expect.outcome === outcome).length;
+    expect({
+      received: summary!.received,
+      applied: summary!.applied,
+      duplicates: summary!.duplicates,
+      too_old: summary!.too_old,
+      rejected: summary!.rejected,
+    }).toEqual({
+      received: placed.length - count('not_received'),
+      applied: count('applied'),
+      duplicates: count('duplicate'),
+      too_old: count('too_old'),
+      rejected: count('rejected'),
+    });
 
-      expect(rejectMismatches(placed, await rejectsOf(summary!.run_id))).toEqual([]);
+    expect(rejectMismatches(placed, await rejectsOf(summary!.run_id))).toEqual([]);
 
-      // every applied record is in the ledger under its own distinct_id, name and second, and counted in events_daily
-      const expected = new Map<string, string[]>();
-      for (const record of placed) {
-        const e = record.expect;
-        if (e.outcome !== 'applied') continue;
-        expected.set(e.distinctId, [...(expected.get(e.distinctId) ?? []), `${e.eventName}@${e.second}`].sort());
-      }
-      const { rows } = await db.pool.query<{ distinct_id: string; events: string[]; daily: string }>(
-        `select l.distinct_id, array_agg(l.event_name || '@' || extract(epoch from l.event_time)::bigint order by 1) as events,
+    // every applied record is in the ledger under its own distinct_id, name and second, and counted in events_daily
+    const expected = new Map<string, string[]>();
+    for (const record of placed) {
+      const e = record.expect;
+      if (e.outcome !== 'applied') continue;
+      expected.set(e.distinctId, [...(expected.get(e.distinctId) ?? []), `${e.eventName}@${e.second}`].sort());
+    }
+    const { rows } = await db.pool.query<{ distinct_id: string; events: string[]; daily: string }>(
+      `select l.distinct_id, array_agg(l.event_name || '@' || extract(epoch from l.event_time)::bigint order by 1) as events,
            (select sum(d.event_count) from mixpanel_sync.events_daily d where d.distinct_id = l.distinct_id) as daily
          from mixpanel_sync.event_ledger l group by l.distinct_id`,
-      );
-      const actual = new Map(rows.map((row) => [row.distinct_id, [...row.events].sort()]));
-      const missing: string[] = [];
-      for (const [id, events] of expected) {
-        if (JSON.stringify(actual.get(id)) !== JSON.stringify(events)) missing.push(`${id}: expected ${events.join(', ')}; ledger has ${actual.get(id)?.join(', ') ?? 'nothing'}`);
-      }
-      for (const id of actual.keys()) if (!expected.has(id)) missing.push(`${id}: in the ledger, but no record of the corpus should be applied under it`);
-      expect(missing).toEqual([]);
-      for (const row of rows) expect(Number(row.daily), row.distinct_id).toBe(row.events.length);
-      fileOutcome = await outcome(db.pool, summary!);
+    );
+    const actual = new Map(rows.map((row) => [row.distinct_id, [...row.events].sort()]));
+    const missing: string[] = [];
+    for (const [id, events] of expected) {
+      if (JSON.stringify(actual.get(id)) !== JSON.stringify(events))
+        missing.push(`${id}: expected ${events.join(', ')}; ledger has ${actual.get(id)?.join(', ') ?? 'nothing'}`);
+    }
+    for (const id of actual.keys())
+      if (!expected.has(id)) missing.push(`${id}: in the ledger, but no record of the corpus should be applied under it`);
+    expect(missing).toEqual([]);
+    for (const row of rows) expect(Number(row.daily), row.distinct_id).toBe(row.events.length);
+    fileOutcome = await outcome(db.pool, summary!);
 
-      // the same file again: nothing new, nothing failed, the accounting still holds
-      const again = await runCli('sync:events', ['--file', file, '--json'], { env });
-      expect(again.code, describeRun(again)).toBe(0);
-      const second = summaryOf(again)!;
-      expect(second).toMatchObject({ status: 'succeeded', applied: 0, rejected: count('rejected') });
-      expect(second.received).toBe(Number(second.applied) + Number(second.duplicates) + Number(second.too_old) + Number(second.rejected));
-    },
-    600_000,
-  );
+    // the same file again: nothing new, nothing failed, the accounting still holds
+    const again = await runCli('sync:events', ['--file', file, '--json'], { env });
+    expect(again.code, describeRun(again)).toBe(0);
+    const second = summaryOf(again)!;
+    expect(second).toMatchObject({ status: 'succeeded', applied: 0, rejected: count('rejected') });
+    expect(second.received).toBe(Number(second.applied) + Number(second.duplicates) + Number(second.too_old) + Number(second.rejected));
+  }, 600_000);
 });
 
 describe('one framing rule: the events corpus through stdin ends as from --file', () => {
-  it(
-    'npm run sync:events -- --file - (stdin): same counts, rejects (line, reason), ledger and events_daily as --file',
-    async () => {
-      expect(fileOutcome, 'the --file run above must have passed').toBeDefined();
-      const viaStdin = await createTestDatabase();
-      try {
-        const cli = startCli('sync:events', ['--file', '-', '--json'], { env: { DATABASE_URL: viaStdin.url }, stdin: 'open' });
-        createReadStream(eventsFile).pipe(cli.child.stdin!);
-        const stdinResult = await cli.result;
-        expect(stdinResult.code, describeRun(stdinResult)).toBe(0);
-        expect(await outcome(viaStdin.pool, summaryOf(stdinResult)!)).toBe(fileOutcome);
-      } finally {
-        await viaStdin.drop();
-      }
-    },
-    600_000,
-  );
+  it('npm run sync:events -- --file - (stdin): same counts, rejects (line, reason), ledger and events_daily as --file', async () => {
+    expect(fileOutcome, 'the --file run above must have passed').toBeDefined();
+    const viaStdin = await createTestDatabase();
+    try {
+      const cli = startCli('sync:events', ['--file', '-', '--json'], { env: { DATABASE_URL: viaStdin.url }, stdin: 'open' });
+      createReadStream(eventsFile).pipe(cli.child.stdin!);
+      const stdinResult = await cli.result;
+      expect(stdinResult.code, describeRun(stdinResult)).toBe(0);
+      expect(await outcome(viaStdin.pool, summaryOf(stdinResult)!)).toBe(fileOutcome);
+    } finally {
+      await viaStdin.drop();
+    }
+  }, 600_000);
 });
 
 describe('hostile profiles corpus through npm run sync:profiles', () => {
@@ -184,18 +182,23 @@ describe('hostile profiles corpus through npm run sync:profiles', () => {
       inserted: good.length,
       rejected: rejected.length,
     });
-    expect(summary.received).toBe(Number(summary.inserted) + Number(summary.updated) + Number(summary.unchanged) + Number(summary.rejected));
+    expect(summary.received).toBe(
+      Number(summary.inserted) + Number(summary.updated) + Number(summary.unchanged) + Number(summary.rejected),
+    );
     const wrong: string[] = [];
     for (const record of placed as PlacedRecord<ProfileOutcome>[]) {
       if (record.expect.outcome !== 'applied' || !record.expect.check) continue;
       const row = stored.get(record.expect.distinctIds[0]!);
       for (const [column, value] of Object.entries(record.expect.check)) {
-        if (row?.[column] !== value) wrong.push(`${record.kind}: ${column} is ${JSON.stringify(row?.[column])}, expected ${JSON.stringify(value)}`);
+        if (row?.[column] !== value)
+          wrong.push(`${record.kind}: ${column} is ${JSON.stringify(row?.[column])}, expected ${JSON.stringify(value)}`);
       }
     }
     expect(wrong).toEqual([]);
     // no stored text holds U+FFFD: nothing was altered to fit
-    const { rows: altered } = await db.pool.query("select distinct_id from mixpanel_sync.subscriber_properties where properties::text like '%' || chr(65533) || '%'");
+    const { rows: altered } = await db.pool.query(
+      "select distinct_id from mixpanel_sync.subscriber_properties where properties::text like '%' || chr(65533) || '%'",
+    );
     expect(altered).toEqual([]);
 
     const again = await runCli('sync:profiles', ['--file', file, '--json'], { env });
@@ -252,8 +255,15 @@ describe('hostile profiles corpus as an Engage API page', () => {
       const good = records.flatMap((r) => (r.expect.outcome === 'applied' ? r.expect.distinctIds : []));
       const bad = records.filter((r) => r.expect.outcome === 'rejected');
       expect(bad.length).toBeGreaterThanOrEqual(10);
-      expect(summaryOf(result)).toMatchObject({ status: 'succeeded', received: good.length + bad.length, inserted: good.length, rejected: bad.length });
-      const { rows: stored } = await viaApi.pool.query<{ distinct_id: string }>('select distinct_id from mixpanel_sync.subscriber_properties');
+      expect(summaryOf(result)).toMatchObject({
+        status: 'succeeded',
+        received: good.length + bad.length,
+        inserted: good.length,
+        rejected: bad.length,
+      });
+      const { rows: stored } = await viaApi.pool.query<{ distinct_id: string }>(
+        'select distinct_id from mixpanel_sync.subscriber_properties',
+      );
       expect(stored.map((row) => row.distinct_id).sort()).toEqual([...good].sort());
       const { rows: rejects } = await viaApi.pool.query<{ reason: string }>('select reason from mixpanel_sync.sync_rejects order by id');
       const unmatched = [...rejects.map((row) => row.reason)];

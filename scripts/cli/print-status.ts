@@ -4,7 +4,12 @@ import type { RunRow, SyncStatus, WatermarkRow } from './read-status.ts';
 /** Columns padded to their widest cell, two spaces apart. */
 export function formatTable(rows: readonly (readonly string[])[]): string[] {
   const widths = rows.reduce<number[]>((max, row) => row.map((cell, i) => Math.max(max[i] ?? 0, cell.length)), []);
-  return rows.map((row) => row.map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!))).join('  ').trimEnd());
+  return rows.map((row) =>
+    row
+      .map((cell, i) => (i === row.length - 1 ? cell : cell.padEnd(widths[i]!)))
+      .join('  ')
+      .trimEnd(),
+  );
 }
 
 const time = (value: Date | null): string => (value ? value.toISOString().replace('.000Z', 'Z') : '-');
@@ -23,9 +28,19 @@ function runLines(runs: readonly RunRow[]): string[] {
   return formatTable([
     ['id', 'source', 'mode', 'status', 'received', 'applied', 'dup', 'rejected', 'too_old', 'ins/upd/same', 'seconds', 'started', 'error'],
     ...runs.map((r) => [
-      String(r.id), r.source, r.mode, r.status, count(r.received), count(r.applied), count(r.duplicates), count(r.rejected),
-      count(r.too_old), r.source === 'profiles' ? `${count(r.inserted)}/${count(r.updated)}/${count(r.unchanged)}` : '-',
-      r.total_ms === null ? '-' : (r.total_ms / 1000).toFixed(1), time(r.started_at), r.error ?? '',
+      String(r.id),
+      r.source,
+      r.mode,
+      r.status,
+      count(r.received),
+      count(r.applied),
+      count(r.duplicates),
+      count(r.rejected),
+      count(r.too_old),
+      r.source === 'profiles' ? `${count(r.inserted)}/${count(r.updated)}/${count(r.unchanged)}` : '-',
+      r.total_ms === null ? '-' : (r.total_ms / 1000).toFixed(1),
+      time(r.started_at),
+      r.error ?? '',
     ]),
   ]).map((line) => `  ${line}`);
 }

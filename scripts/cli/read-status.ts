@@ -1,5 +1,15 @@
 // What `npm run status` shows, read from the database: watermarks, the last runs, sync_health().
-import { readLastRuns, readWatermarks, runCount, syncHealth, type HealthRow, type HealthStatus, type Queryable, type SyncRun, type WatermarkRow } from '../sql/sync-api.ts';
+import {
+  readLastRuns,
+  readWatermarks,
+  runCount,
+  syncHealth,
+  type HealthRow,
+  type HealthStatus,
+  type Queryable,
+  type SyncRun,
+  type WatermarkRow,
+} from '../sql/sync-api.ts';
 
 export type { HealthRow, HealthStatus, WatermarkRow };
 
@@ -36,11 +46,22 @@ const SEVERITY: readonly HealthStatus[] = ['ok', 'warn', 'critical'];
 // bigint columns as numbers: counts and ids stay far below 2^53.
 function runRow(run: SyncRun): RunRow {
   return {
-    id: Number(run.id), source: run.source, mode: run.mode, status: run.status,
-    received: runCount(run.received), applied: runCount(run.applied), duplicates: runCount(run.duplicates),
-    rejected: runCount(run.rejected), too_old: runCount(run.too_old), inserted: runCount(run.inserted),
-    updated: runCount(run.updated), unchanged: runCount(run.unchanged), total_ms: runCount(run.total_ms),
-    started_at: run.started_at, finished_at: run.finished_at, error: run.error,
+    id: Number(run.id),
+    source: run.source,
+    mode: run.mode,
+    status: run.status,
+    received: runCount(run.received),
+    applied: runCount(run.applied),
+    duplicates: runCount(run.duplicates),
+    rejected: runCount(run.rejected),
+    too_old: runCount(run.too_old),
+    inserted: runCount(run.inserted),
+    updated: runCount(run.updated),
+    unchanged: runCount(run.unchanged),
+    total_ms: runCount(run.total_ms),
+    started_at: run.started_at,
+    finished_at: run.finished_at,
+    error: run.error,
   };
 }
 

@@ -37,7 +37,9 @@ beforeAll(async () => {
     serviceAccount: ACCOUNT,
     secret: SECRET,
     projectId: 4242,
-    events: Array.from({ length: 20 }, (_, i) => JSON.stringify({ event: 'Open', properties: { distinct_id: `u${i % 3}`, time: now - 3600 + i, $insert_id: `s-${i}` } })),
+    events: Array.from({ length: 20 }, (_, i) =>
+      JSON.stringify({ event: 'Open', properties: { distinct_id: `u${i % 3}`, time: now - 3600 + i, $insert_id: `s-${i}` } }),
+    ),
     profiles: [{ $distinct_id: 'u1', $properties: { $email: 'u1@example.com' } }],
   });
   if (pgbouncerBinary) bouncer = await startPgBouncer(db.url, { binary: pgbouncerBinary, password: 'the-right-password' });
@@ -69,11 +71,24 @@ async function leaks(result: CliResult): Promise<string[]> {
     `select r::text as t from mixpanel_sync.sync_runs r union all select j::text from mixpanel_sync.sync_rejects j`,
   );
   const places: Record<string, string> = { stdout: result.stdout, stderr: result.stderr, database: rows.map((row) => row.t).join('\n') };
-  return Object.entries(places).flatMap(([where, text]) => NEEDLES.filter((needle) => text.includes(needle)).map((needle) => `${where}: ${needle}`));
+  return Object.entries(places).flatMap(([where, text]) =>
+    NEEDLES.filter((needle) => text.includes(needle)).map((needle) => `${where}: ${needle}`),
+  );
 }
 
-const cases: Array<{ name: string; script: 'sync:events' | 'sync:profiles'; env: () => NodeJS.ProcessEnv; before?: () => void; failure: RegExp }> = [
-  { name: 'Mixpanel answers 401 (wrong secret)', script: 'sync:events', env: () => env({ MIXPANEL_SECRET: `${SECRET}-wrong` }), failure: /401/ },
+const cases: Array<{
+  name: string;
+  script: 'sync:events' | 'sync:profiles';
+  env: () => NodeJS.ProcessEnv;
+  before?: () => void;
+  failure: RegExp;
+}> = [
+  {
+    name: 'Mixpanel answers 401 (wrong secret)',
+    script: 'sync:events',
+    env: () => env({ MIXPANEL_SECRET: `${SECRET}-wrong` }),
+    failure: /401/,
+  },
   {
     name: 'Mixpanel answers 500 on every try',
     script: 'sync:events',
@@ -81,11 +96,31 @@ const cases: Array<{ name: string; script: 'sync:events' | 'sync:profiles'; env:
     before: () => mixpanel.queueExport({ status: 500, body: '{"error":"boom"}' }, { status: 500, body: '{"error":"boom"}' }),
     failure: /500/,
   },
-  { name: 'Engage answers 401 (wrong secret)', script: 'sync:profiles', env: () => env({ MIXPANEL_SECRET: `${SECRET}-wrong` }), failure: /401/ },
+  {
+    name: 'Engage answers 401 (wrong secret)',
+    script: 'sync:profiles',
+    env: () => env({ MIXPANEL_SECRET: `${SECRET}-wrong` }),
+    failure: /401/,
+  },
   { name: 'MIXPANEL_API_URL unreachable', script: 'sync:events', env: () => env({ MIXPANEL_API_URL: 'http://127.0.0.1:9' }), failure: /./ },
-  { name: 'MIXPANEL_API_URL is not a URL', script: 'sync:events', env: () => env({ MIXPANEL_API_URL: `http//${ACCOUNT}:${SECRET}@127.0.0.1:9` }), failure: /MIXPANEL_API_URL/ },
-  { name: 'MIXPANEL_API_URL carries credentials', script: 'sync:events', env: () => env({ MIXPANEL_API_URL: `http://${ACCOUNT}:${SECRET}@127.0.0.1:9` }), failure: /MIXPANEL_API_URL/ },
-  { name: 'the secret swapped into MIXPANEL_PROJECT_ID', script: 'sync:events', env: () => env({ MIXPANEL_PROJECT_ID: SECRET }), failure: /MIXPANEL_PROJECT_ID/ },
+  {
+    name: 'MIXPANEL_API_URL is not a URL',
+    script: 'sync:events',
+    env: () => env({ MIXPANEL_API_URL: `http//${ACCOUNT}:${SECRET}@127.0.0.1:9` }),
+    failure: /MIXPANEL_API_URL/,
+  },
+  {
+    name: 'MIXPANEL_API_URL carries credentials',
+    script: 'sync:events',
+    env: () => env({ MIXPANEL_API_URL: `http://${ACCOUNT}:${SECRET}@127.0.0.1:9` }),
+    failure: /MIXPANEL_API_URL/,
+  },
+  {
+    name: 'the secret swapped into MIXPANEL_PROJECT_ID',
+    script: 'sync:events',
+    env: () => env({ MIXPANEL_PROJECT_ID: SECRET }),
+    failure: /MIXPANEL_PROJECT_ID/,
+  },
   {
     name: 'the database is not there',
     script: 'sync:events',

@@ -106,7 +106,9 @@ async function dataState(pool: pg.Pool): Promise<string> {
 }
 
 async function eventsPerDay(pool: pg.Pool): Promise<Record<string, number>> {
-  const { rows } = await pool.query<{ day: string; n: string }>('select day::text as day, sum(event_count) as n from mixpanel_sync.events_daily group by day order by day');
+  const { rows } = await pool.query<{ day: string; n: string }>(
+    'select day::text as day, sum(event_count) as n from mixpanel_sync.events_daily group by day order by day',
+  );
   return Object.fromEntries(rows.map((row) => [row.day, Number(row.n)]));
 }
 
@@ -117,7 +119,8 @@ async function totalEvents(pool: pg.Pool): Promise<number> {
 
 /** Sets guard settings where they exist (on a schema without them, nothing happens). */
 async function setSettings(pool: pg.Pool, settings: Record<string, string>): Promise<void> {
-  for (const [key, value] of Object.entries(settings)) await pool.query('update mixpanel_sync.sync_settings set value = $2 where key = $1', [key, value]);
+  for (const [key, value] of Object.entries(settings))
+    await pool.query('update mixpanel_sync.sync_settings set value = $2 where key = $1', [key, value]);
 }
 
 function oneLine(stderr: string): void {
@@ -206,7 +209,9 @@ describe('1. a full run never erases its window on unusable input', () => {
     await seed(db, 'seed-1c.jsonl', eventLines('c', [-2, -1], 30));
     const before = await dataState(db.pool);
     const fake = await startFakeMixpanel({
-      exportSource: () => ['<!DOCTYPE html>\n<html><head><title>Error</title></head>\n<body><h1>Service temporarily unavailable</h1></body>\n</html>\n'],
+      exportSource: () => [
+        '<!DOCTYPE html>\n<html><head><title>Error</title></head>\n<body><h1>Service temporarily unavailable</h1></body>\n</html>\n',
+      ],
     });
     try {
       const result = await syncEvents(db, ['--full'], {
@@ -228,7 +233,11 @@ describe('1. a full run never erases its window on unusable input', () => {
   it('a small file while events.incremental = off: refused (MP001), exit 1; --allow-shrink applies it', async () => {
     const db = await freshDatabase();
     await seed(db, 'seed-1d.jsonl', eventLines('d', [-3, -2, -1], 200));
-    await setSettings(db.pool, { 'events.incremental': 'off', 'events.replace_guard_min_events': '100', 'events.replace_guard_ratio': '0.5' });
+    await setSettings(db.pool, {
+      'events.incremental': 'off',
+      'events.replace_guard_min_events': '100',
+      'events.replace_guard_ratio': '0.5',
+    });
     const before = await dataState(db.pool);
     const small = writeFile('small-1d.jsonl', jsonl(eventLines('d-small', [-1], 5)));
     const refused = await syncEvents(db, ['--file', small]);
@@ -251,7 +260,10 @@ describe('1. a full run never erases its window on unusable input', () => {
     expect(await eventsPerDay(db.pool)).toEqual({ [isoDay(-3)]: 30, [isoDay(-2)]: 35, [isoDay(-1)]: 30 });
     const error = await db.pool
       .query("select mixpanel_sync.begin_run('events', force_full => true, resync_from => $1::date)", [isoDay(-2)])
-      .then(() => null, (caught: { code?: string }) => caught);
+      .then(
+        () => null,
+        (caught: { code?: string }) => caught,
+      );
     expect(error?.code).toBe('MP004');
   });
 });
@@ -269,7 +281,9 @@ describe('2. concurrent first runs', () => {
       if (rows[0].n === 2 || over.some((done) => done()) || Date.now() > deadline) break;
       await sleep(20);
     }
-    clis.forEach((cli, i) => cli.child.stdin!.end(inputs[i]));
+    clis.forEach((cli, i) => {
+      cli.child.stdin!.end(inputs[i]);
+    });
     const results = await Promise.all(clis.map((cli) => cli.result));
     for (const [i, result] of results.entries()) {
       if (result.code === 0) continue;
@@ -280,18 +294,51 @@ describe('2. concurrent first runs', () => {
       expect(rerun.code, explain(rerun)).toBe(0);
     }
     expect(await totalEvents(db.pool)).toBe(1600);
-    const { rows } = await db.pool.query("select count(*)::int as n from mixpanel_sync.sync_runs where mode = 'full' and status = 'succeeded'");
+    const { rows } = await db.pool.query(
+      "select count(*)::int as n from mixpanel_sync.sync_runs where mode = 'full' and status = 'succeeded'",
+    );
     expect(rows[0].n).toBe(1);
   });
 });
 
 describe('3. one poisoned record never fails a run, nor its reruns', () => {
   const good = eventLines('p', [-1], 20);
-  const withPoison = (poison: Buffer) => Buffer.concat([Buffer.from(jsonl(good.slice(0, 10))), poison, Buffer.from('\n'), Buffer.from(jsonl(good.slice(10)))]);
+  const withPoison = (poison: Buffer) =>
+    Buffer.concat([Buffer.from(jsonl(good.slice(0, 10))), poison, Buffer.from('\n'), Buffer.from(jsonl(good.slice(10)))]);
   const cases: [string, () => Promise<string>, RegExp][] = [
-    ['an invalid UTF-8 byte', async () => writeFile('poison-utf8.jsonl', withPoison(Buffer.concat([Buffer.from('{"event":"x","properties":{"time":1,"distinct_id":"'), Buffer.from([0xff, 0xfe]), Buffer.from('"}}')]))), /utf-?8|encoding|byte/i],
-    ['a raw NUL byte', async () => writeFile('poison-nul.jsonl', withPoison(Buffer.concat([Buffer.from('{"event":"x","properties":{"time":1,"v":"a'), Buffer.from([0]), Buffer.from('"}}')]))), /nul|0x00|zero/i],
-    ['JSON nested 100,000 deep', async () => writeFile('poison-deep.jsonl', withPoison(Buffer.from(`{"event":"x","properties":{"v":${'['.repeat(100_000)}${']'.repeat(100_000)}}}`))), /depth|deep|nest|stack/i],
+    [
+      'an invalid UTF-8 byte',
+      async () =>
+        writeFile(
+          'poison-utf8.jsonl',
+          withPoison(
+            Buffer.concat([
+              Buffer.from('{"event":"x","properties":{"time":1,"distinct_id":"'),
+              Buffer.from([0xff, 0xfe]),
+              Buffer.from('"}}'),
+            ]),
+          ),
+        ),
+      /utf-?8|encoding|byte/i,
+    ],
+    [
+      'a raw NUL byte',
+      async () =>
+        writeFile(
+          'poison-nul.jsonl',
+          withPoison(Buffer.concat([Buffer.from('{"event":"x","properties":{"time":1,"v":"a'), Buffer.from([0]), Buffer.from('"}}')])),
+        ),
+      /nul|0x00|zero/i,
+    ],
+    [
+      'JSON nested 100,000 deep',
+      async () =>
+        writeFile(
+          'poison-deep.jsonl',
+          withPoison(Buffer.from(`{"event":"x","properties":{"v":${'['.repeat(100_000)}${']'.repeat(100_000)}}}`)),
+        ),
+      /depth|deep|nest|stack/i,
+    ],
     [
       'a line over 64 MiB',
       async () => {
@@ -383,7 +430,9 @@ describe('4. the event key is injective', () => {
     const s = TODAY - DAY + 7200;
     const plain = { event: 'Hash', properties: { time: s, distinct_id: 'k2' } };
     const jsonbText = `{"event": "Hash", "properties": {"time": ${s}, "distinct_id": "k2"}}`;
-    const { rows } = await db.pool.query<{ h: string; t: string }>('select md5($1::jsonb::text) as h, $1::jsonb::text as t', [JSON.stringify(plain)]);
+    const { rows } = await db.pool.query<{ h: string; t: string }>('select md5($1::jsonb::text) as h, $1::jsonb::text as t', [
+      JSON.stringify(plain),
+    ]);
     expect(rows[0]!.t).toBe(jsonbText);
     const lines = [
       JSON.stringify({ event: `Col\u001f${s}`, properties: { time: s, distinct_id: 'k1', $insert_id: 'I' } }),
@@ -431,7 +480,10 @@ describe('5. other silent losses', () => {
     const db = await freshDatabase();
     const [a, b, c] = eventLines('split', [-1], 3) as [string, string, string];
     const broken = b.replace(',"distinct_id"', ',\n"distinct_id"');
-    const inString = JSON.stringify({ event: 'Note', properties: { time: TODAY - DAY + 99, distinct_id: 'split-n', $insert_id: 'n', text: 'one\ntwo' } }).replace('one\\ntwo', 'one\ntwo');
+    const inString = JSON.stringify({
+      event: 'Note',
+      properties: { time: TODAY - DAY + 99, distinct_id: 'split-n', $insert_id: 'n', text: 'one\ntwo' },
+    }).replace('one\\ntwo', 'one\ntwo');
     const result = await syncEvents(db, ['--file', writeFile('split.jsonl', jsonl([a, broken, inString, c]))]);
     expect(result.code, explain(result)).toBe(0);
     expect(summaryOf(result)).toMatchObject({ received: 4, applied: 4, rejected: 0 });
@@ -478,7 +530,9 @@ describe('6. the loader tells the truth', () => {
           const feed = setInterval(() => cli.child.stdin!.write(chunk), 5);
           cli.child.on('exit', () => clearInterval(feed));
         } else {
-          cli = startCli('sync:events', ['--file', writeFile('drop-finish.jsonl', jsonl(lines)), '--json'], { env: { DATABASE_URL: crash.url } });
+          cli = startCli('sync:events', ['--file', writeFile('drop-finish.jsonl', jsonl(lines)), '--json'], {
+            env: { DATABASE_URL: crash.url },
+          });
         }
         const seen = await waitForStatement(crash.url, moment === 'COPY' ? 'copy %' : '%finish_run%', exited(cli));
         expect(seen, `never saw ${moment} running`).toBe(true);
@@ -494,9 +548,10 @@ describe('6. the loader tells the truth', () => {
         try {
           const next = await syncEvents(crash, ['--file', writeFile(`after-drop-${moment}.jsonl`, jsonl(eventLines('after', [-1], 10)))]);
           expect(next.code, explain(next)).toBe(0);
-          const { rows } = await pool.query<{ status: string; error: string | null }>('select status, error from mixpanel_sync.sync_runs where id <> $1 order by id', [
-            summaryOf(next)!.run_id,
-          ]);
+          const { rows } = await pool.query<{ status: string; error: string | null }>(
+            'select status, error from mixpanel_sync.sync_runs where id <> $1 order by id',
+            [summaryOf(next)!.run_id],
+          );
           expect(rows, 'the crashed run').toHaveLength(1);
           expect(rows[0]!.status).toMatch(/^(failed|abandoned)$/);
           // failed with the reason where the database was reachable, else abandoned by the next begin_run, saying so
@@ -517,7 +572,9 @@ describe('6. the loader tells the truth', () => {
     const random = createRandom(9, 6);
     const outcomes: string[] = [];
     for (let trial = 0; trial < 9; trial++) {
-      await db.pool.query('truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers, mixpanel_sync.sync_watermarks, mixpanel_sync.sync_runs, mixpanel_sync.sync_rejects cascade');
+      await db.pool.query(
+        'truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers, mixpanel_sync.sync_watermarks, mixpanel_sync.sync_runs, mixpanel_sync.sync_rejects cascade',
+      );
       const signal: NodeJS.Signals = trial % 2 ? 'SIGTERM' : 'SIGINT';
       const cli = startCli('sync:events', ['--file', file, '--json'], { env: { DATABASE_URL: db.url }, via: trial % 2 ? 'node' : 'npm' });
       const seen = await waitForStatement(db.url, '%finish_run%', exited(cli));
@@ -531,7 +588,9 @@ describe('6. the loader tells the truth', () => {
       }
       const result = await cli.result;
       const summary = summaryOf(result);
-      const { rows } = await db.pool.query<{ status: string; error: string | null }>('select status, error from mixpanel_sync.sync_runs order by id');
+      const { rows } = await db.pool.query<{ status: string; error: string | null }>(
+        'select status, error from mixpanel_sync.sync_runs order by id',
+      );
       const total = await totalEvents(db.pool);
       outcomes.push(`trial ${trial} ${signal}: exit ${result.code}, run ${rows.map((r) => r.status).join(',')}, ${total} events`);
       const context = `${outcomes.at(-1)}\n${explain(result)}`;

@@ -28,10 +28,18 @@ const HOUR = 3600;
 const DAY = 86_400;
 /** An export line: `ago` seconds before now, processed a minute later (or at `processedAgo`). */
 const line = (user: string, name: string, ago: number, id: string, processedAgo = ago - 60) =>
-  JSON.stringify({ event: name, properties: { distinct_id: user, time: NOW - ago, $insert_id: id, mp_processing_time_ms: (NOW - processedAgo) * 1000 } });
+  JSON.stringify({
+    event: name,
+    properties: { distinct_id: user, time: NOW - ago, $insert_id: id, mp_processing_time_ms: (NOW - processedAgo) * 1000 },
+  });
 /** 10 users, 3 days each, two event names; plus one line repeated (Mixpanel's dedup must drop it). */
 const BASE = [
-  ...Array.from({ length: 10 }, (_, u) => [0, 1, 2].flatMap((d) => [line(`u${u}`, 'open', d * DAY + 2 * HOUR + u, `o-${u}-${d}`), line(`u${u}`, 'buy', d * DAY + 3 * HOUR + u, `b-${u}-${d}`)])).flat(),
+  ...Array.from({ length: 10 }, (_, u) =>
+    [0, 1, 2].flatMap((d) => [
+      line(`u${u}`, 'open', d * DAY + 2 * HOUR + u, `o-${u}-${d}`),
+      line(`u${u}`, 'buy', d * DAY + 3 * HOUR + u, `b-${u}-${d}`),
+    ]),
+  ).flat(),
   line('u1', 'open', 2 * HOUR + 1, 'o-1-0'),
 ];
 
@@ -44,7 +52,8 @@ beforeEach(async () => {
   fake.requests.length = 0;
 });
 
-const check = (users = 10, seed = 's', batch?: number) => spotCheck({ pool: db.pool, mixpanel: fake.settings(), users, seed, ...(batch ? { batch } : {}) });
+const check = (users = 10, seed = 's', batch?: number) =>
+  spotCheck({ pool: db.pool, mixpanel: fake.settings(), users, seed, ...(batch ? { batch } : {}) });
 
 function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const child = spawn(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'scripts/cli/spot-check.ts'), ...args], {
@@ -74,7 +83,9 @@ describe('spot-check', () => {
     const report = await check();
     expect(report).toMatchObject({ differing_users: [], pending: 0, requests: 1, events_fetched: 61, compared: 60 });
     expect(report.differences).toEqual([]);
-    expect(spotCheckLines(report).at(-1)).toMatch(/10 users, 60 \(user, day, event\) groups .* 61 events fetched in 1 requests, 0 pending: match$/);
+    expect(spotCheckLines(report).at(-1)).toMatch(
+      /10 users, 60 \(user, day, event\) groups .* 61 events fetched in 1 requests, 0 pending: match$/,
+    );
     const result = await cli(['--users', '10', '--seed', 's']);
     expect(result).toMatchObject({ code: 0, stderr: '' });
   });
@@ -88,7 +99,9 @@ describe('spot-check', () => {
     await db.pool.query(`update mixpanel_sync.subscribers set event_counts = event_counts || '{"open": 99}' where distinct_id = 'u7'`);
     const report = await check();
     expect(report.differing_users.sort()).toEqual(['u3', 'u4', 'u5', 'u7']);
-    const why = Object.fromEntries(report.differences.map((d) => [`${d.distinct_id} ${d.day === null ? 'all' : 'day'} ${d.event_name}`, [d.mixpanel, d.ours, d.reason]]));
+    const why = Object.fromEntries(
+      report.differences.map((d) => [`${d.distinct_id} ${d.day === null ? 'all' : 'day'} ${d.event_name}`, [d.mixpanel, d.ours, d.reason]]),
+    );
     expect(why['u3 day open']).toEqual([2, 1, 'missing events']);
     expect(why['u4 day open']).toEqual([1, 0, 'missing day']);
     expect(why['u5 day buy']).toEqual([0, 1, 'extra events (Mixpanel has none)']);
@@ -134,6 +147,8 @@ describe('spot-check', () => {
     await db.pool.query('truncate mixpanel_sync.sync_watermarks, mixpanel_sync.subscribers cascade');
     const empty = await cli([]);
     expect(empty).toMatchObject({ code: 2, stdout: '' });
-    expect(empty.stderr.trim()).toMatch(/^spot-check: could not check: begin_spot_check: nothing synced yet \(no events watermark\).* hint: run npm run sync:events first$/);
+    expect(empty.stderr.trim()).toMatch(
+      /^spot-check: could not check: begin_spot_check: nothing synced yet \(no events watermark\).* hint: run npm run sync:events first$/,
+    );
   });
 });

@@ -64,7 +64,8 @@ try {
     users,
     seed,
     batch,
-    onRetry: ({ attempt, delayMs, error }) => process.stderr.write(`spot-check: ${error.message} Retry ${attempt} in ${Math.ceil(delayMs / 1000)} s.\n`),
+    onRetry: ({ attempt, delayMs, error }) =>
+      process.stderr.write(`spot-check: ${error.message} Retry ${attempt} in ${Math.ceil(delayMs / 1000)} s.\n`),
   });
   process.stdout.write(values.json ? `${JSON.stringify(report)}\n` : `${spotCheckLines(report).join('\n')}\n`);
   exitCode = report.differing_users.length === 0 ? 0 : 1;

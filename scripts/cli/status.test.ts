@@ -49,7 +49,10 @@ describe('npm run status', () => {
     const report = JSON.parse(critical.stdout);
     expect(report.status).toBe('critical');
     expect(report.watermarks).toMatchObject([{ source: 'events', run_id: Number(run.id) }]);
-    expect(report.runs.map((r: { id: number; status: string }) => [r.id, r.status])).toEqual([[Number(stuck.id), 'running'], [Number(run.id), 'succeeded']]);
+    expect(report.runs.map((r: { id: number; status: string }) => [r.id, r.status])).toEqual([
+      [Number(stuck.id), 'running'],
+      [Number(run.id), 'succeeded'],
+    ]);
     expect(report.health).toHaveLength(17); // one row per sync_health() check (200-health-cohorts.sql adds the plan's six)
     expect(report.health).toContainEqual(expect.objectContaining({ check: 'runs.running', status: 'critical' }));
     await failRun(db.pool, stuck.id, 'cleanup');

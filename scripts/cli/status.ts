@@ -47,7 +47,9 @@ async function main(): Promise<number> {
     process.stdout.write(settings.json ? `${JSON.stringify(status)}\n` : printableStatus(status));
     return statusExitCode(status.status);
   } catch (error) {
-    console.error(`status: cannot read the sync status (${describeError(error)}); is the database migrated? (npx graphile-migrate migrate)`);
+    console.error(
+      `status: cannot read the sync status (${describeError(error)}); is the database migrated? (npx graphile-migrate migrate)`,
+    );
     return UNKNOWN;
   } finally {
     await client.end().catch(() => {});

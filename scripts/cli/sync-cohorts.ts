@@ -38,7 +38,14 @@ await runLoaderCli<CohortsSummary>({
       mixpanel,
       waitSeconds,
       signal,
-      onRetry: ({ attempt, delayMs, error }) => process.stderr.write(`sync:cohorts: ${error.message} Retry ${attempt} in ${Math.ceil(delayMs / 1000)} s.\n`),
+      onRetry: ({ attempt, delayMs, error }) =>
+        process.stderr.write(`sync:cohorts: ${error.message} Retry ${attempt} in ${Math.ceil(delayMs / 1000)} s.\n`),
     }),
-  print: { json: (summary) => JSON.stringify(summary), lines: (summary) => [`cohorts run ${summary.run_id}: ${summary.status} in ${(summary.duration_ms / 1000).toFixed(1)} s`, `  ${cohortsSummaryLine(summary)}`] },
+  print: {
+    json: (summary) => JSON.stringify(summary),
+    lines: (summary) => [
+      `cohorts run ${summary.run_id}: ${summary.status} in ${(summary.duration_ms / 1000).toFixed(1)} s`,
+      `  ${cohortsSummaryLine(summary)}`,
+    ],
+  },
 });

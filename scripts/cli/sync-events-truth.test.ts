@@ -30,7 +30,11 @@ interface Result {
   stderr: string;
 }
 
-function collect(command: string, args: string[], options: SpawnOptions & { stdin?: string; databaseUrl?: string } = {}): { done: Promise<Result>; pid: number; write: (s: string) => void } {
+function collect(
+  command: string,
+  args: string[],
+  options: SpawnOptions & { stdin?: string; databaseUrl?: string } = {},
+): { done: Promise<Result>; pid: number; write: (s: string) => void } {
   const child = spawn(command, args, {
     ...options,
     env: { ...process.env, DATABASE_URL: options.databaseUrl ?? db.url, MIXPANEL_PROJECT_TIMEZONE: '', ...options.env },
@@ -53,7 +57,9 @@ const cli = (args: string[], stdin = '') => collect(process.execPath, ['--import
 
 const now = Math.floor(Date.now() / 1000);
 const lines = (n: number, tag: string) =>
-  Array.from({ length: n }, (_, i) => JSON.stringify({ event: 'Page View', properties: { time: now - 3600 + i, distinct_id: `u${i % 5}`, $insert_id: `${tag}-${i}` } }));
+  Array.from({ length: n }, (_, i) =>
+    JSON.stringify({ event: 'Page View', properties: { time: now - 3600 + i, distinct_id: `u${i % 5}`, $insert_id: `${tag}-${i}` } }),
+  );
 const file = (name: string, content: string) => {
   const at = path.join(dir, name);
   writeFileSync(at, content);
@@ -61,7 +67,11 @@ const file = (name: string, content: string) => {
 };
 const runs = async () => (await db.pool.query('select count(*)::int as n from mixpanel_sync.sync_runs')).rows[0].n as number;
 const lastRun = async () =>
-  (await db.pool.query<{ id: string; status: string; error: string | null }>('select r.id::text as id, r.status, r.error from mixpanel_sync.sync_runs r order by r.id desc limit 1')).rows[0]!;
+  (
+    await db.pool.query<{ id: string; status: string; error: string | null }>(
+      'select r.id::text as id, r.status, r.error from mixpanel_sync.sync_runs r order by r.id desc limit 1',
+    )
+  ).rows[0]!;
 /** Lines of stderr that are not the progress line (only drawn on a TTY) or npm's own. */
 const ourLines = (stderr: string) => stderr.split('\n').filter((l) => l.startsWith('sync:events:'));
 
@@ -88,7 +98,9 @@ describe('SQL refusals, matched by SQLSTATE', () => {
       const running = await beginRun(holder, { source: 'events' });
       const refused = await cli(['--file', file('b.jsonl', `${lines(3, 'b').join('\n')}\n`)]);
       expect(refused.code).toBe(2);
-      expect(ourLines(refused.stderr)).toEqual([expect.stringMatching(new RegExp(`^sync:events: begin_run refused: .*\\b${running.id}\\b`))]);
+      expect(ourLines(refused.stderr)).toEqual([
+        expect.stringMatching(new RegExp(`^sync:events: begin_run refused: .*\\b${running.id}\\b`)),
+      ]);
 
       const timedOut = await cli(['--file', file('b.jsonl', `${lines(3, 'b').join('\n')}\n`), '--wait', '1']);
       expect(timedOut.code).toBe(2);
@@ -126,7 +138,10 @@ describe('SQL refusals, matched by SQLSTATE', () => {
     const summary = JSON.parse(result.stdout) as { run_id: number };
     expect(summary).toMatchObject({ status: 'failed' });
     const { rows } = await db.pool.query('select status, error from mixpanel_sync.sync_runs where id = $1', [summary.run_id]);
-    expect(rows[0], JSON.stringify((await db.pool.query('select id, status, error from mixpanel_sync.sync_runs order by id')).rows)).toMatchObject({ status: 'failed', error: expect.stringContaining('terminated early') });
+    expect(
+      rows[0],
+      JSON.stringify((await db.pool.query('select id, status, error from mixpanel_sync.sync_runs order by id')).rows),
+    ).toMatchObject({ status: 'failed', error: expect.stringContaining('terminated early') });
   });
 });
 
@@ -168,7 +183,14 @@ describe('a lost connection: one line, exit 1, the run failed', () => {
     await db.pool.query(`create trigger test_slow_finish before update on mixpanel_sync.sync_runs for each row
       when (old.status = 'running' and new.status = 'succeeded') execute function public.test_slow_finish()`);
     try {
-      const child = collect(process.execPath, ['--import', 'tsx', script, '--file', file('f.jsonl', `${lines(10, 'fin').join('\n')}\n`), '--json']);
+      const child = collect(process.execPath, [
+        '--import',
+        'tsx',
+        script,
+        '--file',
+        file('f.jsonl', `${lines(10, 'fin').join('\n')}\n`),
+        '--json',
+      ]);
       await terminateWhen('%mixpanel_sync.finish_run%');
       const result = await child.done;
       expect(result.code).toBe(1);
@@ -182,7 +204,9 @@ describe('a lost connection: one line, exit 1, the run failed', () => {
 });
 
 describe('the server stops at once mid-COPY (pg_ctl stop -m immediate)', () => {
-  it('one line saying the connection was lost, exit 1, the failure could not be recorded; the next run abandons the dead run and succeeds', { timeout: 300_000 }, async () => {
+  it('one line saying the connection was lost, exit 1, the failure could not be recorded; the next run abandons the dead run and succeeds', {
+    timeout: 300_000,
+  }, async () => {
     // Protection: the client 'error' listener and the "could not be recorded" path of staged-sync.ts; without the
     // listener the loader died on an unhandled 'error' event with a stack trace (seen, mid-COPY test above).
     // The line says plainly that the connection was lost (isConnectionLoss in staged-sync.ts); without it the line was
@@ -205,11 +229,18 @@ describe('the server stops at once mid-COPY (pg_ctl stop -m immediate)', () => {
       const result = await child.done;
       clearInterval(feed);
       expect(result.code).toBe(1);
-      expect(ourLines(result.stderr)).toEqual([expect.stringMatching(/^sync:events: events run (\d+) failed: the connection to the database was lost \(.*\); the failure could not be recorded \(the database cannot be reached\): the next begin_run marks run \1 abandoned$/)]);
+      expect(ourLines(result.stderr)).toEqual([
+        expect.stringMatching(
+          /^sync:events: events run (\d+) failed: the connection to the database was lost \(.*\); the failure could not be recorded \(the database cannot be reached\): the next begin_run marks run \1 abandoned$/,
+        ),
+      ]);
       expect(result.stderr).not.toMatch(/\n\s+at /);
 
       await crash.restart();
-      const next = await collect(process.execPath, ['--import', 'tsx', script, '--file', '-', '--json'], { databaseUrl: crash.url, stdin: `${lines(5, 'after').join('\n')}\n` }).done;
+      const next = await collect(process.execPath, ['--import', 'tsx', script, '--file', '-', '--json'], {
+        databaseUrl: crash.url,
+        stdin: `${lines(5, 'after').join('\n')}\n`,
+      }).done;
       expect(next.code, next.stderr).toBe(0);
       const check = new pg.Client({ connectionString: crash.url });
       await check.connect();
@@ -236,7 +267,10 @@ describe('signals to the whole process group during finish_run (npm run sync:eve
     try {
       for (let trial = 0; trial < 30; trial++) {
         const signal = random.pick(['SIGINT', 'SIGTERM'] as const);
-        const child = collect('npm', ['run', '--silent', 'sync:events', '--', '--file', input, '--json'], { cwd: repoRoot, detached: true });
+        const child = collect('npm', ['run', '--silent', 'sync:events', '--', '--file', input, '--json'], {
+          cwd: repoRoot,
+          detached: true,
+        });
         // wait for finish_run, then signal the process group at a seeded moment within (or just after) it
         for (let i = 0; i < 1000; i++) {
           const { rowCount } = await db.pool.query(

@@ -33,7 +33,9 @@ function run(args: string[], options: { stdin?: Buffer; env?: NodeJS.ProcessEnv;
   if (!options.interruptWhenRunning) child.stdin.end(options.stdin ?? '');
   else {
     // an input that never ends, until Ctrl-C once the run has begun
-    const line = Buffer.from(`${JSON.stringify({ event: 'x', properties: { time: Math.floor(Date.now() / 1000) - 60, distinct_id: 'u' } })}\n`.repeat(200));
+    const line = Buffer.from(
+      `${JSON.stringify({ event: 'x', properties: { time: Math.floor(Date.now() / 1000) - 60, distinct_id: 'u' } })}\n`.repeat(200),
+    );
     const feed = setInterval(() => child.stdin.write(line), 5);
     let interrupted = false; // once: a second Ctrl-C quits without failing the run
     const watch = setInterval(() => {
@@ -57,7 +59,21 @@ const lines = Array.from({ length: 50 }, (_, i) =>
 );
 const jsonl = `${lines.join('\n')}\n`;
 
-const SUMMARY_KEYS = ['run_id', 'source', 'mode', 'status', 'received', 'applied', 'duplicates', 'rejected', 'too_old', 'users_touched', 'watermark_before', 'watermark_after', 'duration_ms'];
+const SUMMARY_KEYS = [
+  'run_id',
+  'source',
+  'mode',
+  'status',
+  'received',
+  'applied',
+  'duplicates',
+  'rejected',
+  'too_old',
+  'users_touched',
+  'watermark_before',
+  'watermark_after',
+  'duration_ms',
+];
 
 describe('npm run sync:events', () => {
   it('--json prints exactly one line with exactly the summary keys', async () => {
@@ -76,7 +92,9 @@ describe('npm run sync:events', () => {
   it('reads gzip from stdin with --file - and prints a human summary', async () => {
     const result = await run(['--file', '-', '--database-url', db.url], { stdin: gzipSync(jsonl), env: { DATABASE_URL: '' } });
     expect(result.code).toBe(0);
-    expect(result.stdout).toMatch(/^events run \d+ \(incremental\): succeeded in [\d.]+ s\n {2}received 50, applied 0, duplicates 50, rejected 0, too old 0, users touched 0\n {2}watermark \S+Z -> \S+Z\n$/);
+    expect(result.stdout).toMatch(
+      /^events run \d+ \(incremental\): succeeded in [\d.]+ s\n {2}received 50, applied 0, duplicates 50, rejected 0, too old 0, users touched 0\n {2}watermark \S+Z -> \S+Z\n$/,
+    );
   });
 
   it('a failed run: exit 1, one line on stderr, the failed run as JSON on stdout', async () => {
@@ -93,7 +111,9 @@ describe('npm run sync:events', () => {
     const before = await runs();
     const noDatabase = await run(['--file', '-'], { env: { DATABASE_URL: '' } });
     expect(noDatabase).toMatchObject({ code: 2, stdout: '' });
-    expect(noDatabase.stderr).toBe('sync:events: no database to sync into: set DATABASE_URL (or pass --database-url URL); `npm run db:start` starts a local one and prints its DATABASE_URL\n');
+    expect(noDatabase.stderr).toBe(
+      'sync:events: no database to sync into: set DATABASE_URL (or pass --database-url URL); `npm run db:start` starts a local one and prints its DATABASE_URL\n',
+    );
     const badFlag = await run(['--fil', 'x']);
     expect(badFlag.code).toBe(2);
     expect(badFlag.stderr).toMatch(/^sync:events: Unknown option '--fil'.* \(see npm run sync:events -- --help\)\n$/);

@@ -47,7 +47,8 @@ await runLoaderCli({
   prepare(values) {
     for (const flag of ['resync-from', 'resync-to'] as const) {
       const day = values[flag];
-      if (day !== undefined && !/^\d{4}-\d{2}-\d{2}$/.test(String(day))) throw new Error(`--${flag} wants a day as YYYY-MM-DD, got ${String(day)}`);
+      if (day !== undefined && !/^\d{4}-\d{2}-\d{2}$/.test(String(day)))
+        throw new Error(`--${flag} wants a day as YYYY-MM-DD, got ${String(day)}`);
     }
     if (values['resync-to'] !== undefined && values['resync-from'] === undefined) throw new Error('--resync-to needs --resync-from');
     // --full with --resync-* is refused by begin_run itself (MP004), so psql and the loader agree.
@@ -60,12 +61,16 @@ await runLoaderCli({
       input: values.file as string | undefined,
       mixpanel,
       full: values.full === true,
-      resync: values['resync-from'] === undefined ? undefined : { from: String(values['resync-from']), to: values['resync-to'] as string | undefined },
+      resync:
+        values['resync-from'] === undefined
+          ? undefined
+          : { from: String(values['resync-from']), to: values['resync-to'] as string | undefined },
       allowShrink: values['allow-shrink'] === true || values['allow-empty'] === true,
       waitSeconds,
       projectTimezone: process.env.MIXPANEL_PROJECT_TIMEZONE?.trim() || null,
       signal,
       progress,
-      onRetry: ({ attempt, delayMs, error }) => process.stderr.write(`sync:events: ${error.message} Retry ${attempt} in ${Math.ceil(delayMs / 1000)} s.\n`),
+      onRetry: ({ attempt, delayMs, error }) =>
+        process.stderr.write(`sync:events: ${error.message} Retry ${attempt} in ${Math.ceil(delayMs / 1000)} s.\n`),
     }),
 });

@@ -3,7 +3,6 @@ import { once } from 'node:events';
 import { createWriteStream, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Readable } from 'node:stream';
 import { finished } from 'node:stream/promises';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -38,7 +37,11 @@ const END = new Date('2026-11-29T12:00:00Z');
 const sample = { users: 300, seed: 7, end: END };
 
 /** The sample profiles written in a format; returns the file and how many profiles were edited. */
-async function sampleFile(name: string, format: ProfileFormat, edit: { editRate?: number; editSeed?: number } = {}): Promise<{ file: string; edited: number; profiles: number }> {
+async function sampleFile(
+  name: string,
+  format: ProfileFormat,
+  edit: { editRate?: number; editSeed?: number } = {},
+): Promise<{ file: string; edited: number; profiles: number }> {
   const file = path.join(dir, name);
   const out = createWriteStream(file);
   const stats = await writeSampleProfiles({ ...sample, ...edit }, out, format, 40);
@@ -81,7 +84,12 @@ async function contents(): Promise<unknown[]> {
 
 const profiles: EngageProfile[] = Array.from({ length: 25 }, (_, i) => ({
   $distinct_id: i === 3 ? 4 : `user-${i}`,
-  $properties: { $email: `u${i}@example.com`, $created: '2026-11-02T10:11:12', $name: i % 4 ? `User ${i}` : '', plan: i % 2 ? 'pro' : 'free' },
+  $properties: {
+    $email: `u${i}@example.com`,
+    $created: '2026-11-02T10:11:12',
+    $name: i % 4 ? `User ${i}` : '',
+    plan: i % 2 ? 'pro' : 'free',
+  },
 }));
 const line = (profile: EngageProfile) => JSON.stringify(profile);
 
@@ -131,8 +139,20 @@ describe('syncProfiles from a file', () => {
     for (const format of formats) {
       const { file, profiles: count } = await sampleFile(`all.${format}`, format);
       await db.pool.query('truncate mixpanel_sync.subscriber_properties');
-      const summary = await syncProfiles({ pool: db.pool, input: format === 'jsonl' ? writeFile('all.jsonl.gz', gzipSync(readFileSync(file))) : file });
-      expect(summary, format).toMatchObject({ source: 'profiles', mode: 'full', status: 'succeeded', received: count, inserted: count, updated: 0, unchanged: 0, rejected: 0 });
+      const summary = await syncProfiles({
+        pool: db.pool,
+        input: format === 'jsonl' ? writeFile('all.jsonl.gz', gzipSync(readFileSync(file))) : file,
+      });
+      expect(summary, format).toMatchObject({
+        source: 'profiles',
+        mode: 'full',
+        status: 'succeeded',
+        received: count,
+        inserted: count,
+        updated: 0,
+        unchanged: 0,
+        rejected: 0,
+      });
       const now = await contents();
       expect(now).toHaveLength(count);
       if (first) expect(now, format).toEqual(first);
@@ -147,7 +167,14 @@ describe('syncProfiles from a file', () => {
     const before = await versions();
 
     const two = await syncProfiles({ pool: db.pool, input: base.file });
-    expect(two).toMatchObject({ status: 'succeeded', received: base.profiles, inserted: 0, updated: 0, unchanged: base.profiles, rejected: 0 });
+    expect(two).toMatchObject({
+      status: 'succeeded',
+      received: base.profiles,
+      inserted: 0,
+      updated: 0,
+      unchanged: base.profiles,
+      rejected: 0,
+    });
     expect(await versions(), '(ctid, xmin, xmax) of every row').toEqual(before);
     expect(profilesSummaryLine(two)).toBe(`0 inserted, 0 updated, ${base.profiles} unchanged (skipped), 0 rejected — 100% unchanged`);
 
@@ -168,11 +195,19 @@ describe('syncProfiles from a file', () => {
   it('rejects what is not a profile, with its reason, and applies the rest; the last line of a profile wins', async () => {
     const file = writeFile(
       'mixed.jsonl',
-      [line(profiles[0]!), 'not json', '{"$distinct_id": "", "$properties": {}}', line({ ...profiles[0]!, $properties: { plan: 'team' } }), line(profiles[1]!)].join('\n'),
+      [
+        line(profiles[0]!),
+        'not json',
+        '{"$distinct_id": "", "$properties": {}}',
+        line({ ...profiles[0]!, $properties: { plan: 'team' } }),
+        line(profiles[1]!),
+      ].join('\n'),
     );
     const summary = await syncProfiles({ pool: db.pool, input: file });
     expect(summary).toMatchObject({ received: 5, inserted: 2, rejected: 2 });
-    const { rows } = await db.pool.query('select reason from mixpanel_sync.sync_rejects where run_id = $1 order by line_no', [summary.run_id]);
+    const { rows } = await db.pool.query('select reason from mixpanel_sync.sync_rejects where run_id = $1 order by line_no', [
+      summary.run_id,
+    ]);
     expect(rows.map((row) => row.reason)).toEqual([expect.stringMatching(/^not valid JSON/), 'missing $distinct_id']);
     const { rows: stored } = await db.pool.query(`select properties from mixpanel_sync.subscriber_properties where distinct_id = 'user-0'`);
     expect(stored[0].properties).toEqual({ plan: 'team' });
@@ -183,7 +218,14 @@ describe('syncProfiles from a file', () => {
     const before = await versions();
     for (const content of ['', '\n', '[]']) {
       const summary = await syncProfiles({ pool: db.pool, input: writeFile('empty.json', content) });
-      expect(summary, JSON.stringify(content)).toMatchObject({ status: 'succeeded', received: 0, inserted: 0, updated: 0, unchanged: 0, rejected: 0 });
+      expect(summary, JSON.stringify(content)).toMatchObject({
+        status: 'succeeded',
+        received: 0,
+        inserted: 0,
+        updated: 0,
+        unchanged: 0,
+        rejected: 0,
+      });
     }
     expect(await versions()).toEqual(before);
   });
@@ -200,12 +242,16 @@ describe('syncProfiles from a file', () => {
     const utc = await syncProfiles({ pool: db.pool, input: file });
     expect(utc).toMatchObject({ inserted: 0, updated: 4, unchanged: 0 });
     expect(await createdAt()).toBe('2026-11-02T10:11:12.000Z');
-    const { rows } = await db.pool.query('select options from mixpanel_sync.sync_runs where id = any($1) order by id', [[local.run_id, utc.run_id]]);
+    const { rows } = await db.pool.query('select options from mixpanel_sync.sync_runs where id = any($1) order by id', [
+      [local.run_id, utc.run_id],
+    ]);
     expect(rows.map((row) => row.options.dates_read_in)).toEqual(['America/New_York', 'UTC']);
   });
 
   it('a file that cannot be read starts no run', async () => {
-    await expect(syncProfiles({ pool: db.pool, input: path.join(dir, 'missing.json') })).rejects.toThrow(/^cannot read input file .*missing\.json \(ENOENT\): check the --file path$/);
+    await expect(syncProfiles({ pool: db.pool, input: path.join(dir, 'missing.json') })).rejects.toThrow(
+      /^cannot read input file .*missing\.json \(ENOENT\): check the --file path$/,
+    );
     const { rows } = await db.pool.query('select count(*)::int as n from mixpanel_sync.sync_runs');
     expect(rows[0].n).toBe(0);
   });
@@ -217,7 +263,12 @@ describe('syncProfiles from the Engage API (fake Mixpanel on 127.0.0.1)', () => 
     fake.queueEngage({}, { status: 429, retryAfter: '1' });
     const retries: RetryNotice[] = [];
     const settings = fake.settings();
-    const one = await syncProfiles({ pool: db.pool, mixpanel: settings, engage: { pageSize: 10 }, onRetry: (notice) => retries.push(notice) });
+    const one = await syncProfiles({
+      pool: db.pool,
+      mixpanel: settings,
+      engage: { pageSize: 10 },
+      onRetry: (notice) => retries.push(notice),
+    });
     expect(one).toMatchObject({ status: 'succeeded', received: 25, inserted: 25, updated: 0, unchanged: 0, rejected: 0 });
     expect(retries.map((r) => [r.error.status, r.delayMs])).toEqual([[429, 1000]]);
     expect(fake.requests.map((r) => [r.status, r.form.page ?? '0', r.form.session_id ?? null])).toEqual([
@@ -232,7 +283,10 @@ describe('syncProfiles from the Engage API (fake Mixpanel on 127.0.0.1)', () => 
     const changed = profiles.map((p, i) => (i % 5 === 0 ? { ...p, $properties: { ...p.$properties, plan: 'enterprise' } } : p));
     // "" -> absent and a new null property change nothing
     changed[1] = { ...changed[1]!, $properties: { ...changed[1]!.$properties, $name: profiles[1]!.$properties.$name, extra: null } };
-    changed[4] = { ...changed[4]!, $properties: Object.fromEntries(Object.entries(changed[4]!.$properties).filter(([key]) => key !== '$name')) };
+    changed[4] = {
+      ...changed[4]!,
+      $properties: Object.fromEntries(Object.entries(changed[4]!.$properties).filter(([key]) => key !== '$name')),
+    };
     fake.setProfiles(changed);
     const two = await syncProfiles({ pool: db.pool, mixpanel: settings, engage: { pageSize: 10 } });
     const k = profiles.filter((p, i) => i % 5 === 0 && p.$properties.plan !== 'enterprise').length;
@@ -282,12 +336,35 @@ describe('npm run sync:profiles', () => {
     expect(human.status, human.stderr).toBe(0);
     expect(human.stdout).toBe('8 inserted, 0 updated, 0 unchanged (skipped), 1 rejected — 0% unchanged\n');
 
-    writeFile('cli.json', JSON.stringify([...profiles.slice(0, 6), { ...profiles[6]!, $properties: { plan: 'x' } }, ...profiles.slice(7, 8)]));
+    writeFile(
+      'cli.json',
+      JSON.stringify([...profiles.slice(0, 6), { ...profiles[6]!, $properties: { plan: 'x' } }, ...profiles.slice(7, 8)]),
+    );
     const json = await cli(['--file', file, '--json']);
     expect(json.status, json.stderr).toBe(0);
     const summary = JSON.parse(json.stdout) as ProfilesSummary;
-    expect(Object.keys(summary)).toEqual(['run_id', 'source', 'mode', 'status', 'received', 'inserted', 'updated', 'unchanged', 'rejected', 'duration_ms']);
-    expect(summary).toMatchObject({ source: 'profiles', mode: 'full', status: 'succeeded', received: 8, inserted: 0, updated: 1, unchanged: 7, rejected: 0 });
+    expect(Object.keys(summary)).toEqual([
+      'run_id',
+      'source',
+      'mode',
+      'status',
+      'received',
+      'inserted',
+      'updated',
+      'unchanged',
+      'rejected',
+      'duration_ms',
+    ]);
+    expect(summary).toMatchObject({
+      source: 'profiles',
+      mode: 'full',
+      status: 'succeeded',
+      received: 8,
+      inserted: 0,
+      updated: 1,
+      unchanged: 7,
+      rejected: 0,
+    });
     expect(profilesSummaryLine(summary)).toBe('0 inserted, 1 updated, 7 unchanged (skipped), 0 rejected — 87.5% unchanged');
   });
 
@@ -300,15 +377,18 @@ describe('npm run sync:profiles', () => {
       MIXPANEL_BUDGET_FILE: path.join(dir, 'budget.json'),
     });
     expect(failed.status).toBe(1);
-    expect(failed.stderr).toMatch(/^sync:profiles: profiles run \d+ failed: Mixpanel Engage API rejected the credentials \(HTTP 401[^\n]*\n$/);
+    expect(failed.stderr).toMatch(
+      /^sync:profiles: profiles run \d+ failed: Mixpanel Engage API rejected the credentials \(HTTP 401[^\n]*\n$/,
+    );
     expect(JSON.parse(failed.stdout)).toMatchObject({ source: 'profiles', status: 'failed' });
 
     const missing = await cli(['--file', path.join(dir, 'nope.json')]);
     expect(missing.status).toBe(2);
-    expect(missing.stderr).toMatch(/^sync:profiles: no run started: cannot read input file .*nope\.json \(ENOENT\): check the --file path\n$/);
+    expect(missing.stderr).toMatch(
+      /^sync:profiles: no run started: cannot read input file .*nope\.json \(ENOENT\): check the --file path\n$/,
+    );
     const unconfigured = await cli([]);
     expect(unconfigured.status).toBe(2);
     expect(unconfigured.stderr).toMatch(/^sync:profiles: MIXPANEL_SERVICE_ACCOUNT is not set: [^\n]*\n$/);
   });
 });
-

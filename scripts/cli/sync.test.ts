@@ -31,7 +31,15 @@ beforeEach(async () => {
   const now = Math.floor(Date.now() / 1000);
   fake.setEvents(
     Array.from({ length: 30 }, (_, i) =>
-      JSON.stringify({ event: i % 2 ? 'open' : 'buy', properties: { distinct_id: `u${i % 5}`, time: now - 3600 - i * 60, $insert_id: `e${i}`, mp_processing_time_ms: (now - 3590 - i * 60) * 1000 } }),
+      JSON.stringify({
+        event: i % 2 ? 'open' : 'buy',
+        properties: {
+          distinct_id: `u${i % 5}`,
+          time: now - 3600 - i * 60,
+          $insert_id: `e${i}`,
+          mp_processing_time_ms: (now - 3590 - i * 60) * 1000,
+        },
+      }),
     ),
   );
   fake.setProfiles(Array.from({ length: 5 }, (_, i) => ({ $distinct_id: `u${i}`, $properties: { $email: `u${i}@example.com` } })));
@@ -87,12 +95,26 @@ describe('npm run sync', () => {
     expect(result.code).toBe(0);
     const summary = JSON.parse(result.stdout);
     expect(summary).toMatchObject({ status: 'succeeded', exit_code: 0 });
-    expect(summary.steps.map((s: { step: string; exit_code: number }) => [s.step, s.exit_code])).toEqual([['events', 0], ['profiles', 0], ['cohorts', 0]]);
+    expect(summary.steps.map((s: { step: string; exit_code: number }) => [s.step, s.exit_code])).toEqual([
+      ['events', 0],
+      ['profiles', 0],
+      ['cohorts', 0],
+    ]);
     expect(summary.steps[0].summary).toMatchObject({ source: 'events', mode: 'full', received: 30, applied: 30 });
     expect(summary.steps[1].summary).toMatchObject({ source: 'profiles', inserted: 5 });
     expect(summary.steps[2].summary).toMatchObject({ source: 'cohorts', cohorts: 1, members: 2, added: 2 });
-    expect(await counts()).toEqual({ subscribers: 5, profiles: 5, members: 2, runs: 'events:succeeded profiles:succeeded cohorts:succeeded' });
-    expect(fake.requests.map((r) => r.path)).toEqual(['/api/2.0/export', '/api/query/engage', '/api/query/cohorts/list', '/api/query/engage']);
+    expect(await counts()).toEqual({
+      subscribers: 5,
+      profiles: 5,
+      members: 2,
+      runs: 'events:succeeded profiles:succeeded cohorts:succeeded',
+    });
+    expect(fake.requests.map((r) => r.path)).toEqual([
+      '/api/2.0/export',
+      '/api/query/engage',
+      '/api/query/cohorts/list',
+      '/api/query/engage',
+    ]);
     expect(fake.requests[3]!.form.filter_by_cohort).toBe('{"id":7}');
   });
 
@@ -108,13 +130,18 @@ describe('npm run sync', () => {
     expect(refused.stdout.trim().split('\n').at(-1)).toBe('sync: events ok, profiles ok -> exit 0');
   });
 
-  it('a failed step does not stop the next; the exit code is the worst step\'s (1), each step says what happened', async () => {
+  it("a failed step does not stop the next; the exit code is the worst step's (1), each step says what happened", async () => {
     fake.queueExport({ status: 400, body: JSON.stringify({ error: 'bad from_date', status: 'error' }) });
     const result = await runSync(['--json']);
     expect(result.code).toBe(1);
     const summary = JSON.parse(result.stdout);
     expect(summary).toMatchObject({ status: 'failed', exit_code: 1 });
-    expect(summary.steps[0]).toMatchObject({ step: 'events', exit_code: 1, summary: { status: 'failed' }, error: expect.stringContaining('bad from_date') });
+    expect(summary.steps[0]).toMatchObject({
+      step: 'events',
+      exit_code: 1,
+      summary: { status: 'failed' },
+      error: expect.stringContaining('bad from_date'),
+    });
     expect(summary.steps[1]).toMatchObject({ step: 'profiles', exit_code: 0, summary: { status: 'succeeded', inserted: 5 } });
     expect(await counts()).toMatchObject({ subscribers: 0, profiles: 5, runs: 'events:failed profiles:succeeded' });
   });

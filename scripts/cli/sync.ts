@@ -92,34 +92,62 @@ try {
 }
 
 const cohortsSetting = process.env.MIXPANEL_SYNC_COHORTS?.trim().toLowerCase();
-if (cohortsSetting && !['on', 'off'].includes(cohortsSetting)) fail(EXIT.notStarted, `MIXPANEL_SYNC_COHORTS is "${cohortsSetting}": set it to on or off`);
+if (cohortsSetting && !['on', 'off'].includes(cohortsSetting))
+  fail(EXIT.notStarted, `MIXPANEL_SYNC_COHORTS is "${cohortsSetting}": set it to on or off`);
 const withCohorts = values['no-cohorts'] === true ? false : values.cohorts === true || cohortsSetting === 'on';
 const projectTimezone = process.env.MIXPANEL_PROJECT_TIMEZONE?.trim() || null;
 
 const controller = new AbortController();
 const release = interruptOnSignals(controller, 'sync');
-const retryNote = (step: string) => ({ attempt, delayMs, error }: { attempt: number; delayMs: number; error: Error }) =>
-  process.stderr.write(`sync ${step}: ${error.message} Retry ${attempt} in ${Math.ceil(delayMs / 1000)} s.\n`);
+const retryNote =
+  (step: string) =>
+  ({ attempt, delayMs, error }: { attempt: number; delayMs: number; error: Error }) =>
+    process.stderr.write(`sync ${step}: ${error.message} Retry ${attempt} in ${Math.ceil(delayMs / 1000)} s.\n`);
 
 const steps: Array<{ step: StepName; run: () => Promise<StepResult['summary']>; lines: (summary: never) => string[] }> = [
   {
     step: 'events',
     run: () =>
-      syncEvents({ connectionString: databaseUrl, mixpanel, projectTimezone, waitSeconds, signal: controller.signal, progress: progressLine(process.stderr, 'sync events'), onRetry: retryNote('events') }),
+      syncEvents({
+        connectionString: databaseUrl,
+        mixpanel,
+        projectTimezone,
+        waitSeconds,
+        signal: controller.signal,
+        progress: progressLine(process.stderr, 'sync events'),
+        onRetry: retryNote('events'),
+      }),
     lines: (summary: RunSummary) => summaryLines(summary),
   },
   {
     step: 'profiles',
     run: () =>
-      syncProfiles({ connectionString: databaseUrl, mixpanel, projectTimezone, waitSeconds, signal: controller.signal, progress: progressLine(process.stderr, 'sync profiles'), onRetry: retryNote('profiles') }),
-    lines: (summary: ProfilesSummary) => [`profiles run ${summary.run_id}: ${summary.status} in ${(summary.duration_ms / 1000).toFixed(1)} s`, `  ${profilesSummaryLine(summary)}`],
+      syncProfiles({
+        connectionString: databaseUrl,
+        mixpanel,
+        projectTimezone,
+        waitSeconds,
+        signal: controller.signal,
+        progress: progressLine(process.stderr, 'sync profiles'),
+        onRetry: retryNote('profiles'),
+      }),
+    lines: (summary: ProfilesSummary) => [
+      `profiles run ${summary.run_id}: ${summary.status} in ${(summary.duration_ms / 1000).toFixed(1)} s`,
+      `  ${profilesSummaryLine(summary)}`,
+    ],
   },
   ...(withCohorts
-    ? [{
-        step: 'cohorts' as const,
-        run: () => syncCohorts({ connectionString: databaseUrl, mixpanel, waitSeconds, signal: controller.signal, onRetry: retryNote('cohorts') }),
-        lines: (summary: CohortsSummary) => [`cohorts run ${summary.run_id}: ${summary.status} in ${(summary.duration_ms / 1000).toFixed(1)} s`, `  ${cohortsSummaryLine(summary)}`],
-      }]
+    ? [
+        {
+          step: 'cohorts' as const,
+          run: () =>
+            syncCohorts({ connectionString: databaseUrl, mixpanel, waitSeconds, signal: controller.signal, onRetry: retryNote('cohorts') }),
+          lines: (summary: CohortsSummary) => [
+            `cohorts run ${summary.run_id}: ${summary.status} in ${(summary.duration_ms / 1000).toFixed(1)} s`,
+            `  ${cohortsSummaryLine(summary)}`,
+          ],
+        },
+      ]
     : []),
 ];
 
@@ -144,5 +172,8 @@ release();
 const exitCode = worstExit(results.map((r) => r.exit_code));
 const total: SyncAllSummary = { status: exitCode === EXIT.ok ? 'succeeded' : 'failed', exit_code: exitCode, steps: results };
 if (values.json) process.stdout.write(`${JSON.stringify(total)}\n`);
-else process.stdout.write(`sync: ${results.map((r) => `${r.step} ${r.exit_code === EXIT.ok ? 'ok' : `exit ${r.exit_code}`}`).join(', ')}${controller.signal.aborted ? ', interrupted' : ''} -> exit ${exitCode}\n`);
+else
+  process.stdout.write(
+    `sync: ${results.map((r) => `${r.step} ${r.exit_code === EXIT.ok ? 'ok' : `exit ${r.exit_code}`}`).join(', ')}${controller.signal.aborted ? ', interrupted' : ''} -> exit ${exitCode}\n`,
+  );
 process.exit(exitCode);

@@ -17,10 +17,22 @@ let scratch: string;
 
 // Everything a verify script could leave behind, in full.
 async function wholeState(): Promise<unknown> {
-  const tables = ['events_daily', 'event_ledger', 'subscribers', 'sync_watermarks', 'sync_settings', 'sync_runs', 'sync_rejects', 'staged_events', 'run_events'];
+  const tables = [
+    'events_daily',
+    'event_ledger',
+    'subscribers',
+    'sync_watermarks',
+    'sync_settings',
+    'sync_runs',
+    'sync_rejects',
+    'staged_events',
+    'run_events',
+  ];
   const state: Record<string, unknown> = {};
   for (const table of tables) {
-    const { rows } = await db.pool.query(`select coalesce(jsonb_agg(to_jsonb(t) order by to_jsonb(t)::text), '[]') as rows from mixpanel_sync.${table} t`);
+    const { rows } = await db.pool.query(
+      `select coalesce(jsonb_agg(to_jsonb(t) order by to_jsonb(t)::text), '[]') as rows from mixpanel_sync.${table} t`,
+    );
     state[table] = rows[0].rows;
   }
   return state;
@@ -52,8 +64,13 @@ afterAll(async () => {
 describe('verify scripts', () => {
   it('has the event proofs', () => {
     expect(eventScripts.map((file) => path.basename(file))).toEqual(
-      expect.arrayContaining(['replace_loop_equals_set.sql', 'add_loop_equals_set.sql', 'replace_then_adds_equal_replace.sql',
-        'add_idempotent_order_independent.sql', 'finish_run_end_to_end.sql']),
+      expect.arrayContaining([
+        'replace_loop_equals_set.sql',
+        'add_loop_equals_set.sql',
+        'replace_then_adds_equal_replace.sql',
+        'add_idempotent_order_independent.sql',
+        'finish_run_end_to_end.sql',
+      ]),
     );
   });
 
@@ -70,7 +87,10 @@ describe('verify scripts', () => {
   it.skipIf(!psqlOnPath)('each passes through plain psql -f with ON_ERROR_STOP', { timeout: 120_000 }, () => {
     for (const file of eventScripts) {
       const name = path.relative(repoRoot, file);
-      const result = spawnSync('psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', db.url, '-f', name], { cwd: repoRoot, encoding: 'utf8' });
+      const result = spawnSync('psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', db.url, '-f', name], {
+        cwd: repoRoot,
+        encoding: 'utf8',
+      });
       expect(result.status, `${name}: ${result.stderr}`).toBe(0);
       const passes = result.stderr.split('\n').filter((line) => line.includes('NOTICE:  PASS'));
       expect(passes, result.stderr).toEqual([expect.stringContaining(`PASS ${name.replace(/\.sql$/, '')}: `)]);
@@ -78,14 +98,18 @@ describe('verify scripts', () => {
   });
 
   it('names the first difference when an implementation is broken', async () => {
-    const { rows } = await db.pool.query(`select pg_get_functiondef('mixpanel_sync.insert_new_events_loop(bigint, date, date)'::regprocedure) as def`);
+    const { rows } = await db.pool.query(
+      `select pg_get_functiondef('mixpanel_sync.insert_new_events_loop(bigint, date, date)'::regprocedure) as def`,
+    );
     const original: string = rows[0].def;
     const broken = original.replace('first_at = least(d.first_at, excluded.first_at)', 'first_at = excluded.first_at');
     expect(broken).not.toBe(original);
     await db.pool.query(broken);
     try {
       const outcome = await runVerifyScript(db.url, path.join(repoRoot, 'verify', 'add_loop_equals_set.sql'));
-      expect(outcome.failure).toMatch(/^verify\/add_loop_equals_set: tables after the loop \(expected\) and the set-based ADD \(actual\) differ: events_daily key \[.*\]: column first_at expected ".*", actual ".*"/);
+      expect(outcome.failure).toMatch(
+        /^verify\/add_loop_equals_set: tables after the loop \(expected\) and the set-based ADD \(actual\) differ: events_daily key \[.*\]: column first_at expected ".*", actual ".*"/,
+      );
       expect(outcome.passLines).toEqual([]);
     } finally {
       await db.pool.query(original);
@@ -96,16 +120,23 @@ describe('verify scripts', () => {
     const raises = path.join(scratch, 'raises.sql');
     const silent = path.join(scratch, 'silent.sql');
     const meta = path.join(scratch, 'meta.sql');
-    await writeFile(raises, `begin;\ndo $$ begin raise exception 'verify/raises: events_daily key ["verify:u1"]: column event_count expected 2, actual 1'; end $$;\nrollback;\n`);
+    await writeFile(
+      raises,
+      `begin;\ndo $$ begin raise exception 'verify/raises: events_daily key ["verify:u1"]: column event_count expected 2, actual 1'; end $$;\nrollback;\n`,
+    );
     await writeFile(silent, `begin;\nselect 1;\nrollback;\n`);
     await writeFile(meta, `begin;\nselect 1 as one \\gset\n\\echo PASS\nrollback;\n`);
 
     expect(firstMetaCommand(await readFile(meta, 'utf8'))).toBe('line 2: select 1 as one \\gset');
     const result = spawnSync('npx', ['tsx', 'scripts/cli/verify.ts', raises, silent, meta], {
-      cwd: repoRoot, encoding: 'utf8', env: { ...process.env, DATABASE_URL: db.url },
+      cwd: repoRoot,
+      encoding: 'utf8',
+      env: { ...process.env, DATABASE_URL: db.url },
     });
     expect(result.status).toBe(1);
-    expect(result.stderr).toContain(`FAIL ${raises}: verify/raises: events_daily key ["verify:u1"]: column event_count expected 2, actual 1`);
+    expect(result.stderr).toContain(
+      `FAIL ${raises}: verify/raises: events_daily key ["verify:u1"]: column event_count expected 2, actual 1`,
+    );
     expect(result.stderr).toContain(`FAIL ${silent}: printed 0 PASS lines, expected exactly one`);
     expect(result.stderr).toContain(`FAIL ${meta}: uses a psql meta-command (line 2: select 1 as one \\gset)`);
     expect(result.stdout).toContain(`verify: 0 passed, 3 failed (${raises}, ${silent}, ${meta})`);

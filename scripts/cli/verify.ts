@@ -24,7 +24,10 @@ export interface VerifyOutcome {
 /** verify/*.sql, sorted by name. */
 export async function listVerifyScripts(dir = verifyDir): Promise<string[]> {
   const names = await readdir(dir);
-  return names.filter((name) => name.endsWith('.sql')).sort().map((name) => path.join(dir, name));
+  return names
+    .filter((name) => name.endsWith('.sql'))
+    .sort()
+    .map((name) => path.join(dir, name));
 }
 
 function displayName(file: string): string {
@@ -44,7 +47,12 @@ export async function runVerifyScript(url: string, file: string): Promise<Verify
   const script = displayName(file);
   const sql = await readFile(file, 'utf8');
   const meta = firstMetaCommand(sql);
-  if (meta) return { script, passLines: [], failure: `uses a psql meta-command (${meta}); verify scripts must be plain SQL that psql and pg both run` };
+  if (meta)
+    return {
+      script,
+      passLines: [],
+      failure: `uses a psql meta-command (${meta}); verify scripts must be plain SQL that psql and pg both run`,
+    };
   const notices: string[] = [];
   const client = new pg.Client({ connectionString: url });
   client.on('notice', (notice) => notices.push(notice.message ?? ''));
@@ -66,7 +74,11 @@ export async function runVerifyScript(url: string, file: string): Promise<Verify
 }
 
 /** Runs the scripts one after the other against url, reporting each outcome as it comes. */
-export async function runVerifyScripts(url: string, files: string[], report: (outcome: VerifyOutcome) => void = () => {}): Promise<VerifyOutcome[]> {
+export async function runVerifyScripts(
+  url: string,
+  files: string[],
+  report: (outcome: VerifyOutcome) => void = () => {},
+): Promise<VerifyOutcome[]> {
   const outcomes: VerifyOutcome[] = [];
   for (const file of files) {
     const outcome = await runVerifyScript(url, file);
@@ -87,7 +99,9 @@ async function main(args: string[]): Promise<number> {
   const run = (url: string) => runVerifyScripts(url, files, printOutcome);
   const outcomes = process.env.DATABASE_URL ? await run(process.env.DATABASE_URL) : await withDatabase(run);
   const failed = outcomes.filter((outcome) => outcome.failure);
-  console.log(`verify: ${outcomes.length - failed.length} passed, ${failed.length} failed${failed.length ? ` (${failed.map((o) => o.script).join(', ')})` : ''}`);
+  console.log(
+    `verify: ${outcomes.length - failed.length} passed, ${failed.length} failed${failed.length ? ` (${failed.map((o) => o.script).join(', ')})` : ''}`,
+  );
   return failed.length ? 1 : 0;
 }
 

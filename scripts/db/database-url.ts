@@ -12,7 +12,10 @@ export interface DatabaseServer {
   stop(): Promise<void>;
 }
 
-export async function resolveDatabaseServer(env: NodeJS.ProcessEnv = process.env, embedded: EmbeddedPostgresOptions = {}): Promise<DatabaseServer> {
+export async function resolveDatabaseServer(
+  env: NodeJS.ProcessEnv = process.env,
+  embedded: EmbeddedPostgresOptions = {},
+): Promise<DatabaseServer> {
   if (env.DATABASE_URL) return { url: env.DATABASE_URL, source: 'DATABASE_URL', stop: async () => {} };
   const choice = env.MIXPANEL_PG_SYNC_DB?.trim().toLowerCase();
   if (choice === 'docker') {

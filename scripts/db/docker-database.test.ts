@@ -42,7 +42,9 @@ describe('MIXPANEL_PG_SYNC_DB=docker', () => {
     const script = 'echo "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?" >&2; exit 1';
     const env = { MIXPANEL_PG_SYNC_DB: 'docker', PATH: await pathWithDocker('nodaemon', script) };
     const { error, ms } = await timed(resolveDatabaseServer(env));
-    expect(error.message).toMatch(/^MIXPANEL_PG_SYNC_DB=docker: no Docker daemon is running \(Cannot connect to the Docker daemon.*\); start Docker, or unset MIXPANEL_PG_SYNC_DB/);
+    expect(error.message).toMatch(
+      /^MIXPANEL_PG_SYNC_DB=docker: no Docker daemon is running \(Cannot connect to the Docker daemon.*\); start Docker, or unset MIXPANEL_PG_SYNC_DB/,
+    );
     expect(error.message).not.toContain('\n');
     expect(ms).toBeLessThan(2_000);
   });

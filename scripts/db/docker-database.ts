@@ -12,7 +12,11 @@ const fallback = 'or unset MIXPANEL_PG_SYNC_DB to use the embedded server (or se
 /** Resolves when a Docker daemon answers `docker version` within timeoutMs; otherwise rejects with a one-line reason. */
 export function assertDockerDaemon({ timeoutMs = 3_000, env = process.env }: DockerCheckOptions = {}): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn('docker', ['version', '--format', '{{.Server.Version}}'], { env, stdio: ['ignore', 'ignore', 'pipe'], detached: true });
+    const child = spawn('docker', ['version', '--format', '{{.Server.Version}}'], {
+      env,
+      stdio: ['ignore', 'ignore', 'pipe'],
+      detached: true,
+    });
     let stderr = '';
     child.stderr.on('data', (chunk: Buffer) => {
       stderr += chunk.toString();
@@ -23,7 +27,9 @@ export function assertDockerDaemon({ timeoutMs = 3_000, env = process.env }: Doc
       } catch {
         // already gone
       }
-      reject(new Error(`MIXPANEL_PG_SYNC_DB=docker: the Docker daemon did not answer within ${timeoutMs / 1000}s; start Docker, ${fallback}.`));
+      reject(
+        new Error(`MIXPANEL_PG_SYNC_DB=docker: the Docker daemon did not answer within ${timeoutMs / 1000}s; start Docker, ${fallback}.`),
+      );
     }, timeoutMs);
     child.on('error', (error: NodeJS.ErrnoException) => {
       clearTimeout(timer);
@@ -33,7 +39,11 @@ export function assertDockerDaemon({ timeoutMs = 3_000, env = process.env }: Doc
     child.on('exit', (code) => {
       clearTimeout(timer);
       if (code === 0) return resolve();
-      const detail = stderr.split('\n').find((line) => line.trim())?.trim() ?? `exit ${code}`;
+      const detail =
+        stderr
+          .split('\n')
+          .find((line) => line.trim())
+          ?.trim() ?? `exit ${code}`;
       reject(new Error(`MIXPANEL_PG_SYNC_DB=docker: no Docker daemon is running (${detail}); start Docker, ${fallback}.`));
     });
   });
@@ -44,7 +54,7 @@ export interface DockerPostgres {
   stop(): Promise<void>;
 }
 
-type GetDatabase = (typeof import('@databases/pg-test'))['default'];
+type GetDatabase = typeof import('@databases/pg-test')['default'];
 
 /** Starts a container with @databases/pg-test after checking the daemon. */
 export async function startDockerPostgres(options: DockerCheckOptions = {}): Promise<DockerPostgres> {

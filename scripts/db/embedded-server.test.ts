@@ -33,7 +33,15 @@ describe('embedded server', () => {
                 current_setting('server_encoding') as encoding, current_user as usr`,
       );
       expect(Number(row!.version)).toBeGreaterThanOrEqual(150000);
-      expect(row).toMatchObject({ fsync: 'off', sync: 'off', fpw: 'off', max: '200', listen: '127.0.0.1', encoding: 'UTF8', usr: 'postgres' });
+      expect(row).toMatchObject({
+        fsync: 'off',
+        sync: 'off',
+        fpw: 'off',
+        max: '200',
+        listen: '127.0.0.1',
+        encoding: 'UTF8',
+        usr: 'postgres',
+      });
       expect(isProcessAlive(server.pid)).toBe(true);
       expect(server.logFile.startsWith(server.instanceDir)).toBe(true);
       expect(readFileSync(server.logFile, 'utf8')).toContain('ready to accept connections');
@@ -47,7 +55,10 @@ describe('embedded server', () => {
   });
 
   it('runs several servers side by side on different ports', async () => {
-    const servers: EmbeddedPostgres[] = await Promise.all([startEmbeddedPostgres({ instancesRoot }), startEmbeddedPostgres({ instancesRoot })]);
+    const servers: EmbeddedPostgres[] = await Promise.all([
+      startEmbeddedPostgres({ instancesRoot }),
+      startEmbeddedPostgres({ instancesRoot }),
+    ]);
     try {
       expect(servers[0]!.port).not.toBe(servers[1]!.port);
       for (const server of servers) expect(await query(server.url, 'select 1 as one')).toEqual([{ one: 1 }]);
@@ -63,7 +74,10 @@ describe('embedded server', () => {
       console.log(JSON.stringify({ pid: s.pid, dir: s.instanceDir }));
       if (process.argv[1] === 'throw') setTimeout(() => { throw new Error('boom'); }, 0);`;
     for (const mode of ['exit', 'throw']) {
-      const child = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script, mode], { encoding: 'utf8', timeout: 60_000 });
+      const child = spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script, mode], {
+        encoding: 'utf8',
+        timeout: 60_000,
+      });
       const line = child.stdout.split('\n').find((l) => l.startsWith('{'));
       expect(line, child.stderr).toBeDefined();
       const { pid, dir } = JSON.parse(line!) as { pid: number; dir: string };

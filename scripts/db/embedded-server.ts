@@ -99,7 +99,15 @@ interface Launched {
   exited: Promise<void>;
 }
 
-function launch(nativeDir: string, dataDir: string, socketDir: string, port: number, logFile: string, runAs: RunAs | undefined, settings: Record<string, string>): Launched {
+function launch(
+  nativeDir: string,
+  dataDir: string,
+  socketDir: string,
+  port: number,
+  logFile: string,
+  runAs: RunAs | undefined,
+  settings: Record<string, string>,
+): Launched {
   const args = ['-D', dataDir, '-p', String(port), '-k', socketDir];
   for (const [name, value] of Object.entries(settings)) args.push('-c', `${name}=${value}`);
   const fd = openSync(logFile, 'a');
@@ -122,7 +130,12 @@ function launch(nativeDir: string, dataDir: string, socketDir: string, port: num
   }
 }
 
-async function waitUntilReady(launched: Launched, dataDir: string, port: number, timeoutMs: number): Promise<'ready' | 'exited' | 'timeout'> {
+async function waitUntilReady(
+  launched: Launched,
+  dataDir: string,
+  port: number,
+  timeoutMs: number,
+): Promise<'ready' | 'exited' | 'timeout'> {
   let exited = false;
   void launched.exited.then(() => {
     exited = true;

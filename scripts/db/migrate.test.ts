@@ -64,7 +64,10 @@ describe('runMigrations', () => {
   });
 
   it('skips an empty-ish current.sql and a missing current migration, creating no files', async () => {
-    for (const files of [{ 'current.sql': '-- Enter migration here\n/* nothing */\n' }, { 'committed/.gitkeep': '' }] as Record<string, string>[]) {
+    for (const files of [{ 'current.sql': '-- Enter migration here\n/* nothing */\n' }, { 'committed/.gitkeep': '' }] as Record<
+      string,
+      string
+    >[]) {
       const folder = await migrationsFolder(files);
       const url = await scratchDatabase();
       expect(await runMigrations(url, { migrationsFolder: folder, gmrc: false })).toEqual({ currentApplied: false });
@@ -74,7 +77,9 @@ describe('runMigrations', () => {
   });
 
   it('applies committed migrations made by `graphile-migrate commit`', async () => {
-    const folder = await migrationsFolder({ 'current.sql': 'drop table if exists public.committed_thing;\ncreate table public.committed_thing (id int primary key);' });
+    const folder = await migrationsFolder({
+      'current.sql': 'drop table if exists public.committed_thing;\ncreate table public.committed_thing (id int primary key);',
+    });
     const dev = await scratchDatabase();
     const shadow = `mps_migrate_test_${randomBytes(4).toString('hex')}_shadow`;
     created.push(shadow);
@@ -91,14 +96,16 @@ describe('runMigrations', () => {
 
     const fresh = await scratchDatabase();
     expect(await runMigrations(fresh, { migrationsFolder: folder, gmrc: false })).toEqual({ currentApplied: false });
-    expect(await sql(fresh, "select filename from graphile_migrate.migrations")).toEqual([{ filename: '000001.sql' }]);
+    expect(await sql(fresh, 'select filename from graphile_migrate.migrations')).toEqual([{ filename: '000001.sql' }]);
     expect(await sql(fresh, "select to_regclass('public.committed_thing')::text as t")).toEqual([{ t: 'committed_thing' }]);
   });
 
   it('reports the failing statement', async () => {
     const folder = await migrationsFolder({ 'current/1-bad.sql': 'create tabel oops ();' });
     const url = await scratchDatabase();
-    await expect(runMigrations(url, { migrationsFolder: folder, gmrc: false, errorLog: () => {} })).rejects.toThrow(/syntax error at or near "tabel"/);
+    await expect(runMigrations(url, { migrationsFolder: folder, gmrc: false, errorLog: () => {} })).rejects.toThrow(
+      /syntax error at or near "tabel"/,
+    );
   });
 });
 
@@ -119,7 +126,9 @@ describe('readCurrentMigrationText', () => {
       'current/1-first.sql': 'select 1;',
       'current/notes.txt': 'not sql',
     });
-    expect(await readCurrentMigrationText(folder)).toBe('--! split: 1-first.sql\nselect 1;\n\n--! split: 2-second.sql\nselect 2;\n\n--! split: 10-last.sql\nselect 10;\n');
+    expect(await readCurrentMigrationText(folder)).toBe(
+      '--! split: 1-first.sql\nselect 1;\n\n--! split: 2-second.sql\nselect 2;\n\n--! split: 10-last.sql\nselect 10;\n',
+    );
   });
 
   it('refuses current.sql next to current/, and two files with one number', async () => {

@@ -36,7 +36,11 @@ function quietLogger({ log, errorLog = toStderr }: MigrateOptions): Logger {
   });
 }
 
-const exists = (file: string): Promise<boolean> => access(file).then(() => true, () => false);
+const exists = (file: string): Promise<boolean> =>
+  access(file).then(
+    () => true,
+    () => false,
+  );
 
 /** .gmrc as JSON with comments (graphile-migrate reads JSON5; this project's .gmrc keeps to JSON plus comments). */
 async function gmrcSettings(file: string | false | undefined): Promise<Settings> {
@@ -58,7 +62,12 @@ async function gmrcSettings(file: string | false | undefined): Promise<Settings>
 
 /** SQL with comments and whitespace removed is empty (graphile-migrate's "empty-ish"). */
 export function isEmptySql(sql: string): boolean {
-  return sql.replace(/\/\*[\s\S]*?\*\//g, '').replace(/--.*$/gm, '').trim() === '';
+  return (
+    sql
+      .replace(/\/\*[\s\S]*?\*\//g, '')
+      .replace(/--.*$/gm, '')
+      .trim() === ''
+  );
 }
 
 /** graphile-migrate's names for the files of a current/ folder: 1.sql, 001-message.sql. */
@@ -81,13 +90,18 @@ export async function readCurrentMigrationText(migrationsFolder = defaultMigrati
     if (name.startsWith('.') || !name.endsWith('.sql')) continue;
     const match = CURRENT_FILE.exec(name);
     const id = match ? Number.parseInt(match[1]!, 10) : 0;
-    if (!id) throw new Error(`${path.join(folder, name)}: a current migration file is named like 001.sql or 001-message.sql (a positive number first)`);
+    if (!id)
+      throw new Error(
+        `${path.join(folder, name)}: a current migration file is named like 001.sql or 001-message.sql (a positive number first)`,
+      );
     const clash = parts.find((part) => part.id === id);
     if (clash) throw new Error(`${folder}: ${clash.name} and ${name} have the same number; each file needs its own`);
     parts.push({ id, name });
   }
   parts.sort((a, b) => a.id - b.id);
-  const bodies = await Promise.all(parts.map(async ({ name }) => `--! split: ${name}\n${(await readFile(path.join(folder, name), 'utf8')).trim()}\n`));
+  const bodies = await Promise.all(
+    parts.map(async ({ name }) => `--! split: ${name}\n${(await readFile(path.join(folder, name), 'utf8')).trim()}\n`),
+  );
   return bodies.join('\n');
 }
 
@@ -114,7 +128,10 @@ async function closeGraphileMigratePools(url: string, applicationName: string | 
     await client.connect();
     const deadline = Date.now() + 10_000;
     while (Date.now() < deadline) {
-      const { rows } = await client.query<{ n: number }>('select count(*)::int as n from pg_catalog.pg_stat_activity where application_name = $1', [applicationName]);
+      const { rows } = await client.query<{ n: number }>(
+        'select count(*)::int as n from pg_catalog.pg_stat_activity where application_name = $1',
+        [applicationName],
+      );
       if (rows[0]!.n === 0) return;
       await sleep(10);
     }

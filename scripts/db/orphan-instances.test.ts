@@ -23,14 +23,20 @@ interface Started {
 
 /** A child node process that starts a server and waits; resolves with what it printed. */
 function startServerInChild(): Promise<{ started: Started; kill: () => void }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'scripts/fixtures/start-embedded-server.ts'), instancesRoot], {
-    cwd: repoRoot,
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const child = spawn(
+    process.execPath,
+    ['--import', 'tsx', path.join(repoRoot, 'scripts/fixtures/start-embedded-server.ts'), instancesRoot],
+    {
+      cwd: repoRoot,
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   let stderr = '';
   child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
   return new Promise((resolve, reject) => {
-    createInterface({ input: child.stdout }).once('line', (line) => resolve({ started: JSON.parse(line) as Started, kill: () => child.kill('SIGKILL') }));
+    createInterface({ input: child.stdout }).once('line', (line) =>
+      resolve({ started: JSON.parse(line) as Started, kill: () => child.kill('SIGKILL') }),
+    );
     child.once('exit', (code) => reject(new Error(`fixture exited with ${code}: ${stderr}`)));
   });
 }
@@ -74,7 +80,7 @@ describe('orphaned servers', () => {
     }
   });
 
-  it('removes a dead owner\'s instance but never kills a pid that is not its postmaster', async () => {
+  it("removes a dead owner's instance but never kills a pid that is not its postmaster", async () => {
     const bystander = spawn('sleep', ['30']);
     try {
       const dir = path.join(instancesRoot, `${await deadPid()}-deadbeef`);

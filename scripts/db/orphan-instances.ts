@@ -23,7 +23,7 @@ export async function createInstanceDir(root: string): Promise<string> {
   await mkdir(dir, { mode: 0o755 });
   await chmod(dir, 0o755);
   const owner: InstanceOwner = { pid: process.pid, startTime: processStartTime(process.pid), createdAt: new Date().toISOString() };
-  await writeFile(path.join(dir, ownerFileName), JSON.stringify(owner) + '\n');
+  await writeFile(path.join(dir, ownerFileName), `${JSON.stringify(owner)}\n`);
   return dir;
 }
 

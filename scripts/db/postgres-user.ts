@@ -40,7 +40,9 @@ export function postgresRunAs(name = 'postgres'): RunAs | undefined {
   try {
     createSystemUser(name);
   } catch (error) {
-    throw new Error(`running as root: PostgreSQL must run as the "${name}" user, and creating it failed (${(error as Error).message.trim()}); create it with \`useradd --system ${name}\` or run as a normal user.`);
+    throw new Error(
+      `running as root: PostgreSQL must run as the "${name}" user, and creating it failed (${(error as Error).message.trim()}); create it with \`useradd --system ${name}\` or run as a normal user.`,
+    );
   }
   const created = lookupUser(name);
   if (!created) throw new Error(`running as root: user "${name}" was created but \`id ${name}\` still fails.`);

@@ -34,7 +34,10 @@ async function makeWorldReadable(dir: string): Promise<void> {
 export async function copyBinariesToCache(nativeDir: string, version: string, cacheRoot: string): Promise<string> {
   await ensureSharedDir(cacheRoot);
   const target = path.join(cacheRoot, `pg-${version}`);
-  const exists = await stat(target).then(() => true, () => false);
+  const exists = await stat(target).then(
+    () => true,
+    () => false,
+  );
   if (exists) return target;
   const temporary = `${target}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   try {
@@ -65,7 +68,9 @@ export async function usableBinaryDir({ nativeDir, version, runAs, cacheRoot }: 
   }
   const copy = await copyBinariesToCache(nativeDir, version, cacheRoot);
   if (!binariesRunnableBy(copy, runAs)) {
-    throw new Error(`the postgres user cannot run the binaries copied to ${copy}: check that every folder above it is traversable (chmod 755) or remove it and retry; or set DATABASE_URL.`);
+    throw new Error(
+      `the postgres user cannot run the binaries copied to ${copy}: check that every folder above it is traversable (chmod 755) or remove it and retry; or set DATABASE_URL.`,
+    );
   }
   return copy;
 }

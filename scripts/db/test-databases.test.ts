@@ -65,7 +65,7 @@ describe('test databases cloned from the migrated template', () => {
     await Promise.all(many.map((d) => d.drop()));
   });
 
-  it('a run\'s template and leftovers are dropped by prefix, whatever the migrations contain', async () => {
+  it("a run's template and leftovers are dropped by prefix, whatever the migrations contain", async () => {
     const { serverUrl } = templateDatabase();
     const folder = await mkdtemp(path.join(os.tmpdir(), 'mps-template-test-'));
     try {
@@ -91,7 +91,9 @@ describe('test databases cloned from the migrated template', () => {
     try {
       await writeFile(path.join(folder, 'current.sql'), 'select * from no_such_table;');
       const prefix = `mps_fail_${Date.now().toString(36)}`;
-      await expect(createTemplateDatabase(serverUrl, { migrationsFolder: folder, gmrc: false, prefix, errorLog: () => {} })).rejects.toThrow(/no_such_table/);
+      await expect(
+        createTemplateDatabase(serverUrl, { migrationsFolder: folder, gmrc: false, prefix, errorLog: () => {} }),
+      ).rejects.toThrow(/no_such_table/);
       expect(await databaseExists(`${prefix}_template`)).toBe(false);
     } finally {
       await rm(folder, { recursive: true, force: true });

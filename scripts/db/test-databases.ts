@@ -40,7 +40,9 @@ export function newRunPrefix(): string {
 async function waitForNoConnections(client: pg.Client, database: string, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
-    const { rows } = await client.query<{ n: number }>('select count(*)::int as n from pg_catalog.pg_stat_activity where datname = $1', [database]);
+    const { rows } = await client.query<{ n: number }>('select count(*)::int as n from pg_catalog.pg_stat_activity where datname = $1', [
+      database,
+    ]);
     if (rows[0]!.n === 0) return;
     if (Date.now() > deadline) throw new Error(`database ${database} still has ${rows[0]!.n} connection(s); it cannot serve as a template`);
     await sleep(20);
@@ -48,12 +50,17 @@ async function waitForNoConnections(client: pg.Client, database: string, timeout
 }
 
 /** Creates <prefix>_template on the server of serverUrl, migrates it, and closes it to connections. */
-export async function createTemplateDatabase(serverUrl: string, options: MigrateOptions & { prefix?: string } = {}): Promise<TemplateDatabase> {
+export async function createTemplateDatabase(
+  serverUrl: string,
+  options: MigrateOptions & { prefix?: string } = {},
+): Promise<TemplateDatabase> {
   const prefix = options.prefix ?? newRunPrefix();
   const template = `${prefix}_template`;
   await withClient(serverUrl, async (client) => {
     await client.query(`create database ${quote(template)}`).catch((error: Error) => {
-      throw new Error(`cannot create a test database on ${databaseName(serverUrl)}'s server (${error.message}); the user in DATABASE_URL needs CREATEDB.`);
+      throw new Error(
+        `cannot create a test database on ${databaseName(serverUrl)}'s server (${error.message}); the user in DATABASE_URL needs CREATEDB.`,
+      );
     });
   });
   try {
@@ -70,7 +77,10 @@ export async function createTemplateDatabase(serverUrl: string, options: Migrate
 }
 
 /** CREATE DATABASE <name> TEMPLATE <template>; returns the new database's URL. */
-export async function cloneDatabase(template: TemplateDatabase, name = `${template.prefix}_${randomBytes(4).toString('hex')}`): Promise<string> {
+export async function cloneDatabase(
+  template: TemplateDatabase,
+  name = `${template.prefix}_${randomBytes(4).toString('hex')}`,
+): Promise<string> {
   await withClient(template.serverUrl, async (client) => {
     for (let attempt = 1; ; attempt++) {
       try {
@@ -112,7 +122,10 @@ export async function dropDatabasesWithPrefix(serverUrl: string, prefix: string)
  * DATABASE_URL set: that database is migrated and used as it is (never dropped).
  * Otherwise: a throwaway server (embedded, or Docker with MIXPANEL_PG_SYNC_DB=docker), database mixpanel_pg_sync, stopped afterwards.
  */
-export async function withDatabase<T>(fn: (url: string) => Promise<T>, options: MigrateOptions & { env?: NodeJS.ProcessEnv } = {}): Promise<T> {
+export async function withDatabase<T>(
+  fn: (url: string) => Promise<T>,
+  options: MigrateOptions & { env?: NodeJS.ProcessEnv } = {},
+): Promise<T> {
   const server = await resolveDatabaseServer(options.env ?? process.env);
   try {
     let url = server.url;

@@ -18,7 +18,8 @@ export default async function setup(project: TestProject): Promise<() => Promise
     // MIXPANEL_PG_SYNC_TEMPLATE (with DATABASE_URL): an already migrated template database on that server is used as
     // it is, e.g. one with a mutated function (npm run mutate); clones get a fresh prefix, the template is never dropped.
     const given = process.env.MIXPANEL_PG_SYNC_TEMPLATE?.trim();
-    if (given && server.source !== 'DATABASE_URL') throw new Error('MIXPANEL_PG_SYNC_TEMPLATE needs DATABASE_URL (the server that holds that template database).');
+    if (given && server.source !== 'DATABASE_URL')
+      throw new Error('MIXPANEL_PG_SYNC_TEMPLATE needs DATABASE_URL (the server that holds that template database).');
     template = given ? { serverUrl: server.url, template: given, prefix: newRunPrefix() } : await createTemplateDatabase(server.url);
   } catch (error) {
     await server.stop();

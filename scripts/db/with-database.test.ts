@@ -24,10 +24,13 @@ describe('withDatabase', () => {
   it('stops the server when fn throws', async () => {
     let seen = '';
     await expect(
-      withDatabase(async (url) => {
-        seen = url;
-        throw new Error('inside');
-      }, { env: {} }),
+      withDatabase(
+        async (url) => {
+          seen = url;
+          throw new Error('inside');
+        },
+        { env: {} },
+      ),
     ).rejects.toThrow('inside');
     await expect(new pg.Client(seen).connect()).rejects.toThrow(/ECONNREFUSED/);
   });

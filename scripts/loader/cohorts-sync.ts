@@ -92,7 +92,11 @@ export async function syncCohorts(options: SyncCohortsOptions): Promise<CohortsS
       for (const entry of list) {
         const id = (entry as { id?: unknown } | null)?.id;
         if (!isCohortId(id)) continue;
-        for await (const page of engageProfiles({ ...request, cohortId: id, ...(options.pageSize ? { pageSize: options.pageSize } : {}) })) {
+        for await (const page of engageProfiles({
+          ...request,
+          cohortId: id,
+          ...(options.pageSize ? { pageSize: options.pageSize } : {}),
+        })) {
           await stageCohortMembers(client, run.id, id, page.results, false);
         }
         await stageCohortMembers(client, run.id, id, [], true);

@@ -24,7 +24,10 @@ export interface CopyIntoStagingOptions {
 }
 
 /** COPYs the input on `client` (the run's own connection); resolves with the rows the server stored and the framing counts. */
-export async function copyIntoStaging(client: pg.ClientBase, options: CopyIntoStagingOptions): Promise<{ rows: number; counts: FramingCounts }> {
+export async function copyIntoStaging(
+  client: pg.ClientBase,
+  options: CopyIntoStagingOptions,
+): Promise<{ rows: number; counts: FramingCounts }> {
   const encoder = copyRowStream({
     runId: options.runId,
     expandPages: options.table === 'mixpanel_sync.staged_profiles',

@@ -46,7 +46,8 @@ export function encodeCopyRows(runId: string, records: readonly FramedRecord[]):
   if (records.length === 0) return null;
   const prefix = `${runId}\t`;
   let size = 0;
-  for (const record of records) size += 2 * record.bytes.length + (record.problem === null ? 0 : 2 * Buffer.byteLength(record.problem)) + 32;
+  for (const record of records)
+    size += 2 * record.bytes.length + (record.problem === null ? 0 : 2 * Buffer.byteLength(record.problem)) + 32;
   const out = Buffer.allocUnsafe(size + records.length * prefix.length);
   let at = 0;
   for (const record of records) {

@@ -41,7 +41,12 @@ export async function withPool<T>(choice: PoolChoice, fn: (pool: pg.Pool) => Pro
  * is not affected.
  */
 export function sendCancelRequest(client: pg.ClientBase): Promise<void> {
-  const { host, port, processID, secretKey } = client as unknown as { host: string; port: number; processID: number | null; secretKey: number | null };
+  const { host, port, processID, secretKey } = client as unknown as {
+    host: string;
+    port: number;
+    processID: number | null;
+    secretKey: number | null;
+  };
   if (processID === null || secretKey === null) return Promise.reject(new Error('the connection has no cancel key (not connected)'));
   const message = Buffer.alloc(16);
   message.writeInt32BE(16, 0);

@@ -5,7 +5,17 @@ import { startFakeMixpanel, type FakeMixpanel } from '../fixtures/fake-mixpanel-
 import type { MixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
 import { syncEvents } from './events-sync.ts';
 import type { LoaderFailure } from './staged-sync.ts';
-import { appliedState, CLOCK, failure, resetEvents, eventLine, eventLines, stagedRows, totalEvents, watermark } from '../fixtures/test-support.ts';
+import {
+  appliedState,
+  CLOCK,
+  failure,
+  resetEvents,
+  eventLine,
+  eventLines,
+  stagedRows,
+  totalEvents,
+  watermark,
+} from '../fixtures/test-support.ts';
 
 const HOUR = 3600;
 const db = await createTestDatabase();

@@ -8,7 +8,18 @@ import { createTestDatabase } from '../db/vitest-database.ts';
 import { copyIntoStaging } from './copy-into-staging.ts';
 import { syncEvents } from './events-sync.ts';
 import { beginRun, failRun } from '../sql/sync-api.ts';
-import { appliedState, CLOCK, failure, resetEvents, eventLine, eventLines, runRow, stagedRows, totalEvents, watermark } from '../fixtures/test-support.ts';
+import {
+  appliedState,
+  CLOCK,
+  failure,
+  resetEvents,
+  eventLine,
+  eventLines,
+  runRow,
+  stagedRows,
+  totalEvents,
+  watermark,
+} from '../fixtures/test-support.ts';
 
 const db = await createTestDatabase();
 const dir = mkdtempSync(path.join(os.tmpdir(), 'loader-test-'));
@@ -50,7 +61,16 @@ describe('syncEvents from a file or a stream', () => {
   it('loads a JSONL file in a full run and moves the watermark', async () => {
     const lines = eventLines(40);
     const summary = await syncEvents({ pool: db.pool, input: file('a.jsonl', jsonl(lines)), clock: CLOCK });
-    expect(summary).toMatchObject({ source: 'events', mode: 'full', status: 'succeeded', received: 40, applied: 40, duplicates: 0, rejected: 0, users_touched: 5 });
+    expect(summary).toMatchObject({
+      source: 'events',
+      mode: 'full',
+      status: 'succeeded',
+      received: 40,
+      applied: 40,
+      duplicates: 0,
+      rejected: 0,
+      users_touched: 5,
+    });
     expect(await totalEvents(db.pool)).toBe(40);
     const mark = await watermark(db.pool);
     expect(mark!.watermark.toISOString()).toBe(new Date(CLOCK.getTime() - 60_000).toISOString());
@@ -82,28 +102,52 @@ describe('syncEvents from a file or a stream', () => {
     const run = await beginRun(db.pool, { source: 'events', clock: CLOCK });
     const client = await db.pool.connect();
     try {
-      const { rows } = await copyIntoStaging(client, { table: 'mixpanel_sync.staged_events', runId: run.id, lines: trickle(Buffer.from(jsonl(lines)), 5) });
+      const { rows } = await copyIntoStaging(client, {
+        table: 'mixpanel_sync.staged_events',
+        runId: run.id,
+        lines: trickle(Buffer.from(jsonl(lines)), 5),
+      });
       expect(rows).toBe(lines.length);
     } finally {
       client.release();
     }
-    const staged = await db.pool.query<{ line: string }>('select line from mixpanel_sync.staged_events where run_id = $1 order by line_id', [run.id]);
+    const staged = await db.pool.query<{ line: string }>(
+      'select line from mixpanel_sync.staged_events where run_id = $1 order by line_id',
+      [run.id],
+    );
     expect(staged.rows.map((r) => Buffer.from(r.line).toString('hex'))).toEqual(lines.map((l) => Buffer.from(l).toString('hex')));
     await failRun(db.pool, run.id, 'test done');
 
     const summary = await syncEvents({ pool: db.pool, input: file('odd.jsonl', jsonl(lines)), clock: CLOCK });
     expect(summary).toMatchObject({ received: lines.length, applied: lines.length, rejected: 0 });
-    const stored = await db.pool.query<{ event_name: string; distinct_id: string }>('select event_name, distinct_id from mixpanel_sync.events_daily');
+    const stored = await db.pool.query<{ event_name: string; distinct_id: string }>(
+      'select event_name, distinct_id from mixpanel_sync.events_daily',
+    );
     const expected = lines.map((l) => JSON.parse(l) as { event: string; properties: { distinct_id: string } });
-    expect(stored.rows.map((r) => `${r.event_name}|${r.distinct_id}`).sort()).toEqual(expected.map((e) => `${e.event}|${e.properties.distinct_id}`).sort());
+    expect(stored.rows.map((r) => `${r.event_name}|${r.distinct_id}`).sort()).toEqual(
+      expected.map((e) => `${e.event}|${e.properties.distinct_id}`).sort(),
+    );
   });
 
   it('rejects unusable lines verbatim and applies the good ones', async () => {
     const good = eventLines(10);
-    const bad = ['not json at all \\ \t tab', '{"event":"x"}', '[1,2,3]', '{"event":"late","properties":{"time":9999999999,"distinct_id":"u"}}', '{"event": "cut'];
-    const summary = await syncEvents({ pool: db.pool, input: file('mixed.jsonl', jsonl([...good.slice(0, 5), ...bad, ...good.slice(5)])), clock: CLOCK });
+    const bad = [
+      'not json at all \\ \t tab',
+      '{"event":"x"}',
+      '[1,2,3]',
+      '{"event":"late","properties":{"time":9999999999,"distinct_id":"u"}}',
+      '{"event": "cut',
+    ];
+    const summary = await syncEvents({
+      pool: db.pool,
+      input: file('mixed.jsonl', jsonl([...good.slice(0, 5), ...bad, ...good.slice(5)])),
+      clock: CLOCK,
+    });
     expect(summary).toMatchObject({ status: 'succeeded', received: 15, applied: 10, rejected: bad.length });
-    const rejects = await db.pool.query<{ payload: string; reason: string }>('select payload, reason from mixpanel_sync.sync_rejects where run_id = $1 order by line_no', [summary.run_id]);
+    const rejects = await db.pool.query<{ payload: string; reason: string }>(
+      'select payload, reason from mixpanel_sync.sync_rejects where run_id = $1 order by line_no',
+      [summary.run_id],
+    );
     expect(rejects.rows.map((r) => r.payload)).toEqual(bad);
     expect(rejects.rows.every((r) => r.reason.length > 0)).toBe(true);
     expect(await totalEvents(db.pool)).toBe(10);
@@ -113,7 +157,14 @@ describe('syncEvents from a file or a stream', () => {
     await syncEvents({ pool: db.pool, input: file('base.jsonl', jsonl(eventLines(20))), clock: CLOCK });
     const before = await appliedState(db.pool);
     const more = Buffer.from(jsonl(eventLines(5000, { prefix: 'more', stepSeconds: 1 })));
-    const error = await failure(syncEvents({ pool: db.pool, input: trickle(more.subarray(0, 200_000), 4096, new Error('disk read error')), clock: CLOCK, full: true }));
+    const error = await failure(
+      syncEvents({
+        pool: db.pool,
+        input: trickle(more.subarray(0, 200_000), 4096, new Error('disk read error')),
+        clock: CLOCK,
+        full: true,
+      }),
+    );
     expect(error.message).toMatch(/^events run \d+ failed: .*disk read error/);
     expect(error.summary).toMatchObject({ status: 'failed', mode: 'full' });
     const run = await runRow(db.pool, error.summary!.run_id);
@@ -180,7 +231,9 @@ describe('syncEvents from a file or a stream', () => {
     expect(empty.summary).toMatchObject({ status: 'failed' });
     const allowed = await syncEvents({ pool: db.pool, input: file('empty.jsonl', ''), clock: CLOCK, full: true, allowShrink: true });
     expect(allowed).toMatchObject({ status: 'succeeded', received: 0 });
-    await expect(syncEvents({ pool: db.pool, input: path.join(dir, 'missing.jsonl'), clock: CLOCK })).rejects.toThrow(/cannot read input file .*missing\.jsonl \(ENOENT\)/);
+    await expect(syncEvents({ pool: db.pool, input: path.join(dir, 'missing.jsonl'), clock: CLOCK })).rejects.toThrow(
+      /cannot read input file .*missing\.jsonl \(ENOENT\)/,
+    );
     const runs = await db.pool.query('select count(*)::int as n from mixpanel_sync.sync_runs');
     expect(runs.rows[0].n).toBe(3);
   });
@@ -192,7 +245,11 @@ describe('syncEvents from a file or a stream', () => {
     // the next run: the last 8 events again (the overlap), 12 new ones after the old clock
     const later = new Date(CLOCK.getTime() + 3_600_000);
     const fresh = eventLines(12, { prefix: 'b', newestAgo: -3000, stepSeconds: 60 });
-    const incremental = await syncEvents({ pool: db.pool, input: file('second.jsonl', jsonl([...first.slice(-8), ...fresh])), clock: later });
+    const incremental = await syncEvents({
+      pool: db.pool,
+      input: file('second.jsonl', jsonl([...first.slice(-8), ...fresh])),
+      clock: later,
+    });
     expect(incremental).toMatchObject({ mode: 'incremental', received: 20, applied: 12, duplicates: 8, rejected: 0 });
     expect(incremental.watermark_before).toBe(full.watermark_after);
     expect(Date.parse(incremental.watermark_after!)).toBeGreaterThan(Date.parse(full.watermark_after!));
@@ -206,20 +263,28 @@ describe('syncEvents from a file or a stream', () => {
     expect(full).toMatchObject({ mode: 'full', applied: 30 });
     const perDay = async () =>
       Object.fromEntries(
-        (await db.pool.query<{ day: string; n: string }>(
-          `select day::text, sum(event_count)::text as n from mixpanel_sync.events_daily group by day order by day`,
-        )).rows.map((row) => [row.day, Number(row.n)]),
+        (
+          await db.pool.query<{ day: string; n: string }>(
+            `select day::text, sum(event_count)::text as n from mixpanel_sync.events_daily group by day order by day`,
+          )
+        ).rows.map((row) => [row.day, Number(row.n)]),
       );
     const before = await perDay();
-    const day = (line: string) => new Date((JSON.parse(line) as { properties: { time: number } }).properties.time * 1000).toISOString().slice(0, 10);
+    const day = (line: string) =>
+      new Date((JSON.parse(line) as { properties: { time: number } }).properties.time * 1000).toISOString().slice(0, 10);
     // Mixpanel now has 2026-11-05 without its first two events (deleted there), and nothing else is read.
     const resent = lines.filter((line) => day(line) === '2026-11-05').slice(2);
-    const resync = await syncEvents({ pool: db.pool, input: file('day.jsonl', jsonl(resent)), clock: CLOCK, resync: { from: '2026-11-05', to: '2026-11-05' } });
+    const resync = await syncEvents({
+      pool: db.pool,
+      input: file('day.jsonl', jsonl(resent)),
+      clock: CLOCK,
+      resync: { from: '2026-11-05', to: '2026-11-05' },
+    });
     expect(resync).toMatchObject({ mode: 'full', status: 'succeeded', applied: resent.length, too_old: 0, rejected: 0 });
     expect(await perDay()).toEqual({ ...before, '2026-11-05': before['2026-11-05']! - 2 });
     expect(resync.watermark_after).toBe(full.watermark_after);
-    await expect(syncEvents({ pool: db.pool, input: file('none.jsonl', jsonl(resent)), clock: CLOCK, resync: { from: '2026-11-12' } })).rejects.toThrow(
-      /resync needs .*resync_from <= resync_to <= the clock's UTC day/,
-    );
+    await expect(
+      syncEvents({ pool: db.pool, input: file('none.jsonl', jsonl(resent)), clock: CLOCK, resync: { from: '2026-11-12' } }),
+    ).rejects.toThrow(/resync needs .*resync_from <= resync_to <= the clock's UTC day/);
   });
 });

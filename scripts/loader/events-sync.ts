@@ -56,7 +56,8 @@ function exportStream(run: SyncRun, options: SyncEventsOptions, settings: Mixpan
 
 export async function syncEvents(options: SyncEventsOptions): Promise<RunSummary> {
   const { input, mixpanel } = options;
-  if (input === undefined && !mixpanel) throw new Error('syncEvents needs an input (file, - or stream) or Mixpanel settings for the Export API');
+  if (input === undefined && !mixpanel)
+    throw new Error('syncEvents needs an input (file, - or stream) or Mixpanel settings for the Export API');
   if (input !== undefined) await checkInputPath(input);
   return withPool(options, (pool) =>
     runStagedSync({

@@ -13,20 +13,37 @@ const incremental = {
 
 describe('exportPlan', () => {
   it('full: one request over the UTC days of the window', () => {
-    const plan = exportPlan({ ...incremental, mode: 'full', fetch_from: at('2026-09-27T00:00:00Z'), lookback_from: null, processed_after: null });
+    const plan = exportPlan({
+      ...incremental,
+      mode: 'full',
+      fetch_from: at('2026-09-27T00:00:00Z'),
+      lookback_from: null,
+      processed_after: null,
+    });
     expect(plan).toEqual([{ fromDate: '2026-09-27', toDate: '2026-11-10', part: 'window' }]);
   });
 
   it('incremental: the lookback days before fetch_from narrowed by processing time, then the window days whole', () => {
     expect(exportPlan(incremental)).toEqual([
-      { fromDate: '2026-11-05', toDate: '2026-11-09', part: 'lookback', where: `properties["mp_processing_time_ms"] > ${Date.parse('2026-11-10T09:59:02Z')}` },
+      {
+        fromDate: '2026-11-05',
+        toDate: '2026-11-09',
+        part: 'lookback',
+        where: `properties["mp_processing_time_ms"] > ${Date.parse('2026-11-10T09:59:02Z')}`,
+      },
       { fromDate: '2026-11-10', toDate: '2026-11-10', part: 'window' },
     ]);
   });
 
   it('reads the lookback days whole while the processing watermark is unknown, and skips an empty lookback', () => {
-    expect(exportPlan({ ...incremental, processed_after: null })[0]).toEqual({ fromDate: '2026-11-05', toDate: '2026-11-09', part: 'lookback' });
-    expect(exportPlan({ ...incremental, lookback_from: at('2026-11-10T01:00:00Z') })).toEqual([{ fromDate: '2026-11-10', toDate: '2026-11-10', part: 'window' }]);
+    expect(exportPlan({ ...incremental, processed_after: null })[0]).toEqual({
+      fromDate: '2026-11-05',
+      toDate: '2026-11-09',
+      part: 'lookback',
+    });
+    expect(exportPlan({ ...incremental, lookback_from: at('2026-11-10T01:00:00Z') })).toEqual([
+      { fromDate: '2026-11-10', toDate: '2026-11-10', part: 'window' },
+    ]);
   });
 
   it("uses the project's local days when it has a time zone", () => {

@@ -33,13 +33,18 @@ const file = (name: string, content: Buffer | string) => {
   return at;
 };
 const framing = async (runId: number) =>
-  (await db.pool.query<{ framing: Record<string, number> }>("select options->'framing' as framing from mixpanel_sync.sync_runs where id = $1", [runId])).rows[0]!
-    .framing;
+  (
+    await db.pool.query<{ framing: Record<string, number> }>(
+      "select options->'framing' as framing from mixpanel_sync.sync_runs where id = $1",
+      [runId],
+    )
+  ).rows[0]!.framing;
 const rejects = async (runId: number) =>
   (
-    await db.pool.query<{ line_no: string; reason: string }>('select line_no::text, reason from mixpanel_sync.sync_rejects where run_id = $1 order by line_no', [
-      runId,
-    ])
+    await db.pool.query<{ line_no: string; reason: string }>(
+      'select line_no::text, reason from mixpanel_sync.sync_rejects where run_id = $1 order by line_no',
+      [runId],
+    )
   ).rows.map((r) => [Number(r.line_no), r.reason]);
 
 const good = eventLines(6);
@@ -64,7 +69,11 @@ describe('one framing for files, streams and the Export API', () => {
       const summary = await syncEvents({
         pool: db.pool,
         clock: CLOCK,
-        ...(input === 'file' ? { input: file('hostile.jsonl', hostile) } : input === 'stream' ? { input: Readable.from([hostile]) } : { mixpanel: fake.settings() }),
+        ...(input === 'file'
+          ? { input: file('hostile.jsonl', hostile) }
+          : input === 'stream'
+            ? { input: Readable.from([hostile]) }
+            : { mixpanel: fake.settings() }),
       });
       results.push([input, summary.status, summary.received, summary.applied, summary.rejected]);
       const reasons = (await rejects(summary.run_id)).map(([, reason]) => reason);
@@ -87,20 +96,37 @@ describe('one framing for files, streams and the Export API', () => {
   it('rejoins a record split across lines from a file, as the Export API path does', async () => {
     // Protection: the rejoin rule in input-framing.ts; with it only in the Export client (as before) the file gave
     // 2 rejects for this record (seen).
-    const summary = await syncEvents({ pool: db.pool, clock: CLOCK, input: file('split.jsonl', `${good.slice(0, 5).join('\n')}\n${splitLine}\n`) });
+    const summary = await syncEvents({
+      pool: db.pool,
+      clock: CLOCK,
+      input: file('split.jsonl', `${good.slice(0, 5).join('\n')}\n${splitLine}\n`),
+    });
     expect(summary).toMatchObject({ status: 'succeeded', received: 6, applied: 6, rejected: 0 });
     expect(await framing(summary.run_id)).toMatchObject({ rejoined_records: 1 });
   });
 
   it('reads a file holding one JSON array of events as its elements', async () => {
     // Protection: array mode in input-framing.ts; without it the array was one reject, "not a JSON object" (seen).
-    const summary = await syncEvents({ pool: db.pool, clock: CLOCK, input: file('array.json', JSON.stringify(good.map((l) => JSON.parse(l)), null, 2)) });
+    const summary = await syncEvents({
+      pool: db.pool,
+      clock: CLOCK,
+      input: file(
+        'array.json',
+        JSON.stringify(
+          good.map((l) => JSON.parse(l)),
+          null,
+          2,
+        ),
+      ),
+    });
     expect(summary).toMatchObject({ status: 'succeeded', received: 6, applied: 6, rejected: 0 });
     expect(await framing(summary.run_id)).toMatchObject({ array_elements: 6 });
   });
 
   it('a saved export ending in the terminated-early marker fails the run as incomplete (MP003), from a file too', async () => {
-    const error = await failure(syncEvents({ pool: db.pool, clock: CLOCK, full: true, input: file('cut.jsonl', `${good.join('\n')}\nterminated early\n`) }));
+    const error = await failure(
+      syncEvents({ pool: db.pool, clock: CLOCK, full: true, input: file('cut.jsonl', `${good.join('\n')}\nterminated early\n`) }),
+    );
     expect(error.code).toBe('MP003');
     expect(error.summary).toMatchObject({ status: 'failed' });
   });

@@ -18,9 +18,11 @@ function decodeCopyText(bytes: Buffer): string[][] {
   for (const row of bytes.toString('latin1').split('\n').slice(0, -1)) {
     expect(row).not.toContain('\r');
     rows.push(
-      row.split('\t').map((field) =>
-        field === '\\N' ? '<null>' : field.replace(/\\(.)/g, (_, c: string) => ({ '\\': '\\', t: '\t', r: '\r', n: '\n' })[c] ?? `?${c}`),
-      ),
+      row
+        .split('\t')
+        .map((field) =>
+          field === '\\N' ? '<null>' : field.replace(/\\(.)/g, (_, c: string) => ({ '\\': '\\', t: '\t', r: '\r', n: '\n' })[c] ?? `?${c}`),
+        ),
     );
   }
   return rows;
@@ -79,7 +81,7 @@ describe('input framing (one rule for files, stdin and the APIs)', () => {
     const input = Buffer.concat([Buffer.from('{"a":"x'), Buffer.from([0xc3, 0x28]), Buffer.from('"}\n{"n":"\0"}\n{"ok":"é"}\n')]);
     const { records, counts } = frame(input, 3);
     expect(records).toEqual([
-      [1, 'invalid UTF-8 at byte 8', `\\x${Buffer.from('{"a":"x\xc3(\"}', 'latin1').toString('hex')}`],
+      [1, 'invalid UTF-8 at byte 8', `\\x${Buffer.from('{"a":"x\xc3("}', 'latin1').toString('hex')}`],
       [2, 'NUL byte at byte 7', `\\x${Buffer.from('{"n":"\0"}').toString('hex')}`],
       [3, null, '{"ok":"é"}'],
     ]);
@@ -117,7 +119,10 @@ describe('input framing (one rule for files, stdin and the APIs)', () => {
   it('splits an Engage page into its profiles without parsing them (10,000 deep is only bytes)', () => {
     const deep = `${'['.repeat(10000)}${']'.repeat(10000)}`;
     const page = `{"page":0,"results":[{"$distinct_id":"a","$properties":{"d":${deep}}} , {"$distinct_id":"b","$properties":{"s":"],"}}],"total":2}`;
-    expect(pageElements(Buffer.from(page))?.map(String)).toEqual([`{"$distinct_id":"a","$properties":{"d":${deep}}}`, '{"$distinct_id":"b","$properties":{"s":"],"}}']);
+    expect(pageElements(Buffer.from(page))?.map(String)).toEqual([
+      `{"$distinct_id":"a","$properties":{"d":${deep}}}`,
+      '{"$distinct_id":"b","$properties":{"s":"],"}}',
+    ]);
     expect(pageElements(Buffer.from('{"$distinct_id":"r","results":[1]}'))).toBeNull();
     const framed = createInputFramer().push(Buffer.from(`${page}\n{"$distinct_id":"c"}\n`));
     expect(expandEngagePages(framed).map((r) => [r.lineNo, r.bytes.toString().slice(0, 20)])).toEqual([

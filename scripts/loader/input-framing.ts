@@ -278,7 +278,12 @@ export function createInputFramer(options: InputFramerOptions = {}): InputFramer
       return;
     }
     if (!held.joined) counts.rejoined_records++;
-    held = { buf: Buffer.concat(glue ? [held.buf, glue, line] : [held.buf, line]), lineNo: held.lineNo, clean: held.clean && clean, joined: true };
+    held = {
+      buf: Buffer.concat(glue ? [held.buf, glue, line] : [held.buf, line]),
+      lineNo: held.lineNo,
+      clean: held.clean && clean,
+      joined: true,
+    };
   }
 
   /** An over-long line: its first 1 KiB is kept, the rest only counted. */

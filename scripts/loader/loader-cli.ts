@@ -73,7 +73,9 @@ export function interruptOnSignals(controller: AbortController, name: string): (
   const onSignal = (signal: NodeJS.Signals) => {
     if (controller.signal.aborted) {
       if (Date.now() - firstAt < SIGNAL_GROUP_WINDOW_MS) return;
-      process.stderr.write(`${name}: ${signal} received again: quitting at once; the run stays running until the next begin_run marks it abandoned\n`);
+      process.stderr.write(
+        `${name}: ${signal} received again: quitting at once; the run stays running until the next begin_run marks it abandoned\n`,
+      );
       process.exit(EXIT.interrupted);
     }
     firstAt = Date.now();
@@ -90,17 +92,25 @@ export function interruptOnSignals(controller: AbortController, name: string): (
 function parseWait(value: unknown): number {
   if (value === undefined) return 0;
   const seconds = Number(value);
-  if (!/^\d+(\.\d+)?$/.test(String(value)) || !Number.isFinite(seconds)) throw new Error(`--wait wants a number of seconds, got ${String(value)}`);
+  if (!/^\d+(\.\d+)?$/.test(String(value)) || !Number.isFinite(seconds))
+    throw new Error(`--wait wants a number of seconds, got ${String(value)}`);
   return seconds;
 }
 
 /** What a sync that threw means for its caller: exit code, one-line message, and the failed run's summary if any. */
-export function failureOutcome<S = RunSummary>(error: unknown, signal: AbortSignal): { exitCode: number; message: string; summary: S | null } {
+export function failureOutcome<S = RunSummary>(
+  error: unknown,
+  signal: AbortSignal,
+): { exitCode: number; message: string; summary: S | null } {
   if (!isLoaderFailure<S>(error)) {
     // begin_run refused (MP002 another run is running, MP004 invalid arguments) or the run never began: nothing started.
     const code = sqlState(error);
     const what = code === SQLSTATE.runInProgress || code === SQLSTATE.invalidArguments ? 'begin_run refused' : 'no run started';
-    return { exitCode: signal.aborted ? EXIT.interrupted : EXIT.notStarted, message: `${what}: ${describeError(error, signal)}`, summary: null };
+    return {
+      exitCode: signal.aborted ? EXIT.interrupted : EXIT.notStarted,
+      message: `${what}: ${describeError(error, signal)}`,
+      summary: null,
+    };
   }
   return { exitCode: signal.aborted ? EXIT.interrupted : EXIT.failed, message: error.message, summary: error.summary };
 }
@@ -136,7 +146,8 @@ export async function runLoaderCli<S = RunSummary>(command: LoaderCommand<S>, ar
   try {
     const summary = await command.run({ values, databaseUrl, waitSeconds, signal: controller.signal, progress });
     show(summary, json);
-    if (controller.signal.aborted) process.stderr.write(`${command.name}: the run had already committed when the signal came: it succeeded\n`);
+    if (controller.signal.aborted)
+      process.stderr.write(`${command.name}: the run had already committed when the signal came: it succeeded\n`);
     process.exit(EXIT.ok);
   } catch (error) {
     progress.done();

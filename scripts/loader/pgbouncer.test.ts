@@ -25,12 +25,28 @@ import { sampleProfiles } from '../fixtures/sample-profiles.ts';
 const root = fileURLToPath(new URL('../..', import.meta.url));
 const binary = findPgBouncer();
 const inCi = Boolean(process.env.CI);
-if (!binary && !inCi) console.warn('[pgbouncer.test] skipped: pgbouncer is not installed (Debian: apt-get install pgbouncer); CI installs it and runs this test.');
+if (!binary && !inCi)
+  console.warn(
+    '[pgbouncer.test] skipped: pgbouncer is not installed (Debian: apt-get install pgbouncer); CI installs it and runs this test.',
+  );
 
 /** Columns that hold the wall clock of a run (when it ran, how long it took), not what it did. */
 const CLOCK_COLUMNS = new Set([
-  'updated_at', 'created_at', 'first_synced_at', 'started_at', 'finished_at', 'fetch_from', 'fetch_to', 'lookback_from',
-  'processed_after', 'window_from_day', 'window_to_day', 'stage_ms', 'apply_ms', 'total_ms', 'heartbeat_at',
+  'updated_at',
+  'created_at',
+  'first_synced_at',
+  'started_at',
+  'finished_at',
+  'fetch_from',
+  'fetch_to',
+  'lookback_from',
+  'processed_after',
+  'window_from_day',
+  'window_to_day',
+  'stage_ms',
+  'apply_ms',
+  'total_ms',
+  'heartbeat_at',
 ]);
 
 interface CliResult {
@@ -67,14 +83,22 @@ async function tableRows(db: pg.Pool): Promise<Map<string, string[]>> {
     const kept = names
       .filter((name) => !CLOCK_COLUMNS.has(name))
       .map((name) => (name === 'options' ? `(options - 'owner')` : pg.Client.prototype.escapeIdentifier(name)));
-    const { rows } = await db.query<{ r: string }>(`select row(${kept.join(', ')})::text as r from mixpanel_sync.${pg.Client.prototype.escapeIdentifier(table_name)}`);
-    result.set(table_name, rows.map((row) => row.r));
+    const { rows } = await db.query<{ r: string }>(
+      `select row(${kept.join(', ')})::text as r from mixpanel_sync.${pg.Client.prototype.escapeIdentifier(table_name)}`,
+    );
+    result.set(
+      table_name,
+      rows.map((row) => row.r),
+    );
   }
   return result;
 }
 
 /** Rows of `a` missing from `b` and of `b` missing from `a`, per table: EXCEPT both ways, computed in `b`'s database. */
-async function exceptBothWays(a: Map<string, string[]>, b: pg.Pool): Promise<Record<string, { onlyPooled: string[]; onlyDirect: string[] }>> {
+async function exceptBothWays(
+  a: Map<string, string[]>,
+  b: pg.Pool,
+): Promise<Record<string, { onlyPooled: string[]; onlyDirect: string[] }>> {
   const bRows = await tableRows(b);
   const differences: Record<string, { onlyPooled: string[]; onlyDirect: string[] }> = {};
   const client = await b.connect();
@@ -89,7 +113,10 @@ async function exceptBothWays(a: Map<string, string[]>, b: pg.Pool): Promise<Rec
         [rows, bRows.get(table) ?? []],
       );
       if (diff.length) {
-        differences[table] = { onlyPooled: diff.filter((d) => d.side === 'a').map((d) => d.r), onlyDirect: diff.filter((d) => d.side === 'b').map((d) => d.r) };
+        differences[table] = {
+          onlyPooled: diff.filter((d) => d.side === 'a').map((d) => d.r),
+          onlyDirect: diff.filter((d) => d.side === 'b').map((d) => d.r),
+        };
       }
     }
   } finally {
@@ -106,7 +133,10 @@ describe.skipIf(!binary && !inCi)('the loader through pgbouncer (transaction poo
   const files: Record<string, string> = {};
 
   beforeAll(async () => {
-    if (!binary) throw new Error('pgbouncer is not installed, and CI must run this test: .ci/run installs Debian\'s pgbouncer (apt-get install pgbouncer)');
+    if (!binary)
+      throw new Error(
+        "pgbouncer is not installed, and CI must run this test: .ci/run installs Debian's pgbouncer (apt-get install pgbouncer)",
+      );
     [direct, pooled] = await Promise.all([createTestDatabase(), createTestDatabase()]);
     bouncer = await startPgBouncer(pooled.url, { binary });
     dir = mkdtempSync(path.join(os.tmpdir(), 'pgbouncer-test-'));
@@ -159,8 +189,18 @@ describe.skipIf(!binary && !inCi)('the loader through pgbouncer (transaction poo
     for (const [script, args, expected] of steps) {
       const viaDirect = await cli(script, args, direct.url);
       const viaBouncer = await cli(script, args, bouncer.urlFor(pooled.url));
-      expect({ script, args, code: viaBouncer.code, stderr: viaBouncer.stderr }).toEqual({ script, args, code: viaDirect.code, stderr: viaDirect.stderr });
-      expect({ script, args, code: viaDirect.code, stderr: viaDirect.stderr }).toEqual({ script, args, code: expected, stderr: expected ? expect.any(String) : '' });
+      expect({ script, args, code: viaBouncer.code, stderr: viaBouncer.stderr }).toEqual({
+        script,
+        args,
+        code: viaDirect.code,
+        stderr: viaDirect.stderr,
+      });
+      expect({ script, args, code: viaDirect.code, stderr: viaDirect.stderr }).toEqual({
+        script,
+        args,
+        code: expected,
+        stderr: expected ? expect.any(String) : '',
+      });
       const summary = (out: string) => {
         const last = out.trim().split('\n').pop();
         if (!last) return null;
@@ -185,9 +225,13 @@ describe.skipIf(!binary && !inCi)('the loader through pgbouncer (transaction poo
     expect(bouncer.log()).toMatch(/pool_mode|transaction|listening/i);
   });
 
-  it('a statement is cancelled through pgbouncer by its connection\'s cancel key, not by a pid read earlier', async () => {
+  it("a statement is cancelled through pgbouncer by its connection's cancel key, not by a pid read earlier", async () => {
     const url = bouncer.urlFor(pooled.url);
-    const [a, b, c] = [new pg.Client({ connectionString: url }), new pg.Client({ connectionString: url }), new pg.Client({ connectionString: url })];
+    const [a, b, c] = [
+      new pg.Client({ connectionString: url }),
+      new pg.Client({ connectionString: url }),
+      new pg.Client({ connectionString: url }),
+    ];
     for (const client of [a, b, c]) await client.connect();
     try {
       // what the loader did (staged-sync.ts): read "its" pid, run finish_run, on Ctrl-C pg_cancel_backend(pid)
@@ -215,7 +259,10 @@ describe.skipIf(!binary && !inCi)('the loader through pgbouncer (transaction poo
 
   it('control: the comparison sees one extra line loaded on one side', async () => {
     const extra = path.join(dir, 'extra.jsonl');
-    writeFileSync(extra, `${JSON.stringify({ event: 'Control', properties: { distinct_id: 'control-user', time: Math.floor(Date.now() / 1000) - 300, $insert_id: 'control-1' } })}\n`);
+    writeFileSync(
+      extra,
+      `${JSON.stringify({ event: 'Control', properties: { distinct_id: 'control-user', time: Math.floor(Date.now() / 1000) - 300, $insert_id: 'control-1' } })}\n`,
+    );
     expect((await cli('sync:events', ['--file', extra], bouncer.urlFor(pooled.url))).code).toBe(0);
     const differences = await exceptBothWays(await tableRows(pooled.pool), direct.pool);
     expect(differences.events_daily?.onlyPooled).toEqual([expect.stringContaining('control-user')]);

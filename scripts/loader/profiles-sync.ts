@@ -91,7 +91,8 @@ export interface SyncProfilesOptions extends PoolChoice {
 
 export async function syncProfiles(options: SyncProfilesOptions): Promise<ProfilesSummary> {
   const { input, mixpanel } = options;
-  if (input === undefined && !mixpanel) throw new Error('syncProfiles needs an input (file, - or stream) or Mixpanel settings for the Engage API');
+  if (input === undefined && !mixpanel)
+    throw new Error('syncProfiles needs an input (file, - or stream) or Mixpanel settings for the Engage API');
   if (input !== undefined) await checkInputPath(input);
   return withPool(options, (pool) =>
     runStagedSync({

@@ -21,7 +21,10 @@ if (!binary && !inCi) console.warn('[run-heartbeat.test] skipped: pgbouncer is n
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 const line = (i: number) =>
-  JSON.stringify({ event: 'hb', properties: { time: Math.floor(Date.now() / 1000) - 3600 + i, distinct_id: `hb${i}`, $insert_id: `hb-${i}` } });
+  JSON.stringify({
+    event: 'hb',
+    properties: { time: Math.floor(Date.now() / 1000) - 3600 + i, distinct_id: `hb${i}`, $insert_id: `hb-${i}` },
+  });
 
 async function heartbeatOf(db: pg.Pool, runId: string): Promise<{ status: string; heartbeat_at: Date | null }> {
   const { rows } = await db.query('select status, heartbeat_at from mixpanel_sync.sync_runs where id = $1', [runId]);

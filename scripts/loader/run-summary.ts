@@ -64,6 +64,7 @@ export function summaryLines(summary: RunSummary, extra: Array<[string, number |
       ? `  watermark ${summary.watermark_before ?? 'none'} -> ${summary.watermark_after ?? 'none'}`
       : '  nothing applied; watermark unchanged',
   ];
-  if (summary.rejected) lines.push(`  rejects: select line_no, reason, payload from mixpanel_sync.sync_rejects where run_id = ${summary.run_id};`);
+  if (summary.rejected)
+    lines.push(`  rejects: select line_no, reason, payload from mixpanel_sync.sync_rejects where run_id = ${summary.run_id};`);
   return lines;
 }

@@ -6,7 +6,14 @@
 import { exportEvents } from '../mixpanel/export-events.ts';
 import type { RequestOptions } from '../mixpanel/mixpanel-request.ts';
 import type { MixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
-import { beginSpotCheck, finishSpotCheck, spotCheckResult, stageSpotCheck, type SpotCheck, type SpotCheckDifference } from '../sql/sync-api.ts';
+import {
+  beginSpotCheck,
+  finishSpotCheck,
+  spotCheckResult,
+  stageSpotCheck,
+  type SpotCheck,
+  type SpotCheckDifference,
+} from '../sql/sync-api.ts';
 import { withPool, type PoolChoice } from './database-connection.ts';
 
 export interface SpotCheckOptions extends PoolChoice {
@@ -71,7 +78,10 @@ export async function spotCheck(options: SpotCheckOptions): Promise<SpotCheckRep
       for await (const chunk of stream) {
         for (const line of (chunk as Buffer).toString('utf8').split('\n')) {
           if (line === '') continue;
-          if (/^\s*terminated early/i.test(line)) throw new Error(`Mixpanel's export for users ${i + 1}..${i + users.length} ended with "terminated early": the answer is incomplete, nothing compared`);
+          if (/^\s*terminated early/i.test(line))
+            throw new Error(
+              `Mixpanel's export for users ${i + 1}..${i + users.length} ended with "terminated early": the answer is incomplete, nothing compared`,
+            );
           pending.push(line);
         }
         if (pending.length >= 5000) {
@@ -103,7 +113,15 @@ export async function spotCheck(options: SpotCheckOptions): Promise<SpotCheckRep
 
 /** The table a DBA reads: one line per group that differs or waits, then one summary line. */
 export function spotCheckLines(report: SpotCheckReport): string[] {
-  const rows = report.differences.map((d) => [d.distinct_id, d.day ?? '(all days)', d.event_name, String(d.mixpanel), String(d.ours), String(d.pending), d.reason]);
+  const rows = report.differences.map((d) => [
+    d.distinct_id,
+    d.day ?? '(all days)',
+    d.event_name,
+    String(d.mixpanel),
+    String(d.ours),
+    String(d.pending),
+    d.reason,
+  ]);
   const header = ['user', 'day', 'event', 'mixpanel', 'ours', 'pending', 'why'];
   const widths = header.map((h, i) => Math.min(40, Math.max(h.length, ...rows.map((r) => r[i]!.length))));
   const format = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]!))).join('  ');

@@ -73,7 +73,16 @@ export function sqlState(error: unknown): string | null {
 }
 
 /** Socket errors of a connection that broke or could not be made. */
-const CONNECTION_ERRORS = new Set(['EPIPE', 'ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'ENOTCONN', 'ETIMEDOUT', 'EHOSTUNREACH', 'ENETUNREACH']);
+const CONNECTION_ERRORS = new Set([
+  'EPIPE',
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'ECONNABORTED',
+  'ENOTCONN',
+  'ETIMEDOUT',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+]);
 
 /**
  * True when the error says the connection to the database is gone (a socket error, pg's "Connection terminated", or
@@ -111,12 +120,14 @@ function startHeartbeat(pool: pg.Pool, runId: string, intervalMs: number): { sto
   let inFlight: Promise<void> | null = null;
   const beat = () => {
     if (stopped || inFlight !== null) return;
-    inFlight = heartbeatRun(pool, runId).then(
-      () => undefined,
-      () => undefined,
-    ).finally(() => {
-      inFlight = null;
-    });
+    inFlight = heartbeatRun(pool, runId)
+      .then(
+        () => undefined,
+        () => undefined,
+      )
+      .finally(() => {
+        inFlight = null;
+      });
   };
   const timer = setInterval(beat, intervalMs);
   timer.unref();
@@ -132,7 +143,12 @@ function startHeartbeat(pool: pg.Pool, runId: string, intervalMs: number): { sto
   };
 }
 
-async function stageAndFinish<S>(client: pg.PoolClient, run: SyncRun, options: StagedSyncOptions<S>, signal: AbortSignal): Promise<SyncRun> {
+async function stageAndFinish<S>(
+  client: pg.PoolClient,
+  run: SyncRun,
+  options: StagedSyncOptions<S>,
+  signal: AbortSignal,
+): Promise<SyncRun> {
   signal.throwIfAborted();
   const lines = await options.openLines(run, signal);
   const { counts } = await copyIntoStaging(client, {
@@ -200,9 +216,10 @@ export async function runStagedSync<S = RunSummary>(options: StagedSyncOptions<S
     heartbeat.stop();
     options.progress?.done();
     const code = signal.aborted ? null : sqlState(error);
-    const reason = !signal.aborted && (lost !== null || isConnectionLoss(error))
-      ? `the connection to the database was lost (${describeError(lost ?? error)})`
-      : describeError(error, signal);
+    const reason =
+      !signal.aborted && (lost !== null || isConnectionLoss(error))
+        ? `the connection to the database was lost (${describeError(lost ?? error)})`
+        : describeError(error, signal);
     const message = `${run.source} run ${run.id} failed: ${reason}`;
     // The run's own connection records the failure when it still works (a COPY cut short leaves it unusable).
     let summary: S | null = null;

@@ -48,10 +48,15 @@ export async function cohortsList(options: CohortsListOptions = {}): Promise<unk
     try {
       body = JSON.parse(text);
     } catch {
-      throw mixpanelError('bad_response', `Mixpanel cohorts/list answered something that is not JSON: ${text.slice(0, 120)}`, { retryable: true });
+      throw mixpanelError('bad_response', `Mixpanel cohorts/list answered something that is not JSON: ${text.slice(0, 120)}`, {
+        retryable: true,
+      });
     }
     if (!Array.isArray(body)) {
-      const said = body && typeof body === 'object' && typeof (body as { error?: unknown }).error === 'string' ? (body as { error: string }).error : text.slice(0, 200);
+      const said =
+        body && typeof body === 'object' && typeof (body as { error?: unknown }).error === 'string'
+          ? (body as { error: string }).error
+          : text.slice(0, 200);
       throw mixpanelError('bad_request', `Mixpanel cohorts/list did not answer a list of cohorts: ${said}`);
     }
     return body;

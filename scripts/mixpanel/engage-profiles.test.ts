@@ -6,7 +6,12 @@ import type { MixpanelSettings } from './mixpanel-settings.ts';
 
 const profiles: EngageProfile[] = Array.from({ length: 25 }, (_, i) => ({
   $distinct_id: i === 3 ? 4 : `user-${i}`,
-  $properties: { $email: `u${i}@example.com`, $created: '2026-11-02T10:11:12', $last_seen: '2026-11-20T08:00:00', plan: i % 2 ? 'pro' : 'free' },
+  $properties: {
+    $email: `u${i}@example.com`,
+    $created: '2026-11-02T10:11:12',
+    $last_seen: '2026-11-20T08:00:00',
+    plan: i % 2 ? 'pro' : 'free',
+  },
 }));
 
 let fake: FakeMixpanel;
@@ -54,7 +59,13 @@ describe('engageProfiles against the fake Mixpanel', () => {
       { where: 'defined(user["$email"])', page_size: '10', session_id: sessionId, page: '2' },
     ]);
     for (const request of fake.requests) {
-      expect(request).toMatchObject({ method: 'POST', path: '/api/query/engage', query: { project_id: '1234' }, user: 'fake-service-account', secret: 'fake-secret' });
+      expect(request).toMatchObject({
+        method: 'POST',
+        path: '/api/query/engage',
+        query: { project_id: '1234' },
+        user: 'fake-service-account',
+        secret: 'fake-secret',
+      });
       expect(request.headers['content-type']).toBe('application/x-www-form-urlencoded');
       expect(request.headers['accept-encoding']).toBe('gzip');
     }
@@ -95,7 +106,9 @@ describe('engageProfiles against the fake Mixpanel', () => {
 
   it('401 and 400 are one-line, actionable, not retried', async () => {
     const auth = await failure({ settings: fake.settings({ serviceAccount: 'nobody' }) });
-    expect(auth.message).toMatch(/^Mixpanel Engage API rejected the credentials \(HTTP 401.*check MIXPANEL_SERVICE_ACCOUNT and MIXPANEL_SECRET/);
+    expect(auth.message).toMatch(
+      /^Mixpanel Engage API rejected the credentials \(HTTP 401.*check MIXPANEL_SERVICE_ACCOUNT and MIXPANEL_SECRET/,
+    );
     fake.queueEngage({ status: 400, body: '{"error":"invalid where clause","status":"error"}' });
     const bad = await failure({ settings: fake.settings(), where: 'nonsense(' });
     expect(bad.message).toBe('Mixpanel Engage API rejected the request (HTTP 400): invalid where clause');

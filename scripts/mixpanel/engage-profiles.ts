@@ -53,7 +53,9 @@ function parsePage(text: string, requestedPage: number, requestedSize: number): 
   try {
     body = JSON.parse(text) as Record<string, unknown>;
   } catch {
-    throw mixpanelError('bad_response', `Mixpanel Engage API answered something that is not JSON: ${text.slice(0, 120)}`, { retryable: true });
+    throw mixpanelError('bad_response', `Mixpanel Engage API answered something that is not JSON: ${text.slice(0, 120)}`, {
+      retryable: true,
+    });
   }
   if (body === null || typeof body !== 'object' || Array.isArray(body)) {
     throw mixpanelError('bad_response', 'Mixpanel Engage API answered JSON that is not an object.', { retryable: true });
@@ -109,17 +111,24 @@ export async function* engageProfiles(options: EngageProfilesOptions = {}): Asyn
         text = await readText(answer.body);
       } catch (error) {
         if (isMixpanelError(error)) throw error;
-        throw mixpanelError('network', `the connection to ${url.origin} broke while reading an Engage page (${(error as Error).message}).`, {
-          retryable: true,
-          cause: error,
-        });
+        throw mixpanelError(
+          'network',
+          `the connection to ${url.origin} broke while reading an Engage page (${(error as Error).message}).`,
+          {
+            retryable: true,
+            cause: error,
+          },
+        );
       }
       return parsePage(text, page, requestedSize);
     });
     yield result;
     if (result.results.length === 0 || result.results.length < result.pageSize) return;
     if (result.sessionId === null) {
-      throw mixpanelError('bad_response', `Mixpanel Engage API returned a full page ${result.page} without a session_id to ask for the next one.`);
+      throw mixpanelError(
+        'bad_response',
+        `Mixpanel Engage API returned a full page ${result.page} without a session_id to ask for the next one.`,
+      );
     }
     sessionId = result.sessionId;
     page = result.page + 1;

@@ -11,7 +11,14 @@ const lines = Array.from({ length: 60 }, (_, i) => {
   const time = DAY0 + Math.floor(i / 20) * 86_400 + (i % 20) * 600;
   return JSON.stringify({
     event: i % 3 === 0 ? 'Sign Up' : '$mp_web_page_view',
-    properties: { time, distinct_id: `user-${i % 7}`, $insert_id: `ins-${i}`, mp_processing_time_ms: time * 1000 + 5000, $current_url: `https://example.com/p/${i}`, note: i === 5 ? 'two\nlines' : 'x' },
+    properties: {
+      time,
+      distinct_id: `user-${i % 7}`,
+      $insert_id: `ins-${i}`,
+      mp_processing_time_ms: time * 1000 + 5000,
+      $current_url: `https://example.com/p/${i}`,
+      note: i === 5 ? 'two\nlines' : 'x',
+    },
   });
 });
 const expected = lines.map((l) => `${l}\n`).join('');
@@ -51,7 +58,13 @@ describe('exportEvents against the fake Mixpanel', () => {
     for (const chunk of chunks) expect(chunk.at(-1)).toBe(0x0a);
     expect(fake.requests).toHaveLength(1);
     const [request] = fake.requests;
-    expect(request).toMatchObject({ method: 'GET', path: '/api/2.0/export', user: 'fake-service-account', secret: 'fake-secret', status: 200 });
+    expect(request).toMatchObject({
+      method: 'GET',
+      path: '/api/2.0/export',
+      user: 'fake-service-account',
+      secret: 'fake-secret',
+      status: 200,
+    });
     expect(request!.query).toEqual({ project_id: '1234', from_date: '2026-11-01', to_date: '2026-11-03' });
     expect(stats).toMatchObject({ attempts: 1, records: 60, rejoined: 0 });
   });
@@ -70,7 +83,10 @@ describe('exportEvents against the fake Mixpanel', () => {
     const { text } = await collect({ settings: fake.settings(), where: lateArrivalWhere(after), event: ['Sign Up'] });
     expect(fake.requests[0]!.query.where).toBe(`properties["mp_processing_time_ms"] > ${after}`);
     expect(fake.requests[0]!.query.event).toBe('["Sign Up"]');
-    const got = text.trim().split('\n').map((l) => JSON.parse(l) as { event: string; properties: { mp_processing_time_ms: number } });
+    const got = text
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { event: string; properties: { mp_processing_time_ms: number } });
     expect(got.length).toBeGreaterThan(0);
     expect(got.every((e) => e.event === 'Sign Up' && e.properties.mp_processing_time_ms > after)).toBe(true);
   });
@@ -97,7 +113,9 @@ describe('exportEvents against the fake Mixpanel', () => {
     fake.queueExport({ status: 502 }, { status: 502 }, { status: 502 });
     const error = await failure({ settings: fake.settings({ maxTries: 3 }) });
     expect(error.code).toBe('server');
-    expect(error.message).toMatch(/^Mixpanel Export API server error \(HTTP 502: fake error 502\)\. Gave up after 3 tries \(MIXPANEL_MAX_TRIES=3\)\.$/);
+    expect(error.message).toMatch(
+      /^Mixpanel Export API server error \(HTTP 502: fake error 502\)\. Gave up after 3 tries \(MIXPANEL_MAX_TRIES=3\)\.$/,
+    );
     expect(fake.requests).toHaveLength(3);
   });
 
@@ -119,7 +137,9 @@ describe('exportEvents against the fake Mixpanel', () => {
   it("400: passes on Mixpanel's message", async () => {
     const error = await failure({ settings: fake.settings(), where: 'user["$email"] == "x"' });
     expect(error.code).toBe('bad_request');
-    expect(error.message).toBe('Mixpanel Export API rejected the request (HTTP 400): Unable to parse where expression: user["$email"] == "x"');
+    expect(error.message).toBe(
+      'Mixpanel Export API rejected the request (HTTP 400): Unable to parse where expression: user["$email"] == "x"',
+    );
   });
 
   it('connection refused: retried, then a network error naming the host', async () => {
@@ -139,7 +159,9 @@ describe('exportEvents against the fake Mixpanel', () => {
     fake.queueExport({ dropAfterBytes: 5000, chunkDelayMs: 5 });
     const error = await failure({ settings: fake.settings() });
     expect(error.code).toBe('interrupted');
-    expect(error.message).toMatch(/^the Mixpanel export 2026-11-01\.\.2026-11-03 broke after \d+ lines were passed on \(the connection .* broke while reading the answer .*\) It cannot resume mid-stream: fail this run and run it again\.$/);
+    expect(error.message).toMatch(
+      /^the Mixpanel export 2026-11-01\.\.2026-11-03 broke after \d+ lines were passed on \(the connection .* broke while reading the answer .*\) It cannot resume mid-stream: fail this run and run it again\.$/,
+    );
     expect(fake.requests).toHaveLength(1);
   });
 
@@ -164,7 +186,7 @@ describe('exportEvents against the fake Mixpanel', () => {
     expect(error.message).toMatch(/ETIMEDOUT/);
   });
 
-  it('hands split records, CR and blank lines on as sent; the loader\'s framing (input-framing.ts) rebuilds the records', async () => {
+  it("hands split records, CR and blank lines on as sent; the loader's framing (input-framing.ts) rebuilds the records", async () => {
     fake.queueExport({ splitLines: [5, 6, 59], crlf: true, blankLines: true });
     const { text, stats } = await collect({ settings: fake.settings() });
     expect(text).not.toBe(expected);
@@ -182,7 +204,9 @@ describe('exportEvents against the fake Mixpanel', () => {
   });
 
   it('checks its arguments before sending anything', () => {
-    expect(() => exportEvents({ fromDate: '2026-11-31', toDate: '2026-12-01', settings: fake.settings() })).toThrow(/fromDate must be a UTC day/);
+    expect(() => exportEvents({ fromDate: '2026-11-31', toDate: '2026-12-01', settings: fake.settings() })).toThrow(
+      /fromDate must be a UTC day/,
+    );
     expect(() => exportEvents({ fromDate: '2026-11-03', toDate: '2026-11-01', settings: fake.settings() })).toThrow(/is after toDate/);
     expect(fake.requests).toHaveLength(0);
   });
@@ -195,7 +219,9 @@ describe('exportEvents against the fake Mixpanel', () => {
     const count = fake.requests.length;
     const error = await failure({ settings });
     expect(error.code).toBe('budget');
-    expect(error.message).toMatch(/Mixpanel Export query budget spent: 2 queries in the last 60 min .* next query is allowed at .*Z \(in 60 min\)/);
+    expect(error.message).toMatch(
+      /Mixpanel Export query budget spent: 2 queries in the last 60 min .* next query is allowed at .*Z \(in 60 min\)/,
+    );
     expect(fake.requests).toHaveLength(count);
   });
 

@@ -28,7 +28,16 @@ function framed(bytes: Buffer) {
 }
 
 const event = (i: number, extra = '') =>
-  JSON.stringify({ event: 'Page View', properties: { time: 1764000000 + i, distinct_id: `u${i}`, $insert_id: `id${i}`, mp_processing_time_ms: 1764000000123 + i * 1000, ...(extra ? { note: extra } : {}) } });
+  JSON.stringify({
+    event: 'Page View',
+    properties: {
+      time: 1764000000 + i,
+      distinct_id: `u${i}`,
+      $insert_id: `id${i}`,
+      mp_processing_time_ms: 1764000000123 + i * 1000,
+      ...(extra ? { note: extra } : {}),
+    },
+  });
 
 describe('createExportBodyWatcher', () => {
   it('passes clean JSONL through unchanged and counts its records', () => {
@@ -114,7 +123,15 @@ describe('createExportBodyWatcher', () => {
   it('property: any chunking of JSONL with split records, CRLF and blank lines gives back the same bytes', () => {
     fc.assert(
       fc.property(
-        fc.array(fc.record({ note: fc.string({ maxLength: 12, unit: fc.constantFrom('a', 'é', ' ', '\n', '"', '\\', '}', '{"') }), split: fc.boolean(), crlf: fc.boolean(), blank: fc.boolean() }), { minLength: 1, maxLength: 25 }),
+        fc.array(
+          fc.record({
+            note: fc.string({ maxLength: 12, unit: fc.constantFrom('a', 'é', ' ', '\n', '"', '\\', '}', '{"') }),
+            split: fc.boolean(),
+            crlf: fc.boolean(),
+            blank: fc.boolean(),
+          }),
+          { minLength: 1, maxLength: 25 },
+        ),
         fc.integer({ min: 1, max: 300 }),
         (specs, chunkSize) => {
           const records = specs.map((s, i) => event(i, s.note));

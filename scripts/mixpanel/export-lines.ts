@@ -8,7 +8,13 @@
 // Bytes are held until the body's first record is known (so that an attempt that fails before it can be retried
 // without anything handed out); after that they go on as they are read, cut after a line's newline. A body that does not end in a
 // newline gets one, so that the answers of a run, one after the other, never glue two records together.
-import { createInputFramer, endsInsideString, isTerminatedEarlyLine, MAX_RECORD_BYTES, type FramedRecord } from '../loader/input-framing.ts';
+import {
+  createInputFramer,
+  endsInsideString,
+  isTerminatedEarlyLine,
+  MAX_RECORD_BYTES,
+  type FramedRecord,
+} from '../loader/input-framing.ts';
 import { mixpanelError } from './mixpanel-errors.ts';
 
 export { endsInsideString, isTerminatedEarlyLine };
@@ -113,7 +119,13 @@ export function createExportBodyWatcher(options: { maxRecordBytes?: number } = {
     end() {
       const records = framer.end();
       const last = records.filter((r) => !r.marker).at(-1);
-      if (!records.some((r) => r.marker) && last && last.bytes[0] === OPEN && last.bytes[1] === QUOTE && lastNonSpace(last.bytes) !== CLOSE) {
+      if (
+        !records.some((r) => r.marker) &&
+        last &&
+        last.bytes[0] === OPEN &&
+        last.bytes[1] === QUOTE &&
+        lastNonSpace(last.bytes) !== CLOSE
+      ) {
         const complete = stats.records + records.length - 1;
         throw mixpanelError(
           'truncated',

@@ -28,10 +28,14 @@ export interface HttpAnswer {
 function networkError(url: URL, error: unknown) {
   const e = error as NodeJS.ErrnoException;
   const what = e.code ? `${e.code}${e.message && !e.message.includes(e.code) ? `: ${e.message}` : ''}` : e.message;
-  return mixpanelError('network', `could not reach Mixpanel at ${url.origin} (${what}): check the network, MIXPANEL_REGION or MIXPANEL_API_URL.`, {
-    retryable: true,
-    cause: error,
-  });
+  return mixpanelError(
+    'network',
+    `could not reach Mixpanel at ${url.origin} (${what}): check the network, MIXPANEL_REGION or MIXPANEL_API_URL.`,
+    {
+      retryable: true,
+      cause: error,
+    },
+  );
 }
 
 function decode(response: http.IncomingMessage): Readable {
@@ -115,5 +119,8 @@ export function bodyError(url: URL, error: unknown, signal?: AbortSignal) {
   if (signal?.aborted) return abortError(signal);
   const e = error as NodeJS.ErrnoException;
   const what = e.code ? `${e.code}: ${e.message}` : e.message;
-  return mixpanelError('network', `the connection to ${url.origin} broke while reading the answer (${what}).`, { retryable: true, cause: error });
+  return mixpanelError('network', `the connection to ${url.origin} broke while reading the answer (${what}).`, {
+    retryable: true,
+    cause: error,
+  });
 }

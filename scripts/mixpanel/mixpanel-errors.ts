@@ -94,11 +94,11 @@ export function httpStatusError(
     );
   }
   if (status === 429) {
-    return mixpanelError(
-      'rate_limited',
-      `${where} rate limit hit (HTTP 429: ${said}); Mixpanel allows 60 queries an hour per project.`,
-      { status, retryable: true, ...(context.retryAfterMs === undefined ? {} : { retryAfterMs: context.retryAfterMs }) },
-    );
+    return mixpanelError('rate_limited', `${where} rate limit hit (HTTP 429: ${said}); Mixpanel allows 60 queries an hour per project.`, {
+      status,
+      retryable: true,
+      ...(context.retryAfterMs === undefined ? {} : { retryAfterMs: context.retryAfterMs }),
+    });
   }
   if (status >= 500) {
     return mixpanelError('server', `${where} server error (HTTP ${status}: ${said}).`, {

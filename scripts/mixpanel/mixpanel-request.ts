@@ -44,7 +44,9 @@ export function requestHeaders(settings: MixpanelSettings, extra: Record<string,
 function asMixpanelError(error: unknown, signal?: AbortSignal): MixpanelError {
   if (isMixpanelError(error)) return error;
   if (signal?.aborted) return abortError(signal);
-  return mixpanelError('bad_response', `unexpected failure talking to Mixpanel: ${(error as Error)?.message ?? String(error)}`, { cause: error });
+  return mixpanelError('bad_response', `unexpected failure talking to Mixpanel: ${(error as Error)?.message ?? String(error)}`, {
+    cause: error,
+  });
 }
 
 /**
@@ -79,7 +81,12 @@ export async function withRetries<T>(
         throw mixpanelError(
           error.code,
           `${error.message} Mixpanel asks to wait ${Math.ceil(error.retryAfterMs / 1000)} s (Retry-After), longer than the ${Math.round(settings.maxRetryAfterMs / 1000)} s a run waits: run again later.`,
-          { retryable: true, retryAfterMs: error.retryAfterMs, ...(error.status === undefined ? {} : { status: error.status }), cause: error },
+          {
+            retryable: true,
+            retryAfterMs: error.retryAfterMs,
+            ...(error.status === undefined ? {} : { status: error.status }),
+            cause: error,
+          },
         );
       }
       const delayMs = retryDelay(error, tryNumber, settings);

@@ -59,7 +59,13 @@ describe('readMixpanelSettings', () => {
 
   it('MIXPANEL_API_URL replaces the host of both APIs, keeping a path prefix', () => {
     const settings = readMixpanelSettings({ ...env, MIXPANEL_REGION: 'eu', MIXPANEL_API_URL: 'http://127.0.0.1:9999/proxy/' });
-    const url = exportUrl(settings, { fromDate: '2026-11-01', toDate: '2026-11-01', where: lateArrivalWhere(1764000000000), event: ['Sign Up'], limit: 10 });
+    const url = exportUrl(settings, {
+      fromDate: '2026-11-01',
+      toDate: '2026-11-01',
+      where: lateArrivalWhere(1764000000000),
+      event: ['Sign Up'],
+      limit: 10,
+    });
     expect(url.origin + url.pathname).toBe('http://127.0.0.1:9999/proxy/api/2.0/export');
     expect(Object.fromEntries(url.searchParams)).toEqual({
       project_id: '123456',
@@ -73,7 +79,9 @@ describe('readMixpanelSettings', () => {
   });
 
   it('uses service-account basic auth', () => {
-    expect(authorizationHeader({ serviceAccount: 'sa.user', secret: 's3cret' })).toBe(`Basic ${Buffer.from('sa.user:s3cret').toString('base64')}`);
+    expect(authorizationHeader({ serviceAccount: 'sa.user', secret: 's3cret' })).toBe(
+      `Basic ${Buffer.from('sa.user:s3cret').toString('base64')}`,
+    );
   });
 });
 
@@ -86,8 +94,15 @@ describe('where, form, retry helpers', () => {
   });
 
   it('builds the Engage form: session_id and page only after the first page', () => {
-    expect(engageForm({ where: 'defined(user["$email"])', pageSize: 500, cohortId: 42, outputProperties: ['$email'] }, 0, null).toString()).toBe(
-      new URLSearchParams({ where: 'defined(user["$email"])', filter_by_cohort: '{"id":42}', output_properties: '["$email"]', page_size: '500' }).toString(),
+    expect(
+      engageForm({ where: 'defined(user["$email"])', pageSize: 500, cohortId: 42, outputProperties: ['$email'] }, 0, null).toString(),
+    ).toBe(
+      new URLSearchParams({
+        where: 'defined(user["$email"])',
+        filter_by_cohort: '{"id":42}',
+        output_properties: '["$email"]',
+        page_size: '500',
+      }).toString(),
     );
     expect(Object.fromEntries(engageForm({}, 3, 'S-1'))).toEqual({ session_id: 'S-1', page: '3' });
   });

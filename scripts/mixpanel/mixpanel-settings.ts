@@ -118,7 +118,8 @@ function readSettings(env: Env, overrides: Partial<MixpanelSettings>): MixpanelS
   const apiUrl = overrides.apiUrl !== undefined ? (overrides.apiUrl ? normaliseApiUrl(overrides.apiUrl) : null) : readApiUrl(env);
   const projectTimezone = overrides.projectTimezone !== undefined ? overrides.projectTimezone : readTimezone(env);
   const maxTries =
-    overrides.maxTries ?? positiveInteger(env, 'MIXPANEL_MAX_TRIES', DEFAULT_SETTINGS.maxTries, 'set it to how many times a request may be tried, e.g. 5');
+    overrides.maxTries ??
+    positiveInteger(env, 'MIXPANEL_MAX_TRIES', DEFAULT_SETTINGS.maxTries, 'set it to how many times a request may be tried, e.g. 5');
   const queriesPerHour = overrides.queriesPerHour !== undefined ? overrides.queriesPerHour : readQueriesPerHour(env);
   const budgetFile = overrides.budgetFile ?? (env.MIXPANEL_BUDGET_FILE?.trim() || defaultBudgetFile(projectId));
   return {
@@ -143,7 +144,11 @@ function definedOnly<T extends object>(value: T): Partial<T> {
 function readProjectId(env: Env): number {
   const raw = required(env, 'MIXPANEL_PROJECT_ID', 'set it to the numeric project id (Project settings > Overview)');
   if (!/^[1-9][0-9]{0,15}$/.test(raw)) {
-    throw configError('MIXPANEL_PROJECT_ID', `is "${raw}", not a project id`, 'set it to the numeric project id (Project settings > Overview)');
+    throw configError(
+      'MIXPANEL_PROJECT_ID',
+      `is "${raw}", not a project id`,
+      'set it to the numeric project id (Project settings > Overview)',
+    );
   }
   return Number(raw);
 }
@@ -160,13 +165,25 @@ function normaliseApiUrl(raw: string): string {
   try {
     url = new URL(raw);
   } catch {
-    throw configError('MIXPANEL_API_URL', `is "${shown(raw)}", not a URL`, 'set it to a base URL such as http://127.0.0.1:8080, or unset it');
+    throw configError(
+      'MIXPANEL_API_URL',
+      `is "${shown(raw)}", not a URL`,
+      'set it to a base URL such as http://127.0.0.1:8080, or unset it',
+    );
   }
   if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-    throw configError('MIXPANEL_API_URL', `is "${shown(raw)}", not http(s)`, 'set it to a base URL such as http://127.0.0.1:8080, or unset it');
+    throw configError(
+      'MIXPANEL_API_URL',
+      `is "${shown(raw)}", not http(s)`,
+      'set it to a base URL such as http://127.0.0.1:8080, or unset it',
+    );
   }
   if (url.search || url.hash || url.username || url.password) {
-    throw configError('MIXPANEL_API_URL', 'has a query, fragment or credentials', 'give only scheme, host, port and an optional path prefix');
+    throw configError(
+      'MIXPANEL_API_URL',
+      'has a query, fragment or credentials',
+      'give only scheme, host, port and an optional path prefix',
+    );
   }
   return url.toString().replace(/\/+$/, '');
 }
@@ -182,7 +199,11 @@ function readTimezone(env: Env): string | null {
   try {
     new Intl.DateTimeFormat('en-US', { timeZone: raw });
   } catch {
-    throw configError('MIXPANEL_PROJECT_TIMEZONE', `is "${raw}", not a time zone`, 'set it to an IANA name such as America/Los_Angeles, or unset it (UTC)');
+    throw configError(
+      'MIXPANEL_PROJECT_TIMEZONE',
+      `is "${raw}", not a time zone`,
+      'set it to an IANA name such as America/Los_Angeles, or unset it (UTC)',
+    );
   }
   return raw;
 }
@@ -190,7 +211,12 @@ function readTimezone(env: Env): string | null {
 function readQueriesPerHour(env: Env): number | null {
   const raw = env.MIXPANEL_QUERIES_PER_HOUR?.trim();
   if (raw === 'unlimited') return null;
-  return positiveInteger(env, 'MIXPANEL_QUERIES_PER_HOUR', DEFAULT_SETTINGS.queriesPerHour, 'set it to a positive integer (Mixpanel allows 60), or to unlimited');
+  return positiveInteger(
+    env,
+    'MIXPANEL_QUERIES_PER_HOUR',
+    DEFAULT_SETTINGS.queriesPerHour,
+    'set it to a positive integer (Mixpanel allows 60), or to unlimited',
+  );
 }
 
 function base(settings: Pick<MixpanelSettings, 'apiUrl' | 'region'>, api: 'export' | 'query'): string {

@@ -15,7 +15,16 @@ afterAll(async () => {
 });
 
 function budget(overrides: Partial<QueryBudget> = {}): QueryBudget {
-  return { file: path.join(dir, `b${++files}`, 'budget.json'), key: '1/export', perHour: 3, perSecond: 100, windowMs: 3_600_000, wait: false, label: 'Export', ...overrides };
+  return {
+    file: path.join(dir, `b${++files}`, 'budget.json'),
+    key: '1/export',
+    perHour: 3,
+    perSecond: 100,
+    windowMs: 3_600_000,
+    wait: false,
+    label: 'Export',
+    ...overrides,
+  };
 }
 
 describe('takeQuery', () => {
@@ -28,7 +37,9 @@ describe('takeQuery', () => {
     const next = (error as { nextAllowedAt: Date }).nextAllowedAt.getTime();
     expect(next).toBeGreaterThanOrEqual(before + 3_600_000);
     expect(next).toBeLessThanOrEqual(Date.now() + 3_600_000);
-    expect((error as Error).message).toMatch(/query budget spent: 3 queries in the last 60 min .*next query is allowed at \d{4}-\d\d-\d\dT.*Z \(in 60 min\)/);
+    expect((error as Error).message).toMatch(
+      /query budget spent: 3 queries in the last 60 min .*next query is allowed at \d{4}-\d\d-\d\dT.*Z \(in 60 min\)/,
+    );
     expect(await budgetUsage(b)).toMatchObject({ used: 3, remaining: 0 });
   });
 

@@ -64,9 +64,16 @@ async function withLock<T>(file: string, signal: AbortSignal | undefined, body: 
         continue;
       }
       if (code !== 'EEXIST') {
-        throw mixpanelError('budget', `cannot use the query budget file ${file} (${(error as Error).message}): set MIXPANEL_BUDGET_FILE to a writable path`, { cause: error });
+        throw mixpanelError(
+          'budget',
+          `cannot use the query budget file ${file} (${(error as Error).message}): set MIXPANEL_BUDGET_FILE to a writable path`,
+          { cause: error },
+        );
       }
-      const age = await stat(lock).then((s) => Date.now() - s.mtimeMs, () => 0);
+      const age = await stat(lock).then(
+        (s) => Date.now() - s.mtimeMs,
+        () => 0,
+      );
       if (age > LOCK_STALE_MS) {
         await unlink(lock).catch(() => undefined);
         continue;

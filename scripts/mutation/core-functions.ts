@@ -3,11 +3,25 @@
 
 /** The core functions of issue 15, by name (all overloads); new guard and identity functions are matched by coreNamePattern. */
 export const coreFunctions = [
-  'begin_run', 'finish_run', 'finish_events_run', 'parse_new_staged_events', 'parse_staged_events', 'fail_run',
-  'upsert_subscribers_incremental', 'upsert_subscribers_incremental_loop', 'insert_new_events_loop',
-  'upsert_subscribers_incremental_add', 'upsert_subscribers_incremental_add_loop',
-  'refresh_subscribers', 'refresh_subscriber_loop', 'upsert_subscriber_properties', 'finish_profiles_run',
-  'horizon_day', 'drop_staged_rows', 'event_second', 'is_terminated_early_marker',
+  'begin_run',
+  'finish_run',
+  'finish_events_run',
+  'parse_new_staged_events',
+  'parse_staged_events',
+  'fail_run',
+  'upsert_subscribers_incremental',
+  'upsert_subscribers_incremental_loop',
+  'insert_new_events_loop',
+  'upsert_subscribers_incremental_add',
+  'upsert_subscribers_incremental_add_loop',
+  'refresh_subscribers',
+  'refresh_subscriber_loop',
+  'upsert_subscriber_properties',
+  'finish_profiles_run',
+  'horizon_day',
+  'drop_staged_rows',
+  'event_second',
+  'is_terminated_early_marker',
 ];
 
 /** Guard and identity functions as they land (SQL-safety stream): counted as core too. */
@@ -18,10 +32,25 @@ export function isCore(name: string): boolean {
 }
 
 const endToEnd = ['verify/run_lifecycle_pinned.sql', 'verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql'];
-const replace = ['verify/replace_loop_equals_set.sql', 'verify/replace_then_adds_equal_replace.sql', 'verify/finish_run_end_to_end.sql', 'property-tests/loop-equals-set.test.ts'];
-const add = ['verify/add_idempotent_order_independent.sql', 'verify/add_loop_equals_set.sql', 'verify/replace_then_adds_equal_replace.sql',
-  'verify/run_lifecycle_pinned.sql', 'property-tests/add-algebra.test.ts'];
-const profiles = ['verify/run_lifecycle_pinned.sql', 'verify/profiles_change_detection.sql', 'property-tests/profiles-change-detection.test.ts', 'property-tests/profiles-verify.test.ts'];
+const replace = [
+  'verify/replace_loop_equals_set.sql',
+  'verify/replace_then_adds_equal_replace.sql',
+  'verify/finish_run_end_to_end.sql',
+  'property-tests/loop-equals-set.test.ts',
+];
+const add = [
+  'verify/add_idempotent_order_independent.sql',
+  'verify/add_loop_equals_set.sql',
+  'verify/replace_then_adds_equal_replace.sql',
+  'verify/run_lifecycle_pinned.sql',
+  'property-tests/add-algebra.test.ts',
+];
+const profiles = [
+  'verify/run_lifecycle_pinned.sql',
+  'verify/profiles_change_detection.sql',
+  'property-tests/profiles-change-detection.test.ts',
+  'property-tests/profiles-verify.test.ts',
+];
 
 /** Proofs to try first per function name, cheapest likely killer first. */
 export const proofMap: Record<string, string[]> = {
@@ -38,7 +67,12 @@ export const proofMap: Record<string, string[]> = {
   insert_new_events_loop: [...replace, ...add],
   upsert_subscribers_incremental_add: add,
   upsert_subscribers_incremental_add_loop: add,
-  refresh_subscribers: ['verify/finish_run_end_to_end.sql', 'verify/parse_independent.sql', ...replace, 'property-tests/subscribers-definition.test.ts'],
+  refresh_subscribers: [
+    'verify/finish_run_end_to_end.sql',
+    'verify/parse_independent.sql',
+    ...replace,
+    'property-tests/subscribers-definition.test.ts',
+  ],
   refresh_subscriber_loop: ['verify/finish_run_end_to_end.sql', ...replace, 'property-tests/subscribers-definition.test.ts'],
   event_second: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql'],
   event_key: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql', 'property-tests/add-algebra.test.ts'],

@@ -11,11 +11,22 @@ const definitions = new Map<string, { fn: string; definition: string }>();
 
 beforeAll(async () => {
   db = await createTestDatabase({ poolSize: 1 });
-  const { rows } = await db.pool.query<{ name: string; fn: string; definition: string }>(`
+  const { rows } = await db.pool.query<{ name: string; fn: string; definition: string }>(
+    `
     select p.proname as name, p.oid::regprocedure::text as fn, pg_catalog.pg_get_functiondef(p.oid) as definition
     from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
     where n.nspname = 'mixpanel_sync' and p.proname = any($1)`,
-    [['begin_run', 'fail_run', 'finish_events_run', 'parse_new_staged_events', 'upsert_subscriber_properties', 'upsert_subscribers_incremental_add']]);
+    [
+      [
+        'begin_run',
+        'fail_run',
+        'finish_events_run',
+        'parse_new_staged_events',
+        'upsert_subscriber_properties',
+        'upsert_subscribers_incremental_add',
+      ],
+    ],
+  );
   for (const row of rows) definitions.set(row.name, row);
 });
 afterAll(async () => {
@@ -61,10 +72,19 @@ describe('mutant generator on real function definitions', () => {
   });
 
   it('every operator of the issue makes mutants here, each one change at the place the operator names', () => {
-    const all = ['begin_run', 'fail_run', 'finish_events_run', 'parse_new_staged_events', 'upsert_subscriber_properties', 'upsert_subscribers_incremental_add']
-      .flatMap(mutantsOf);
+    const all = [
+      'begin_run',
+      'fail_run',
+      'finish_events_run',
+      'parse_new_staged_events',
+      'upsert_subscriber_properties',
+      'upsert_subscribers_incremental_add',
+    ].flatMap(mutantsOf);
     const seen = new Set(all.map((m) => m.operator));
-    expect([...operators].filter((op) => !seen.has(op)), 'operators that made no mutant').toEqual([]);
+    expect(
+      [...operators].filter((op) => !seen.has(op)),
+      'operators that made no mutant',
+    ).toEqual([]);
     const expectedPairs: Record<string, [RegExp, RegExp]> = {
       'plus-minus': [/^[+-]$/, /^[+-]$/],
       relational: [/^(<|<=|>|>=)$/, /^(<|<=|>|>=)$/],
@@ -75,7 +95,10 @@ describe('mutant generator on real function definitions', () => {
       'not-distinct-eq': [/^(is not distinct from|=)$/, /^(is not distinct from|=)$/],
       'drop-conjunct': [/./, /^true$/],
       'swap-coalesce': [/,/, /,/],
-      'negate-interval-setting': [/^mixpanel_sync\.setting\('[a-z._]+'\)::interval$/, /^\(- mixpanel_sync\.setting\('[a-z._]+'\)::interval\)$/],
+      'negate-interval-setting': [
+        /^mixpanel_sync\.setting\('[a-z._]+'\)::interval$/,
+        /^\(- mixpanel_sync\.setting\('[a-z._]+'\)::interval\)$/,
+      ],
     };
     for (const m of all) {
       const d = definitions.get(m.fn.replace(/^mixpanel_sync\./, '').replace(/\(.*$/, ''))!;
@@ -95,16 +118,24 @@ describe('mutant generator on real function definitions', () => {
     expect(new Set(all.map((m) => m.key)).size).toBe(all.length);
   });
 
-  it('makes the issue\'s named bugs: watermark + overlap, ledger prune <= horizon, the 1e11 bound, greatest in fail-free paths', () => {
+  it("makes the issue's named bugs: watermark + overlap, ledger prune <= horizon, the 1e11 bound, greatest in fail-free paths", () => {
     const begin = mutantsOf('begin_run');
-    expect(begin.some((m) => m.operator === 'plus-minus' && m.key.includes('mark.watermark - mixpanel_sync.setting(\'events.overlap\')::interval as fetch_from')
-      && m.sql.includes("mark.watermark + mixpanel_sync.setting('events.overlap')::interval as fetch_from"))).toBe(true);
+    expect(
+      begin.some(
+        (m) =>
+          m.operator === 'plus-minus' &&
+          m.key.includes("mark.watermark - mixpanel_sync.setting('events.overlap')::interval as fetch_from") &&
+          m.sql.includes("mark.watermark + mixpanel_sync.setting('events.overlap')::interval as fetch_from"),
+      ),
+    ).toBe(true);
     const finish = mutantsOf('finish_events_run');
     expect(finish.some((m) => m.sql.includes('delete from mixpanel_sync.event_ledger l where l.day <= horizon;'))).toBe(true);
     const parse = mutantsOf('parse_new_staged_events');
     expect(parse.some((m) => m.sql.includes('when v.time_raw > 1e11 then v.time_raw / 1000'))).toBe(true);
     // the and of a between is not an and-or site (it would not compile)
-    expect(finish.filter((m) => m.operator === 'and-or' && m.sql.includes("between coalesce(run.window_from_day, horizon) or coalesce"))).toEqual([]);
+    expect(
+      finish.filter((m) => m.operator === 'and-or' && m.sql.includes('between coalesce(run.window_from_day, horizon) or coalesce')),
+    ).toEqual([]);
     // swap-coalesce swaps the two arguments
     expect(mutantsOf('fail_run').some((m) => m.sql.includes("error = coalesce('failed without a message', fail_run.error)"))).toBe(true);
   });
@@ -120,9 +151,15 @@ describe('mutant generator on real function definitions', () => {
         const mutated = commentsAndLiterals(m.sql);
         if (m.operator === 'swap-coalesce' || m.operator === 'drop-conjunct') {
           // literals and comments may move (swapped arguments) or go with a dropped conjunct, but none is changed or made up
-          expect(mutated.filter((x) => !original.includes(x)), m.key).toEqual([]);
+          expect(
+            mutated.filter((x) => !original.includes(x)),
+            m.key,
+          ).toEqual([]);
           if (m.operator === 'swap-coalesce') {
-            expect(mutated.filter((x) => x.startsWith('--')), m.key).toEqual(original.filter((x) => x.startsWith('--')));
+            expect(
+              mutated.filter((x) => x.startsWith('--')),
+              m.key,
+            ).toEqual(original.filter((x) => x.startsWith('--')));
           }
         } else {
           expect(mutated, m.key).toEqual(original);

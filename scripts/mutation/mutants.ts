@@ -16,8 +16,16 @@ export type Operator =
   | 'negate-interval-setting';
 
 export const operators: readonly Operator[] = [
-  'plus-minus', 'relational', 'least-greatest', 'min-max', 'and-or', 'distinct-ne', 'not-distinct-eq', 'drop-conjunct',
-  'swap-coalesce', 'negate-interval-setting',
+  'plus-minus',
+  'relational',
+  'least-greatest',
+  'min-max',
+  'and-or',
+  'distinct-ne',
+  'not-distinct-eq',
+  'drop-conjunct',
+  'swap-coalesce',
+  'negate-interval-setting',
 ];
 
 export interface Mutant {
@@ -158,15 +166,19 @@ function trimRange(text: string, [from, to]: [number, number]): [number, number]
 }
 
 // Words that end the condition of a where clause at its own parenthesis depth.
-const clauseEnd = /^(group|order|returning|limit|offset|union|except|intersect|window|having|for|loop|then|on|into|select|insert|update|delete|with)\b/i;
+const clauseEnd =
+  /^(group|order|returning|limit|offset|union|except|intersect|window|having|for|loop|then|on|into|select|insert|update|delete|with)\b/i;
 
 function isAssignment(masked: string, at: number): boolean {
   // `col = value` in an update's SET list or an ON CONFLICT … DO UPDATE SET: the left side is the line's first token
   // (and the options of a PL/pgSQL RAISE … USING errcode = …, and GET DIAGNOSTICS x = …)
   const lineStart = masked.lastIndexOf('\n', at) + 1;
   const before = masked.slice(lineStart, at);
-  return /^\s*(set\s+)?[a-z_][a-z_0-9]*\s*$/i.test(before) || /\b(errcode|message|hint|detail|column|constraint|datatype|table|schema)\s*$/i.test(before)
-    || /\bdiagnostics\s+[a-z_]+\s*$/i.test(before);
+  return (
+    /^\s*(set\s+)?[a-z_][a-z_0-9]*\s*$/i.test(before) ||
+    /\b(errcode|message|hint|detail|column|constraint|datatype|table|schema)\s*$/i.test(before) ||
+    /\bdiagnostics\s+[a-z_]+\s*$/i.test(before)
+  );
 }
 
 function isBetweenAnd(masked: string, at: number): boolean {
@@ -192,18 +204,26 @@ function editsOf(masked: string, operator: Operator): Edit[] {
       break;
     case 'relational':
       each(/(?<=\s)(<=|>=|<|>)(?=\s)/g, (m) => ({
-        operator, start: m.index, end: m.index + m[0].length,
+        operator,
+        start: m.index,
+        end: m.index + m[0].length,
         replacement: ({ '<': '<=', '<=': '<', '>': '>=', '>=': '>' } as Record<string, string>)[m[0]]!,
       }));
       break;
     case 'least-greatest':
       each(/\b(least|greatest)(?=\s*\()/gi, (m) => ({
-        operator, start: m.index, end: m.index + m[0].length, replacement: m[0].toLowerCase() === 'least' ? 'greatest' : 'least',
+        operator,
+        start: m.index,
+        end: m.index + m[0].length,
+        replacement: m[0].toLowerCase() === 'least' ? 'greatest' : 'least',
       }));
       break;
     case 'min-max':
       each(/(?<![.\w])(min|max)(?=\s*\()/gi, (m) => ({
-        operator, start: m.index, end: m.index + m[0].length, replacement: m[0].toLowerCase() === 'min' ? 'max' : 'min',
+        operator,
+        start: m.index,
+        end: m.index + m[0].length,
+        replacement: m[0].toLowerCase() === 'min' ? 'max' : 'min',
       }));
       break;
     case 'and-or':
@@ -219,8 +239,9 @@ function editsOf(masked: string, operator: Operator): Edit[] {
       break;
     case 'not-distinct-eq':
       each(/\bis\s+not\s+distinct\s+from\b/gi, (m) => ({ operator, start: m.index, end: m.index + m[0].length, replacement: '=' }));
-      each(/(?<=\s)=(?=\s)/g, (m) => (isAssignment(masked, m.index) ? undefined
-        : { operator, start: m.index, end: m.index + 1, replacement: 'is not distinct from' }));
+      each(/(?<=\s)=(?=\s)/g, (m) =>
+        isAssignment(masked, m.index) ? undefined : { operator, start: m.index, end: m.index + 1, replacement: 'is not distinct from' },
+      );
       break;
     case 'drop-conjunct':
       each(/\bwhere\b/gi, (m) => {
@@ -244,8 +265,14 @@ function editsOf(masked: string, operator: Operator): Edit[] {
           const c = masked[k]!;
           if (c === '(') depth++;
           else if (c === ')') depth--;
-          else if (depth === 0 && /and/i.test(masked.slice(k, k + 3)) && /\W/.test(masked[k - 1]!) && /\W/.test(masked[k + 3] ?? ' ')
-            && !isBetweenAnd(masked, k)) separators.push([k, k + 3]);
+          else if (
+            depth === 0 &&
+            /and/i.test(masked.slice(k, k + 3)) &&
+            /\W/.test(masked[k - 1]!) &&
+            /\W/.test(masked[k + 3] ?? ' ') &&
+            !isBetweenAnd(masked, k)
+          )
+            separators.push([k, k + 3]);
         }
         if (separators.length === 0) return undefined;
         // one edit per conjunct; several per where, so they are pushed here and undefined returned
@@ -273,7 +300,10 @@ function editsOf(masked: string, operator: Operator): Edit[] {
       break;
     case 'negate-interval-setting':
       each(/\bmixpanel_sync\.setting\s*\(\s*'x*'\s*\)\s*::\s*interval\b/gi, (m) => ({
-        operator, start: m.index, end: m.index + m[0].length, replacement: `\u0000negate`,
+        operator,
+        start: m.index,
+        end: m.index + m[0].length,
+        replacement: `\u0000negate`,
       }));
       break;
   }

@@ -15,10 +15,19 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import pg from 'pg';
-import { cloneDatabase, createTemplateDatabase, databaseName, databaseUrl, dropDatabase, dropDatabasesWithPrefix, resolveDatabaseServer, type TemplateDatabase } from '../db/index.ts';
+import {
+  cloneDatabase,
+  createTemplateDatabase,
+  databaseName,
+  databaseUrl,
+  dropDatabase,
+  dropDatabasesWithPrefix,
+  resolveDatabaseServer,
+  type TemplateDatabase,
+} from '../db/index.ts';
 import { repoRoot } from '../db/paths.ts';
 import { isCore, proofMap } from './core-functions.ts';
-import { generateMutants, operators, type Mutant } from './mutants.ts';
+import { generateMutants, type Mutant } from './mutants.ts';
 import { listProofs, runProof, type Proof } from './proofs.ts';
 import { writeReport, type MutantResult, type RunInfo } from './report.ts';
 
@@ -126,12 +135,14 @@ async function applyMutant(url: string, sql: string): Promise<string | undefined
 async function pool<T, R>(items: T[], workers: number, work: (item: T, index: number) => Promise<R>): Promise<R[]> {
   const results: R[] = new Array(items.length);
   let next = 0;
-  await Promise.all(Array.from({ length: Math.min(workers, items.length) }, async () => {
-    while (next < items.length) {
-      const index = next++;
-      results[index] = await work(items[index]!, index);
-    }
-  }));
+  await Promise.all(
+    Array.from({ length: Math.min(workers, items.length) }, async () => {
+      while (next < items.length) {
+        const index = next++;
+        results[index] = await work(items[index]!, index);
+      }
+    }),
+  );
   return results;
 }
 
@@ -157,13 +168,19 @@ async function main(argv: string[]): Promise<number> {
   const started = Date.now();
   if (values.rewrite) {
     // MUTATION.md again from the last run's results, with the current survivor notes (no database needed)
-    const saved = JSON.parse(await readFile(lastRunFile, 'utf8')) as { results: MutantResult[]; info: RunInfo & { baselineMs: [string, number][] } };
+    const saved = JSON.parse(await readFile(lastRunFile, 'utf8')) as {
+      results: MutantResult[];
+      info: RunInfo & { baselineMs: [string, number][] };
+    };
     const info: RunInfo = { ...saved.info, baselineMs: new Map(saved.info.baselineMs), survivorNotes: await readNotes() };
     await writeFile(values.out, writeReport(saved.results, info));
     console.log(`mutate: ${path.relative(repoRoot, values.out)} rewritten from ${path.relative(repoRoot, lastRunFile)}`);
     return 0;
   }
-  const only = values.only?.split(',').map((s) => s.trim()).filter(Boolean);
+  const only = values.only
+    ?.split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   const server = await resolveDatabaseServer();
   let template: TemplateDatabase | undefined;
   try {
@@ -182,7 +199,9 @@ async function main(argv: string[]): Promise<number> {
 
     if (values.list) {
       for (const m of chosen) console.log(`${m.key}\n    line ${m.line}: ${m.original} -> ${m.replacement}`);
-      console.log(`mutate: ${generated.length} mutants of ${wanted.length} functions (${generated.length - candidates.length} listed equivalent), ${chosen.length} chosen`);
+      console.log(
+        `mutate: ${generated.length} mutants of ${wanted.length} functions (${generated.length - candidates.length} listed equivalent), ${chosen.length} chosen`,
+      );
       return 0;
     }
 
@@ -209,12 +228,14 @@ async function main(argv: string[]): Promise<number> {
       if (!outcome.passed) broken.push(proof.name);
     });
     // A proof that fails on the unmutated functions cannot judge a mutant: --strict stops, else it is left out and reported.
-    if (broken.length > 0 && values.strict) throw new Error(`the unmutated functions fail ${broken.join(', ')}: fix that first (mutation results would mean nothing)`);
+    if (broken.length > 0 && values.strict)
+      throw new Error(`the unmutated functions fail ${broken.join(', ')}: fix that first (mutation results would mean nothing)`);
     if (broken.length > 0) console.log(`mutate: left out, failing without any mutant: ${broken.join(', ')}`);
     const usable = proofs.filter((p) => !broken.includes(p.name));
 
-    const line = (r: MutantResult) => `${r.status.padEnd(8)} ${r.mutant.fn} [${r.mutant.operator}] line ${r.mutant.line}: ${r.mutant.original} -> ${r.mutant.replacement}`
-      + `${r.killedBy ? ` (by ${r.killedBy})` : ''} ${r.ms} ms`;
+    const line = (r: MutantResult) =>
+      `${r.status.padEnd(8)} ${r.mutant.fn} [${r.mutant.operator}] line ${r.mutant.line}: ${r.mutant.original} -> ${r.mutant.replacement}` +
+      `${r.killedBy ? ` (by ${r.killedBy})` : ''} ${r.ms} ms`;
     let done = 0;
     const results = await pool(chosen, Number(values.workers), async (mutant, index): Promise<MutantResult> => {
       const result = await runMutant(mutant, index);
@@ -233,7 +254,8 @@ async function main(argv: string[]): Promise<number> {
         for (const proof of proofsFor(mutant, usable, values.quick)) {
           tried.push(proof.name);
           const outcome = await runProof(proof, ctx);
-          if (!outcome.passed) return { mutant, status: 'killed', killedBy: proof.name, detail: outcome.detail, ms: Date.now() - t0, tried };
+          if (!outcome.passed)
+            return { mutant, status: 'killed', killedBy: proof.name, detail: outcome.detail, ms: Date.now() - t0, tried };
         }
         return { mutant, status: 'survived', ms: Date.now() - t0, tried };
       } finally {
@@ -257,13 +279,20 @@ async function main(argv: string[]): Promise<number> {
     };
     await writeFile(values.out, writeReport(results, info));
     await mkdir(path.dirname(lastRunFile), { recursive: true });
-    await writeFile(lastRunFile, JSON.stringify({ results: results.map((r) => ({ ...r, mutant: { ...r.mutant, sql: '' } })),
-      info: { ...info, baselineMs: [...info.baselineMs], survivorNotes: undefined } }));
+    await writeFile(
+      lastRunFile,
+      JSON.stringify({
+        results: results.map((r) => ({ ...r, mutant: { ...r.mutant, sql: '' } })),
+        info: { ...info, baselineMs: [...info.baselineMs], survivorNotes: undefined },
+      }),
+    );
     const killed = results.filter((r) => r.status === 'killed').length;
     const survived = results.filter((r) => r.status === 'survived');
     const invalid = results.filter((r) => r.status === 'invalid').length;
-    console.log(`mutate: ${info.mode}: ${results.length} mutants run, ${killed} killed, ${survived.length} survived, ${invalid} invalid; `
-      + `${info.equivalents.length} listed equivalent; ${Math.round(info.totalMs / 1000)} s; report ${path.relative(repoRoot, values.out)}`);
+    console.log(
+      `mutate: ${info.mode}: ${results.length} mutants run, ${killed} killed, ${survived.length} survived, ${invalid} invalid; ` +
+        `${info.equivalents.length} listed equivalent; ${Math.round(info.totalMs / 1000)} s; report ${path.relative(repoRoot, values.out)}`,
+    );
     return survived.some((r) => isCore(r.mutant.fn.replace(/^mixpanel_sync\./, '').replace(/\(.*$/, ''))) ? 1 : 0;
   } finally {
     if (template && server.source === 'DATABASE_URL') await dropDatabasesWithPrefix(server.url, template.prefix).catch(() => {});

@@ -45,27 +45,40 @@ export interface ProofContext {
 }
 
 function lastLines(text: string, n: number): string {
-  return text.split('\n').map((l) => l.trim()).filter(Boolean).slice(-n).join(' | ');
+  return text
+    .split('\n')
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .slice(-n)
+    .join(' | ');
 }
 
 function runVitest(file: string, context: ProofContext): Promise<ProofOutcome> {
   const started = Date.now();
   return new Promise((resolve) => {
-    const child = spawn(process.execPath, [path.join(repoRoot, 'node_modules', 'vitest', 'vitest.mjs'), 'run', file, '--maxWorkers=1', '--reporter=dot'], {
-      cwd: repoRoot,
-      env: {
-        ...process.env,
-        DATABASE_URL: context.serverUrl,
-        MIXPANEL_PG_SYNC_TEMPLATE: context.database,
-        FC_NUM_RUNS: String(context.fcNumRuns),
-        FORCE_COLOR: '0',
+    const child = spawn(
+      process.execPath,
+      [path.join(repoRoot, 'node_modules', 'vitest', 'vitest.mjs'), 'run', file, '--maxWorkers=1', '--reporter=dot'],
+      {
+        cwd: repoRoot,
+        env: {
+          ...process.env,
+          DATABASE_URL: context.serverUrl,
+          MIXPANEL_PG_SYNC_TEMPLATE: context.database,
+          FC_NUM_RUNS: String(context.fcNumRuns),
+          FORCE_COLOR: '0',
+        },
+        stdio: ['ignore', 'pipe', 'pipe'],
+        detached: true,
       },
-      stdio: ['ignore', 'pipe', 'pipe'],
-      detached: true,
-    });
+    );
     let output = '';
-    child.stdout.on('data', (chunk: Buffer) => { output = (output + chunk.toString()).slice(-20_000); });
-    child.stderr.on('data', (chunk: Buffer) => { output = (output + chunk.toString()).slice(-20_000); });
+    child.stdout.on('data', (chunk: Buffer) => {
+      output = (output + chunk.toString()).slice(-20_000);
+    });
+    child.stderr.on('data', (chunk: Buffer) => {
+      output = (output + chunk.toString()).slice(-20_000);
+    });
     let timedOut = false;
     const timer = setTimeout(() => {
       timedOut = true;
@@ -79,7 +92,11 @@ function runVitest(file: string, context: ProofContext): Promise<ProofOutcome> {
       if (timedOut) resolve({ passed: false, detail: `timed out after ${context.timeoutMs} ms`, ms });
       else if (code === 0) resolve({ passed: true, ms });
       else {
-        const failing = output.split('\n').filter((l) => /AssertionError|Error:|FAIL|Property failed|expected/.test(l)).slice(0, 3).join(' | ');
+        const failing = output
+          .split('\n')
+          .filter((l) => /AssertionError|Error:|FAIL|Property failed|expected/.test(l))
+          .slice(0, 3)
+          .join(' | ');
         resolve({ passed: false, detail: (failing || lastLines(output, 3)).slice(0, 400), ms });
       }
     });

@@ -38,12 +38,17 @@ function rate(killed: number, survived: number): string {
 }
 
 function table(groups: Map<string, MutantResult[]>, label: string, equivalentCount: (group: string) => number): string[] {
-  const lines = [`| ${label} | run | killed | survived | invalid (does not compile) | listed equivalent | kill rate |`, '|---|---:|---:|---:|---:|---:|---:|'];
+  const lines = [
+    `| ${label} | run | killed | survived | invalid (does not compile) | listed equivalent | kill rate |`,
+    '|---|---:|---:|---:|---:|---:|---:|',
+  ];
   for (const [group, list] of [...groups].sort(([a], [b]) => a.localeCompare(b))) {
     const killed = list.filter((r) => r.status === 'killed').length;
     const survived = list.filter((r) => r.status === 'survived').length;
     const invalid = list.filter((r) => r.status === 'invalid').length;
-    lines.push(`| ${group} | ${list.length} | ${killed} | ${survived} | ${invalid} | ${equivalentCount(group)} | ${rate(killed, survived)} |`);
+    lines.push(
+      `| ${group} | ${list.length} | ${killed} | ${survived} | ${invalid} | ${equivalentCount(group)} | ${rate(killed, survived)} |`,
+    );
   }
   return lines;
 }
@@ -69,22 +74,24 @@ export function writeReport(results: MutantResult[], info: RunInfo): string {
     info.mode === 'full'
       ? '**Full run**: every generated mutant of every function in `mixpanel_sync` (verify helpers aside).'
       : info.mode === 'quick'
-        ? `**Sample, not a full run**: \`--quick\` ran ${results.length} of the ${info.generatedCore} mutants of the core functions `
-          + `(seed ${info.seed}), each against only the proofs mapped to its function (scripts/mutation/core-functions.ts). `
-          + 'Kill rates below are of this sample; a full run (`npm run mutate`) is what the issue\'s target is measured on.'
+        ? `**Sample, not a full run**: \`--quick\` ran ${results.length} of the ${info.generatedCore} mutants of the core functions ` +
+          `(seed ${info.seed}), each against only the proofs mapped to its function (scripts/mutation/core-functions.ts). ` +
+          "Kill rates below are of this sample; a full run (`npm run mutate`) is what the issue's target is measured on."
         : `**Partial run** (\`--only\`): ${results.length} mutants.`,
     '',
-    `Produced by \`${info.command}\` on ${info.date}: ${Math.round(info.totalMs / 1000)} s wall clock, ${info.workers} mutants at a time, `
-      + `property tests with FC_NUM_RUNS=${info.fcNumRuns}. Generated: ${info.generated} mutants (${info.generatedCore} of core functions); `
-      + `${info.equivalents.length} of them listed as equivalent in scripts/mutation/equivalent-mutants.json and not run.`,
+    `Produced by \`${info.command}\` on ${info.date}: ${Math.round(info.totalMs / 1000)} s wall clock, ${info.workers} mutants at a time, ` +
+      `property tests with FC_NUM_RUNS=${info.fcNumRuns}. Generated: ${info.generated} mutants (${info.generatedCore} of core functions); ` +
+      `${info.equivalents.length} of them listed as equivalent in scripts/mutation/equivalent-mutants.json and not run.`,
     '',
-    'How it works: each function\'s definition is read from a migrated template database (`pg_get_functiondef`); the operators '
-      + `(${operators.join(', ')}) are applied one at a time to code only (comments, string literals and quoted identifiers are masked); `
-      + 'each mutant goes into a clone database of its own with `create or replace`, and the proofs run against that clone '
-      + '(verify/*.sql directly; property-tests/*.test.ts and scripts/sql/*.test.ts through vitest with `DATABASE_URL` + `MIXPANEL_PG_SYNC_TEMPLATE` = the clone) '
-      + 'until one fails. A mutant that does not compile is "invalid" and not counted.',
+    "How it works: each function's definition is read from a migrated template database (`pg_get_functiondef`); the operators " +
+      `(${operators.join(', ')}) are applied one at a time to code only (comments, string literals and quoted identifiers are masked); ` +
+      'each mutant goes into a clone database of its own with `create or replace`, and the proofs run against that clone ' +
+      '(verify/*.sql directly; property-tests/*.test.ts and scripts/sql/*.test.ts through vitest with `DATABASE_URL` + `MIXPANEL_PG_SYNC_TEMPLATE` = the clone) ' +
+      'until one fails. A mutant that does not compile is "invalid" and not counted.',
     '',
-    ...(info.brokenProofs.length > 0 ? [`**Left out** (they fail on the unmutated functions, so they judged no mutant): ${info.brokenProofs.join(', ')}.`, ''] : []),
+    ...(info.brokenProofs.length > 0
+      ? [`**Left out** (they fail on the unmutated functions, so they judged no mutant): ${info.brokenProofs.join(', ')}.`, '']
+      : []),
     `Core functions: ${killedCore} of ${core.length} valid mutants killed (${rate(killedCore, core.length - killedCore)}).`,
     '',
     '## Per function',
@@ -99,7 +106,9 @@ export function writeReport(results: MutantResult[], info: RunInfo): string {
     '',
     '| proof | mutants killed first | baseline run (ms) |',
     '|---|---:|---:|',
-    ...[...info.baselineMs].sort(([a], [b]) => a.localeCompare(b)).map(([proof, ms]) => `| ${proof} | ${killers.get(proof) ?? 0} | ${ms} |`),
+    ...[...info.baselineMs]
+      .sort(([a], [b]) => a.localeCompare(b))
+      .map(([proof, ms]) => `| ${proof} | ${killers.get(proof) ?? 0} | ${ms} |`),
     '',
     '## Survivors',
     '',
@@ -107,11 +116,17 @@ export function writeReport(results: MutantResult[], info: RunInfo): string {
   const survivors = results.filter((r) => r.status === 'survived');
   if (survivors.length === 0) out.push('None.');
   for (const r of survivors) {
-    out.push(`- \`${r.mutant.fn}\` [${r.mutant.operator}] line ${r.mutant.line}: \`${r.mutant.original}\` → \`${r.mutant.replacement}\``
-      + ` (tried: ${r.tried.join(', ')})`, `  - key: \`${r.mutant.key}\``,
-      `  - analysis: ${info.survivorNotes.get(r.mutant.key) ?? 'not analysed yet (add it to scripts/mutation/survivor-notes.json, or the mutant to equivalent-mutants.json with its reason)'}`);
+    out.push(
+      `- \`${r.mutant.fn}\` [${r.mutant.operator}] line ${r.mutant.line}: \`${r.mutant.original}\` → \`${r.mutant.replacement}\`` +
+        ` (tried: ${r.tried.join(', ')})`,
+      `  - key: \`${r.mutant.key}\``,
+      `  - analysis: ${info.survivorNotes.get(r.mutant.key) ?? 'not analysed yet (add it to scripts/mutation/survivor-notes.json, or the mutant to equivalent-mutants.json with its reason)'}`,
+    );
   }
-  out.push('', '## Running it', '',
+  out.push(
+    '',
+    '## Running it',
+    '',
     '```',
     'npm run mutate -- --quick              # CI: ~40 sampled mutants of the core functions, mapped proofs only (seed 15)',
     'npm run mutate                         # weekly: every mutant of every mixpanel_sync function, all proofs',
@@ -120,24 +135,33 @@ export function writeReport(results: MutantResult[], info: RunInfo): string {
     'npm run mutate -- --rewrite            # this file again from the last run (.tmp/mutation/last-run.json) with current notes',
     '```',
     '',
-    'It starts its own embedded PostgreSQL (or uses `DATABASE_URL`, whose user needs CREATEDB; it creates and drops `mps_…` databases). '
-      + 'Exit 1 when a mutant of a core function survived that is not listed equivalent. `--workers N` (default 2) mutants run at a time; '
-      + '`--fc-num-runs` (default 5) and `--timeout-ms` (default 240000 per proof: a mutant that hangs is killed by the timeout). '
-      + 'A proof that fails on the unmutated functions is left out and named above (`--strict` stops instead). '
-      + '`--migrations DIR` takes the functions from another migrations folder (e.g. `git archive <commit> migrations`).',
+    'It starts its own embedded PostgreSQL (or uses `DATABASE_URL`, whose user needs CREATEDB; it creates and drops `mps_…` databases). ' +
+      'Exit 1 when a mutant of a core function survived that is not listed equivalent. `--workers N` (default 2) mutants run at a time; ' +
+      '`--fc-num-runs` (default 5) and `--timeout-ms` (default 240000 per proof: a mutant that hangs is killed by the timeout). ' +
+      'A proof that fails on the unmutated functions is left out and named above (`--strict` stops instead). ' +
+      '`--migrations DIR` takes the functions from another migrations folder (e.g. `git archive <commit> migrations`).',
     '',
-    'Weekly job: `npm run mutate` (the full run; expect up to an hour on 2 cores, most of it in the survivors, which run every proof); '
-      + 'commit the MUTATION.md it writes. A new survivor is either a missing test (write it: the issue-15 proofs '
-      + 'verify/run_lifecycle_pinned.sql and verify/parse_independent.sql are where most of them went) or an equivalent mutant '
-      + '(add its key and the reason to scripts/mutation/equivalent-mutants.json, reviewed like code). Keys hold the mutated line, '
-      + 'so an edit of that line retires its entries.');
+    'Weekly job: `npm run mutate` (the full run; expect up to an hour on 2 cores, most of it in the survivors, which run every proof); ' +
+      'commit the MUTATION.md it writes. A new survivor is either a missing test (write it: the issue-15 proofs ' +
+      'verify/run_lifecycle_pinned.sql and verify/parse_independent.sql are where most of them went) or an equivalent mutant ' +
+      '(add its key and the reason to scripts/mutation/equivalent-mutants.json, reviewed like code). Keys hold the mutated line, ' +
+      'so an edit of that line retires its entries.',
+  );
   out.push('', '## Listed equivalent (not run)', '');
   if (info.equivalents.length === 0) out.push('None.');
   for (const e of info.equivalents) out.push(`- \`${e.key}\`: ${e.reason}`);
-  out.push('', '## All mutants run', '', '| status | function | operator | line | change | killed by | ms |', '|---|---|---|---:|---|---|---:|');
+  out.push(
+    '',
+    '## All mutants run',
+    '',
+    '| status | function | operator | line | change | killed by | ms |',
+    '|---|---|---|---:|---|---|---:|',
+  );
   for (const r of results) {
     const change = `\`${r.mutant.original.slice(0, 60)}\` → \`${r.mutant.replacement.slice(0, 60)}\``.replace(/\|/g, '\\|');
-    out.push(`| ${r.status} | ${shortName(r.mutant.fn)} | ${r.mutant.operator} | ${r.mutant.line} | ${change} | ${r.killedBy ?? ''} | ${r.ms} |`);
+    out.push(
+      `| ${r.status} | ${shortName(r.mutant.fn)} | ${r.mutant.operator} | ${r.mutant.line} | ${change} | ${r.killedBy ?? ''} | ${r.ms} |`,
+    );
   }
   return `${out.join('\n')}\n`;
 }

@@ -17,7 +17,15 @@ afterEach(async () => {
   await db.drop();
 });
 
-const cohort = (id: number, name: string, count: number) => ({ id, name, description: `${name} users`, count, is_visible: 1, created: '2026-01-02 03:04:05', project_id: 1234 });
+const cohort = (id: number, name: string, count: number) => ({
+  id,
+  name,
+  description: `${name} users`,
+  count,
+  is_visible: 1,
+  created: '2026-01-02 03:04:05',
+  project_id: 1234,
+});
 const profile = (id: string) => ({ $distinct_id: id, $properties: { $email: `${id}@example.com` } });
 
 /** One whole cohorts run on `client`: the list, then each cohort's members (all pages, then marked whole). */
@@ -38,14 +46,29 @@ const versions = () => rows(`select cohort_id::int, distinct_id, ctid::text, xmi
 describe('cohorts and cohort_members', () => {
   it('a first run inserts the list and every member; the run is recorded with its counts', async () => {
     const run = await cohortsRun(db.pool, [cohort(1, 'Paying', 3), cohort(2, 'Churned', 1)], { 1: ['a', 'b', 'c'], 2: ['d'] });
-    expect(run).toMatchObject({ source: 'cohorts', mode: 'full', status: 'succeeded', received: '4', applied: '4', inserted: '4', updated: '0', unchanged: '0', rejected: '0' });
+    expect(run).toMatchObject({
+      source: 'cohorts',
+      mode: 'full',
+      status: 'succeeded',
+      received: '4',
+      applied: '4',
+      inserted: '4',
+      updated: '0',
+      unchanged: '0',
+      rejected: '0',
+    });
     expect(run.options).toMatchObject({ cohorts_listed: 2, cohorts_written: 2, members_added: 4, members_removed: 0 });
-    expect(await rows(`select cohort_id::int, name, member_count::int, is_visible, created_at::text from mixpanel_sync.cohorts order by 1`)).toEqual([
+    expect(
+      await rows(`select cohort_id::int, name, member_count::int, is_visible, created_at::text from mixpanel_sync.cohorts order by 1`),
+    ).toEqual([
       { cohort_id: 1, name: 'Paying', member_count: 3, is_visible: true, created_at: expect.stringMatching(/^2026-01-02 03:04:05/) },
       { cohort_id: 2, name: 'Churned', member_count: 1, is_visible: true, created_at: expect.stringMatching(/^2026-01-02 03:04:05/) },
     ]);
     expect(await members()).toEqual([
-      { cohort_id: 1, distinct_id: 'a' }, { cohort_id: 1, distinct_id: 'b' }, { cohort_id: 1, distinct_id: 'c' }, { cohort_id: 2, distinct_id: 'd' },
+      { cohort_id: 1, distinct_id: 'a' },
+      { cohort_id: 1, distinct_id: 'b' },
+      { cohort_id: 1, distinct_id: 'c' },
+      { cohort_id: 2, distinct_id: 'd' },
     ]);
   });
 
@@ -69,7 +92,14 @@ describe('cohorts and cohort_members', () => {
       const run = await cohortsRun(client, list, { 1: ['c', 'a', 'b', 'a'] }); // another order, one repeated
       const end = await tuples();
       await client.query('commit');
-      expect(end.map((row, i) => ({ relname: row.relname, ins: row.ins - start[i].ins, upd: row.upd - start[i].upd, del: row.del - start[i].del }))).toEqual([
+      expect(
+        end.map((row, i) => ({
+          relname: row.relname,
+          ins: row.ins - start[i].ins,
+          upd: row.upd - start[i].upd,
+          del: row.del - start[i].del,
+        })),
+      ).toEqual([
         { relname: 'cohort_members', ins: 0, upd: 0, del: 0 },
         { relname: 'cohorts', ins: 0, upd: 0, del: 0 },
       ]);
@@ -112,7 +142,11 @@ describe('cohorts and cohort_members', () => {
     await stageCohortMembers(db.pool, run.id, 3, [profile('x'), { $properties: {} }], true);
     const finished = await finishCohortsRun(db.pool, run.id);
     expect(finished).toMatchObject({ status: 'succeeded', received: '2', applied: '1', rejected: '2' });
-    expect(await members()).toEqual([{ cohort_id: 1, distinct_id: 'a' }, { cohort_id: 1, distinct_id: 'b' }, { cohort_id: 3, distinct_id: 'x' }]);
+    expect(await members()).toEqual([
+      { cohort_id: 1, distinct_id: 'a' },
+      { cohort_id: 1, distinct_id: 'b' },
+      { cohort_id: 3, distinct_id: 'x' },
+    ]);
     expect(await rows(`select reason from mixpanel_sync.sync_rejects where run_id = ${finished.id} order by reason`)).toEqual([
       { reason: 'cohort id missing or not a positive integer' },
       { reason: 'missing $distinct_id (cohort 3)' },

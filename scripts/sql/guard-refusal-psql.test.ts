@@ -27,7 +27,9 @@ describe('REPLACE guard refusal through plain SQL', () => {
         first[0]!.id,
         JSON.stringify([1, 2].map((i) => ({ event: 'e', properties: { time: day + i, distinct_id: 'u', $insert_id: `i${i}` } }))),
       ]);
-      const { rows: done } = await client.query<{ status: string }>('select status from mixpanel_sync.finish_or_fail_run($1)', [first[0]!.id]);
+      const { rows: done } = await client.query<{ status: string }>('select status from mixpanel_sync.finish_or_fail_run($1)', [
+        first[0]!.id,
+      ]);
       expect(done[0]!.status).toBe('succeeded');
 
       const { rows } = await client.query<{ id: string }>("select id from mixpanel_sync.begin_run('events', force_full => true)");

@@ -26,10 +26,23 @@ describe('sync_health()', () => {
   it('with no runs: one row per check, all ok but the watermark (never synced)', async () => {
     const rows = (await syncHealth(db.pool)).map(({ check, status, detail }) => ({ check, status, detail }));
     expect(rows.map((r) => r.check)).toEqual([
-      'events.duration', 'events.incremental_volume', 'events.incremental_typical', 'events.watermark_lag',
-      'events.watermark_stalled', 'events.lateness', 'events.too_old', 'events.timezone', 'events.subscribers',
-      'events.failed_runs', 'events.rejected', 'profiles.duration', 'profiles.change_detection', 'profiles.skip_rate',
-      'profiles.failed_runs', 'profiles.rejected', 'runs.running',
+      'events.duration',
+      'events.incremental_volume',
+      'events.incremental_typical',
+      'events.watermark_lag',
+      'events.watermark_stalled',
+      'events.lateness',
+      'events.too_old',
+      'events.timezone',
+      'events.subscribers',
+      'events.failed_runs',
+      'events.rejected',
+      'profiles.duration',
+      'profiles.change_detection',
+      'profiles.skip_rate',
+      'profiles.failed_runs',
+      'profiles.rejected',
+      'runs.running',
     ]);
     expect(rows.filter((r) => r.status !== 'ok')).toEqual([
       { check: 'events.watermark_lag', status: 'warn', detail: expect.stringContaining('never synced') },
@@ -51,7 +64,11 @@ describe('sync_health()', () => {
     const now = new Date();
     await syncEvents(db.pool, onTime(now));
     expect(await statusOf('events.duration')).toBe('ok');
-    const slow = await syncRun(db.pool, { source: 'events', lines: onTime(now), beforeFinish: (run) => moveStartBack(run.id, '90 seconds') });
+    const slow = await syncRun(db.pool, {
+      source: 'events',
+      lines: onTime(now),
+      beforeFinish: (run) => moveStartBack(run.id, '90 seconds'),
+    });
     expect(Number(slow.total_ms)).toBeGreaterThanOrEqual(90_000);
     expect(await healthOf(db.pool, 'events.duration')).toMatchObject({ status: 'warn', value: expect.stringMatching(/^9\d\.\d s$/) });
     await syncRun(db.pool, { source: 'events', lines: onTime(now), beforeFinish: (run) => moveStartBack(run.id, '11 minutes') });
@@ -63,7 +80,9 @@ describe('sync_health()', () => {
   it('events.incremental_volume: warn when an incremental run receives 50,000 events, ok after a normal one', async () => {
     const now = new Date();
     await syncEvents(db.pool, onTime(minutesBefore(now, 10)), { clock: minutesBefore(now, 10) });
-    const flood = Array.from({ length: 50_000 }, (_, i) => exportEvent(`user-${i % 500}`, 'open', minutesBefore(now, 5), { insertId: `flood-${i}` }));
+    const flood = Array.from({ length: 50_000 }, (_, i) =>
+      exportEvent(`user-${i % 500}`, 'open', minutesBefore(now, 5), { insertId: `flood-${i}` }),
+    );
     const big = await syncEvents(db.pool, flood, { clock: now });
     expect(big.mode).toBe('incremental');
     expect(await healthOf(db.pool, 'events.incremental_volume')).toMatchObject({ status: 'warn', value: '50000' });
@@ -89,7 +108,10 @@ describe('sync_health()', () => {
     const at7h = minutesBefore(now, 7 * 60);
     const run = await syncEvents(db.pool, [exportEvent('u', 'open', minutesBefore(at7h, 1))], { clock: at7h });
     expect(run.mode).toBe('incremental');
-    expect(await healthOf(db.pool, 'events.watermark_lag')).toMatchObject({ status: 'warn', value: expect.stringMatching(/^07:0\d:\d\d$/) });
+    expect(await healthOf(db.pool, 'events.watermark_lag')).toMatchObject({
+      status: 'warn',
+      value: expect.stringMatching(/^07:0\d:\d\d$/),
+    });
     await syncEvents(db.pool, [exportEvent('u', 'open', minutesBefore(now, 1))], { clock: now });
     expect(await statusOf('events.watermark_lag')).toBe('ok');
   });
@@ -128,12 +150,20 @@ describe('sync_health()', () => {
     await syncEvents(db.pool, onTime(now));
     const first = await beginRun(db.pool, { source: 'events' });
     await failRun(db.pool, first.id, 'Mixpanel answered 401');
-    expect(await healthOf(db.pool, 'events.failed_runs')).toMatchObject({ status: 'warn', value: '1', detail: expect.stringContaining('401') });
+    expect(await healthOf(db.pool, 'events.failed_runs')).toMatchObject({
+      status: 'warn',
+      value: '1',
+      detail: expect.stringContaining('401'),
+    });
     await failRun(db.pool, (await beginRun(db.pool, { source: 'events' })).id, 'again');
     const dead = await beginRun(db.pool, { source: 'events' });
     await moveStartBack(dead.id, '3 hours');
     const next = await beginRun(db.pool, { source: 'events' }); // abandons the dead one
-    expect(await healthOf(db.pool, 'events.failed_runs')).toMatchObject({ status: 'critical', value: '3', detail: expect.stringContaining('abandoned') });
+    expect(await healthOf(db.pool, 'events.failed_runs')).toMatchObject({
+      status: 'critical',
+      value: '3',
+      detail: expect.stringContaining('abandoned'),
+    });
     await stageRecords(db.pool, 'events', next.id, onTime(now));
     await finishRun(db.pool, next.id);
     expect(await healthOf(db.pool, 'events.failed_runs')).toMatchObject({ status: 'ok', value: '0' });
@@ -160,7 +190,8 @@ describe('sync_health()', () => {
   });
 
   it('profiles.rejected: the same for profiles runs', async () => {
-    const profiles = (n: number): EngageProfile[] => Array.from({ length: n }, (_, i) => ({ $distinct_id: `u${i}`, $properties: { $name: `U ${i}` } }));
+    const profiles = (n: number): EngageProfile[] =>
+      Array.from({ length: n }, (_, i) => ({ $distinct_id: `u${i}`, $properties: { $name: `U ${i}` } }));
     const noId = { $properties: { $name: 'nobody' } };
     await syncProfiles(db.pool, [...profiles(199), noId] as never);
     expect(await healthOf(db.pool, 'profiles.rejected')).toMatchObject({ status: 'warn', value: '1 of 200' });
@@ -172,9 +203,13 @@ describe('sync_health()', () => {
 
   it('profiles.change_detection: warn after 3 runs in a row that found every existing profile changed, ok when one is unchanged', async () => {
     const users = ['a', 'b', 'c'];
-    const version = (v: number): EngageProfile[] => users.map((u) => ({ $distinct_id: u, $properties: { $email: `${u}@example.com`, visits: v } }));
+    const version = (v: number): EngageProfile[] =>
+      users.map((u) => ({ $distinct_id: u, $properties: { $email: `${u}@example.com`, visits: v } }));
     await syncProfiles(db.pool, version(1)); // inserts only: not counted
-    expect(await healthOf(db.pool, 'profiles.change_detection')).toMatchObject({ status: 'ok', detail: expect.stringContaining('no data') });
+    expect(await healthOf(db.pool, 'profiles.change_detection')).toMatchObject({
+      status: 'ok',
+      detail: expect.stringContaining('no data'),
+    });
     await syncProfiles(db.pool, version(1));
     expect(await healthOf(db.pool, 'profiles.change_detection')).toMatchObject({ status: 'ok', value: '0' });
     await syncProfiles(db.pool, version(2));
@@ -190,7 +225,11 @@ describe('sync_health()', () => {
     const run = await beginRun(db.pool, { source: 'events' });
     expect(await statusOf('runs.running')).toBe('ok');
     await moveStartBack(run.id, '31 minutes');
-    expect(await healthOf(db.pool, 'runs.running')).toMatchObject({ status: 'warn', value: '00:31:00', detail: expect.stringContaining(`fail_run(${run.id}`) });
+    expect(await healthOf(db.pool, 'runs.running')).toMatchObject({
+      status: 'warn',
+      value: '00:31:00',
+      detail: expect.stringContaining(`fail_run(${run.id}`),
+    });
     await moveStartBack(run.id, '2 hours');
     expect(await statusOf('runs.running')).toBe('critical');
     await failRun(db.pool, run.id, 'loader died');

@@ -90,9 +90,12 @@ describe('housekeeping', () => {
     const run = await syncRun(db.pool, {
       source: 'events',
       lines: lines('a'),
-      beforeFinish: (begun) => db.pool.query(`update mixpanel_sync.sync_runs set started_at = started_at - interval '5 seconds' where id = $1`, [begun.id]),
+      beforeFinish: (begun) =>
+        db.pool.query(`update mixpanel_sync.sync_runs set started_at = started_at - interval '5 seconds' where id = $1`, [begun.id]),
     });
-    const { rows } = await db.pool.query('select stage_ms::int, apply_ms::int, total_ms::int from mixpanel_sync.sync_runs where id = $1', [run.id]);
+    const { rows } = await db.pool.query('select stage_ms::int, apply_ms::int, total_ms::int from mixpanel_sync.sync_runs where id = $1', [
+      run.id,
+    ]);
     const timing = rows[0];
     expect(timing.stage_ms).toBeGreaterThanOrEqual(5000);
     expect(timing.apply_ms).toBeGreaterThanOrEqual(0);

@@ -6,7 +6,16 @@
 // configured_s forced to 0 (the Asia/Kolkata case warned); failed_runs without the MP001 branch.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { exportEvent, healthOf, minutesBefore, syncEvents, syncProfiles, syncRun, type EngageProfile, type ExportEvent } from './run-fixtures.ts';
+import {
+  exportEvent,
+  healthOf,
+  minutesBefore,
+  syncEvents,
+  syncProfiles,
+  syncRun,
+  type EngageProfile,
+  type ExportEvent,
+} from './run-fixtures.ts';
 import { beginRun, failRun, finishRun, stageRecords, writeSetting } from './sync-api.ts';
 
 let db: TestDatabase;
@@ -21,23 +30,39 @@ const moveStartBack = (runId: string, interval: string) =>
   db.pool.query(`update mixpanel_sync.sync_runs set started_at = started_at - $2::interval where id = $1`, [runId, interval]);
 /** n on-time events of users user-<first>.., a few minutes before `at` */
 const onTime = (at: Date, n: number, tag: string, first = 0): ExportEvent[] =>
-  Array.from({ length: n }, (_, i) => exportEvent(`user-${first + i}`, 'open', minutesBefore(at, 5 + (i % 30)), { insertId: `${tag}-${i}` }));
+  Array.from({ length: n }, (_, i) =>
+    exportEvent(`user-${first + i}`, 'open', minutesBefore(at, 5 + (i % 30)), { insertId: `${tag}-${i}` }),
+  );
 const profiles = (n: number, changed: number, version: number): EngageProfile[] =>
-  Array.from({ length: n }, (_, i) => ({ $distinct_id: `p${i}`, $properties: { $email: `p${i}@example.com`, plan: i < changed ? `v${version}` : 'v0' } }));
+  Array.from({ length: n }, (_, i) => ({
+    $distinct_id: `p${i}`,
+    $properties: { $email: `p${i}@example.com`, plan: i < changed ? `v${version}` : 'v0' },
+  }));
 
-describe('the plan\'s monitors in sync_health()', () => {
+describe("the plan's monitors in sync_health()", () => {
   it('lists the new checks beside the existing ones, with their thresholds as described settings', async () => {
     const { rows } = await db.pool.query('select "check" from mixpanel_sync.sync_health()');
-    expect(rows.map((r) => r.check)).toEqual(expect.arrayContaining([
-      'profiles.duration', 'events.watermark_stalled', 'events.incremental_typical', 'profiles.skip_rate', 'events.subscribers', 'events.timezone',
-    ]));
-    const settings = await db.pool.query(`select key, value from mixpanel_sync.sync_settings where key like 'health.%' and description <> ''`);
-    expect(settings.rows).toEqual(expect.arrayContaining([
-      { key: 'health.profiles_duration_warn', value: '30 seconds' },
-      { key: 'health.watermark_stalled_warn', value: '6 hours' },
-      { key: 'health.incremental_typical_warn', value: '10000' },
-      { key: 'health.profiles_skip_share_warn', value: '0.70' },
-    ]));
+    expect(rows.map((r) => r.check)).toEqual(
+      expect.arrayContaining([
+        'profiles.duration',
+        'events.watermark_stalled',
+        'events.incremental_typical',
+        'profiles.skip_rate',
+        'events.subscribers',
+        'events.timezone',
+      ]),
+    );
+    const settings = await db.pool.query(
+      `select key, value from mixpanel_sync.sync_settings where key like 'health.%' and description <> ''`,
+    );
+    expect(settings.rows).toEqual(
+      expect.arrayContaining([
+        { key: 'health.profiles_duration_warn', value: '30 seconds' },
+        { key: 'health.watermark_stalled_warn', value: '6 hours' },
+        { key: 'health.incremental_typical_warn', value: '10000' },
+        { key: 'health.profiles_skip_share_warn', value: '0.70' },
+      ]),
+    );
   });
 
   it('profiles.duration: warn from 30 s (run start moved back), critical from 10 min, quiet for a quick run', async () => {
@@ -56,12 +81,19 @@ describe('the plan\'s monitors in sync_health()', () => {
     const then = minutesBefore(now, 8 * 60);
     const old = onTime(then, 3, 'old');
     await syncEvents(db.pool, old, { clock: then });
-    expect(await healthOf(db.pool, 'events.watermark_stalled')).toMatchObject({ status: 'ok', detail: expect.stringContaining('moved the watermark') });
+    expect(await healthOf(db.pool, 'events.watermark_stalled')).toMatchObject({
+      status: 'ok',
+      detail: expect.stringContaining('moved the watermark'),
+    });
     const again = await syncEvents(db.pool, old, { clock: minutesBefore(now, 4 * 60) }); // nothing new: duplicates only
     expect(again).toMatchObject({ mode: 'incremental', applied: '0' });
     expect(await healthOf(db.pool, 'events.watermark_stalled')).toMatchObject({ status: 'ok', value: '04:00:00' });
     await syncEvents(db.pool, old, { clock: now });
-    expect(await healthOf(db.pool, 'events.watermark_stalled')).toMatchObject({ status: 'warn', value: '08:00:00', detail: expect.stringContaining('2 succeeded events runs') });
+    expect(await healthOf(db.pool, 'events.watermark_stalled')).toMatchObject({
+      status: 'warn',
+      value: '08:00:00',
+      detail: expect.stringContaining('2 succeeded events runs'),
+    });
     await syncEvents(db.pool, onTime(now, 1, 'new'), { clock: now });
     expect(await healthOf(db.pool, 'events.watermark_stalled')).toMatchObject({ status: 'ok', value: null });
   });
@@ -70,13 +102,20 @@ describe('the plan\'s monitors in sync_health()', () => {
     const now = new Date();
     await writeSetting(db.pool, 'health.incremental_typical_warn', '5'); // the same rule as 10000, on small runs
     await syncEvents(db.pool, onTime(now, 50, 'full'));
-    expect(await healthOf(db.pool, 'events.incremental_typical')).toMatchObject({ status: 'ok', detail: expect.stringContaining('no data') });
+    expect(await healthOf(db.pool, 'events.incremental_typical')).toMatchObject({
+      status: 'ok',
+      detail: expect.stringContaining('no data'),
+    });
     for (let i = 0; i < 3; i++) await syncEvents(db.pool, onTime(now, 6, `big-${i}`));
     expect(await healthOf(db.pool, 'events.incremental_typical')).toMatchObject({ status: 'warn', value: '6' });
     await syncEvents(db.pool, onTime(now, 2, 'small-0'));
     expect(await healthOf(db.pool, 'events.incremental_typical')).toMatchObject({ status: 'warn', value: '6' }); // one small run is not typical
     for (let i = 1; i < 4; i++) await syncEvents(db.pool, onTime(now, 2, `small-${i}`));
-    expect(await healthOf(db.pool, 'events.incremental_typical')).toMatchObject({ status: 'ok', value: '2', detail: expect.stringContaining('largest 6') });
+    expect(await healthOf(db.pool, 'events.incremental_typical')).toMatchObject({
+      status: 'ok',
+      value: '2',
+      detail: expect.stringContaining('largest 6'),
+    });
   });
 
   it('profiles.skip_rate: warn when under 70% of existing profiles are skipped, quiet at 90%; a first load is not judged', async () => {
@@ -85,7 +124,10 @@ describe('the plan\'s monitors in sync_health()', () => {
     const second = profiles(10, 4, 1);
     await syncProfiles(db.pool, second);
     expect(await healthOf(db.pool, 'profiles.skip_rate')).toMatchObject({ status: 'warn', value: '60.0%' });
-    await syncProfiles(db.pool, second.map((p, i) => (i === 0 ? { ...p, $properties: { ...p.$properties, plan: 'v2' } } : p))); // only p0 differs
+    await syncProfiles(
+      db.pool,
+      second.map((p, i) => (i === 0 ? { ...p, $properties: { ...p.$properties, plan: 'v2' } } : p)),
+    ); // only p0 differs
     expect(await healthOf(db.pool, 'profiles.skip_rate')).toMatchObject({ status: 'ok', value: '90.0%' });
   });
 
@@ -93,16 +135,31 @@ describe('the plan\'s monitors in sync_health()', () => {
     const now = new Date();
     const first = await syncEvents(db.pool, onTime(now, 20, 'a'));
     expect(first.options).toMatchObject({ subscribers: 20 });
-    expect(await healthOf(db.pool, 'events.subscribers')).toMatchObject({ status: 'ok', detail: expect.stringContaining('first events run') });
+    expect(await healthOf(db.pool, 'events.subscribers')).toMatchObject({
+      status: 'ok',
+      detail: expect.stringContaining('first events run'),
+    });
     await syncEvents(db.pool, onTime(now, 2, 'b', 20));
     expect(await healthOf(db.pool, 'events.subscribers')).toMatchObject({ status: 'ok', value: '20 -> 22' });
     await syncEvents(db.pool, onTime(now, 12, 'c', 22));
-    expect(await healthOf(db.pool, 'events.subscribers')).toMatchObject({ status: 'warn', value: '22 -> 34', detail: expect.stringContaining('grew by 12') });
+    expect(await healthOf(db.pool, 'events.subscribers')).toMatchObject({
+      status: 'warn',
+      value: '22 -> 34',
+      detail: expect.stringContaining('grew by 12'),
+    });
     // a full run whose input lacks one user: the REPLACE removes that user
     const all = [...onTime(now, 20, 'a'), ...onTime(now, 2, 'b', 20), ...onTime(now, 12, 'c', 22)];
-    const lost = await syncEvents(db.pool, all.filter((e) => e.properties.distinct_id !== 'user-33'), { forceFull: true });
+    const lost = await syncEvents(
+      db.pool,
+      all.filter((e) => e.properties.distinct_id !== 'user-33'),
+      { forceFull: true },
+    );
     expect(lost.status).toBe('succeeded');
-    expect(await healthOf(db.pool, 'events.subscribers')).toMatchObject({ status: 'critical', value: '34 -> 33', detail: expect.stringContaining('fell by 1') });
+    expect(await healthOf(db.pool, 'events.subscribers')).toMatchObject({
+      status: 'critical',
+      value: '34 -> 33',
+      detail: expect.stringContaining('fell by 1'),
+    });
     await syncEvents(db.pool, onTime(now, 1, 'd', 40));
     expect(await healthOf(db.pool, 'events.subscribers')).toMatchObject({ status: 'ok', value: '33 -> 34' });
   });
@@ -149,7 +206,10 @@ describe('the plan\'s monitors in sync_health()', () => {
     await syncEvents(db.pool, onTime(yesterdayEvening, 120, 'many'), { forceFull: true });
     const refused = await beginRun(db.pool, { source: 'events', forceFull: true });
     await stageRecords(db.pool, 'events', refused.id, onTime(yesterdayEvening, 10, 'few'));
-    const error = await finishRun(db.pool, refused.id).then(() => null, (e: { code?: string; message: string }) => e);
+    const error = await finishRun(db.pool, refused.id).then(
+      () => null,
+      (e: { code?: string; message: string }) => e,
+    );
     expect(error).toMatchObject({ code: 'MP001', message: expect.stringContaining('REPLACE guard') });
     await failRun(db.pool, refused.id, `${error!.code} ${error!.message}`);
     const guard = await healthOf(db.pool, 'events.failed_runs');

@@ -81,7 +81,9 @@ type Scenario = typeof scenario extends fc.Arbitrary<infer T> ? T : never;
 
 /** The runs of a scenario: events of the full window first, then batches of new, late, re-sent and too-old events. */
 function plan(s: Scenario): { runs: PlannedRun[]; switches: Switches[] } {
-  const runs: PlannedRun[] = [{ clock: new Date(T0), events: seeded(s.initial, T0 - 50 * DAY, T0, T0), profiles: profilesOf(s.initialProfiles) }];
+  const runs: PlannedRun[] = [
+    { clock: new Date(T0), events: seeded(s.initial, T0 - 50 * DAY, T0, T0), profiles: profilesOf(s.initialProfiles) },
+  ];
   let clock = T0;
   for (const next of s.steps) {
     const previous = clock;
@@ -91,9 +93,19 @@ function plan(s: Scenario): { runs: PlannedRun[]; switches: Switches[] } {
       clock: new Date(clock),
       events: [
         ...seeded(next.fresh, previous + 1000, clock, clock),
-        ...seeded(next.late, previous - 4 * DAY, previous, clock).map((e) => ({ ...e, properties: { ...e.properties, mp_processing_time_ms: clock } })),
+        ...seeded(next.late, previous - 4 * DAY, previous, clock).map((e) => ({
+          ...e,
+          properties: { ...e.properties, mp_processing_time_ms: clock },
+        })),
         ...next.resent.filter(() => earlier.length > 0).map((i) => earlier[i % earlier.length]!),
-        ...(next.tooOld ? seeded([next.fresh[0] ?? s.initial[0] ?? { user: 'u0', name: 'open', at: 0, delay: 0, insertId: 1 }], clock - 50 * DAY, clock - 50 * DAY, clock) : []),
+        ...(next.tooOld
+          ? seeded(
+              [next.fresh[0] ?? s.initial[0] ?? { user: 'u0', name: 'open', at: 0, delay: 0, insertId: 1 }],
+              clock - 50 * DAY,
+              clock - 50 * DAY,
+              clock,
+            )
+          : []),
       ],
       profiles: profilesOf(next.profiles),
     });
@@ -161,7 +173,11 @@ it('flipping rollback switches between runs leaves the same tables as never flip
     fc.asyncProperty(scenario, async (s) => {
       const { runs, switches } = plan(s);
       await Promise.all([reset(plain.pool), reset(flipped.pool)]);
-      await play(plain.pool, runs, runs.map(() => DEFAULTS));
+      await play(
+        plain.pool,
+        runs,
+        runs.map(() => DEFAULTS),
+      );
       const { fullReSyncs } = await play(flipped.pool, runs, switches);
       expect(await results(flipped.pool)).toEqual(await results(plain.pool));
 

@@ -34,7 +34,10 @@ it('New User Signup by the CLI: U1 = 3 events, no $device:D1 row', { timeout: 12
     { event: 'Ad Click', properties: { distinct_id: shownAs, time: t, $insert_id: 'ad', $device_id: 'D1' } },
     { event: 'App Open', properties: { distinct_id: shownAs, time: t + 300, $insert_id: 'open', $device_id: 'D1' } },
   ];
-  const signUp = { event: 'Sign Up', properties: { distinct_id: 'U1', time: t + 600, $insert_id: 'signup', $device_id: 'D1', $user_id: 'U1' } };
+  const signUp = {
+    event: 'Sign Up',
+    properties: { distinct_id: 'U1', time: t + 600, $insert_id: 'signup', $device_id: 'D1', $user_id: 'U1' },
+  };
   const env = { DATABASE_URL: db.url };
 
   const first = await runCli('sync:events', ['--file', exportFile('first.jsonl', anonymous('$device:D1'))], { env });

@@ -54,7 +54,10 @@ const signUp = event('Sign Up', 'U1', '2024-03-09T10:10:00Z', 'i-signup', { $dev
 describe('simplified ID merge', () => {
   it('New User Signup: U1 = 3 and no $device:D1 row after the overlap re-read shows the events under U1', async () => {
     await setIdentityMode(db.pool, 'simplified');
-    await syncEventsWithIdentity(db.pool, [adClick('$device:D1'), appOpen('$device:D1')], { clock: '2024-03-09T10:06:00Z', forceFull: true });
+    await syncEventsWithIdentity(db.pool, [adClick('$device:D1'), appOpen('$device:D1')], {
+      clock: '2024-03-09T10:06:00Z',
+      forceFull: true,
+    });
     expect(await countsBy('events_daily')).toEqual({ '$device:D1': 2 });
 
     const second = await syncEventsWithIdentity(db.pool, [adClick('U1'), appOpen('U1'), signUp], { clock: '2024-03-09T11:00:00Z' });
@@ -75,7 +78,10 @@ describe('simplified ID merge', () => {
 
   it('with identity.mode off the same runs double count (the behaviour the mode fixes)', async () => {
     await setIdentityMode(db.pool, 'off');
-    await syncEventsWithIdentity(db.pool, [adClick('$device:D1'), appOpen('$device:D1')], { clock: '2024-03-09T10:06:00Z', forceFull: true });
+    await syncEventsWithIdentity(db.pool, [adClick('$device:D1'), appOpen('$device:D1')], {
+      clock: '2024-03-09T10:06:00Z',
+      forceFull: true,
+    });
     const second = await syncEventsWithIdentity(db.pool, [adClick('U1'), appOpen('U1'), signUp], { clock: '2024-03-09T11:00:00Z' });
     expect(await countsBy('events_daily')).toEqual({ '$device:D1': 2, U1: 3 });
     expect(second.links_learned).toBeNull();
@@ -84,7 +90,10 @@ describe('simplified ID merge', () => {
 
   it('identified later: events beyond the overlap move to U1 when the link is learned (re-attribution)', async () => {
     await setIdentityMode(db.pool, 'simplified');
-    await syncEventsWithIdentity(db.pool, [adClick('$device:D1'), appOpen('$device:D1')], { clock: '2024-03-09T10:06:00Z', forceFull: true });
+    await syncEventsWithIdentity(db.pool, [adClick('$device:D1'), appOpen('$device:D1')], {
+      clock: '2024-03-09T10:06:00Z',
+      forceFull: true,
+    });
     const second = await syncEventsWithIdentity(db.pool, [signUp], { clock: '2024-03-09T11:00:00Z' });
     expect(await countsBy('events_daily')).toEqual({ U1: 3 });
     expect(await countsBy('event_ledger')).toEqual({ U1: 3 });
@@ -195,14 +204,19 @@ describe('profiles and the raw events table', () => {
 describe('reattribute_all and the setting', () => {
   it('moves rows stored under aliases (e.g. written while the mode was off) and is idempotent', async () => {
     await setIdentityMode(db.pool, 'off');
-    await syncEventsWithIdentity(db.pool, [adClick('$device:D1'), appOpen('$device:D1'), signUp], { clock: '2024-03-09T11:00:00Z', forceFull: true });
+    await syncEventsWithIdentity(db.pool, [adClick('$device:D1'), appOpen('$device:D1'), signUp], {
+      clock: '2024-03-09T11:00:00Z',
+      forceFull: true,
+    });
     await setIdentityMode(db.pool, 'simplified');
     // a run that teaches the link but stores nothing of the device's: its rows wait for reattribute_all only if the
     // link was learned without them; here the link's run moves them at once
     await syncEventsWithIdentity(db.pool, [signUp], { clock: '2024-03-09T11:30:00Z' });
     expect(await countsBy('events_daily')).toEqual({ U1: 3 });
     // rows written under the alias behind the map's back are moved by reattribute_all
-    await db.pool.query(`insert into mixpanel_sync.events_daily values ('$device:D1', '2024-03-01', 'old', 2, '2024-03-01 01:00Z', '2024-03-01 02:00Z')`);
+    await db.pool.query(
+      `insert into mixpanel_sync.events_daily values ('$device:D1', '2024-03-01', 'old', 2, '2024-03-01 01:00Z', '2024-03-01 02:00Z')`,
+    );
     const first = await db.pool.query('select mixpanel_sync.reattribute_all() as r');
     expect(first.rows[0].r).toMatchObject({ ids_moved: 1, reattributed_events: 2 });
     expect(await countsBy('events_daily')).toEqual({ U1: 5 });

@@ -48,7 +48,9 @@ interface RowVersion {
 
 async function rowVersions(table: 'events_daily' | 'event_ledger'): Promise<Map<string, string>> {
   const key = table === 'events_daily' ? `t.distinct_id || '/' || t.day || '/' || t.event_name` : `t.distinct_id || '/' || t.event_key`;
-  const { rows } = await db.pool.query<RowVersion>(`select ${key} as key, t.xmin::text || ':' || t.ctid::text as version from mixpanel_sync.${table} t`);
+  const { rows } = await db.pool.query<RowVersion>(
+    `select ${key} as key, t.xmin::text || ':' || t.ctid::text as version from mixpanel_sync.${table} t`,
+  );
   return new Map(rows.map((r) => [r.key, r.version]));
 }
 
@@ -100,13 +102,21 @@ describe.each<PathImplementation>(['set', 'loop'])('REPLACE as a merge (%s path)
     expect(setting[0].value).toBe('7 days');
     const lines = history();
     const full = await syncEvents(db.pool, lines, { clock, forceFull: true });
-    const { rows } = await db.pool.query(`select
+    const { rows } = await db.pool.query(
+      `select
         (select count(distinct day)::int from mixpanel_sync.events_daily) as daily_days,
         (select min(day)::text from mixpanel_sync.event_ledger) as ledger_from,
         (select count(*)::int from mixpanel_sync.event_ledger) as ledger_rows,
-        (select count(*)::int from mixpanel_sync.event_ledger where run_id = $1) as written_by_replace`, [full.id]);
+        (select count(*)::int from mixpanel_sync.event_ledger where run_id = $1) as written_by_replace`,
+      [full.id],
+    );
     // the run's clock day and the 6 before it: days 1..6 before the clock hold events
-    expect(rows[0]).toEqual({ daily_days: 30, ledger_from: daysBefore(6).toISOString().slice(0, 10), ledger_rows: 36, written_by_replace: 36 });
+    expect(rows[0]).toEqual({
+      daily_days: 30,
+      ledger_from: daysBefore(6).toISOString().slice(0, 10),
+      ledger_rows: 36,
+      written_by_replace: 36,
+    });
 
     // An incremental run: a re-read event of the ledger's days is a duplicate, one older than the horizon too_old.
     const later = new Date(clock.getTime() + 3_600_000);
@@ -120,7 +130,10 @@ describe.each<PathImplementation>(['set', 'loop'])('REPLACE as a merge (%s path)
       { clock: later },
     );
     expect({ mode: add.mode, applied: add.applied, duplicates: add.duplicates, too_old: add.too_old }).toEqual({
-      mode: 'incremental', applied: '1', duplicates: '1', too_old: '1',
+      mode: 'incremental',
+      applied: '1',
+      duplicates: '1',
+      too_old: '1',
     });
   });
 });

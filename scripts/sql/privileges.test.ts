@@ -69,12 +69,21 @@ async function sqlstate(promise: Promise<unknown>): Promise<string> {
 }
 
 const profileLine = (i: number) =>
-  JSON.stringify({ $distinct_id: `user-${i}`, $properties: { $email: `user-${i}@example.com`, $name: `User ${i}`, plan: i % 2 ? 'pro' : 'free' } });
+  JSON.stringify({
+    $distinct_id: `user-${i}`,
+    $properties: { $email: `user-${i}@example.com`, $name: `User ${i}`, plan: i % 2 ? 'pro' : 'free' },
+  });
 
 beforeAll(async () => {
   db = await createTestDatabase();
   const stem = db.name; // unique per test file run; roles are cluster-wide
-  roles = { loader: `${stem}_loader`, reader: `${stem}_reader`, nobody: `${stem}_nobody`, exposed: `${stem}_exposed`, owner: `${stem}_owner` };
+  roles = {
+    loader: `${stem}_loader`,
+    reader: `${stem}_reader`,
+    nobody: `${stem}_nobody`,
+    exposed: `${stem}_exposed`,
+    owner: `${stem}_owner`,
+  };
   await db.pool.query(`create role ${quote(roles.loader)} login in role mixpanel_sync_loader`);
   await db.pool.query(`create role ${quote(roles.reader)} login in role mixpanel_sync_reader`);
   await db.pool.query(`create role ${quote(roles.nobody)} login`);
@@ -102,7 +111,11 @@ describe('mixpanel_sync_loader', () => {
     const run = await beginRun(loader, { source: 'events', clock: CLOCK });
     const client = await loader.connect();
     try {
-      const copied = await copyIntoStaging(client, { table: 'mixpanel_sync.staged_events', runId: run.id, lines: Readable.from([`${lines.join('\n')}\n`]) });
+      const copied = await copyIntoStaging(client, {
+        table: 'mixpanel_sync.staged_events',
+        runId: run.id,
+        lines: Readable.from([`${lines.join('\n')}\n`]),
+      });
       expect(copied.rows).toBe(40);
     } finally {
       client.release();
@@ -114,7 +127,11 @@ describe('mixpanel_sync_loader', () => {
     const profileClient = await loader.connect();
     try {
       const lines = Array.from({ length: 5 }, (_, i) => profileLine(i));
-      await copyIntoStaging(profileClient, { table: 'mixpanel_sync.staged_profiles', runId: profiles.id, lines: Readable.from([`${lines.join('\n')}\n`]) });
+      await copyIntoStaging(profileClient, {
+        table: 'mixpanel_sync.staged_profiles',
+        runId: profiles.id,
+        lines: Readable.from([`${lines.join('\n')}\n`]),
+      });
     } finally {
       profileClient.release();
     }
@@ -135,7 +152,7 @@ describe('mixpanel_sync_loader', () => {
     expect(rows[0]).toEqual({ events: 40, profiles: 5 });
   });
 
-  it('cannot change the settings (the REPLACE guard and windows are the DBA\'s)', async () => {
+  it("cannot change the settings (the REPLACE guard and windows are the DBA's)", async () => {
     const loader = poolAs(roles.loader);
     expect((await loader.query('select count(*)::int as n from mixpanel_sync.sync_settings')).rows[0].n).toBeGreaterThan(0);
     expect(await sqlstate(loader.query(`update mixpanel_sync.sync_settings set value = value`))).toBe('42501');
@@ -146,7 +163,8 @@ describe('mixpanel_sync_loader', () => {
 describe('mixpanel_sync_reader', () => {
   it('selects the aggregates and profiles, and nothing else', async () => {
     const reader = poolAs(roles.reader);
-    const count = async (table: string) => (await reader.query(`select count(*)::int as n from mixpanel_sync.${table}`)).rows[0].n as number;
+    const count = async (table: string) =>
+      (await reader.query(`select count(*)::int as n from mixpanel_sync.${table}`)).rows[0].n as number;
     expect(await count('events_daily')).toBeGreaterThan(0);
     expect(await count('subscribers')).toBe(5);
     expect(await count('subscriber_properties')).toBe(5);
@@ -169,18 +187,34 @@ describe('PUBLIC and an exposed schema', () => {
       `select nspname from pg_catalog.pg_namespace where nspname like 'mixpanel\\_sync%' order by 1`,
     );
     for (const { nspname } of rows) {
-      expect(await sqlstate(nobody.query(`select pg_catalog.count(*) from pg_catalog.generate_series(1, 1) where ${quote(nspname)}.no_such_fn() is null`))).toBe('42501');
+      expect(
+        await sqlstate(
+          nobody.query(`select pg_catalog.count(*) from pg_catalog.generate_series(1, 1) where ${quote(nspname)}.no_such_fn() is null`),
+        ),
+      ).toBe('42501');
     }
   });
 
-  it('with Supabase\'s expose-a-schema grants, an anon-like role sees no row and changes nothing', async () => {
+  it("with Supabase's expose-a-schema grants, an anon-like role sees no row and changes nothing", async () => {
     const exposed = poolAs(roles.exposed);
-    for (const table of ['events_daily', 'subscribers', 'subscriber_properties', 'sync_runs', 'sync_settings', 'staged_events', 'sync_rejects']) {
+    for (const table of [
+      'events_daily',
+      'subscribers',
+      'subscriber_properties',
+      'sync_runs',
+      'sync_settings',
+      'staged_events',
+      'sync_rejects',
+    ]) {
       const { rows } = await exposed.query(`select count(*)::int as n from mixpanel_sync.${table}`);
       expect({ table, n: rows[0].n }).toEqual({ table, n: 0 });
     }
-    expect(await sqlstate(exposed.query(`insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at)
-      values ('x', current_date, 'e', 1, now(), now())`))).toBe('42501');
+    expect(
+      await sqlstate(
+        exposed.query(`insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at)
+      values ('x', current_date, 'e', 1, now(), now())`),
+      ),
+    ).toBe('42501');
     // granted EXECUTE by the guide, begin_run runs with anon's rights: it sees no settings row (42704) and RLS would
     // refuse its insert anyway; no run is started
     const runs = async () => (await db.pool.query('select count(*)::int as n from mixpanel_sync.sync_runs')).rows[0].n as number;
@@ -189,7 +223,9 @@ describe('PUBLIC and an exposed schema', () => {
     expect(await runs()).toBe(before);
     const client = await exposed.connect();
     try {
-      expect(await sqlstate(copyIntoStaging(client, { table: 'mixpanel_sync.staged_events', runId: '1', lines: Readable.from(['{}\n']) }))).toBe('0A000');
+      expect(
+        await sqlstate(copyIntoStaging(client, { table: 'mixpanel_sync.staged_events', runId: '1', lines: Readable.from(['{}\n']) })),
+      ).toBe('0A000');
     } finally {
       client.release();
     }
@@ -199,7 +235,7 @@ describe('PUBLIC and an exposed schema', () => {
 });
 
 describe('the migration owner', () => {
-  it('needs no superuser: a CREATEROLE role (as Supabase\'s postgres) migrates a database of its own, then its loader runs', async () => {
+  it("needs no superuser: a CREATEROLE role (as Supabase's postgres) migrates a database of its own, then its loader runs", async () => {
     const server = templateDatabase().serverUrl;
     const name = `${roles.owner}_db`;
     await db.pool.query(`create role ${quote(roles.owner)} login createrole`);
@@ -226,7 +262,9 @@ describe('the migration owner', () => {
       );
       expect(rows[0]).toEqual({ rel: 'staged_events', owner: 'mixpanel_sync_loader', rolsuper: false });
       // the loader role got no lasting CREATE on the schema from the hand-over
-      const { rows: create } = await staging.query(`select pg_catalog.has_schema_privilege('mixpanel_sync_loader', 'mixpanel_sync', 'CREATE') as c`);
+      const { rows: create } = await staging.query(
+        `select pg_catalog.has_schema_privilege('mixpanel_sync_loader', 'mixpanel_sync', 'CREATE') as c`,
+      );
       expect(create[0].c).toBe(false);
     } finally {
       await staging.end();
@@ -239,7 +277,11 @@ describe('the migration owner', () => {
     const run = await beginRun(loader, { source: 'events', clock: CLOCK });
     const client = await loader.connect();
     try {
-      await copyIntoStaging(client, { table: 'mixpanel_sync.staged_events', runId: run.id, lines: Readable.from([`${eventLines(5, { prefix: 'own' }).join('\n')}\n`]) });
+      await copyIntoStaging(client, {
+        table: 'mixpanel_sync.staged_events',
+        runId: run.id,
+        lines: Readable.from([`${eventLines(5, { prefix: 'own' }).join('\n')}\n`]),
+      });
     } finally {
       client.release();
     }

@@ -30,7 +30,13 @@ export const minutesBefore = (time: Date, minutes: number): Date => new Date(tim
 /** A run that stages `lines` (events or profiles, as the run's source) and finishes. */
 export async function syncRun(
   db: Queryable,
-  options: { source: 'events' | 'profiles'; lines: readonly unknown[]; clock?: Date; forceFull?: boolean; beforeFinish?: (run: SyncRun) => Promise<unknown> },
+  options: {
+    source: 'events' | 'profiles';
+    lines: readonly unknown[];
+    clock?: Date;
+    forceFull?: boolean;
+    beforeFinish?: (run: SyncRun) => Promise<unknown>;
+  },
 ): Promise<SyncRun> {
   const run = await beginRun(db, { source: options.source, clock: options.clock, forceFull: options.forceFull });
   await stageRecords(db, options.source, run.id, options.lines);

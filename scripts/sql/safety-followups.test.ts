@@ -21,7 +21,9 @@ afterAll(async () => {
   await db?.drop();
 });
 beforeEach(async () => {
-  await db.pool.query('truncate mixpanel_sync.sync_runs, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.run_events cascade');
+  await db.pool.query(
+    'truncate mixpanel_sync.sync_runs, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.run_events cascade',
+  );
 });
 
 /** A run begun on a session that is then closed, as pgbouncer closes an idle server session. */
@@ -61,7 +63,11 @@ describe('the run heartbeat', () => {
     const next = await beginRun(db.pool, { source: 'events' });
     const { status, error } = await statusOf(dead.id);
     expect(status).toBe('abandoned');
-    expect(error).toMatch(new RegExp(`^abandoned by begin_run of run ${next.id}: its loader's session \\(pid \\d+\\) is gone and its last heartbeat is 00:03:0\\d old \\(runs.heartbeat_timeout 00:02:00\\)$`));
+    expect(error).toMatch(
+      new RegExp(
+        `^abandoned by begin_run of run ${next.id}: its loader's session \\(pid \\d+\\) is gone and its last heartbeat is 00:03:0\\d old \\(runs.heartbeat_timeout 00:02:00\\)$`,
+      ),
+    );
     await failRun(db.pool, next.id, 'test: done');
   });
 
@@ -69,7 +75,10 @@ describe('the run heartbeat', () => {
     await db.pool.query(`update mixpanel_sync.sync_settings set value = '1 day' where key = 'runs.heartbeat_timeout'`);
     try {
       const dead = await runOfClosedSession(true);
-      await db.pool.query(`update mixpanel_sync.sync_runs set heartbeat_at = pg_postmaster_start_time() - interval '1 second' where id = $1`, [dead.id]);
+      await db.pool.query(
+        `update mixpanel_sync.sync_runs set heartbeat_at = pg_postmaster_start_time() - interval '1 second' where id = $1`,
+        [dead.id],
+      );
       const next = await beginRun(db.pool, { source: 'events' });
       const { status, error } = await statusOf(dead.id);
       expect(status).toBe('abandoned');

@@ -36,8 +36,18 @@ function events(n: number, second: number, prefix = 'e'): unknown[] {
   }));
 }
 
-async function fullRun(client: Queryable, records: unknown[], options: { allowShrink?: boolean; resync?: { from: string; to?: string } } = {}) {
-  const run = await beginRun(client, { source: 'events', clock, forceFull: !options.resync, resync: options.resync ?? null, allowShrink: options.allowShrink });
+async function fullRun(
+  client: Queryable,
+  records: unknown[],
+  options: { allowShrink?: boolean; resync?: { from: string; to?: string } } = {},
+) {
+  const run = await beginRun(client, {
+    source: 'events',
+    clock,
+    forceFull: !options.resync,
+    resync: options.resync ?? null,
+    allowShrink: options.allowShrink,
+  });
   await stageRecords(client, 'events', run.id, records);
   return run;
 }
@@ -121,7 +131,9 @@ describe('REPLACE guard (MP001)', () => {
   });
 
   it('the settings are checked on write: a ratio is a number from 0 to 1', async () => {
-    const error = await sqlError(db.pool.query(`update mixpanel_sync.sync_settings set value = '1.5' where key = 'events.replace_guard_ratio'`));
+    const error = await sqlError(
+      db.pool.query(`update mixpanel_sync.sync_settings set value = '1.5' where key = 'events.replace_guard_ratio'`),
+    );
     expect(error.code).toBe('23514');
   });
 });
@@ -155,7 +167,9 @@ describe('incomplete input (MP003)', () => {
   it("Mixpanel's terminated early marker fails the finish; nothing is applied", async () => {
     const run = await beginRun(db.pool, { source: 'events', clock, forceFull: true });
     await stageRecords(db.pool, 'events', run.id, events(5, day1));
-    await db.pool.query(`insert into mixpanel_sync.staged_events (run_id, line_no, line) values ($1, 6, 'export terminated early')`, [run.id]);
+    await db.pool.query(`insert into mixpanel_sync.staged_events (run_id, line_no, line) values ($1, 6, 'export terminated early')`, [
+      run.id,
+    ]);
     const error = await sqlError(finishRun(db.pool, run.id));
     expect(error.code).toBe('MP003');
     expect(error.message).toContain('line 6');

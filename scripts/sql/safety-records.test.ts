@@ -24,7 +24,10 @@ const second = Date.UTC(2024, 2, 9, 10) / 1000;
 const event = (i: number) => JSON.stringify({ event: 'view', properties: { distinct_id: `u${i}`, time: second + i } });
 
 async function rejects(runId: string): Promise<{ line_no: number; payload: string; reason: string }[]> {
-  const { rows } = await db.pool.query('select line_no::int, payload, reason from mixpanel_sync.sync_rejects where run_id = $1 order by line_no', [runId]);
+  const { rows } = await db.pool.query(
+    'select line_no::int, payload, reason from mixpanel_sync.sync_rejects where run_id = $1 order by line_no',
+    [runId],
+  );
   return rows;
 }
 
@@ -40,7 +43,12 @@ describe('events', () => {
       [7, event(7), null],
     ];
     for (const [lineNo, line, problem] of lines) {
-      await db.pool.query('insert into mixpanel_sync.staged_events (run_id, line_no, line, problem) values ($1, $2, $3, $4)', [run.id, lineNo, line, problem]);
+      await db.pool.query('insert into mixpanel_sync.staged_events (run_id, line_no, line, problem) values ($1, $2, $3, $4)', [
+        run.id,
+        lineNo,
+        line,
+        problem,
+      ]);
     }
     await recordFraming(db.pool, run.id, { blank_lines: 1 });
     await recordFraming(db.pool, run.id, { blank_lines: 2, bom_stripped: 1 });
@@ -95,7 +103,12 @@ describe('profiles', () => {
       [4, good('p4'), null],
     ];
     for (const [lineNo, line, problem] of lines) {
-      await db.pool.query('insert into mixpanel_sync.staged_profiles (run_id, line_no, line, problem) values ($1, $2, $3, $4)', [run.id, lineNo, line, problem]);
+      await db.pool.query('insert into mixpanel_sync.staged_profiles (run_id, line_no, line, problem) values ($1, $2, $3, $4)', [
+        run.id,
+        lineNo,
+        line,
+        problem,
+      ]);
     }
     const done = await finishRun(db.pool, run.id);
     expect(done.status).toBe('succeeded');

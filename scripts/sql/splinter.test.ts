@@ -21,7 +21,11 @@ import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts'
 
 const SPLINTER_COMMIT = '55db5b1f28e58d816f7d9136eed87eabcd95868d';
 const SPLINTER_SHA256 = '618a189a2d25c81e1d77efb24acca72c9c832aeac9680ba06a1ba5ec666b2d3d';
-const cacheFile = join(process.env.XDG_CACHE_HOME || join(homedir(), '.cache'), 'mixpanel-pg-sync', `splinter-${SPLINTER_COMMIT.slice(0, 12)}.sql`);
+const cacheFile = join(
+  process.env.XDG_CACHE_HOME || join(homedir(), '.cache'),
+  'mixpanel-pg-sync',
+  `splinter-${SPLINTER_COMMIT.slice(0, 12)}.sql`,
+);
 
 function loadSplinter(): { sql: string; from: string } | { missing: string } {
   const fromEnv = process.env.SPLINTER_SQL?.trim();
@@ -32,7 +36,8 @@ function loadSplinter(): { sql: string; from: string } | { missing: string } {
   if (existsSync(cacheFile)) {
     const sql = readFileSync(cacheFile, 'utf8');
     const sha = createHash('sha256').update(sql).digest('hex');
-    if (sha !== SPLINTER_SHA256) throw new Error(`${cacheFile} is not splinter.sql of commit ${SPLINTER_COMMIT} (sha256 ${sha}); replace it or set SPLINTER_SQL`);
+    if (sha !== SPLINTER_SHA256)
+      throw new Error(`${cacheFile} is not splinter.sql of commit ${SPLINTER_COMMIT} (sha256 ${sha}); replace it or set SPLINTER_SQL`);
     return { sql, from: cacheFile };
   }
   return {
@@ -143,7 +148,11 @@ describe.skipIf('missing' in splinter)('splinter (Supabase database linter)', ()
        alter table mixpanel_sync.events_daily disable row level security;
        alter view mixpanel_sync.staged_profiles_parsed reset (security_invoker);`,
     );
-    expect(serious(findings).map((f) => `${f.level} ${f.name} ${f.detail}`).sort()).toEqual([
+    expect(
+      serious(findings)
+        .map((f) => `${f.level} ${f.name} ${f.detail}`)
+        .sort(),
+    ).toEqual([
       expect.stringMatching(/^ERROR policy_exists_rls_disabled .*mixpanel_sync\.events_daily/),
       expect.stringMatching(/^ERROR rls_disabled_in_public .*mixpanel_sync\.events_daily/),
       expect.stringMatching(/^ERROR security_definer_view .*staged_profiles_parsed/),

@@ -132,7 +132,10 @@ export async function stageLines(db: Queryable, source: RunSource, runId: string
 
 /** mixpanel_sync.parse_staged_events: staged lines parsed into run_events once (finish_run does it itself). */
 export async function parseStagedEvents(db: Queryable, runId: string | number): Promise<{ received: number; rejected: number }> {
-  const { rows } = await db.query<{ received: string; rejected: string }>('select received, rejected from mixpanel_sync.parse_staged_events($1)', [runId]);
+  const { rows } = await db.query<{ received: string; rejected: string }>(
+    'select received, rejected from mixpanel_sync.parse_staged_events($1)',
+    [runId],
+  );
   return { received: Number(rows[0]!.received), rejected: Number(rows[0]!.rejected) };
 }
 
@@ -156,16 +159,32 @@ async function applyPath(db: Queryable, fn: string, args: unknown[]): Promise<Ap
     args,
   );
   const row = rows[0]!;
-  return { applied: Number(row.applied), duplicates: Number(row.duplicates), too_old: Number(row.too_old), users_touched: Number(row.users_touched) };
+  return {
+    applied: Number(row.applied),
+    duplicates: Number(row.duplicates),
+    too_old: Number(row.too_old),
+    users_touched: Number(row.users_touched),
+  };
 }
 
 /** REPLACE: upsert_subscribers_incremental (or its _loop twin) over the days [fromDay, toDay] of a parsed run. */
-export function applyReplace(db: Queryable, runId: string | number, fromDay: string, toDay: string, implementation: PathImplementation = 'set'): Promise<ApplyResult> {
+export function applyReplace(
+  db: Queryable,
+  runId: string | number,
+  fromDay: string,
+  toDay: string,
+  implementation: PathImplementation = 'set',
+): Promise<ApplyResult> {
   return applyPath(db, `upsert_subscribers_incremental${implementation === 'loop' ? '_loop' : ''}`, [runId, fromDay, toDay]);
 }
 
 /** ADD: upsert_subscribers_incremental_add (or its _loop twin) of a parsed run, events from horizonDay on. */
-export function applyAdd(db: Queryable, runId: string | number, horizonDay: string, implementation: PathImplementation = 'set'): Promise<ApplyResult> {
+export function applyAdd(
+  db: Queryable,
+  runId: string | number,
+  horizonDay: string,
+  implementation: PathImplementation = 'set',
+): Promise<ApplyResult> {
   return applyPath(db, `upsert_subscribers_incremental_add${implementation === 'loop' ? '_loop' : ''}`, [runId, horizonDay]);
 }
 
@@ -187,8 +206,12 @@ export async function applyProfiles(db: Queryable, runId: string | number, chang
   );
   const row = rows[0]!;
   return {
-    received: Number(row.received), rejected: Number(row.rejected), duplicates: Number(row.duplicates),
-    inserted: Number(row.inserted), updated: Number(row.updated), unchanged: Number(row.unchanged),
+    received: Number(row.received),
+    rejected: Number(row.rejected),
+    duplicates: Number(row.duplicates),
+    inserted: Number(row.inserted),
+    updated: Number(row.updated),
+    unchanged: Number(row.unchanged),
   };
 }
 
@@ -266,7 +289,9 @@ export interface HealthRow {
 }
 
 export async function syncHealth(db: Queryable): Promise<HealthRow[]> {
-  const { rows } = await db.query<HealthRow>('select h."check", h.status, h.value, h.threshold, h.detail from mixpanel_sync.sync_health() h');
+  const { rows } = await db.query<HealthRow>(
+    'select h."check", h.status, h.value, h.threshold, h.detail from mixpanel_sync.sync_health() h',
+  );
   return rows;
 }
 
@@ -304,7 +329,10 @@ export type TableSnapshot = Record<string, Record<string, Record<string, unknown
 
 /** Every row of the named mixpanel_sync tables; `ignore` lists columns as table.column. */
 export async function tableSnapshot(db: Queryable, tables: readonly string[], ignore: readonly string[] = []): Promise<TableSnapshot> {
-  const { rows } = await db.query<{ snapshot: TableSnapshot }>('select mixpanel_sync_verify.table_snapshot($1, $2) as snapshot', [tables, ignore]);
+  const { rows } = await db.query<{ snapshot: TableSnapshot }>('select mixpanel_sync_verify.table_snapshot($1, $2) as snapshot', [
+    tables,
+    ignore,
+  ]);
   return rows[0]!.snapshot;
 }
 
@@ -335,18 +363,30 @@ export type CohortsRun = Omit<SyncRun, 'source'> & { source: 'cohorts' };
 
 /** mixpanel_sync.begin_cohorts_run: the new running cohorts run (MP002 when one is running). */
 export async function beginCohortsRun(db: Queryable, clock?: Date | string): Promise<CohortsRun> {
-  const { rows } = await db.query<CohortsRun>(`select ${RUN_COLUMNS} from mixpanel_sync.begin_cohorts_run(coalesce($1::timestamptz, now())) r`, [clock ?? null]);
+  const { rows } = await db.query<CohortsRun>(
+    `select ${RUN_COLUMNS} from mixpanel_sync.begin_cohorts_run(coalesce($1::timestamptz, now())) r`,
+    [clock ?? null],
+  );
   return rows[0]!;
 }
 
 /** mixpanel_sync.stage_cohorts: the /api/query/cohorts/list array, as received. */
 export async function stageCohorts(db: Queryable, runId: string | number, list: readonly unknown[]): Promise<number> {
-  const { rows } = await db.query<{ staged: string }>('select mixpanel_sync.stage_cohorts($1, $2::jsonb) as staged', [runId, JSON.stringify(list)]);
+  const { rows } = await db.query<{ staged: string }>('select mixpanel_sync.stage_cohorts($1, $2::jsonb) as staged', [
+    runId,
+    JSON.stringify(list),
+  ]);
   return Number(rows[0]!.staged);
 }
 
 /** mixpanel_sync.stage_cohort_members: one Engage page of a cohort's members; `complete` on its last page. */
-export async function stageCohortMembers(db: Queryable, runId: string | number, cohortId: number, profiles: readonly unknown[], complete: boolean): Promise<number> {
+export async function stageCohortMembers(
+  db: Queryable,
+  runId: string | number,
+  cohortId: number,
+  profiles: readonly unknown[],
+  complete: boolean,
+): Promise<number> {
   const { rows } = await db.query<{ staged: string }>('select mixpanel_sync.stage_cohort_members($1, $2, $3::jsonb, $4) as staged', [
     runId,
     cohortId,
@@ -405,7 +445,10 @@ export async function stageSpotCheck(db: Queryable, checkId: string, lines: read
 }
 
 /** mixpanel_sync.spot_check_differences and spot_check_counts: what differs, how much was compared and pending. */
-export async function spotCheckResult(db: Queryable, checkId: string): Promise<{ differences: SpotCheckDifference[]; compared: number; pending: number }> {
+export async function spotCheckResult(
+  db: Queryable,
+  checkId: string,
+): Promise<{ differences: SpotCheckDifference[]; compared: number; pending: number }> {
   const { rows } = await db.query(
     `select distinct_id, day::text as day, event_name, mixpanel::int, ours::int, pending::int, differs, reason
      from mixpanel_sync.spot_check_differences($1)`,
@@ -416,13 +459,23 @@ export async function spotCheckResult(db: Queryable, checkId: string): Promise<{
 }
 
 /** mixpanel_sync.finish_spot_check: the result recorded on the check, its staged lines dropped. */
-export async function finishSpotCheck(db: Queryable, checkId: string, compared: number, differences: number, pending: number): Promise<void> {
+export async function finishSpotCheck(
+  db: Queryable,
+  checkId: string,
+  compared: number,
+  differences: number,
+  pending: number,
+): Promise<void> {
   await db.query('select mixpanel_sync.finish_spot_check($1, $2, $3, $4)', [checkId, compared, differences, pending]);
 }
 
 /** Rows and an order-independent checksum of every row (sum of hashtextextended of its jsonb, `ignore` columns left
  * out) per table: fast enough for whole tables, for "these tables are identical" in the demo. */
-export async function tablesChecksum(db: Queryable, tables: readonly ('events_daily' | 'event_ledger' | 'subscribers')[], ignore: readonly string[] = []): Promise<string> {
+export async function tablesChecksum(
+  db: Queryable,
+  tables: readonly ('events_daily' | 'event_ledger' | 'subscribers')[],
+  ignore: readonly string[] = [],
+): Promise<string> {
   const parts: string[] = [];
   for (const table of tables) {
     const { rows } = await db.query<{ n: string; h: string }>(

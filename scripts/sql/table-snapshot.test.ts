@@ -35,16 +35,22 @@ describe('table snapshots compared in SQL', () => {
     try {
       await client.query('begin');
       await client.query(`update mixpanel_sync.events_daily set event_count = 3 where distinct_id = 'u1'`);
-      expect(await firstDifference(db.pool, stored, await tableSnapshot(client, tables)))
-        .toBe('events_daily key ["u1", "2024-03-01", "login"]: column event_count expected 2, actual 3');
+      expect(await firstDifference(db.pool, stored, await tableSnapshot(client, tables))).toBe(
+        'events_daily key ["u1", "2024-03-01", "login"]: column event_count expected 2, actual 3',
+      );
       await client.query(`delete from mixpanel_sync.subscribers where distinct_id = 'u2'`);
       const subscribers = { subscribers: stored.subscribers! };
-      expect(await firstDifference(db.pool, subscribers, await tableSnapshot(client, ['subscribers'])))
-        .toMatch(/^subscribers key \["u2"\]: missing row \{.*"distinct_id": "u2"/);
-      expect(await firstDifference(db.pool, await tableSnapshot(client, ['subscribers']), subscribers))
-        .toMatch(/^subscribers key \["u2"\]: unexpected row \{.*"distinct_id": "u2"/);
-      await expect(assertSameTables(db.pool, 'stored (expected) and after the delete (actual)', stored, await tableSnapshot(client, tables)))
-        .rejects.toThrow(/^stored \(expected\) and after the delete \(actual\): events_daily key \["u1", "2024-03-01", "login"\]: column event_count/);
+      expect(await firstDifference(db.pool, subscribers, await tableSnapshot(client, ['subscribers']))).toMatch(
+        /^subscribers key \["u2"\]: missing row \{.*"distinct_id": "u2"/,
+      );
+      expect(await firstDifference(db.pool, await tableSnapshot(client, ['subscribers']), subscribers)).toMatch(
+        /^subscribers key \["u2"\]: unexpected row \{.*"distinct_id": "u2"/,
+      );
+      await expect(
+        assertSameTables(db.pool, 'stored (expected) and after the delete (actual)', stored, await tableSnapshot(client, tables)),
+      ).rejects.toThrow(
+        /^stored \(expected\) and after the delete \(actual\): events_daily key \["u1", "2024-03-01", "login"\]: column event_count/,
+      );
     } finally {
       await client.query('rollback');
       client.release();
@@ -63,10 +69,14 @@ describe('table snapshots compared in SQL', () => {
     };
     expect(await firstDifference(db.pool, model, stored)).toBeNull();
     model.events_daily[JSON.stringify(['u2', '2024-03-01', 'signup'])]!.event_count = 5;
-    expect(await firstDifference(db.pool, model, stored)).toBe('events_daily key ["u2", "2024-03-01", "signup"]: column event_count expected 5, actual 1');
+    expect(await firstDifference(db.pool, model, stored)).toBe(
+      'events_daily key ["u2", "2024-03-01", "signup"]: column event_count expected 5, actual 1',
+    );
   });
 
   it('refuses a table without a primary key, naming it', async () => {
-    await expect(tableSnapshot(db.pool, ['no_such_table'])).rejects.toThrow('mixpanel_sync.no_such_table is not a table with a primary key');
+    await expect(tableSnapshot(db.pool, ['no_such_table'])).rejects.toThrow(
+      'mixpanel_sync.no_such_table is not a table with a primary key',
+    );
   });
 });
