@@ -102,7 +102,16 @@ export const sequenceLedgerRetention = '45 days';
 /** begin_run at the step's clock, stage its lines, switch the path: the run, ready to finish. */
 export async function stageStep(client: Queryable, step: RunStep): Promise<SyncRun> {
   await writeSetting(client, 'events.ledger_retention', sequenceLedgerRetention);
-  const run = await beginRun(client, { source: 'events', clock: step.clock, forceFull: step.forceFull, projectTimezone: step.timezone });
+  // allowShrink: these sequences prove REPLACE/ADD algebra, where a full run replaces its window with whatever its
+  // batch holds (an empty batch included); the REPLACE guard that refuses such a run without permission (MP001) has
+  // its own tests (scripts/sql/safety-guard.test.ts, scripts/cli/seen-scenarios.test.ts).
+  const run = await beginRun(client, {
+    source: 'events',
+    clock: step.clock,
+    forceFull: step.forceFull,
+    projectTimezone: step.timezone,
+    allowShrink: true,
+  });
   await stageLines(
     client,
     'events',

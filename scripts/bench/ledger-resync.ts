@@ -1,13 +1,14 @@
-// One-off measurement of the ledger design (docs/ledger.md, migrations/current/400-ledger.sql), side by side in one
-// run on one server: "merge" = the migrations as they are; "previous" = the same without current/400-ledger.sql
-// (delete-and-reinsert REPLACE, 45-day ledger). Each database gets the same generated history, then:
+// One-off measurement of the ledger design (docs/ledger.md; the part `--! split: 400-ledger.sql` of committed migration
+// 000006), side by side in one run on one server: "merge" = the migrations as they are; "previous" = the same without
+// that part (delete-and-reinsert REPLACE, 45-day ledger): 000006 is unfolded into a current/ folder of its parts there,
+// less 400-ledger.sql. Each database gets the same generated history, then:
 //   - a first full sync (REPLACE over the 45-day window) and its bytes per event (tables + indexes);
 //   - 7 steady-state full re-syncs of the same events (forced full runs), each timed, then the bytes per event again
 //     (autovacuum as configured; no manual VACUUM);
 //   - an incremental run (ADD) that re-reads 2 hours of overlap and brings new events, timed.
 // The two databases alternate which goes first at each step. Usage:
 //   npx tsx scripts/bench/ledger-resync.ts [events=95000] [users=3000]
-import { cp, mkdtemp, rm } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
@@ -77,6 +78,27 @@ async function bytesPerEvent(pool: pg.Pool): Promise<{ perEvent: number; daily: 
   return { perEvent: total / Number(r.stored), daily: Number(r.daily), ledger: Number(r.ledger), stored: Number(r.stored) };
 }
 
+/**
+ * The migrations folder `folder` with the committed migration that holds `--! split: part` unfolded into a current/
+ * folder of its parts, less `part` (graphile-migrate's folder mode joins them again in order).
+ */
+async function withoutPart(folder: string, part: string): Promise<void> {
+  const committed = path.join(folder, 'committed');
+  for (const name of await readdir(committed)) {
+    const text = await readFile(path.join(committed, name), 'utf8');
+    if (!text.includes(`\n--! split: ${part}\n`)) continue;
+    const parts = text.split(/^--! split: (\S+)\n/m).slice(1);
+    await rm(path.join(committed, name));
+    await rm(path.join(folder, 'current.sql'), { force: true });
+    await mkdir(path.join(folder, 'current'));
+    for (let i = 0; i < parts.length; i += 2) {
+      if (parts[i] !== part) await writeFile(path.join(folder, 'current', parts[i]!), parts[i + 1]!);
+    }
+    return;
+  }
+  throw new Error(`no committed migration holds the part ${part}`);
+}
+
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
 
 async function main(): Promise<void> {
@@ -86,7 +108,7 @@ async function main(): Promise<void> {
   try {
     const previous = path.join(scratch, 'migrations');
     await cp(path.resolve('migrations'), previous, { recursive: true });
-    await rm(path.join(previous, 'current', '400-ledger.sql'));
+    await withoutPart(previous, '400-ledger.sql');
     const admin = new pg.Client({ connectionString: server.url });
     await admin.connect();
     for (const [name, folder] of [

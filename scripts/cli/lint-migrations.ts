@@ -72,7 +72,7 @@ async function main(): Promise<void> {
     if (current.status !== 0) {
       console.error(
         'lint:sql: the current migration has squawk findings (above). Fix them, or excuse a rule with its reason in .squawk.toml. ' +
-          'A migration starts with `set local lock_timeout` and `set local statement_timeout` (see migrations/current/010-timeouts.sql).',
+          'A migration starts with `set local lock_timeout` and `set local statement_timeout` (see migration 000006, part `--! split: 010-timeouts.sql`).',
       );
     }
     status ||= current.status;

@@ -3,7 +3,7 @@
 // scratch worktree with this file and its fixtures copied in) to see it fail there; the table is below.
 //
 // Each test is the protection's "seen failing without it": on ff2b5c3 all 21 fail, with the session's loader and
-// migrations/current/100-safety-core.sql all 21 pass. What ff2b5c3 did (the assertion that failed):
+// migration 000006, part `--! split: 100-safety-core.sql` all 21 pass. What ff2b5c3 did (the assertion that failed):
 //   1 psql begin_run(force_full) + finish_run, nothing staged ... finish_run succeeded, window emptied (no MP001)
 //   1 garbage-only file --full ................................. exit 0, window replaced by nothing
 //   1 HTML 200 from Export on --full ........................... exit 0, window emptied

@@ -1,6 +1,6 @@
 // Identity merge (issue 12) for tests: the identity.mode setting, and runs through finish_run (which calls
 // mixpanel_sync.apply_identity).
-// The rules live in migrations/current/500-identity.sql; this module only calls them.
+// The rules live in migration 000006, part `--! split: 500-identity.sql`; this module only calls them.
 import type { Queryable, SyncRun } from './sync-api.ts';
 import { beginRun, finishRun, stageRecords } from './sync-api.ts';
 

@@ -1,4 +1,4 @@
-// The ledger design (migrations/current/400-ledger.sql, docs/ledger.md), through begin_run/finish_run as psql runs it,
+// The ledger design (migration 000006, part `--! split: 400-ledger.sql`, docs/ledger.md), through begin_run/finish_run as psql runs it,
 // for the set path and its _loop twin:
 //   - REPLACE is a merge: a steady-state re-sync of the same data rewrites no row of events_daily or event_ledger
 //     (same xmin/ctid), a changed re-sync rewrites only the rows that changed, and users_touched counts the users

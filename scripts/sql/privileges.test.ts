@@ -1,4 +1,4 @@
-// Least privilege (migrations/current/900-privileges.sql), with real login roles on a real database:
+// Least privilege (migration 000006, part `--! split: 900-privileges.sql`), with real login roles on a real database:
 // - a login role granted only mixpanel_sync_loader runs whole events and profiles runs (begin_run, COPY through
 //   pg-copy-streams, finish_run), fails a run, reads status and sync_health();
 // - a login role granted only mixpanel_sync_reader selects the aggregates and profiles and can do nothing else;

@@ -1,4 +1,4 @@
-// Safety follow-ups (issue 9; migrations/current/150-safety-followups.sql): the heartbeat in begin_run's dead-owner
+// Safety follow-ups (issue 9; migration 000006, part `--! split: 150-safety-followups.sql`): the heartbeat in begin_run's dead-owner
 // rule, and json_problem's detail. Seen failing without each protection (removed once, then restored):
 //   - `and (r.heartbeat_at is null or r.heartbeat_at < now() - heartbeat_timeout)` removed from begin_run: the run
 //     with a fresh heartbeat whose owner session was closed (what pgbouncer's server_idle_timeout does) was abandoned
