@@ -8,13 +8,11 @@
 // that limit, invalid UTF-8 and NUL bytes failed the COPY). Profiles: "invalid byte sequence for encoding "UTF8": 0x00
 // (COPY staged_profiles, line 32)" (exit 1). Both pass with the session's loader framing and 100-safety-core.sql.
 import { createReadStream, mkdtempSync, rmSync } from 'node:fs';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { once } from 'node:events';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createTestDatabase } from '../db/vitest-database.ts';
+import { engageEnv, withEngagePage } from '../fixtures/engage-page-server.ts';
 import { runCli, startCli, summaryOf, type CliResult } from '../fixtures/cli-runner.ts';
 import { eventsRunOutcome as outcome } from '../fixtures/run-outcome.ts';
 import {
@@ -230,52 +228,36 @@ describe('hostile profiles corpus as an Engage API page', () => {
       ...items.flatMap((item, i) => (i ? [Buffer.from(','), item] : [item])),
       Buffer.from(']}'),
     ]);
-    const server = http.createServer((request, response) => {
-      request.resume();
-      request.on('end', () => {
-        response.writeHead(200, { 'content-type': 'application/json' });
-        response.end(page);
-      });
-    });
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
     try {
-      const result = await runCli('sync:profiles', ['--json'], {
-        env: {
-          DATABASE_URL: viaApi.url,
-          MIXPANEL_SERVICE_ACCOUNT: 'sa',
-          MIXPANEL_SECRET: 'secret',
-          MIXPANEL_PROJECT_ID: '1234',
-          MIXPANEL_API_URL: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-          MIXPANEL_BUDGET_FILE: path.join(dir, 'budget-engage.json'),
-          MIXPANEL_MAX_TRIES: '1',
-        },
+      await withEngagePage(page, async (apiUrl) => {
+        const result = await runCli('sync:profiles', ['--json'], {
+          env: { DATABASE_URL: viaApi.url, ...engageEnv(apiUrl, path.join(dir, 'budget-engage.json')) },
+        });
+        expect(result.code, describeRun(result)).toBe(0);
+        const good = records.flatMap((r) => (r.expect.outcome === 'applied' ? r.expect.distinctIds : []));
+        const bad = records.filter((r) => r.expect.outcome === 'rejected');
+        expect(bad.length).toBeGreaterThanOrEqual(10);
+        expect(summaryOf(result)).toMatchObject({
+          status: 'succeeded',
+          received: good.length + bad.length,
+          inserted: good.length,
+          rejected: bad.length,
+        });
+        const { rows: stored } = await viaApi.pool.query<{ distinct_id: string }>(
+          'select distinct_id from mixpanel_sync.subscriber_properties',
+        );
+        expect(stored.map((row) => row.distinct_id).sort()).toEqual([...good].sort());
+        const { rows: rejects } = await viaApi.pool.query<{ reason: string }>('select reason from mixpanel_sync.sync_rejects order by id');
+        const unmatched = [...rejects.map((row) => row.reason)];
+        const missing: string[] = [];
+        for (const record of bad) {
+          const at = unmatched.findIndex((reason) => (record.expect as { reason: RegExp }).reason.test(reason));
+          if (at < 0) missing.push(`${record.kind}: no reject matching ${(record.expect as { reason: RegExp }).reason}`);
+          else unmatched.splice(at, 1);
+        }
+        expect({ missing, unmatched }).toEqual({ missing: [], unmatched: [] });
       });
-      expect(result.code, describeRun(result)).toBe(0);
-      const good = records.flatMap((r) => (r.expect.outcome === 'applied' ? r.expect.distinctIds : []));
-      const bad = records.filter((r) => r.expect.outcome === 'rejected');
-      expect(bad.length).toBeGreaterThanOrEqual(10);
-      expect(summaryOf(result)).toMatchObject({
-        status: 'succeeded',
-        received: good.length + bad.length,
-        inserted: good.length,
-        rejected: bad.length,
-      });
-      const { rows: stored } = await viaApi.pool.query<{ distinct_id: string }>(
-        'select distinct_id from mixpanel_sync.subscriber_properties',
-      );
-      expect(stored.map((row) => row.distinct_id).sort()).toEqual([...good].sort());
-      const { rows: rejects } = await viaApi.pool.query<{ reason: string }>('select reason from mixpanel_sync.sync_rejects order by id');
-      const unmatched = [...rejects.map((row) => row.reason)];
-      const missing: string[] = [];
-      for (const record of bad) {
-        const at = unmatched.findIndex((reason) => (record.expect as { reason: RegExp }).reason.test(reason));
-        if (at < 0) missing.push(`${record.kind}: no reject matching ${(record.expect as { reason: RegExp }).reason}`);
-        else unmatched.splice(at, 1);
-      }
-      expect({ missing, unmatched }).toEqual({ missing: [], unmatched: [] });
     } finally {
-      server.close();
       await viaApi.drop();
     }
   }, 300_000);

@@ -26,8 +26,6 @@
 //   6 group SIGINT right after finish_run committed (trial 2, npm run) ... died by SIGINT although the run succeeded
 //   7 200k lines ...................... run_events 29,589,504 bytes left on disk after the run
 import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import http from 'node:http';
-import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { once } from 'node:events';
@@ -35,6 +33,7 @@ import { finished } from 'node:stream/promises';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { engageEnv, withEngagePage } from '../fixtures/engage-page-server.ts';
 import { runCli, startCli, summaryOf, type CliResult, type CliProcess } from '../fixtures/cli-runner.ts';
 import { startFakeMixpanel } from '../fixtures/fake-mixpanel-server.ts';
 import { MAX_LINE_BYTES } from '../fixtures/hostile-corpus.ts';
@@ -381,26 +380,9 @@ describe('3. one poisoned record never fails a run, nor its reruns', () => {
     const db = await freshDatabase();
     const deep = `{"$distinct_id":"deep","$properties":{"v":${'['.repeat(10_000)}${']'.repeat(10_000)}}}`;
     const page = `{"page":0,"page_size":1000,"session_id":"s1","status":"ok","total":3,"results":[{"$distinct_id":"p1","$properties":{"$name":"One"}},${deep},{"$distinct_id":"p2","$properties":{"$name":"Two"}}]}`;
-    const server = http.createServer((request, response) => {
-      request.resume();
-      request.on('end', () => {
-        response.writeHead(200, { 'content-type': 'application/json' });
-        response.end(page);
-      });
-    });
-    server.listen(0, '127.0.0.1');
-    await once(server, 'listening');
-    try {
+    await withEngagePage(page, async (apiUrl) => {
       const result = await runCli('sync:profiles', ['--json'], {
-        env: {
-          DATABASE_URL: db.url,
-          MIXPANEL_SERVICE_ACCOUNT: 'sa',
-          MIXPANEL_SECRET: 'secret',
-          MIXPANEL_PROJECT_ID: '1234',
-          MIXPANEL_API_URL: `http://127.0.0.1:${(server.address() as AddressInfo).port}`,
-          MIXPANEL_BUDGET_FILE: path.join(dir, 'budget-3e.json'),
-          MIXPANEL_MAX_TRIES: '1',
-        },
+        env: { DATABASE_URL: db.url, ...engageEnv(apiUrl, path.join(dir, 'budget-3e.json')) },
       });
       expect(result.code, explain(result)).toBe(0);
       const summary = summaryOf(result)!;
@@ -418,9 +400,7 @@ describe('3. one poisoned record never fails a run, nor its reruns', () => {
         expect(summary).toMatchObject({ inserted: 2, rejected: 1 });
         expect(rows[0].reason).toMatch(/depth|deep|nest|stack/i);
       }
-    } finally {
-      server.close();
-    }
+    });
   });
 });
 
