@@ -1,0 +1,158 @@
+-- Parse stream: run_events carries what the ledger contract needs (skip_reason; the raw columns when
+-- events.store_raw is on), and parse_new_staged_events fills it.
+
+alter table mixpanel_sync.run_events
+  add column skip_reason text,
+  add column properties jsonb,
+  add column insert_id text,
+  add column processing_time_ms bigint;
+comment on column mixpanel_sync.run_events.skip_reason is 'Why a valid event (reject_reason null) is not applied: null = apply it; ''no_user'' = its properties.distinct_id is absent, null or "" (kept in the raw table when events.store_raw is on, counted as no_user, not a reject); ''not_selected'' = its name is not in the run''s selection (sync_runs.options -> ''events''), ignored and counted as not_selected. not_selected wins over no_user.';
+comment on column mixpanel_sync.run_events.properties is 'The event''s whole properties object as received, only when setting events.store_raw is ''on'' (else null), and only on rows the raw table may take (reject_reason null, skip_reason null or ''no_user'').';
+comment on column mixpanel_sync.run_events.insert_id is 'properties.$insert_id as sent (text; a number as its JSON text), filled like properties: only when events.store_raw is ''on''.';
+comment on column mixpanel_sync.run_events.processing_time_ms is 'properties.mp_processing_time_ms as sent (whole milliseconds; null when absent, not a number or outside (0, 1e14)), filled like properties: only when events.store_raw is ''on''.';
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.parse_new_staged_events(run_id bigint, only_line_id bigint DEFAULT NULL::bigint)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  parsed bigint;
+  -- Old-formula keys only while there are old ledger rows to find them in.
+  legacy boolean := exists (select from mixpanel_sync.event_ledger_legacy);
+  -- Read from the table, not with mixpanel_sync.setting() (which raises for a missing key): the setting's row is
+  -- created by a later migration part, and a database without it means 'off'.
+  store_raw boolean := coalesce(
+    (select s.value from mixpanel_sync.sync_settings s where s.key = 'events.store_raw'), 'off') = 'on';
+  -- The run's selection: a non-empty JSON array of event names; absent, null or [] = every event.
+  selection jsonb := (
+    select case when jsonb_typeof(r.options -> 'events') = 'array' and jsonb_array_length(r.options -> 'events') > 0
+      then r.options -> 'events' end
+    from mixpanel_sync.sync_runs r where r.id = parse_new_staged_events.run_id);
+begin
+  -- Each step is a subquery fenced with "offset 0", so its expressions are computed once per
+  -- line (unfenced, the planner would inline them into every later use), without a per-row
+  -- function scan. The line is cast straight to jsonb when the session trusts the lines to be
+  -- JSON objects (parse_staged_events tries that first), else through json_object_or_null,
+  -- which never raises. A line staged with a problem is not read at all.
+  with parsed_lines as (
+    insert into mixpanel_sync.run_events
+      (run_id, line_id, distinct_id, event_key, legacy_key, event_name, event_time, day, processing_time, lateness_ms,
+       reject_reason, skip_reason, properties, insert_id, processing_time_ms)
+    select
+      k.run_id,
+      k.line_id,
+      k.distinct_id,
+      case when k.event_time is not null and k.event_name is not null then
+        mixpanel_sync.event_key(k.event_name, k.second, k.insert_id, k.doc) end,
+      case when legacy and k.event_time is not null and k.event_name is not null then
+        mixpanel_sync.legacy_event_key(k.event_name, k.second, k.insert_id, k.doc) end,
+      k.event_name,
+      k.event_time,
+      (k.event_time at time zone 'UTC')::date,
+      -- capped at the run's clock: a bad mp_processing_time_ms must not push the processing watermark.
+      case when k.processing_ms > 0 and k.processing_ms < 1e14
+        then least(to_timestamp(k.processing_ms / 1000), k.fetch_to) end,
+      -- every cast to bigint is guarded: one absurd number must be a reject, not a failed run.
+      case when k.processing_ms > 0 and k.processing_ms < 1e14 and k.event_time is not null
+        then (k.processing_ms - k.time_seconds * 1000)::bigint end,
+      k.reject_reason,
+      k.skip_reason,
+      case when store_raw and k.reject_reason is null and k.skip_reason is distinct from 'not_selected'
+        then k.props end,
+      case when store_raw and k.reject_reason is null and k.skip_reason is distinct from 'not_selected'
+        then k.insert_id end,
+      case when store_raw and k.reject_reason is null and k.skip_reason is distinct from 'not_selected'
+        and k.processing_ms > 0 and k.processing_ms < 1e14
+        then floor(k.processing_ms)::bigint end
+    from (
+      select r.*,
+        case
+          when r.reject_reason is not null then null
+          when selection is not null and not (selection ? r.event_name) then 'not_selected'
+          when r.distinct_id is null or r.distinct_id = '' then 'no_user'
+        end as skip_reason
+      from (
+        select x.*,
+          case
+            when x.problem is not null then x.problem
+            when x.doc is null then coalesce(mixpanel_sync.json_problem(x.line), 'not a JSON object')
+            when jsonb_typeof(x.doc) <> 'object' then 'not a JSON object'
+            when x.event_name is null and jsonb_typeof(x.d_event) <> 'null' then 'event name is not a string'
+            when x.event_name is null or x.event_name = '' then 'missing event name'
+            when length(x.event_name) > 255 then 'event name longer than 255 characters'
+            when not x.props_is_object then 'properties missing or not an object'
+            when x.distinct_id is null and jsonb_typeof(x.p_distinct_id) <> 'null'
+              then 'properties.distinct_id is not a string or number'
+            -- an absent, null or empty distinct_id is not a reject: skip_reason 'no_user' (when all else is valid).
+            when length(x.distinct_id) > 255 then 'properties.distinct_id longer than 255 characters'
+            when x.time_raw is null and jsonb_typeof(x.p_time) <> 'null' then 'properties.time is not a number'
+            when x.time_raw is null then 'missing properties.time'
+            when x.event_time is null then 'properties.time out of range: ' || left(x.time_raw::text, 100)
+            when x.event_time > x.fetch_to then 'properties.time is after the run''s fetch_to ' || x.fetch_to::text
+          end as reject_reason
+        from (
+          select t.*,
+            case
+              when t.second is null then null
+              when t.project_timezone is null then to_timestamp(t.second)
+              else (to_timestamp(t.second) at time zone 'UTC') at time zone t.project_timezone
+            end as event_time
+          from (
+            select v.*, mixpanel_sync.event_second(v.time_raw) as second,
+              -- Mixpanel sends seconds; some sources send milliseconds (anything from 1e11 on).
+              case when v.time_raw >= 1e11 then v.time_raw / 1000 else v.time_raw end as time_seconds
+            from (
+              select f.*,
+                case when jsonb_typeof(f.d_event) = 'string' then f.d_event #>> '{}' end as event_name,
+                case when jsonb_typeof(f.p_distinct_id) in ('string', 'number') then f.p_distinct_id #>> '{}' end as distinct_id,
+                case when jsonb_typeof(f.p_time) = 'number' then f.p_time::numeric end as time_raw,
+                case when jsonb_typeof(f.p_processing) = 'number' then f.p_processing::numeric end as processing_ms,
+                f.p_insert_id #>> '{}' as insert_id
+              from (
+                select o.*,
+                  o.doc -> 'event' as d_event,
+                  case when o.props_is_object then o.props -> 'distinct_id' end as p_distinct_id,
+                  case when o.props_is_object then o.props -> 'time' end as p_time,
+                  case when o.props_is_object then o.props -> '$insert_id' end as p_insert_id,
+                  case when o.props_is_object then o.props -> 'mp_processing_time_ms' end as p_processing
+                from (
+                  select j.*, j.doc -> 'properties' as props,
+                    coalesce(jsonb_typeof(j.doc -> 'properties') = 'object', false) as props_is_object
+                  from (
+                    select s.run_id, s.line_id, s.line, s.problem, r.fetch_to, r.project_timezone,
+                      case
+                        when s.problem is not null then null
+                        when pg_catalog.current_setting('mixpanel_sync.trust_json_lines', true) = 'on' then s.line::jsonb
+                        else mixpanel_sync.json_object_or_null(s.line)
+                      end as doc
+                    from mixpanel_sync.staged_events s
+                    join mixpanel_sync.sync_runs r on r.id = s.run_id
+                    where s.run_id = parse_new_staged_events.run_id
+                      and (only_line_id is null or s.line_id = only_line_id)
+                      -- not in (hashed once), not "not exists": after a vacuum of the emptied
+                      -- run_events the planner would rescan it for every staged line.
+                      and s.line_id not in (
+                        select e.line_id from mixpanel_sync.run_events e where e.run_id = parse_new_staged_events.run_id)
+                    offset 0
+                  ) j offset 0
+                ) o offset 0
+              ) f offset 0
+            ) v offset 0
+          ) t offset 0
+        ) x offset 0
+      ) r offset 0
+    ) k
+    returning run_events.line_id, run_events.reject_reason
+  ), rejected as (
+    insert into mixpanel_sync.sync_rejects (run_id, source, line_no, payload, reason)
+    select s.run_id, 'events', s.line_no, s.line, p.reject_reason
+    from parsed_lines p
+    join mixpanel_sync.staged_events s on s.run_id = parse_new_staged_events.run_id and s.line_id = p.line_id
+    where p.reject_reason is not null
+  )
+  select count(*) into parsed from parsed_lines;
+  return parsed;
+end;
+$function$;
+comment on function mixpanel_sync.parse_new_staged_events(run_id bigint, only_line_id bigint) is 'Parses the staged lines of a run not parsed yet (only_line_id: just that line) into run_events: the event, its dedup key (event_key; legacy_key while event_ledger_legacy holds rows), reject_reason (null when usable) and skip_reason (''not_selected'' when the run''s selection, sync_runs.options -> ''events'', leaves the name out; else ''no_user'' when properties.distinct_id is absent, null or ""); with setting events.store_raw = ''on'' also the raw columns (properties, insert_id, processing_time_ms) of the rows the raw table may take. Unusable lines also go to sync_rejects with their line number. A line staged with a problem is rejected with it. Time may be seconds or milliseconds (event_second) and is kept to the second, Mixpanel''s dedup grain; with a project_timezone on the run it is read as local time of that zone (Mixpanel projects from before 2023).';
