@@ -64,6 +64,8 @@ export interface BeginRunOptions {
   resync?: { from: string; to?: string | null } | null;
   /** A full run may empty or shrink stored days (begin_run allow_shrink => true; otherwise finish_run refuses with MP001). */
   allowShrink?: boolean;
+  /** This run's event names (begin_run events => …; CLI --event); absent or null: the setting events.only; []: every event. */
+  events?: readonly string[] | null;
 }
 
 /** mixpanel_sync.begin_run: the new running run (MP002 when one of this source is running, MP004 on bad arguments). */
@@ -71,7 +73,7 @@ export async function beginRun(db: Queryable, options: BeginRunOptions): Promise
   const { rows } = await db.query<SyncRun>(
     `select ${RUN_COLUMNS} from mixpanel_sync.begin_run($1, force_full => $2,
        clock => coalesce($3::timestamptz, now()), project_timezone => $4,
-       resync_from => $5::date, resync_to => $6::date${options.allowShrink ? ', allow_shrink => true' : ''}) r`,
+       resync_from => $5::date, resync_to => $6::date${options.allowShrink ? ', allow_shrink => true' : ''}, events => $7::text[]) r`,
     [
       options.source,
       options.forceFull ?? false,
@@ -79,9 +81,41 @@ export async function beginRun(db: Queryable, options: BeginRunOptions): Promise
       options.projectTimezone ?? null,
       options.resync?.from ?? null,
       options.resync?.to ?? null,
+      options.events ?? null,
     ],
   );
   return rows[0]!;
+}
+
+/** The event names a run syncs, as begin_run recorded them (sync_runs.options->'events'); null: every event. */
+export function runEventNames(run: Pick<SyncRun, 'options'>): string[] | null {
+  const names = run.options.events;
+  return Array.isArray(names) && names.length > 0 ? names.map(String) : null;
+}
+
+/** What mixpanel_sync.forget_event_names deleted. */
+export interface ForgottenEventNames {
+  event_names: string[];
+  daily_rows: number;
+  events: number;
+  ledger_rows: number;
+  users_refreshed: number;
+}
+
+/** mixpanel_sync.forget_event_names: the data of event names no longer synced deleted (DBA only; MP004 for a name events.only still syncs, MP002 while an events run is running). */
+export async function forgetEventNames(db: Queryable, names: readonly string[]): Promise<ForgottenEventNames> {
+  const { rows } = await db.query<Record<keyof ForgottenEventNames, string & string[]>>(
+    'select event_names, daily_rows, events, ledger_rows, users_refreshed from mixpanel_sync.forget_event_names($1::text[])',
+    [names],
+  );
+  const row = rows[0]!;
+  return {
+    event_names: row.event_names,
+    daily_rows: Number(row.daily_rows),
+    events: Number(row.events),
+    ledger_rows: Number(row.ledger_rows),
+    users_refreshed: Number(row.users_refreshed),
+  };
 }
 
 /** mixpanel_sync.finish_run: parses, applies and accounts for the staged rows; the finished run. */
