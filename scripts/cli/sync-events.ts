@@ -1,4 +1,4 @@
-// npm run sync:events -- [--file PATH|-] [--full | --resync-from DAY [--resync-to DAY]] [--allow-shrink] [--wait SECONDS] [--json] [--database-url URL]
+// npm run sync:events -- [--file PATH|-] [--full | --resync-from DAY [--resync-to DAY]] [--event NAME]... [--allow-shrink] [--wait SECONDS] [--json] [--database-url URL]
 // One events run: begin_run, COPY the lines into staging, finish_run, a summary. See loader/events-sync.ts.
 import { readMixpanelSettings, type MixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
 import { syncEvents } from '../loader/events-sync.ts';
@@ -16,6 +16,13 @@ Without --file it reads the Mixpanel Export API over the run's window.
   --resync-from DAY      a full run over exactly the UTC days DAY..--resync-to; without --resync-to
   --resync-to DAY        exactly the one day DAY (YYYY-MM-DD), e.g. after events were deleted or
                          re-imported in Mixpanel; refused together with --full
+  --event NAME           sync only events of this name (repeatable; default: the setting events.only,
+                         [] = every event); the Export API is asked for just these names, other
+                         names in the input are skipped (counted not_selected), and a full run
+                         replaces only these names in its window. A run that leaves out a name
+                         events.only syncs does not move the watermark. A name added to the
+                         selection starts with --resync-from DAY --event NAME (README "Choosing
+                         which events to sync")
   --allow-shrink         let a full run empty or shrink stored days (finish_run refuses it otherwise,
                          SQLSTATE MP001); --allow-empty is a deprecated alias
   --wait SECONDS         when another events run is running, retry for up to SECONDS (default 0)
@@ -43,6 +50,7 @@ await runLoaderCli({
     'resync-to': { type: 'string' },
     'allow-shrink': { type: 'boolean', default: false },
     'allow-empty': { type: 'boolean', default: false },
+    event: { type: 'string', multiple: true },
   },
   prepare(values) {
     for (const flag of ['resync-from', 'resync-to'] as const) {
@@ -66,6 +74,8 @@ await runLoaderCli({
           ? undefined
           : { from: String(values['resync-from']), to: values['resync-to'] as string | undefined },
       allowShrink: values['allow-shrink'] === true || values['allow-empty'] === true,
+      // the names are checked by begin_run (MP004: empty or over 255 characters), as from psql
+      ...(values.event === undefined ? {} : { events: values.event as string[] }),
       waitSeconds,
       projectTimezone: process.env.MIXPANEL_PROJECT_TIMEZONE?.trim() || null,
       signal,

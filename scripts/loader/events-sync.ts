@@ -28,6 +28,8 @@ export interface SyncEventsOptions extends PoolChoice {
   projectTimezone?: string | null;
   /** Let a full run empty or shrink stored days (begin_run allow_shrink => true); without it finish_run refuses (MP001). */
   allowShrink?: boolean;
+  /** This run's event names (begin_run events => …); absent: the setting events.only. The Export API is asked for the names begin_run recorded. */
+  events?: readonly string[];
   /** When another events run is running (MP002), retry begin_run for up to this many seconds. */
   waitSeconds?: number;
   signal?: AbortSignal;
@@ -47,8 +49,8 @@ function exportStream(run: SyncRun, options: SyncEventsOptions, settings: Mixpan
   async function* chunks(): AsyncGenerator<Buffer> {
     for (const request of exportPlan(run)) {
       options.onExport?.(request);
-      const { fromDate, toDate, where } = request;
-      yield* exportEvents({ fromDate, toDate, where, settings, signal, onRetry: options.onRetry });
+      const { fromDate, toDate, where, event } = request;
+      yield* exportEvents({ fromDate, toDate, where, event, settings, signal, onRetry: options.onRetry });
     }
   }
   return Readable.from(chunks(), { objectMode: false });
@@ -70,6 +72,7 @@ export async function syncEvents(options: SyncEventsOptions): Promise<RunSummary
         projectTimezone: options.projectTimezone ?? mixpanel?.projectTimezone ?? null,
         resync: options.resync ?? null,
         allowShrink: options.allowShrink ?? false,
+        events: options.events ?? null,
       },
       openLines: (run, signal) => (input !== undefined ? openInput(input) : exportStream(run, options, mixpanel!, signal)),
       signal: options.signal,

@@ -55,4 +55,15 @@ describe('exportPlan', () => {
       ['2026-11-09', '2026-11-10'],
     ]);
   });
+
+  it("a run with a selection (options.events, as begin_run recorded it): every request carries it; [] or none: no event", () => {
+    const plan = exportPlan({ ...incremental, options: { events: ['Sign Up', 'buy'] } });
+    expect(plan.map((r) => [r.part, r.event])).toEqual([
+      ['lookback', ['Sign Up', 'buy']],
+      ['window', ['Sign Up', 'buy']],
+    ]);
+    for (const options of [{ events: [] }, {}, { events: null }]) {
+      expect(exportPlan({ ...incremental, options }).every((r) => !('event' in r))).toBe(true);
+    }
+  });
 });

@@ -7,13 +7,17 @@
 //              processed_after is unknown (no processing watermark yet) the lookback days are read whole.
 // Days are those of the project's time zone when it has one (projects from before 2023 export
 // local days), else UTC. Re-read events are deduplicated by finish_run, never counted twice.
+// A run with a selection of event names (begin_run recorded it in options->'events': --event NAME or the setting
+// events.only) asks for just those names: every request carries them as the Export API's `event` parameter.
 import { lateArrivalWhere, utcDay } from '../mixpanel/export-events.ts';
-import type { SyncRun } from '../sql/sync-api.ts';
+import { runEventNames, type SyncRun } from '../sql/sync-api.ts';
 
 export interface ExportRequest {
   fromDate: string;
   toDate: string;
   where?: string;
+  /** Only these event names (the run's selection as begin_run recorded it); absent: every event. */
+  event?: string[];
   /** For messages and measurements: 'window' or 'lookback'. */
   part: 'window' | 'lookback';
 }
@@ -29,9 +33,15 @@ export function previousDay(day: string): string {
   return utcDay(new Date(Date.parse(`${day}T00:00:00Z`) - 86_400_000));
 }
 
-type PlannedRun = Pick<SyncRun, 'mode' | 'fetch_from' | 'fetch_to' | 'lookback_from' | 'processed_after' | 'project_timezone'>;
+type PlannedRun = Pick<SyncRun, 'mode' | 'fetch_from' | 'fetch_to' | 'lookback_from' | 'processed_after' | 'project_timezone'> &
+  Partial<Pick<SyncRun, 'options'>>;
 
 export function exportPlan(run: PlannedRun): ExportRequest[] {
+  const event = run.options ? runEventNames({ options: run.options }) : null;
+  return requestsOf(run).map((request) => (event ? { ...request, event } : request));
+}
+
+function requestsOf(run: PlannedRun): ExportRequest[] {
   if (!run.fetch_from) throw new Error('an events run without fetch_from: begin_run did not plan a window');
   const zone = run.project_timezone;
   const window: ExportRequest = { fromDate: dayIn(run.fetch_from, zone), toDate: dayIn(run.fetch_to, zone), part: 'window' };

@@ -32,7 +32,8 @@ const COMMON_OPTIONS = {
 } as const satisfies Options;
 
 export interface LoaderContext {
-  values: Record<string, string | boolean | undefined>;
+  /** Parsed flags; a string[] for a flag declared `multiple` (e.g. --event). */
+  values: Record<string, string | boolean | string[] | undefined>;
   databaseUrl: string;
   /** --wait SECONDS: how long begin_run is retried while another run of the source is running (MP002). */
   waitSeconds: number;
