@@ -1,5 +1,6 @@
 // Which functions are mutated, and which proofs run first against a mutant of each (--quick runs only those).
-// The map is a speed-up, not a judgement: the full run tries every proof on a mutant the mapped ones do not kill.
+// A full run meets only the mapped proofs (--exhaustive: then every other proof too), so every proof of a function must be
+// mapped here: a new test or verify script is added to the functions it exercises.
 
 /** The core functions of issue 15, by name (all overloads); new guard and identity functions are matched by coreNamePattern. */
 export const coreFunctions = [
@@ -22,6 +23,15 @@ export const coreFunctions = [
   'drop_staged_rows',
   'event_second',
   'is_terminated_early_marker',
+  // the safety core and the ledger (000006), counted as core since the full run of issue 15
+  'finish_or_fail_run',
+  'heartbeat_run',
+  'abandon_stale_runs',
+  'prune_history',
+  'merge_daily_row_loop',
+  'reattribute_identities',
+  'reattribute_identities_loop',
+  'reattribute_all',
 ];
 
 /** Guard and identity functions as they land (SQL-safety stream): counted as core too. */
@@ -55,12 +65,33 @@ const profiles = [
 /** Proofs to try first per function name, cheapest likely killer first. */
 export const proofMap: Record<string, string[]> = {
   begin_run: [...endToEnd, 'property-tests/run-accounting.test.ts'],
-  finish_run: [...endToEnd, 'property-tests/failed-run.test.ts', 'property-tests/run-accounting.test.ts'],
+  finish_run: [
+    ...endToEnd,
+    'property-tests/failed-run.test.ts',
+    'property-tests/run-accounting.test.ts',
+    'scripts/sql/safety-one-run.test.ts',
+  ],
   finish_events_run: [...endToEnd, 'verify/replace_then_adds_equal_replace.sql', 'property-tests/run-accounting.test.ts'],
   parse_new_staged_events: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql', 'property-tests/run-accounting.test.ts'],
   parse_staged_events: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql', 'property-tests/run-accounting.test.ts'],
-  fail_run: ['verify/run_lifecycle_pinned.sql', 'property-tests/failed-run.test.ts'],
-  drop_staged_rows: ['verify/run_lifecycle_pinned.sql', 'property-tests/failed-run.test.ts'],
+  fail_run: ['verify/run_lifecycle_pinned.sql', 'property-tests/failed-run.test.ts', 'scripts/sql/safety-guard.test.ts'],
+  finish_or_fail_run: ['scripts/sql/guard-refusal-psql.test.ts'],
+  replace_guard: ['scripts/sql/safety-guard.test.ts'],
+  heartbeat_run: ['scripts/sql/safety-followups.test.ts'],
+  abandon_stale_runs: ['scripts/sql/safety-one-run.test.ts', 'scripts/sql/safety-followups.test.ts'],
+  prune_history: ['verify/run_lifecycle_pinned.sql', 'scripts/sql/health-housekeeping.test.ts'],
+  merge_daily_row_loop: ['verify/replace_loop_equals_set.sql', 'scripts/sql/ledger-merge.test.ts'],
+  apply_identity: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],
+  learn_identity_links: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],
+  identity_edges: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],
+  identity_cluster: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],
+  identity_canonical: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],
+  identity_mode: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts'],
+  reattribute_identities: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],
+  reattribute_identities_loop: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],
+  reattribute_all: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts'],
+  is_terminated_early_marker: ['verify/finish_run_end_to_end.sql', 'verify/parse_independent.sql'],
+  drop_staged_rows: ['verify/run_lifecycle_pinned.sql', 'property-tests/failed-run.test.ts', 'scripts/sql/safety-records.test.ts'],
   horizon_day: [...endToEnd, ...add],
   upsert_subscribers_incremental: replace,
   upsert_subscribers_incremental_loop: replace,
@@ -78,5 +109,5 @@ export const proofMap: Record<string, string[]> = {
   event_key: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql', 'property-tests/add-algebra.test.ts'],
   legacy_event_key: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql'],
   upsert_subscriber_properties: profiles,
-  finish_profiles_run: profiles,
+  finish_profiles_run: [...profiles, 'scripts/sql/safety-records.test.ts'],
 };

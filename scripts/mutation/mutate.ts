@@ -1,4 +1,5 @@
-// npm run mutate [-- --quick] [-- --workers 2] [-- --only fn,…] [-- --list] [-- --seed N] [-- --sample N] [-- --out FILE]
+// npm run mutate [-- --quick] [-- --workers 2] [-- --only fn,…] [-- --at REV] [-- --merge] [-- --all] [-- --exhaustive]
+//                 [-- --list] [-- --seed N] [-- --sample N] [-- --out FILE]
 //                 [-- --fc-num-runs 5] [-- --timeout-ms 240000] [-- --migrations DIR] [-- --strict] [-- --rewrite]
 // --rewrite: MUTATION.md again from the last run (.tmp/mutation/last-run.json) with the current survivor notes.
 // A proof that fails on the unmutated functions is left out (and named in the report); --strict stops instead.
@@ -10,7 +11,8 @@
 // Mutants listed in scripts/mutation/equivalent-mutants.json are not run (they cannot change behaviour; reasons there).
 // Writes MUTATION.md (or --out) and prints one line per mutant and a closing "mutate: …" line; exit 1 when a
 // non-equivalent mutant of a core function survived.
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { appendFile, mkdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
@@ -105,17 +107,52 @@ export function sampleMutants(mutants: Mutant[], n: number, seed: number): Mutan
   return picked;
 }
 
-function proofsFor(mutant: Mutant, all: Proof[], quick: boolean): Proof[] {
+export type ProofScope = 'quick' | 'mapped' | 'exhaustive';
+
+/**
+ * The proofs a mutant meets, in order: verify scripts first (under a second each in the mutant's own database), then
+ * vitest files (seconds each). quick: the mapped verify scripts and the first mapped vitest file; mapped (the default
+ * of a full run): every proof mapped to the function in core-functions.ts; exhaustive: those, then every other proof.
+ * A function with no mapping meets every verify script.
+ */
+export function proofsFor(mutant: Mutant, all: Proof[], scope: ProofScope): Proof[] {
   const name = mutant.fn.replace(/^mixpanel_sync\./, '').replace(/\(.*$/, '');
   const mapped = (proofMap[name] ?? []).map((p) => all.find((proof) => proof.name === p)).filter((p): p is Proof => !!p);
   const unique = [...new Set(mapped)];
-  // --quick: the mapped verify scripts and the first mapped property test (vitest costs seconds per file)
-  if (quick) {
-    const verify = unique.filter((p) => p.kind === 'verify');
-    const property = unique.filter((p) => p.kind === 'vitest').slice(0, 1);
-    return verify.length + property.length > 0 ? [...verify, ...property] : all.filter((p) => p.kind === 'verify');
+  const verify = unique.filter((p) => p.kind === 'verify');
+  const vitest = unique.filter((p) => p.kind === 'vitest');
+  const ordered = verify.length + vitest.length > 0 ? [...verify, ...vitest] : all.filter((p) => p.kind === 'verify');
+  if (scope === 'quick') return [...verify, ...vitest.slice(0, 1)].length > 0 ? [...verify, ...vitest.slice(0, 1)] : ordered;
+  if (scope === 'mapped') return ordered;
+  return [...ordered, ...all.filter((p) => !ordered.includes(p))];
+}
+
+const git = (...args: string[]) => execFileSync('git', args, { cwd: repoRoot, encoding: 'utf8' }).trim();
+
+/**
+ * The repository as committed at rev, unpacked into .tmp/mutation/tree-<commit> (node_modules linked): its migrations
+ * give the functions and its verify scripts and tests are the proofs, so functions and proofs are of one commit, and
+ * uncommitted work of others in the working tree (migrations/current/, tests) cannot disturb the measurement.
+ */
+async function treeAt(rev: string): Promise<{ root: string; commit: string }> {
+  const commit = git('rev-parse', '--short', `${rev}^{commit}`);
+  const root = path.join(repoRoot, '.tmp', 'mutation', `tree-${commit}`);
+  await rm(root, { recursive: true, force: true });
+  await mkdir(root, { recursive: true });
+  execFileSync('sh', ['-c', `git archive ${commit} | tar -x -C '${root}'`], { cwd: repoRoot });
+  await symlink(path.join(repoRoot, 'node_modules'), path.join(root, 'node_modules'));
+  return { root, commit };
+}
+
+/** What the functions were measured on: HEAD and the working tree's migrations/current/ files (the template applies them). */
+function measuredOn(): string {
+  try {
+    const head = git('rev-parse', '--short', 'HEAD');
+    const dirty = git('status', '--porcelain', '--', 'migrations') !== '';
+    return `${head}${dirty ? ' + uncommitted migrations' : ''}`;
+  } catch {
+    return 'unknown commit';
   }
-  return [...unique, ...all.filter((p) => !unique.includes(p))];
 }
 
 async function applyMutant(url: string, sql: string): Promise<string | undefined> {
@@ -151,6 +188,12 @@ async function main(argv: string[]): Promise<number> {
     args: argv,
     options: {
       quick: { type: 'boolean', default: false },
+      // every function of mixpanel_sync, not only the core ones
+      all: { type: 'boolean', default: false },
+      // survivors also meet every proof not mapped to their function (slow: ~40 proofs of seconds each)
+      exhaustive: { type: 'boolean', default: false },
+      // keep the last run's results of the functions not run now (MUTATION.md then covers both, each measured on its own commit)
+      merge: { type: 'boolean', default: false },
       list: { type: 'boolean', default: false },
       only: { type: 'string' },
       workers: { type: 'string', default: String(Math.max(1, Math.min(2, os.availableParallelism()))) },
@@ -161,20 +204,25 @@ async function main(argv: string[]): Promise<number> {
       out: { type: 'string', default: path.join(repoRoot, 'MUTATION.md') },
       // another migrations folder (e.g. a `git archive` of a commit) to take the functions from
       migrations: { type: 'string' },
+      // functions and proofs as committed at this revision (git archive into .tmp/mutation/tree-<commit>): a measurement
+      // that uncommitted work in the working tree cannot disturb; MUTATION.md names the commit
+      at: { type: 'string' },
       strict: { type: 'boolean', default: false },
       rewrite: { type: 'boolean', default: false },
+      // where the run's results are kept for --rewrite and --merge
+      saved: { type: 'string', default: lastRunFile },
     },
   });
   const started = Date.now();
   if (values.rewrite) {
     // MUTATION.md again from the last run's results, with the current survivor notes (no database needed)
-    const saved = JSON.parse(await readFile(lastRunFile, 'utf8')) as {
+    const saved = JSON.parse(await readFile(values.saved, 'utf8')) as {
       results: MutantResult[];
       info: RunInfo & { baselineMs: [string, number][] };
     };
     const info: RunInfo = { ...saved.info, baselineMs: new Map(saved.info.baselineMs), survivorNotes: await readNotes() };
     await writeFile(values.out, writeReport(saved.results, info));
-    console.log(`mutate: ${path.relative(repoRoot, values.out)} rewritten from ${path.relative(repoRoot, lastRunFile)}`);
+    console.log(`mutate: ${path.relative(repoRoot, values.out)} rewritten from ${path.relative(repoRoot, values.saved)}`);
     return 0;
   }
   const only = values.only
@@ -184,13 +232,20 @@ async function main(argv: string[]): Promise<number> {
   const server = await resolveDatabaseServer();
   let template: TemplateDatabase | undefined;
   try {
-    template = await createTemplateDatabase(server.url, values.migrations ? { migrationsFolder: path.resolve(values.migrations) } : {});
+    const at = values.at ? await treeAt(values.at) : undefined;
+    const folder = at ? path.join(at.root, 'migrations') : values.migrations ? path.resolve(values.migrations) : undefined;
+    const proofRoot = at?.root ?? repoRoot;
+    template = await createTemplateDatabase(server.url, folder ? { migrationsFolder: folder } : {});
     console.log(`mutate: template ${template.template} migrated in ${Date.now() - started} ms`);
     const reader = await cloneDatabase(template, `${template.prefix}_definitions`);
     const definitions = await readDefinitions(reader);
     await dropDatabase(template.serverUrl, databaseName(reader));
 
-    const wanted = definitions.filter((d) => (only ? only.includes(d.name) : values.quick ? isCore(d.name) : true));
+    const unknown = (only ?? []).filter((name) => !definitions.some((d) => d.name === name));
+    if (unknown.length > 0) throw new Error(`--only: no function mixpanel_sync.${unknown.join(', ')} in the migrated template`);
+    const wanted = definitions.filter((d) => (only ? only.includes(d.name) : values.all ? true : isCore(d.name)));
+    const scope: ProofScope = values.quick ? 'quick' : values.exhaustive ? 'exhaustive' : 'mapped';
+    const measured = at ? `${at.commit} (--at ${values.at})` : values.migrations ? `--migrations ${values.migrations}` : measuredOn();
     const generated = wanted.flatMap((d) => generateMutants(d.fn, d.definition));
     const equivalents = await readEquivalents();
     const equivalentKeys = new Map(equivalents.map((e) => [e.key, e.reason]));
@@ -205,18 +260,19 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
 
-    const proofs = await listProofs();
+    const proofs = await listProofs(proofRoot);
     const context = (database: string) => ({
       serverUrl: template!.serverUrl,
       databaseUrl: databaseUrl(template!.serverUrl, database),
       database,
       fcNumRuns: Number(values['fc-num-runs']),
       timeoutMs: Number(values['timeout-ms']),
+      root: proofRoot,
     });
 
     // Baseline: every proof a mutant may meet must pass on the unmutated functions, else it would "kill" everything.
     // Each in a clone of its own: two proofs in one database would meet (one events run at a time, shared settings).
-    const needed = [...new Set(chosen.flatMap((m) => proofsFor(m, proofs, values.quick)))];
+    const needed = [...new Set(chosen.flatMap((m) => proofsFor(m, proofs, scope)))];
     const baselineMs = new Map<string, number>();
     const broken: string[] = [];
     await pool(needed, Number(values.workers), async (proof, index) => {
@@ -233,13 +289,17 @@ async function main(argv: string[]): Promise<number> {
     if (broken.length > 0) console.log(`mutate: left out, failing without any mutant: ${broken.join(', ')}`);
     const usable = proofs.filter((p) => !broken.includes(p.name));
 
+    await mkdir(path.dirname(values.saved), { recursive: true });
+    await rm(`${values.saved}.partial.jsonl`, { force: true });
     const line = (r: MutantResult) =>
       `${r.status.padEnd(8)} ${r.mutant.fn} [${r.mutant.operator}] line ${r.mutant.line}: ${r.mutant.original} -> ${r.mutant.replacement}` +
       `${r.killedBy ? ` (by ${r.killedBy})` : ''} ${r.ms} ms`;
     let done = 0;
-    const results = await pool(chosen, Number(values.workers), async (mutant, index): Promise<MutantResult> => {
+    const fresh = await pool(chosen, Number(values.workers), async (mutant, index): Promise<MutantResult> => {
       const result = await runMutant(mutant, index);
       console.log(`[${++done}/${chosen.length}] ${line(result)}`);
+      // progress on disk as it comes (one JSON line per mutant): a run stopped half-way still shows what it measured
+      await appendFile(`${values.saved}.partial.jsonl`, `${JSON.stringify({ ...result, mutant: { ...result.mutant, sql: '' } })}\n`);
       return result;
     });
     async function runMutant(mutant: Mutant, index: number): Promise<MutantResult> {
@@ -249,51 +309,75 @@ async function main(argv: string[]): Promise<number> {
       try {
         const ctx = context(database);
         const invalid = await applyMutant(ctx.databaseUrl, mutant.sql);
-        if (invalid) return { mutant, status: 'invalid', detail: invalid, ms: Date.now() - t0, tried: [] };
+        if (invalid) return { mutant, status: 'invalid', detail: invalid, ms: Date.now() - t0, tried: [], measuredOn: measured };
         const tried: string[] = [];
-        for (const proof of proofsFor(mutant, usable, values.quick)) {
+        for (const proof of proofsFor(mutant, usable, scope)) {
           tried.push(proof.name);
           const outcome = await runProof(proof, ctx);
           if (!outcome.passed)
-            return { mutant, status: 'killed', killedBy: proof.name, detail: outcome.detail, ms: Date.now() - t0, tried };
+            return {
+              mutant,
+              status: 'killed',
+              killedBy: proof.name,
+              detail: outcome.detail,
+              ms: Date.now() - t0,
+              tried,
+              measuredOn: measured,
+            };
         }
-        return { mutant, status: 'survived', ms: Date.now() - t0, tried };
+        return { mutant, status: 'survived', ms: Date.now() - t0, tried, measuredOn: measured };
       } finally {
         await dropDatabase(template!.serverUrl, database).catch(() => {});
       }
     }
+    // --merge: the last run's results of the functions not run now are kept (each result says what it was measured on)
+    let results = fresh;
+    let generatedKeys = generated.map((m) => m.key);
+    const runFns = new Set(wanted.map((d) => d.fn));
+    if (values.merge) {
+      const saved = JSON.parse(await readFile(values.saved, 'utf8')) as { results: MutantResult[]; generatedKeys?: string[] };
+      const keep = (fn: string) => !runFns.has(fn);
+      results = [...saved.results.filter((r) => keep(r.mutant.fn)), ...fresh];
+      generatedKeys = [...(saved.generatedKeys ?? []).filter((k) => keep(k.split('|')[0]!)), ...generatedKeys];
+    }
+    const coreKey = (key: string) => isCore(key.split('|')[0]!.replace(/^mixpanel_sync\./, '').replace(/\(.*$/, ''));
     const info: RunInfo = {
-      mode: values.quick ? 'quick' : only ? 'only' : 'full',
+      mode: values.quick ? 'quick' : values.merge ? 'merged' : only ? 'only' : 'full',
       command: `npm run mutate${argv.length ? ` -- ${argv.join(' ')}` : ''}`,
       seed: Number(values.seed),
       fcNumRuns: Number(values['fc-num-runs']),
       workers: Number(values.workers),
       totalMs: Date.now() - started,
-      generated: generated.length,
-      generatedCore: generated.filter((m) => isCore(m.fn.replace(/^mixpanel_sync\./, '').replace(/\(.*$/, ''))).length,
-      equivalents: equivalents.filter((e) => generated.some((m) => m.key === e.key)),
+      generated: generatedKeys.length,
+      generatedCore: generatedKeys.filter(coreKey).length,
+      equivalents: equivalents.filter((e) => generatedKeys.includes(e.key)),
+      scope,
       baselineMs,
       brokenProofs: broken,
       survivorNotes: await readNotes(),
       date: new Date().toISOString(),
     };
     await writeFile(values.out, writeReport(results, info));
-    await mkdir(path.dirname(lastRunFile), { recursive: true });
+    await mkdir(path.dirname(values.saved), { recursive: true });
     await writeFile(
-      lastRunFile,
+      values.saved,
       JSON.stringify({
         results: results.map((r) => ({ ...r, mutant: { ...r.mutant, sql: '' } })),
+        generatedKeys,
         info: { ...info, baselineMs: [...info.baselineMs], survivorNotes: undefined },
       }),
     );
-    const killed = results.filter((r) => r.status === 'killed').length;
-    const survived = results.filter((r) => r.status === 'survived');
-    const invalid = results.filter((r) => r.status === 'invalid').length;
+    const killed = fresh.filter((r) => r.status === 'killed').length;
+    const survived = fresh.filter((r) => r.status === 'survived');
+    const invalid = fresh.filter((r) => r.status === 'invalid').length;
     console.log(
-      `mutate: ${info.mode}: ${results.length} mutants run, ${killed} killed, ${survived.length} survived, ${invalid} invalid; ` +
+      `mutate: ${info.mode}: ${fresh.length} mutants run, ${killed} killed, ${survived.length} survived, ${invalid} invalid; ` +
         `${info.equivalents.length} listed equivalent; ${Math.round(info.totalMs / 1000)} s; report ${path.relative(repoRoot, values.out)}`,
     );
-    return survived.some((r) => isCore(r.mutant.fn.replace(/^mixpanel_sync\./, '').replace(/\(.*$/, ''))) ? 1 : 0;
+    // exit 1 on a surviving core mutant that is neither listed equivalent (those are not run) nor explained in survivor-notes.json
+    const unexplained = survived.filter((r) => coreKey(r.mutant.key) && !info.survivorNotes.has(r.mutant.key));
+    for (const r of unexplained) console.log(`mutate: unreviewed survivor ${r.mutant.key}`);
+    return unexplained.length > 0 ? 1 : 0;
   } finally {
     if (template && server.source === 'DATABASE_URL') await dropDatabasesWithPrefix(server.url, template.prefix).catch(() => {});
     await server.stop();

@@ -20,12 +20,15 @@ export interface ProofOutcome {
   ms: number;
 }
 
-export async function listProofs(): Promise<Proof[]> {
-  const verify = (await listVerifyScripts()).map((file): Proof => ({ name: path.relative(repoRoot, file), kind: 'verify' }));
+/** The proofs of the repository at root (the working tree, or a commit's tree unpacked by mutate --at). */
+export async function listProofs(root = repoRoot): Promise<Proof[]> {
+  const verify = (await listVerifyScripts(path.join(root, 'verify'))).map(
+    (file): Proof => ({ name: path.relative(root, file), kind: 'verify' }),
+  );
   // the property tests, then the SQL behaviour tests (scripts/sql): every vitest file that runs the SQL functions
   const vitest: Proof[] = [];
   for (const dir of ['property-tests', 'scripts/sql']) {
-    for (const f of (await readdir(path.join(repoRoot, dir))).filter((name) => name.endsWith('.test.ts')).sort()) {
+    for (const f of (await readdir(path.join(root, dir))).filter((name) => name.endsWith('.test.ts')).sort()) {
       vitest.push({ name: `${dir}/${f}`, kind: 'vitest' });
     }
   }
@@ -42,6 +45,8 @@ export interface ProofContext {
   fcNumRuns: number;
   /** a proof still running after this is stopped and counts as killing (a mutant that hangs) */
   timeoutMs: number;
+  /** the repository the proofs are read from and run in (default: this working tree) */
+  root?: string;
 }
 
 function lastLines(text: string, n: number): string {
@@ -60,7 +65,7 @@ function runVitest(file: string, context: ProofContext): Promise<ProofOutcome> {
       process.execPath,
       [path.join(repoRoot, 'node_modules', 'vitest', 'vitest.mjs'), 'run', file, '--maxWorkers=1', '--reporter=dot'],
       {
-        cwd: repoRoot,
+        cwd: context.root ?? repoRoot,
         env: {
           ...process.env,
           DATABASE_URL: context.serverUrl,
@@ -110,6 +115,6 @@ export async function runProof(proof: Proof, context: ProofContext): Promise<Pro
   // statement_timeout on the script's own connection: a mutant that loops forever is stopped
   const url = new URL(context.databaseUrl);
   url.searchParams.set('options', `-c statement_timeout=${context.timeoutMs}`);
-  const outcome = await runVerifyScript(url.toString(), path.join(repoRoot, proof.name));
+  const outcome = await runVerifyScript(url.toString(), path.join(context.root ?? repoRoot, proof.name));
   return { passed: !outcome.failure, detail: outcome.failure?.slice(0, 400), ms: Date.now() - started };
 }

@@ -10,10 +10,14 @@ export interface MutantResult {
   ms: number;
   /** proofs run, in order */
   tried: string[];
+  /** the commit (and whether migrations/ had uncommitted changes) the function was taken from */
+  measuredOn?: string;
 }
 
 export interface RunInfo {
-  mode: 'quick' | 'full' | 'only';
+  mode: 'quick' | 'full' | 'only' | 'merged';
+  /** which proofs a mutant met: quick (mapped verify + one vitest file), mapped (all mapped), exhaustive (then all others) */
+  scope?: 'quick' | 'mapped' | 'exhaustive';
   command: string;
   seed: number;
   fcNumRuns: number;
@@ -37,17 +41,23 @@ function rate(killed: number, survived: number): string {
   return n === 0 ? '–' : `${((100 * killed) / n).toFixed(1)} %`;
 }
 
-function table(groups: Map<string, MutantResult[]>, label: string, equivalentCount: (group: string) => number): string[] {
+function table(
+  groups: Map<string, MutantResult[]>,
+  label: string,
+  equivalentCount: (group: string) => number,
+  withMeasuredOn = false,
+): string[] {
   const lines = [
-    `| ${label} | run | killed | survived | invalid (does not compile) | listed equivalent | kill rate |`,
-    '|---|---:|---:|---:|---:|---:|---:|',
+    `| ${label} | run | killed | survived | invalid (does not compile) | listed equivalent | kill rate |${withMeasuredOn ? ' measured on |' : ''}`,
+    `|---|---:|---:|---:|---:|---:|---:|${withMeasuredOn ? '---|' : ''}`,
   ];
   for (const [group, list] of [...groups].sort(([a], [b]) => a.localeCompare(b))) {
     const killed = list.filter((r) => r.status === 'killed').length;
     const survived = list.filter((r) => r.status === 'survived').length;
     const invalid = list.filter((r) => r.status === 'invalid').length;
     lines.push(
-      `| ${group} | ${list.length} | ${killed} | ${survived} | ${invalid} | ${equivalentCount(group)} | ${rate(killed, survived)} |`,
+      `| ${group} | ${list.length} | ${killed} | ${survived} | ${invalid} | ${equivalentCount(group)} | ${rate(killed, survived)} |` +
+        (withMeasuredOn ? ` ${[...new Set(list.map((r) => r.measuredOn ?? '?'))].join(', ')} |` : ''),
     );
   }
   return lines;
@@ -71,8 +81,12 @@ export function writeReport(results: MutantResult[], info: RunInfo): string {
   const out = [
     '# Mutation testing of the SQL functions',
     '',
-    info.mode === 'full'
-      ? '**Full run**: every generated mutant of every function in `mixpanel_sync` (verify helpers aside).'
+    info.mode === 'full' || info.mode === 'merged'
+      ? `**Full run** of the core functions (scripts/mutation/core-functions.ts): every generated mutant not listed equivalent, ` +
+        `each against ${info.scope === 'exhaustive' ? 'every proof' : 'every proof mapped to its function'}.` +
+        (info.mode === 'merged'
+          ? ' Measured in more than one run (`--merge`): the column "measured on" names the commit each function was taken from.'
+          : '')
       : info.mode === 'quick'
         ? `**Sample, not a full run**: \`--quick\` ran ${results.length} of the ${info.generatedCore} mutants of the core functions ` +
           `(seed ${info.seed}), each against only the proofs mapped to its function (scripts/mutation/core-functions.ts). ` +
@@ -96,7 +110,7 @@ export function writeReport(results: MutantResult[], info: RunInfo): string {
     '',
     '## Per function',
     '',
-    ...table(byFn, 'function', (group) => equivalentOf((key) => key.startsWith(`mixpanel_sync.${group.replace(' (core)', '')}(`))),
+    ...table(byFn, 'function', (group) => equivalentOf((key) => key.startsWith(`mixpanel_sync.${group.replace(' (core)', '')}(`)), true),
     '',
     '## Per operator',
     '',
