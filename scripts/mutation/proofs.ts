@@ -43,6 +43,8 @@ export interface ProofContext {
   database: string;
   /** FC_NUM_RUNS for the property tests */
   fcNumRuns: number;
+  /** FC_SEED for the property tests: the same examples for the baseline and every mutant (a pass is then not luck) */
+  fcSeed?: number;
   /** a proof still running after this is stopped and counts as killing (a mutant that hangs) */
   timeoutMs: number;
   /** the repository the proofs are read from and run in (default: this working tree) */
@@ -71,6 +73,7 @@ function runVitest(file: string, context: ProofContext): Promise<ProofOutcome> {
           DATABASE_URL: context.serverUrl,
           MIXPANEL_PG_SYNC_TEMPLATE: context.database,
           FC_NUM_RUNS: String(context.fcNumRuns),
+          ...(context.fcSeed === undefined ? {} : { FC_SEED: String(context.fcSeed) }),
           FORCE_COLOR: '0',
         },
         stdio: ['ignore', 'pipe', 'pipe'],

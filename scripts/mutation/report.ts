@@ -94,7 +94,7 @@ export function writeReport(results: MutantResult[], info: RunInfo): string {
         : `**Partial run** (\`--only\`): ${results.length} mutants.`,
     '',
     `Produced by \`${info.command}\` on ${info.date}: ${Math.round(info.totalMs / 1000)} s wall clock, ${info.workers} mutants at a time, ` +
-      `property tests with FC_NUM_RUNS=${info.fcNumRuns}. Generated: ${info.generated} mutants (${info.generatedCore} of core functions); ` +
+      `property tests with FC_NUM_RUNS=${info.fcNumRuns} and FC_SEED=${info.seed}. Generated: ${info.generated} mutants (${info.generatedCore} of core functions); ` +
       `${info.equivalents.length} of them listed as equivalent in scripts/mutation/equivalent-mutants.json and not run.`,
     '',
     "How it works: each function's definition is read from a migrated template database (`pg_get_functiondef`); the operators " +

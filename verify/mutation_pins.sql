@@ -1,0 +1,61 @@
+-- verify/mutation_pins.sql
+-- Pins behaviours that only the mutation run of issue 15 (npm run mutate) showed to be unpinned: each section names the
+-- surviving mutant it kills (written into a clone database with create or replace; this script then failed on it and
+-- passes on main). Expectations are written out here, not computed by another path of the same code.
+--   1. fail_run: an explicit error_code is kept as options->>'error_code' even when the error text starts with another
+--      MPnnn; without one, the code at the start of the text is kept.
+--      Mutant: fail_run with coalesce(substring(error from '^\[?(MP…)'), nullif(error_code, '')) (arguments swapped).
+--   2. heartbeat_run marks its own run only: with an events run and a profiles run both running, the heartbeat of one
+--      leaves the other's heartbeat_at alone, and a heartbeat of a finished run records nothing.
+--      Mutant: heartbeat_run with `l.id = heartbeat_run.run_id` dropped (every running run gets the heartbeat).
+-- Run on a migrated database: psql -v ON_ERROR_STOP=1 -f verify/mutation_pins.sql   (it rolls back)
+-- It needs no events or profiles run running (begin_run refuses a second one). Its data: run clocks 2000-03-01.
+begin;
+
+create function pg_temp.same(what text, expected anyelement, actual anyelement) returns void language plpgsql as $$
+begin
+  if expected is distinct from actual then
+    raise exception 'verify/mutation_pins: %: expected %, got %', what, expected, actual;
+  end if;
+end;
+$$;
+
+do $$
+declare
+  others_before jsonb := mixpanel_sync_verify.verify_others() #- '{rows of others,sync_runs}';
+  run mixpanel_sync.sync_runs;
+  profiles mixpanel_sync.sync_runs;
+begin
+  -- 1. fail_run's error code: the explicit one first, else the MPnnn the error text starts with, else none.
+  run := mixpanel_sync.begin_run('events', true, clock => '2000-03-01 12:00:00+00');
+  run := mixpanel_sync.fail_run(run.id, 'MP001: finish_run: REPLACE guard: injected by verify', 'MP003');
+  perform pg_temp.same('fail_run(error ''MP001: …'', error_code ''MP003'') keeps the explicit code', 'MP003', run.options ->> 'error_code');
+  run := mixpanel_sync.begin_run('events', true, clock => '2000-03-01 12:01:00+00');
+  run := mixpanel_sync.fail_run(run.id, 'MP002: injected by verify');
+  perform pg_temp.same('fail_run(error ''MP002: …'') without a code keeps the code of the text', 'MP002', run.options ->> 'error_code');
+  run := mixpanel_sync.begin_run('events', true, clock => '2000-03-01 12:02:00+00');
+  run := mixpanel_sync.fail_run(run.id, 'injected by verify');
+  perform pg_temp.same('fail_run without a code or an MPnnn text records no code', null::text, run.options ->> 'error_code');
+
+  -- 2. heartbeat_run: only the run it names, and only while that run is running.
+  run := mixpanel_sync.begin_run('events', true, clock => '2000-03-01 12:03:00+00');
+  profiles := mixpanel_sync.begin_run('profiles', clock => '2000-03-01 12:03:00+00');
+  perform pg_temp.same('heartbeat of the running events run is recorded', true, mixpanel_sync.heartbeat_run(run.id));
+  perform pg_temp.same('the events run has a heartbeat', true,
+    (select r.heartbeat_at is not null from mixpanel_sync.sync_runs r where r.id = run.id));
+  perform pg_temp.same('the profiles run, not named, has none', null::timestamptz,
+    (select r.heartbeat_at from mixpanel_sync.sync_runs r where r.id = profiles.id));
+  perform mixpanel_sync.fail_run(run.id, 'verify: done with the heartbeat');
+  perform pg_temp.same('heartbeat of a failed run records nothing', false, mixpanel_sync.heartbeat_run(run.id));
+  perform pg_temp.same('the profiles run still has no heartbeat', null::timestamptz,
+    (select r.heartbeat_at from mixpanel_sync.sync_runs r where r.id = profiles.id));
+  perform mixpanel_sync.fail_run(profiles.id, 'verify: done');
+
+  perform mixpanel_sync_verify.verify_assert_same('mutation_pins', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
+    others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_runs}');
+
+  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; rows of others untouched';
+end;
+$$;
+
+rollback;
