@@ -350,3 +350,27 @@ end;
 $function$;
 comment on function mixpanel_sync.forget_event_names(names text[]) is 'Deletes the data of event names no longer synced: their events_daily rows, their ledger rows (the raw events when events.store_raw is on) and legacy ledger rows, then recomputes subscribers of the users they touched (refresh_subscribers; a user left with no event is removed). Returns the names and what was deleted. Refused (MP004) for a name events.only still syncs (every name when events.only is []): remove it from events.only first, or the next runs bring it back; refused (MP002) while an events run is running. For the DBA: not granted to mixpanel_sync_loader (no run needs it). Reads events_daily whole (no index leads with event_name): one-off maintenance.';
 revoke execute on function mixpanel_sync.forget_event_names(names text[]) from public, mixpanel_sync_loader;
+
+-- The verify scripts' runs sync every event, whatever events.only says on the database they run on.
+CREATE OR REPLACE FUNCTION mixpanel_sync_verify.verify_staged_run(events jsonb)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  run mixpanel_sync.sync_runs := mixpanel_sync.begin_run('events', true, clock => '2000-02-01 00:00:00+00', events => '{}');
+begin
+  perform mixpanel_sync.stage_events(run.id, events);
+  insert into mixpanel_sync.staged_events (run_id, line) values (run.id, '{"event": "cut off", "properties": {"distin');
+  perform mixpanel_sync.parse_staged_events(run.id);
+  update mixpanel_sync.sync_runs r set
+    status = 'failed',
+    finished_at = clock_timestamp(),
+    total_ms = (extract(epoch from clock_timestamp() - r.started_at) * 1000)::bigint,
+    error = 'verify: staged and parsed for a path called directly'
+  where r.id = run.id;
+  return run.id;
+end;
+$function$;
+comment on function mixpanel_sync_verify.verify_staged_run(events jsonb) is 'Verify scripts: a forced-full run at clock 2000-02-01 of every event (begin_run events => ''{}'', whatever events.only says) with these events (and one non-JSON line) staged and parsed once, for a path the script calls directly; the run is then marked failed (error ''verify: staged and parsed for a path called directly''), its staged and parsed rows kept, so that the next verify_staged_run may begin (one events run at a time).';
+revoke execute on function mixpanel_sync_verify.verify_staged_run(events jsonb) from public;
