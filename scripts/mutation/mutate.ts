@@ -30,7 +30,7 @@ import {
 import { repoRoot } from '../db/paths.ts';
 import { isCore, proofMap } from './core-functions.ts';
 import { generateMutants, type Mutant } from './mutants.ts';
-import { listProofs, runProof, type Proof } from './proofs.ts';
+import { listProofs, runProof, runProofs, type Proof } from './proofs.ts';
 import { writeReport, type MutantResult, type RunInfo } from './report.ts';
 
 export interface Equivalent {
@@ -321,21 +321,8 @@ async function main(argv: string[]): Promise<number> {
         const ctx = context(database);
         const invalid = await applyMutant(ctx.databaseUrl, mutant.sql);
         if (invalid) return { mutant, status: 'invalid', detail: invalid, ms: Date.now() - t0, tried: [], measuredOn: measured };
-        const tried: string[] = [];
-        for (const proof of proofsFor(mutant, usable, scope)) {
-          tried.push(proof.name);
-          const outcome = await runProof(proof, ctx);
-          if (!outcome.passed)
-            return {
-              mutant,
-              status: 'killed',
-              killedBy: proof.name,
-              detail: outcome.detail,
-              ms: Date.now() - t0,
-              tried,
-              measuredOn: measured,
-            };
-        }
+        const { killedBy, detail, tried } = await runProofs(proofsFor(mutant, usable, scope), ctx);
+        if (killedBy) return { mutant, status: 'killed', killedBy, detail, ms: Date.now() - t0, tried, measuredOn: measured };
         return { mutant, status: 'survived', ms: Date.now() - t0, tried, measuredOn: measured };
       } finally {
         await dropDatabase(template!.serverUrl, database).catch(() => {});

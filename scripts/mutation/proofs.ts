@@ -2,7 +2,8 @@
 // property-tests/*.test.ts and scripts/sql/*.test.ts (vitest in a child process, its harness pointed at the mutant's database with
 // DATABASE_URL + MIXPANEL_PG_SYNC_TEMPLATE). A proof kills a mutant when it fails on it.
 import { spawn } from 'node:child_process';
-import { readdir } from 'node:fs/promises';
+import { readdir, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
 import path from 'node:path';
 import { repoRoot } from '../db/paths.ts';
 import { listVerifyScripts, runVerifyScript } from '../cli/verify.ts';
@@ -60,12 +61,16 @@ function lastLines(text: string, n: number): string {
     .join(' | ');
 }
 
-function runVitest(file: string, context: ProofContext): Promise<ProofOutcome> {
+function runVitest(file: string | string[], context: ProofContext, jsonReport?: string): Promise<ProofOutcome> {
   const started = Date.now();
+  const files = Array.isArray(file) ? file : [file];
+  // several files: one vitest process (one start-up, one global setup), one file at a time, stopping at the first failure
+  const batch = files.length > 1 ? ['--bail=1', '--no-file-parallelism'] : [];
+  const report = jsonReport ? ['--reporter=json', `--outputFile=${jsonReport}`] : [];
   return new Promise((resolve) => {
     const child = spawn(
       process.execPath,
-      [path.join(repoRoot, 'node_modules', 'vitest', 'vitest.mjs'), 'run', file, '--maxWorkers=1', '--reporter=dot'],
+      [path.join(repoRoot, 'node_modules', 'vitest', 'vitest.mjs'), 'run', ...files, '--maxWorkers=1', '--reporter=dot', ...report, ...batch],
       {
         cwd: context.root ?? repoRoot,
         env: {
@@ -109,6 +114,40 @@ function runVitest(file: string, context: ProofContext): Promise<ProofOutcome> {
       }
     });
   });
+}
+
+/**
+ * Runs proofs in order against the context's database until one fails: the verify scripts one by one, then all the
+ * vitest files in one vitest process (--bail=1), which saves a start-up per file. killedBy: the first proof that failed.
+ */
+export async function runProofs(
+  proofs: Proof[],
+  context: ProofContext,
+): Promise<{ killedBy?: string; detail?: string; tried: string[] }> {
+  const tried: string[] = [];
+  for (const proof of proofs.filter((p) => p.kind === 'verify')) {
+    tried.push(proof.name);
+    const outcome = await runProof(proof, context);
+    if (!outcome.passed) return { killedBy: proof.name, detail: outcome.detail, tried };
+  }
+  const vitest = proofs.filter((p) => p.kind === 'vitest').map((p) => p.name);
+  if (vitest.length === 0) return { tried };
+  tried.push(...vitest);
+  const jsonReport = path.join(os.tmpdir(), `mutate-${context.database}-${Date.now()}.json`);
+  const outcome = await runVitest(vitest, context, jsonReport);
+  if (outcome.passed) {
+    await rm(jsonReport, { force: true });
+    return { tried };
+  }
+  // which file failed: the JSON report's first failed file (a timeout or a crash leaves none: the first file is named)
+  let failed: string | undefined;
+  try {
+    const report = JSON.parse(await readFile(jsonReport, 'utf8')) as { testResults?: { name: string; status: string }[] };
+    const bad = report.testResults?.find((r) => r.status === 'failed');
+    if (bad) failed = vitest.find((name) => bad.name.endsWith(name));
+  } catch {}
+  await rm(jsonReport, { force: true });
+  return { killedBy: failed ?? vitest.join(' + '), detail: outcome.detail, tried };
 }
 
 /** Runs one proof against the context's database. */
