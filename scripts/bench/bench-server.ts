@@ -16,6 +16,8 @@ export const EMBEDDED_SETTINGS: Record<string, string> = {
   shared_buffers: '1GB',
   max_wal_size: '8GB',
   checkpoint_timeout: '30min',
+  // per-function time for the step profiles (run-profile.ts): one clock read per call
+  track_functions: 'all',
 };
 
 export interface BenchDatabase {
@@ -95,6 +97,7 @@ export interface Machine {
 }
 
 const REPORTED_SETTINGS = [
+  'track_functions',
   'shared_buffers',
   'work_mem',
   'maintenance_work_mem',

@@ -69,6 +69,7 @@ async function main(): Promise<void> {
   const figures = emptyFigures();
   const sections: Section[] = [];
   const missing: Partial<Record<FigureKey, string>> = {};
+  const why: Partial<Record<FigureKey, string>> = {};
   const failed: SuiteName[] = [];
   try {
     const probe = await server.freshDatabase();
@@ -83,6 +84,7 @@ async function main(): Promise<void> {
         const result = await RUNNERS[name](server, options);
         Object.assign(figures, result.figures);
         Object.assign(missing, result.missing ?? {});
+        Object.assign(why, result.why ?? {});
         sections.push(result.section);
       } catch (error) {
         // the other suites still run; the bench exits non-zero at the end
@@ -106,6 +108,7 @@ async function main(): Promise<void> {
       figures,
       sections,
       missing,
+      why,
     });
     const everySuite = SUITES.every((name) => options.suites.includes(name));
     const target =

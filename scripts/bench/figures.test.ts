@@ -1,6 +1,6 @@
 // The bench's verdicts come from TARGETS (written once), never by hand; --scale and --quick choose the scales.
 // Seen failing: with meetsTarget ignoring verdictOf, baseline_double_counted had no verdict whatever ours counted
-// (the first test failed).
+// (the first test failed); with report.ts ignoring the suites' measured reasons (why), the last test failed.
 import { expect, it } from 'vitest';
 import { parseBenchArgs, SCALE_HISTORY_USERS } from './bench-options.ts';
 import { emptyFigures, FIGURE_KEYS, meetsTarget, TARGETS } from './figures.ts';
@@ -50,4 +50,21 @@ it('--scale measures the 30M-event history (alone, or with --quick); a quick run
   expect(parseBenchArgs([]).scale.historyUsers.big).toBe(SCALE_HISTORY_USERS);
   expect(parseBenchArgs(['--quick']).scale.resyncs).toBe(0);
   expect(parseBenchArgs([]).scale.resyncs).toBe(7);
+});
+
+it("explains a missed target with its suite's measured reason first, the written fallback next, and says when neither exists", () => {
+  const figures = { ...emptyFigures(), full_sync_vs_copy: 3, scale_storage_bytes_per_event: 200, first_full_sync_vs_copy: 1.5 };
+  const markdown = renderMarkdown({
+    machine,
+    quick: true,
+    startedAt: new Date(0),
+    totalMs: 1,
+    figures,
+    sections: [],
+    missing: {},
+    why: { full_sync_vs_copy: 'measured: COPY 1 s · parse 2 s', first_full_sync_vs_copy: 'not shown: the target is met' },
+  });
+  expect(markdown).toContain(`- \`full_sync_vs_copy\` (3.00×, target ${TARGETS.full_sync_vs_copy.text}): measured: COPY 1 s · parse 2 s`);
+  expect(markdown).toContain(`- \`scale_storage_bytes_per_event\` (200 B, target ${TARGETS.scale_storage_bytes_per_event.text}): not profiled yet`);
+  expect(markdown).not.toContain('not shown: the target is met');
 });

@@ -104,11 +104,13 @@ export interface SuiteResult {
   section: Section;
   /** why a figure is null, by key */
   missing?: Partial<Record<FigureKey, string>>;
+  /** why a figure misses its target, from this run's measurements (step profiles, sizes, floors); printed only when it misses */
+  why?: Partial<Record<FigureKey, string>>;
 }
 
 /**
- * Why a figure misses its target, from profiling (auto_explain of finish_run; see
- * /work/notes/requests-bench.md for the measurements and the proposed fixes). Printed only when it misses.
+ * Why a figure misses its target, written once from earlier profiling: the fallback when its suite did not explain it
+ * from this run's own measurements (SuiteResult.why). Printed only when it misses.
  */
 export const WHY_MISSED: Partial<Record<FigureKey, string>> = {
   full_sync_events_per_s:
@@ -117,8 +119,6 @@ export const WHY_MISSED: Partial<Record<FigureKey, string>> = {
     "after the COPY into staging, finish_run parses every line again (the jsonb parse the bare COPY also pays, plus the field extraction and the event key) and then merges the window into events_daily and the ledger: the section's table has the times side by side; docs/ledger.md has the step profile.",
   profiles_cd_speedup:
     'change detection saves only the write; parsing every staged profile (jsonb_to_record, the null/"" strip and two ISO-date regexes per row) is ≈ 80 % of a run whether anything changed or not. Skipping the parse of lines whose hash did not change is the proposed fix.',
-  incremental_history_growth:
-    "refresh_subscribers recomputes each touched user from all of its events_daily rows: for the ~2,500 users of a run that is ~77k index-scanned rows spread over as many heap pages, and once events_daily outgrows shared_buffers most of them are read from outside it (auto_explain, 300k users: 831 ms and 45k buffer reads, against 251 ms at 10k). An ADD could update the summary by the run's delta instead (counts only grow), reading one subscribers row per user.",
   baseline_full_speedup:
     "the original design writes one row per user and event name (≈ 17k rows here) from counts aggregated in TypeScript, while ours parses every line in SQL and keeps an exact per-event ledger (≈ 92k rows) plus per-day counts (≈ 60k rows): the price of dedup and exact REPLACE/ADD. The original's 90–120 s were Mixpanel API and PostgREST time this bench does not have.",
   baseline_incremental_speedup:

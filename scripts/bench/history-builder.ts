@@ -1,5 +1,6 @@
 // A large event history built straight into events_daily / event_ledger / subscribers with set-based
-// SQL (generate_series), not through the loader, so a million users take minutes, not hours.
+// SQL (generate_series), not through the loader, so a million users take minutes, not hours. The ledger holds what
+// the product's would: the events of the ledger retention's days only (events.ledger_retention, default 7 days).
 // Shape: user u has EVENTS_PER_USER events on distinct days of the 45-day window, with distinct event
 // names, so events_daily holds one row per event (its largest size for the event count). Event keys come from
 // mixpanel_sync.event_key itself, so export lines rebuilt from the ledger are exact duplicates.
@@ -47,6 +48,29 @@ async function savedIndexes(db: Queryable, tables: string[]): Promise<SavedIndex
   return rows;
 }
 
+/** Where 200-ledger.sql puts the partition helper (the first that exists is called). */
+const ENSURE_PARTITIONS = ['mixpanel_sync_private.ensure_ledger_partitions', 'mixpanel_sync.ensure_ledger_partitions'];
+
+/**
+ * The first day the product's ledger holds at `end` (mixpanel_sync.horizon_day over events.ledger_retention), with its
+ * day partitions created when the ledger is partitioned (ensure_ledger_partitions of 200-ledger.sql).
+ */
+async function ledgerHorizon(db: Queryable, end: Date): Promise<string> {
+  const { rows } = await db.query<{ horizon: string; partitioned: boolean; ensure: string | null }>(
+    `select mixpanel_sync.horizon_day($1, mixpanel_sync.setting('events.ledger_retention')::interval)::text as horizon,
+       (select c.relkind = 'p' from pg_catalog.pg_class c where c.oid = 'mixpanel_sync.event_ledger'::regclass) as partitioned,
+       (select f.name from unnest($2::text[]) with ordinality f (name, n)
+        where pg_catalog.to_regprocedure(f.name || '(date, date)') is not null order by f.n limit 1) as ensure`,
+    [end, ENSURE_PARTITIONS],
+  );
+  const { horizon, partitioned, ensure } = rows[0]!;
+  if (partitioned) {
+    if (ensure === null) throw new Error(`event_ledger is partitioned but none of ${ENSURE_PARTITIONS.join(', ')} exists`);
+    await db.query(`select ${ensure}($1::date, ($2::timestamptz at time zone 'UTC')::date)`, [horizon, end]);
+  }
+  return horizon;
+}
+
 /**
  * Fills the event tables of an empty database with the history of `users` users ending at `end`,
  * sets the events watermark to `end`, and leaves the tables vacuumed and analysed.
@@ -62,12 +86,16 @@ export async function buildHistory(db: pg.Pool, shape: HistoryShape, log: (messa
     const indexes = await savedIndexes(client, tables);
     for (const index of indexes) await client.query(index.drop);
     const runId = (await beginRun(client, { source: 'events', forceFull: true, clock: shape.end })).id;
+    // The ledger the product keeps: the days from the ledger horizon (events.ledger_retention, docs/ledger.md) on,
+    // as finish_run leaves it; older days live only in events_daily and subscribers.
+    const horizon = await ledgerHorizon(client, shape.end);
     await client.query(
       `insert into mixpanel_sync.event_ledger (distinct_id, event_key, day, event_name, event_time, run_id)
-       select e.distinct_id, ${EVENT_KEY_SQL}, e.day, e.event_name, e.event_time, $3 from ${USER_EVENTS}`,
-      [shape.users, shape.end, runId],
+       select e.distinct_id, ${EVENT_KEY_SQL}, e.day, e.event_name, e.event_time, $3 from ${USER_EVENTS}
+       where e.day >= $4::date`,
+      [shape.users, shape.end, runId, horizon],
     );
-    step('history: event_ledger filled');
+    step(`history: event_ledger filled (days from ${horizon} on)`);
     await client.query(
       `insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at)
        select e.distinct_id, e.day, e.event_name, 1, e.event_time, e.event_time from ${USER_EVENTS}`,

@@ -6,7 +6,8 @@ import type { BenchServer } from './bench-server.ts';
 import type { SuiteResult } from './figures.ts';
 import { buildHistory, EVENTS_PER_USER, historyLines, newEventLines, type ExportLine, type HistoryShape } from './history-builder.ts';
 import { benchFile, SAMPLE_END, writeLines } from './sample-data.ts';
-import { eventStorage } from './storage.ts';
+import { medianProfile, profiled, profileGrowth, profileText, type StepProfile } from './run-profile.ts';
+import { eventStorage, storageText, type EventStorage } from './storage.ts';
 import { log, median, ratio, seconds, timed } from './timing.ts';
 
 const NEW_EVENTS = 2_500;
@@ -21,7 +22,10 @@ interface HistoryFigures {
   sizeBytes: number;
   /** tables + indexes ÷ events counted, right after the build (storage.ts) */
   bytesPerEvent: number;
+  storage: EventStorage;
   runMs: number[];
+  /** the timed runs' step profiles (run-profile.ts) */
+  profiles: (StepProfile | null)[];
   /** runs whose applied/duplicates differ from what was sent */
   mismatches: string[];
 }
@@ -36,6 +40,7 @@ async function measureHistory(server: BenchServer, users: number, repeats: numbe
     const earlier: ExportLine[] = [];
     let watermark = shape.end.getTime();
     const runMs: number[] = [];
+    const profiles: (StepProfile | null)[] = [];
     const mismatches: string[] = [];
     // Runs 0 and 1 warm up (an hourly sync meets a server that has been serving) and move the overlap
     // past the built history, so every timed run re-reads the same 2 h of earlier runs' events.
@@ -51,7 +56,15 @@ async function measureHistory(server: BenchServer, users: number, repeats: numbe
         await benchFile(`incremental-${users}-${run}.jsonl`),
         [...overlap, ...fresh].map((e) => e.line),
       );
-      const { ms, value: summary } = await timed(() => syncEvents({ pool: db.pool, input: file, clock }));
+      // timed inside: the profile's wait for the statistics is not the run's time
+      const {
+        value: { ms, value: summary },
+        profile,
+      } = await profiled(
+        db.pool,
+        () => timed(() => syncEvents({ pool: db.pool, input: file, clock })),
+        (t) => t.value.run_id,
+      );
       if (summary.mode !== 'incremental' || summary.applied !== fresh.length || summary.duplicates !== overlap.length) {
         mismatches.push(
           `run ${run}: ${summary.mode}, applied ${summary.applied} of ${fresh.length} new, ${summary.duplicates} duplicates of ${overlap.length} re-read`,
@@ -60,7 +73,10 @@ async function measureHistory(server: BenchServer, users: number, repeats: numbe
       log(
         `incremental: ${users} users, run ${run}${run < WARM_UP_RUNS ? ' (warm-up)' : ''}: ${seconds(ms)}, ${fresh.length} new + ${overlap.length} overlap`,
       );
-      if (run >= WARM_UP_RUNS) runMs.push(ms);
+      if (run >= WARM_UP_RUNS) {
+        runMs.push(ms);
+        profiles.push(profile);
+      }
       earlier.push(...fresh);
       watermark = Math.max(...fresh.map((e) => e.second)) * 1000;
     }
@@ -70,7 +86,9 @@ async function measureHistory(server: BenchServer, users: number, repeats: numbe
       buildMs: build.ms,
       sizeBytes: storage.bytes,
       bytesPerEvent: storage.bytesPerEvent,
+      storage,
       runMs,
+      profiles,
       mismatches,
     };
   } finally {
@@ -89,7 +107,23 @@ export async function incrementalHistory(server: BenchServer, scale: Scale, quic
   const growth = ratio(bigMs, smallMs);
   const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(2)} GiB`;
   const mismatches = [...small.mismatches, ...big.mismatches];
+  const smallProfile = medianProfile(small.profiles);
+  const bigProfile = medianProfile(big.profiles);
+  const scaleKey = big.events >= SCALE_EVENTS;
+  const daily = big.storage.tables.find((t) => t.table === 'events_daily');
+  const why = {
+    incremental_history_growth:
+      smallProfile && bigProfile
+        ? `the median run takes ${Math.round(bigMs)} ms on ${big.users.toLocaleString('en-US')} users (${gib(big.sizeBytes)} of tables) against ${Math.round(smallMs)} ms on ${small.users.toLocaleString('en-US')}; step by step (median step profiles of the same runs): ${profileGrowth(smallProfile, bigProfile)}. Big: ${profileText(bigProfile)}; small: ${profileText(smallProfile)}. The apply step is ADD's index probes (ledger dedup, events_daily and subscribers upserts) for ~2,500 random users: the same number of probes, into B-trees and heaps that no longer fit shared_buffers.`
+        : `the median run takes ${Math.round(bigMs)} ms on ${big.users.toLocaleString('en-US')} users against ${Math.round(smallMs)} ms on ${small.users.toLocaleString('en-US')} (no step profile: function statistics off).`,
+    ...(scaleKey
+      ? {
+          scale_storage_bytes_per_event: `per event and table: ${storageText(big.storage)}. This history is events_daily's worst case: every event is its own (user, day, name) row${daily ? ` (${Math.round(daily.bytes / Math.max(1, daily.rows))} B a row with its primary key)` : ''}, where the original project's density (the full-sync suite's storage_bytes_per_event) puts ~1.5 events in a row; the ledger holds only the ledger retention's days.`,
+        }
+      : {}),
+  };
   return {
+    why,
     figures: {
       incremental_ms: smallMs,
       incremental_history_growth: growth,
@@ -107,16 +141,17 @@ export async function incrementalHistory(server: BenchServer, scale: Scale, quic
       title: 'Incremental sync as history grows',
       command: big.events >= SCALE_EVENTS ? 'npm run bench -- --scale' : 'npm run bench -- --only incremental',
       method: [
-        `History built with set-based SQL (generate_series, scripts/bench/history.sql) straight into event_ledger, events_daily and subscribers, indexes re-created after, VACUUM ANALYZE: each user has ${EVENTS_PER_USER} events on distinct days of the 45-day window with distinct names, so events_daily holds one row per event.`,
+        `History built with set-based SQL (generate_series, scripts/bench/history.sql) straight into event_ledger, events_daily and subscribers, indexes re-created after, VACUUM ANALYZE: each user has ${EVENTS_PER_USER} events on distinct days of the 45-day window with distinct names, so events_daily holds one row per event. The ledger holds what finish_run leaves in it: the events of the days from the ledger horizon on (events.ledger_retention, 7 days by default; day partitions created by mixpanel_sync.ensure_ledger_partitions when the ledger is partitioned).`,
         `Each run: ${NEW_EVENTS.toLocaleString('en-US')} new events for random existing users over the hour after the watermark, plus every event of the last 2 h re-read (exact duplicates of the ledger's), through \`syncEvents\` from a JSONL file, timed end to end.`,
         `Runs are an hour apart; two warm-up runs (so the overlap re-read lies past the built history, the same 5,000 events in both), then ${scale.repeats} timed runs; medians.`,
+        'Step profile of each timed run (scripts/bench/run-profile.ts): COPY = sync_runs.stage_ms (begin_run to finish_run); parse, identity, apply (REPLACE/ADD, refresh of subscribers included), count (the subscriber count recorded for sync_health) = the time PostgreSQL spent in those functions during the run (pg_stat_user_functions, track_functions = all); rest = the rest of finish_run (sync_runs.apply_ms): the terminated-early probe, ledger prune, watermark, lateness, staging cleanup. Medians per step.',
         'Storage: pg_total_relation_size (heap, TOAST, indexes) of event_ledger, events_daily, subscribers and all their partitions, right after the build, ÷ the events counted (storage.ts). scale_storage_bytes_per_event and scale_incremental_ms come from the ≥ 30M-event history (`--scale`, or a full run).',
         quick && big.events < SCALE_EVENTS
           ? `**Quick scale**: the "big" history is ${scale.historyUsers.big.toLocaleString('en-US')} users, not 1,000,000.`
           : `The big history is ${big.users.toLocaleString('en-US')} users, ${big.events.toLocaleString('en-US')} events.`,
       ],
       table: [
-        ['history', 'events', 'tables + indexes', 'per event', 'built in', 'incremental run (median)', 'runs'],
+        ['history', 'events', 'tables + indexes', 'per event', 'built in', 'incremental run (median)', 'runs', 'step profile (medians)'],
         ...[small, big].map((h) => [
           `${h.users.toLocaleString('en-US')} users`,
           h.events.toLocaleString('en-US'),
@@ -125,9 +160,13 @@ export async function incrementalHistory(server: BenchServer, scale: Scale, quic
           seconds(h.buildMs),
           `${Math.round(median(h.runMs)).toLocaleString('en-US')} ms`,
           `${h.runMs.map((ms) => `${Math.round(ms)}`).join(', ')} ms`,
+          profileText(medianProfile(h.profiles)),
         ]),
       ],
-      reading: mismatches.length > 0 ? [`**Counts off** (applied/duplicates): ${mismatches.join('; ')}`] : [],
+      reading: [
+        ...[small, big].map((h) => `${h.users.toLocaleString('en-US')} users, bytes per event by table: ${storageText(h.storage)}.`),
+        ...(mismatches.length > 0 ? [`**Counts off** (applied/duplicates): ${mismatches.join('; ')}`] : []),
+      ],
     },
   };
 }

@@ -3,11 +3,13 @@
 // child of the bench), for a small and a large generated file; with the floors it sits on: a bare `node -e 0`,
 // `node --import tsx -e 0` (tsx's loader hooks run in a worker thread of their own) and the CLI's `--help`.
 import { rm } from 'node:fs/promises';
+import pg from 'pg';
 import type { Scale } from './bench-options.ts';
 import type { BenchServer } from './bench-server.ts';
 import { measureCommand, measureSyncCli, timeAvailable, TIME_BINARY } from './cli-rss.ts';
 import type { SuiteResult } from './figures.ts';
 import { writeSampleFile } from './peak-rss.ts';
+import { medianProfile, profileText, startProfile, type StepProfile } from './run-profile.ts';
 import { benchFile } from './sample-data.ts';
 import { log, median, ratio, seconds } from './timing.ts';
 
@@ -17,6 +19,8 @@ interface SizeFigures {
   /** the run's duration as the database recorded it (begin_run to finish_run) */
   durationMs: number[];
   wallMs: number[];
+  /** step profiles of the runs (run-profile.ts), read on a connection of the bench's own */
+  profiles: (StepProfile | null)[];
 }
 
 const mib = (kib: number) => `${(kib / 1024).toFixed(1)} MiB`;
@@ -25,13 +29,21 @@ async function measureSize(server: BenchServer, lines: number, repeats: number):
   const file = await benchFile(`rss-${lines}.jsonl`);
   // the CLI has no clock option: the events end now, so its full window holds them
   await writeSampleFile(file, lines, new Date(Math.floor(Date.now() / 1000) * 1000));
-  const figures: SizeFigures = { lines, peakKiB: [], durationMs: [], wallMs: [] };
+  const figures: SizeFigures = { lines, peakKiB: [], durationMs: [], wallMs: [], profiles: [] };
   try {
     for (let repeat = 0; repeat < repeats; repeat++) {
       const db = await server.freshDatabase();
       try {
         await db.end();
-        const result = await measureSyncCli(db.url, file);
+        const statistics = new pg.Pool({ connectionString: db.url, max: 1 });
+        let result: Awaited<ReturnType<typeof measureSyncCli>>;
+        try {
+          const probe = await startProfile(statistics);
+          result = await measureSyncCli(db.url, file);
+          figures.profiles.push(await probe.finish(result.summary.run_id));
+        } finally {
+          await statistics.end();
+        }
         if (result.summary.received !== lines) throw new Error(`loader-rss: the CLI received ${result.summary.received} of ${lines} lines`);
         figures.peakKiB.push(result.peakRssKiB);
         figures.durationMs.push(result.summary.duration_ms);
@@ -81,7 +93,16 @@ export async function loaderRss(server: BenchServer, scale: Scale, quick: boolea
   const large = await measureSize(server, scale.rssLines.large, scale.repeats);
   const peak = Math.max(median(small.peakKiB), median(large.peakKiB));
   const isMillion = large.lines >= 1_000_000;
+  const largeProfile = medianProfile(large.profiles);
+  const largeMs = median(large.durationMs);
   return {
+    ...(largeProfile
+      ? {
+          why: {
+            full_sync_1m_events_per_s: `the ${large.lines.toLocaleString('en-US')}-line first full sync runs ${seconds(largeMs)}: ${profileText(largeProfile)}. The COPY stage (its wall time, with whatever parse overlapped it) runs at ${Math.round(large.lines / (largeProfile.copyMs / 1000)).toLocaleString('en-US')} lines/s; the parse takes ${seconds(largeProfile.parseMs + largeProfile.parseDuringCopyMs)} of database time in all (${Math.round(large.lines / ((largeProfile.parseMs + largeProfile.parseDuringCopyMs) / 1000)).toLocaleString('en-US')} lines/s), the apply ${seconds(largeProfile.applyMs)} (${Math.round(large.lines / (largeProfile.applyMs / 1000)).toLocaleString('en-US')} lines/s). On 2 cores the run cannot beat its slowest step, nor the sum of what cannot overlap: COPY stage + finish_run = ${seconds(largeProfile.copyMs + largeProfile.finishMs)}.`,
+          },
+        }
+      : {}),
     figures: {
       loader_peak_rss_mib: peak / 1024,
       loader_rss_growth: ratio(median(large.peakKiB), median(small.peakKiB)),
@@ -105,14 +126,15 @@ export async function loaderRss(server: BenchServer, scale: Scale, quick: boolea
         ...(quick ? [`**Quick scale**: ${scale.rssLines.large.toLocaleString('en-US')} lines, not 1,000,000.`] : []),
       ],
       table: [
-        ['what', 'peak RSS (median)', 'trials', 'run (median)', 'command wall time (median)'],
-        ...base.map((b) => [b.what, mib(median(b.kib)), b.kib.map(mib).join(', '), '', '']),
+        ['what', 'peak RSS (median)', 'trials', 'run (median)', 'command wall time (median)', 'step profile (medians)'],
+        ...base.map((b) => [b.what, mib(median(b.kib)), b.kib.map(mib).join(', '), '', '', '']),
         ...[small, large].map((s) => [
           `\`npm run sync:events\`, ${s.lines.toLocaleString('en-US')} lines`,
           mib(median(s.peakKiB)),
           s.peakKiB.map(mib).join(', '),
           `${seconds(median(s.durationMs))} (${Math.round(s.lines / (median(s.durationMs) / 1000)).toLocaleString('en-US')} events/s)`,
           seconds(median(s.wallMs)),
+          profileText(medianProfile(s.profiles)),
         ]),
       ],
       reading: [

@@ -7,6 +7,7 @@ import type { BenchServer } from './bench-server.ts';
 import type { SuiteResult } from './figures.ts';
 import { syncEvents } from '../loader/events-sync.ts';
 import { sampleEventLines } from '../fixtures/sample-events.ts';
+import { medianProfile, profileText, startProfile, type StepProfile } from './run-profile.ts';
 import { benchFile, SAMPLE_END, writeLines } from './sample-data.ts';
 import { log, median, ratio, seconds } from './timing.ts';
 
@@ -17,17 +18,24 @@ interface Trial {
   applyMs: number;
   totalMs: number;
   rejected: number;
+  profile: StepProfile | null;
 }
 
 async function fullSync(server: BenchServer, file: string): Promise<Trial> {
   const db = await server.freshDatabase();
   try {
+    const probe = await startProfile(db.pool);
     const summary = await syncEvents({ pool: db.pool, input: file, full: true, clock: SAMPLE_END });
     if (summary.status !== 'succeeded') throw new Error(`malformed: the full sync ended ${summary.status}`);
     const { rows } = await db.pool.query<{ apply_ms: string | null }>('select apply_ms from mixpanel_sync.sync_runs where id = $1', [
       summary.run_id,
     ]);
-    return { applyMs: Number(rows[0]!.apply_ms), totalMs: summary.duration_ms, rejected: summary.rejected ?? 0 };
+    return {
+      applyMs: Number(rows[0]!.apply_ms),
+      totalMs: summary.duration_ms,
+      rejected: summary.rejected ?? 0,
+      profile: await probe.finish(summary.run_id),
+    };
   } finally {
     await db.drop();
   }
@@ -55,7 +63,14 @@ export async function malformedLine(server: BenchServer, scale: Scale): Promise<
   const cleanMs = median(trials.clean.map((t) => t.applyMs));
   const malformedMs = median(trials.malformed.map((t) => t.applyMs));
   const ms = (t: Trial[]) => `${t.map((x) => `${Math.round(x.applyMs)}`).join(', ')} ms`;
+  const cleanProfile = medianProfile(trials.clean.map((t) => t.profile));
+  const malformedProfile = medianProfile(trials.malformed.map((t) => t.profile));
+  const why =
+    cleanProfile && malformedProfile
+      ? `finish_run takes ${seconds(malformedMs)} with the malformed line against ${seconds(cleanMs)} clean: its parse step ${seconds(malformedProfile.parseMs)} against ${seconds(cleanProfile.parseMs)}, the other steps ${seconds(malformedProfile.finishMs - malformedProfile.parseMs)} against ${seconds(cleanProfile.finishMs - cleanProfile.parseMs)}; all parsing, finish_run's and what overlapped the COPY: ${seconds(malformedProfile.parseMs + malformedProfile.parseDuringCopyMs)} against ${seconds(cleanProfile.parseMs + cleanProfile.parseDuringCopyMs)} (the bad line sends its statement, or its chunk, through the careful path). Malformed: ${profileText(malformedProfile)}; clean: ${profileText(cleanProfile)}.`
+      : undefined;
   return {
+    ...(why ? { why: { malformed_line_finish_ratio: why } } : {}),
     figures: { malformed_line_finish_ratio: ratio(malformedMs, cleanMs) },
     section: {
       title: 'One malformed line among many',
@@ -66,9 +81,15 @@ export async function malformedLine(server: BenchServer, scale: Scale): Promise<
         `Medians of ${scale.repeats} trials each, clean and malformed alternating which goes first.`,
       ],
       table: [
-        ['file', 'finish_run (median)', 'trials', 'whole run (median)'],
-        ['clean', seconds(cleanMs), ms(trials.clean), seconds(median(trials.clean.map((t) => t.totalMs)))],
-        ['one malformed line', seconds(malformedMs), ms(trials.malformed), seconds(median(trials.malformed.map((t) => t.totalMs)))],
+        ['file', 'finish_run (median)', 'trials', 'whole run (median)', 'step profile (medians)'],
+        ['clean', seconds(cleanMs), ms(trials.clean), seconds(median(trials.clean.map((t) => t.totalMs))), profileText(cleanProfile)],
+        [
+          'one malformed line',
+          seconds(malformedMs),
+          ms(trials.malformed),
+          seconds(median(trials.malformed.map((t) => t.totalMs))),
+          profileText(malformedProfile),
+        ],
       ],
       reading: [],
     },

@@ -10,6 +10,8 @@ export interface Report {
   figures: Figures;
   sections: Section[];
   missing: Partial<Record<FigureKey, string>>;
+  /** measured explanations of missed targets, by key (the suites' SuiteResult.why) */
+  why?: Partial<Record<FigureKey, string>>;
 }
 
 const UNITS: Partial<Record<FigureKey, (value: number) => string>> = {
@@ -83,7 +85,7 @@ export function renderMarkdown(report: Report): string {
       '',
       ...missed.map(
         (key) =>
-          `- \`${key}\` (${formatFigure(key, report.figures[key])}, target ${TARGETS[key].text}): ${WHY_MISSED[key] ?? 'not profiled yet: see its section below.'}`,
+          `- \`${key}\` (${formatFigure(key, report.figures[key])}, target ${TARGETS[key].text}): ${report.why?.[key] ?? WHY_MISSED[key] ?? 'not profiled yet: see its section below.'}`,
       ),
       '',
     );
