@@ -8,6 +8,10 @@
 --   2. heartbeat_run marks its own run only: with an events run and a profiles run both running, the heartbeat of one
 --      leaves the other's heartbeat_at alone, and a heartbeat of a finished run records nothing.
 --      Mutant: heartbeat_run with `l.id = heartbeat_run.run_id` dropped (every running run gets the heartbeat).
+--   3. abandon_stale_runs abandons running runs only, and only those running LONGER than runs.abandon_after: a failed
+--      run begun long ago stays failed with its error, and a run begun exactly runs.abandon_after ago is kept.
+--      Mutants: abandon_stale_runs with `r.status = 'running'` dropped (finished runs rewritten as abandoned), and
+--      with `r.started_at <= now() - …` (the boundary moved).
 -- Run on a migrated database: psql -v ON_ERROR_STOP=1 -f verify/mutation_pins.sql   (it rolls back)
 -- It needs no events or profiles run running (begin_run refuses a second one). Its data: run clocks 2000-03-01.
 begin;
@@ -51,10 +55,31 @@ begin
     (select r.heartbeat_at from mixpanel_sync.sync_runs r where r.id = profiles.id));
   perform mixpanel_sync.fail_run(profiles.id, 'verify: done');
 
+  -- 3. abandon_stale_runs: a finished run begun long ago is left alone; a running run is abandoned only after
+  --    runs.abandon_after has passed (now() is the transaction's start: the times below are exact).
+  run := mixpanel_sync.begin_run('events', true, clock => '2000-03-01 12:04:00+00');
+  run := mixpanel_sync.fail_run(run.id, 'verify: an old failed run');
+  update mixpanel_sync.sync_runs r set started_at = now() - interval '10 years' where r.id = run.id;
+  profiles := mixpanel_sync.begin_run('events', true, clock => '2000-03-01 12:05:00+00');
+  update mixpanel_sync.sync_runs r set started_at = now() - mixpanel_sync.setting('runs.abandon_after')::interval
+  where r.id = profiles.id;
+  perform pg_temp.same('abandon_stale_runs: neither the old failed run nor a run begun exactly runs.abandon_after ago', 0::bigint,
+    (select count(*) from mixpanel_sync.abandon_stale_runs() a where a.id in (run.id, profiles.id)));
+  perform pg_temp.same('the old failed run keeps (status, error)', '(failed,verify: an old failed run)',
+    (select format('(%s,%s)', r.status, r.error) from mixpanel_sync.sync_runs r where r.id = run.id));
+  perform pg_temp.same('the run begun exactly runs.abandon_after ago is still running', 'running',
+    (select r.status from mixpanel_sync.sync_runs r where r.id = profiles.id));
+  update mixpanel_sync.sync_runs r set started_at = now() - mixpanel_sync.setting('runs.abandon_after')::interval - interval '1 second'
+  where r.id = profiles.id;
+  perform pg_temp.same('abandon_stale_runs: the run begun a second more ago is abandoned', 1::bigint,
+    (select count(*) from mixpanel_sync.abandon_stale_runs() a where a.id = profiles.id and a.status = 'abandoned'));
+  perform pg_temp.same('the old failed run still keeps (status, error)', '(failed,verify: an old failed run)',
+    (select format('(%s,%s)', r.status, r.error) from mixpanel_sync.sync_runs r where r.id = run.id));
+
   perform mixpanel_sync_verify.verify_assert_same('mutation_pins', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
     others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_runs}');
 
-  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; rows of others untouched';
+  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; rows of others untouched';
 end;
 $$;
 

@@ -78,7 +78,7 @@ export const proofMap: Record<string, string[]> = {
   finish_or_fail_run: ['scripts/sql/guard-refusal-psql.test.ts'],
   replace_guard: ['scripts/sql/safety-guard.test.ts'],
   heartbeat_run: ['verify/mutation_pins.sql', 'scripts/sql/safety-followups.test.ts'],
-  abandon_stale_runs: ['scripts/sql/safety-one-run.test.ts', 'scripts/sql/safety-followups.test.ts'],
+  abandon_stale_runs: ['verify/mutation_pins.sql', 'scripts/sql/safety-one-run.test.ts', 'scripts/sql/safety-followups.test.ts'],
   prune_history: ['verify/run_lifecycle_pinned.sql', 'scripts/sql/health-housekeeping.test.ts'],
   merge_daily_row_loop: ['verify/replace_loop_equals_set.sql', 'scripts/sql/ledger-merge.test.ts'],
   apply_identity: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],
