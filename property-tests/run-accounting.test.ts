@@ -1,6 +1,7 @@
 // What every finished run must account for, over any sequence of runs (the earlier runs are the prior state):
-//   received = lines staged = applied + duplicates + too_old + rejected;
+//   received = lines staged = applied + duplicates + too_old + rejected + no_user + not_selected;
 //   the rejected lines are exactly the bad lines and the events after the run's clock, each in sync_rejects with a reason;
+//   a valid event with no distinct_id (absent, null or "") is not a reject: it is counted no_user (issue 13);
 //   the watermark (and the processing watermark) never moves past the run's fetch_to, whatever times the input claims.
 // A full run on an empty database keeps exactly the events Mixpanel's dedup rule keeps (a model written here).
 // And: numbers beyond any real time are a rejected line (time) or ignored (mp_processing_time_ms), never a failed run.
@@ -21,11 +22,29 @@ afterAll(async () => {
   await db?.drop();
 });
 
+/**
+ * A line of an otherwise valid event with no distinct_id (absent, null or ""), at or before the clock: counted
+ * no_user, not rejected. (The invalid lines of arbitraries.ts that lack a distinct_id are valid in every other way.)
+ */
+function isNoUserLine(line: string, clockSeconds: number): boolean {
+  let parsed: unknown;
+  try {
+    parsed = JSON.parse(line);
+  } catch {
+    return false;
+  }
+  if (!parsed || typeof parsed !== 'object' || Array.isArray(parsed)) return false;
+  const { event, properties } = parsed as { event?: unknown; properties?: unknown };
+  if (typeof event !== 'string' || event === '' || !properties || typeof properties !== 'object' || Array.isArray(properties)) return false;
+  const { distinct_id: id, time } = properties as { distinct_id?: unknown; time?: unknown };
+  return (id === undefined || id === null || id === '') && typeof time === 'number' && time > 0 && time <= clockSeconds;
+}
+
 /** The lines the parser must reject, by the export format's own rules: bad lines, and events after the clock. */
 function expectedRejects(step: RunStep): string[] {
   const clockSeconds = Date.parse(step.clock) / 1000;
   return step.lines
-    .filter((l) => l.kind === 'invalid' || eventSecond(l.event) > clockSeconds)
+    .filter((l) => (l.kind === 'invalid' && !isNoUserLine(l.line, clockSeconds)) || (l.kind === 'event' && eventSecond(l.event) > clockSeconds))
     .map((l) => l.line)
     .sort();
 }
@@ -111,9 +130,18 @@ describe('run accounting', () => {
           const received = runCount(run.received);
           expect(received, `${label}: received = lines staged`).toBe(step.lines.length);
           expect(
-            runCount(run.applied)! + runCount(run.duplicates)! + runCount(run.too_old)! + runCount(run.rejected)!,
-            `${label}: applied + duplicates + too_old + rejected = received`,
+            runCount(run.applied)! +
+              runCount(run.duplicates)! +
+              runCount(run.too_old)! +
+              runCount(run.rejected)! +
+              runCount(run.no_user)! +
+              runCount(run.not_selected)!,
+            `${label}: applied + duplicates + too_old + rejected + no_user + not_selected = received`,
           ).toBe(received);
+          const clockSeconds = Date.parse(step.clock) / 1000;
+          expect(runCount(run.no_user), `${label}: no_user = the valid lines with no distinct_id`).toBe(
+            step.lines.filter((l) => l.kind === 'invalid' && isNoUserLine(l.line, clockSeconds)).length,
+          );
 
           const { rows } = await db.pool.query('select payload, reason from mixpanel_sync.sync_rejects where run_id = $1', [run.id]);
           expect(

@@ -24,8 +24,8 @@ beforeEach(async () => {
   await db.pool.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.event_ledger_legacy,
     mixpanel_sync.subscribers, mixpanel_sync.subscriber_properties, mixpanel_sync.identity_links, mixpanel_sync.sync_runs,
     mixpanel_sync.sync_rejects, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.run_events cascade`);
-  await db.pool.query('drop table if exists mixpanel_sync.raw_events');
   await db.pool.query(`update mixpanel_sync.sync_settings set value = 'set' where key = 'events.upsert_path'`);
+  await db.pool.query(`update mixpanel_sync.sync_settings set value = 'off' where key = 'events.store_raw'`);
 });
 
 const at = (iso: string) => Math.floor(Date.parse(iso) / 1000);
@@ -185,19 +185,26 @@ describe('profiles and the raw events table', () => {
     ]);
   });
 
-  it('rows of mixpanel_sync.raw_events, when the table exists, move too (a key held by both ids is kept once)', async () => {
-    await db.pool.query(`create table mixpanel_sync.raw_events (distinct_id text collate "C" not null, event_key uuid not null,
-      primary key (distinct_id, event_key))`);
-    await db.pool.query(`insert into mixpanel_sync.raw_events values ('$device:D1', md5('a')::uuid), ('$device:D1', md5('b')::uuid),
-      ('U1', md5('b')::uuid), ('other', md5('a')::uuid)`);
+  // The ledger is the raw table (200-ledger.sql): raw rows move with the ledger rows. Seen failing with the set path's
+  // `returning r.is_raw` counting every moved row (reattributed_raw_events 3, not 2).
+  it('raw events (events.store_raw on) move with the ledger; a key held by both ids is kept once', async () => {
+    await db.pool.query(`update mixpanel_sync.sync_settings set value = 'on' where key = 'events.store_raw'`);
     await setIdentityMode(db.pool, 'simplified');
-    const run = await syncEventsWithIdentity(db.pool, [signUp], { clock: '2024-03-09T11:00:00Z', forceFull: true });
-    const { rows } = await db.pool.query(`select distinct_id, count(*)::int as n from mixpanel_sync.raw_events group by 1 order by 1`);
+    await syncEventsWithIdentity(db.pool, [adClick('$device:D1'), appOpen('$device:D1')], {
+      clock: '2024-03-09T10:06:00Z',
+      forceFull: true,
+    });
+    const run = await syncEventsWithIdentity(db.pool, [adClick('U1'), appOpen('U1'), signUp], { clock: '2024-03-09T11:00:00Z' });
+    const { rows } = await db.pool.query(
+      `select distinct_id, event_name, properties ->> '$insert_id' as insert_id from mixpanel_sync.raw_events order by 2`,
+    );
     expect(rows).toEqual([
-      { distinct_id: 'U1', n: 2 },
-      { distinct_id: 'other', n: 1 },
+      { distinct_id: 'U1', event_name: 'Ad Click', insert_id: 'i-ad' },
+      { distinct_id: 'U1', event_name: 'App Open', insert_id: 'i-open' },
+      { distinct_id: 'U1', event_name: 'Sign Up', insert_id: 'i-signup' },
     ]);
-    expect(run.options.reattributed_raw_events).toBe(1);
+    expect(run.options.reattributed_raw_events).toBe(2);
+    expect(await countsBy('events_daily')).toEqual({ U1: 3 });
   });
 });
 

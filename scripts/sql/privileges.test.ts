@@ -304,6 +304,31 @@ describe('catalogue', () => {
     expect(rows.filter((r) => r.definer).map((r) => r.fn)).toEqual([]);
   });
 
+  // 200-ledger.sql: the loader creates and drops the ledger's day partitions only through these two helpers (the loader
+  // test above finishes a run as the loader, which creates partitions: it fails with "permission denied for schema
+  // mixpanel_sync" when ensure_ledger_partitions is not SECURITY DEFINER).
+  it('mixpanel_sync_private holds only the two SECURITY DEFINER partition helpers, executable by the loader alone', async () => {
+    const { rows } = await db.pool.query<{ fn: string; definer: boolean; path: boolean; grantees: string[] }>(
+      `select p.oid::regprocedure::text as fn, p.prosecdef as definer,
+              coalesce('search_path=""' = any (p.proconfig), false) as path,
+              array(select coalesce(r.rolname, 'PUBLIC') from pg_catalog.aclexplode(coalesce(p.proacl, pg_catalog.acldefault('f', p.proowner))) a
+                    left join pg_catalog.pg_roles r on r.oid = a.grantee
+                    where a.privilege_type = 'EXECUTE' and a.grantee <> p.proowner order by 1)::text[] as grantees
+       from pg_catalog.pg_proc p join pg_catalog.pg_namespace n on n.oid = p.pronamespace
+       where n.nspname = 'mixpanel_sync_private' order by 1`,
+    );
+    expect(rows).toEqual([
+      { fn: 'mixpanel_sync_private.drop_ledger_partitions(date)', definer: true, path: true, grantees: ['mixpanel_sync_loader'] },
+      { fn: 'mixpanel_sync_private.ensure_ledger_partitions(date,date)', definer: true, path: true, grantees: ['mixpanel_sync_loader'] },
+    ]);
+    const { rows: usage } = await db.pool.query<{ public_usage: boolean; reader_usage: boolean; loader_usage: boolean }>(
+      `select pg_catalog.has_schema_privilege('public', 'mixpanel_sync_private', 'usage') as public_usage,
+              pg_catalog.has_schema_privilege('mixpanel_sync_reader', 'mixpanel_sync_private', 'usage') as reader_usage,
+              pg_catalog.has_schema_privilege('mixpanel_sync_loader', 'mixpanel_sync_private', 'usage') as loader_usage`,
+    );
+    expect(usage).toEqual([{ public_usage: false, reader_usage: false, loader_usage: true }]);
+  });
+
   it('RLS on every table, a policy or ownership for the loader on each, views security_invoker, every policy commented', async () => {
     const { rows: tables } = await db.pool.query<{ rel: string; rls: boolean; loader: boolean }>(
       `select c.oid::regclass::text as rel, c.relrowsecurity as rls,

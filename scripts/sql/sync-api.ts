@@ -26,6 +26,10 @@ export interface SyncRun {
   duplicates: string | null;
   rejected: string | null;
   too_old: string | null;
+  /** events runs: valid events with no distinct_id (not rejects; kept in the raw table when events.store_raw is on) */
+  no_user: string | null;
+  /** events runs: valid events outside the run's selection (options.events), ignored */
+  not_selected: string | null;
   users_touched: string | null;
   inserted: string | null;
   updated: string | null;
