@@ -11,7 +11,8 @@
 --   3. the seconds/milliseconds boundary: 100000000000 (1e11) is milliseconds (1973-03-03 09:46:40), 99999999999
 --      is seconds (year 5138: after the run's clock, rejected), 1e14 ms is out of range;
 --   4. parsing is incremental: a second parse_staged_events parses nothing again (same totals, same rows);
---   5. finishing the run gives the exact counts (received 28 = applied 12 + duplicates 3 + too_old 2 + rejected 11)
+--   5. finishing the run gives the exact counts (received 28 = applied 12 + duplicates 3 + too_old 2 + rejected 10
+--      + no_user 1: a valid event without a distinct_id is skipped, not rejected)
 --      and leaves no staged line or run_events row of the run.
 -- Mutants seen failing it (scratch database, create or replace, issue 15): event_second reading milliseconds from
 -- 1e12, or with `< 1e11` → `<= 1e11`, or `>= 1e11` → `> 1e11`; event_key without the $insert_id; event_key taking
@@ -37,7 +38,9 @@ create temporary table verify_lines (
   processing_time timestamptz,
   lateness_ms bigint,
   -- the reject reason up to its first digit (the rest quotes the value or the clock), null when usable
-  reason text
+  reason text,
+  -- run_events.skip_reason: 'no_user' for a valid event without a distinct_id
+  skip_reason text
 ) on commit drop;
 
 insert into verify_lines values
@@ -103,8 +106,9 @@ insert into verify_lines values
   -- a key that is absent is missing, not of the wrong type
   ('L27', '{"properties": {"distinct_id": "verify:parse-a", "time": 946900800}}',
     null, null, null, null, null, null, null, 'missing event name'),
+  -- no distinct_id: not a reject but a valid event skipped as no_user (set below: skip_reason)
   ('L28', '{"event": "no user", "properties": {"time": 946900800}}',
-    null, null, null, null, null, null, null, 'missing properties.distinct_id'),
+    null, null, 'no user', '2000-01-03 12:00:00+00', '2000-01-03', null, null, null),
   ('L29', '{"event": "no time", "properties": {"distinct_id": "verify:parse-a"}}',
     null, null, null, null, null, null, null, 'missing properties.time'),
   -- the last second of a UTC day and the first of the next
@@ -112,6 +116,8 @@ insert into verify_lines values
     'K', 'verify:parse-c', 'signup', '2000-01-03 23:59:59+00', '2000-01-03', null, null, null),
   ('L25', '{"event": "signup", "properties": {"distinct_id": "verify:parse-c", "time": 946944000, "$insert_id": "k1"}}',
     'L', 'verify:parse-c', 'signup', '2000-01-04 00:00:00+00', '2000-01-04', null, null, null);
+
+update verify_lines set skip_reason = 'no_user' where label = 'L28';
 
 do $$
 declare
@@ -132,15 +138,15 @@ begin
   perform mixpanel_sync.parse_staged_events(run.id);
   -- parsing is incremental (the loader may parse between COPY chunks): a second call parses nothing again
   parsed := mixpanel_sync.parse_staged_events(run.id);
-  if (parsed.received, parsed.rejected) is distinct from (28::bigint, 11::bigint)
+  if (parsed.received, parsed.rejected) is distinct from (28::bigint, 10::bigint)
       or (select count(*) from mixpanel_sync.run_events e where e.run_id = run.id) <> 28 then
-    raise exception 'verify/parse_independent: a second parse_staged_events reported (received, rejected) (%, %) and left % run_events rows, expected (28, 11) and 28',
+    raise exception 'verify/parse_independent: a second parse_staged_events reported (received, rejected) (%, %) and left % run_events rows, expected (28, 10) and 28',
       parsed.received, parsed.rejected, (select count(*) from mixpanel_sync.run_events e where e.run_id = run.id);
   end if;
 
   -- 1. Every line as this script expects it.
   select jsonb_object_agg(l.label, jsonb_build_object('distinct_id', l.distinct_id, 'event_name', l.event_name,
-      'event_time', l.event_time, 'day', l.day, 'processing_time', l.processing_time, 'lateness_ms', l.lateness_ms, 'reason', l.reason))
+      'event_time', l.event_time, 'day', l.day, 'processing_time', l.processing_time, 'lateness_ms', l.lateness_ms, 'reason', l.reason, 'skip_reason', l.skip_reason))
   into expected from verify_lines l;
   -- (of a rejected line only its reason is compared)
   select jsonb_object_agg(l.label, case when e.reject_reason is null then jsonb_build_object('distinct_id', e.distinct_id,
@@ -148,7 +154,8 @@ begin
       'lateness_ms', e.lateness_ms) else jsonb_build_object('distinct_id', null, 'event_name', null, 'event_time', null, 'day', null,
       'processing_time', null, 'lateness_ms', null) end || jsonb_build_object(
       'reason', case when l.reason = '*' and e.reject_reason is not null then '*'
-        else nullif(trim(trailing ': ' from substring(e.reject_reason from '^[^0-9]*')), '') end))
+        else nullif(trim(trailing ': ' from substring(e.reject_reason from '^[^0-9]*')), '') end,
+      'skip_reason', e.skip_reason))
   into actual
   from verify_lines l
   left join mixpanel_sync.staged_events s on s.run_id = run.id and s.line = l.line
@@ -183,9 +190,10 @@ begin
 
   -- 4. Finishing: exact counts, nothing staged left.
   run := mixpanel_sync.finish_run(run.id);
-  if (run.received, run.applied, run.duplicates, run.too_old, run.rejected) is distinct from (28::bigint, 12::bigint, 3::bigint, 2::bigint, 11::bigint) then
-    raise exception 'verify/parse_independent: finished run (received, applied, duplicates, too_old, rejected) = (%, %, %, %, %), expected (28, 12, 3, 2, 11)',
-      run.received, run.applied, run.duplicates, run.too_old, run.rejected;
+  if (run.received, run.applied, run.duplicates, run.too_old, run.rejected, run.no_user, run.not_selected)
+      is distinct from (28::bigint, 12::bigint, 3::bigint, 2::bigint, 10::bigint, 1::bigint, 0::bigint) then
+    raise exception 'verify/parse_independent: finished run (received, applied, duplicates, too_old, rejected, no_user, not_selected) = (%, %, %, %, %, %, %), expected (28, 12, 3, 2, 10, 1, 0)',
+      run.received, run.applied, run.duplicates, run.too_old, run.rejected, run.no_user, run.not_selected;
   end if;
   select (select count(*) from mixpanel_sync.staged_events s where s.run_id = run.id)
     + (select count(*) from mixpanel_sync.run_events e where e.run_id = run.id) into left_over;
@@ -195,7 +203,7 @@ begin
   perform mixpanel_sync_verify.verify_assert_same('parse_independent', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
     others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}');
 
-  raise notice 'PASS verify/parse_independent: 28 lines parsed as this script expects them (user, name, time, UTC day, processing time, lateness, reject reason); 14 identity classes as expected (seconds, milliseconds and fractions of one second are one event; name, second, $insert_id or content apart are not; "" is no $insert_id); 1e11 read as milliseconds, 99999999999 as seconds; finished with received 28 = applied 12 + duplicates 3 + too_old 2 + rejected 11, nothing staged left; rows of others untouched';
+  raise notice 'PASS verify/parse_independent: 28 lines parsed as this script expects them (user, name, time, UTC day, processing time, lateness, reject reason); 14 identity classes as expected (seconds, milliseconds and fractions of one second are one event; name, second, $insert_id or content apart are not; "" is no $insert_id); 1e11 read as milliseconds, 99999999999 as seconds; finished with received 28 = applied 12 + duplicates 3 + too_old 2 + rejected 10 + no_user 1, nothing staged left; rows of others untouched';
 end;
 $$;
 

@@ -2,8 +2,12 @@
 // stdin`, text format, framed by input-framing.ts (one rule for every path). Memory stays flat: the pipeline moves
 // chunks with back-pressure from the input to the socket. No single line can make COPY fail: a line that cannot be
 // staged as text is staged with a `problem` and its bytes in hex (SQL rejects it with that reason).
-import { pipeline } from 'node:stream/promises';
-import type { Readable } from 'node:stream';
+// With chunkBytes, the rows go in several COPY statements of about that many bytes each, every one committed before
+// the next starts (onCommitted is told), so that the committed lines can be parsed while the next chunk streams
+// (chunk-parser.ts). A failure rolls back only the chunk in flight; the run is failed as a whole by the caller.
+import { once } from 'node:events';
+import { pipeline, finished } from 'node:stream/promises';
+import { Writable, type Readable } from 'node:stream';
 import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
 import { copyRowStream, STAGING_COPY_COLUMNS } from './copy-line-encoder.ts';
@@ -21,6 +25,64 @@ export interface CopyIntoStagingOptions {
   onRows?: (rows: number) => void;
   /** Records longer than this are staged as problem rows (default MAX_RECORD_BYTES). */
   maxRecordBytes?: number;
+  /** End each COPY (its rows committed) once it holds about this many bytes, and go on in a new one (default: one COPY). */
+  chunkBytes?: number;
+  /** Called after each COPY chunk committed, with the rows stored so far. */
+  onCommitted?: (rows: number) => void;
+}
+
+/**
+ * A writable of COPY text rows (whole rows per chunk, as copyRowStream writes them) that runs `sql` (a COPY … from
+ * stdin) on `client` once per chunkBytes: it ends the COPY, waits for the server to commit it, tells onCommitted and
+ * starts the next on the next write. Destroyed, it destroys the COPY in flight (pg-copy-streams sends CopyFail).
+ */
+function chunkedCopy(
+  client: pg.ClientBase,
+  sql: string,
+  chunkBytes: number,
+  onCommitted: (rows: number) => void,
+): Writable & { rowCount: () => number } {
+  let current: ReturnType<typeof copyFrom> | null = null;
+  let failure: Error | null = null;
+  let bytes = 0;
+  let rows = 0;
+  const open = () => {
+    const copy = client.query(copyFrom(sql));
+    copy.on('error', (error: Error) => {
+      failure ??= error;
+    });
+    bytes = 0;
+    return copy;
+  };
+  const commit = async () => {
+    const copy = current;
+    if (copy === null) return;
+    current = null;
+    copy.end();
+    await finished(copy);
+    rows += copy.rowCount;
+    onCommitted(rows);
+  };
+  const writable = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      void (async () => {
+        if (failure) throw failure;
+        current ??= open();
+        bytes += chunk.length;
+        if (!current.write(chunk)) await once(current, 'drain');
+        if (failure) throw failure;
+        if (bytes >= chunkBytes) await commit();
+      })().then(() => callback(), callback);
+    },
+    final(callback) {
+      commit().then(() => callback(), callback);
+    },
+    destroy(error, callback) {
+      if (current !== null && !current.destroyed) current.destroy(error ?? undefined);
+      callback(error);
+    },
+  });
+  return Object.assign(writable, { rowCount: () => rows });
 }
 
 /** COPYs the input on `client` (the run's own connection); resolves with the rows the server stored and the framing counts. */
@@ -34,7 +96,14 @@ export async function copyIntoStaging(
     ...(options.onRows ? { onRows: options.onRows } : {}),
     ...(options.maxRecordBytes !== undefined ? { maxRecordBytes: options.maxRecordBytes } : {}),
   });
-  const copy = client.query(copyFrom(`copy ${options.table} ${STAGING_COPY_COLUMNS} from stdin`));
-  await pipeline(options.lines, encoder, copy, options.signal ? { signal: options.signal } : {});
-  return { rows: copy.rowCount, counts: encoder.counts };
+  const sql = `copy ${options.table} ${STAGING_COPY_COLUMNS} from stdin`;
+  const pipelineOptions = options.signal ? { signal: options.signal } : {};
+  if (options.chunkBytes === undefined) {
+    const copy = client.query(copyFrom(sql));
+    await pipeline(options.lines, encoder, copy, pipelineOptions);
+    return { rows: copy.rowCount, counts: encoder.counts };
+  }
+  const copy = chunkedCopy(client, sql, options.chunkBytes, options.onCommitted ?? (() => undefined));
+  await pipeline(options.lines, encoder, copy, pipelineOptions);
+  return { rows: copy.rowCount(), counts: encoder.counts };
 }

@@ -38,6 +38,10 @@ export interface SyncEventsOptions extends PoolChoice {
   onRetry?: RequestOptions['onRetry'];
   /** Told of each Export API request as it starts. */
   onExport?: (request: ExportRequest) => void;
+  /** Parse committed COPY chunks while the next streams (default true; see staged-sync.ts parseWhileStaging). */
+  parseWhileStaging?: boolean;
+  /** Their size in bytes (default COPY_CHUNK_BYTES). */
+  copyChunkBytes?: number;
 }
 
 /**
@@ -77,6 +81,8 @@ export async function syncEvents(options: SyncEventsOptions): Promise<RunSummary
       openLines: (run, signal) => (input !== undefined ? openInput(input) : exportStream(run, options, mixpanel!, signal)),
       signal: options.signal,
       progress: options.progress,
+      parseWhileStaging: options.parseWhileStaging ?? true,
+      ...(options.copyChunkBytes !== undefined ? { copyChunkBytes: options.copyChunkBytes } : {}),
       ...(options.waitSeconds !== undefined ? { waitSeconds: options.waitSeconds } : {}),
     }),
   );

@@ -12,6 +12,7 @@
 import type { Readable } from 'node:stream';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type pg from 'pg';
+import { startChunkParser, type ChunkParser } from './chunk-parser.ts';
 import { copyIntoStaging, type StagingTable } from './copy-into-staging.ts';
 import { sendCancelRequest } from './database-connection.ts';
 import { describeError } from './describe-error.ts';
@@ -35,6 +36,13 @@ export const SQLSTATE = {
  */
 export const HEARTBEAT_INTERVAL_MS = 30_000;
 
+/**
+ * With parseWhileStaging, the size of each committed COPY chunk: its lines are parsed on another connection while the
+ * next chunk streams. Small enough that the last chunk (parsed by finish_run, not overlapped) is short, large enough
+ * that a chunk's fixed costs (a commit, a parse call) stay negligible.
+ */
+export const COPY_CHUNK_BYTES = 8 * 1024 * 1024;
+
 export interface StagedSyncOptions<S = RunSummary> {
   pool: pg.Pool;
   begin: BeginRunOptions;
@@ -49,6 +57,13 @@ export interface StagedSyncOptions<S = RunSummary> {
   summarise?: (run: SyncRun) => S;
   /** Heartbeat interval (default HEARTBEAT_INTERVAL_MS; tests use a shorter one). */
   heartbeatIntervalMs?: number;
+  /**
+   * Events: COPY in committed chunks of COPY_CHUNK_BYTES and parse each (mixpanel_sync.parse_staged_lines) on another
+   * pooled connection while the next one streams. Needs a pool of at least two connections (else it is off).
+   */
+  parseWhileStaging?: boolean;
+  /** The chunk size for parseWhileStaging (default COPY_CHUNK_BYTES; tests use a small one). */
+  copyChunkBytes?: number;
 }
 
 /** The error a failed run throws: its message is the one-line reason, summary the failed run (null when fail_run could not record it). */
@@ -151,14 +166,30 @@ async function stageAndFinish<S>(
 ): Promise<SyncRun> {
   signal.throwIfAborted();
   const lines = await options.openLines(run, signal);
-  const { counts } = await copyIntoStaging(client, {
-    table: options.table,
-    runId: run.id,
-    lines,
-    signal,
-    onRows: (n) => options.progress?.update(n),
-  });
-  options.progress?.done();
+  const poolSize = (options.pool as unknown as { options?: { max?: number } }).options?.max ?? 10;
+  const parser: ChunkParser | null = options.parseWhileStaging && poolSize >= 2 ? startChunkParser(options.pool, run.id) : null;
+  const stopParser = () => parser?.stop();
+  signal.addEventListener('abort', stopParser, { once: true });
+  let counts: Awaited<ReturnType<typeof copyIntoStaging>>['counts'];
+  try {
+    ({ counts } = await copyIntoStaging(client, {
+      table: options.table,
+      runId: run.id,
+      lines,
+      signal,
+      onRows: (n) => options.progress?.update(n),
+      ...(parser ? { chunkBytes: options.copyChunkBytes ?? COPY_CHUNK_BYTES, onCommitted: () => parser.kick() } : {}),
+    }));
+    options.progress?.done();
+    // finish_run parses what is left: never while a chunk parse of the same run still runs.
+    await parser?.settled();
+  } catch (error) {
+    parser?.stop();
+    await parser?.settled();
+    throw error;
+  } finally {
+    signal.removeEventListener('abort', stopParser);
+  }
   signal.throwIfAborted();
   await recordFraming(client, run.id, { ...counts });
 

@@ -177,6 +177,15 @@ export async function parseStagedEvents(db: Queryable, runId: string | number): 
   return { received: Number(rows[0]!.received), rejected: Number(rows[0]!.rejected) };
 }
 
+/**
+ * mixpanel_sync.parse_staged_lines(run, only_new => true): the lines staged after the run's last parsed one, parsed
+ * into run_events (the loader calls it on a second connection after each committed COPY chunk); how many it parsed.
+ */
+export async function parseNewStagedLines(db: Queryable, runId: string | number): Promise<number> {
+  const { rows } = await db.query<{ parsed: string }>('select mixpanel_sync.parse_staged_lines($1) as parsed', [runId]);
+  return Number(rows[0]!.parsed);
+}
+
 // ---------------------------------------------------------------------------------------------------------------
 // The apply paths, called directly by tests and the bench (finish_run picks one by the events.upsert_path setting)
 

@@ -1,0 +1,115 @@
+// Parsing committed COPY chunks while the next one streams (staged-sync.ts parseWhileStaging, chunk-parser.ts,
+// mixpanel_sync.parse_staged_lines) changes nothing a run produces: the same tables, rejects (reason and exact 1-based
+// line number), counts and framing as one COPY parsed by finish_run; and parse_staged_events still parses a line
+// staged out of line_id order (below the last parsed one).
+// Seen failing without each protection (each removed once, then restored):
+//   - parse_staged_events without its fallback (only the lines after the last parsed one): the out-of-order line was
+//     never parsed (received 2, not 3);
+//   - no parse between chunks (onCommitted not wired): parse_staged_lines was called once per run (by finish_run).
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import pg from 'pg';
+import { afterAll, beforeEach, describe, expect, it } from 'vitest';
+import { createTestDatabase } from '../db/vitest-database.ts';
+import { syncEvents } from './events-sync.ts';
+import { beginRun, failRun, parseNewStagedLines, parseStagedEvents } from '../sql/sync-api.ts';
+import { CLOCK, eventLine, eventLines, resetEvents } from '../fixtures/test-support.ts';
+
+const db = await createTestDatabase();
+const dir = mkdtempSync(path.join(os.tmpdir(), 'parse-while-staging-'));
+afterAll(async () => {
+  rmSync(dir, { recursive: true, force: true });
+  await db.drop();
+});
+
+beforeEach(() => resetEvents(db.pool));
+
+/** 3,000 events of a few users with, spread over the file, lines every chunk must get right. */
+function hostileFile(): string {
+  const lines = eventLines(3_000, { stepSeconds: 300 });
+  lines[10] = '{"event":"Malformed","properties":{"time":1764000000,"distinct_id":"x",}}'; // not JSON
+  lines[700] = '[1, 2]'; // not an object
+  lines[1_499] = lines[1_498]!; // re-sent: a duplicate
+  lines[1_500] = eventLine({ ago: 100, user: 'u-no-time', extra: { time: 'soon' } });
+  lines[2_200] = `${lines[2_200]!}\r`; // CRLF
+  lines[2_998] = '{"event":'; // cut short, in the last chunk
+  const at = path.join(dir, 'hostile.jsonl');
+  writeFileSync(at, `\uFEFF${lines.join('\n')}\n\n`);
+  return at;
+}
+
+async function parseCalls(): Promise<number> {
+  const { rows } = await db.pool.query<{ calls: string | null }>(
+    `select sum(calls) as calls from pg_stat_user_functions where schemaname = 'mixpanel_sync' and funcname = 'parse_staged_lines'`,
+  );
+  return Number(rows[0]!.calls ?? 0);
+}
+
+/** Everything a run left: applied tables, its counts and framing, its rejects. */
+async function runOutcome(runId: string): Promise<unknown> {
+  const { rows: run } = await db.pool.query(
+    `select status, mode, received, applied, duplicates, too_old, rejected, options -> 'framing' as framing
+     from mixpanel_sync.sync_runs where id = $1`,
+    [runId],
+  );
+  const { rows: rejects } = await db.pool.query(
+    'select line_no::int, reason, payload from mixpanel_sync.sync_rejects where run_id = $1 order by line_no',
+    [runId],
+  );
+  const { rows: applied } = await db.pool.query(
+    `select (select jsonb_agg(d order by d.distinct_id, d.day, d.event_name) from mixpanel_sync.events_daily d) as daily,
+       (select jsonb_agg(jsonb_build_array(l.distinct_id, l.event_key, l.day) order by l.distinct_id, l.event_key)
+        from mixpanel_sync.event_ledger l) as ledger,
+       (select jsonb_agg(jsonb_build_array(s.distinct_id, s.total_events) order by s.distinct_id) from mixpanel_sync.subscribers s) as subscribers,
+       (select jsonb_agg(jsonb_build_array(w.watermark, w.processing_watermark)) from mixpanel_sync.sync_watermarks w) as watermarks`,
+  );
+  return { run: run[0], rejects, applied: applied[0] };
+}
+
+describe('parse while staging', () => {
+  it('COPY in small committed chunks, each parsed on another connection: the same run as one COPY', async () => {
+    const file = hostileFile();
+    // count calls of parse_staged_lines in the loader's sessions (they report them as they exit)
+    await db.pool.query(`do $$ begin execute format('alter database %I set track_functions = ''all''', current_database()); end $$`);
+    const calls0 = await parseCalls();
+    const chunked = await syncEvents({ connectionString: db.url, input: file, full: true, clock: CLOCK, copyChunkBytes: 4096 });
+    // the loader's pool has closed: its backends flush their function counters as they exit
+    let calls = 0;
+    for (let i = 0; i < 100 && calls - calls0 < 2; i++) {
+      calls = await parseCalls();
+      if (calls - calls0 < 2) await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    const chunkedOutcome = await runOutcome(String(chunked.run_id));
+    await resetEvents(db.pool);
+    const whole = await syncEvents({ connectionString: db.url, input: file, full: true, clock: CLOCK, parseWhileStaging: false });
+    expect(chunked.status).toBe('succeeded');
+    expect(chunkedOutcome).toEqual(await runOutcome(String(whole.run_id)));
+    const { rejects } = chunkedOutcome as { rejects: { line_no: number; reason: string }[] };
+    expect(rejects.map((r) => r.line_no)).toEqual([11, 701, 1501, 2999]);
+    // ~150 chunks of 4 KiB, parsed as they commit (one parse takes every chunk committed by the time it starts),
+    // then finish_run's parse: without parsing while staging there is exactly one call
+    expect(calls - calls0).toBeGreaterThanOrEqual(2);
+  });
+
+  it('parse_staged_events parses a line staged below the last parsed one (two sessions staging at once)', async () => {
+    const run = await beginRun(db.pool, { source: 'events', clock: CLOCK, forceFull: true });
+    const other = new pg.Client({ connectionString: db.url });
+    await other.connect();
+    try {
+      const stage = (client: pg.ClientBase | pg.Pool, line: string, lineNo: number) =>
+        client.query('insert into mixpanel_sync.staged_events (run_id, line, line_no) values ($1, $2, $3)', [run.id, line, lineNo]);
+      await stage(db.pool, eventLine({ ago: 300, insertId: 'a' }), 1);
+      await other.query('begin');
+      await stage(other, eventLine({ ago: 200, insertId: 'b' }), 2); // takes the next line_id, commits last
+      await stage(db.pool, eventLine({ ago: 100, insertId: 'c' }), 3);
+      expect(await parseNewStagedLines(db.pool, run.id)).toBe(2); // lines 1 and 3: line 2 is not committed yet
+      await other.query('commit');
+      expect(await parseNewStagedLines(db.pool, run.id)).toBe(0); // below the last parsed line: not new
+      expect(await parseStagedEvents(db.pool, run.id)).toEqual({ received: 3, rejected: 0 });
+    } finally {
+      await other.end();
+      await failRun(db.pool, run.id, 'test: parse only');
+    }
+  });
+});
