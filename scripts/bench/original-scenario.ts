@@ -329,7 +329,7 @@ function report(data: ScenarioData, scale: Scale, measured: Measured): SuiteResu
         `COPY: the same file streamed into an UNLOGGED table with one jsonb column (${measured.copyRows.toLocaleString('en-US')} rows): the floor for loading these bytes into PostgreSQL.`,
         `Baseline (scripts/bench/baseline/): the original design, in its own schema bench_baseline: TypeScript parses and aggregates per user, loop-based plpgsql REPLACE per user (DELETE + one INSERT per event name + summary upsert) in batches of ${BASELINE_BATCH_USERS} users; incremental fetches from watermark − 2 h and ADDs.`,
         'Incremental: from a copy of the steady-state database (CREATE DATABASE … TEMPLATE) for each trial; ours and the baseline alternate order.',
-        'Step profiles of our syncs (scripts/bench/run-profile.ts): COPY = sync_runs.stage_ms (begin_run to finish_run); parse, identity, apply (REPLACE/ADD, subscribers refresh included), count (the subscriber count for sync_health) = time spent in those functions during the run (pg_stat_user_functions, track_functions = all); rest = the rest of finish_run (sync_runs.apply_ms). Medians per step of the same trials.',
+        'Step profiles of our syncs (scripts/bench/run-profile.ts): COPY = sync_runs.stage_ms (begin_run to finish_run); parse, identity, apply (REPLACE/ADD, subscribers refresh included), count (the subscriber count for sync_health, by a trigger after apply_ms is taken) = time spent in those functions during the run (pg_stat_user_functions, track_functions = all); rest = the rest of finish_run (sync_runs.apply_ms). Medians per step of the same trials.',
         `Medians of ${scale.repeats} trials.`,
         ...(scale.scenarioEvents === 95_000
           ? []

@@ -38,7 +38,7 @@ export interface StepProfile {
   applyMs: number;
   /** of applyMs: subscribers recomputed from events_daily */
   refreshMs: number;
-  /** the subscriber count recorded for the health check */
+  /** the subscriber count recorded for the health check (its trigger runs after apply_ms and total_ms are taken) */
   countMs: number;
   /** the rest of finish_run: the terminated-early probe, ledger prune, watermark, lateness, staging cleanup */
   restMs: number;
@@ -102,7 +102,8 @@ export async function startProfile(db: Queryable): Promise<ProfileProbe> {
         applyMs,
         refreshMs: Math.min(step(STEP_FUNCTIONS.refresh), applyMs),
         countMs,
-        restMs: Math.max(0, finishMs - parseMs - identityMs - applyMs - countMs),
+        // the count trigger fires on finish_run's closing UPDATE, after apply_ms was computed: not part of finishMs
+        restMs: Math.max(0, finishMs - parseMs - identityMs - applyMs),
         markerMs: step(STEP_FUNCTIONS.marker),
         cleanupMs: step(STEP_FUNCTIONS.cleanup),
         totalMs: Number(recorded.total_ms),
