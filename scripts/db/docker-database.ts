@@ -1,6 +1,6 @@
 // Opt-in Docker path (MIXPANEL_PG_SYNC_DB=docker) through @databases/pg-test, for people who want a specific image
 // (PG_TEST_IMAGE, e.g. Supabase's). pg-test waits a long time for a daemon that is not there, so we ask Docker first.
-import { spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 
 export interface DockerCheckOptions {
   timeoutMs?: number;
@@ -12,52 +12,26 @@ const fallback = 'or unset MIXPANEL_PG_SYNC_DB to use the embedded server (or se
 /** Resolves when a Docker daemon answers `docker version` within timeoutMs; otherwise rejects with a one-line reason. */
 export function assertDockerDaemon({ timeoutMs = 3_000, env = process.env }: DockerCheckOptions = {}): Promise<void> {
   return new Promise((resolve, reject) => {
-    const child = spawn('docker', ['version', '--format', '{{.Server.Version}}'], {
-      env,
-      stdio: ['ignore', 'ignore', 'pipe'],
-      detached: true,
-    });
-    let stderr = '';
-    child.stderr.on('data', (chunk: Buffer) => {
-      stderr += chunk.toString();
-    });
-    const timer = setTimeout(() => {
-      try {
-        process.kill(-child.pid!, 'SIGKILL');
-      } catch {
-        // already gone
-      }
-      reject(
-        new Error(`MIXPANEL_PG_SYNC_DB=docker: the Docker daemon did not answer within ${timeoutMs / 1000}s; start Docker, ${fallback}.`),
-      );
-    }, timeoutMs);
-    child.on('error', (error: NodeJS.ErrnoException) => {
-      clearTimeout(timer);
-      const reason = error.code === 'ENOENT' ? 'the docker command is not installed' : `cannot run docker (${error.message})`;
-      reject(new Error(`MIXPANEL_PG_SYNC_DB=docker: ${reason}; install Docker, ${fallback}.`));
-    });
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      if (code === 0) return resolve();
+    const args = ['version', '--format', '{{.Server.Version}}'];
+    execFile('docker', args, { env, timeout: timeoutMs, killSignal: 'SIGKILL' }, (error, _stdout, stderr) => {
+      if (!error) return resolve();
+      const fail = (what: string) => reject(new Error(`MIXPANEL_PG_SYNC_DB=docker: ${what}, ${fallback}.`));
+      if (error.code === 'ENOENT') return fail('the docker command is not installed; install Docker');
+      if (error.killed) return fail(`the Docker daemon did not answer within ${timeoutMs / 1000}s; start Docker`);
       const detail =
         stderr
           .split('\n')
           .find((line) => line.trim())
-          ?.trim() ?? `exit ${code}`;
-      reject(new Error(`MIXPANEL_PG_SYNC_DB=docker: no Docker daemon is running (${detail}); start Docker, ${fallback}.`));
+          ?.trim() ?? error.message;
+      fail(`no Docker daemon is running (${detail}); start Docker`);
     });
   });
-}
-
-export interface DockerPostgres {
-  url: string;
-  stop(): Promise<void>;
 }
 
 type GetDatabase = typeof import('@databases/pg-test')['default'];
 
 /** Starts a container with @databases/pg-test after checking the daemon. */
-export async function startDockerPostgres(options: DockerCheckOptions = {}): Promise<DockerPostgres> {
+export async function startDockerPostgres(options: DockerCheckOptions = {}): Promise<{ url: string; stop(): Promise<void> }> {
   await assertDockerDaemon(options);
   const imported = (await import('@databases/pg-test')) as unknown as { default: GetDatabase | { default: GetDatabase } };
   const getDatabase = typeof imported.default === 'function' ? imported.default : imported.default.default;

