@@ -81,7 +81,7 @@ export const proofMap: Record<string, string[]> = {
   abandon_stale_runs: ['verify/mutation_pins.sql', 'scripts/sql/safety-one-run.test.ts', 'scripts/sql/safety-followups.test.ts'],
   prune_history: ['verify/run_lifecycle_pinned.sql', 'scripts/sql/health-housekeeping.test.ts'],
   merge_daily_row_loop: ['verify/replace_loop_equals_set.sql', 'scripts/sql/ledger-merge.test.ts'],
-  apply_identity: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],
+  apply_identity: ['verify/identity_merge.sql', 'verify/mutation_pins.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],
   learn_identity_links: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],
   identity_edges: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],
   identity_cluster: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],

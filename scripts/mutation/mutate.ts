@@ -222,10 +222,20 @@ async function main(argv: string[]): Promise<number> {
     // MUTATION.md again from the last run's results, with the current survivor notes (no database needed)
     const saved = JSON.parse(await readFile(values.saved, 'utf8')) as {
       results: MutantResult[];
+      generatedKeys?: string[];
       info: RunInfo & { baselineMs: [string, number][] };
     };
-    const info: RunInfo = { ...saved.info, baselineMs: new Map(saved.info.baselineMs), survivorNotes: await readNotes() };
-    await writeFile(values.out, writeReport(saved.results, info));
+    // mutants listed equivalent since the run are reported as listed, not as run
+    const equivalents = await readEquivalents();
+    const listed = new Set(equivalents.map((e) => e.key));
+    const generatedKeys = new Set(saved.generatedKeys ?? saved.results.map((r) => r.mutant.key));
+    const info: RunInfo = {
+      ...saved.info,
+      equivalents: equivalents.filter((e) => generatedKeys.has(e.key)),
+      baselineMs: new Map(saved.info.baselineMs),
+      survivorNotes: await readNotes(),
+    };
+    await writeFile(values.out, writeReport(saved.results.filter((r) => !listed.has(r.mutant.key)), info));
     console.log(`mutate: ${path.relative(repoRoot, values.out)} rewritten from ${path.relative(repoRoot, values.saved)}`);
     return 0;
   }
@@ -335,7 +345,7 @@ async function main(argv: string[]): Promise<number> {
     if (values.merge) {
       const saved = JSON.parse(await readFile(values.saved, 'utf8')) as { results: MutantResult[]; generatedKeys?: string[] };
       const keep = (fn: string) => !runFns.has(fn);
-      results = [...saved.results.filter((r) => keep(r.mutant.fn)), ...fresh];
+      results = [...saved.results.filter((r) => keep(r.mutant.fn) && !equivalentKeys.has(r.mutant.key)), ...fresh];
       generatedKeys = [...(saved.generatedKeys ?? []).filter((k) => keep(k.split('|')[0]!)), ...generatedKeys];
     }
     const coreKey = (key: string) => isCore(key.split('|')[0]!.replace(/^mixpanel_sync\./, '').replace(/\(.*$/, ''));
