@@ -28,8 +28,11 @@ export function spanDay(span: EventSpan, offset: number): string {
   return isoDay(span.firstDayMs + offset * dayMs);
 }
 
-/** A forced-full run at pathClock with the lines staged and parsed once: ready for a path to be called on it. */
-export async function parsedRun(client: Queryable, lines: StagedLine[]): Promise<string> {
+/**
+ * A forced-full run at pathClock with the lines staged and parsed once: ready for a path to be called on it.
+ * events: the run's selection of event names (begin_run events => …); absent: every event (events.only is []).
+ */
+export async function parsedRun(client: Queryable, lines: StagedLine[], events?: readonly string[]): Promise<string> {
   // One events run at a time (begin_run refuses another with MP002): the path-level runs staged before are set
   // aside (failed, their parsed rows kept for the paths still to be called on them).
   await client.query(
@@ -37,7 +40,7 @@ export async function parsedRun(client: Queryable, lines: StagedLine[]): Promise
      where source = 'events' and status = 'running' and fetch_to = $1`,
     [pathClock],
   );
-  const run = await beginRun(client, { source: 'events', clock: pathClock, forceFull: true });
+  const run = await beginRun(client, { source: 'events', clock: pathClock, forceFull: true, ...(events ? { events } : {}) });
   await stageLines(
     client,
     'events',
