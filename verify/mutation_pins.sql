@@ -16,6 +16,12 @@
 --      identity.mode = simplified, a device's anonymous event and the sign-up under the user's own id resolve 1, not
 --      the sign-up too (its id is in the map as its own canonical id).
 --      Mutant: apply_identity with `l.canonical <> l.alias` dropped (ids mapped to themselves counted as resolved).
+--   5. is_terminated_early_marker: the Export API's "terminated early" line is a marker only when shorter than 64
+--      characters (63: a marker, 64: not), and a short line that does not say so is not one.
+--      Mutants: `length(line) <= 64`; `or` for the `and`.
+--   6. legacy_event_key, the key of ledger rows written before the injective event_key: known answers (md5 computed
+--      outside PostgreSQL) with a $insert_id and without one.
+--      Mutant: legacy_event_key with its coalesce swapped (the content hash even when there is a $insert_id).
 -- Run on a migrated database: psql -v ON_ERROR_STOP=1 -f verify/mutation_pins.sql   (it rolls back)
 -- It needs no events or profiles run running (begin_run refuses a second one) and holds finish_run's lock and the events
 -- watermark row until it rolls back. Its data: distinct_ids 'verify:pin-…' and '$device:verify:pin-…', day 2000-03-01,
@@ -83,6 +89,20 @@ begin
   perform pg_temp.same('the old failed run still keeps (status, error)', '(failed,verify: an old failed run)',
     (select format('(%s,%s)', r.status, r.error) from mixpanel_sync.sync_runs r where r.id = run.id));
 
+  -- 5. The terminated-early marker's length bound: 'terminated' + 48 or 49 spaces + 'early' is 63 or 64 characters.
+  perform pg_temp.same('a 63-character terminated-early line is a marker', true,
+    mixpanel_sync.is_terminated_early_marker('terminated' || repeat(' ', 48) || 'early'));
+  perform pg_temp.same('a 64-character terminated-early line is not', false,
+    mixpanel_sync.is_terminated_early_marker('terminated' || repeat(' ', 49) || 'early'));
+  perform pg_temp.same('a short line that is not the marker is not', false, mixpanel_sync.is_terminated_early_marker('{"event": 1}'));
+
+  -- 6. legacy_event_key's known answers: md5('Sign Up' 0x1f '946684800' 0x1f 'pin-legacy') and, without a $insert_id,
+  --    md5('Sign Up' 0x1f '946684800' 0x1f '#' || md5('{"a": 1}')), as Python's hashlib computes them.
+  perform pg_temp.same('legacy_event_key with a $insert_id', '268ec680-b0eb-871d-941a-7f2529ba598f'::uuid,
+    mixpanel_sync.legacy_event_key('Sign Up', 946684800, 'pin-legacy', '{"a": 1}'));
+  perform pg_temp.same('legacy_event_key without a $insert_id', 'e932f1c6-21b5-a960-6a4a-8786aa5d16ec'::uuid,
+    mixpanel_sync.legacy_event_key('Sign Up', 946684800, '', '{"a": 1}'));
+
   -- 4. events_resolved: the device's event is rewritten to the user; the user's own event is not.
   update mixpanel_sync.sync_settings s set value = 'simplified' where s.key = 'identity.mode';
   run := mixpanel_sync.begin_run('events', true, clock => '2000-03-02 12:00:00+00');
@@ -101,7 +121,7 @@ begin
   perform mixpanel_sync_verify.verify_assert_same('mutation_pins', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
     others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}');
 
-  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); rows of others untouched';
+  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); terminated-early marker: 63 characters yes, 64 no; legacy_event_key = its known answers; rows of others untouched';
 end;
 $$;
 

@@ -90,7 +90,7 @@ export const proofMap: Record<string, string[]> = {
   reattribute_identities: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],
   reattribute_identities_loop: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],
   reattribute_all: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts'],
-  is_terminated_early_marker: ['verify/finish_run_end_to_end.sql', 'verify/parse_independent.sql'],
+  is_terminated_early_marker: ['verify/mutation_pins.sql', 'verify/finish_run_end_to_end.sql', 'verify/parse_independent.sql'],
   drop_staged_rows: ['verify/run_lifecycle_pinned.sql', 'property-tests/failed-run.test.ts', 'scripts/sql/safety-records.test.ts'],
   horizon_day: [...endToEnd, ...add],
   upsert_subscribers_incremental: replace,
@@ -107,7 +107,7 @@ export const proofMap: Record<string, string[]> = {
   refresh_subscriber_loop: ['verify/finish_run_end_to_end.sql', ...replace, 'property-tests/subscribers-definition.test.ts'],
   event_second: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql'],
   event_key: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql', 'property-tests/add-algebra.test.ts'],
-  legacy_event_key: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql'],
+  legacy_event_key: ['verify/mutation_pins.sql', 'verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql'],
   upsert_subscriber_properties: profiles,
   finish_profiles_run: [...profiles, 'scripts/sql/safety-records.test.ts'],
 };

@@ -194,6 +194,8 @@ async function main(argv: string[]): Promise<number> {
       exhaustive: { type: 'boolean', default: false },
       // keep the last run's results of the functions not run now (MUTATION.md then covers both, each measured on its own commit)
       merge: { type: 'boolean', default: false },
+      // take the killed and invalid mutants of a stopped run (its .partial.jsonl) instead of running them again
+      resume: { type: 'boolean', default: false },
       list: { type: 'boolean', default: false },
       only: { type: 'string' },
       workers: { type: 'string', default: String(Math.max(1, Math.min(2, os.availableParallelism()))) },
@@ -311,16 +313,30 @@ async function main(argv: string[]): Promise<number> {
     const usable = proofs.filter((p) => !broken.includes(p.name));
 
     await mkdir(path.dirname(values.saved), { recursive: true });
-    await rm(`${values.saved}.partial.jsonl`, { force: true });
+    // --resume: a stopped run's killed and invalid mutants (same key, same commit) are taken as they were; survivors run
+    // again (proofs may have been added since)
+    const partial = `${values.saved}.partial.jsonl`;
+    const earlier = new Map<string, MutantResult>();
+    if (values.resume) {
+      const text = await readFile(partial, 'utf8').catch(() => '');
+      for (const row of text.split('\n').filter(Boolean)) {
+        const r = JSON.parse(row) as MutantResult;
+        if (r.status !== 'survived' && r.measuredOn === measured) earlier.set(r.mutant.key, r);
+      }
+      console.log(`mutate: --resume: ${earlier.size} killed or invalid mutants taken from ${path.relative(repoRoot, partial)}`);
+    }
+    await writeFile(partial, [...earlier.values()].map((r) => `${JSON.stringify(r)}\n`).join(''));
     const line = (r: MutantResult) =>
       `${r.status.padEnd(8)} ${r.mutant.fn} [${r.mutant.operator}] line ${r.mutant.line}: ${r.mutant.original} -> ${r.mutant.replacement}` +
       `${r.killedBy ? ` (by ${r.killedBy})` : ''} ${r.ms} ms`;
     let done = 0;
     const fresh = await pool(chosen, Number(values.workers), async (mutant, index): Promise<MutantResult> => {
+      const taken = earlier.get(mutant.key);
+      if (taken) return { ...taken, mutant };
       const result = await runMutant(mutant, index);
       console.log(`[${++done}/${chosen.length}] ${line(result)}`);
       // progress on disk as it comes (one JSON line per mutant): a run stopped half-way still shows what it measured
-      await appendFile(`${values.saved}.partial.jsonl`, `${JSON.stringify({ ...result, mutant: { ...result.mutant, sql: '' } })}\n`);
+      await appendFile(partial, `${JSON.stringify({ ...result, mutant: { ...result.mutant, sql: '' } })}\n`);
       return result;
     });
     async function runMutant(mutant: Mutant, index: number): Promise<MutantResult> {
