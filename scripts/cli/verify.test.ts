@@ -70,6 +70,7 @@ describe('verify scripts', () => {
         'replace_then_adds_equal_replace.sql',
         'add_idempotent_order_independent.sql',
         'finish_run_end_to_end.sql',
+        'raw_events_match_daily.sql',
       ]),
     );
   });
