@@ -1,7 +1,8 @@
 // Issue 9, "Done when": the hostile corpus (scripts/fixtures/hostile-corpus.ts, over 60 event kinds and 20 profile
 // kinds) fed through the real CLI (`npm run sync:events -- --file … --json`, `npm run sync:profiles -- …`) ends with
 // every good record applied, every bad one in sync_rejects with a reason naming its problem and the 1-based input
-// line, no run failed by one record, and received = applied + duplicates + too_old + rejected for every run.
+// line, no run failed by one record, and received = applied + duplicates + too_old + rejected + no_user for every run
+// (events without a distinct_id are valid and counted no_user, not rejected: run_events.skip_reason).
 //
 // Seen failing without the protections: on the pre-session main (ff2b5c3, scratch worktree) both tests fail. Events:
 // "input line 172 is over 67290956 bytes, longer than the 67108864-byte limit" (exit 1, the whole run failed; before
@@ -54,6 +55,12 @@ async function rejectsOf(runId: unknown): Promise<Map<number, string>> {
   return map;
 }
 
+/** sync_runs.no_user of a run (valid events without a distinct_id: received = applied + duplicates + too_old + rejected + no_user). */
+async function noUserOf(runId: unknown): Promise<number> {
+  const { rows } = await db.pool.query<{ no_user: string | null }>('select no_user from mixpanel_sync.sync_runs where id = $1', [runId]);
+  return Number(rows[0]!.no_user);
+}
+
 /** Every expected reject that is missing, on another line, or has a reason that names another problem. */
 function rejectMismatches<O extends { outcome: string; reason?: RegExp }>(
   records: PlacedRecord<O>[],
@@ -96,12 +103,14 @@ describe('hostile events corpus through npm run sync:events', () => {
       duplicates: summary!.duplicates,
       too_old: summary!.too_old,
       rejected: summary!.rejected,
+      no_user: await noUserOf(summary!.run_id),
     }).toEqual({
       received: placed.length - count('not_received'),
       applied: count('applied'),
       duplicates: count('duplicate'),
       too_old: count('too_old'),
       rejected: count('rejected'),
+      no_user: count('no_user'),
     });
 
     expect(rejectMismatches(placed, await rejectsOf(summary!.run_id))).toEqual([]);
@@ -135,7 +144,13 @@ describe('hostile events corpus through npm run sync:events', () => {
     expect(again.code, describeRun(again)).toBe(0);
     const second = summaryOf(again)!;
     expect(second).toMatchObject({ status: 'succeeded', applied: 0, rejected: count('rejected') });
-    expect(second.received).toBe(Number(second.applied) + Number(second.duplicates) + Number(second.too_old) + Number(second.rejected));
+    expect(second.received).toBe(
+      Number(second.applied) +
+        Number(second.duplicates) +
+        Number(second.too_old) +
+        Number(second.rejected) +
+        (await noUserOf(second.run_id)),
+    );
   }, 600_000);
 });
 
