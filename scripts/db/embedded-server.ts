@@ -88,8 +88,9 @@ export async function startEmbeddedPostgres(options: EmbeddedPostgresOptions = {
     createPostgresUser: isRoot(),
     initdbFlags: ['--auth=trust', '--encoding=UTF8', '--locale=C', '--no-sync', '--no-instructions'],
     postgresFlags: ['-k', dataDir, ...Object.entries(settings).flatMap(([name, value]) => ['-c', `${name}=${value}`])],
-    onLog: (message: string) => log.push(message),
-    onError: (error: unknown) => log.push(String(error)),
+    // kept until the server is up (for the error message); the server's later output is dropped
+    onLog: (message: string) => void (server || log.push(message)),
+    onError: (error: unknown) => void (server || log.push(String(error))),
   };
   const logTail = (): string => log.join('').split('\n').filter(Boolean).slice(-15).join('\n');
 
