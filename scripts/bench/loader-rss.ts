@@ -95,14 +95,17 @@ export async function loaderRss(server: BenchServer, scale: Scale, quick: boolea
   const isMillion = large.lines >= 1_000_000;
   const largeProfile = medianProfile(large.profiles);
   const largeMs = median(large.durationMs);
+  const memoryWhy = `the floors it sits on: ${base.map((b) => `${b.what} ${mib(median(b.kib))}`).join(', ')}; the loader's runs peak at ${mib(median(small.peakKiB))} for ${small.lines.toLocaleString('en-US')} lines and ${mib(median(large.peakKiB))} for ${large.lines.toLocaleString('en-US')}.`;
   return {
     ...(largeProfile
       ? {
           why: {
+            loader_peak_rss_mib: memoryWhy,
+            loader_rss_growth: memoryWhy,
             full_sync_1m_events_per_s: `the ${large.lines.toLocaleString('en-US')}-line first full sync runs ${seconds(largeMs)}: ${profileText(largeProfile)}. The COPY stage (its wall time, with whatever parse overlapped it) runs at ${Math.round(large.lines / (largeProfile.copyMs / 1000)).toLocaleString('en-US')} lines/s; the parse takes ${seconds(largeProfile.parseMs + largeProfile.parseDuringCopyMs)} of database time in all (${Math.round(large.lines / ((largeProfile.parseMs + largeProfile.parseDuringCopyMs) / 1000)).toLocaleString('en-US')} lines/s), the apply ${seconds(largeProfile.applyMs)} (${Math.round(large.lines / (largeProfile.applyMs / 1000)).toLocaleString('en-US')} lines/s). On 2 cores the run cannot beat its slowest step, nor the sum of what cannot overlap: COPY stage + finish_run = ${seconds(largeProfile.copyMs + largeProfile.finishMs)}.`,
           },
         }
-      : {}),
+      : { why: { loader_peak_rss_mib: memoryWhy, loader_rss_growth: memoryWhy } }),
     figures: {
       loader_peak_rss_mib: peak / 1024,
       loader_rss_growth: ratio(median(large.peakKiB), median(small.peakKiB)),

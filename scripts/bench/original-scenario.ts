@@ -287,6 +287,11 @@ function report(data: ScenarioData, scale: Scale, measured: Measured): SuiteResu
     full_sync_vs_copy: `${steadyWhy} The floor: ${floorText}.`,
     full_sync_events_per_s: `the floor: ${floorText}, so ≥ 100,000 events/s would need the whole sync to take ${((data.fullLines / 100_000) * 1000 / copy).toFixed(2)}× that COPY. ${steadyWhy}`,
     storage_bytes_per_event: `per event and table (the first of the ${measured.fresh.length} databases): ${measured.fresh[0] ? storageText(measured.fresh[0]) : '?'}.`,
+    ...(resynced
+      ? {
+          resync_bloat_ratio: `per event and table after ${scale.resyncs} more full syncs: ${storageText(resynced.storage)}; fresh: ${storageText(resynced.fresh)}.`,
+        }
+      : {}),
     first_full_sync_vs_copy: profiles.first
       ? `our first full sync into an empty database takes ${seconds(first)} against ${seconds(firstCopy)} for a bare COPY into the same database: ${profileText(profiles.first)}; apply inserts every event into the ledger (the retention's days) and events_daily and builds subscribers.`
       : `our first full sync takes ${seconds(first)} against ${seconds(firstCopy)} for a bare COPY (no step profile: function statistics off).`,
