@@ -22,6 +22,11 @@
 --   6. legacy_event_key, the key of ledger rows written before the injective event_key: known answers (md5 computed
 --      outside PostgreSQL) with a $insert_id and without one.
 --      Mutant: legacy_event_key with its coalesce swapped (the content hash even when there is a $insert_id).
+--   7. drop_staged_rows gives the staging space back (TRUNCATE, a new empty file) when no other run of the SAME source is
+--      running, even while a run of another source is: an events run failed while a profiles run runs leaves
+--      staged_events at 0 bytes (a DELETE would leave its pages).
+--      Mutant: drop_staged_rows with `r.source = run_source` dropped from its "alone" test (any running run of any
+--      source made it DELETE).
 -- Run on a migrated database: psql -v ON_ERROR_STOP=1 -f verify/mutation_pins.sql   (it rolls back)
 -- It needs no events or profiles run running (begin_run refuses a second one) and holds finish_run's lock and the events
 -- watermark row until it rolls back. Its data: distinct_ids 'verify:pin-…' and '$device:verify:pin-…', day 2000-03-01,
@@ -103,6 +108,18 @@ begin
   perform pg_temp.same('legacy_event_key without a $insert_id', 'e932f1c6-21b5-a960-6a4a-8786aa5d16ec'::uuid,
     mixpanel_sync.legacy_event_key('Sign Up', 946684800, '', '{"a": 1}'));
 
+  -- 7. Staging space given back while a run of the other source is running.
+  run := mixpanel_sync.begin_run('events', true, clock => '2000-03-01 12:06:00+00');
+  profiles := mixpanel_sync.begin_run('profiles', clock => '2000-03-01 12:06:00+00');
+  perform mixpanel_sync.stage_events(run.id, jsonb_build_array(
+    jsonb_build_object('event', 'App Open', 'properties', jsonb_build_object('distinct_id', 'verify:pin-s1',
+      'time', extract(epoch from timestamptz '2000-03-01 10:00:00+00')::bigint, '$insert_id', 'pin-s1'))));
+  perform pg_temp.same('staged_events holds pages before the drop', true, pg_catalog.pg_relation_size('mixpanel_sync.staged_events') > 0);
+  perform mixpanel_sync.fail_run(run.id, 'verify: staged rows dropped while a profiles run runs');
+  perform pg_temp.same('staged_events bytes after fail_run (truncated, not deleted)', 0::bigint,
+    pg_catalog.pg_relation_size('mixpanel_sync.staged_events'));
+  perform mixpanel_sync.fail_run(profiles.id, 'verify: done');
+
   -- 4. events_resolved: the device's event is rewritten to the user; the user's own event is not.
   update mixpanel_sync.sync_settings s set value = 'simplified' where s.key = 'identity.mode';
   run := mixpanel_sync.begin_run('events', true, clock => '2000-03-02 12:00:00+00');
@@ -121,7 +138,7 @@ begin
   perform mixpanel_sync_verify.verify_assert_same('mutation_pins', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
     others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}');
 
-  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); terminated-early marker: 63 characters yes, 64 no; legacy_event_key = its known answers; rows of others untouched';
+  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); terminated-early marker: 63 characters yes, 64 no; legacy_event_key = its known answers; staged_events truncated by fail_run while a profiles run runs; rows of others untouched';
 end;
 $$;
 
