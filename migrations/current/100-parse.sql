@@ -265,3 +265,23 @@ begin
 end;
 $function$;
 comment on function mixpanel_sync.parse_staged_events(run_id bigint, OUT received bigint, OUT rejected bigint) is 'Parses every staged line of a run that is not parsed yet (parse_staged_lines: the lines after the last parsed one, then, should any other remain, all of them) and returns the run''s totals: lines received and rejected (skipped events, run_events.skip_reason, are not rejects). finish_run calls it, so lines a loader did not parse chunk by chunk (or a psql user''s stage_events) are parsed there.';
+
+-- event_key: the same key, bit for bit, computed without building a jsonb value (the parse calls it once per line).
+CREATE OR REPLACE FUNCTION mixpanel_sync.event_key(event_name text, second bigint, insert_id text, content jsonb)
+ RETURNS uuid
+ LANGUAGE plpgsql
+ IMMUTABLE PARALLEL SAFE
+ SET search_path TO ''
+AS $function$
+begin
+  -- The text of the JSON array [event_name, second, insert_id] (or [event_name, second, null, "<content md5>"])
+  -- written out directly: the bytes jsonb_build_array(...)::text gives (to_json escapes a string as jsonb's output
+  -- does, ", " between elements, a bigint as its digits, null as null), without building a jsonb value first.
+  -- Keys already in the ledger stay valid: scripts/sql/event-key-text.test.ts compares both formulas.
+  return md5('[' || coalesce(pg_catalog.to_json(event_name)::text, 'null') || ', ' || coalesce(second::text, 'null') || ', ' ||
+    case
+      when insert_id <> '' then pg_catalog.to_json(insert_id)::text
+      else 'null, ' || coalesce('"' || md5((content #- '{properties,distinct_id}')::text) || '"', 'null')
+    end || ']')::uuid;
+end;
+$function$;
