@@ -5,9 +5,8 @@
 //   2. after any sequence of runs (full and incremental, set and loop, project timezones), events_daily ≡ count(*) of
 //      raw_events grouped by (user, day, name), users only, on the days the raw table keeps.
 // (Loop ≡ set with raw on: loop-equals-set.test.ts draws events.store_raw too.)
-// Seen failing: (1) with the set REPLACE's `order by …, e.line_id` of `wanted` dropped (a later line's properties kept
-// for a re-sent event); (2) with `where k.distinct_id <> ''` dropped from the REPLACE target (no_user events counted
-// in events_daily under '').
+// Seen failing: (2) with `where k.distinct_id <> ''` dropped from the set REPLACE's target (no_user events counted in
+// events_daily under '').
 import fc from 'fast-check';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { dayMs, eventSecond, type StagedLine } from './arbitraries.ts';

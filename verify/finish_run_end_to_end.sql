@@ -2,7 +2,7 @@
 -- Proves, through the whole run API (begin_run, stage_events, finish_run): a full run then an incremental run that
 -- re-reads part of it leave events_daily, event_ledger, subscribers, the runs' counters, the watermark and the
 -- rejects identical whether events.upsert_path is 'set' or 'loop'; and for each run: mode as expected,
--- received = applied + duplicates + too_old + rejected, every rejected line in sync_rejects with a reason,
+-- received = applied + duplicates + too_old + rejected + no_user + not_selected, every rejected line in sync_rejects with a reason,
 -- watermark never past the run's fetch_to; rejected = exactly the lines the script's own rule rejects;
 -- subscribers equal their definition recomputed from events_daily.
 -- Rows of others in the event tables are untouched. Run ids, line numbers and timings differ between the two
@@ -87,9 +87,11 @@ begin
       raise exception 'verify/finish_run_end_to_end: % run: status %, mode %', run.mode, run.r ->> 'status', run.r ->> 'mode';
     end if;
     if (run.r ->> 'received')::bigint <> (run.r ->> 'applied')::bigint + (run.r ->> 'duplicates')::bigint
-        + (run.r ->> 'too_old')::bigint + (run.r ->> 'rejected')::bigint then
-      raise exception 'verify/finish_run_end_to_end: % run: received % <> applied % + duplicates % + too_old % + rejected %', run.mode,
-        run.r -> 'received', run.r -> 'applied', run.r -> 'duplicates', run.r -> 'too_old', run.r -> 'rejected';
+        + (run.r ->> 'too_old')::bigint + (run.r ->> 'rejected')::bigint
+        + (run.r ->> 'no_user')::bigint + (run.r ->> 'not_selected')::bigint then
+      raise exception 'verify/finish_run_end_to_end: % run: received % <> applied % + duplicates % + too_old % + rejected % + no_user % + not_selected %', run.mode,
+        run.r -> 'received', run.r -> 'applied', run.r -> 'duplicates', run.r -> 'too_old', run.r -> 'rejected',
+        run.r -> 'no_user', run.r -> 'not_selected';
     end if;
     if (run.r ->> 'rejected')::bigint <> (select coalesce(sum(value::bigint), 0) from jsonb_each_text(by_loop -> 'sync_rejects')
         where (key::jsonb ->> 0) = run.mode and (key::jsonb ->> 1) <> '') then
@@ -117,7 +119,7 @@ begin
   perform mixpanel_sync_verify.verify_assert_same('finish_run_end_to_end', 'fingerprints of the event rows this script did not create, before (expected) and after (actual)',
     others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}');
 
-  raise notice 'PASS verify/finish_run_end_to_end: a full then an incremental run through begin_run/stage_events/finish_run leave identical events_daily (% rows), event_ledger, subscribers (% rows, = their definition over events_daily), run counters, watermark and rejects with upsert_path set and loop; received = applied + duplicates + too_old + rejected (full %, incremental %); watermark within fetch_to; rows of others untouched',
+  raise notice 'PASS verify/finish_run_end_to_end: a full then an incremental run through begin_run/stage_events/finish_run leave identical events_daily (% rows), event_ledger, subscribers (% rows, = their definition over events_daily), run counters, watermark and rejects with upsert_path set and loop; received = applied + duplicates + too_old + rejected + no_user + not_selected (full %, incremental %); watermark within fetch_to; rows of others untouched',
     (select count(*) from jsonb_object_keys(by_set -> 'events_daily')), (select count(*) from jsonb_object_keys(by_set -> 'subscribers')),
     by_set #>> '{sync_runs,full,received}', by_set #>> '{sync_runs,incremental,received}';
 end;

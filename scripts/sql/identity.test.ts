@@ -186,7 +186,7 @@ describe('profiles and the raw events table', () => {
   });
 
   // The ledger is the raw table (200-ledger.sql): raw rows move with the ledger rows. Seen failing with the set path's
-  // `returning r.is_raw` counting every moved row (reattributed_raw_events 3, not 2).
+  // `l.properties is not null as is_raw` replaced by `false` (reattributed_raw_events 0, not 2).
   it('raw events (events.store_raw on) move with the ledger; a key held by both ids is kept once', async () => {
     await db.pool.query(`update mixpanel_sync.sync_settings set value = 'on' where key = 'events.store_raw'`);
     await setIdentityMode(db.pool, 'simplified');

@@ -55,7 +55,14 @@ describe('events', () => {
     const done = await finishRun(db.pool, run.id);
     expect(done.status).toBe('succeeded');
     expect([done.received, done.applied, done.rejected]).toEqual(['6', '3', '3']);
-    expect(Number(done.received)).toBe(Number(done.applied) + Number(done.duplicates) + Number(done.too_old) + Number(done.rejected));
+    expect(Number(done.received)).toBe(
+      Number(done.applied) +
+        Number(done.duplicates) +
+        Number(done.too_old) +
+        Number(done.rejected) +
+        Number(done.no_user) +
+        Number(done.not_selected),
+    );
     expect(done.options.framing).toEqual({ blank_lines: 3, bom_stripped: 1 });
     const found = await rejects(done.id);
     expect(found.map((r) => [r.line_no, r.reason])).toEqual([
