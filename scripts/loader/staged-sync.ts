@@ -41,7 +41,7 @@ export const HEARTBEAT_INTERVAL_MS = 30_000;
  * next chunk streams. Small enough that the last chunk (parsed by finish_run, not overlapped) is short, large enough
  * that a chunk's fixed costs (a commit, a parse call) stay negligible.
  */
-export const COPY_CHUNK_BYTES = 8 * 1024 * 1024;
+export const COPY_CHUNK_BYTES = 4 * 1024 * 1024;
 
 export interface StagedSyncOptions<S = RunSummary> {
   pool: pg.Pool;
