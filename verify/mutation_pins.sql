@@ -27,6 +27,12 @@
 --      staged_events at 0 bytes (a DELETE would leave its pages).
 --      Mutant: drop_staged_rows with `r.source = run_source` dropped from its "alone" test (any running run of any
 --      source made it DELETE).
+--   8. finish_profiles_run's last resort (a line that fails even the careful path is read on its own and rejected with
+--      its error; the other lines are stored): the run's own row is given a time zone PostgreSQL does not know, so the
+--      one profile with a date without an offset fails both set-based paths; it alone is rejected ('could not be
+--      read: …'), the two others are inserted.
+--      Mutants: finish_profiles_run reading or marking every line of the run instead of the one in hand (`or` for the
+--      `and`, or `p.line_id = line.line_id` / `s.line_id = line.line_id` dropped): every line rejected.
 -- Run on a migrated database: psql -v ON_ERROR_STOP=1 -f verify/mutation_pins.sql   (it rolls back)
 -- It needs no events or profiles run running (begin_run refuses a second one) and holds finish_run's lock and the events
 -- watermark row until it rolls back. Its data: distinct_ids 'verify:pin-…' and '$device:verify:pin-…', day 2000-03-01,
@@ -120,6 +126,22 @@ begin
     pg_catalog.pg_relation_size('mixpanel_sync.staged_events'));
   perform mixpanel_sync.fail_run(profiles.id, 'verify: done');
 
+  -- 8. The last-resort path of finish_profiles_run, reached through a time zone no line can be read in.
+  profiles := mixpanel_sync.begin_run('profiles', clock => '2000-03-01 12:07:00+00');
+  update mixpanel_sync.sync_runs r set project_timezone = 'Verify/No_Such_Zone' where r.id = profiles.id;
+  insert into mixpanel_sync.staged_profiles (run_id, line_no, line) values
+    (profiles.id, 1, '{"$distinct_id": "verify:pin-p1", "$properties": {"$name": "One"}}'),
+    (profiles.id, 2, '{"$distinct_id": "verify:pin-p2", "$properties": {"$name": "Two", "$created": "2000-01-01T10:00:00"}}'),
+    (profiles.id, 3, '{"$distinct_id": "verify:pin-p3", "$properties": {"$name": "Three", "$created": "2000-01-01T10:00:00Z"}}');
+  profiles := mixpanel_sync.finish_run(profiles.id);
+  perform pg_temp.same('profiles run with an unknown zone (status, received, rejected, inserted)', '(succeeded,3,1,2)',
+    format('(%s,%s,%s,%s)', profiles.status, profiles.received, profiles.rejected, profiles.inserted));
+  perform pg_temp.same('the one reject: line 2, could not be read', '2: could not be read',
+    (select string_agg(j.line_no || ': ' || left(j.reason, 17), ', ') from mixpanel_sync.sync_rejects j where j.run_id = profiles.id));
+  perform pg_temp.same('profiles stored', 'verify:pin-p1,verify:pin-p3',
+    (select string_agg(p.distinct_id, ',' order by p.distinct_id) from mixpanel_sync.subscriber_properties p
+     where p.distinct_id like 'verify:pin-p%'));
+
   -- 4. events_resolved: the device's event is rewritten to the user; the user's own event is not.
   update mixpanel_sync.sync_settings s set value = 'simplified' where s.key = 'identity.mode';
   run := mixpanel_sync.begin_run('events', true, clock => '2000-03-02 12:00:00+00');
@@ -138,7 +160,7 @@ begin
   perform mixpanel_sync_verify.verify_assert_same('mutation_pins', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
     others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}');
 
-  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); terminated-early marker: 63 characters yes, 64 no; legacy_event_key = its known answers; staged_events truncated by fail_run while a profiles run runs; rows of others untouched';
+  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); terminated-early marker: 63 characters yes, 64 no; legacy_event_key = its known answers; staged_events truncated by fail_run while a profiles run runs; a profile unreadable by both set paths rejected alone by the last resort; rows of others untouched';
 end;
 $$;
 
