@@ -2,7 +2,7 @@
 // overlap re-read) through the loader, on top of a small history and of a large one.
 import { syncEvents } from '../loader/events-sync.ts';
 import type { Scale } from './bench-options.ts';
-import type { BenchServer } from './bench-server.ts';
+import type { BenchDatabase, BenchServer } from './bench-server.ts';
 import type { SuiteResult } from './figures.ts';
 import { buildHistory, EVENTS_PER_USER, historyLines, newEventLines, type ExportLine, type HistoryShape } from './history-builder.ts';
 import { benchFile, SAMPLE_END, writeLines } from './sample-data.ts';
@@ -30,53 +30,21 @@ interface HistoryFigures {
   mismatches: string[];
 }
 
-async function measureHistory(server: BenchServer, users: number, repeats: number): Promise<HistoryFigures> {
+/** A built history and the state of its run sequence. */
+interface History extends HistoryFigures {
+  shape: HistoryShape;
+  db: BenchDatabase;
+  earlier: ExportLine[];
+  watermark: number;
+}
+
+async function buildOne(server: BenchServer, users: number): Promise<History> {
   const shape: HistoryShape = { users, end: SAMPLE_END };
   const db = await server.freshDatabase();
   try {
     const build = await timed(() => buildHistory(db.pool, shape, (message) => log(`${users} users: ${message}`)));
     log(`incremental: history of ${users} users built in ${seconds(build.ms)}`);
     const storage = await eventStorage(db.pool);
-    const earlier: ExportLine[] = [];
-    let watermark = shape.end.getTime();
-    const runMs: number[] = [];
-    const profiles: (StepProfile | null)[] = [];
-    const mismatches: string[] = [];
-    // Runs 0 and 1 warm up (an hourly sync meets a server that has been serving) and move the overlap
-    // past the built history, so every timed run re-reads the same 2 h of earlier runs' events.
-    for (let run = 0; run < WARM_UP_RUNS + repeats; run++) {
-      const clock = new Date(watermark + HOUR_MS);
-      const from = new Date(watermark - OVERLAP_MS);
-      const fresh = await newEventLines(db.pool, shape, NEW_EVENTS, new Date(watermark), clock, run + 1);
-      const overlap = [
-        ...(await historyLines(db.pool, shape, from, new Date(watermark))),
-        ...earlier.filter((e) => e.second * 1000 >= from.getTime() && e.second * 1000 <= watermark),
-      ];
-      const file = await writeLines(
-        await benchFile(`incremental-${users}-${run}.jsonl`),
-        [...overlap, ...fresh].map((e) => e.line),
-      );
-      // timed inside: the profile's wait for the statistics is not the run's time; warm-up runs are not profiled
-      const sync = () => timed(() => syncEvents({ pool: db.pool, input: file, clock }));
-      const {
-        value: { ms, value: summary },
-        profile,
-      } = run < WARM_UP_RUNS ? { value: await sync(), profile: null } : await profiled(db.pool, sync, (t) => t.value.run_id);
-      if (summary.mode !== 'incremental' || summary.applied !== fresh.length || summary.duplicates !== overlap.length) {
-        mismatches.push(
-          `run ${run}: ${summary.mode}, applied ${summary.applied} of ${fresh.length} new, ${summary.duplicates} duplicates of ${overlap.length} re-read`,
-        );
-      }
-      log(
-        `incremental: ${users} users, run ${run}${run < WARM_UP_RUNS ? ' (warm-up)' : ''}: ${seconds(ms)}, ${fresh.length} new + ${overlap.length} overlap`,
-      );
-      if (run >= WARM_UP_RUNS) {
-        runMs.push(ms);
-        profiles.push(profile);
-      }
-      earlier.push(...fresh);
-      watermark = Math.max(...fresh.map((e) => e.second)) * 1000;
-    }
     return {
       users,
       events: users * EVENTS_PER_USER,
@@ -84,21 +52,81 @@ async function measureHistory(server: BenchServer, users: number, repeats: numbe
       sizeBytes: storage.bytes,
       bytesPerEvent: storage.bytesPerEvent,
       storage,
-      runMs,
-      profiles,
-      mismatches,
+      runMs: [],
+      profiles: [],
+      mismatches: [],
+      shape,
+      db,
+      earlier: [],
+      watermark: shape.end.getTime(),
     };
-  } finally {
+  } catch (error) {
     await db.drop();
+    throw error;
   }
+}
+
+/**
+ * Run `run` of a history's sequence. Runs 0 and 1 warm up (an hourly sync meets a server that has been serving) and
+ * move the overlap past the built history, so every timed run re-reads the same 2 h of earlier runs' events.
+ */
+async function runOnce(h: History, run: number): Promise<void> {
+  const { db, shape, users } = h;
+  const clock = new Date(h.watermark + HOUR_MS);
+  const from = new Date(h.watermark - OVERLAP_MS);
+  const fresh = await newEventLines(db.pool, shape, NEW_EVENTS, new Date(h.watermark), clock, run + 1);
+  const overlap = [
+    ...(await historyLines(db.pool, shape, from, new Date(h.watermark))),
+    ...h.earlier.filter((e) => e.second * 1000 >= from.getTime() && e.second * 1000 <= h.watermark),
+  ];
+  const file = await writeLines(
+    await benchFile(`incremental-${users}-${run}.jsonl`),
+    [...overlap, ...fresh].map((e) => e.line),
+  );
+  // timed inside: the profile's wait for the statistics is not the run's time; warm-up runs are not profiled
+  const sync = () => timed(() => syncEvents({ pool: db.pool, input: file, clock }));
+  const {
+    value: { ms, value: summary },
+    profile,
+  } = run < WARM_UP_RUNS ? { value: await sync(), profile: null } : await profiled(db.pool, sync, (t) => t.value.run_id);
+  if (summary.mode !== 'incremental' || summary.applied !== fresh.length || summary.duplicates !== overlap.length) {
+    h.mismatches.push(
+      `run ${run}: ${summary.mode}, applied ${summary.applied} of ${fresh.length} new, ${summary.duplicates} duplicates of ${overlap.length} re-read`,
+    );
+  }
+  log(
+    `incremental: ${users} users, run ${run}${run < WARM_UP_RUNS ? ' (warm-up)' : ''}: ${seconds(ms)}, ${fresh.length} new + ${overlap.length} overlap`,
+  );
+  if (run >= WARM_UP_RUNS) {
+    h.runMs.push(ms);
+    h.profiles.push(profile);
+  }
+  h.earlier.push(...fresh);
+  h.watermark = Math.max(...fresh.map((e) => e.second)) * 1000;
 }
 
 /** The ≥ 30M-event history of the scale figures (--scale, or a full run). */
 const SCALE_EVENTS = 30_000_000;
 
 export async function incrementalHistory(server: BenchServer, scale: Scale, quick: boolean): Promise<SuiteResult> {
-  const small = await measureHistory(server, scale.historyUsers.small, scale.repeats);
-  const big = await measureHistory(server, scale.historyUsers.big, scale.repeats);
+  // Both histories are built first, then their runs alternate (small first on even runs, big first on odd ones), so
+  // that the ratio compares runs made side by side on a shared machine.
+  const small = await buildOne(server, scale.historyUsers.small);
+  let big: History;
+  try {
+    big = await buildOne(server, scale.historyUsers.big);
+  } catch (error) {
+    await small.db.drop();
+    throw error;
+  }
+  try {
+    for (let run = 0; run < WARM_UP_RUNS + scale.repeats; run++) {
+      for (const h of run % 2 === 0 ? [small, big] : [big, small]) await runOnce(h, run);
+    }
+  } finally {
+    await small.db.drop();
+    await big.db.drop();
+  }
   const smallMs = median(small.runMs);
   const bigMs = median(big.runMs);
   const growth = ratio(bigMs, smallMs);
@@ -140,7 +168,7 @@ export async function incrementalHistory(server: BenchServer, scale: Scale, quic
       method: [
         `History built with set-based SQL (generate_series, scripts/bench/history.sql) straight into event_ledger, events_daily and subscribers, indexes re-created after, VACUUM ANALYZE: each user has ${EVENTS_PER_USER} events on distinct days of the 45-day window with distinct names, so events_daily holds one row per event. The ledger holds what finish_run leaves in it: the events of the days from the ledger horizon on (events.ledger_retention, 7 days by default; day partitions created by mixpanel_sync.ensure_ledger_partitions when the ledger is partitioned).`,
         `Each run: ${NEW_EVENTS.toLocaleString('en-US')} new events for random existing users over the hour after the watermark, plus every event of the last 2 h re-read (exact duplicates of the ledger's), through \`syncEvents\` from a JSONL file, timed end to end.`,
-        `Runs are an hour apart; two warm-up runs (so the overlap re-read lies past the built history, the same 5,000 events in both), then ${scale.repeats} timed runs; medians.`,
+        `Runs are an hour apart; two warm-up runs (so the overlap re-read lies past the built history, the same 5,000 events in both), then ${scale.repeats} timed runs; medians. Both histories are built first, then their runs alternate (the small history's run first, then the big one's, then the other way round), so the growth compares runs made side by side.`,
         'Step profile of each timed run (scripts/bench/run-profile.ts): COPY = sync_runs.stage_ms (begin_run to finish_run); parse, identity, apply (REPLACE/ADD, refresh of subscribers included), count (the subscriber count recorded for sync_health, by a trigger on the closing UPDATE, after apply_ms is taken) = the time PostgreSQL spent in those functions during the run (pg_stat_user_functions, track_functions = all); rest = the rest of finish_run (sync_runs.apply_ms): the terminated-early probe, ledger prune, watermark, lateness, staging cleanup. Medians per step.',
         'Storage: pg_total_relation_size (heap, TOAST, indexes) of event_ledger, events_daily, subscribers and all their partitions, right after the build, ÷ the events counted (storage.ts). scale_storage_bytes_per_event and scale_incremental_ms come from the ≥ 30M-event history (`--scale`, or a full run).',
         quick && big.events < SCALE_EVENTS

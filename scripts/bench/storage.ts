@@ -24,8 +24,9 @@ export async function eventStorage(db: Queryable, tables: readonly string[] = EV
     `select t.name as table,
        (select coalesce(sum(pg_catalog.pg_total_relation_size(x.rel)), 0)
         from unnest(coalesce((select array_agg(p.relid) from pg_catalog.pg_partition_tree(g.r) p), array[g.r])) x (rel))::bigint as bytes,
+       -- leaves only: an analysed partitioned parent has reltuples of its own (the sum of its partitions')
        (select coalesce(sum(greatest(c.reltuples, 0)), 0)
-        from unnest(coalesce((select array_agg(p.relid) from pg_catalog.pg_partition_tree(g.r) p), array[g.r])) x (rel)
+        from unnest(coalesce((select array_agg(p.relid) from pg_catalog.pg_partition_tree(g.r) p where p.isleaf), array[g.r])) x (rel)
         join pg_catalog.pg_class c on c.oid = x.rel)::bigint as rows
      from unnest($1::text[]) with ordinality t (name, n)
      cross join lateral (select pg_catalog.to_regclass(t.name) as r) g
