@@ -136,6 +136,9 @@ export async function incrementalHistory(server: BenchServer, scale: Scale, quic
   const bigProfile = medianProfile(big.profiles);
   const scaleKey = big.events >= SCALE_EVENTS;
   const daily = big.storage.tables.find((t) => t.table === 'events_daily');
+  const aggregatesBytes = big.storage.tables
+    .filter((t) => t.table === 'events_daily' || t.table === 'subscribers')
+    .reduce((sum, t) => sum + t.bytes, 0);
   const why = {
     incremental_history_growth:
       smallProfile && bigProfile
@@ -143,7 +146,7 @@ export async function incrementalHistory(server: BenchServer, scale: Scale, quic
         : `the median run takes ${Math.round(bigMs)} ms on ${big.users.toLocaleString('en-US')} users against ${Math.round(smallMs)} ms on ${small.users.toLocaleString('en-US')} (no step profile: function statistics off).`,
     ...(scaleKey
       ? {
-          scale_storage_bytes_per_event: `per event and table: ${storageText(big.storage)}. This history is events_daily's worst case: every event is its own (user, day, name) row${daily ? ` (${Math.round(daily.bytes / Math.max(1, daily.rows))} B a row with its primary key)` : ''}, where the original project's density (the full-sync suite's storage_bytes_per_event) puts ~1.5 events in a row; the ledger holds only the ledger retention's days.`,
+          scale_storage_bytes_per_event: `per event and table: ${storageText(big.storage)}. This history is events_daily's worst case: every event is its own (user, day, name) row${daily ? ` (${Math.round(daily.bytes / Math.max(1, daily.rows))} B a row with its primary key)` : ''}, where the original project's density (the full-sync suite's storage_bytes_per_event) puts ~1.5 events in a row; the ledger holds only the ledger retention's days. The aggregates alone, without any ledger, are ${Math.round(aggregatesBytes / big.storage.events)} B per event here (events_daily + subscribers): the floor of this shape with today's rows; below it only narrower rows (events_daily's first_at/last_at, event names as ids) or fewer rows per event.`,
         }
       : {}),
   };
