@@ -171,6 +171,7 @@ begin
 end;
 $function$;
 comment on function mixpanel_sync.parse_new_staged_events(run_id bigint, only_line_id bigint, after_line_id bigint) is 'Parses the staged lines of a run not parsed yet (only_line_id: just that line; after_line_id: the lines staged after that line_id, taken as not parsed yet) into run_events: the event, its dedup key (event_key; legacy_key while event_ledger_legacy holds rows), reject_reason (null when usable) and skip_reason (''not_selected'' when the run''s selection, sync_runs.options -> ''events'', leaves the name out; else ''no_user'' when properties.distinct_id is absent, null or ""); with setting events.store_raw = ''on'' also the raw columns (properties, insert_id, processing_time_ms) of the rows the raw table may take. Unusable lines also go to sync_rejects with their line number. A line staged with a problem is rejected with it. Time may be seconds or milliseconds (event_second) and is kept to the second, Mixpanel''s dedup grain; with a project_timezone on the run it is read as local time of that zone (Mixpanel projects from before 2023).';
+revoke execute on function mixpanel_sync.parse_new_staged_events(run_id bigint, only_line_id bigint, after_line_id bigint) from public;
 grant execute on function mixpanel_sync.parse_new_staged_events(run_id bigint, only_line_id bigint, after_line_id bigint) to mixpanel_sync_loader;
 
 CREATE FUNCTION mixpanel_sync.parse_staged_lines(run_id bigint, only_new boolean DEFAULT true)
@@ -240,6 +241,7 @@ begin
 end;
 $function$;
 comment on function mixpanel_sync.parse_staged_lines(run_id bigint, only_new boolean) is 'Parses staged lines of a run into run_events (parse_new_staged_events), numbering unnumbered ones first; returns how many it parsed. only_new (the default): the lines staged after the run''s last parsed line, read by an index range, so a loader may call it after every committed COPY chunk (on another connection, while the next chunk streams) at a cost in proportion to the chunk; a bad line makes only its chunk take the slower paths. only_new false: every staged line not parsed yet. Fast path first; on any error a line can cause (line_can_cause: bad JSON, nesting too deep, ...) the careful path, which never raises for one line; and should it raise, line by line, rejecting a line that still raises with the error. Errors that are not a line''s doing raise.';
+revoke execute on function mixpanel_sync.parse_staged_lines(run_id bigint, only_new boolean) from public;
 grant execute on function mixpanel_sync.parse_staged_lines(run_id bigint, only_new boolean) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.parse_staged_events(run_id bigint, OUT received bigint, OUT rejected bigint)
