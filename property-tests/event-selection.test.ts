@@ -91,9 +91,10 @@ describe('event selection: REPLACE restricted to S', () => {
             const selectedRun = await parsedRun(client, e, selection);
             const bySet = await branch(client, async () => {
               await applyReplace(client, selectedRun, from, to);
-              expect(await rowsOutside(client, selection), `rows of names outside ${JSON.stringify(selection)} after REPLACE ${from}..${to}`).toEqual(
-                prior,
-              );
+              expect(
+                await rowsOutside(client, selection),
+                `rows of names outside ${JSON.stringify(selection)} after REPLACE ${from}..${to}`,
+              ).toEqual(prior);
               return tableSnapshot(client, eventTables, ['event_ledger.run_id']);
             });
             const byLoop = await branch(client, async () => {
@@ -110,7 +111,12 @@ describe('event selection: REPLACE restricted to S', () => {
               whole,
               bySet,
             );
-            await assertSameTables(db.pool, `S = ${JSON.stringify(selection)}, W = ${from}..${to}: set path (expected) and _loop (actual)`, bySet, byLoop);
+            await assertSameTables(
+              db.pool,
+              `S = ${JSON.stringify(selection)}, W = ${from}..${to}: set path (expected) and _loop (actual)`,
+              bySet,
+              byLoop,
+            );
             if (otherStored.length > 0 && e.some((line) => inS(line) && inW(line))) exercised++;
           });
         },

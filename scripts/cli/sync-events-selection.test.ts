@@ -34,7 +34,12 @@ const names = ['buy', 'open', 'Sign Up'];
 const lines = Array.from({ length: 30 }, (_, i) =>
   JSON.stringify({
     event: names[i % 3],
-    properties: { distinct_id: `u${i % 5}`, time: now - 3600 - i * 60, $insert_id: `e${i}`, mp_processing_time_ms: (now - 3590 - i * 60) * 1000 },
+    properties: {
+      distinct_id: `u${i % 5}`,
+      time: now - 3600 - i * 60,
+      $insert_id: `e${i}`,
+      mp_processing_time_ms: (now - 3590 - i * 60) * 1000,
+    },
   }),
 );
 
@@ -71,8 +76,8 @@ const storedNames = async () =>
   ).rows;
 
 const lastRunOptions = async () =>
-  (await db.pool.query<{ options: Record<string, unknown> }>('select options from mixpanel_sync.sync_runs order by id desc limit 1')).rows[0]!
-    .options;
+  (await db.pool.query<{ options: Record<string, unknown> }>('select options from mixpanel_sync.sync_runs order by id desc limit 1'))
+    .rows[0]!.options;
 
 describe('npm run sync:events -- --event NAME', () => {
   it('asks the Export API for just those names (its event parameter, a JSON array) and stores only them', async () => {

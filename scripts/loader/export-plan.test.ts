@@ -56,7 +56,7 @@ describe('exportPlan', () => {
     ]);
   });
 
-  it("a run with a selection (options.events, as begin_run recorded it): every request carries it; [] or none: no event", () => {
+  it('a run with a selection (options.events, as begin_run recorded it): every request carries it; [] or none: no event', () => {
     const plan = exportPlan({ ...incremental, options: { events: ['Sign Up', 'buy'] } });
     expect(plan.map((r) => [r.part, r.event])).toEqual([
       ['lookback', ['Sign Up', 'buy']],

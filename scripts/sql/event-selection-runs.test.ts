@@ -76,11 +76,17 @@ describe('runs with a selection', () => {
   });
 
   it('the REPLACE guard weighs only the selected names: other names do not make it refuse, the selected ones still do', async () => {
-    const purchases = Array.from({ length: 200 }, (_, i) => exportEvent(`u${i % 7}`, 'purchase', at('2024-03-08', i), { insertId: `p${i}` }));
-    const logins = Array.from({ length: 120 }, (_, i) => exportEvent(`u${i % 7}`, 'login', at('2024-03-08', 1000 + i), { insertId: `l${i}` }));
+    const purchases = Array.from({ length: 200 }, (_, i) =>
+      exportEvent(`u${i % 7}`, 'purchase', at('2024-03-08', i), { insertId: `p${i}` }),
+    );
+    const logins = Array.from({ length: 120 }, (_, i) =>
+      exportEvent(`u${i % 7}`, 'login', at('2024-03-08', 1000 + i), { insertId: `l${i}` }),
+    );
     await run([...purchases, ...logins]);
     // 3 of 120 logins: shrinks login's stored events below the ratio: refused, naming the selection
-    const refused = await run(logins.slice(0, 3), { forceFull: true, events: ['login'] }).catch((e: unknown) => e as Error & { code?: string });
+    const refused = await run(logins.slice(0, 3), { forceFull: true, events: ['login'] }).catch(
+      (e: unknown) => e as Error & { code?: string },
+    );
     expect(refused).toMatchObject({ code: 'MP001', message: expect.stringContaining('(events of the run\'s selection ["login"])') });
     await db.pool.query("update mixpanel_sync.sync_runs set status = 'failed', finished_at = now() where status = 'running'");
     // a name with few stored events over a day full of others: not refused

@@ -123,7 +123,9 @@ describe('begin_run events', () => {
     ['a null name', ['login', null]],
     ['a name of 256 characters', ['n'.repeat(256)]],
   ])('refuses %s with MP004, starting nothing', async (_what, events) => {
-    const error = await beginRun(db.pool, { source: 'events', events: events as string[] }).catch((e: unknown) => e as Error & { code?: string; hint?: string });
+    const error = await beginRun(db.pool, { source: 'events', events: events as string[] }).catch(
+      (e: unknown) => e as Error & { code?: string; hint?: string },
+    );
     expect(error).toMatchObject({ code: 'MP004', message: expect.stringContaining('non-empty event name of at most 255 characters') });
     expect((error as { hint?: string }).hint).toContain('--event NAME');
     const { rows } = await db.pool.query('select count(*)::int as runs from mixpanel_sync.sync_runs');
