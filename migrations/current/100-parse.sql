@@ -18,11 +18,11 @@ comment on column mixpanel_sync.run_events.processing_time_ms is 'properties.mp_
 alter table mixpanel_sync.staged_events alter column line_id set cache 1;
 comment on column mixpanel_sync.staged_events.line_id is 'Staging order (cache 1: in the order lines are staged, whatever the session). parse_staged_lines takes the lines after the last parsed line_id as the new ones.';
 
--- A third argument (after_line_id): the lines staged after the last parsed one are read by an index range, so a
+-- Arguments up_to_line_id (was only_line_id) and after_line_id: the lines in (after_line_id, up_to_line_id] are read by an index range, so a
 -- loader may parse each committed COPY chunk without rereading the run's earlier lines.
 drop function mixpanel_sync.parse_new_staged_events(bigint, bigint);
 
-CREATE FUNCTION mixpanel_sync.parse_new_staged_events(run_id bigint, only_line_id bigint DEFAULT NULL::bigint,
+CREATE FUNCTION mixpanel_sync.parse_new_staged_events(run_id bigint, up_to_line_id bigint DEFAULT NULL::bigint,
   after_line_id bigint DEFAULT NULL::bigint)
  RETURNS bigint
  LANGUAGE plpgsql
@@ -141,9 +141,9 @@ begin
                     from mixpanel_sync.staged_events s
                     join mixpanel_sync.sync_runs r on r.id = s.run_id
                     where s.run_id = parse_new_staged_events.run_id
-                      -- one index range of the run's lines: just only_line_id, or those after after_line_id
-                      and s.line_id > coalesce(only_line_id - 1, after_line_id, 0)
-                      and s.line_id <= coalesce(only_line_id, 9223372036854775807)
+                      -- one index range of the run's lines: (after_line_id, up_to_line_id]; up_to_line_id alone: that line
+                      and s.line_id > coalesce(after_line_id, up_to_line_id - 1, 0)
+                      and s.line_id <= coalesce(up_to_line_id, 9223372036854775807)
                       -- Without after_line_id every line not parsed yet (with it, the lines after it are new).
                       -- not in (hashed once), not "not exists": after a vacuum of the emptied
                       -- run_events the planner would rescan it for every staged line.
@@ -170,11 +170,12 @@ begin
   return parsed;
 end;
 $function$;
-comment on function mixpanel_sync.parse_new_staged_events(run_id bigint, only_line_id bigint, after_line_id bigint) is 'Parses the staged lines of a run not parsed yet (only_line_id: just that line; after_line_id: the lines staged after that line_id, taken as not parsed yet) into run_events: the event, its dedup key (event_key; legacy_key while event_ledger_legacy holds rows), reject_reason (null when usable) and skip_reason (''not_selected'' when the run''s selection, sync_runs.options -> ''events'', leaves the name out; else ''no_user'' when properties.distinct_id is absent, null or ""); with setting events.store_raw = ''on'' also the raw columns (properties, insert_id, processing_time_ms) of the rows the raw table may take. Unusable lines also go to sync_rejects with their line number. A line staged with a problem is rejected with it. Time may be seconds or milliseconds (event_second) and is kept to the second, Mixpanel''s dedup grain; with a project_timezone on the run it is read as local time of that zone (Mixpanel projects from before 2023).';
-revoke execute on function mixpanel_sync.parse_new_staged_events(run_id bigint, only_line_id bigint, after_line_id bigint) from public;
-grant execute on function mixpanel_sync.parse_new_staged_events(run_id bigint, only_line_id bigint, after_line_id bigint) to mixpanel_sync_loader;
+comment on function mixpanel_sync.parse_new_staged_events(run_id bigint, up_to_line_id bigint, after_line_id bigint) is 'Parses the staged lines of a run not parsed yet into run_events (with after_line_id: the lines in (after_line_id, up_to_line_id], taken as not parsed yet; up_to_line_id alone: just that line; neither: every line not in run_events): the event, its dedup key (event_key; legacy_key while event_ledger_legacy holds rows), reject_reason (null when usable) and skip_reason (''not_selected'' when the run''s selection, sync_runs.options -> ''events'', leaves the name out; else ''no_user'' when properties.distinct_id is absent, null or ""); with setting events.store_raw = ''on'' also the raw columns (properties, insert_id, processing_time_ms) of the rows the raw table may take. Unusable lines also go to sync_rejects with their line number. A line staged with a problem is rejected with it. Time may be seconds or milliseconds (event_second) and is kept to the second, Mixpanel''s dedup grain; with a project_timezone on the run it is read as local time of that zone (Mixpanel projects from before 2023).';
+revoke execute on function mixpanel_sync.parse_new_staged_events(run_id bigint, up_to_line_id bigint, after_line_id bigint) from public;
+grant execute on function mixpanel_sync.parse_new_staged_events(run_id bigint, up_to_line_id bigint, after_line_id bigint) to mixpanel_sync_loader;
 
-CREATE FUNCTION mixpanel_sync.parse_staged_lines(run_id bigint, only_new boolean DEFAULT true)
+CREATE FUNCTION mixpanel_sync.parse_staged_lines(run_id bigint, only_new boolean DEFAULT true,
+  after_line_id bigint DEFAULT NULL::bigint, up_to_line_id bigint DEFAULT NULL::bigint)
  RETURNS bigint
  LANGUAGE plpgsql
  SET search_path TO ''
@@ -183,13 +184,19 @@ declare
   line record;
   -- only_new: the lines staged after the last parsed one (an index range: cheap to call after every COPY chunk);
   -- else (after is null) every staged line not parsed yet.
-  after bigint := case when only_new then coalesce(
-    (select max(e.line_id) from mixpanel_sync.run_events e where e.run_id = parse_staged_lines.run_id), 0) end;
+  -- after_line_id (and up_to_line_id): exactly the lines in (after_line_id, up_to_line_id], e.g. one COPY chunk the
+  -- loader committed, which no other call parses (so that chunks may be parsed on two connections at once).
+  after bigint := case
+    when after_line_id is not null then after_line_id
+    when only_new then coalesce(
+      (select max(e.line_id) from mixpanel_sync.run_events e where e.run_id = parse_staged_lines.run_id), 0)
+  end;
   parsed bigint;
 begin
   if after is null or exists (
     select from mixpanel_sync.staged_events s
     where s.run_id = parse_staged_lines.run_id and s.line_id > after and s.line_no is null
+      and s.line_id <= coalesce(up_to_line_id, 9223372036854775807)
   ) then
     perform mixpanel_sync.number_staged_lines('events', run_id);
   end if;
@@ -197,7 +204,7 @@ begin
   --    nested too deep (54: stack depth), or raises anything else a line can cause makes the statement fail.
   perform pg_catalog.set_config('mixpanel_sync.trust_json_lines', 'on', true);
   begin
-    parsed := mixpanel_sync.parse_new_staged_events(run_id, after_line_id => after);
+    parsed := mixpanel_sync.parse_new_staged_events(run_id, up_to_line_id, after);
   exception
     when others then
       if not mixpanel_sync.line_can_cause(sqlstate) then
@@ -206,7 +213,7 @@ begin
       -- 2. The careful path: json_object_or_null never raises, every cast after it is guarded.
       perform pg_catalog.set_config('mixpanel_sync.trust_json_lines', 'off', true);
       begin
-        parsed := mixpanel_sync.parse_new_staged_events(run_id, after_line_id => after);
+        parsed := mixpanel_sync.parse_new_staged_events(run_id, up_to_line_id, after);
       exception
         when others then
           if not mixpanel_sync.line_can_cause(sqlstate) then
@@ -218,6 +225,7 @@ begin
             select s.line_id from mixpanel_sync.staged_events s
             where s.run_id = parse_staged_lines.run_id
               and s.line_id > coalesce(after, 0)
+              and s.line_id <= coalesce(up_to_line_id, 9223372036854775807)
               and (after is not null or s.line_id not in (
                 select e.line_id from mixpanel_sync.run_events e where e.run_id = parse_staged_lines.run_id))
             order by s.line_id
@@ -240,9 +248,9 @@ begin
   return parsed;
 end;
 $function$;
-comment on function mixpanel_sync.parse_staged_lines(run_id bigint, only_new boolean) is 'Parses staged lines of a run into run_events (parse_new_staged_events), numbering unnumbered ones first; returns how many it parsed. only_new (the default): the lines staged after the run''s last parsed line, read by an index range, so a loader may call it after every committed COPY chunk (on another connection, while the next chunk streams) at a cost in proportion to the chunk; a bad line makes only its chunk take the slower paths. only_new false: every staged line not parsed yet. Fast path first; on any error a line can cause (line_can_cause: bad JSON, nesting too deep, ...) the careful path, which never raises for one line; and should it raise, line by line, rejecting a line that still raises with the error. Errors that are not a line''s doing raise.';
-revoke execute on function mixpanel_sync.parse_staged_lines(run_id bigint, only_new boolean) from public;
-grant execute on function mixpanel_sync.parse_staged_lines(run_id bigint, only_new boolean) to mixpanel_sync_loader;
+comment on function mixpanel_sync.parse_staged_lines(run_id bigint, only_new boolean, after_line_id bigint, up_to_line_id bigint) is 'Parses staged lines of a run into run_events (parse_new_staged_events), numbering unnumbered ones first; returns how many it parsed. With after_line_id: exactly the lines in (after_line_id, up_to_line_id], taken as not parsed yet (one committed COPY chunk: the loader parses chunks on other connections, two at a time, while the next chunk streams). Else only_new (the default): the lines staged after the run''s last parsed line. Both read an index range, at a cost in proportion to the chunk; a bad line makes only its chunk take the slower paths. only_new false: every staged line not parsed yet. Fast path first; on any error a line can cause (line_can_cause: bad JSON, nesting too deep, ...) the careful path, which never raises for one line; and should it raise, line by line, rejecting a line that still raises with the error. Errors that are not a line''s doing raise.';
+revoke execute on function mixpanel_sync.parse_staged_lines(run_id bigint, only_new boolean, after_line_id bigint, up_to_line_id bigint) from public;
+grant execute on function mixpanel_sync.parse_staged_lines(run_id bigint, only_new boolean, after_line_id bigint, up_to_line_id bigint) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.parse_staged_events(run_id bigint, OUT received bigint, OUT rejected bigint)
  RETURNS record

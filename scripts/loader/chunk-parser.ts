@@ -1,73 +1,80 @@
-// Parses a run's staged events while the rest of its input is still being COPYed: after each committed COPY chunk,
-// mixpanel_sync.parse_staged_lines(run) on a connection of its own (not the run's, which is busy with the next
-// chunk), so the two server processes use both cores. One parse at a time; a kick while one runs makes one more run
-// after it (it takes every line committed by then). Purely an optimisation: finish_run parses whatever is left, so a
-// parse that fails (or is cancelled) is only noted and its lines are parsed by finish_run, in its one transaction,
-// where errors are reported. The parse statement is cancelled by its connection's cancel key on abort.
+// Parses a run's staged events while the rest of its input is still being COPYed: each committed COPY chunk, known by
+// its line_id range (after, upTo], is parsed by mixpanel_sync.parse_staged_lines(run, after, upTo) on a pooled
+// connection of its own (not the run's, which is busy with the next chunk), up to `parallel` chunks at a time, so the
+// server processes use both cores. Purely an optimisation: finish_run parses whatever is left (parse_staged_events:
+// the lines after the last parsed one, then any other unparsed line), so a chunk parse that fails (or is cancelled)
+// is only counted, and its lines are parsed by finish_run in its one transaction, where errors are reported.
+// On stop() the parses in flight are cancelled by their connection's cancel key.
 import type pg from 'pg';
 import { sendCancelRequest } from './database-connection.ts';
-import { parseNewStagedLines } from '../sql/sync-api.ts';
+import { parseStagedChunk } from '../sql/sync-api.ts';
 
 export interface ChunkParser {
-  /** A COPY chunk was committed: parse what is new (now, or after the parse in progress). */
-  kick(): void;
-  /** Resolves when no parse runs and none is pending (after an abort: when the cancelled one has ended). */
+  /** A COPY chunk holding the lines (after, upTo] was committed: parse it (now, or when a worker is free). */
+  add(after: string, upTo: string): void;
+  /** Resolves when no parse runs and none is queued (after stop(): when the cancelled ones have ended). */
   settled(): Promise<void>;
-  /** No more parses; the one running is cancelled. */
+  /** No more parses; those running are cancelled. */
   stop(): void;
-  /** Lines parsed so far, and parses that failed (their lines are left to finish_run). */
+  /** Lines parsed so far, and chunk parses that failed (their lines are left to finish_run). */
   stats(): { parsed: number; failed: number };
 }
 
-export function startChunkParser(pool: pg.Pool, runId: string): ChunkParser {
+export function startChunkParser(pool: pg.Pool, runId: string, parallel: number): ChunkParser {
   let stopped = false;
-  let pending = false;
-  let running: Promise<void> | null = null;
-  let client: pg.PoolClient | null = null;
+  const queue: Array<[string, string]> = [];
+  const running = new Set<Promise<void>>();
+  const clients = new Set<pg.PoolClient>();
   let parsed = 0;
   let failed = 0;
 
-  const parseOnce = async () => {
-    const connection = await pool.connect();
+  const parseOne = async (after: string, upTo: string) => {
+    const client = await pool.connect();
     let broken = false;
     const onError = () => {
       broken = true;
     };
-    connection.on('error', onError);
-    client = connection;
+    client.on('error', onError);
+    clients.add(client);
     try {
-      if (!stopped) parsed += await parseNewStagedLines(connection, runId);
+      if (!stopped) parsed += await parseStagedChunk(client, runId, after, upTo);
     } catch {
       failed += 1;
       broken ||= stopped; // a cancelled statement: a fresh connection for whatever comes next
     } finally {
-      client = null;
-      connection.off('error', onError);
-      connection.release(broken || undefined);
+      clients.delete(client);
+      client.off('error', onError);
+      client.release(broken || undefined);
     }
   };
 
-  const loop = async () => {
-    while (pending && !stopped) {
-      pending = false;
-      await parseOnce();
+  const worker = async () => {
+    for (let next = queue.shift(); next !== undefined && !stopped; next = queue.shift()) await parseOne(...next);
+  };
+
+  const startWorkers = () => {
+    while (!stopped && queue.length > 0 && running.size < parallel) {
+      const done: Promise<void> = worker().finally(() => {
+        running.delete(done);
+        startWorkers();
+      });
+      running.add(done);
     }
-    running = null;
   };
 
   return {
-    kick() {
-      if (stopped) return;
-      pending = true;
-      running ??= loop();
+    add(after, upTo) {
+      if (stopped || BigInt(upTo) <= BigInt(after)) return;
+      queue.push([after, upTo]);
+      startWorkers();
     },
     async settled() {
-      while (running !== null) await running;
+      while (running.size > 0) await Promise.all(running);
     },
     stop() {
       stopped = true;
-      pending = false;
-      if (client !== null) void sendCancelRequest(client).catch(() => undefined);
+      queue.length = 0;
+      for (const client of clients) void sendCancelRequest(client).catch(() => undefined);
     },
     stats: () => ({ parsed, failed }),
   };

@@ -27,20 +27,20 @@ export interface CopyIntoStagingOptions {
   maxRecordBytes?: number;
   /** End each COPY (its rows committed) once it holds about this many bytes, and go on in a new one (default: one COPY). */
   chunkBytes?: number;
-  /** Called after each COPY chunk committed, with the rows stored so far. */
-  onCommitted?: (rows: number) => void;
+  /** Called (and awaited, before the next chunk) after each COPY chunk committed, with the rows stored so far. */
+  onCommitted?: (rows: number) => void | Promise<void>;
 }
 
 /**
  * A writable of COPY text rows (whole rows per chunk, as copyRowStream writes them) that runs `sql` (a COPY … from
  * stdin) on `client` once per chunkBytes: it ends the COPY, waits for the server to commit it, tells onCommitted and
- * starts the next on the next write. Destroyed, it destroys the COPY in flight (pg-copy-streams sends CopyFail).
+ * starts the next on the next write (onCommitted runs on `client` between two COPYs, e.g. to read the chunk's last line_id). Destroyed, it destroys the COPY in flight (pg-copy-streams sends CopyFail).
  */
 function chunkedCopy(
   client: pg.ClientBase,
   sql: string,
   chunkBytes: number,
-  onCommitted: (rows: number) => void,
+  onCommitted: (rows: number) => void | Promise<void>,
 ): Writable & { rowCount: () => number } {
   let current: ReturnType<typeof copyFrom> | null = null;
   let failure: Error | null = null;
@@ -61,7 +61,7 @@ function chunkedCopy(
     copy.end();
     await finished(copy);
     rows += copy.rowCount;
-    onCommitted(rows);
+    await onCommitted(rows);
   };
   const writable = new Writable({
     write(chunk: Buffer, _encoding, callback) {

@@ -19,11 +19,14 @@ export interface PoolChoice {
   connectionString?: string;
 }
 
-/** Runs fn with choice.pool, or with a pool of two connections on choice.connectionString. */
+/**
+ * Runs fn with choice.pool, or with a pool of three connections on choice.connectionString: the run's own, and two
+ * for the heartbeat and for parsing COPY chunks while the next streams (staged-sync.ts).
+ */
 export async function withPool<T>(choice: PoolChoice, fn: (pool: pg.Pool) => Promise<T>): Promise<T> {
   if (choice.pool) return fn(choice.pool);
   if (!choice.connectionString) throw new Error(NO_DATABASE_MESSAGE);
-  const pool = new pg.Pool({ connectionString: choice.connectionString, max: 2 });
+  const pool = new pg.Pool({ connectionString: choice.connectionString, max: 3 });
   pool.on('error', () => {}); // an idle connection dropped by the server: the next query reports it
   try {
     return await fn(pool);

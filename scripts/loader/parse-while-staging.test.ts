@@ -1,11 +1,12 @@
-// Parsing committed COPY chunks while the next one streams (staged-sync.ts parseWhileStaging, chunk-parser.ts,
-// mixpanel_sync.parse_staged_lines) changes nothing a run produces: the same tables, rejects (reason and exact 1-based
+// Parsing committed COPY chunks while the next one streams, two at a time (staged-sync.ts parseWhileStaging,
+// chunk-parser.ts, mixpanel_sync.parse_staged_lines over each chunk's line_id range) changes nothing a run produces: the same tables, rejects (reason and exact 1-based
 // line number), counts and framing as one COPY parsed by finish_run; and parse_staged_events still parses a line
 // staged out of line_id order (below the last parsed one).
 // Seen failing without each protection (each removed once, then restored):
 //   - parse_staged_events without its fallback (only the lines after the last parsed one): the out-of-order line was
 //     never parsed (received 2, not 3);
-//   - no parse between chunks (onCommitted not wired): parse_staged_lines was called once per run (by finish_run).
+//   - no parse between chunks (staged-sync.ts's onCommitted not adding the chunk to the parser): parse_staged_lines
+//     was called once per run (by finish_run).
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';

@@ -19,7 +19,16 @@ import { describeError } from './describe-error.ts';
 import { isMixpanelError } from '../mixpanel/mixpanel-errors.ts';
 import type { ProgressLine } from './progress-line.ts';
 import { runSummary, type RunSummary } from './run-summary.ts';
-import { beginRun, failRun, finishRun, heartbeatRun, recordFraming, type BeginRunOptions, type SyncRun } from '../sql/sync-api.ts';
+import {
+  beginRun,
+  failRun,
+  finishRun,
+  heartbeatRun,
+  lastStagedLineId,
+  recordFraming,
+  type BeginRunOptions,
+  type SyncRun,
+} from '../sql/sync-api.ts';
 
 /** SQLSTATEs of the project's class MP (see README "Exit codes"). */
 export const SQLSTATE = {
@@ -42,6 +51,9 @@ export const HEARTBEAT_INTERVAL_MS = 30_000;
  * that a chunk's fixed costs (a commit, a parse call) stay negligible.
  */
 export const COPY_CHUNK_BYTES = 4 * 1024 * 1024;
+
+/** With parseWhileStaging, how many chunks are parsed at once (each on a pooled connection of its own). */
+export const PARSE_CONNECTIONS = 2;
 
 export interface StagedSyncOptions<S = RunSummary> {
   pool: pg.Pool;
@@ -165,9 +177,19 @@ async function stageAndFinish<S>(
   signal: AbortSignal,
 ): Promise<SyncRun> {
   signal.throwIfAborted();
-  const lines = await options.openLines(run, signal);
+  // Chunks are parsed on the pool's other connections, two at a time when it has them (the run's own is busy).
   const poolSize = (options.pool as unknown as { options?: { max?: number } }).options?.max ?? 10;
-  const parser: ChunkParser | null = options.parseWhileStaging && poolSize >= 2 ? startChunkParser(options.pool, run.id) : null;
+  const parser: ChunkParser | null =
+    options.parseWhileStaging && poolSize >= 2 ? startChunkParser(options.pool, run.id, Math.min(PARSE_CONNECTIONS, poolSize - 1)) : null;
+  // Each chunk is the lines after the previous chunk's last line_id (staged_events.line_id is in staging order).
+  // (read before the input is opened: an input stream must not error with no pipeline listening to it)
+  let chunkAfter = parser ? await lastStagedLineId(client, run.id) : '0';
+  const onCommitted = async () => {
+    const upTo = await lastStagedLineId(client, run.id);
+    parser!.add(chunkAfter, upTo);
+    chunkAfter = upTo;
+  };
+  const lines = await options.openLines(run, signal);
   const stopParser = () => parser?.stop();
   signal.addEventListener('abort', stopParser, { once: true });
   let counts: Awaited<ReturnType<typeof copyIntoStaging>>['counts'];
@@ -178,7 +200,7 @@ async function stageAndFinish<S>(
       lines,
       signal,
       onRows: (n) => options.progress?.update(n),
-      ...(parser ? { chunkBytes: options.copyChunkBytes ?? COPY_CHUNK_BYTES, onCommitted: () => parser.kick() } : {}),
+      ...(parser ? { chunkBytes: options.copyChunkBytes ?? COPY_CHUNK_BYTES, onCommitted } : {}),
     }));
     options.progress?.done();
     // finish_run parses what is left: never while a chunk parse of the same run still runs.

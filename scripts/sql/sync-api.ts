@@ -179,11 +179,32 @@ export async function parseStagedEvents(db: Queryable, runId: string | number): 
 
 /**
  * mixpanel_sync.parse_staged_lines(run, only_new => true): the lines staged after the run's last parsed one, parsed
- * into run_events (the loader calls it on a second connection after each committed COPY chunk); how many it parsed.
+ * into run_events; how many it parsed.
  */
 export async function parseNewStagedLines(db: Queryable, runId: string | number): Promise<number> {
   const { rows } = await db.query<{ parsed: string }>('select mixpanel_sync.parse_staged_lines($1) as parsed', [runId]);
   return Number(rows[0]!.parsed);
+}
+
+/**
+ * mixpanel_sync.parse_staged_lines(run, after_line_id, up_to_line_id): exactly the staged lines in (after, upTo] (one
+ * committed COPY chunk, parsed by no other call), parsed into run_events; how many it parsed.
+ */
+export async function parseStagedChunk(db: Queryable, runId: string | number, after: string, upTo: string): Promise<number> {
+  const { rows } = await db.query<{ parsed: string }>(
+    'select mixpanel_sync.parse_staged_lines($1, after_line_id => $2, up_to_line_id => $3) as parsed',
+    [runId, after, upTo],
+  );
+  return Number(rows[0]!.parsed);
+}
+
+/** The highest line_id staged for an events run so far ('0' when none): where its next COPY chunk begins. */
+export async function lastStagedLineId(db: Queryable, runId: string | number): Promise<string> {
+  const { rows } = await db.query<{ last: string }>(
+    'select coalesce(max(s.line_id), 0) as last from mixpanel_sync.staged_events s where s.run_id = $1',
+    [runId],
+  );
+  return String(rows[0]!.last);
 }
 
 // ---------------------------------------------------------------------------------------------------------------
