@@ -33,6 +33,22 @@
 --      read: …'), the two others are inserted.
 --      Mutants: finish_profiles_run reading or marking every line of the run instead of the one in hand (`or` for the
 --      `and`, or `p.line_id = line.line_id` / `s.line_id = line.line_id` dropped): every line rejected.
+--   9. identity links take ids of up to 255 characters (the identity_links limit), not 256: simplified mode learns
+--      $device:<id> (255) -> $user_id (255) and skips a 256-character $user_id; original mode learns a $identify of
+--      255-character ids and skips a 256-character $anon_id; the runs succeed.
+--      Also skipped: a 257-character $device: id, a link to an id under $device: (a $user_id that is null), an empty
+--      $user_id, a 256-character $identified_id.
+--      Mutants: identity_edges with `length(…) < 255` for `<= 255` (four of them, simplified and original), or with a
+--      conjunct of those filters dropped (x.target <> '', x.target not like '$device:%', length(x.alias) <= 255,
+--      length(o.target) <= 255).
+--  10. identity links only from what each mode defines (the runs of section 9 carry these lines too): no link from
+--      a rejected event, from a $device_id, $anon_id, $identified_id or alias that is not a string, from an empty id, from an
+--      id to itself, from $anon_id/$identified_id on a $merge or alias on anything but $create_alias, from a $identify
+--      in simplified mode or a $device_id/$user_id pair in original mode; a device that is its own cluster's canonical
+--      (a $merge chose it) still joins a user; and a link already known moves its user's identified_at when seen at an
+--      earlier time.
+--      Mutants: identity_edges with `or` for an `and`, or a conjunct dropped, in props (line 15), simplified (32),
+--      original ($identify 43-44, $create_alias 48), the not exists of simplified_first (63) and the final filter (67).
 -- Run on a migrated database: psql -v ON_ERROR_STOP=1 -f verify/mutation_pins.sql   (it rolls back)
 -- It needs no events or profiles run running (begin_run refuses a second one) and holds finish_run's lock and the events
 -- watermark row until it rolls back. Its data: distinct_ids 'verify:pin-…' and '$device:verify:pin-…', day 2000-03-01,
@@ -45,6 +61,13 @@ begin
     raise exception 'verify/mutation_pins: %: expected %, got %', what, expected, actual;
   end if;
 end;
+$$;
+
+-- One export line of 2000-03-0x: its event, distinct_id, time, $insert_id and further properties.
+create function pg_temp.ev(event text, distinct_id text, at timestamptz, insert_id text, extra jsonb) returns jsonb
+language sql immutable as $$
+  select jsonb_build_object('event', event, 'properties', jsonb_build_object('distinct_id', distinct_id,
+    'time', extract(epoch from at)::bigint, '$insert_id', insert_id) || extra);
 $$;
 
 do $$
@@ -142,6 +165,103 @@ begin
     (select string_agg(p.distinct_id, ',' order by p.distinct_id) from mixpanel_sync.subscriber_properties p
      where p.distinct_id like 'verify:pin-p%'));
 
+  -- 9. The 255-character bound of identity links, both modes (the ids: 'verify:pin-' and one letter repeated).
+  update mixpanel_sync.sync_settings s set value = 'simplified' where s.key = 'identity.mode';
+  run := mixpanel_sync.begin_run('events', true, clock => '2000-03-03 12:00:00+00');
+  perform mixpanel_sync.stage_events(run.id, jsonb_build_array(
+    jsonb_build_object('event', 'Sign Up', 'properties', jsonb_build_object('distinct_id', 'verify:pin-' || repeat('u', 244),
+      'time', extract(epoch from timestamptz '2000-03-02 10:00:00+00')::bigint, '$insert_id', 'pin-l1',
+      '$device_id', 'verify:pin-' || repeat('d', 236), '$user_id', 'verify:pin-' || repeat('u', 244))),
+    jsonb_build_object('event', 'Sign Up', 'properties', jsonb_build_object('distinct_id', 'verify:pin-l2',
+      'time', extract(epoch from timestamptz '2000-03-02 10:01:00+00')::bigint, '$insert_id', 'pin-l2',
+      '$device_id', 'verify:pin-e', '$user_id', 'verify:pin-' || repeat('v', 245))),
+    jsonb_build_object('event', 'Sign Up', 'properties', jsonb_build_object('distinct_id', 'verify:pin-l3',
+      'time', extract(epoch from timestamptz '2000-03-02 10:02:00+00')::bigint, '$insert_id', 'pin-l3',
+      '$device_id', 'verify:pin-' || repeat('f', 238), '$user_id', 'verify:pin-l3')),
+    jsonb_build_object('event', 'App Open', 'properties', jsonb_build_object('distinct_id', '$device:verify:pin-x',
+      'time', extract(epoch from timestamptz '2000-03-02 10:03:00+00')::bigint, '$insert_id', 'pin-l4',
+      '$device_id', 'verify:pin-y', '$user_id', null)),
+    jsonb_build_object('event', 'App Open', 'properties', jsonb_build_object('distinct_id', 'verify:pin-l5',
+      'time', extract(epoch from timestamptz '2000-03-02 10:04:00+00')::bigint, '$insert_id', 'pin-l5',
+      '$device_id', 'verify:pin-z', '$user_id', '')),
+    -- section 10: a $device_id that is an object, an empty $device_id, a $identify (original mode's link) read in
+    -- simplified mode, a rejected event (its time is not a number), and the first link of a device the user joins later
+    pg_temp.ev('App Open', 'verify:pin-sa', '2000-03-02 10:05:00+00', 'pin-sa', '{"$device_id": {"x": 1}, "$user_id": "verify:pin-sa"}'),
+    pg_temp.ev('App Open', 'verify:pin-sb', '2000-03-02 10:06:00+00', 'pin-sb', '{"$device_id": "", "$user_id": "verify:pin-sb"}'),
+    pg_temp.ev('$identify', 'verify:pin-sc-u', '2000-03-02 10:07:00+00', 'pin-sc',
+      '{"$device_id": "verify:pin-sc", "$user_id": "verify:pin-sc-u", "$anon_id": "verify:pin-sd", "$identified_id": "verify:pin-se"}'),
+    jsonb_build_object('event', 'App Open', 'properties', jsonb_build_object('distinct_id', 'verify:pin-sf', 'time', 'soon',
+      '$insert_id', 'pin-sf', '$device_id', 'verify:pin-sg', '$user_id', 'verify:pin-sf')),
+    pg_temp.ev('App Open', 'verify:pin-tu', '2000-03-02 10:10:00+00', 'pin-t1', '{"$device_id": "verify:pin-t", "$user_id": "verify:pin-tu"}')));
+  run := mixpanel_sync.finish_run(run.id);
+  perform pg_temp.same('simplified run with ids over the bounds (status, links_learned)', '(succeeded,3)',
+    format('(%s,%s)', run.status, run.links_learned));
+  perform pg_temp.same('simplified: no link from a 257-character $device: id, none to a $device: id, none to an empty $user_id', 0::bigint,
+    (select count(*) from mixpanel_sync.identity_links l
+     where l.canonical = 'verify:pin-l3' or l.alias in ('$device:verify:pin-y', '$device:verify:pin-z')));
+  perform pg_temp.same('10. simplified: links learned (device -> user) and no other row', '$device:verify:pin-sc>verify:pin-sc-u,$device:verify:pin-t>verify:pin-tu',
+    (select string_agg(l.alias || '>' || l.canonical, ',' order by l.alias) from mixpanel_sync.identity_links l
+     where l.alias in ('$device:verify:pin-sc', '$device:verify:pin-t', '$device:', '$device:verify:pin-sg', 'verify:pin-sd')
+       or l.canonical in ('verify:pin-sa', 'verify:pin-sb', 'verify:pin-se', 'verify:pin-sf')
+       or l.alias like '$device:{%'));
+  perform pg_temp.same('simplified: a 255-character $device: id joins the 255-character user', 'verify:pin-' || repeat('u', 244),
+    (select l.canonical from mixpanel_sync.identity_links l where l.alias = '$device:verify:pin-' || repeat('d', 236)));
+  perform pg_temp.same('simplified: no link to a 256-character $user_id', 0::bigint,
+    (select count(*) from mixpanel_sync.identity_links l where l.alias = '$device:verify:pin-e'));
+  update mixpanel_sync.sync_settings s set value = 'original' where s.key = 'identity.mode';
+  run := mixpanel_sync.begin_run('events', true, clock => '2000-03-04 12:00:00+00');
+  perform mixpanel_sync.stage_events(run.id, jsonb_build_array(
+    jsonb_build_object('event', '$identify', 'properties', jsonb_build_object('distinct_id', 'verify:pin-' || repeat('i', 244),
+      'time', extract(epoch from timestamptz '2000-03-03 10:00:00+00')::bigint, '$insert_id', 'pin-o1',
+      '$anon_id', 'verify:pin-' || repeat('a', 244), '$identified_id', 'verify:pin-' || repeat('i', 244))),
+    jsonb_build_object('event', '$identify', 'properties', jsonb_build_object('distinct_id', 'verify:pin-o2',
+      'time', extract(epoch from timestamptz '2000-03-03 10:01:00+00')::bigint, '$insert_id', 'pin-o2',
+      '$anon_id', 'verify:pin-' || repeat('b', 245), '$identified_id', 'verify:pin-o2')),
+    jsonb_build_object('event', '$identify', 'properties', jsonb_build_object('distinct_id', 'verify:pin-o3',
+      'time', extract(epoch from timestamptz '2000-03-03 10:02:00+00')::bigint, '$insert_id', 'pin-o3',
+      '$anon_id', 'verify:pin-o3', '$identified_id', 'verify:pin-' || repeat('j', 245))),
+    -- section 10: ids that are not strings, empty ids, an id linked to itself, link properties on the wrong event,
+    -- a simplified link ($device_id, $user_id) read in original mode, and a $merge whose canonical is a $device: id
+    pg_temp.ev('$identify', 'verify:pin-qa', '2000-03-03 10:03:00+00', 'pin-qa', '{"$anon_id": "verify:pin-qa", "$identified_id": {"x": 1}}'),
+    pg_temp.ev('$identify', 'verify:pin-qi', '2000-03-03 10:03:30+00', 'pin-qi', '{"$anon_id": {"x": 1}, "$identified_id": "verify:pin-qi"}'),
+    pg_temp.ev('$create_alias', 'verify:pin-qc', '2000-03-03 10:04:00+00', 'pin-qc', '{"alias": {"x": 1}}'),
+    pg_temp.ev('$merge', 'verify:pin-qn', '2000-03-03 10:05:00+00', 'pin-qm',
+      '{"$anon_id": "verify:pin-qm", "$identified_id": "verify:pin-qn", "alias": "verify:pin-qo"}'),
+    pg_temp.ev('$identify', 'verify:pin-qe', '2000-03-03 10:06:00+00', 'pin-qe', '{"$anon_id": "", "$identified_id": "verify:pin-qe"}'),
+    pg_temp.ev('$identify', 'verify:pin-qf', '2000-03-03 10:07:00+00', 'pin-qf', '{"$anon_id": "verify:pin-qf", "$identified_id": ""}'),
+    pg_temp.ev('$identify', 'verify:pin-self', '2000-03-03 10:08:00+00', 'pin-self', '{"$anon_id": "verify:pin-self", "$identified_id": "verify:pin-self"}'),
+    pg_temp.ev('$identify', 'verify:pin-qh', '2000-03-03 10:09:00+00', 'pin-qg',
+      '{"$anon_id": "verify:pin-qg", "$identified_id": "verify:pin-qh", "$device_id": "verify:pin-qd", "$user_id": "verify:pin-qu"}'),
+    pg_temp.ev('$merge', 'verify:pin-wu', '2000-03-03 10:10:00+00', 'pin-w', '{"$distinct_ids": ["$device:verify:pin-w", "verify:pin-wu"]}')));
+  run := mixpanel_sync.finish_run(run.id);
+  perform pg_temp.same('original run with ids over the bound (status, links_learned)', '(succeeded,3)',
+    format('(%s,%s)', run.status, run.links_learned));
+  perform pg_temp.same('original: no link to a 256-character identified id', 0::bigint,
+    (select count(*) from mixpanel_sync.identity_links l where l.alias = 'verify:pin-o3'));
+  perform pg_temp.same('original: the 255-character $anon_id joins the 255-character identified id', 'verify:pin-' || repeat('i', 244),
+    (select l.canonical from mixpanel_sync.identity_links l where l.alias = 'verify:pin-' || repeat('a', 244)));
+  perform pg_temp.same('original: no link from a 256-character $anon_id', 0::bigint,
+    (select count(*) from mixpanel_sync.identity_links l where l.canonical = 'verify:pin-o2'));
+  perform pg_temp.same('10. original: links learned ($identify, $merge) and no other row',
+    '$device:verify:pin-w>$device:verify:pin-w,verify:pin-qg>verify:pin-qh,verify:pin-qh>verify:pin-qh,verify:pin-wu>$device:verify:pin-w',
+    (select string_agg(l.alias || '>' || l.canonical, ',' order by l.alias) from mixpanel_sync.identity_links l
+     where l.alias in ('verify:pin-qa', 'verify:pin-qc', 'verify:pin-qm', 'verify:pin-qo', 'verify:pin-qf', 'verify:pin-self',
+         'verify:pin-qg', 'verify:pin-qh', '$device:verify:pin-qd', '$device:verify:pin-w', 'verify:pin-wu')
+       or l.canonical in ('verify:pin-qc', 'verify:pin-qe', 'verify:pin-qn', 'verify:pin-qi')));
+  -- 10, continued, simplified again: the device that is its own cluster's canonical (from the $merge) joins a user;
+  -- a link already in the map, seen again earlier than it was, moves the user's identified_at to the earlier time.
+  update mixpanel_sync.sync_settings s set value = 'simplified' where s.key = 'identity.mode';
+  run := mixpanel_sync.begin_run('events', true, clock => '2000-03-05 12:00:00+00');
+  perform mixpanel_sync.stage_events(run.id, jsonb_build_array(
+    pg_temp.ev('Sign Up', 'verify:pin-wv', '2000-03-04 10:00:00+00', 'pin-wv', '{"$device_id": "verify:pin-w", "$user_id": "verify:pin-wv"}'),
+    pg_temp.ev('App Open', 'verify:pin-tu', '2000-03-02 09:00:00+00', 'pin-t0', '{"$device_id": "verify:pin-t", "$user_id": "verify:pin-tu"}')));
+  run := mixpanel_sync.finish_run(run.id);
+  perform pg_temp.same('10. the $merge cluster joined the user, who is its canonical now', 'verify:pin-wv',
+    (select l.canonical from mixpanel_sync.identity_links l where l.alias = 'verify:pin-wu'));
+  perform pg_temp.same('10. the user''s identified_at moved to the earlier sight of the same link', '2000-03-02 09:00:00+00'::timestamptz,
+    (select l.identified_at from mixpanel_sync.identity_links l where l.alias = 'verify:pin-tu'));
+  update mixpanel_sync.sync_settings s set value = 'off' where s.key = 'identity.mode';
+
   -- 4. events_resolved: the device's event is rewritten to the user; the user's own event is not.
   update mixpanel_sync.sync_settings s set value = 'simplified' where s.key = 'identity.mode';
   run := mixpanel_sync.begin_run('events', true, clock => '2000-03-02 12:00:00+00');
@@ -160,7 +280,7 @@ begin
   perform mixpanel_sync_verify.verify_assert_same('mutation_pins', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
     others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}');
 
-  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); terminated-early marker: 63 characters yes, 64 no; legacy_event_key = its known answers; staged_events truncated by fail_run while a profiles run runs; a profile unreadable by both set paths rejected alone by the last resort; rows of others untouched';
+  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); terminated-early marker: 63 characters yes, 64 no; legacy_event_key = its known answers; staged_events truncated by fail_run while a profiles run runs; a profile unreadable by both set paths rejected alone by the last resort; identity links of 255-character ids learned, of 256 skipped (both modes); no link from what neither mode defines; a $merge canonical device joined a user; an earlier sight moved identified_at; rows of others untouched';
 end;
 $$;
 

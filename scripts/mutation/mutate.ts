@@ -198,6 +198,8 @@ async function main(argv: string[]): Promise<number> {
       resume: { type: 'boolean', default: false },
       list: { type: 'boolean', default: false },
       only: { type: 'string' },
+      // only the mutants whose key matches this regular expression (e.g. one operator or one line)
+      match: { type: 'string' },
       workers: { type: 'string', default: String(Math.max(1, Math.min(2, os.availableParallelism()))) },
       seed: { type: 'string', default: '15' },
       sample: { type: 'string', default: '40' },
@@ -271,7 +273,8 @@ async function main(argv: string[]): Promise<number> {
     const generated = wanted.flatMap((d) => generateMutants(d.fn, d.definition));
     const equivalents = await readEquivalents();
     const equivalentKeys = new Map(equivalents.map((e) => [e.key, e.reason]));
-    const candidates = generated.filter((m) => !equivalentKeys.has(m.key));
+    const matching = values.match ? new RegExp(values.match) : undefined;
+    const candidates = generated.filter((m) => !equivalentKeys.has(m.key) && (!matching || matching.test(m.key)));
     const chosen = values.quick ? sampleMutants(candidates, Number(values.sample), Number(values.seed)) : candidates;
 
     if (values.list) {
