@@ -67,7 +67,7 @@ export async function malformedLine(server: BenchServer, scale: Scale): Promise<
   const malformedProfile = medianProfile(trials.malformed.map((t) => t.profile));
   const why =
     cleanProfile && malformedProfile
-      ? `finish_run takes ${seconds(malformedMs)} with the malformed line against ${seconds(cleanMs)} clean: its parse step ${seconds(malformedProfile.parseMs)} against ${seconds(cleanProfile.parseMs)}, the other steps ${seconds(malformedProfile.finishMs - malformedProfile.parseMs)} against ${seconds(cleanProfile.finishMs - cleanProfile.parseMs)}; all parsing, finish_run's and what overlapped the COPY: ${seconds(malformedProfile.parseMs + malformedProfile.parseDuringCopyMs)} against ${seconds(cleanProfile.parseMs + cleanProfile.parseDuringCopyMs)} (the bad line sends its statement, or its chunk, through the careful path). Malformed: ${profileText(malformedProfile)}; clean: ${profileText(cleanProfile)}.`
+      ? `finish_run takes ${seconds(malformedMs)} with the malformed line against ${seconds(cleanMs)} clean: its parse step ${seconds(malformedProfile.parseMs)} against ${seconds(cleanProfile.parseMs)}, the other steps ${seconds(malformedProfile.finishMs - malformedProfile.parseMs)} against ${seconds(cleanProfile.finishMs - cleanProfile.parseMs)}; all parsing, finish_run's and the chunks parsed alongside the COPY: ${seconds(malformedProfile.parseMs + malformedProfile.parseDuringCopyMs)} against ${seconds(cleanProfile.parseMs + cleanProfile.parseDuringCopyMs)} (the bad line sends its statement, or its chunk, through the careful path). Malformed: ${profileText(malformedProfile)}; clean: ${profileText(cleanProfile)}.`
       : undefined;
   return {
     ...(why ? { why: { malformed_line_finish_ratio: why } } : {}),

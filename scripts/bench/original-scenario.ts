@@ -281,7 +281,7 @@ function report(data: ScenarioData, scale: Scale, measured: Measured): SuiteResu
   const beyondCopy = (p: StepProfile) => p.finishMs;
   const floorText = `a bare COPY of the same file into a one-column jsonb table takes ${seconds(copy)} (${perSecond(copy)} lines/s): the floor for loading these bytes into PostgreSQL on this machine`;
   const steadyWhy = profiles.steady
-    ? `our steady-state full sync takes ${seconds(ours)}: ${profileText(profiles.steady)}. Its COPY stage (the COPY into staging, with the parse that overlaps it) is ${(profiles.steady.copyMs / copy).toFixed(2)}× the bare COPY; finish_run (${seconds(beyondCopy(profiles.steady))}) is the work after it: the rest of the parse, the merge of the window into events_daily and the ledger (apply, with the subscribers refresh) and the rest (the terminated-early probe, watermark, staging cleanup).`
+    ? `our steady-state full sync takes ${seconds(ours)}: ${profileText(profiles.steady)}. Its COPY stage (begin_run to finish_run: the COPY into staging, chunk parsing running alongside) is ${(profiles.steady.copyMs / copy).toFixed(2)}× the bare COPY; finish_run (${seconds(beyondCopy(profiles.steady))}) is the work after it: the rest of the parse, the merge of the window into events_daily and the ledger (apply, with the subscribers refresh) and the rest (the terminated-early probe, watermark, staging cleanup).`
     : `our steady-state full sync takes ${seconds(ours)} (no step profile: function statistics off).`;
   const why = {
     full_sync_vs_copy: `${steadyWhy} The floor: ${floorText}.`,

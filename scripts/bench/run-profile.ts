@@ -28,7 +28,10 @@ const STEP_FUNCTIONS = {
 export interface StepProfile {
   /** begin_run to the start of finish_run: the COPY into staging (sync_runs.stage_ms) */
   copyMs: number;
-  /** parsing done while the COPY streamed (chunks parsed on another connection): part of copyMs' wall time */
+  /**
+   * parsing outside finish_run (chunks parsed on another connection while the COPY streams): time spent in the parse
+   * functions, on a connection of its own, so it may exceed copyMs (two cores; on a busy machine it includes waiting)
+   */
   parseDuringCopyMs: number;
   /** finish_run (sync_runs.apply_ms) */
   finishMs: number;
@@ -139,7 +142,7 @@ const s = (ms: number) => (ms >= 1000 ? `${(ms / 1000).toFixed(2)} s` : `${Math.
 export function profileText(p: StepProfile | null): string {
   if (p === null) return 'not profiled (function statistics off)';
   return [
-    `COPY ${s(p.copyMs)}${p.parseDuringCopyMs >= 1 ? ` (parse ${s(p.parseDuringCopyMs)} of it, overlapped)` : ''}`,
+    `COPY ${s(p.copyMs)}${p.parseDuringCopyMs >= 1 ? ` (and ${s(p.parseDuringCopyMs)} of chunk parsing alongside, on a second connection)` : ''}`,
     `parse ${s(p.parseMs)}`,
     `identity ${s(p.identityMs)}`,
     `apply ${s(p.applyMs)}${p.refreshMs > 0 ? ` (refresh ${s(p.refreshMs)})` : ''}`,
