@@ -81,8 +81,8 @@ export async function startProfile(db: Queryable): Promise<ProfileProbe> {
     finish: async (runId) => {
       // a backend flushes its statistics when idle (at most once a second) or when it exits
       let after = await functionTimes(db);
-      for (let wait = 0; calls(after, 'finish_run') <= calls(before, 'finish_run') && wait < 20; wait++) {
-        await sleep(250);
+      for (let wait = 0; calls(after, 'finish_run') <= calls(before, 'finish_run') && wait < 50; wait++) {
+        await sleep(100);
         after = await functionTimes(db);
       }
       if (calls(after, 'finish_run') <= calls(before, 'finish_run')) return null;
