@@ -49,6 +49,10 @@
 --      earlier time.
 --      Mutants: identity_edges with `or` for an `and`, or a conjunct dropped, in props (line 15), simplified (32),
 --      original ($identify 43-44, $create_alias 48), the not exists of simplified_first (63) and the final filter (67).
+--  11. a user's identified_at is its earliest link: two devices linked in one run give the earlier time, and a known
+--      link seen again later leaves it.
+--      Mutants: learn_identity_links with max(n.identified_at), or with `and`/`or` swapped in its ON CONFLICT
+--      condition (never earlier, or any later time).
 -- Run on a migrated database: psql -v ON_ERROR_STOP=1 -f verify/mutation_pins.sql   (it rolls back)
 -- It needs no events or profiles run running (begin_run refuses a second one) and holds finish_run's lock and the events
 -- watermark row until it rolls back. Its data: distinct_ids 'verify:pin-…' and '$device:verify:pin-…', day 2000-03-01,
@@ -192,18 +196,22 @@ begin
       '{"$device_id": "verify:pin-sc", "$user_id": "verify:pin-sc-u", "$anon_id": "verify:pin-sd", "$identified_id": "verify:pin-se"}'),
     jsonb_build_object('event', 'App Open', 'properties', jsonb_build_object('distinct_id', 'verify:pin-sf', 'time', 'soon',
       '$insert_id', 'pin-sf', '$device_id', 'verify:pin-sg', '$user_id', 'verify:pin-sf')),
-    pg_temp.ev('App Open', 'verify:pin-tu', '2000-03-02 10:10:00+00', 'pin-t1', '{"$device_id": "verify:pin-t", "$user_id": "verify:pin-tu"}')));
+    pg_temp.ev('App Open', 'verify:pin-tu', '2000-03-02 10:10:00+00', 'pin-t1', '{"$device_id": "verify:pin-t", "$user_id": "verify:pin-tu"}'),
+    pg_temp.ev('App Open', 'verify:pin-tu', '2000-03-02 10:20:00+00', 'pin-t2', '{"$device_id": "verify:pin-t2", "$user_id": "verify:pin-tu"}')));
   run := mixpanel_sync.finish_run(run.id);
-  perform pg_temp.same('simplified run with ids over the bounds (status, links_learned)', '(succeeded,3)',
+  perform pg_temp.same('simplified run with ids over the bounds (status, links_learned)', '(succeeded,4)',
     format('(%s,%s)', run.status, run.links_learned));
   perform pg_temp.same('simplified: no link from a 257-character $device: id, none to a $device: id, none to an empty $user_id', 0::bigint,
     (select count(*) from mixpanel_sync.identity_links l
      where l.canonical = 'verify:pin-l3' or l.alias in ('$device:verify:pin-y', '$device:verify:pin-z')));
-  perform pg_temp.same('10. simplified: links learned (device -> user) and no other row', '$device:verify:pin-sc>verify:pin-sc-u,$device:verify:pin-t>verify:pin-tu',
+  perform pg_temp.same('10. simplified: links learned (device -> user) and no other row',
+    '$device:verify:pin-sc>verify:pin-sc-u,$device:verify:pin-t>verify:pin-tu,$device:verify:pin-t2>verify:pin-tu',
     (select string_agg(l.alias || '>' || l.canonical, ',' order by l.alias) from mixpanel_sync.identity_links l
-     where l.alias in ('$device:verify:pin-sc', '$device:verify:pin-t', '$device:', '$device:verify:pin-sg', 'verify:pin-sd')
+     where l.alias in ('$device:verify:pin-sc', '$device:verify:pin-t', '$device:verify:pin-t2', '$device:', '$device:verify:pin-sg', 'verify:pin-sd')
        or l.canonical in ('verify:pin-sa', 'verify:pin-sb', 'verify:pin-se', 'verify:pin-sf')
        or l.alias like '$device:{%'));
+  perform pg_temp.same('11. a user linked twice in one run is identified at the earlier link', '2000-03-02 10:10:00+00'::timestamptz,
+    (select l.identified_at from mixpanel_sync.identity_links l where l.alias = 'verify:pin-tu'));
   perform pg_temp.same('simplified: a 255-character $device: id joins the 255-character user', 'verify:pin-' || repeat('u', 244),
     (select l.canonical from mixpanel_sync.identity_links l where l.alias = '$device:verify:pin-' || repeat('d', 236)));
   perform pg_temp.same('simplified: no link to a 256-character $user_id', 0::bigint,
@@ -254,12 +262,15 @@ begin
   run := mixpanel_sync.begin_run('events', true, clock => '2000-03-05 12:00:00+00');
   perform mixpanel_sync.stage_events(run.id, jsonb_build_array(
     pg_temp.ev('Sign Up', 'verify:pin-wv', '2000-03-04 10:00:00+00', 'pin-wv', '{"$device_id": "verify:pin-w", "$user_id": "verify:pin-wv"}'),
-    pg_temp.ev('App Open', 'verify:pin-tu', '2000-03-02 09:00:00+00', 'pin-t0', '{"$device_id": "verify:pin-t", "$user_id": "verify:pin-tu"}')));
+    pg_temp.ev('App Open', 'verify:pin-tu', '2000-03-02 09:00:00+00', 'pin-t0', '{"$device_id": "verify:pin-t", "$user_id": "verify:pin-tu"}'),
+    pg_temp.ev('App Open', 'verify:pin-sc-u', '2000-03-04 11:00:00+00', 'pin-sc2', '{"$device_id": "verify:pin-sc", "$user_id": "verify:pin-sc-u"}')));
   run := mixpanel_sync.finish_run(run.id);
   perform pg_temp.same('10. the $merge cluster joined the user, who is its canonical now', 'verify:pin-wv',
     (select l.canonical from mixpanel_sync.identity_links l where l.alias = 'verify:pin-wu'));
   perform pg_temp.same('10. the user''s identified_at moved to the earlier sight of the same link', '2000-03-02 09:00:00+00'::timestamptz,
     (select l.identified_at from mixpanel_sync.identity_links l where l.alias = 'verify:pin-tu'));
+  perform pg_temp.same('11. a known link seen again later keeps the user''s earlier identified_at', '2000-03-02 10:07:00+00'::timestamptz,
+    (select l.identified_at from mixpanel_sync.identity_links l where l.alias = 'verify:pin-sc-u'));
   update mixpanel_sync.sync_settings s set value = 'off' where s.key = 'identity.mode';
 
   -- 4. events_resolved: the device's event is rewritten to the user; the user's own event is not.
@@ -280,7 +291,7 @@ begin
   perform mixpanel_sync_verify.verify_assert_same('mutation_pins', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
     others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}');
 
-  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); terminated-early marker: 63 characters yes, 64 no; legacy_event_key = its known answers; staged_events truncated by fail_run while a profiles run runs; a profile unreadable by both set paths rejected alone by the last resort; identity links of 255-character ids learned, of 256 skipped (both modes); no link from what neither mode defines; a $merge canonical device joined a user; an earlier sight moved identified_at; rows of others untouched';
+  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); terminated-early marker: 63 characters yes, 64 no; legacy_event_key = its known answers; staged_events truncated by fail_run while a profiles run runs; a profile unreadable by both set paths rejected alone by the last resort; identity links of 255-character ids learned, of 256 skipped (both modes); no link from what neither mode defines; a $merge canonical device joined a user; an earlier sight moved identified_at, a later one did not, two links in a run kept the earlier; rows of others untouched';
 end;
 $$;
 
