@@ -89,7 +89,7 @@ export const proofMap: Record<string, string[]> = {
   identity_mode: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts'],
   reattribute_identities: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],
   reattribute_identities_loop: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],
-  reattribute_all: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts'],
+  reattribute_all: ['verify/identity_merge.sql', 'scripts/sql/mutation-pins.test.ts', 'scripts/sql/identity.test.ts'],
   is_terminated_early_marker: ['verify/mutation_pins.sql', 'verify/finish_run_end_to_end.sql', 'verify/parse_independent.sql'],
   drop_staged_rows: ['verify/mutation_pins.sql', 'verify/run_lifecycle_pinned.sql', 'property-tests/failed-run.test.ts', 'scripts/sql/safety-records.test.ts'],
   horizon_day: [...endToEnd, ...add],
