@@ -169,11 +169,20 @@ drop table mixpanel_sync.event_ledger_unpartitioned;
 
 -- ---------------------------------------------------------------------------------------------------------------------
 -- The raw events, for psql.
+-- Two branches rather than nullif(distinct_id, ''): a condition on distinct_id (a funnel's per-user lookup) then reaches
+-- the primary key of each day partition in the first branch and folds to false in the second (null = x). Measured on
+-- 92k raw events (45 days, 3,000 users): the README funnel 138 s with nullif (a sequential scan of every partition
+-- per user), 0.45 s with this.
 create view mixpanel_sync.raw_events with (security_invoker = true) as
-select nullif(l.distinct_id, '') as distinct_id, l.event_name, l.event_time, l.day, l.insert_id,
+select l.distinct_id, l.event_name, l.event_time, l.day, l.insert_id,
   l.processing_time_ms as mp_processing_time_ms, l.properties, l.event_key, l.run_id
 from mixpanel_sync.event_ledger l
-where l.properties is not null;
+where l.properties is not null and l.distinct_id <> ''
+union all
+select null::text collate "C", l.event_name, l.event_time, l.day, l.insert_id,
+  l.processing_time_ms, l.properties, l.event_key, l.run_id
+from mixpanel_sync.event_ledger l
+where l.properties is not null and l.distinct_id = '';
 comment on view mixpanel_sync.raw_events is 'The raw events kept with events.store_raw = on: one row per distinct event (deduplicated like the aggregates: by distinct_id and event_key), with its $insert_id, mp_processing_time_ms and whole properties. distinct_id is null for events with no distinct_id (counted no_user, not in events_daily). Filter on day to read only the partitions needed; README "Raw events" has recipes.';
 revoke all on mixpanel_sync.raw_events from public;
 grant select on mixpanel_sync.raw_events to mixpanel_sync_loader, mixpanel_sync_reader;
