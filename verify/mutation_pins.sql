@@ -53,6 +53,11 @@
 --      link seen again later leaves it.
 --      Mutants: learn_identity_links with max(n.identified_at), or with `and`/`or` swapped in its ON CONFLICT
 --      condition (never earlier, or any later time).
+--  12. upsert_subscriber_properties: a profile line re-sent by a run in another project time zone is read again (its
+--      naive dates move with the zone), and when a profile's identical (recognised) line is followed in the batch by a
+--      changed line, the change is stored.
+--      Mutants: the line hash without the zone (coalesce('', r.project_timezone)); `k.line_id > p.line_id` dropped
+--      (a recognised line of the profile anywhere in the batch hid the change).
 -- Run on a migrated database: psql -v ON_ERROR_STOP=1 -f verify/mutation_pins.sql   (it rolls back)
 -- It needs no events or profiles run running (begin_run refuses a second one) and holds finish_run's lock and the events
 -- watermark row until it rolls back. Its data: distinct_ids 'verify:pin-…' and '$device:verify:pin-…', day 2000-03-01,
@@ -273,6 +278,28 @@ begin
     (select l.identified_at from mixpanel_sync.identity_links l where l.alias = 'verify:pin-sc-u'));
   update mixpanel_sync.sync_settings s set value = 'off' where s.key = 'identity.mode';
 
+  -- 12. Profiles: the zone is part of a line's identity; the last line of a profile in a batch wins.
+  profiles := mixpanel_sync.begin_run('profiles', clock => '2000-03-01 12:08:00+00', project_timezone => 'UTC');
+  insert into mixpanel_sync.staged_profiles (run_id, line_no, line) values
+    (profiles.id, 1, '{"$distinct_id": "verify:pin-z1", "$properties": {"$name": "Zed", "$created": "2000-01-01T10:00:00"}}'),
+    (profiles.id, 2, '{"$distinct_id": "verify:pin-z2", "$properties": {"$name": "Before"}}');
+  profiles := mixpanel_sync.finish_run(profiles.id);
+  profiles := mixpanel_sync.begin_run('profiles', clock => '2000-03-01 12:09:00+00', project_timezone => 'America/New_York');
+  insert into mixpanel_sync.staged_profiles (run_id, line_no, line) values
+    (profiles.id, 1, '{"$distinct_id": "verify:pin-z1", "$properties": {"$name": "Zed", "$created": "2000-01-01T10:00:00"}}'),
+    (profiles.id, 2, '{"$distinct_id": "verify:pin-z2", "$properties": {"$name": "Before"}}'),
+    (profiles.id, 3, '{"$distinct_id": "verify:pin-z2", "$properties": {"$name": "After"}}');
+  profiles := mixpanel_sync.finish_run(profiles.id);
+  perform pg_temp.same('12. the same profile line read in New York time: created_at moved', '2000-01-01 15:00:00+00'::timestamptz,
+    (select p.created_at from mixpanel_sync.subscriber_properties p where p.distinct_id = 'verify:pin-z1'));
+  profiles := mixpanel_sync.begin_run('profiles', clock => '2000-03-01 12:10:00+00', project_timezone => 'America/New_York');
+  insert into mixpanel_sync.staged_profiles (run_id, line_no, line) values
+    (profiles.id, 1, '{"$distinct_id": "verify:pin-z2", "$properties": {"$name": "After"}}'),
+    (profiles.id, 2, '{"$distinct_id": "verify:pin-z2", "$properties": {"$name": "Final"}}');
+  profiles := mixpanel_sync.finish_run(profiles.id);
+  perform pg_temp.same('12. a recognised line followed by a changed one: the change is stored', 'Final',
+    (select p.name from mixpanel_sync.subscriber_properties p where p.distinct_id = 'verify:pin-z2'));
+
   -- 4. events_resolved: the device's event is rewritten to the user; the user's own event is not.
   update mixpanel_sync.sync_settings s set value = 'simplified' where s.key = 'identity.mode';
   run := mixpanel_sync.begin_run('events', true, clock => '2000-03-02 12:00:00+00');
@@ -291,7 +318,7 @@ begin
   perform mixpanel_sync_verify.verify_assert_same('mutation_pins', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
     others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}');
 
-  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); terminated-early marker: 63 characters yes, 64 no; legacy_event_key = its known answers; staged_events truncated by fail_run while a profiles run runs; a profile unreadable by both set paths rejected alone by the last resort; identity links of 255-character ids learned, of 256 skipped (both modes); no link from what neither mode defines; a $merge canonical device joined a user; an earlier sight moved identified_at, a later one did not, two links in a run kept the earlier; rows of others untouched';
+  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); terminated-early marker: 63 characters yes, 64 no; legacy_event_key = its known answers; staged_events truncated by fail_run while a profiles run runs; a profile unreadable by both set paths rejected alone by the last resort; identity links of 255-character ids learned, of 256 skipped (both modes); no link from what neither mode defines; a $merge canonical device joined a user; an earlier sight moved identified_at, a later one did not, two links in a run kept the earlier; a profile line re-read in another zone, a changed line after a recognised one stored; rows of others untouched';
 end;
 $$;
 
