@@ -196,6 +196,8 @@ async function main(argv: string[]): Promise<number> {
       merge: { type: 'boolean', default: false },
       // take the killed and invalid mutants of a stopped run (its .partial.jsonl) instead of running them again
       resume: { type: 'boolean', default: false },
+      // stop starting mutants after this many minutes (the rest are reported as not run; --resume continues later)
+      'max-minutes': { type: 'string' },
       list: { type: 'boolean', default: false },
       only: { type: 'string' },
       // only the mutants whose key matches this regular expression (e.g. one operator or one line)
@@ -324,7 +326,8 @@ async function main(argv: string[]): Promise<number> {
       const text = await readFile(partial, 'utf8').catch(() => '');
       for (const row of text.split('\n').filter(Boolean)) {
         const r = JSON.parse(row) as MutantResult;
-        if (r.status !== 'survived' && r.measuredOn === measured) earlier.set(r.mutant.key, r);
+        // same commit (overlays only add proofs: a killed mutant stays killed)
+        if (r.status !== 'survived' && r.measuredOn?.split(' ')[0] === measured.split(' ')[0]) earlier.set(r.mutant.key, { ...r, measuredOn: measured });
       }
       console.log(`mutate: --resume: ${earlier.size} killed or invalid mutants taken from ${path.relative(repoRoot, partial)}`);
     }
@@ -333,9 +336,11 @@ async function main(argv: string[]): Promise<number> {
       `${r.status.padEnd(8)} ${r.mutant.fn} [${r.mutant.operator}] line ${r.mutant.line}: ${r.mutant.original} -> ${r.mutant.replacement}` +
       `${r.killedBy ? ` (by ${r.killedBy})` : ''} ${r.ms} ms`;
     let done = 0;
+    const deadline = values['max-minutes'] ? started + Number(values['max-minutes']) * 60_000 : undefined;
     const fresh = await pool(chosen, Number(values.workers), async (mutant, index): Promise<MutantResult> => {
       const taken = earlier.get(mutant.key);
       if (taken) return { ...taken, mutant };
+      if (deadline && Date.now() > deadline) return { mutant, status: 'not-run', ms: 0, tried: [], measuredOn: measured };
       const result = await runMutant(mutant, index);
       console.log(`[${++done}/${chosen.length}] ${line(result)}`);
       // progress on disk as it comes (one JSON line per mutant): a run stopped half-way still shows what it measured
@@ -394,6 +399,8 @@ async function main(argv: string[]): Promise<number> {
         info: { ...info, baselineMs: [...info.baselineMs], survivorNotes: undefined },
       }),
     );
+    const notRun = fresh.filter((r) => r.status === 'not-run').length;
+    if (notRun > 0) console.log(`mutate: ${notRun} mutants not run (--max-minutes); --resume runs them`);
     const killed = fresh.filter((r) => r.status === 'killed').length;
     const survived = fresh.filter((r) => r.status === 'survived');
     const invalid = fresh.filter((r) => r.status === 'invalid').length;

@@ -4,7 +4,8 @@ import { operators, type Mutant } from './mutants.ts';
 
 export interface MutantResult {
   mutant: Mutant;
-  status: 'killed' | 'survived' | 'invalid';
+  /** not-run: left when --max-minutes ran out (not counted; --resume runs them) */
+  status: 'killed' | 'survived' | 'invalid' | 'not-run';
   killedBy?: string;
   detail?: string;
   ms: number;
@@ -63,7 +64,9 @@ function table(
   return lines;
 }
 
-export function writeReport(results: MutantResult[], info: RunInfo): string {
+export function writeReport(all: MutantResult[], info: RunInfo): string {
+  const notRun = all.filter((r) => r.status === 'not-run');
+  const results = all.filter((r) => r.status !== 'not-run');
   const valid = results.filter((r) => r.status !== 'invalid');
   const core = valid.filter((r) => isCore(shortName(r.mutant.fn)));
   const killedCore = core.filter((r) => r.status === 'killed').length;
@@ -105,6 +108,14 @@ export function writeReport(results: MutantResult[], info: RunInfo): string {
     '',
     ...(info.brokenProofs.length > 0
       ? [`**Left out** (they fail on the unmutated functions, so they judged no mutant): ${info.brokenProofs.join(', ')}.`, '']
+      : []),
+    ...(notRun.length > 0
+      ? [
+          `**Incomplete**: ${notRun.length} mutants were not run (--max-minutes ran out) and are not counted below: ` +
+            [...new Set(notRun.map((r) => shortName(r.mutant.fn)))].map((fn) => `${fn} (${notRun.filter((r) => shortName(r.mutant.fn) === fn).length})`).join(', ') +
+            '. `--resume` with the same command runs them.',
+          '',
+        ]
       : []),
     `Core functions: ${killedCore} of ${core.length} valid mutants killed (${rate(killedCore, core.length - killedCore)}).`,
     '',
