@@ -87,6 +87,16 @@ function prng(seed: number): () => number {
   };
 }
 
+/** The mutants interleaved over their functions, each function's in their order. */
+function roundRobin(mutants: Mutant[]): Mutant[] {
+  const byFn = new Map<string, Mutant[]>();
+  for (const m of mutants) byFn.set(m.fn, [...(byFn.get(m.fn) ?? []), m]);
+  const queues = [...byFn.values()];
+  const out: Mutant[] = [];
+  while (queues.some((q) => q.length > 0)) for (const q of queues) if (q.length > 0) out.push(q.shift()!);
+  return out;
+}
+
 /** A sample of n mutants spread over the functions: round robin over functions, each function's mutants shuffled. */
 export function sampleMutants(mutants: Mutant[], n: number, seed: number): Mutant[] {
   const random = prng(seed);
@@ -277,7 +287,13 @@ async function main(argv: string[]): Promise<number> {
     const equivalentKeys = new Map(equivalents.map((e) => [e.key, e.reason]));
     const matching = values.match ? new RegExp(values.match) : undefined;
     const candidates = generated.filter((m) => !equivalentKeys.has(m.key) && (!matching || matching.test(m.key)));
-    const chosen = values.quick ? sampleMutants(candidates, Number(values.sample), Number(values.seed)) : candidates;
+    // with --max-minutes the mutants go round robin over the functions (each function's in order): a run cut short
+    // has measured some of every function rather than all of the first few
+    const chosen = values.quick
+      ? sampleMutants(candidates, Number(values.sample), Number(values.seed))
+      : values['max-minutes']
+        ? roundRobin(candidates)
+        : candidates;
 
     if (values.list) {
       for (const m of chosen) console.log(`${m.key}\n    line ${m.line}: ${m.original} -> ${m.replacement}`);
