@@ -32,6 +32,9 @@ export const coreFunctions = [
   'reattribute_identities',
   'reattribute_identities_loop',
   'reattribute_all',
+  // this session's rewrite (migrations/current/): parsing while staging and the run's event selection
+  'parse_staged_lines',
+  'run_selection',
 ];
 
 /** Guard and identity functions as they land (SQL-safety stream): counted as core too. */
@@ -44,12 +47,15 @@ export function isCore(name: string): boolean {
 const endToEnd = ['verify/run_lifecycle_pinned.sql', 'verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql'];
 const replace = [
   'verify/replace_loop_equals_set.sql',
+  'verify/selection_replace_keeps_other_names.sql',
+  'verify/raw_events_match_daily.sql',
   'verify/replace_then_adds_equal_replace.sql',
   'verify/finish_run_end_to_end.sql',
   'property-tests/loop-equals-set.test.ts',
 ];
 const add = [
   'verify/add_idempotent_order_independent.sql',
+  'verify/raw_events_match_daily.sql',
   'verify/add_loop_equals_set.sql',
   'verify/replace_then_adds_equal_replace.sql',
   'verify/run_lifecycle_pinned.sql',
@@ -64,19 +70,50 @@ const profiles = [
 
 /** Proofs to try first per function name, cheapest likely killer first. */
 export const proofMap: Record<string, string[]> = {
-  begin_run: [...endToEnd, 'property-tests/run-accounting.test.ts'],
+  begin_run: [
+    ...endToEnd,
+    'scripts/sql/event-selection.test.ts',
+    'scripts/sql/safety-one-run.test.ts',
+    'property-tests/run-accounting.test.ts',
+  ],
+  run_selection: [
+    'verify/selection_replace_keeps_other_names.sql',
+    'scripts/sql/event-selection.test.ts',
+    'scripts/sql/event-selection-runs.test.ts',
+    'property-tests/event-selection.test.ts',
+  ],
+  parse_staged_lines: [
+    'verify/parse_independent.sql',
+    'verify/finish_run_end_to_end.sql',
+    'scripts/sql/parse-skip-raw.test.ts',
+    'scripts/sql/event-key-text.test.ts',
+    'property-tests/run-accounting.test.ts',
+  ],
   finish_run: [
     ...endToEnd,
     'property-tests/failed-run.test.ts',
     'property-tests/run-accounting.test.ts',
     'scripts/sql/safety-one-run.test.ts',
   ],
-  finish_events_run: [...endToEnd, 'verify/replace_then_adds_equal_replace.sql', 'property-tests/run-accounting.test.ts'],
-  parse_new_staged_events: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql', 'property-tests/run-accounting.test.ts'],
+  finish_events_run: [
+    ...endToEnd,
+    'verify/replace_then_adds_equal_replace.sql',
+    'verify/raw_events_match_daily.sql',
+    'scripts/sql/parse-skip-raw.test.ts',
+    'scripts/sql/raw-events.test.ts',
+    'property-tests/run-accounting.test.ts',
+  ],
+  parse_new_staged_events: [
+    'verify/parse_independent.sql',
+    'verify/finish_run_end_to_end.sql',
+    'scripts/sql/parse-skip-raw.test.ts',
+    'scripts/sql/event-key-text.test.ts',
+    'property-tests/run-accounting.test.ts',
+  ],
   parse_staged_events: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql', 'property-tests/run-accounting.test.ts'],
   fail_run: ['verify/mutation_pins.sql', 'verify/run_lifecycle_pinned.sql', 'property-tests/failed-run.test.ts', 'scripts/sql/safety-guard.test.ts'],
   finish_or_fail_run: ['scripts/sql/guard-refusal-psql.test.ts'],
-  replace_guard: ['scripts/sql/safety-guard.test.ts'],
+  replace_guard: ['verify/selection_replace_keeps_other_names.sql', 'scripts/sql/safety-guard.test.ts', 'scripts/sql/event-selection-runs.test.ts'],
   heartbeat_run: ['verify/mutation_pins.sql', 'scripts/sql/safety-followups.test.ts'],
   abandon_stale_runs: ['verify/mutation_pins.sql', 'scripts/sql/safety-one-run.test.ts', 'scripts/sql/safety-followups.test.ts'],
   prune_history: ['verify/run_lifecycle_pinned.sql', 'scripts/sql/health-housekeeping.test.ts'],
@@ -102,6 +139,7 @@ export const proofMap: Record<string, string[]> = {
     'verify/finish_run_end_to_end.sql',
     'verify/parse_independent.sql',
     ...replace,
+    'scripts/sql/subscriber-count.test.ts',
     'property-tests/subscribers-definition.test.ts',
   ],
   refresh_subscriber_loop: ['verify/finish_run_end_to_end.sql', ...replace, 'property-tests/subscribers-definition.test.ts'],
