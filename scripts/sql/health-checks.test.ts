@@ -180,13 +180,22 @@ describe('sync_health()', () => {
 
   it('events.rejected: warn for a few rejected lines, critical from 1% of the run, ok after a clean run', async () => {
     const now = new Date();
-    const noUser = { event: 'open', properties: { time: Math.floor(now.getTime() / 1000) - 60 } };
-    await syncEvents(db.pool, [...onTime(now, 199), noUser] as never);
+    const noTime = { event: 'open', properties: { distinct_id: 'u-bad' } };
+    await syncEvents(db.pool, [...onTime(now, 199), noTime] as never);
     expect(await healthOf(db.pool, 'events.rejected')).toMatchObject({ status: 'warn', value: '1 of 200' });
-    await syncEvents(db.pool, [...onTime(now, 99), noUser] as never);
+    await syncEvents(db.pool, [...onTime(now, 99), noTime] as never);
     expect(await healthOf(db.pool, 'events.rejected')).toMatchObject({ status: 'critical', value: '1 of 100' });
     await syncEvents(db.pool, onTime(now));
     expect(await healthOf(db.pool, 'events.rejected')).toMatchObject({ status: 'ok', value: '0 of 3' });
+  });
+
+  // Issue 13: an event with no distinct_id is ordinary Mixpanel content (counted no_user), not a reject: a project
+  // that sends server-side events must not stay critical for good.
+  it('events.rejected: events with no distinct_id are not rejects', async () => {
+    const now = new Date();
+    const noUser = { event: 'open', properties: { time: Math.floor(now.getTime() / 1000) - 60 } };
+    await syncEvents(db.pool, [...onTime(now, 9), noUser, noUser] as never);
+    expect(await healthOf(db.pool, 'events.rejected')).toMatchObject({ status: 'ok', value: '0 of 11' });
   });
 
   it('profiles.rejected: the same for profiles runs', async () => {
