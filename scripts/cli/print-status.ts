@@ -26,7 +26,7 @@ function watermarkLines(watermarks: readonly WatermarkRow[]): string[] {
 function runLines(runs: readonly RunRow[]): string[] {
   if (runs.length === 0) return ['  none'];
   return formatTable([
-    ['id', 'source', 'mode', 'status', 'received', 'applied', 'dup', 'rejected', 'too_old', 'ins/upd/same', 'seconds', 'started', 'error'],
+    ['id', 'source', 'mode', 'status', 'received', 'applied', 'dup', 'rejected', 'too_old', 'no_user', 'unselected', 'ins/upd/same', 'seconds', 'started', 'error'],
     ...runs.map((r) => [
       String(r.id),
       r.source,
@@ -37,6 +37,8 @@ function runLines(runs: readonly RunRow[]): string[] {
       count(r.duplicates),
       count(r.rejected),
       count(r.too_old),
+      count(r.no_user),
+      count(r.not_selected),
       r.source === 'profiles' ? `${count(r.inserted)}/${count(r.updated)}/${count(r.unchanged)}` : '-',
       r.total_ms === null ? '-' : (r.total_ms / 1000).toFixed(1),
       time(r.started_at),

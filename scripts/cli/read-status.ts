@@ -24,6 +24,8 @@ export interface RunRow {
   duplicates: number | null;
   rejected: number | null;
   too_old: number | null;
+  no_user: number | null;
+  not_selected: number | null;
   inserted: number | null;
   updated: number | null;
   unchanged: number | null;
@@ -55,6 +57,8 @@ function runRow(run: SyncRun): RunRow {
     duplicates: runCount(run.duplicates),
     rejected: runCount(run.rejected),
     too_old: runCount(run.too_old),
+    no_user: runCount(run.no_user),
+    not_selected: runCount(run.not_selected),
     inserted: runCount(run.inserted),
     updated: runCount(run.updated),
     unchanged: runCount(run.unchanged),

@@ -69,6 +69,8 @@ const SUMMARY_KEYS = [
   'duplicates',
   'rejected',
   'too_old',
+  'no_user',
+  'not_selected',
   'users_touched',
   'watermark_before',
   'watermark_after',
@@ -76,6 +78,22 @@ const SUMMARY_KEYS = [
 ];
 
 describe('npm run sync:events', () => {
+  it('--json counts events with no distinct_id as no_user, not as rejects, and the counts add up to received', async () => {
+    const file = path.join(dir, 'no-user.jsonl');
+    const anonymous = [
+      { event: 'Server Ping', properties: { time: now - 60, $insert_id: 'nu-1' } },
+      { event: 'Server Ping', properties: { time: now - 50, distinct_id: '', $insert_id: 'nu-2' } },
+      { event: 'Server Ping', properties: { time: now - 40, distinct_id: null, $insert_id: 'nu-3' } },
+    ].map((e) => JSON.stringify(e));
+    writeFileSync(file, `${[...lines.slice(0, 5), ...anonymous].join('\n')}\n`);
+    const result = await run(['--file', file, '--json', '--full', '--allow-shrink']);
+    expect(result.code).toBe(0);
+    const summary = JSON.parse(result.stdout) as Record<string, number>;
+    expect(summary).toMatchObject({ received: 8, applied: 5, rejected: 0, no_user: 3, not_selected: 0 });
+    const { received, applied, duplicates, too_old, rejected, no_user, not_selected } = summary;
+    expect(applied! + duplicates! + too_old! + rejected! + no_user! + not_selected!).toBe(received);
+  });
+
   it('--json prints exactly one line with exactly the summary keys', async () => {
     const file = path.join(dir, 'events.jsonl');
     writeFileSync(file, jsonl);

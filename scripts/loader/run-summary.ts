@@ -11,6 +11,10 @@ export interface RunSummary {
   duplicates: number | null;
   rejected: number | null;
   too_old: number | null;
+  /** valid events with no distinct_id (kept in the raw table when events.store_raw is on; not rejects) */
+  no_user: number | null;
+  /** valid events whose name is outside the run's selection (--event, events.only) */
+  not_selected: number | null;
   users_touched: number | null;
   watermark_before: string | null;
   watermark_after: string | null;
@@ -32,6 +36,8 @@ export function runSummary(run: SyncRun): RunSummary {
     duplicates: count(run.duplicates),
     rejected: count(run.rejected),
     too_old: count(run.too_old),
+    no_user: count(run.no_user),
+    not_selected: count(run.not_selected),
     users_touched: count(run.users_touched),
     watermark_before: moment(run.watermark_before),
     watermark_after: moment(run.watermark_after),
@@ -54,6 +60,8 @@ export function summaryLines(summary: RunSummary, extra: Array<[string, number |
     ['duplicates', summary.duplicates],
     ['rejected', summary.rejected],
     ['too old', summary.too_old],
+    ...(summary.no_user ? [['no user', summary.no_user] as [string, number | null]] : []),
+    ...(summary.not_selected ? [['not selected', summary.not_selected] as [string, number | null]] : []),
     ['users touched', summary.users_touched],
     ...extra,
   ];
