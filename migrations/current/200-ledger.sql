@@ -750,6 +750,7 @@ declare
     else least(horizon, mixpanel_sync.horizon_day(run.fetch_to, raw_retention::interval))
   end;
   skipped record;
+  keeps_watermark boolean := coalesce((run.options ->> 'keeps_watermark')::boolean, false);
 begin
   select s.line_no, s.line_id, s.line into marker
   from mixpanel_sync.staged_events s
@@ -824,7 +825,12 @@ begin
   -- Incremental runs only move them forward.
   recomputes := run.mode = 'full' and (run.options ->> 'mode_reason' is distinct from 'resync'
     or (mark.watermark at time zone 'UTC')::date between run.window_from_day and run.window_to_day);
-  if not recomputes then
+  if keeps_watermark then
+    -- a run whose selection (begin_run: options -> 'events') leaves out names events.only syncs did not fetch them:
+    -- the watermark stays as it is, for every name (moving it would skip their events for good)
+    run.watermark_after := mark.watermark;
+    new_processing := mark.processing_watermark;
+  elsif not recomputes then
     run.watermark_after := greatest(mark.watermark, seen.event_time);
     new_processing := greatest(mark.processing_watermark, seen.processing_time);
   elsif seen.event_time is not null then
@@ -838,7 +844,9 @@ begin
     -- an event is processed at or after its time: later events are then read again, and deduplicated
     new_processing := held;
   end if;
-  if run.watermark_after is not null then
+  if keeps_watermark then
+    null;  -- sync_watermarks untouched (a run with no watermark row leaves none)
+  elsif run.watermark_after is not null then
     insert into mixpanel_sync.sync_watermarks as w (source, watermark, processing_watermark, run_id, updated_at)
     values ('events', run.watermark_after, new_processing, run.id, now())
     on conflict (source) do update set
@@ -866,7 +874,7 @@ begin
   return run;
 end;
 $function$;
-comment on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) is 'The events part of finish_run: refuses an incomplete input (Mixpanel''s "terminated early" line, MP003), parses once, runs the identity step (apply_identity), applies the REPLACE guard to full runs (MP001), REPLACE (full, a merge keeping ledger rows from the storage horizon on) or ADD (incremental) by events.upsert_path, drops the ledger''s day partitions below the storage horizon (events.ledger_retention, or events.raw_retention when longer and events.store_raw is on; REPLACE keeps ledger rows from that horizon, ADD applies from the ledger horizon), records no_user and not_selected (run_events.skip_reason), and sets the watermark. The watermark never claims data the tables do not hold: after a full run it is the newest event the run applied, or when it applied none the newest event held before its window (none: the watermark row is removed and the next run is full); a resync moves it forward only unless it lay in the resync''s days (then as a full run); an incremental run moves it forward only.';
+comment on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) is 'The events part of finish_run: refuses an incomplete input (Mixpanel''s "terminated early" line, MP003), parses once, runs the identity step (apply_identity), applies the REPLACE guard to full runs (MP001), REPLACE (full, a merge keeping ledger rows from the storage horizon on) or ADD (incremental) by events.upsert_path, drops the ledger''s day partitions below the storage horizon (events.ledger_retention, or events.raw_retention when longer and events.store_raw is on; REPLACE keeps ledger rows from that horizon, ADD applies from the ledger horizon), records no_user and not_selected (run_events.skip_reason), and sets the watermark. The watermark never claims data the tables do not hold: after a full run it is the newest event the run applied, or when it applied none the newest event held before its window (none: the watermark row is removed and the next run is full); a resync moves it forward only unless it lay in the resync''s days (then as a full run); an incremental run moves it forward only; a run with options -> ''keeps_watermark'' = true (begin_run: its selection leaves out names events.only syncs, which it did not fetch) leaves sync_watermarks untouched. Only events with skip_reason null move it.';
 grant execute on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) to mixpanel_sync_loader;
 
 -- ---------------------------------------------------------------------------------------------------------------------

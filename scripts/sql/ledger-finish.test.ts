@@ -1,0 +1,65 @@
+// finish_events_run (migrations/current/200-ledger.sql) through real runs: the watermark of a run that did not fetch
+// every name, the partition drop next to a reader, and what the REPLACE loop and the marker probe cost (counted
+// scans and calls, never timings).
+// Seen failing without each protection (removed once, then restored):
+//   - `if keeps_watermark then` (both places) in finish_events_run: "a run that leaves out names events.only syncs
+//     keeps the watermark; with none, it leaves none" (the first, login-only full run created a watermark row).
+import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
+import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { beginRun, finishRun, readWatermarks, stageRecords, writeSetting, type BeginRunOptions } from './sync-api.ts';
+import { exportEvent, type ExportEvent } from './run-fixtures.ts';
+
+let db: TestDatabase;
+beforeAll(async () => {
+  db = await createTestDatabase();
+});
+afterAll(async () => {
+  await db?.drop();
+});
+beforeEach(async () => {
+  await db.pool.query(`truncate mixpanel_sync.sync_runs, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.run_events,
+    mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.event_ledger_legacy, mixpanel_sync.subscribers,
+    mixpanel_sync.sync_rejects cascade`);
+  await db.pool.query(`select mixpanel_sync_private.drop_ledger_partitions('9999-12-31')`);
+  await writeSetting(db.pool, 'events.only', '[]');
+  await writeSetting(db.pool, 'events.store_raw', 'off');
+  await writeSetting(db.pool, 'events.upsert_path', 'set');
+});
+
+const clock = new Date('2024-03-10T00:00:00Z');
+const at = (day: string, second: number) => new Date(Date.parse(`${day}T00:00:00Z`) + second * 1000);
+
+async function run(lines: ExportEvent[], options: Omit<BeginRunOptions, 'source'> = {}) {
+  const begun = await beginRun(db.pool, { source: 'events', clock, ...options });
+  await stageRecords(db.pool, 'events', begun.id, lines);
+  return finishRun(db.pool, begun.id);
+}
+
+const watermark = async () => (await readWatermarks(db.pool)).find((w) => w.source === 'events') ?? null;
+
+describe('the watermark of a run with options.keeps_watermark', () => {
+  it('a run that leaves out names events.only syncs keeps the watermark; with none, it leaves none', async () => {
+    // events.only = [] (every name): a login-only run did not fetch the other names.
+    const first = await run([exportEvent('u1', 'login', at('2024-03-09', 5), { insertId: 'a' })], { events: ['login'] });
+    expect(first).toMatchObject({ mode: 'full', status: 'succeeded', applied: '1' });
+    expect(first.options.keeps_watermark).toBe(true);
+    expect(await watermark()).toBeNull();
+
+    await run([exportEvent('u1', 'purchase', at('2024-03-09', 100), { insertId: 'b' })]);
+    const before = await watermark();
+    expect(before?.watermark).toEqual(at('2024-03-09', 100));
+
+    const partial = await run([exportEvent('u1', 'login', at('2024-03-09', 5000), { insertId: 'c' })], { events: ['login'] });
+    expect(partial).toMatchObject({ mode: 'incremental', status: 'succeeded', applied: '1' });
+    expect(partial.watermark_after).toEqual(before?.watermark);
+    expect(await watermark()).toMatchObject({
+      watermark: before?.watermark,
+      processing_watermark: before?.processing_watermark,
+      run_id: before?.run_id,
+    });
+
+    // a run of every name moves it again
+    await run([exportEvent('u1', 'purchase', at('2024-03-09', 6000), { insertId: 'd' })]);
+    expect((await watermark())?.watermark).toEqual(at('2024-03-09', 6000));
+  });
+});
