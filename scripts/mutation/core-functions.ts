@@ -74,6 +74,7 @@ export const proofMap: Record<string, string[]> = {
     ...endToEnd,
     'scripts/sql/event-selection.test.ts',
     'scripts/sql/safety-one-run.test.ts',
+    'scripts/sql/safety-followups.test.ts',
     'property-tests/run-accounting.test.ts',
   ],
   run_selection: [

@@ -64,6 +64,24 @@ function table(
   return lines;
 }
 
+/** One line per commit measured on: its functions and their core kill rate (a merged report covers several). */
+function measuredSection(results: MutantResult[]): string[] {
+  const groups = new Map<string, MutantResult[]>();
+  for (const r of results) groups.set(r.measuredOn ?? '?', [...(groups.get(r.measuredOn ?? '?') ?? []), r]);
+  if (groups.size === 0) return [];
+  const lines = ['## Measured on', ''];
+  for (const [on, list] of groups) {
+    const valid = list.filter((r) => r.status !== 'invalid');
+    const killed = valid.filter((r) => r.status === 'killed').length;
+    const fns = [...new Set(list.map((r) => shortName(r.mutant.fn)))].sort();
+    lines.push(
+      `- **${on}**: ${killed} of ${valid.length} valid mutants killed (${rate(killed, valid.length - killed)}) in ${fns.length} functions: ${fns.join(', ')}.`,
+    );
+  }
+  lines.push('');
+  return lines;
+}
+
 export function writeReport(all: MutantResult[], info: RunInfo): string {
   const notRun = all.filter((r) => r.status === 'not-run');
   const results = all.filter((r) => r.status !== 'not-run');
@@ -94,7 +112,8 @@ export function writeReport(all: MutantResult[], info: RunInfo): string {
         ? `**Sample, not a full run**: \`--quick\` ran ${results.length} of the ${info.generatedCore} mutants of the core functions ` +
           `(seed ${info.seed}), each against only the proofs mapped to its function (scripts/mutation/core-functions.ts). ` +
           "Kill rates below are of this sample; a full run (`npm run mutate`) is what the issue's target is measured on."
-        : `**Partial run** (\`--only\`): ${results.length} mutants.`,
+        : `**Full run of the functions named** (\`--only\`): every generated mutant of them not listed equivalent (${results.length}), ` +
+          `each against ${info.scope === 'exhaustive' ? 'every proof' : 'every proof mapped to its function'}.`,
     '',
     `Produced by \`${info.command}\` on ${info.date}: ${Math.round(info.totalMs / 1000)} s wall clock, ${info.workers} mutants at a time, ` +
       `property tests with FC_NUM_RUNS=${info.fcNumRuns} and FC_SEED=${info.seed}. Generated: ${info.generated} mutants (${info.generatedCore} of core functions); ` +
@@ -119,6 +138,7 @@ export function writeReport(all: MutantResult[], info: RunInfo): string {
       : []),
     `Core functions: ${killedCore} of ${core.length} valid mutants killed (${rate(killedCore, core.length - killedCore)}).`,
     '',
+    ...measuredSection(results),
     '## Per function',
     '',
     ...table(byFn, 'function', (group) => equivalentOf((key) => key.startsWith(`mixpanel_sync.${group.replace(' (core)', '')}(`)), true),
@@ -153,24 +173,38 @@ export function writeReport(all: MutantResult[], info: RunInfo): string {
     '## Running it',
     '',
     '```',
-    'npm run mutate -- --quick              # CI: ~40 sampled mutants of the core functions, mapped proofs only (seed 15)',
-    'npm run mutate                         # weekly: every mutant of every mixpanel_sync function, all proofs',
-    'npm run mutate -- --only fail_run,begin_run   # the mutants of some functions, all proofs',
-    'npm run mutate -- --list [--quick]     # print the mutants (keys for equivalent-mutants.json), run nothing',
-    'npm run mutate -- --rewrite            # this file again from the last run (.tmp/mutation/last-run.json) with current notes',
+    'npm run mutate -- --quick                       # CI: ~40 sampled mutants of the core functions (seed 15), mapped verify scripts + one vitest file',
+    'npm run mutate -- --at HEAD                     # the full run: every mutant of every core function, every proof mapped to it',
+    'npm run mutate -- --only fail_run,heartbeat_run --at HEAD   # the mutants of some functions (all overloads)',
+    'npm run mutate -- --only identity_edges --match "anon_id|line 4[34]" --at HEAD   # only the mutants whose key matches',
+    'npm run mutate -- --list --only begin_run --at HEAD          # print the mutants (keys for equivalent-mutants.json), run nothing',
+    'npm run mutate -- --rewrite                     # this file again from the last run (.tmp/mutation/last-run.json), current notes and equivalents',
     '```',
     '',
-    'It starts its own embedded PostgreSQL (or uses `DATABASE_URL`, whose user needs CREATEDB; it creates and drops `mps_…` databases). ' +
-      'Exit 1 when a mutant of a core function survived that is not listed equivalent. `--workers N` (default 2) mutants run at a time; ' +
-      '`--fc-num-runs` (default 5) and `--timeout-ms` (default 240000 per proof: a mutant that hangs is killed by the timeout). ' +
-      'A proof that fails on the unmutated functions is left out and named above (`--strict` stops instead). ' +
-      '`--migrations DIR` takes the functions from another migrations folder (e.g. `git archive <commit> migrations`).',
+    '`--at REV` unpacks the repository as committed at REV into .tmp/mutation/tree-<commit> and takes both the functions (its ' +
+      'migrations, committed and current/) and the proofs (its verify/, property-tests/, scripts/sql/) from it, so uncommitted work in ' +
+      'the working tree cannot disturb a measurement and each result names its commit ("measured on"); without it the working tree is ' +
+      'used. `--overlay a,b` copies working-tree files over that tree (a new proof not committed yet). `--merge` keeps the results of ' +
+      "the functions not run now from the saved run (`--saved FILE`, default .tmp/mutation/last-run.json), so one report covers runs " +
+      'of different commits. `--max-minutes N` starts no mutant after N minutes (round robin over the functions; the rest are reported ' +
+      'as not run) and `--resume` takes the killed and invalid mutants of the same commit from the stopped run\'s progress file ' +
+      '(`<saved>.partial.jsonl`) and runs the rest. `--exhaustive` also runs every proof not mapped to the function on a survivor; ' +
+      '`--all` mutates every function of mixpanel_sync, not only the core ones.',
     '',
-    'Weekly job: `npm run mutate` (the full run; expect up to an hour on 2 cores, most of it in the survivors, which run every proof); ' +
-      'commit the MUTATION.md it writes. A new survivor is either a missing test (write it: the issue-15 proofs ' +
-      'verify/run_lifecycle_pinned.sql and verify/parse_independent.sql are where most of them went) or an equivalent mutant ' +
-      '(add its key and the reason to scripts/mutation/equivalent-mutants.json, reviewed like code). Keys hold the mutated line, ' +
-      'so an edit of that line retires its entries.',
+    'It starts its own embedded PostgreSQL (or uses `DATABASE_URL`, whose user needs CREATEDB; it creates and drops `mps_…` databases). ' +
+      'Exit 1 when a mutant of a core function survived that is neither listed equivalent nor explained in ' +
+      'scripts/mutation/survivor-notes.json. `--workers N` (default 2) mutants run at a time; a mutant\'s verify scripts run one by ' +
+      'one in its own clone database, then its vitest files in ONE vitest process (`--bail=1`, one file at a time); property tests ' +
+      'run with `--fc-num-runs` (default 5) and a fixed `--fc-seed` (default 15: the baseline and every mutant see the same examples); ' +
+      '`--timeout-ms` (default 240000 per proof: a mutant that hangs is killed by the timeout). A proof that fails on the unmutated ' +
+      'functions is left out and named above (`--strict` stops instead).',
+    '',
+    'Weekly job: `npm run mutate -- --at HEAD` and commit the MUTATION.md it writes (on this 2-core machine, shared, about 6 mutants a ' +
+      'minute: a killed mutant costs 1-5 s, a survivor every mapped proof, 10-90 s). A new survivor is either a missing test (write ' +
+      'it: verify/mutation_pins.sql and scripts/sql/mutation-pins.test.ts are where this session\'s went; map a new proof to its ' +
+      'functions in scripts/mutation/core-functions.ts, since a full run meets only mapped proofs) or an equivalent mutant (add its ' +
+      'key and the reason to scripts/mutation/equivalent-mutants.json, reviewed like code). Keys hold the mutated line, so an edit of ' +
+      'that line retires its entries.',
   );
   out.push('', '## Listed equivalent (not run)', '');
   if (info.equivalents.length === 0) out.push('None.');
