@@ -1,7 +1,7 @@
 // npm run demo — the whole events life cycle on a throwaway embedded PostgreSQL, no setup needed:
 // migrate; a full sync of a generated sample at the original plan's scale (3,000 users, 95,000
 // events over 45 days); a day later an incremental sync of a new day plus the overlap the Export
-// API re-reads plus late arrivals; then subscribers and the sync's health. Never touches
+// API re-reads plus late arrivals (raw storage on); then subscribers, a funnel on the raw events and the sync's health. Never touches
 // DATABASE_URL. The server and the sample files go away on exit and on Ctrl-C.
 import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
@@ -13,7 +13,7 @@ import { withThrowawayDatabase } from '../db/throwaway-database.ts';
 import { summaryLines, type RunSummary } from '../loader/run-summary.ts';
 import { sampleEventLines, writeSampleEvents, type SampleEventOptions } from '../fixtures/sample-events.ts';
 import { writeSampleProfiles } from '../fixtures/sample-profiles.ts';
-import { eventSeconds, rereadFromDay, syncHealth } from '../sql/sync-api.ts';
+import { eventSeconds, rereadFromDay, syncHealth, writeSetting } from '../sql/sync-api.ts';
 import { profilesSummaryLine, syncProfiles } from '../loader/profiles-sync.ts';
 import { proofSteps } from './demo-proofs.ts';
 
@@ -62,6 +62,8 @@ const fullSync: DemoStep = {
     context.say(
       `sample: ${stats.lines.toLocaleString('en-US')} lines, ${context.sample.users.toLocaleString('en-US')} users, ${context.sample.days} days (${stats.duplicates} re-sent lines, ${stats.late} late, ${stats.missingInsertId} without $insert_id)`,
     );
+    await writeSetting(context.pool, 'events.store_raw', 'on');
+    context.say("events.store_raw = 'on': the ledger also keeps every event whole (view mixpanel_sync.raw_events)");
     const summary = await syncEvents({ pool: context.pool, input: file, clock: context.firstClock });
     show(context, summary);
     if (summary.too_old)
@@ -150,6 +152,33 @@ const profileSyncs: DemoStep = {
   },
 };
 
+const rawFunnel: DemoStep = {
+  title: "raw events: the README's funnel (View Item, then Purchase within 7 days) over the last 30 days",
+  async run(context) {
+    const to = context.now.toISOString().slice(0, 10);
+    const from = new Date(context.now.getTime() - 30 * DAY_MS).toISOString().slice(0, 10);
+    const started = performance.now();
+    const { rows } = await context.pool.query<{ stored: string; viewed: string; purchased: string }>(
+      `with entered as (
+         select distinct_id, min(event_time) as first_view from mixpanel_sync.raw_events
+         where event_name = 'View Item' and day between $1::date and $2::date group by distinct_id)
+       select (select count(*) from mixpanel_sync.raw_events) as stored, count(*) as viewed,
+         count(*) filter (where exists (
+           select from mixpanel_sync.raw_events p
+           where p.distinct_id = e.distinct_id and p.event_name = 'Purchase'
+             and p.event_time > e.first_view and p.event_time <= e.first_view + interval '7 days'
+             and p.day between $1::date and $2::date + 7)) as purchased
+       from entered e`,
+      [from, to],
+    );
+    const row = rows[0]!;
+    context.say(`${Number(row.stored).toLocaleString('en-US')} raw events stored (deduplicated, partitioned by day)`);
+    context.say(
+      `${from} .. ${to}: ${Number(row.viewed).toLocaleString('en-US')} users viewed an item, ${Number(row.purchased).toLocaleString('en-US')} of them purchased within 7 days (${((performance.now() - started) / 1000).toFixed(2)} s)`,
+    );
+  },
+};
+
 const health: DemoStep = {
   title: 'sync health: select * from mixpanel_sync.sync_health()',
   async run(context) {
@@ -158,7 +187,7 @@ const health: DemoStep = {
 };
 
 /** The demo, in order. A step reads and extends the context; add new ones here. */
-const demoSteps: DemoStep[] = [fullSync, incrementalSync, subscribers, profileSyncs, health, ...proofSteps];
+const demoSteps: DemoStep[] = [fullSync, incrementalSync, subscribers, rawFunnel, profileSyncs, health, ...proofSteps];
 
 async function main(): Promise<void> {
   const started = performance.now();
