@@ -3,10 +3,12 @@
 // scans and calls, never timings).
 // Seen failing without each protection (removed once, then restored):
 //   - `if keeps_watermark then` (both places) in finish_events_run: "a run that leaves out names events.only syncs
-//     keeps the watermark; with none, it leaves none" (the first, login-only full run created a watermark row).
+//     keeps the watermark; with none, it leaves none" (the first, login-only full run created a watermark row);
+//   - `length(s.line) < 64` before is_terminated_early_marker in the MP003 probe: "the marker probe calls ..." (the
+//     function was called 4 times, once per staged line, not once).
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { beginRun, finishRun, readWatermarks, stageRecords, writeSetting, type BeginRunOptions } from './sync-api.ts';
+import { beginRun, finishRun, readWatermarks, stageLines, stageRecords, writeSetting, type BeginRunOptions } from './sync-api.ts';
 import { exportEvent, type ExportEvent } from './run-fixtures.ts';
 
 let db: TestDatabase;
@@ -61,5 +63,30 @@ describe('the watermark of a run with options.keeps_watermark', () => {
     // a run of every name moves it again
     await run([exportEvent('u1', 'purchase', at('2024-03-09', 6000), { insertId: 'd' })]);
     expect((await watermark())?.watermark).toEqual(at('2024-03-09', 6000));
+  });
+});
+
+describe('the terminated-early probe', () => {
+  it('the marker probe calls is_terminated_early_marker only for lines shorter than 64 characters', async () => {
+    // Counted with track_functions = all in the finishing transaction (pg_stat_xact_user_functions), not timed.
+    const lines = [1, 2, 3].map((n) => JSON.stringify(exportEvent(`u${n}`, 'login', at('2024-03-09', n), { insertId: `m${n}` })));
+    expect(lines.every((line) => line.length >= 64)).toBe(true);
+    const begun = await beginRun(db.pool, { source: 'events', clock });
+    await stageLines(db.pool, 'events', begun.id, [...lines, '{"short": true}']);
+    const client = await db.pool.connect();
+    try {
+      await client.query('begin');
+      await client.query(`set local track_functions = 'all'`);
+      const finished = await finishRun(client, begun.id);
+      expect(finished).toMatchObject({ status: 'succeeded', applied: '3', rejected: '1' });
+      const { rows } = await client.query<{ calls: number }>(
+        `select coalesce(sum(f.calls), 0)::int as calls from pg_catalog.pg_stat_xact_user_functions f
+         where f.schemaname = 'mixpanel_sync' and f.funcname = 'is_terminated_early_marker'`,
+      );
+      expect(rows).toEqual([{ calls: 1 }]);
+      await client.query('commit');
+    } finally {
+      client.release();
+    }
   });
 });
