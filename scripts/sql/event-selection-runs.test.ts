@@ -1,12 +1,15 @@
 // Runs with a selection of event names, end to end through finish_run (begin_run events => …, the CLI's --event): a
 // full run replaces only the selected names (other names in the input counted not_selected), the REPLACE guard
-// weighs only them, and a name added later starts with a resync.
+// weighs only them, a name added later starts with a resync, and a run that leaves out names the standing selection
+// (events.only) syncs keeps the watermark.
 // Seen failing without each protection (removed once, then restored):
 //   - replace_guard without `selection ? d.event_name` in its per-day query: the full run of 'Sign Up' over a day
-//     holding 320 other events was refused (MP001, "would shrink 2024-03-08 from 320 to 1 events").
+//     holding 320 other events was refused (MP001, "would shrink 2024-03-08 from 320 to 1 events");
+//   - begin_run without `or not selection @> standing` (no keeps_watermark on a run of ["login"] under events.only
+//     ["login","purchase"]): the partial incremental run moved the watermark to its newest login event.
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { beginRun, finishRun, stageRecords, writeSetting, type BeginRunOptions } from './sync-api.ts';
+import { beginRun, finishRun, readWatermarks, stageRecords, writeSetting, type BeginRunOptions } from './sync-api.ts';
 import { exportEvent, type ExportEvent } from './run-fixtures.ts';
 
 let db: TestDatabase;
@@ -121,5 +124,39 @@ describe('runs with a selection', () => {
       { event_name: 'Sign Up', events: 1 },
       { event_name: 'login', events: 1 },
     ]);
+  });
+});
+
+describe('the watermark with a selection', () => {
+  const watermark = async () => (await readWatermarks(db.pool)).find((w) => w.source === 'events')?.watermark ?? null;
+
+  it('an incremental run that leaves out names events.only syncs keeps the watermark; one of the standing names moves it', async () => {
+    await writeSetting(db.pool, 'events.only', '["login", "purchase"]');
+    await run([exportEvent('u1', 'login', at('2024-03-09', 100), { insertId: 'a' })]);
+    const markBefore = await watermark();
+    expect(markBefore).toEqual(at('2024-03-09', 100));
+    const partial = await run([exportEvent('u1', 'login', at('2024-03-09', 5000), { insertId: 'b' })], { events: ['login'] });
+    expect(partial).toMatchObject({ mode: 'incremental', status: 'succeeded', applied: '1' });
+    expect(await watermark()).toEqual(markBefore);
+    const standing = await run([exportEvent('u1', 'purchase', at('2024-03-09', 6000), { insertId: 'c' })]);
+    expect(standing).toMatchObject({ mode: 'incremental', status: 'succeeded', applied: '1' });
+    expect(standing.options.events).toEqual(['login', 'purchase']);
+    expect(standing.options.keeps_watermark).toBeUndefined();
+    expect(await watermark()).toEqual(at('2024-03-09', 6000));
+  });
+
+  it('a full run of one name while every name is synced (--full --event login) keeps the watermark', async () => {
+    await run([
+      exportEvent('u1', 'login', at('2024-03-08', 10), { insertId: 'l1' }),
+      exportEvent('u2', 'purchase', at('2024-03-09', 30), { insertId: 'p2' }),
+    ]);
+    const markBefore = await watermark();
+    expect(markBefore).toEqual(at('2024-03-09', 30));
+    const finished = await run([exportEvent('u3', 'login', at('2024-03-09', 40), { insertId: 'l2' })], {
+      forceFull: true,
+      events: ['login'],
+    });
+    expect(finished).toMatchObject({ status: 'succeeded', applied: '1' });
+    expect(await watermark()).toEqual(markBefore);
   });
 });
