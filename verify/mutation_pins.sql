@@ -58,6 +58,9 @@
 --      changed line, the change is stored.
 --      Mutants: the line hash without the zone (coalesce('', r.project_timezone)); `k.line_id > p.line_id` dropped
 --      (a recognised line of the profile anywhere in the batch hid the change).
+--  13. the legacy ledger (keys of the formula before event_key) keeps the horizon day, like the ledger: two ADD runs on
+--      the same horizon day both count a re-sent event of that day, known only by its legacy key, as a duplicate.
+--      Mutant: finish_events_run deleting legacy rows with `l.day <= horizon` (the second run applied the event again).
 -- Run on a migrated database: psql -v ON_ERROR_STOP=1 -f verify/mutation_pins.sql   (it rolls back)
 -- It needs no events or profiles run running (begin_run refuses a second one) and holds finish_run's lock and the events
 -- watermark row until it rolls back. Its data: distinct_ids 'verify:pin-…' and '$device:verify:pin-…', day 2000-03-01,
@@ -300,6 +303,24 @@ begin
   perform pg_temp.same('12. a recognised line followed by a changed one: the change is stored', 'Final',
     (select p.name from mixpanel_sync.subscriber_properties p where p.distinct_id = 'verify:pin-z2'));
 
+  -- 13. Legacy rows of the horizon day survive the run's prune: events.ledger_retention 3 days, clocks 2000-03-06 12:00
+  --     and 13:00, so the horizon day is 2000-03-04; the legacy key of ('Old Event', 952164000 = 2000-03-04 10:00 UTC,
+  --     $insert_id 'pin-lg') is md5('Old Event' 0x1f '952164000' 0x1f 'pin-lg'), as Python's hashlib computes it.
+  update mixpanel_sync.sync_settings s set value = v.value
+  from (values ('events.ledger_retention', '3 days'), ('events.incremental', 'on')) v (key, value) where s.key = v.key;
+  insert into mixpanel_sync.event_ledger_legacy (distinct_id, event_key, day, event_name, event_time, run_id)
+  values ('verify:pin-lg', '24d3eedd-4cf2-938f-30b5-56eb451edfcf', '2000-03-04', 'Old Event', '2000-03-04 10:00:00+00', 0);
+  run := mixpanel_sync.begin_run('events', clock => '2000-03-06 12:00:00+00');
+  perform mixpanel_sync.stage_events(run.id, jsonb_build_array(pg_temp.ev('Old Event', 'verify:pin-lg', '2000-03-04 10:00:00+00', 'pin-lg', '{}')));
+  run := mixpanel_sync.finish_run(run.id);
+  perform pg_temp.same('13. first ADD on the horizon day (mode, applied, duplicates)', '(incremental,0,1)',
+    format('(%s,%s,%s)', run.mode, run.applied, run.duplicates));
+  run := mixpanel_sync.begin_run('events', clock => '2000-03-06 13:00:00+00');
+  perform mixpanel_sync.stage_events(run.id, jsonb_build_array(pg_temp.ev('Old Event', 'verify:pin-lg', '2000-03-04 10:00:00+00', 'pin-lg', '{}')));
+  run := mixpanel_sync.finish_run(run.id);
+  perform pg_temp.same('13. second ADD on the same horizon day (mode, applied, duplicates)', '(incremental,0,1)',
+    format('(%s,%s,%s)', run.mode, run.applied, run.duplicates));
+
   -- 4. events_resolved: the device's event is rewritten to the user; the user's own event is not.
   update mixpanel_sync.sync_settings s set value = 'simplified' where s.key = 'identity.mode';
   run := mixpanel_sync.begin_run('events', true, clock => '2000-03-02 12:00:00+00');
@@ -318,7 +339,7 @@ begin
   perform mixpanel_sync_verify.verify_assert_same('mutation_pins', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
     others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}');
 
-  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); terminated-early marker: 63 characters yes, 64 no; legacy_event_key = its known answers; staged_events truncated by fail_run while a profiles run runs; a profile unreadable by both set paths rejected alone by the last resort; identity links of 255-character ids learned, of 256 skipped (both modes); no link from what neither mode defines; a $merge canonical device joined a user; an earlier sight moved identified_at, a later one did not, two links in a run kept the earlier; a profile line re-read in another zone, a changed line after a recognised one stored; rows of others untouched';
+  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); terminated-early marker: 63 characters yes, 64 no; legacy_event_key = its known answers; staged_events truncated by fail_run while a profiles run runs; a profile unreadable by both set paths rejected alone by the last resort; identity links of 255-character ids learned, of 256 skipped (both modes); no link from what neither mode defines; a $merge canonical device joined a user; an earlier sight moved identified_at, a later one did not, two links in a run kept the earlier; a profile line re-read in another zone, a changed line after a recognised one stored; a legacy-keyed event of the horizon day a duplicate in two runs; rows of others untouched';
 end;
 $$;
 

@@ -98,6 +98,7 @@ export const proofMap: Record<string, string[]> = {
   ],
   finish_events_run: [
     ...endToEnd,
+    'verify/mutation_pins.sql',
     'verify/replace_then_adds_equal_replace.sql',
     'verify/raw_events_match_daily.sql',
     'scripts/sql/parse-skip-raw.test.ts',
