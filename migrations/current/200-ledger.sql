@@ -142,13 +142,26 @@ begin
       and to_date(substr(c.relname, 15), 'YYYYMMDD') < before_day
     order by c.relname
   loop
-    execute format('drop table mixpanel_sync.%I', part.relname);
+    if dropped = 0 then
+      -- Dropping a partition takes ACCESS EXCLUSIVE on the ledger: behind an open reader (a long query on raw_events)
+      -- it would wait, new readers would queue behind it, and two finishing transactions could deadlock. So the lock
+      -- is taken without waiting, and when the ledger is busy nothing is dropped: the next run retries (retention
+      -- lags by a run), as drop_staged_rows does for the staging tables.
+      begin
+        lock table mixpanel_sync.event_ledger in access exclusive mode nowait;
+      exception
+        when lock_not_available then
+          return 0;
+      end;
+    end if;
+    -- (if exists: a concurrent caller may have dropped it between the list and the lock)
+    execute format('drop table if exists mixpanel_sync.%I', part.relname);
     dropped := dropped + 1;
   end loop;
   return dropped;
 end;
 $$;
-comment on function mixpanel_sync_private.drop_ledger_partitions(before_day date) is 'The ledger''s retention: drops the day partitions of event_ledger for the days before before_day (whole partitions; no row is deleted) and returns how many. Called by finish_events_run with the storage horizon. SECURITY DEFINER (owned by the schema owner): dropping a partition needs the ledger''s owner, which the loader is not.';
+comment on function mixpanel_sync_private.drop_ledger_partitions(before_day date) is 'The ledger''s retention: drops the day partitions of event_ledger for the days before before_day (whole partitions; no row is deleted) and returns how many. Never waits: when the ledger is in use (ACCESS EXCLUSIVE not available at once, e.g. a reader''s open transaction on raw_events) it drops nothing and returns 0; the next run retries. Called by finish_events_run with the storage horizon. SECURITY DEFINER (owned by the schema owner): dropping a partition needs the ledger''s owner, which the loader is not.';
 revoke execute on function mixpanel_sync_private.drop_ledger_partitions(before_day date) from public;
 grant execute on function mixpanel_sync_private.drop_ledger_partitions(before_day date) to mixpanel_sync_loader;
 

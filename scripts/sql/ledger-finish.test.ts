@@ -8,7 +8,10 @@
 //     function was called 4 times, once per staged line, not once);
 //   - the REPLACE loop's step 3 as one `l.day < kept_from or not exists (...)` query (the UNION ALL undone): "the
 //     REPLACE loop reads the run's events a number of times linear in the events" (5,200 rows read at 60 users, 1,280
-//     with the two branches).
+//     with the two branches);
+//   - `lock table ... nowait` (and its lock_not_available skip) in drop_ledger_partitions: "a reader's open
+//     transaction on the ledger" (the DROP waited behind the reader until the finishing connection's lock_timeout:
+//     finish_run failed with 55P03).
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
 import { beginRun, finishRun, readWatermarks, stageLines, stageRecords, writeSetting, type BeginRunOptions } from './sync-api.ts';
@@ -123,5 +126,45 @@ describe('the REPLACE loop (events.upsert_path = loop)', () => {
     await writeSetting(db.pool, 'events.upsert_path', 'loop');
     const users = 60;
     expect(await runEventReads(users)).toBeLessThan(30 * users);
+  });
+});
+
+describe('the ledger\'s retention next to a reader', () => {
+  const oldPartition = 'event_ledger_p20240101';
+  const partitionExists = async () =>
+    (await db.pool.query<{ present: boolean }>(`select to_regclass($1) is not null as present`, [`mixpanel_sync.${oldPartition}`])).rows[0]!.present;
+
+  it('a reader\'s open transaction on the ledger: finish_run does not wait for it and keeps the old partition; the next run drops it', async () => {
+    // The storage horizon of these runs (clock 2024-03-10, events.ledger_retention 7 days) is 2024-03-04.
+    await db.pool.query(`select mixpanel_sync_private.ensure_ledger_partitions('2024-01-01', '2024-01-01')`);
+    await run([exportEvent('u1', 'login', at('2024-03-09', 10), { insertId: 'k1' })]);
+    await db.pool.query(`select mixpanel_sync_private.ensure_ledger_partitions('2024-01-01', '2024-01-01')`);
+    expect(await partitionExists()).toBe(true);
+
+    const reader = await db.pool.connect();
+    const finisher = await db.pool.connect();
+    try {
+      await reader.query('begin');
+      await reader.query('select count(*) from mixpanel_sync.raw_events');
+      await reader.query('select count(*) from mixpanel_sync.event_ledger');
+      // Not a timing assertion: without the NOWAIT the DROP would wait behind the reader for good; this bounds it.
+      await finisher.query(`set lock_timeout = '5s'`);
+      const begun = await beginRun(finisher, { source: 'events', clock });
+      await stageRecords(finisher, 'events', begun.id, [exportEvent('u1', 'login', at('2024-03-09', 20), { insertId: 'k2' })]);
+      const busy = await finishRun(finisher, begun.id);
+      expect(busy).toMatchObject({ status: 'succeeded', applied: '1' });
+      expect(busy.options.storage_horizon_day).toBe('2024-03-04');
+      expect(await partitionExists(), 'kept while the reader is open').toBe(true);
+      await reader.query('commit');
+
+      const next = await run([exportEvent('u1', 'login', at('2024-03-09', 30), { insertId: 'k3' })]);
+      expect(next).toMatchObject({ status: 'succeeded', applied: '1' });
+      expect(await partitionExists(), 'dropped by the next run').toBe(false);
+    } finally {
+      await reader.query('rollback').catch(() => undefined);
+      reader.release();
+      await finisher.query('reset lock_timeout');
+      finisher.release();
+    }
   });
 });
