@@ -4,6 +4,11 @@
 // Seen failing without the protection (spot_check_differences re-created mutated in a throwaway copy): without the
 // dedup (distinct on event_key) the duplicate export line made the matching case report 'missing events'; with
 // pending events counted as Mixpanel's, the late arrivals became differences.
+// The selection case (events.only): seen failing (exit 1) with the spot-check as it was (schema.sql's begin_spot_check,
+// spot_check_differences and spot_check_counts re-created in the test database: no spot_checks.events, so no `event`
+// parameter either): u3's buy that Mixpanel has and the sync no longer keeps was 'missing events', u5's stored buy
+// that Mixpanel no longer has 'extra events'; and with the filter on the stored side only removed (Mixpanel's side
+// still filtered), every stored buy was 'extra events (Mixpanel has none)'.
 import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -11,7 +16,8 @@ import { repoRoot } from '../db/paths.ts';
 import { createTestDatabase } from '../db/vitest-database.ts';
 import { startFakeMixpanel, type FakeMixpanel } from '../fixtures/fake-mixpanel-server.ts';
 import { syncEvents } from '../loader/events-sync.ts';
-import { spotCheck, spotCheckLines } from '../loader/spot-check.ts';
+import { spotCheck, spotCheckLines, type SpotCheckReport } from '../loader/spot-check.ts';
+import { writeSetting } from '../sql/sync-api.ts';
 
 const db = await createTestDatabase();
 let fake: FakeMixpanel;
@@ -47,6 +53,7 @@ beforeEach(async () => {
   await db.pool.query(
     'truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers, mixpanel_sync.sync_watermarks, mixpanel_sync.sync_runs, mixpanel_sync.spot_checks cascade',
   );
+  await writeSetting(db.pool, 'events.only', '[]');
   fake.setEvents(BASE);
   await syncEvents({ pool: db.pool, mixpanel: fake.settings() });
   fake.requests.length = 0;
@@ -137,6 +144,29 @@ describe('spot-check', () => {
       `properties["distinct_id"] == ${JSON.stringify(a.users[0])} or properties["distinct_id"] == ${JSON.stringify(a.users[1])}`,
       `properties["distinct_id"] == ${JSON.stringify(a.users[2])} or properties["distinct_id"] == ${JSON.stringify(a.users[3])}`,
     ]);
+  });
+
+  it('compares only what events.only keeps: the Export asked for those names, stored rows of other names left out (exit 0)', async () => {
+    // BASE was synced with every name; now the sync keeps only open: buy's rows stay stored (not forgotten), Mixpanel
+    // has a buy the sync no longer fetches (u3) and no longer has a stored one (u5). Neither is a difference.
+    await writeSetting(db.pool, 'events.only', '["open"]');
+    fake.setEvents([...BASE.filter((l) => !l.includes('"b-5-1"')), line('u3', 'buy', DAY + 2 * HOUR, 'b-new', DAY)]);
+    const result = await cli(['--users', '10', '--seed', 's', '--json']);
+    expect(result).toMatchObject({ code: 0, stderr: '' });
+    const report = JSON.parse(result.stdout) as SpotCheckReport;
+    // 10 users x 3 days of open, the duplicate open line fetched too; no buy fetched
+    expect(report).toMatchObject({ differing_users: [], differences: [], events: ['open'], compared: 30, events_fetched: 31 });
+    const exports = fake.requests.filter((r) => r.path === '/api/2.0/export');
+    expect(exports.map((r) => r.query.event)).toEqual(['["open"]']);
+    const { rows } = await db.pool.query('select events from mixpanel_sync.spot_checks where id = $1', [report.check_id]);
+    expect(rows).toEqual([{ events: ['open'] }]);
+    expect(spotCheckLines(report).at(-1)).toMatch(/10 users, 30 \(user, day, event\) groups of open \(events\.only\) over .*: match$/);
+
+    // with every name again, the same data differs where it should: buy is compared on both sides
+    await writeSetting(db.pool, 'events.only', '[]');
+    const all = await check();
+    expect(all.events).toEqual([]);
+    expect(all.differing_users.sort()).toEqual(['u3', 'u5']);
   });
 
   it('could not check: exit 2 with one line (nothing synced; an incomplete export)', async () => {

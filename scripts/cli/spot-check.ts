@@ -13,8 +13,9 @@ npm run spot-check -- [options]
 Compares N subscribers' events in PostgreSQL with Mixpanel's own (Export API, a where on distinct_id), counted with
 the sync's dedup rule, per user, UTC day and event name (events_daily) and per user and event name (subscribers),
 over the synced window: the events.full_window days ending with the watermark. Events after the watermark, or
-processed by Mixpanel after the last run, are shown as pending, not as differences. Writes nothing but its own
-record (mixpanel_sync.spot_checks).
+processed by Mixpanel after the last run, are shown as pending, not as differences. Only the event names the setting
+events.only keeps are compared (asked of the Export API, and of the stored rows; [] = every name). Writes nothing
+but its own record (mixpanel_sync.spot_checks).
 
   --users N              how many users (default 20)
   --seed S               which users: the same seed picks the same users (default: today's UTC date)

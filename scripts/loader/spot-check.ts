@@ -2,7 +2,9 @@
 // begin_spot_check), their events over the synced window fetched again from the Export API (`where` on distinct_id,
 // a batch of users per request, each request taken from the Export budget like the sync's own), staged as received,
 // and compared in SQL (spot_check_differences: the sync's event_key dedup, events_daily per day and event name,
-// subscribers per event name). Nothing of the sync's tables is written.
+// subscribers per event name). Nothing of the sync's tables is written. Only the event names the sync keeps are compared:
+// begin_spot_check records the setting events.only on the check, the Export API is asked for just those names (its
+// `event` parameter, as a run does) and spot_check_differences leaves other names out on both sides.
 import { exportEvents } from '../mixpanel/export-events.ts';
 import type { RequestOptions } from '../mixpanel/mixpanel-request.ts';
 import type { MixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
@@ -31,6 +33,8 @@ export interface SpotCheckReport {
   seed: string;
   users: string[];
   window: { from_day: string; to_day: string; watermark: string };
+  /** The event names compared (the setting events.only); []: every event. */
+  events: string[];
   requests: number;
   events_fetched: number;
   compared: number;
@@ -70,6 +74,7 @@ export async function spotCheck(options: SpotCheckOptions): Promise<SpotCheckRep
         fromDate,
         toDate,
         where: distinctIdWhere(users),
+        ...(check.events.length > 0 ? { event: check.events } : {}),
         settings: options.mixpanel,
         ...(options.signal ? { signal: options.signal } : {}),
         ...(options.onRetry ? { onRetry: options.onRetry } : {}),
@@ -101,6 +106,7 @@ export async function spotCheck(options: SpotCheckOptions): Promise<SpotCheckRep
       seed: check.seed,
       users: check.users,
       window: { from_day: check.from_day, to_day: check.to_day, watermark: check.watermark.toISOString() },
+      events: check.events,
       requests,
       events_fetched: fetched,
       compared,
@@ -128,7 +134,8 @@ export function spotCheckLines(report: SpotCheckReport): string[] {
   const lines = rows.length ? [format(header), ...rows.map(format)] : [];
   const verdict = report.differing_users.length === 0 ? 'match' : `${report.differing_users.length} of ${report.users.length} users differ`;
   lines.push(
-    `spot-check ${report.check_id} (seed ${report.seed}): ${report.users.length} users, ${report.compared} (user, day, event) groups over ` +
+    `spot-check ${report.check_id} (seed ${report.seed}): ${report.users.length} users, ${report.compared} (user, day, event) groups` +
+      `${report.events.length > 0 ? ` of ${report.events.join(', ')} (events.only)` : ''} over ` +
       `${report.window.from_day}..${report.window.to_day} (watermark ${report.window.watermark}), ${report.events_fetched} events fetched in ` +
       `${report.requests} requests, ${report.pending} pending: ${verdict}`,
   );

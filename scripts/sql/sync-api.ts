@@ -483,6 +483,8 @@ export interface SpotCheck {
   watermark: Date;
   processing_watermark: Date | null;
   project_timezone: string | null;
+  /** The event names the check compares (the setting events.only when it began); []: every event. */
+  events: string[];
 }
 
 /** One (user, day, event) group that differs, or holds pending events; day null: the user's subscribers summary. */
@@ -497,10 +499,11 @@ export interface SpotCheckDifference {
   reason: string;
 }
 
-/** mixpanel_sync.begin_spot_check: `users` subscribers chosen by the seed, and the synced window. */
+/** mixpanel_sync.begin_spot_check: `users` subscribers chosen by the seed, the synced window and the event names compared. */
 export async function beginSpotCheck(db: Queryable, users: number, seed: string): Promise<SpotCheck> {
   const { rows } = await db.query<SpotCheck>(
-    `select c.id, c.seed, c.users, c.from_day::text as from_day, c.to_day::text as to_day, c.watermark, c.processing_watermark, c.project_timezone
+    `select c.id, c.seed, c.users, c.from_day::text as from_day, c.to_day::text as to_day, c.watermark, c.processing_watermark, c.project_timezone,
+       array(select jsonb_array_elements_text(coalesce(c.events, '[]'))) as events
      from mixpanel_sync.begin_spot_check($1, $2) c`,
     [users, seed],
   );
