@@ -61,6 +61,9 @@
 --  13. the legacy ledger (keys of the formula before event_key) keeps the horizon day, like the ledger: two ADD runs on
 --      the same horizon day both count a re-sent event of that day, known only by its legacy key, as a duplicate.
 --      Mutant: finish_events_run deleting legacy rows with `l.day <= horizon` (the second run applied the event again).
+--  14. the REPLACE guard counts a day holding exactly events.replace_guard_min_events events: with min 2 and ratio 0.5,
+--      a full run that would leave 0 of a day's 2 stored events is refused with MP001.
+--      Mutant: replace_guard with `s.events > min_events` (a day at the minimum not guarded).
 -- Run on a migrated database: psql -v ON_ERROR_STOP=1 -f verify/mutation_pins.sql   (it rolls back)
 -- It needs no events or profiles run running (begin_run refuses a second one) and holds finish_run's lock and the events
 -- watermark row until it rolls back. Its data: distinct_ids 'verify:pin-…' and '$device:verify:pin-…', day 2000-03-01,
@@ -88,6 +91,7 @@ declare
   others_before jsonb := mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}';
   run mixpanel_sync.sync_runs;
   profiles mixpanel_sync.sync_runs;
+  refused text;
 begin
   -- 1. fail_run's error code: the explicit one first, else the MPnnn the error text starts with, else none.
   run := mixpanel_sync.begin_run('events', true, clock => '2000-03-01 12:00:00+00');
@@ -321,6 +325,29 @@ begin
   perform pg_temp.same('13. second ADD on the same horizon day (mode, applied, duplicates)', '(incremental,0,1)',
     format('(%s,%s,%s)', run.mode, run.applied, run.duplicates));
 
+  -- 14. The guard at exactly min_events: 2 events stored on 2000-03-09, then a full run over the same 2-day window
+  --     with one event on 2000-03-10 only.
+  update mixpanel_sync.sync_settings s set value = v.value
+  from (values ('events.replace_guard_min_events', '2'), ('events.replace_guard_ratio', '0.5'), ('events.full_window', '2 days'))
+    v (key, value) where s.key = v.key;
+  run := mixpanel_sync.begin_run('events', true, clock => '2000-03-10 12:00:00+00');
+  perform mixpanel_sync.stage_events(run.id, jsonb_build_array(
+    pg_temp.ev('Open', 'verify:pin-g1', '2000-03-09 10:00:00+00', 'pin-g1', '{}'),
+    pg_temp.ev('Open', 'verify:pin-g1', '2000-03-09 11:00:00+00', 'pin-g2', '{}')));
+  run := mixpanel_sync.finish_run(run.id);
+  perform pg_temp.same('14. the first full run stored 2 events on 2000-03-09', 2::bigint,
+    (select sum(d.event_count) from mixpanel_sync.events_daily d where d.distinct_id = 'verify:pin-g1')::bigint);
+  run := mixpanel_sync.begin_run('events', true, clock => '2000-03-10 13:00:00+00');
+  perform mixpanel_sync.stage_events(run.id, jsonb_build_array(pg_temp.ev('Open', 'verify:pin-g3', '2000-03-10 10:00:00+00', 'pin-g3', '{}')));
+  begin
+    perform mixpanel_sync.finish_run(run.id);
+  exception
+    when others then
+      refused := sqlstate;
+  end;
+  perform pg_temp.same('14. a full run leaving 0 of a day''s 2 (= min_events) stored events is refused', 'MP001', refused);
+  perform mixpanel_sync.fail_run(run.id, 'verify: refused by the guard');
+
   -- 4. events_resolved: the device's event is rewritten to the user; the user's own event is not.
   update mixpanel_sync.sync_settings s set value = 'simplified' where s.key = 'identity.mode';
   run := mixpanel_sync.begin_run('events', true, clock => '2000-03-02 12:00:00+00');
@@ -339,7 +366,7 @@ begin
   perform mixpanel_sync_verify.verify_assert_same('mutation_pins', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
     others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}');
 
-  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); terminated-early marker: 63 characters yes, 64 no; legacy_event_key = its known answers; staged_events truncated by fail_run while a profiles run runs; a profile unreadable by both set paths rejected alone by the last resort; identity links of 255-character ids learned, of 256 skipped (both modes); no link from what neither mode defines; a $merge canonical device joined a user; an earlier sight moved identified_at, a later one did not, two links in a run kept the earlier; a profile line re-read in another zone, a changed line after a recognised one stored; a legacy-keyed event of the horizon day a duplicate in two runs; rows of others untouched';
+  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); terminated-early marker: 63 characters yes, 64 no; legacy_event_key = its known answers; staged_events truncated by fail_run while a profiles run runs; a profile unreadable by both set paths rejected alone by the last resort; identity links of 255-character ids learned, of 256 skipped (both modes); no link from what neither mode defines; a $merge canonical device joined a user; an earlier sight moved identified_at, a later one did not, two links in a run kept the earlier; a profile line re-read in another zone, a changed line after a recognised one stored; a legacy-keyed event of the horizon day a duplicate in two runs; the REPLACE guard refused at exactly min_events; rows of others untouched';
 end;
 $$;
 

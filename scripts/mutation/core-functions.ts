@@ -115,7 +115,7 @@ export const proofMap: Record<string, string[]> = {
   parse_staged_events: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql', 'property-tests/run-accounting.test.ts'],
   fail_run: ['verify/mutation_pins.sql', 'verify/run_lifecycle_pinned.sql', 'property-tests/failed-run.test.ts', 'scripts/sql/safety-guard.test.ts'],
   finish_or_fail_run: ['scripts/sql/guard-refusal-psql.test.ts'],
-  replace_guard: ['verify/selection_replace_keeps_other_names.sql', 'scripts/sql/safety-guard.test.ts', 'scripts/sql/event-selection-runs.test.ts'],
+  replace_guard: ['verify/mutation_pins.sql', 'verify/selection_replace_keeps_other_names.sql', 'scripts/sql/safety-guard.test.ts', 'scripts/sql/event-selection-runs.test.ts'],
   heartbeat_run: ['verify/mutation_pins.sql', 'scripts/sql/safety-followups.test.ts'],
   abandon_stale_runs: ['verify/mutation_pins.sql', 'scripts/sql/safety-one-run.test.ts', 'scripts/sql/safety-followups.test.ts'],
   prune_history: ['verify/run_lifecycle_pinned.sql', 'scripts/sql/health-housekeeping.test.ts'],
