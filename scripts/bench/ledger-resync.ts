@@ -90,6 +90,8 @@ async function withoutPart(folder: string, part: string): Promise<void> {
     const parts = text.split(/^--! split: (\S+)\n/m).slice(1);
     await rm(path.join(committed, name));
     await rm(path.join(folder, 'current.sql'), { force: true });
+    // (a session's current/ folder, if any, is left out of "previous": it holds later work, not this part's)
+    await rm(path.join(folder, 'current'), { recursive: true, force: true });
     await mkdir(path.join(folder, 'current'));
     for (let i = 0; i < parts.length; i += 2) {
       if (parts[i] !== part) await writeFile(path.join(folder, 'current', parts[i]!), parts[i + 1]!);
@@ -156,16 +158,18 @@ async function main(): Promise<void> {
       result[name]!.add = add.ms;
       log(`${name}: incremental ${add.ms.toFixed(0)} ms, ${add.applied} applied`);
     }
-    // What each ledger column and index costs (the merge database, after the runs).
+    // What each ledger column and index costs (the merge database, after the runs). The ledger is day-partitioned
+    // (200-ledger.sql): its heap and primary key are the sums over its partitions (pg_partition_tree; a plain table
+    // is its own only leaf), and it has no day index any more (0).
     const { rows: columns } = await pools.merge!.query(`select
         count(*) as rows,
         avg(pg_column_size(l.distinct_id)) as distinct_id, avg(pg_column_size(l.event_key)) as event_key,
         avg(pg_column_size(l.day)) as day, avg(pg_column_size(l.event_name)) as event_name,
         avg(pg_column_size(l.event_time)) as event_time, avg(pg_column_size(l.run_id)) as run_id,
         avg(pg_column_size(l.*)) as whole_row,
-        pg_relation_size('mixpanel_sync.event_ledger') as heap,
-        pg_relation_size('mixpanel_sync.event_ledger_pkey') as pkey,
-        pg_relation_size('mixpanel_sync.event_ledger_day_idx') as day_idx,
+        (select sum(pg_relation_size(t.relid)) from pg_partition_tree('mixpanel_sync.event_ledger') t where t.isleaf) as heap,
+        (select sum(pg_relation_size(t.relid)) from pg_partition_tree('mixpanel_sync.event_ledger_pkey') t where t.isleaf) as pkey,
+        coalesce(pg_relation_size(to_regclass('mixpanel_sync.event_ledger_day_idx')), 0) as day_idx,
         pg_relation_size('mixpanel_sync.events_daily') as daily_heap,
         pg_relation_size('mixpanel_sync.events_daily_pkey') as daily_pkey,
         pg_relation_size('mixpanel_sync.events_daily_day_idx') as daily_day_idx,
