@@ -64,6 +64,10 @@
 --  14. the REPLACE guard counts a day holding exactly events.replace_guard_min_events events: with min 2 and ratio 0.5,
 --      a full run that would leave 0 of a day's 2 stored events is refused with MP001.
 --      Mutant: replace_guard with `s.events > min_events` (a day at the minimum not guarded).
+--  15. begin_run: a resync of past days fetches up to the last second of resync_to; a run whose watermark minus
+--      events.overlap falls before the ledger horizon is full, one just after it incremental.
+--      Mutants: begin_run with (w.to_day - 1) for (w.to_day + 1) in a resync's fetch_to; with watermark + overlap in the
+--      rule that turns a run full.
 -- Run on a migrated database: psql -v ON_ERROR_STOP=1 -f verify/mutation_pins.sql   (it rolls back)
 -- It needs no events or profiles run running (begin_run refuses a second one) and holds finish_run's lock and the events
 -- watermark row until it rolls back. Its data: distinct_ids 'verify:pin-…' and '$device:verify:pin-…', day 2000-03-01,
@@ -348,6 +352,24 @@ begin
   perform pg_temp.same('14. a full run leaving 0 of a day''s 2 (= min_events) stored events is refused', 'MP001', refused);
   perform mixpanel_sync.fail_run(run.id, 'verify: refused by the guard');
 
+  -- 15. begin_run's resync end and its watermark-before-horizon rule (ledger retention 3 days, overlap 2 hours:
+  --     the clock 2000-03-20 12:00 has the horizon day 2000-03-18).
+  run := mixpanel_sync.begin_run('events', clock => '2000-03-20 12:00:00+00', resync_from => '2000-03-01', resync_to => '2000-03-02');
+  perform pg_temp.same('15. a resync of 2000-03-01 .. 02 (mode, fetch_to)', '(full,2000-03-02 23:59:59+00)',
+    format('(%s,%s)', run.mode, to_char(run.fetch_to at time zone 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '+00'));
+  perform mixpanel_sync.fail_run(run.id, 'verify: resync begun only');
+  update mixpanel_sync.sync_settings s set value = v.value
+  from (values ('events.ledger_retention', '3 days'), ('events.overlap', '2 hours'), ('events.incremental', 'on')) v (key, value)
+  where s.key = v.key;
+  update mixpanel_sync.sync_watermarks w set watermark = '2000-03-18 01:00:00+00' where w.source = 'events';
+  run := mixpanel_sync.begin_run('events', clock => '2000-03-20 12:00:00+00');
+  perform pg_temp.same('15. watermark - overlap before the horizon day: a full run', 'full', run.mode);
+  perform mixpanel_sync.fail_run(run.id, 'verify: begun only');
+  update mixpanel_sync.sync_watermarks w set watermark = '2000-03-18 02:00:00+00' where w.source = 'events';
+  run := mixpanel_sync.begin_run('events', clock => '2000-03-20 12:00:00+00');
+  perform pg_temp.same('15. watermark - overlap exactly the horizon day''s midnight: an incremental run', 'incremental', run.mode);
+  perform mixpanel_sync.fail_run(run.id, 'verify: begun only');
+
   -- 4. events_resolved: the device's event is rewritten to the user; the user's own event is not.
   update mixpanel_sync.sync_settings s set value = 'simplified' where s.key = 'identity.mode';
   run := mixpanel_sync.begin_run('events', true, clock => '2000-03-02 12:00:00+00');
@@ -366,7 +388,7 @@ begin
   perform mixpanel_sync_verify.verify_assert_same('mutation_pins', 'fingerprints of the rows this script did not create, before (expected) and after (actual)',
     others_before, mixpanel_sync_verify.verify_others() #- '{rows of others,sync_watermarks}' #- '{rows of others,sync_settings}');
 
-  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); terminated-early marker: 63 characters yes, 64 no; legacy_event_key = its known answers; staged_events truncated by fail_run while a profiles run runs; a profile unreadable by both set paths rejected alone by the last resort; identity links of 255-character ids learned, of 256 skipped (both modes); no link from what neither mode defines; a $merge canonical device joined a user; an earlier sight moved identified_at, a later one did not, two links in a run kept the earlier; a profile line re-read in another zone, a changed line after a recognised one stored; a legacy-keyed event of the horizon day a duplicate in two runs; the REPLACE guard refused at exactly min_events; rows of others untouched';
+  raise notice 'PASS verify/mutation_pins: fail_run kept the explicit error code over the text''s, else the text''s, else none; heartbeat_run marked only the run it names and nothing once it failed; abandon_stale_runs left an old failed run and a run of exactly runs.abandon_after alone and abandoned one a second older; identity (simplified): events_resolved 1 of 2 (the id mapped to itself not counted); terminated-early marker: 63 characters yes, 64 no; legacy_event_key = its known answers; staged_events truncated by fail_run while a profiles run runs; a profile unreadable by both set paths rejected alone by the last resort; identity links of 255-character ids learned, of 256 skipped (both modes); no link from what neither mode defines; a $merge canonical device joined a user; an earlier sight moved identified_at, a later one did not, two links in a run kept the earlier; a profile line re-read in another zone, a changed line after a recognised one stored; a legacy-keyed event of the horizon day a duplicate in two runs; the REPLACE guard refused at exactly min_events; a resync fetched to the last second of its last day; watermark - overlap before the horizon made a run full, on it incremental; rows of others untouched';
 end;
 $$;
 

@@ -72,6 +72,7 @@ const profiles = [
 export const proofMap: Record<string, string[]> = {
   begin_run: [
     ...endToEnd,
+    'verify/mutation_pins.sql',
     'scripts/sql/event-selection.test.ts',
     'scripts/sql/safety-one-run.test.ts',
     'scripts/sql/safety-followups.test.ts',
