@@ -120,7 +120,7 @@ describe('the REPLACE loop (events.upsert_path = loop)', () => {
     }
   }
 
-  it('the REPLACE loop reads the run\'s events a number of times linear in the events, not once per ledger row', async () => {
+  it("the REPLACE loop reads the run's events a number of times linear in the events, not once per ledger row", async () => {
     // A second full run over the same 60 users (60 ledger rows in the window): rows of run_events read (sequential
     // and index fetches) in its finish_run. Measured: 1,280 (about 21 per event); with the quadratic step 3, 5,200.
     await writeSetting(db.pool, 'events.upsert_path', 'loop');
@@ -129,12 +129,13 @@ describe('the REPLACE loop (events.upsert_path = loop)', () => {
   });
 });
 
-describe('the ledger\'s retention next to a reader', () => {
+describe("the ledger's retention next to a reader", () => {
   const oldPartition = 'event_ledger_p20240101';
   const partitionExists = async () =>
-    (await db.pool.query<{ present: boolean }>(`select to_regclass($1) is not null as present`, [`mixpanel_sync.${oldPartition}`])).rows[0]!.present;
+    (await db.pool.query<{ present: boolean }>(`select to_regclass($1) is not null as present`, [`mixpanel_sync.${oldPartition}`])).rows[0]!
+      .present;
 
-  it('a reader\'s open transaction on the ledger: finish_run does not wait for it and keeps the old partition; the next run drops it', async () => {
+  it("a reader's open transaction on the ledger: finish_run does not wait for it and keeps the old partition; the next run drops it", async () => {
     // The storage horizon of these runs (clock 2024-03-10, events.ledger_retention 7 days) is 2024-03-04.
     await db.pool.query(`select mixpanel_sync_private.ensure_ledger_partitions('2024-01-01', '2024-01-01')`);
     await run([exportEvent('u1', 'login', at('2024-03-09', 10), { insertId: 'k1' })]);
