@@ -17,7 +17,7 @@ afterEach(async () => {
 const now = new Date();
 const lines = (tag: string) => [
   exportEvent('u1', 'open', minutesBefore(now, 5), { insertId: tag }),
-  { event: 'open', properties: { time: 1 } }, // no distinct_id: one reject per run
+  { event: 'open', properties: { distinct_id: 'u1' } }, // no time: one reject per run (no distinct_id is no_user, not a reject)
 ];
 const count = async (sql: string, params: unknown[] = []) => Number((await db.pool.query(sql, params)).rows[0].n);
 const stagedRows = (runId: string) =>
