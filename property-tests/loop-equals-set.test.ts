@@ -155,28 +155,34 @@ describe('invariant 1: loop ≡ set-based', () => {
   it('ADD: upsert_subscribers_incremental_add ≡ upsert_subscribers_incremental_add_loop', { timeout: timeoutFor(runs, 150) }, async () => {
     let exercised = 0;
     await fc.assert(
-      fc.asyncProperty(priorStateArb(pathSpan), batchArb({ ...pathSpan, maxEvents: 60 }), pathDayArb, fc.boolean(), async (prior, batch, horizon, raw) => {
-        const horizonDay = spanDay(pathSpan, horizon);
-        await rolledBack(db.pool, async (client) => {
-          await storeRaw(client, raw);
-          await applyPriorState(client, pathSpan, prior);
-          // re-send the prior batches too: events already in the ledger
-          const runId = await parsedRun(client, withNoUserEvents([...batch, ...prior.flatMap((step) => step.lines)], raw));
-          const bySet = await branch(client, async () => ({
-            result: await applyAdd(client, runId, horizonDay),
-            tables: await tableSnapshot(client, eventTables),
-          }));
-          const loopResult = await applyAdd(client, runId, horizonDay, 'loop');
-          await assertSameTables(
-            db.pool,
-            `ADD above ${horizonDay}: tables after the loop (expected) and the set-based path (actual)`,
-            await tableSnapshot(client, eventTables),
-            bySet.tables,
-          );
-          expect(bySet.result, 'apply_result of the set-based path (actual) and the loop (expected)').toEqual(loopResult);
-          if (loopResult.applied > 0 && loopResult.duplicates > 0) exercised++;
-        });
-      }),
+      fc.asyncProperty(
+        priorStateArb(pathSpan),
+        batchArb({ ...pathSpan, maxEvents: 60 }),
+        pathDayArb,
+        fc.boolean(),
+        async (prior, batch, horizon, raw) => {
+          const horizonDay = spanDay(pathSpan, horizon);
+          await rolledBack(db.pool, async (client) => {
+            await storeRaw(client, raw);
+            await applyPriorState(client, pathSpan, prior);
+            // re-send the prior batches too: events already in the ledger
+            const runId = await parsedRun(client, withNoUserEvents([...batch, ...prior.flatMap((step) => step.lines)], raw));
+            const bySet = await branch(client, async () => ({
+              result: await applyAdd(client, runId, horizonDay),
+              tables: await tableSnapshot(client, eventTables),
+            }));
+            const loopResult = await applyAdd(client, runId, horizonDay, 'loop');
+            await assertSameTables(
+              db.pool,
+              `ADD above ${horizonDay}: tables after the loop (expected) and the set-based path (actual)`,
+              await tableSnapshot(client, eventTables),
+              bySet.tables,
+            );
+            expect(bySet.result, 'apply_result of the set-based path (actual) and the loop (expected)').toEqual(loopResult);
+            if (loopResult.applied > 0 && loopResult.duplicates > 0) exercised++;
+          });
+        },
+      ),
       propertyParameters(runs, 150),
     );
     expect(exercised, 'runs that applied events and skipped duplicates').toBeGreaterThan(0);

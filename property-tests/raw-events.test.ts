@@ -61,7 +61,14 @@ function usableEvent(line: StagedLine): { event: string; properties: Record<stri
     return null;
   }
   const properties = parsed?.properties;
-  if (!parsed || typeof parsed.event !== 'string' || parsed.event === '' || !properties || typeof properties !== 'object' || Array.isArray(properties)) {
+  if (
+    !parsed ||
+    typeof parsed.event !== 'string' ||
+    parsed.event === '' ||
+    !properties ||
+    typeof properties !== 'object' ||
+    Array.isArray(properties)
+  ) {
     return null;
   }
   const id = properties.distinct_id;

@@ -44,7 +44,9 @@ function isNoUserLine(line: string, clockSeconds: number): boolean {
 function expectedRejects(step: RunStep): string[] {
   const clockSeconds = Date.parse(step.clock) / 1000;
   return step.lines
-    .filter((l) => (l.kind === 'invalid' && !isNoUserLine(l.line, clockSeconds)) || (l.kind === 'event' && eventSecond(l.event) > clockSeconds))
+    .filter(
+      (l) => (l.kind === 'invalid' && !isNoUserLine(l.line, clockSeconds)) || (l.kind === 'event' && eventSecond(l.event) > clockSeconds),
+    )
     .map((l) => l.line)
     .sort();
 }

@@ -65,6 +65,8 @@ it("explains a missed target with its suite's measured reason first, the written
     why: { full_sync_vs_copy: 'measured: COPY 1 s · parse 2 s', first_full_sync_vs_copy: 'not shown: the target is met' },
   });
   expect(markdown).toContain(`- \`full_sync_vs_copy\` (3.00×, target ${TARGETS.full_sync_vs_copy.text}): measured: COPY 1 s · parse 2 s`);
-  expect(markdown).toContain(`- \`scale_storage_bytes_per_event\` (200 B, target ${TARGETS.scale_storage_bytes_per_event.text}): not profiled yet`);
+  expect(markdown).toContain(
+    `- \`scale_storage_bytes_per_event\` (200 B, target ${TARGETS.scale_storage_bytes_per_event.text}): not profiled yet`,
+  );
   expect(markdown).not.toContain('not shown: the target is met');
 });

@@ -285,7 +285,7 @@ function report(data: ScenarioData, scale: Scale, measured: Measured): SuiteResu
     : `our steady-state full sync takes ${seconds(ours)} (no step profile: function statistics off).`;
   const why = {
     full_sync_vs_copy: `${steadyWhy} The floor: ${floorText}.`,
-    full_sync_events_per_s: `the floor: ${floorText}, so ≥ 100,000 events/s would need the whole sync to take ${((data.fullLines / 100_000) * 1000 / copy).toFixed(2)}× that COPY. ${steadyWhy}`,
+    full_sync_events_per_s: `the floor: ${floorText}, so ≥ 100,000 events/s would need the whole sync to take ${(((data.fullLines / 100_000) * 1000) / copy).toFixed(2)}× that COPY. ${steadyWhy}`,
     storage_bytes_per_event: `per event and table (the first of the ${measured.fresh.length} databases): ${measured.fresh[0] ? storageText(measured.fresh[0]) : '?'}.`,
     ...(resynced
       ? {

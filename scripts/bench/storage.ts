@@ -48,9 +48,11 @@ export async function eventStorage(db: Queryable, tables: readonly string[] = EV
 /** "event_ledger 23 B (1.4M rows), events_daily 140 B (9.0M rows), …": each table's bytes ÷ the events counted. */
 export function storageText(storage: EventStorage): string {
   const rows = (n: number) => (n >= 1e6 ? `${(n / 1e6).toFixed(1)}M` : n >= 1e3 ? `${Math.round(n / 1e3)}k` : `${n}`);
-  return storage.tables
-    .filter((t) => t.bytes > 0)
-    // rows from pg_class.reltuples: known once the table was analysed (the history builder's VACUUM ANALYZE)
-    .map((t) => `${t.table} ${Math.round(t.bytes / storage.events)} B${t.rows > 0 ? ` (${rows(t.rows)} rows)` : ''}`)
-    .join(', ');
+  return (
+    storage.tables
+      .filter((t) => t.bytes > 0)
+      // rows from pg_class.reltuples: known once the table was analysed (the history builder's VACUUM ANALYZE)
+      .map((t) => `${t.table} ${Math.round(t.bytes / storage.events)} B${t.rows > 0 ? ` (${rows(t.rows)} rows)` : ''}`)
+      .join(', ')
+  );
 }

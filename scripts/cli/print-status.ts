@@ -26,7 +26,23 @@ function watermarkLines(watermarks: readonly WatermarkRow[]): string[] {
 function runLines(runs: readonly RunRow[]): string[] {
   if (runs.length === 0) return ['  none'];
   return formatTable([
-    ['id', 'source', 'mode', 'status', 'received', 'applied', 'dup', 'rejected', 'too_old', 'no_user', 'unselected', 'ins/upd/same', 'seconds', 'started', 'error'],
+    [
+      'id',
+      'source',
+      'mode',
+      'status',
+      'received',
+      'applied',
+      'dup',
+      'rejected',
+      'too_old',
+      'no_user',
+      'unselected',
+      'ins/upd/same',
+      'seconds',
+      'started',
+      'error',
+    ],
     ...runs.map((r) => [
       String(r.id),
       r.source,

@@ -251,7 +251,13 @@ async function main(argv: string[]): Promise<number> {
       baselineMs: new Map(saved.info.baselineMs),
       survivorNotes: await readNotes(),
     };
-    await writeFile(values.out, writeReport(saved.results.filter((r) => !listed.has(r.mutant.key)), info));
+    await writeFile(
+      values.out,
+      writeReport(
+        saved.results.filter((r) => !listed.has(r.mutant.key)),
+        info,
+      ),
+    );
     console.log(`mutate: ${path.relative(repoRoot, values.out)} rewritten from ${path.relative(repoRoot, values.saved)}`);
     return 0;
   }
@@ -265,7 +271,10 @@ async function main(argv: string[]): Promise<number> {
     const at = values.at ? await treeAt(values.at) : undefined;
     const folder = at ? path.join(at.root, 'migrations') : values.migrations ? path.resolve(values.migrations) : undefined;
     const proofRoot = at?.root ?? repoRoot;
-    const overlay = (values.overlay ?? '').split(',').map((s) => s.trim()).filter(Boolean);
+    const overlay = (values.overlay ?? '')
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
     if (overlay.length > 0 && !at) throw new Error('--overlay needs --at (it copies working-tree files over that tree)');
     for (const file of overlay) {
       await mkdir(path.dirname(path.join(proofRoot, file)), { recursive: true });
@@ -281,7 +290,11 @@ async function main(argv: string[]): Promise<number> {
     if (unknown.length > 0) throw new Error(`--only: no function mixpanel_sync.${unknown.join(', ')} in the migrated template`);
     const wanted = definitions.filter((d) => (only ? only.includes(d.name) : values.all ? true : isCore(d.name)));
     const scope: ProofScope = values.quick ? 'quick' : values.exhaustive ? 'exhaustive' : 'mapped';
-    const measured = at ? `${at.commit}${overlay.length ? ` + ${overlay.join(', ')}` : ''}` : values.migrations ? `--migrations ${values.migrations}` : measuredOn();
+    const measured = at
+      ? `${at.commit}${overlay.length ? ` + ${overlay.join(', ')}` : ''}`
+      : values.migrations
+        ? `--migrations ${values.migrations}`
+        : measuredOn();
     const generated = wanted.flatMap((d) => generateMutants(d.fn, d.definition));
     const equivalents = await readEquivalents();
     const equivalentKeys = new Map(equivalents.map((e) => [e.key, e.reason]));
@@ -343,7 +356,8 @@ async function main(argv: string[]): Promise<number> {
       for (const row of text.split('\n').filter(Boolean)) {
         const r = JSON.parse(row) as MutantResult;
         // same commit (overlays only add proofs: a killed mutant stays killed)
-        if (r.status !== 'survived' && r.measuredOn?.split(' ')[0] === measured.split(' ')[0]) earlier.set(r.mutant.key, { ...r, measuredOn: measured });
+        if (r.status !== 'survived' && r.measuredOn?.split(' ')[0] === measured.split(' ')[0])
+          earlier.set(r.mutant.key, { ...r, measuredOn: measured });
       }
       console.log(`mutate: --resume: ${earlier.size} killed or invalid mutants taken from ${path.relative(repoRoot, partial)}`);
     }
@@ -388,7 +402,13 @@ async function main(argv: string[]): Promise<number> {
       results = [...saved.results.filter((r) => keep(r.mutant.fn) && !equivalentKeys.has(r.mutant.key)), ...fresh];
       generatedKeys = [...(saved.generatedKeys ?? []).filter((k) => keep(k.split('|')[0]!)), ...generatedKeys];
     }
-    const coreKey = (key: string) => isCore(key.split('|')[0]!.replace(/^mixpanel_sync\./, '').replace(/\(.*$/, ''));
+    const coreKey = (key: string) =>
+      isCore(
+        key
+          .split('|')[0]!
+          .replace(/^mixpanel_sync\./, '')
+          .replace(/\(.*$/, ''),
+      );
     const info: RunInfo = {
       mode: values.quick ? 'quick' : values.merge ? 'merged' : only ? 'only' : 'full',
       command: `npm run mutate${argv.length ? ` -- ${argv.join(' ')}` : ''}`,

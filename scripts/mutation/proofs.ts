@@ -70,7 +70,15 @@ function runVitest(file: string | string[], context: ProofContext, jsonReport?: 
   return new Promise((resolve) => {
     const child = spawn(
       process.execPath,
-      [path.join(repoRoot, 'node_modules', 'vitest', 'vitest.mjs'), 'run', ...files, '--maxWorkers=1', '--reporter=dot', ...report, ...batch],
+      [
+        path.join(repoRoot, 'node_modules', 'vitest', 'vitest.mjs'),
+        'run',
+        ...files,
+        '--maxWorkers=1',
+        '--reporter=dot',
+        ...report,
+        ...batch,
+      ],
       {
         cwd: context.root ?? repoRoot,
         env: {
@@ -120,10 +128,7 @@ function runVitest(file: string | string[], context: ProofContext, jsonReport?: 
  * Runs proofs in order against the context's database until one fails: the verify scripts one by one, then all the
  * vitest files in one vitest process (--bail=1), which saves a start-up per file. killedBy: the first proof that failed.
  */
-export async function runProofs(
-  proofs: Proof[],
-  context: ProofContext,
-): Promise<{ killedBy?: string; detail?: string; tried: string[] }> {
+export async function runProofs(proofs: Proof[], context: ProofContext): Promise<{ killedBy?: string; detail?: string; tried: string[] }> {
   const tried: string[] = [];
   for (const proof of proofs.filter((p) => p.kind === 'verify')) {
     tried.push(proof.name);

@@ -131,7 +131,9 @@ export function writeReport(all: MutantResult[], info: RunInfo): string {
     ...(notRun.length > 0
       ? [
           `**Incomplete**: ${notRun.length} mutants were not run (--max-minutes ran out) and are not counted below: ` +
-            [...new Set(notRun.map((r) => shortName(r.mutant.fn)))].map((fn) => `${fn} (${notRun.filter((r) => shortName(r.mutant.fn) === fn).length})`).join(', ') +
+            [...new Set(notRun.map((r) => shortName(r.mutant.fn)))]
+              .map((fn) => `${fn} (${notRun.filter((r) => shortName(r.mutant.fn) === fn).length})`)
+              .join(', ') +
             '. `--resume` with the same command runs them.',
           '',
         ]
@@ -188,15 +190,15 @@ export function writeReport(all: MutantResult[], info: RunInfo): string {
       'migrations, committed and current/) and the proofs (its verify/, property-tests/, scripts/sql/) from it, so uncommitted work in ' +
       'the working tree cannot disturb a measurement and each result names its commit ("measured on"); without it the working tree is ' +
       'used. `--overlay a,b` copies working-tree files over that tree (a new proof not committed yet). `--merge` keeps the results of ' +
-      "the functions not run now from the saved run (`--saved FILE`, default .tmp/mutation/last-run.json), so one report covers runs " +
+      'the functions not run now from the saved run (`--saved FILE`, default .tmp/mutation/last-run.json), so one report covers runs ' +
       'of different commits. `--max-minutes N` starts no mutant after N minutes (round robin over the functions; the rest are reported ' +
-      'as not run) and `--resume` takes the killed and invalid mutants of the same commit from the stopped run\'s progress file ' +
+      "as not run) and `--resume` takes the killed and invalid mutants of the same commit from the stopped run's progress file " +
       '(`<saved>.partial.jsonl`) and runs the rest. `--exhaustive` also runs every proof not mapped to the function on a survivor; ' +
       '`--all` mutates every function of mixpanel_sync, not only the core ones.',
     '',
     'It starts its own embedded PostgreSQL (or uses `DATABASE_URL`, whose user needs CREATEDB; it creates and drops `mps_…` databases). ' +
       'Exit 1 when a mutant of a core function survived that is neither listed equivalent nor explained in ' +
-      'scripts/mutation/survivor-notes.json. `--workers N` (default 2) mutants run at a time; a mutant\'s verify scripts run one by ' +
+      "scripts/mutation/survivor-notes.json. `--workers N` (default 2) mutants run at a time; a mutant's verify scripts run one by " +
       'one in its own clone database, then its vitest files in ONE vitest process (`--bail=1`, one file at a time); property tests ' +
       'run with `--fc-num-runs` (default 5) and a fixed `--fc-seed` (default 15: the baseline and every mutant see the same examples); ' +
       '`--timeout-ms` (default 240000 per proof: a mutant that hangs is killed by the timeout). A proof that fails on the unmutated ' +
@@ -204,7 +206,7 @@ export function writeReport(all: MutantResult[], info: RunInfo): string {
     '',
     'Weekly job: `npm run mutate -- --at HEAD` (every core function: about 1,200 mutants before the listed equivalents, over an hour here) and commit the MUTATION.md it writes (on this 2-core machine, shared, about 6 mutants a ' +
       'minute: a killed mutant costs 1-5 s, a survivor every mapped proof, 10-90 s). A new survivor is either a missing test (write ' +
-      'it: verify/mutation_pins.sql and scripts/sql/mutation-pins.test.ts are where this session\'s went; map a new proof to its ' +
+      "it: verify/mutation_pins.sql and scripts/sql/mutation-pins.test.ts are where this session's went; map a new proof to its " +
       'functions in scripts/mutation/core-functions.ts, since a full run meets only mapped proofs) or an equivalent mutant (add its ' +
       'key and the reason to scripts/mutation/equivalent-mutants.json, reviewed like code). Keys hold the mutated line, so an edit of ' +
       'that line retires its entries.',

@@ -21,7 +21,9 @@ afterAll(async () => {
 describe('reattribute_all', () => {
   it('moves an alias whose only rows are legacy ledger rows, and one whose only row is its profile', async () => {
     // the state rows written while identity.mode was off (or by the legacy key) leave: the map names two aliases of C
-    await db.pool.query(`insert into mixpanel_sync.identity_links (alias, canonical) values ('C', 'C'), ('legacy-only', 'C'), ('profile-only', 'C')`);
+    await db.pool.query(
+      `insert into mixpanel_sync.identity_links (alias, canonical) values ('C', 'C'), ('legacy-only', 'C'), ('profile-only', 'C')`,
+    );
     await db.pool.query(`insert into mixpanel_sync.event_ledger_legacy (distinct_id, event_key, day, event_name, event_time, run_id)
       values ('legacy-only', '00000000-0000-0000-0000-000000000001', '2024-03-01', 'open', '2024-03-01 10:00Z', 1)`);
     await db.pool.query(`insert into mixpanel_sync.subscriber_properties (distinct_id, name, properties)

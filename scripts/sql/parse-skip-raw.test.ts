@@ -87,7 +87,10 @@ describe('parse_new_staged_events: skip_reason and raw columns', () => {
 
   it("not_selected for a name outside sync_runs.options -> 'events'; [] selects every event", async () => {
     for (const [selection, expected] of [
-      [['view', 'buy'], [null, 'not_selected', null, 'not_selected']],
+      [
+        ['view', 'buy'],
+        [null, 'not_selected', null, 'not_selected'],
+      ],
       [[], [null, null, null, 'no_user']],
     ] as const) {
       const run = await beginRun(db.pool, { source: 'events', clock, forceFull: true, allowShrink: true });
@@ -112,7 +115,11 @@ describe('parse_new_staged_events: skip_reason and raw columns', () => {
     for (const value of ['off', 'on'] as const) {
       await setStoreRaw(value);
       const run = await beginRun(db.pool, { source: 'events', clock, forceFull: true, allowShrink: true });
-      await stageLines(db.pool, 'events', run.id, [line('view', props), line('view', { $insert_id: 'i-2' }), line('view', { distinct_id: [] })]);
+      await stageLines(db.pool, 'events', run.id, [
+        line('view', props),
+        line('view', { $insert_id: 'i-2' }),
+        line('view', { distinct_id: [] }),
+      ]);
       await parseStagedEvents(db.pool, run.id);
       const rows = await parsedRows(run.id);
       if (value === 'off') {

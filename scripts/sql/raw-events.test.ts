@@ -31,7 +31,12 @@ beforeEach(async () => {
 const at = (iso: string) => Math.floor(Date.parse(iso) / 1000);
 
 function event(name: string, distinctId: string | null, time: string, insertId: string, extra: Record<string, unknown> = {}) {
-  const properties: Record<string, unknown> = { time: at(time), $insert_id: insertId, mp_processing_time_ms: at(time) * 1000 + 7, ...extra };
+  const properties: Record<string, unknown> = {
+    time: at(time),
+    $insert_id: insertId,
+    mp_processing_time_ms: at(time) * 1000 + 7,
+    ...extra,
+  };
   if (distinctId !== null) properties.distinct_id = distinctId;
   return { event: name, properties };
 }
@@ -157,7 +162,10 @@ describe('raw events (events.store_raw = on)', () => {
 
   it('switched on later: the next full run fills in the properties of events stored while it was off', async () => {
     await writeSetting(db.pool, 'events.store_raw', 'off');
-    const lines = [event('Sign Up', 'U1', '2026-11-20T10:00:00Z', 'i-1', { plan: 'pro' }), event('Server Ping', null, '2026-11-20T11:00:00Z', 'i-2')];
+    const lines = [
+      event('Sign Up', 'U1', '2026-11-20T10:00:00Z', 'i-1', { plan: 'pro' }),
+      event('Server Ping', null, '2026-11-20T11:00:00Z', 'i-2'),
+    ];
     const off = await sync(lines, { clock: '2026-11-21T00:00:00Z', forceFull: true });
     expect(off.no_user).toBe('1');
     const { rows: before } = await db.pool.query(`select distinct_id, properties from mixpanel_sync.event_ledger`);
@@ -210,7 +218,11 @@ describe('raw events (events.store_raw = on)', () => {
       allowShrink: true,
     });
     expect(forever.options.storage_horizon_day).toBeNull();
-    expect(await partitions()).toEqual([...days('2026-10-07', '2026-11-01'), ...days('2026-11-05', '2026-11-05'), ...days('2026-11-17', '2026-11-17')]);
+    expect(await partitions()).toEqual([
+      ...days('2026-10-07', '2026-11-01'),
+      ...days('2026-11-05', '2026-11-05'),
+      ...days('2026-11-17', '2026-11-17'),
+    ]);
 
     // Raw off: the ledger keeps events.ledger_retention (7 days).
     await writeSetting(db.pool, 'events.store_raw', 'off');

@@ -93,7 +93,11 @@ describe('README recipes on raw events', () => {
       byBrowser.set(browser, entry);
     }
     expect(byBrowser.size, 'several browsers').toBeGreaterThan(1);
-    const expected = [...byBrowser].map(([browser, { views, users }]) => ({ browser, page_views: String(views), users: String(users.size) }));
+    const expected = [...byBrowser].map(([browser, { views, users }]) => ({
+      browser,
+      page_views: String(views),
+      users: String(users.size),
+    }));
     const { rows } = await db.pool.query(await recipe('breakdown'));
     const byKey = (a: { browser: string }, b: { browser: string }) => (a.browser < b.browser ? -1 : a.browser > b.browser ? 1 : 0);
     expect([...rows].sort(byKey)).toEqual(expected.sort(byKey));
@@ -111,7 +115,9 @@ describe('README recipes on raw events', () => {
     }
     const expected = [...users].sort(([a], [b]) => (a < b ? -1 : 1)).map(([day, set]) => ({ day, active_users: String(set.size) }));
     expect(expected.length).toBe(30);
-    const { rows } = await db.pool.query(`select day::text, active_users from (${(await recipe('daily active users')).replace(/;\s*$/, '')}) r`);
+    const { rows } = await db.pool.query(
+      `select day::text, active_users from (${(await recipe('daily active users')).replace(/;\s*$/, '')}) r`,
+    );
     expect(rows).toEqual(expected);
   });
 });
