@@ -10,7 +10,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
 import { beginRun, finishRun, readWatermarks, stageRecords, writeSetting, type BeginRunOptions } from './sync-api.ts';
-import { exportEvent, type ExportEvent } from './run-fixtures.ts';
+import { emptySyncTables, exportEvent, type ExportEvent } from './run-fixtures.ts';
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -20,8 +20,7 @@ afterAll(async () => {
   await db?.drop();
 });
 beforeEach(async () => {
-  await db.pool.query(`truncate mixpanel_sync.sync_runs, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.run_events,
-    mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers, mixpanel_sync.sync_rejects cascade`);
+  await emptySyncTables(db.pool);
   await writeSetting(db.pool, 'events.only', '[]');
 });
 

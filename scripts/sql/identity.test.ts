@@ -11,7 +11,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
 import { setIdentityMode, syncEventsWithIdentity } from './identity-support.ts';
-import { syncProfiles } from './run-fixtures.ts';
+import { emptySyncTables, syncProfiles } from './run-fixtures.ts';
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -21,9 +21,7 @@ afterAll(async () => {
   await db?.drop();
 });
 beforeEach(async () => {
-  await db.pool.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.event_ledger_legacy,
-    mixpanel_sync.subscribers, mixpanel_sync.subscriber_properties, mixpanel_sync.identity_links, mixpanel_sync.sync_runs,
-    mixpanel_sync.sync_rejects, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.run_events cascade`);
+  await emptySyncTables(db.pool);
   await db.pool.query(`update mixpanel_sync.sync_settings set value = 'set' where key = 'events.upsert_path'`);
   await db.pool.query(`update mixpanel_sync.sync_settings set value = 'off' where key = 'events.store_raw'`);
 });

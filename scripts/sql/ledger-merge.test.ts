@@ -11,7 +11,7 @@
 // events_daily row of the window had a new row version; users_touched was every user).
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { exportEvent, syncEvents, type ExportEvent } from './run-fixtures.ts';
+import { emptySyncTables, exportEvent, syncEvents, type ExportEvent } from './run-fixtures.ts';
 import { setUpsertPath, type PathImplementation } from './sync-api.ts';
 
 let db: TestDatabase;
@@ -22,9 +22,7 @@ afterAll(async () => {
   await db?.drop();
 });
 beforeEach(async () => {
-  await db.pool.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers,
-    mixpanel_sync.sync_runs, mixpanel_sync.sync_rejects, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events,
-    mixpanel_sync.run_events cascade`);
+  await emptySyncTables(db.pool);
 });
 
 const clock = new Date('2024-03-30T12:00:00Z');

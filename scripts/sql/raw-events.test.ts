@@ -10,6 +10,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
 import { beginRun, finishRun, runCount, stageRecords, writeSetting, type SyncRun } from './sync-api.ts';
+import { emptySyncTables } from './run-fixtures.ts';
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -19,10 +20,7 @@ afterAll(async () => {
   await db?.drop();
 });
 beforeEach(async () => {
-  await db.pool.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.event_ledger_legacy,
-    mixpanel_sync.subscribers, mixpanel_sync.sync_runs, mixpanel_sync.sync_rejects, mixpanel_sync.sync_watermarks,
-    mixpanel_sync.staged_events, mixpanel_sync.run_events cascade`);
-  await db.pool.query(`select mixpanel_sync_private.drop_ledger_partitions('9999-12-31')`);
+  await emptySyncTables(db.pool);
   await writeSetting(db.pool, 'events.store_raw', 'on');
   await writeSetting(db.pool, 'events.raw_retention', '45 days');
   await writeSetting(db.pool, 'events.upsert_path', 'set');

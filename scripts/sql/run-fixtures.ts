@@ -55,3 +55,15 @@ export async function healthOf(db: Queryable, check: string): Promise<HealthRow>
   if (rows.length !== 1) throw new Error(`sync_health() has no check ${check}`);
   return rows[0]!;
 }
+
+/**
+ * Empties every table a sync writes (runs, rejects, watermarks, staging, aggregates, the ledger and its day
+ * partitions, profiles, identity links), for test files that share one database between their tests.
+ */
+export async function emptySyncTables(db: Queryable): Promise<void> {
+  await db.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.event_ledger_legacy,
+    mixpanel_sync.subscribers, mixpanel_sync.subscriber_properties, mixpanel_sync.identity_links, mixpanel_sync.sync_runs,
+    mixpanel_sync.sync_rejects, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.staged_profiles,
+    mixpanel_sync.run_events cascade`);
+  await db.query(`select mixpanel_sync_private.drop_ledger_partitions('9999-12-31')`);
+}

@@ -11,6 +11,7 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
 import { beginRun, failRun, finishRun, stageRecords, type Queryable } from './sync-api.ts';
+import { emptySyncTables } from './run-fixtures.ts';
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -20,9 +21,7 @@ afterAll(async () => {
   await db?.drop();
 });
 beforeEach(async () => {
-  await db.pool.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers,
-    mixpanel_sync.sync_runs, mixpanel_sync.sync_rejects, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events,
-    mixpanel_sync.run_events cascade`);
+  await emptySyncTables(db.pool);
 });
 
 const clock = '2024-03-10T12:00:00Z';
