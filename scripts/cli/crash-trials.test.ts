@@ -171,6 +171,13 @@ const TRIALS: Trial[] = (
 describe('seeded crash trials (seed 4242)', () => {
   let reference: Record<string, string>;
   beforeAll(async () => {
+    // A run whose loader was SIGKILLed keeps a fresh heartbeat: begin_run abandons it only once the heartbeat is older
+    // than runs.heartbeat_timeout (default 2 minutes), so the next run's --wait would sit out those 2 minutes. The
+    // trials test what the crash leaves, not that timeout (scripts/sql/safety-followups.test.ts does): 10 seconds here,
+    // more than any run of these files lasts between two beats.
+    await withPool((pool) =>
+      pool.query(`update mixpanel_sync.sync_settings set value = '10 seconds' where key = 'runs.heartbeat_timeout'`),
+    );
     await reset();
     await normalRun(historyFile);
     await normalRun(inputFile);
