@@ -41,8 +41,10 @@ function chunkedCopy(
   sql: string,
   chunkBytes: number,
   onCommitted: (rows: number) => void | Promise<void>,
-): Writable & { rowCount: () => number } {
+): Writable & { rowCount: () => number; settled: () => Promise<void> } {
   let current: ReturnType<typeof copyFrom> | null = null;
+  // the chunk commit in flight (ended COPY, then onCommitted): an abort must not leave it running past fail_run
+  let inFlight: Promise<void> = Promise.resolve();
   let failure: Error | null = null;
   let bytes = 0;
   let rows = 0;
@@ -54,14 +56,18 @@ function chunkedCopy(
     bytes = 0;
     return copy;
   };
-  const commit = async () => {
+  const commit = () => {
     const copy = current;
-    if (copy === null) return;
+    if (copy === null) return inFlight;
     current = null;
-    copy.end();
-    await finished(copy);
-    rows += copy.rowCount;
-    await onCommitted(rows);
+    const done = (async () => {
+      copy.end();
+      await finished(copy);
+      rows += copy.rowCount;
+      await onCommitted(rows);
+    })();
+    inFlight = done.catch(() => undefined);
+    return done;
   };
   const writable = new Writable({
     write(chunk: Buffer, _encoding, callback) {
@@ -82,7 +88,7 @@ function chunkedCopy(
       callback(error);
     },
   });
-  return Object.assign(writable, { rowCount: () => rows });
+  return Object.assign(writable, { rowCount: () => rows, settled: () => inFlight });
 }
 
 /** COPYs the input on `client` (the run's own connection); resolves with the rows the server stored and the framing counts. */
@@ -104,6 +110,14 @@ export async function copyIntoStaging(
     return { rows: copy.rowCount, counts: encoder.counts };
   }
   const copy = chunkedCopy(client, sql, options.chunkBytes, options.onCommitted ?? (() => undefined));
-  await pipeline(options.lines, encoder, copy, pipelineOptions);
+  try {
+    await pipeline(options.lines, encoder, copy, pipelineOptions);
+  } catch (error) {
+    // An abort rejects the pipeline at once, while a chunk's COMMIT may still be on its way: wait for it, so that the
+    // caller's fail_run (which drops the run's staged rows) comes after it, not before (seen: 28,500 staged rows left
+    // behind a failed run when the COMMIT landed after fail_run).
+    await copy.settled();
+    throw error;
+  }
   return { rows: copy.rowCount(), counts: encoder.counts };
 }
