@@ -2636,15 +2636,9 @@ declare
   parsed bigint;
   -- Old-formula keys only while there are old ledger rows to find them in.
   legacy boolean := exists (select from mixpanel_sync.event_ledger_legacy);
-  -- Read from the table, not with mixpanel_sync.setting() (which raises for a missing key): the setting's row is
-  -- created by a later migration part, and a database without it means 'off'.
-  store_raw boolean := coalesce(
-    (select s.value from mixpanel_sync.sync_settings s where s.key = 'events.store_raw'), 'off') = 'on';
-  -- The run's selection: a non-empty JSON array of event names; absent, null or [] = every event.
-  selection jsonb := (
-    select case when jsonb_typeof(r.options -> 'events') = 'array' and jsonb_array_length(r.options -> 'events') > 0
-      then r.options -> 'events' end
-    from mixpanel_sync.sync_runs r where r.id = parse_new_staged_events.run_id);
+  store_raw boolean := mixpanel_sync.store_raw();
+  -- The run's selection (null: every event).
+  selection text[] := mixpanel_sync.run_selection(parse_new_staged_events.run_id);
 begin
   -- Each step is a subquery fenced with "offset 0", so its expressions are computed once per
   -- line (unfenced, the planner would inline them into every later use), without a per-row
@@ -2685,7 +2679,7 @@ begin
       select r.*,
         case
           when r.reject_reason is not null then null
-          when selection is not null and not (selection ? r.event_name) then 'not_selected'
+          when selection is not null and not (r.event_name = any (selection)) then 'not_selected'
           when r.distinct_id is null or r.distinct_id = '' then 'no_user'
         end as skip_reason
       from (
@@ -3287,10 +3281,9 @@ declare
   ratio numeric := mixpanel_sync.setting('events.replace_guard_ratio')::numeric;
   -- The run's selection (begin_run: options->'events'; absent, null or [] = every event): a REPLACE with a selection
   -- clears only those names, so only their stored events are at stake, and only selected events are usable.
-  selection jsonb := case when jsonb_typeof(run.options -> 'events') = 'array' and jsonb_array_length(run.options -> 'events') > 0
-    then run.options -> 'events' end;
-  names text := case when jsonb_typeof(run.options -> 'events') = 'array' and jsonb_array_length(run.options -> 'events') > 0
-    then ' (events of the run''s selection ' || (run.options -> 'events')::text || ')' else '' end;
+  selection text[] := mixpanel_sync.run_selection(run.id);
+  names text := case when selection is not null
+    then ' (events of the run''s selection ' || pg_catalog.to_jsonb(selection)::text || ')' else '' end;
   override text := 'if the smaller data is right (events deleted in Mixpanel), begin the run with '
     'mixpanel_sync.begin_run(..., allow_shrink => true) (CLI: --allow-shrink); else check the input and run again';
 begin
@@ -3305,7 +3298,7 @@ begin
   if usable = 0 then
     select count(*) as days, sum(d.event_count) as events into stored
     from mixpanel_sync.events_daily d
-    where d.day between run.window_from_day and run.window_to_day and (selection is null or selection ? d.event_name);
+    where d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection));
     if stored.events > 0 then
       raise exception 'finish_run: REPLACE guard: full run % has no usable event for % .. %, which hold % stored events%; nothing was applied',
         run.id, run.window_from_day, run.window_to_day, stored.events, names
@@ -3318,7 +3311,7 @@ begin
   from (
     select d.day, sum(d.event_count) as events
     from mixpanel_sync.events_daily d
-    where d.day between run.window_from_day and run.window_to_day and (selection is null or selection ? d.event_name)
+    where d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection))
     group by d.day
   ) s
   left join (
