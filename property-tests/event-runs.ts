@@ -3,6 +3,7 @@
 import fc from 'fast-check';
 import type pg from 'pg';
 import { applyAdd, applyReplace, beginRun, parseStagedEvents, setUpsertPath, stageLines, type Queryable } from '../scripts/sql/sync-api.ts';
+import { emptySyncTables } from '../scripts/sql/run-fixtures.ts';
 import { batchArb, dayMs, type EventSpan, type StagedLine } from './arbitraries.ts';
 
 /** The tables a path writes: what the path-level properties compare, whole, row by row. */
@@ -63,27 +64,7 @@ export async function branch<T>(client: Queryable, fn: () => Promise<T>): Promis
 
 /** Empties every table a run writes and puts the path switch back: the next iteration starts from nothing. */
 export async function emptyTables(client: Queryable): Promise<void> {
-  // A predicate fast-check abandoned at its time limit (interruptAfterTimeLimit) may still be running a statement on
-  // another pool connection: wait until no other session of this database is active, and retry a TRUNCATE that
-  // deadlocked with it (seen in CI: 40P01 between the next test's TRUNCATE and the abandoned finish_run).
-  for (let attempt = 1; ; attempt++) {
-    for (let waited = 0; waited < 120_000; waited += 100) {
-      const { rows } = await client.query<{ busy: boolean }>(
-        `select exists (select from pg_catalog.pg_stat_activity a where a.datname = current_database()
-           and a.pid <> pg_backend_pid() and a.state = 'active' and a.backend_type = 'client backend') as busy`,
-      );
-      if (!rows[0]!.busy) break;
-      await new Promise((resolve) => setTimeout(resolve, 100));
-    }
-    try {
-      // cascade: tables of later streams that reference sync_runs (identity_links) start from nothing too
-      await client.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.event_ledger_legacy, mixpanel_sync.subscribers,
-        mixpanel_sync.sync_runs, mixpanel_sync.sync_rejects, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.run_events cascade`);
-      break;
-    } catch (error) {
-      if ((error as { code?: string }).code !== '40P01' || attempt >= 5) throw error;
-    }
-  }
+  await emptySyncTables(client, { dropPartitions: false });
   await setUpsertPath(client, 'set');
 }
 

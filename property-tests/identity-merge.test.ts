@@ -15,6 +15,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from './db.ts';
 import { propertyParameters, timeoutFor } from './fc-parameters.ts';
 import { setIdentityMode, syncEventsWithIdentity, type IdentityMode } from '../scripts/sql/identity-support.ts';
+import { emptySyncTables } from '../scripts/sql/run-fixtures.ts';
 import { assertSameTables, setUpsertPath, tableSnapshot, type PathImplementation } from '../scripts/sql/sync-api.ts';
 
 let db: TestDatabase;
@@ -166,15 +167,9 @@ function runLines(history: HistoryEvent[], runs: RunPicks[]): Line[][] {
   );
 }
 
-async function emptyAll(): Promise<void> {
-  await db.pool.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.event_ledger_legacy,
-    mixpanel_sync.subscribers, mixpanel_sync.identity_links, mixpanel_sync.sync_runs, mixpanel_sync.sync_rejects,
-    mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.run_events cascade`);
-}
-
 /** The runs in order (the first one full, the others incremental); the final tables, map and identity counts. */
 async function applyRuns(mode: IdentityMode, path: PathImplementation, runs: Line[][]) {
-  await emptyAll();
+  await emptySyncTables(db.pool, { dropPartitions: false });
   await setIdentityMode(db.pool, mode);
   await setUpsertPath(db.pool, path);
   let links = 0;
@@ -197,7 +192,7 @@ async function applyRuns(mode: IdentityMode, path: PathImplementation, runs: Lin
 
 /** One REPLACE over every line of every run, each distinct_id resolved through `map`, identity.mode off. */
 async function replaceResolved(runs: Line[][], map: Map<string, string>) {
-  await emptyAll();
+  await emptySyncTables(db.pool, { dropPartitions: false });
   await setIdentityMode(db.pool, 'off');
   await setUpsertPath(db.pool, 'set');
   const lines = runs.flat().map((line) => ({

@@ -1,8 +1,5 @@
 // Test fixtures: real runs through the SQL API (begin_run, stage_*, finish_run) with a chosen clock.
-import type pg from 'pg';
-import { beginRun, finishRun, stageRecords, syncHealth, type HealthRow, type SyncRun } from './sync-api.ts';
-
-type Queryable = Pick<pg.Pool, 'query'>;
+import { beginRun, finishRun, stageRecords, syncHealth, type HealthRow, type Queryable, type SyncRun } from './sync-api.ts';
 
 export interface ExportEvent {
   event: string;
@@ -57,13 +54,33 @@ export async function healthOf(db: Queryable, check: string): Promise<HealthRow>
 }
 
 /**
- * Empties every table a sync writes (runs, rejects, watermarks, staging, aggregates, the ledger and its day
- * partitions, profiles, identity links), for test files that share one database between their tests.
+ * Empties every table a sync writes (runs, rejects, watermarks, staging, aggregates, the ledger, profiles, identity
+ * links), for tests that share one database between their tests or property iterations; dropPartitions also drops the
+ * ledger's day partitions (default true; property iterations keep them: finish_run would recreate them each time).
+ * A predicate fast-check abandoned at its time limit (interruptAfterTimeLimit) may still be running a statement on
+ * another pool connection: wait until no other session of this database is active, and retry a TRUNCATE that
+ * deadlocked with it (seen in CI: 40P01 between the next test's TRUNCATE and the abandoned finish_run).
  */
-export async function emptySyncTables(db: Queryable): Promise<void> {
-  await db.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.event_ledger_legacy,
-    mixpanel_sync.subscribers, mixpanel_sync.subscriber_properties, mixpanel_sync.identity_links, mixpanel_sync.sync_runs,
-    mixpanel_sync.sync_rejects, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.staged_profiles,
-    mixpanel_sync.run_events cascade`);
-  await db.query(`select mixpanel_sync_private.drop_ledger_partitions('9999-12-31')`);
+export async function emptySyncTables(db: Queryable, options: { dropPartitions?: boolean } = {}): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    for (let waited = 0; waited < 120_000; waited += 100) {
+      const { rows } = await db.query<{ busy: boolean }>(
+        `select exists (select from pg_catalog.pg_stat_activity a where a.datname = current_database()
+           and a.pid <> pg_backend_pid() and a.state = 'active' and a.backend_type = 'client backend') as busy`,
+      );
+      if (!rows[0]!.busy) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
+    try {
+      // cascade: tables that reference sync_runs start from nothing too
+      await db.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.event_ledger_legacy,
+        mixpanel_sync.subscribers, mixpanel_sync.subscriber_properties, mixpanel_sync.identity_links, mixpanel_sync.sync_runs,
+        mixpanel_sync.sync_rejects, mixpanel_sync.sync_watermarks, mixpanel_sync.staged_events, mixpanel_sync.staged_profiles,
+        mixpanel_sync.run_events cascade`);
+      break;
+    } catch (error) {
+      if ((error as { code?: string }).code !== '40P01' || attempt >= 5) throw error;
+    }
+  }
+  if (options.dropPartitions ?? true) await db.query(`select mixpanel_sync_private.drop_ledger_partitions('9999-12-31')`);
 }
