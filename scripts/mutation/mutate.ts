@@ -30,7 +30,7 @@ import {
 import { repoRoot } from '../db/paths.ts';
 import { isCore, proofMap } from './core-functions.ts';
 import { generateMutants, type Mutant } from './mutants.ts';
-import { listProofs, runProof, runProofs, type Proof } from './proofs.ts';
+import { listProofs, runProof, runProofs, withRetry, type Proof } from './proofs.ts';
 import { writeReport, type MutantResult, type RunInfo } from './report.ts';
 
 export interface Equivalent {
@@ -146,7 +146,9 @@ const git = (...args: string[]) => execFileSync('git', args, { cwd: repoRoot, en
  */
 async function treeAt(rev: string): Promise<{ root: string; commit: string }> {
   const commit = git('rev-parse', '--short', `${rev}^{commit}`);
-  const root = path.join(repoRoot, '.tmp', 'mutation', `tree-${commit}`);
+  // one tree per run (its pid): two runs at the same commit once shared tree-<commit>, and the second one's unpacking
+  // removed the first one's files under its running proofs (`uv_cwd` ENOENT, ERR_LOAD_URL: false kills)
+  const root = path.join(repoRoot, '.tmp', 'mutation', `tree-${commit}-${process.pid}`);
   await rm(root, { recursive: true, force: true });
   await mkdir(root, { recursive: true });
   execFileSync('sh', ['-c', `git archive ${commit} | tar -x -C '${root}'`], { cwd: repoRoot });
@@ -227,6 +229,8 @@ async function main(argv: string[]): Promise<number> {
       at: { type: 'string' },
       // with --at: working-tree files copied over that tree (comma-separated), e.g. a new proof not committed with it
       overlay: { type: 'string' },
+      // only these proofs (comma-separated paths, in this order) instead of the mapped ones: to see a new pin kill its mutants
+      proofs: { type: 'string' },
       strict: { type: 'boolean', default: false },
       rewrite: { type: 'boolean', default: false },
       // where the run's results are kept for --rewrite and --merge
@@ -267,8 +271,9 @@ async function main(argv: string[]): Promise<number> {
     .filter(Boolean);
   const server = await resolveDatabaseServer();
   let template: TemplateDatabase | undefined;
+  let at: { root: string; commit: string } | undefined;
   try {
-    const at = values.at ? await treeAt(values.at) : undefined;
+    at = values.at ? await treeAt(values.at) : undefined;
     const folder = at ? path.join(at.root, 'migrations') : values.migrations ? path.resolve(values.migrations) : undefined;
     const proofRoot = at?.root ?? repoRoot;
     const overlay = (values.overlay ?? '')
@@ -316,7 +321,14 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
 
-    const proofs = await listProofs(proofRoot);
+    const allProofs = await listProofs(proofRoot);
+    const onlyProofs = values.proofs
+      ?.split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
+    const missingProofs = (onlyProofs ?? []).filter((name) => !allProofs.some((p) => p.name === name));
+    if (missingProofs.length > 0) throw new Error(`--proofs: no proof ${missingProofs.join(', ')} (overlay it?)`);
+    const proofs = onlyProofs ? onlyProofs.map((name) => allProofs.find((p) => p.name === name)!) : allProofs;
     const context = (database: string) => ({
       serverUrl: template!.serverUrl,
       databaseUrl: databaseUrl(template!.serverUrl, database),
@@ -329,12 +341,13 @@ async function main(argv: string[]): Promise<number> {
 
     // Baseline: every proof a mutant may meet must pass on the unmutated functions, else it would "kill" everything.
     // Each in a clone of its own: two proofs in one database would meet (one events run at a time, shared settings).
-    const needed = [...new Set(chosen.flatMap((m) => proofsFor(m, proofs, scope)))];
+    const proofsOf = (m: Mutant) => (onlyProofs ? proofs : proofsFor(m, proofs, scope));
+    const needed = [...new Set(chosen.flatMap(proofsOf))];
     const baselineMs = new Map<string, number>();
     const broken: string[] = [];
     await pool(needed, Number(values.workers), async (proof, index) => {
       const baseDb = databaseName(await cloneDatabase(template!, `${template!.prefix}_baseline${index}`));
-      const outcome = await runProof(proof, context(baseDb));
+      const outcome = await withRetry(() => runProof(proof, context(baseDb)));
       await dropDatabase(template!.serverUrl, baseDb);
       baselineMs.set(proof.name, outcome.ms);
       console.log(`mutate: baseline ${proof.name} ${outcome.passed ? 'passed' : `FAILED (${outcome.detail})`} in ${outcome.ms} ms`);
@@ -356,7 +369,7 @@ async function main(argv: string[]): Promise<number> {
       for (const row of text.split('\n').filter(Boolean)) {
         const r = JSON.parse(row) as MutantResult;
         // same commit (overlays only add proofs: a killed mutant stays killed)
-        if (r.status !== 'survived' && r.measuredOn?.split(' ')[0] === measured.split(' ')[0])
+        if (r.status !== 'survived' && r.status !== 'error' && r.measuredOn?.split(' ')[0] === measured.split(' ')[0])
           earlier.set(r.mutant.key, { ...r, measuredOn: measured });
       }
       console.log(`mutate: --resume: ${earlier.size} killed or invalid mutants taken from ${path.relative(repoRoot, partial)}`);
@@ -385,21 +398,32 @@ async function main(argv: string[]): Promise<number> {
         const ctx = context(database);
         const invalid = await applyMutant(ctx.databaseUrl, mutant.sql);
         if (invalid) return { mutant, status: 'invalid', detail: invalid, ms: Date.now() - t0, tried: [], measuredOn: measured };
-        const { killedBy, detail, tried } = await runProofs(proofsFor(mutant, usable, scope), ctx);
+        const { killedBy, detail, tried, error } = await runProofs(
+          proofsOf(mutant).filter((p) => usable.includes(p)),
+          ctx,
+        );
+        // a proof that failed twice for a harness reason (proofs.ts harnessFailure) judged nothing: neither killed nor survived
+        if (error) return { mutant, status: 'error', detail: error, ms: Date.now() - t0, tried, measuredOn: measured };
         if (killedBy) return { mutant, status: 'killed', killedBy, detail, ms: Date.now() - t0, tried, measuredOn: measured };
         return { mutant, status: 'survived', ms: Date.now() - t0, tried, measuredOn: measured };
       } finally {
         await dropDatabase(template!.serverUrl, database).catch(() => {});
       }
     }
-    // --merge: the last run's results of the functions not run now are kept (each result says what it was measured on)
+    // --merge: the last run's results of the functions not run now are kept (each result says what it was measured on);
+    // with --match (or --proofs, or --quick) also those of the functions run now whose mutants were not chosen this time,
+    // as long as the mutant is still generated (a key holds its line: an edited line's old results go)
     let results = fresh;
     let generatedKeys = generated.map((m) => m.key);
     const runFns = new Set(wanted.map((d) => d.fn));
     if (values.merge) {
       const saved = JSON.parse(await readFile(values.saved, 'utf8')) as { results: MutantResult[]; generatedKeys?: string[] };
       const keep = (fn: string) => !runFns.has(fn);
-      results = [...saved.results.filter((r) => keep(r.mutant.fn) && !equivalentKeys.has(r.mutant.key)), ...fresh];
+      const chosenKeys = new Set(chosen.map((m) => m.key));
+      const stillGenerated = new Set(generatedKeys);
+      const keepResult = (r: MutantResult) =>
+        !equivalentKeys.has(r.mutant.key) && (keep(r.mutant.fn) || (stillGenerated.has(r.mutant.key) && !chosenKeys.has(r.mutant.key)));
+      results = [...saved.results.filter(keepResult), ...fresh];
       generatedKeys = [...(saved.generatedKeys ?? []).filter((k) => keep(k.split('|')[0]!)), ...generatedKeys];
     }
     const coreKey = (key: string) =>
@@ -437,11 +461,13 @@ async function main(argv: string[]): Promise<number> {
     );
     const notRun = fresh.filter((r) => r.status === 'not-run').length;
     if (notRun > 0) console.log(`mutate: ${notRun} mutants not run (--max-minutes); --resume runs them`);
+    const errors = fresh.filter((r) => r.status === 'error');
+    for (const r of errors) console.log(`mutate: error (harness, twice; not counted) ${r.mutant.key}: ${r.detail}`);
     const killed = fresh.filter((r) => r.status === 'killed').length;
     const survived = fresh.filter((r) => r.status === 'survived');
     const invalid = fresh.filter((r) => r.status === 'invalid').length;
     console.log(
-      `mutate: ${info.mode}: ${fresh.length} mutants run, ${killed} killed, ${survived.length} survived, ${invalid} invalid; ` +
+      `mutate: ${info.mode}: ${fresh.length} mutants run, ${killed} killed, ${survived.length} survived, ${invalid} invalid, ${errors.length} error; ` +
         `${info.equivalents.length} listed equivalent; ${Math.round(info.totalMs / 1000)} s; report ${path.relative(repoRoot, values.out)}`,
     );
     // exit 1 on a surviving core mutant that is neither listed equivalent (those are not run) nor explained in survivor-notes.json
@@ -449,6 +475,7 @@ async function main(argv: string[]): Promise<number> {
     for (const r of unexplained) console.log(`mutate: unreviewed survivor ${r.mutant.key}`);
     return unexplained.length > 0 ? 1 : 0;
   } finally {
+    if (at) await rm(at.root, { recursive: true, force: true }).catch(() => {});
     if (template && server.source === 'DATABASE_URL') await dropDatabasesWithPrefix(server.url, template.prefix).catch(() => {});
     await server.stop();
   }

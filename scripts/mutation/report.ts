@@ -4,8 +4,9 @@ import { operators, type Mutant } from './mutants.ts';
 
 export interface MutantResult {
   mutant: Mutant;
-  /** not-run: left when --max-minutes ran out (not counted; --resume runs them) */
-  status: 'killed' | 'survived' | 'invalid' | 'not-run';
+  /** not-run: left when --max-minutes ran out (not counted; --resume runs them); error: a proof failed twice for a
+   *  harness reason (proofs.ts harnessFailure), so nothing judged the mutant (not counted either) */
+  status: 'killed' | 'survived' | 'invalid' | 'not-run' | 'error';
   killedBy?: string;
   detail?: string;
   ms: number;
@@ -84,7 +85,8 @@ function measuredSection(results: MutantResult[]): string[] {
 
 export function writeReport(all: MutantResult[], info: RunInfo): string {
   const notRun = all.filter((r) => r.status === 'not-run');
-  const results = all.filter((r) => r.status !== 'not-run');
+  const errors = all.filter((r) => r.status === 'error');
+  const results = all.filter((r) => r.status !== 'not-run' && r.status !== 'error');
   const valid = results.filter((r) => r.status !== 'invalid');
   const core = valid.filter((r) => isCore(shortName(r.mutant.fn)));
   const killedCore = core.filter((r) => r.status === 'killed').length;
@@ -135,6 +137,15 @@ export function writeReport(all: MutantResult[], info: RunInfo): string {
               .map((fn) => `${fn} (${notRun.filter((r) => shortName(r.mutant.fn) === fn).length})`)
               .join(', ') +
             '. `--resume` with the same command runs them.',
+          '',
+        ]
+      : []),
+    ...(errors.length > 0
+      ? [
+          `**Errors**: ${errors.length} mutants met a proof that failed twice for a reason of the harness (a file vitest could not load, ` +
+            'a removed working directory, a worker that exited, a refused connection) and are not counted below: ' +
+            errors.map((r) => `\`${r.mutant.key}\` (${(r.detail ?? '').slice(0, 160)})`).join('; ') +
+            '. Run them again (`--match`).',
           '',
         ]
       : []),
