@@ -32,7 +32,7 @@ afterAll(async () => {
   await db?.drop();
 });
 
-const runs = 80;
+const runs = 30;
 
 describe('invariant 2: ADD is idempotent and order-independent', () => {
   it('ADD(E); ADD(E) ≡ ADD(E), each in its own transaction, every column compared', { timeout: timeoutFor(runs, 200) }, async () => {

@@ -203,7 +203,7 @@ async function replaceResolved(runs: Line[][], map: Map<string, string>) {
   return tableSnapshot(db.pool, eventTables, ignored);
 }
 
-const runsPerMode = 30;
+const runsPerMode = 15;
 
 describe.each([
   ['simplified' as const, simplifiedHistoryArb, []],

@@ -20,7 +20,7 @@ afterAll(async () => {
   await db?.drop();
 });
 
-const runs = 100;
+const runs = 40;
 
 /**
  * With raw storage on, the batch plus a third of its events sent again with no distinct_id (absent, null or ""):

@@ -102,7 +102,7 @@ function modelRawEvents(lines: readonly StagedLine[], clockSeconds: number, from
   return kept;
 }
 
-const runs = 60;
+const runs = 25;
 
 describe('raw events (events.store_raw = on)', () => {
   it('a full run keeps in raw_events exactly the distinct events given, with the first line’s properties', {

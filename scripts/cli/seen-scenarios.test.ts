@@ -551,7 +551,7 @@ describe('6. the loader tells the truth', () => {
     const file = writeFile('signals.jsonl', jsonl(lines));
     const random = createRandom(9, 6);
     const outcomes: string[] = [];
-    for (let trial = 0; trial < 9; trial++) {
+    for (let trial = 0; trial < 6; trial++) {
       await db.pool.query(
         'truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers, mixpanel_sync.sync_watermarks, mixpanel_sync.sync_runs, mixpanel_sync.sync_rejects cascade',
       );

@@ -265,7 +265,7 @@ describe('signals to the whole process group during finish_run (npm run sync:eve
     const input = file('trial.jsonl', `${lines(30, 'trial').join('\n')}\n`);
     const outcomes: Record<string, number> = {};
     try {
-      for (let trial = 0; trial < 30; trial++) {
+      for (let trial = 0; trial < 20; trial++) {
         const signal = random.pick(['SIGINT', 'SIGTERM'] as const);
         const child = collect('npm', ['run', '--silent', 'sync:events', '--', '--file', input, '--json'], {
           cwd: repoRoot,
