@@ -11,7 +11,7 @@ import { checkInputPath, openInput, type InputSource } from './open-input.ts';
 import type { ProgressLine } from './progress-line.ts';
 import type { RunSummary } from './run-summary.ts';
 import { runStagedSync } from './staged-sync.ts';
-import type { SyncRun } from '../sql/sync-api.ts';
+import { runSelection, type Queryable, type SyncRun } from '../sql/sync-api.ts';
 
 export interface SyncEventsOptions extends PoolChoice {
   /** A file path, '-' for stdin, or a stream. Absent: the Export API with `mixpanel` settings. */
@@ -49,9 +49,9 @@ export interface SyncEventsOptions extends PoolChoice {
  * framed by the loader like a file (input-framing.ts), so the same bytes give the same rows, rejects, line numbers and
  * framing counts on every path.
  */
-function exportStream(run: SyncRun, options: SyncEventsOptions, settings: MixpanelSettings, signal: AbortSignal): Readable {
+function exportStream(db: Queryable, run: SyncRun, options: SyncEventsOptions, settings: MixpanelSettings, signal: AbortSignal): Readable {
   async function* chunks(): AsyncGenerator<Buffer> {
-    for (const request of exportPlan(run)) {
+    for (const request of exportPlan(run, await runSelection(db, run.id))) {
       options.onExport?.(request);
       const { fromDate, toDate, where, event } = request;
       yield* exportEvents({ fromDate, toDate, where, event, settings, signal, onRetry: options.onRetry });
@@ -78,7 +78,7 @@ export async function syncEvents(options: SyncEventsOptions): Promise<RunSummary
         allowShrink: options.allowShrink ?? false,
         events: options.events ?? null,
       },
-      openLines: (run, signal) => (input !== undefined ? openInput(input) : exportStream(run, options, mixpanel!, signal)),
+      openLines: (run, signal) => (input !== undefined ? openInput(input) : exportStream(pool, run, options, mixpanel!, signal)),
       signal: options.signal,
       progress: options.progress,
       parseWhileStaging: options.parseWhileStaging ?? true,

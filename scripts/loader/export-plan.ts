@@ -10,7 +10,7 @@
 // A run with a selection of event names (begin_run recorded it in options->'events': --event NAME or the setting
 // events.only) asks for just those names: every request carries them as the Export API's `event` parameter.
 import { lateArrivalWhere, utcDay } from '../mixpanel/export-events.ts';
-import { runEventNames, type SyncRun } from '../sql/sync-api.ts';
+import type { SyncRun } from '../sql/sync-api.ts';
 
 export interface ExportRequest {
   fromDate: string;
@@ -33,12 +33,11 @@ export function previousDay(day: string): string {
   return utcDay(new Date(Date.parse(`${day}T00:00:00Z`) - 86_400_000));
 }
 
-type PlannedRun = Pick<SyncRun, 'mode' | 'fetch_from' | 'fetch_to' | 'lookback_from' | 'processed_after' | 'project_timezone'> &
-  Partial<Pick<SyncRun, 'options'>>;
+type PlannedRun = Pick<SyncRun, 'mode' | 'fetch_from' | 'fetch_to' | 'lookback_from' | 'processed_after' | 'project_timezone'>;
 
-export function exportPlan(run: PlannedRun): ExportRequest[] {
-  const event = run.options ? runEventNames({ options: run.options }) : null;
-  return requestsOf(run).map((request) => (event ? { ...request, event } : request));
+/** The requests of a run; `event`: the run's selection as SQL reads it (mixpanel_sync.run_selection), null for every event. */
+export function exportPlan(run: PlannedRun, event: readonly string[] | null = null): ExportRequest[] {
+  return requestsOf(run).map((request) => (event ? { ...request, event: [...event] } : request));
 }
 
 function requestsOf(run: PlannedRun): ExportRequest[] {

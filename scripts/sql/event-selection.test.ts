@@ -11,7 +11,7 @@
 //   - forget_event_names without refresh_subscribers: u2 (only "purchase" events) stayed in subscribers.
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { beginRun, failRun, forgetEventNames, runEventNames, writeSetting, type BeginRunOptions } from './sync-api.ts';
+import { beginRun, failRun, forgetEventNames, runSelection, writeSetting, type BeginRunOptions } from './sync-api.ts';
 import { emptySyncTables, exportEvent, syncEvents } from './run-fixtures.ts';
 
 let db: TestDatabase;
@@ -103,17 +103,30 @@ describe('begin_run events', () => {
     expect(await recorded({ events: ['login'] })).toEqual({ events: ['login'], keeps_watermark: true });
   });
 
+  it('run_selection reads options->events: names as given; [], null or no key: null (every event)', async () => {
+    // the one place the "[] = every event" rule of a run lives; the loader's Export API requests and the REPLACE paths
+    // read it. Seen failing with run_selection returning '{}' for []: the Export API was asked for no names.
+    const run = await beginRun(db.pool, { source: 'events', clock: '2024-03-10T00:00:00Z' });
+    await failRun(db.pool, run.id, 'test: only run_selection is looked at');
+    const selectionOf = async (options: string) => {
+      await db.pool.query('update mixpanel_sync.sync_runs set options = $2::jsonb where id = $1', [run.id, options]);
+      return runSelection(db.pool, run.id);
+    };
+    expect(await selectionOf('{"events": ["Sign Up", "buy"]}')).toEqual(['Sign Up', 'buy']);
+    for (const options of ['{"events": []}', '{"events": null}', '{}']) expect(await selectionOf(options), options).toBeNull();
+  });
+
   it('on every kind of events run: incremental, full, resync', async () => {
     const clock = new Date('2024-03-10T00:00:00Z');
     await syncEvents(db.pool, [exportEvent('u1', 'login', new Date('2024-03-09T12:00:00Z'))], { clock });
     const incremental = await beginRun(db.pool, { source: 'events', clock, events: ['login'] });
-    expect([incremental.mode, runEventNames(incremental)]).toEqual(['incremental', ['login']]);
+    expect([incremental.mode, await runSelection(db.pool, incremental.id)]).toEqual(['incremental', ['login']]);
     await failRun(db.pool, incremental.id, 'test');
     const full = await beginRun(db.pool, { source: 'events', clock, forceFull: true, events: ['login'] });
-    expect([full.mode, full.options.mode_reason, runEventNames(full)]).toEqual(['full', 'forced', ['login']]);
+    expect([full.mode, full.options.mode_reason, await runSelection(db.pool, full.id)]).toEqual(['full', 'forced', ['login']]);
     await failRun(db.pool, full.id, 'test');
     const resync = await beginRun(db.pool, { source: 'events', clock, resync: { from: '2024-03-09' }, events: ['login'] });
-    expect([resync.mode, resync.options.mode_reason, runEventNames(resync)]).toEqual(['full', 'resync', ['login']]);
+    expect([resync.mode, resync.options.mode_reason, await runSelection(db.pool, resync.id)]).toEqual(['full', 'resync', ['login']]);
     await failRun(db.pool, resync.id, 'test');
   });
 

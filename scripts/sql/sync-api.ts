@@ -91,10 +91,10 @@ export async function beginRun(db: Queryable, options: BeginRunOptions): Promise
   return rows[0]!;
 }
 
-/** The event names a run syncs, as begin_run recorded them (sync_runs.options->'events'); null: every event. */
-export function runEventNames(run: Pick<SyncRun, 'options'>): string[] | null {
-  const names = run.options.events;
-  return Array.isArray(names) && names.length > 0 ? names.map(String) : null;
+/** mixpanel_sync.run_selection: the event names a run syncs, as begin_run recorded them; null: every event. */
+export async function runSelection(db: Queryable, runId: string | number): Promise<string[] | null> {
+  const { rows } = await db.query<{ names: string[] | null }>('select mixpanel_sync.run_selection($1) as names', [runId]);
+  return rows[0]?.names ?? null;
 }
 
 /** What mixpanel_sync.forget_event_names deleted. */
