@@ -114,3 +114,55 @@ describe('parse while staging', () => {
     }
   });
 });
+
+describe('an abort while a chunk commits', () => {
+  it('fail_run comes after the COMMIT in flight: no staged or parsed line of the failed run is left', async () => {
+    // Deterministic form of a race seen once in CI (28,500 staged rows left behind a failed run): the abort rejects
+    // the COPY pipeline at once, and the loader's fail_run (on another connection, after an abort) deleted the run's
+    // staged rows before the chunk's COMMIT landed. Here a deferred trigger holds one chunk's COMMIT for a second and
+    // the abort comes during it. Seen failing without copy-into-staging.ts's `await copy.settled()`: 399 staged lines left.
+    await db.pool.query(`create or replace function public.test_slow_commit() returns trigger language plpgsql
+      set search_path = '' as $$ begin if new.line_no = 40 then perform pg_catalog.pg_sleep(1); end if; return null; end $$`);
+    await db.pool.query(`create constraint trigger test_slow_commit after insert on mixpanel_sync.staged_events
+      deferrable initially deferred for each row execute function public.test_slow_commit()`);
+    try {
+      const at = path.join(dir, 'abort-during-commit.jsonl');
+      writeFileSync(at, `${eventLines(400).join('\n')}\n`);
+      const controller = new AbortController();
+      const sleeping = (async () => {
+        for (let i = 0; i < 500 && !controller.signal.aborted; i++) {
+          const { rowCount } = await db.pool.query(
+            `select 1 from pg_catalog.pg_stat_activity where datname = current_database() and wait_event = 'PgSleep'`,
+          );
+          if (rowCount) return controller.abort(new Error('SIGINT received'));
+          await new Promise((resolve) => setTimeout(resolve, 10));
+        }
+      })();
+      const outcome = await syncEvents({
+        pool: db.pool,
+        input: at,
+        full: true,
+        clock: CLOCK,
+        copyChunkBytes: 4096,
+        signal: controller.signal,
+      }).then(
+        () => null,
+        (error: Error & { summary?: { run_id: number } }) => error,
+      );
+      await sleeping;
+      expect(controller.signal.aborted, 'the abort came while the chunk committed').toBe(true);
+      expect(outcome?.message).toMatch(/failed: interrupted: SIGINT received/);
+      const runId = outcome!.summary!.run_id;
+      await new Promise((resolve) => setTimeout(resolve, 1_200)); // a COMMIT still on its way would have landed by now
+      const { rows } = await db.pool.query<{ status: string; staged: string; parsed: string }>(
+        `select r.status, (select count(*) from mixpanel_sync.staged_events s where s.run_id = r.id) as staged,
+           (select count(*) from mixpanel_sync.run_events e where e.run_id = r.id) as parsed
+         from mixpanel_sync.sync_runs r where r.id = $1`,
+        [runId],
+      );
+      expect(rows[0]).toEqual({ status: 'failed', staged: '0', parsed: '0' });
+    } finally {
+      await db.pool.query('drop trigger if exists test_slow_commit on mixpanel_sync.staged_events');
+    }
+  });
+});
