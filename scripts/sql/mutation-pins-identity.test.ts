@@ -87,6 +87,7 @@ const ledger: LedgerRow[] = [
   row('A1', 5, 4, 'open', 12, true), // raw: moves
   row('A2', 4, 4, 'open', 9), // a duplicate of A1's
   row('A2', 6, 6, 'view', 8, true), // raw: moves
+  row('A1', 11, 6, 'view', 20), // moves: C's new 03-06 view row spans A2's first event to A1's last
   row('B', 7, 3, 'open', 8), // moves to D
   row('B', 1, 3, 'open', 10), // key 1, which C holds (another cluster): moves to D
   row('C', 1, 3, 'open', 10),
@@ -101,6 +102,7 @@ const legacy: LedgerRow[] = [
   row('A1', 102, 5, 'open', 13), // A2 holds 102 too: A1's moves
   row('A2', 102, 5, 'open', 13), // a duplicate of A1's
   row('A2', 103, 6, 'view', 9), // moves
+  row('A1', 104, 5, 'open', 14), // moves (a second legacy row of A1 that moves: the first move must take only its own row)
   row('B', 101, 3, 'open', 12), // 101, which C holds (another cluster): moves to D
   row('C', 101, 3, 'open', 12),
   row('C', 109, 4, 'open', 15),
