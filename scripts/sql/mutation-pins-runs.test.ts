@@ -6,10 +6,11 @@
 // Expectations are written out from the data each test inserts, not computed by the functions under test.
 // The guard is called directly (mixpanel_sync.replace_guard(run)) on a parsed run: no apply, so each case costs a few
 // statements.
+import pg from 'pg';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
 import { emptySyncTables } from './run-fixtures.ts';
-import { beginRun, type BeginRunOptions, parseStagedEvents, stageLines, writeSetting } from './sync-api.ts';
+import { beginRun, type BeginRunOptions, finishRun, parseStagedEvents, stageLines, writeSetting } from './sync-api.ts';
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -192,4 +193,390 @@ describe('replace_guard (called on a parsed run)', () => {
       ]),
     ).toBeNull();
   });
+});
+
+describe('begin_run', () => {
+  const refusal = (promise: Promise<unknown>) =>
+    promise.then(
+      () => null,
+      (error: { code?: string; message: string }) => ({ code: error.code, message: error.message }),
+    );
+  const begin = (options: Omit<BeginRunOptions, 'source'> & { source?: BeginRunOptions['source'] }) =>
+    beginRun(db.pool, { source: 'events', clock, ...options });
+
+  describe('arguments', () => {
+    it('names a wrong source and a wrong event name in its refusal, and takes a 255-character name', async () => {
+      // killed: swap-coalesce line 21 (the source named 'null'), swap-coalesce line 40 (an empty name named 'null'),
+      // and-or line 42 #1 and #2 (an empty name taken), relational line 42 (a 255-character name refused)
+      expect(await refusal(beginRun(db.pool, { source: 'nonsense' as 'events' }))).toMatchObject({
+        code: 'MP004',
+        message: expect.stringContaining("got 'nonsense'"),
+      });
+      expect(await refusal(begin({ events: ['ok', ''] }))).toMatchObject({ code: 'MP004', message: expect.stringMatching(/, got ''$/) });
+      const run = await begin({ events: ['n'.repeat(255)] });
+      expect(run.options.events).toEqual(['n'.repeat(255)]);
+    });
+
+    it('refuses force_full with resync_from alone, a resync ending before it starts or after the clock, and a resync of profiles', async () => {
+      // killed: and-or line 48 #2 and swap-coalesce line 48 (force_full with resync_from alone taken); and-or line 59 #2,
+      // and-or line 60, swap-coalesce line 59 (resync_from > resync_to taken); swap-coalesce line 60 (resync_to after
+      // the clock's day taken); relational line 60 (a resync of the clock's own day refused)
+      expect(await refusal(begin({ forceFull: true, resync: { from: '2024-03-05' } }))).toMatchObject({ code: 'MP004' });
+      expect(await refusal(begin({ resync: { from: '2024-03-08', to: '2024-03-07' } }))).toMatchObject({ code: 'MP004' });
+      expect(await refusal(begin({ resync: { from: '2024-03-09', to: '2024-03-11' } }))).toMatchObject({ code: 'MP004' });
+      expect(await refusal(begin({ source: 'profiles', resync: { from: '2024-03-09' } }))).toMatchObject({ code: 'MP004' });
+      const today = await begin({ resync: { from: '2024-03-10' } });
+      expect([today.window_from_day, today.window_to_day]).toEqual(['2024-03-10', '2024-03-10']);
+    });
+  });
+
+  describe('mode, window and options', () => {
+    const iso = (value: Date | string | null | undefined) => (value == null ? null : new Date(value).toISOString());
+    const watermark = (at: string, processing: string) =>
+      db.pool.query(`insert into mixpanel_sync.sync_watermarks (source, watermark, processing_watermark) values ('events', $1, $2)`, [
+        at,
+        processing,
+      ]);
+
+    it('a resync of past days: its window, fetch_to at the last second of resync_to, allow_shrink recorded', async () => {
+      // killed: swap-coalesce line 166 (the window ended at resync_from), least-greatest line 164 (fetch_to the clock),
+      // swap-coalesce line 165 (allow_shrink recorded false)
+      const run = await begin({ resync: { from: '2024-03-05', to: '2024-03-07' }, allowShrink: true });
+      expect([run.mode, run.window_from_day, run.window_to_day, iso(run.fetch_from), iso(run.fetch_to)]).toEqual([
+        'full',
+        '2024-03-05',
+        '2024-03-07',
+        '2024-03-05T00:00:00.000Z',
+        '2024-03-07T23:59:59.000Z',
+      ]);
+      expect(run.options).toMatchObject({ mode_reason: 'resync', allow_shrink: true });
+    });
+
+    it('a forced full run: events.full_window days ending on the clock day, allow_shrink recorded', async () => {
+      // killed: negate-interval-setting line 174 (the window began after the clock), swap-coalesce line 173
+      const run = await begin({ forceFull: true, allowShrink: true });
+      // 45 days (events.full_window) ending 2024-03-10
+      expect([run.mode, run.window_from_day, run.window_to_day, iso(run.fetch_from)]).toEqual([
+        'full',
+        '2024-01-26',
+        '2024-03-10',
+        '2024-01-26T00:00:00.000Z',
+      ]);
+      expect(run.options).toMatchObject({ mode_reason: 'forced', allow_shrink: true });
+    });
+
+    it('an incremental run: from the watermark minus events.overlap, looking back events.late_lookback, processed after the processing watermark minus the overlap', async () => {
+      // killed: negate-interval-setting lines 149 (the run full), 181 (lookback_from after fetch_from), 182
+      // (processed_after plus the overlap), 184 (fetch_from plus the overlap); swap-coalesce line 183
+      await watermark('2024-03-09T10:00:00Z', '2024-03-09T11:00:00Z');
+      const run = await begin({ allowShrink: true });
+      expect([run.mode, iso(run.fetch_from), iso(run.fetch_to), iso(run.lookback_from), iso(run.processed_after)]).toEqual([
+        'incremental',
+        '2024-03-09T08:00:00.000Z',
+        clock.toISOString(),
+        '2024-03-04T08:00:00.000Z',
+        '2024-03-09T09:00:00.000Z',
+      ]);
+      expect(run.options).toMatchObject({ mode_reason: 'watermark', allow_shrink: true });
+    });
+
+    it('a watermark whose overlap reaches back exactly to the ledger horizon is still incremental', async () => {
+      // killed: relational line 154 (<=: the run full). The ledger horizon of 2024-03-10 is 2024-03-04
+      // (events.ledger_retention: 7 days ending on the clock's day); events.overlap is 2 hours.
+      await watermark('2024-03-04T02:00:00Z', '2024-03-04T02:00:00Z');
+      const run = await begin({});
+      expect([run.options.mode_reason, run.mode, iso(run.fetch_from), iso(run.lookback_from)]).toEqual([
+        'watermark',
+        'incremental',
+        '2024-03-04T00:00:00.000Z',
+        '2024-03-04T00:00:00.000Z',
+      ]);
+    });
+
+    it('records the selection sorted without repeats, and keeps_watermark only when it leaves out a name events.only syncs', async () => {
+      // killed: swap-coalesce line 136 (events.only ignored), 138 and 139 (a given selection dropped), and-or line 143
+      // (--event with events.only [] did not keep the watermark)
+      const recorded = async (events: string[] | null) => {
+        const run = await begin({ events });
+        await emptySyncTables(db.pool, { dropPartitions: false });
+        return [run.options.events ?? null, run.options.keeps_watermark ?? false];
+      };
+      await writeSetting(db.pool, 'events.only', '[]');
+      expect(await recorded(['b', 'a', 'b'])).toEqual([['a', 'b'], true]);
+      await writeSetting(db.pool, 'events.only', '["b", "a"]');
+      try {
+        expect(await recorded(null)).toEqual([['a', 'b'], false]);
+        expect(await recorded(['c', 'b', 'a'])).toEqual([['a', 'b', 'c'], false]);
+        expect(await recorded(['a'])).toEqual([['a'], true]);
+      } finally {
+        await writeSetting(db.pool, 'events.only', '[]');
+      }
+    });
+  });
+
+  describe('a running run whose loader is gone', () => {
+    let live: pg.Client;
+    let liveOwner: { pid: number; backend_start: string };
+    let deadOwner: { pid: number; backend_start: string };
+    const session = async (client: pg.Client) =>
+      (
+        await client.query<{ pid: number; backend_start: string }>(
+          `select pid, to_json(backend_start) #>> '{}' as backend_start from pg_stat_activity where pid = pg_backend_pid()`,
+        )
+      ).rows[0]!;
+    beforeAll(async () => {
+      live = new pg.Client({ connectionString: db.url });
+      await live.connect();
+      liveOwner = await session(live);
+      const gone = new pg.Client({ connectionString: db.url });
+      await gone.connect();
+      deadOwner = await session(gone);
+      await gone.end();
+      for (let i = 0; i < 100; i++) {
+        if ((await db.pool.query('select from pg_stat_activity where pid = $1', [deadOwner.pid])).rowCount === 0) break;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+    });
+    afterAll(async () => {
+      await live?.end();
+    });
+
+    /** A run row as begin_run writes it, with this owner and heartbeat (an SQL expression). */
+    const running = async (
+      options: { owner?: object | null; heartbeat?: string; status?: string; source?: string },
+      on: pg.ClientBase | pg.Pool = db.pool,
+    ) =>
+      (
+        await on.query<{ id: string }>(
+          `insert into mixpanel_sync.sync_runs (source, mode, status, fetch_to, options, heartbeat_at, finished_at)
+           values ($1, 'full', $2, now(), $3::jsonb, ${options.heartbeat ?? 'null'}, case when $2 = 'running' then null else now() end) returning id::text`,
+          [
+            options.source ?? 'events',
+            options.status ?? 'running',
+            JSON.stringify(options.owner === null ? {} : { owner: options.owner ?? deadOwner }),
+          ],
+        )
+      ).rows[0]!.id;
+    const statusOf = async (id: string) =>
+      (await db.pool.query<{ status: string }>('select status from mixpanel_sync.sync_runs where id = $1', [id])).rows[0]!.status;
+
+    it('abandons only running runs of its source, and names the owner of a run it cannot abandon', async () => {
+      // killed: and-or lines 78, 79, 80 #1 and 83, drop-conjunct line 78 (r.status = 'running': a finished run with a
+      // dead owner rewritten as abandoned; r.source = begin_run.source: a profiles run abandoned); drop-conjunct
+      // line 107 (r.source: the profiles run refused the events run); swap-coalesce line 112 ('?' for the owner's pid)
+      const finished = await running({ status: 'succeeded' });
+      const profiles = await running({ source: 'profiles' });
+      const run = await begin({});
+      expect([await statusOf(finished), await statusOf(profiles), run.status]).toEqual(['succeeded', 'running', 'running']);
+      expect(await refusal(begin({}))).toMatchObject({
+        code: 'MP002',
+        message: expect.stringContaining(`by pid ${(run.options.owner as { pid: number }).pid})`),
+      });
+    });
+
+    it('abandons a run whose owner session is gone and that has no heartbeat, or an old one, or one from before the server started', async () => {
+      // killed: and-or line 80 #2 and drop-conjunct line 85 (no heartbeat: not abandoned), and-or line 82 (a heartbeat
+      // older than runs.heartbeat_timeout but after the server's start: not abandoned), and-or line 87 (an owner
+      // recorded without backend_start, its pid gone: not abandoned)
+      for (const [owner, heartbeat] of [
+        [deadOwner, undefined],
+        [{ pid: deadOwner.pid }, undefined],
+        [deadOwner, `pg_postmaster_start_time() + (now() - pg_postmaster_start_time()) / 2`],
+      ] as const) {
+        await db.pool.query(`update mixpanel_sync.sync_settings set value = '1 millisecond' where key = 'runs.heartbeat_timeout'`);
+        try {
+          const stale = await running({ owner, heartbeat });
+          await begin({});
+          expect(await statusOf(stale)).toBe('abandoned');
+        } finally {
+          await db.pool.query(`update mixpanel_sync.sync_settings set value = '2 minutes' where key = 'runs.heartbeat_timeout'`);
+          await emptySyncTables(db.pool, { dropPartitions: false });
+        }
+      }
+    });
+
+    it('abandons a run whose owner pid is another session now (another backend_start)', async () => {
+      // killed: drop-conjunct line 87 (the backend_start test: a reused pid kept the run)
+      const reused = await running({ owner: { pid: liveOwner.pid, backend_start: '2000-01-01T00:00:00+00:00' } });
+      await begin({});
+      expect(await statusOf(reused)).toBe('abandoned');
+    });
+
+    it('keeps a run whose owner session lives, one with no recorded owner, and one with a fresh heartbeat', async () => {
+      // killed: drop-conjunct line 83 and and-or line 88 (a live owner's run abandoned), and-or line 87 #2 (a live owner
+      // recorded without backend_start), drop-conjunct line 79 (a run with no owner abandoned), drop-conjunct line 80 and
+      // negate-interval-setting line 15 (a fresh heartbeat, owner gone: abandoned)
+      for (const [owner, heartbeat] of [
+        [liveOwner, undefined],
+        [{ pid: liveOwner.pid }, undefined],
+        [null, undefined],
+        [deadOwner, 'now()'],
+      ] as const) {
+        const kept = await running({ owner, heartbeat });
+        expect(await refusal(begin({}))).toMatchObject({ code: 'MP002' });
+        expect(await statusOf(kept)).toBe('running');
+        await emptySyncTables(db.pool, { dropPartitions: false });
+      }
+    });
+
+    it('the heartbeat boundaries: a beat exactly runs.heartbeat_timeout old, or exactly at the server start, keeps the run', async () => {
+      // killed: relational line 80 (heartbeat_at <= now() - heartbeat_timeout), relational line 82 (<= the server start)
+      const client = await db.pool.connect();
+      try {
+        await client.query('begin'); // now() is the same for the heartbeat and for begin_run
+        // a beat after the server's start (it started more than a second ago), exactly runs.heartbeat_timeout old
+        await client.query(`update mixpanel_sync.sync_settings set value = '1 second' where key = 'runs.heartbeat_timeout'`);
+        const exact = await running({ heartbeat: `now() - interval '1 second'` }, client);
+        expect(await refusal(beginRun(client, { source: 'events', clock }))).toMatchObject({ code: 'MP002' });
+        await client.query('rollback');
+        await client.query('begin');
+        await client.query(`update mixpanel_sync.sync_settings set value = '100 years' where key = 'runs.heartbeat_timeout'`);
+        const started = await running({ heartbeat: 'pg_postmaster_start_time()' }, client);
+        expect(await refusal(beginRun(client, { source: 'events', clock }))).toMatchObject({ code: 'MP002' });
+        expect([exact, started]).toHaveLength(2);
+      } finally {
+        await client.query('rollback');
+        client.release();
+      }
+    });
+  });
+});
+
+describe('finish_events_run', () => {
+  const ms = (iso: string) => new Date(iso).getTime();
+  /** An export line at `time` processed at `processed` (ISO); user null: no distinct_id. */
+  const at2 = (user: string | null, name: string, time: string, processed: string, insertId: string) =>
+    JSON.stringify({
+      event: name,
+      properties: {
+        ...(user === null ? {} : { distinct_id: user }),
+        time: ms(time) / 1000,
+        mp_processing_time_ms: ms(processed),
+        $insert_id: insertId,
+      },
+    });
+  const finish = async (options: Omit<BeginRunOptions, 'source'>, lines: string[]) => {
+    const run = await beginRun(db.pool, { source: 'events', clock, ...options });
+    await stageLines(db.pool, 'events', run.id, lines);
+    return finishRun(db.pool, run.id);
+  };
+  const marks = async () =>
+    (
+      await db.pool.query<{ watermark: string; processing: string | null }>(
+        `select to_json(watermark) #>> '{}' as watermark, to_json(processing_watermark) #>> '{}' as processing from mixpanel_sync.sync_watermarks`,
+      )
+    ).rows.map((r) => [new Date(r.watermark).toISOString(), r.processing && new Date(r.processing).toISOString()]);
+  const setWatermark = (at: string, processing: string) =>
+    db.pool.query(`insert into mixpanel_sync.sync_watermarks (source, watermark, processing_watermark) values ('events', $1, $2)`, [
+      at,
+      processing,
+    ]);
+
+  it('the terminated-early marker: its line number in MP003; a line staged with a problem, or a short event, is not it', async () => {
+    // killed: swap-coalesce line 39 (line '?'), and-or line 35 #2 and #3 and drop-conjunct line 35 (s.problem is null:
+    // a line staged with a problem read as the marker), drop-conjunct line 35 (the marker test: a short line read as it)
+    const marker = 'terminated early';
+    const run = await beginRun(db.pool, { source: 'events', clock, forceFull: true });
+    await stageLines(db.pool, 'events', run.id, [JSON.stringify({ event: 'e', properties: { distinct_id: 'u', time: 1 } })]);
+    await db.pool.query(`insert into mixpanel_sync.staged_events (run_id, line, problem) values ($1, $2, 'invalid UTF-8 at byte 3')`, [
+      run.id,
+      marker,
+    ]);
+    const done = await finishRun(db.pool, run.id);
+    // the short event (a time of 1 s: 1970, before the window) is usable, the problem line rejected with its problem
+    expect([done.status, done.received, done.rejected]).toEqual(['succeeded', '2', '1']);
+    await emptySyncTables(db.pool, { dropPartitions: false });
+    const second = await beginRun(db.pool, { source: 'events', clock, forceFull: true });
+    // numbered as the loader numbers its lines
+    await db.pool.query(`insert into mixpanel_sync.staged_events (run_id, line_no, line) values ($1, 1, $2), ($1, 2, $3)`, [
+      second.id,
+      at2('u', 'e', '2024-03-09T10:00:00Z', '2024-03-09T10:00:00Z', 'a'),
+      marker,
+    ]);
+    expect(await finishRun(db.pool, second.id).catch((e: { code: string; message: string }) => e)).toMatchObject({
+      code: 'MP003',
+      message: expect.stringContaining('line 2 is'),
+    });
+  });
+
+  it('with raw storage on, the storage horizon is events.raw_retention when longer than the ledger retention', async () => {
+    // killed: swap-coalesce line 20 ('forever' whatever events.raw_retention says: no storage horizon)
+    await writeSetting(db.pool, 'events.store_raw', 'on');
+    await writeSetting(db.pool, 'events.raw_retention', '10 days');
+    try {
+      const run = await finish({ forceFull: true }, []);
+      // 10 days ending 2024-03-10 begin on 2024-03-01 (the ledger's 7 days on 2024-03-04)
+      expect(run.options).toMatchObject({ store_raw: true, storage_horizon_day: '2024-03-01', horizon_day: '2024-03-04' });
+    } finally {
+      await writeSetting(db.pool, 'events.store_raw', 'off');
+      await writeSetting(db.pool, 'events.raw_retention', '45 days');
+    }
+  });
+
+  it('lateness: the largest, and the events beyond events.overlap (2 hours: exactly 2 hours is not beyond)', async () => {
+    // killed: min-max line 87 (max_ms the smallest), relational line 88 (>=: exactly the overlap counted),
+    // negate-interval-setting line 11 (every event beyond)
+    const run = await finish({ forceFull: true }, [
+      at2('u1', 'e', '2024-03-09T10:00:00Z', '2024-03-09T10:00:01Z', 'a'),
+      at2('u1', 'e', '2024-03-09T11:00:00Z', '2024-03-09T13:00:00Z', 'b'),
+      at2('u1', 'e', '2024-03-09T12:00:00Z', '2024-03-09T14:00:01Z', 'c'),
+    ]);
+    expect(run.lateness).toMatchObject({ events: 3, max_ms: 7_201_000, beyond_overlap: 1 });
+  });
+
+  it('a full run sets the watermark from its usable events only, the processing watermark from their processing time', async () => {
+    // killed: drop-conjunct lines 93 (e.reject_reason is null) and 94 (e.skip_reason is null): a later reject or
+    // no_user event moved it; swap-coalesce line 116 (the processing watermark the event time)
+    await finish({ forceFull: true }, [
+      at2('u1', 'e', '2024-03-09T10:00:00Z', '2024-03-09T10:30:00Z', 'a'),
+      at2('u1', 'n'.repeat(256), '2024-03-09T11:00:00Z', '2024-03-09T11:00:00Z', 'rejected'),
+      at2(null, 'e', '2024-03-09T12:00:00Z', '2024-03-09T12:00:00Z', 'no-user'),
+    ]);
+    expect(await marks()).toEqual([['2024-03-09T10:00:00.000Z', '2024-03-09T10:30:00.000Z']]);
+  });
+
+  it('a full run whose newest event is older than the ledger horizon still sets the watermark from it', async () => {
+    // killed: swap-coalesce line 95 (coalesce(horizon, window_from_day): events before the ledger horizon not seen)
+    await finish({ forceFull: true }, [at2('u1', 'e', '2024-02-29T10:00:00Z', '2024-02-29T10:00:00Z', 'a')]);
+    expect(await marks()).toEqual([['2024-02-29T10:00:00.000Z', '2024-02-29T10:00:00.000Z']]);
+  });
+
+  it('an incremental run moves the watermarks forward only, and a too-old event does not move them', async () => {
+    // killed: and-or line 104 (an incremental run recomputed: the watermark went back to its event), drop-conjunct
+    // line 95 (the too-old event, processed lately, moved the processing watermark)
+    await setWatermark('2024-03-10T11:00:00Z', '2024-03-10T11:00:00Z');
+    const run = await finish({}, [
+      at2('u1', 'e', '2024-03-10T10:30:00Z', '2024-03-10T10:40:00Z', 'recent'),
+      at2('u1', 'e', '2024-02-20T10:00:00Z', '2024-03-10T11:50:00Z', 'too-old'),
+    ]);
+    expect([run.mode, run.applied, run.too_old]).toEqual(['incremental', '1', '1']);
+    expect(await marks()).toEqual([['2024-03-10T11:00:00.000Z', '2024-03-10T11:00:00.000Z']]);
+  });
+
+  it('a full run that applies nothing takes the watermark from the newest event stored before its window, or removes it', async () => {
+    // killed: and-or line 105 (a watermark before the window kept), min-max line 118 (the oldest stored event),
+    // relational line 120 (<=), and-or line 120 and drop-conjunct line 120 (d.day < window_from_day): a row of the
+    // window's first day (another name's, kept by the run's selection) taken
+    await setWatermark('2023-12-01T00:00:00Z', '2023-12-01T00:00:00Z');
+    await finish({ forceFull: true, allowShrink: true }, []);
+    expect(await marks()).toEqual([]);
+    await db.pool.query(`insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at) values
+      ('u1', '2024-01-20', 'a', 1, '2024-01-20 10:00Z', '2024-01-20 10:00Z'),
+      ('u1', '2024-01-22', 'a', 1, '2024-01-22 09:00Z', '2024-01-22 09:00Z'),
+      ('u1', '2024-01-26', 'b', 1, '2024-01-26 11:00Z', '2024-01-26 11:00Z')`);
+    await emptyRunsOnly();
+    await writeSetting(db.pool, 'events.only', '["a"]');
+    try {
+      // events.full_window: 45 days ending 2024-03-10 begin on 2024-01-26
+      const run = await finish({ forceFull: true, allowShrink: true }, []);
+      expect([run.window_from_day, run.options.keeps_watermark ?? false]).toEqual(['2024-01-26', false]);
+      expect(await marks()).toEqual([['2024-01-22T09:00:00.000Z', '2024-01-22T09:00:00.000Z']]);
+    } finally {
+      await writeSetting(db.pool, 'events.only', '[]');
+    }
+  });
+
+  async function emptyRunsOnly() {
+    await db.pool.query('truncate mixpanel_sync.sync_runs, mixpanel_sync.sync_watermarks cascade');
+  }
 });
