@@ -73,6 +73,7 @@ export const proofMap: Record<string, string[]> = {
   begin_run: [
     ...endToEnd,
     'verify/mutation_pins.sql',
+    'scripts/sql/mutation-pins-runs.test.ts',
     'scripts/sql/event-selection.test.ts',
     'scripts/sql/safety-one-run.test.ts',
     'scripts/sql/safety-followups.test.ts',
@@ -80,12 +81,14 @@ export const proofMap: Record<string, string[]> = {
   ],
   run_selection: [
     'verify/selection_replace_keeps_other_names.sql',
+    'scripts/sql/mutation-pins-runs.test.ts',
     'scripts/sql/edge-pins.test.ts',
     'scripts/sql/event-selection.test.ts',
     'scripts/sql/event-selection-runs.test.ts',
     'property-tests/event-selection.test.ts',
   ],
   parse_staged_lines: [
+    'scripts/sql/mutation-pins-parse.test.ts',
     'scripts/sql/edge-pins.test.ts',
     'verify/parse_independent.sql',
     'verify/finish_run_end_to_end.sql',
@@ -102,6 +105,7 @@ export const proofMap: Record<string, string[]> = {
   finish_events_run: [
     ...endToEnd,
     'verify/mutation_pins.sql',
+    'scripts/sql/mutation-pins-runs.test.ts',
     'verify/replace_then_adds_equal_replace.sql',
     'verify/raw_events_match_daily.sql',
     'scripts/sql/parse-skip-raw.test.ts',
@@ -111,11 +115,18 @@ export const proofMap: Record<string, string[]> = {
   parse_new_staged_events: [
     'verify/parse_independent.sql',
     'verify/finish_run_end_to_end.sql',
+    'scripts/sql/mutation-pins-parse.test.ts',
+    'scripts/sql/edge-pins.test.ts',
     'scripts/sql/parse-skip-raw.test.ts',
     'scripts/sql/event-key-text.test.ts',
     'property-tests/run-accounting.test.ts',
   ],
-  parse_staged_events: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql', 'property-tests/run-accounting.test.ts'],
+  parse_staged_events: [
+    'verify/parse_independent.sql',
+    'verify/finish_run_end_to_end.sql',
+    'scripts/sql/mutation-pins-parse.test.ts',
+    'property-tests/run-accounting.test.ts',
+  ],
   fail_run: [
     'verify/mutation_pins.sql',
     'verify/run_lifecycle_pinned.sql',
@@ -126,13 +137,14 @@ export const proofMap: Record<string, string[]> = {
   replace_guard: [
     'verify/mutation_pins.sql',
     'verify/selection_replace_keeps_other_names.sql',
+    'scripts/sql/mutation-pins-runs.test.ts',
     'scripts/sql/safety-guard.test.ts',
     'scripts/sql/event-selection-runs.test.ts',
     'scripts/sql/edge-pins.test.ts',
   ],
   heartbeat_run: ['verify/mutation_pins.sql', 'scripts/sql/safety-followups.test.ts'],
   abandon_stale_runs: ['verify/mutation_pins.sql', 'scripts/sql/safety-one-run.test.ts', 'scripts/sql/safety-followups.test.ts'],
-  prune_history: ['verify/run_lifecycle_pinned.sql', 'scripts/sql/health-housekeeping.test.ts'],
+  prune_history: ['verify/run_lifecycle_pinned.sql', 'scripts/sql/mutation-pins-runs.test.ts', 'scripts/sql/health-housekeeping.test.ts'],
   merge_daily_row_loop: [
     'verify/replace_loop_equals_set.sql',
     'scripts/sql/mutation-pins-apply.test.ts',
@@ -190,6 +202,7 @@ export const proofMap: Record<string, string[]> = {
   refresh_subscribers: [
     'verify/finish_run_end_to_end.sql',
     'verify/parse_independent.sql',
+    'scripts/sql/mutation-pins-runs.test.ts',
     ...replace,
     'scripts/sql/subscriber-count.test.ts',
     'property-tests/subscribers-definition.test.ts',
