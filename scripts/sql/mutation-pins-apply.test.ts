@@ -320,6 +320,9 @@ function lineText(l: Line): string {
   return JSON.stringify(e);
 }
 
+/** The lines of an earlier run that failed after parsing them (its run_events rows stay until its rows are dropped). */
+const earlierLines: Line[] = [{ label: 'zz', user: 'u5', name: 'open', time: at(6, 10) }];
+
 /**
  * In one transaction (rolled back): empty tables, events.store_raw, a legacy ledger row (so the parse computes legacy
  * keys), the run staged and parsed, then the prior state built from the parsed events (prior(events) names rows by the
@@ -339,13 +342,21 @@ async function scenario<T>(
     // a legacy row of a user no event has: the parse computes legacy keys only while the legacy ledger holds rows
     await client.query(`insert into mixpanel_sync.event_ledger_legacy (distinct_id, event_key, day, event_name, event_time, run_id)
       values ('legacy-only', '00000000-0000-0000-0000-0000000000aa', '${day(5)}', 'view', '${day(5)} 10:00Z', 1)`);
+    // an earlier run whose parsed events are still in run_events (it failed after parsing): never the run's input
+    const earlier = await beginRun(client, { source: 'events', clock, forceFull: true });
+    await stageLines(client, 'events', earlier.id, earlierLines.map(lineText));
+    await parseStagedEvents(client, earlier.id);
+    await client.query(`update mixpanel_sync.sync_runs set status = 'failed', finished_at = now(), error = 'pin' where id = $1`, [
+      earlier.id,
+    ]);
+    const earlierEvents = await readRunEvents(client, earlier.id);
     const run = await beginRun(client, { source: 'events', clock, forceFull: true, ...(options.names ? { events: options.names } : {}) });
     await stageLines(client, 'events', run.id, lines.map(lineText));
     await parseStagedEvents(client, run.id);
     const events = await readRunEvents(client, run.id);
     const byLabel = (label: string) => {
       const index = lines.findIndex((l) => l.label === label);
-      const e = events[index];
+      const e = index >= 0 ? events[index] : earlierEvents[earlierLines.findIndex((l) => l.label === label)];
       if (!e) throw new Error(`no parsed event for ${label}`);
       return e;
     };
@@ -450,6 +461,8 @@ const replaceLines: Line[] = [
   { label: 'x2', user: null, name: 'open', time: at(3, 7) }, // no distinct_id, ledger row ('', 03-02): not again
   { label: 'x1', user: null, name: 'open', time: at(4, 7) }, // x1 again
   { label: 'bad', user: 'u1', name: 'open', time: at(4, 1), reject: true }, // no time: rejected
+  { label: 'o2', user: 'u9', name: 'view', time: at(4, 10) }, // ledger row 03-02 under u1 (another user): applied, u9's only event
+  { label: 'long', user: 'u3', name: 'n'.repeat(256), time: at(5, 9) }, // rejected (name too long), with a key and a day
 ];
 
 function replacePrior(e: (label: string) => RunEvent) {
@@ -474,7 +487,15 @@ function replacePrior(e: (label: string) => RunEvent) {
       ledgerRow(e('p2')),
       ledgerRow(e('r'), { day: day(4) }),
       ledgerRow(e('x2'), { distinct_id: '', day: day(2) }),
-      // rows of the window no event claims: gone (unless their name is not selected)
+      ledgerRow(e('o2'), { distinct_id: 'u1', day: day(2) }),
+      // rows of the window no event of the run claims: gone (unless their name is not selected): another user's row of
+      // an applied event's key and day, the row of a legacy duplicate, a no_user row (claimed with raw storage on
+      // only), a rejected line's row, a row only an earlier run's event matches
+      ledgerRow(e('c'), { distinct_id: 'u8' }),
+      ledgerRow(e('m')),
+      ledgerRow(e('x1'), { distinct_id: '' }),
+      ledgerRow(e('long')),
+      ledgerRow(e('zz')),
       { ...ledgerRow(e('c')), key: '00000000-0000-0000-0000-0000000000b1', distinct_id: 'u5', day: day(6), event_name: 'open' },
       { ...ledgerRow(e('c')), key: '00000000-0000-0000-0000-0000000000b2', distinct_id: 'u3', day: day(5), event_name: 'view' },
     ],
@@ -494,6 +515,9 @@ function replacePrior(e: (label: string) => RunEvent) {
       // rows whose only events of the run are duplicates (counted on a day outside the window): gone
       { distinct_id: 'u7', day: day(3), event_name: 'buy', n: 1, first: t(3, 12), last: t(3, 12) },
       { distinct_id: 'u2', day: day(7), event_name: 'buy', n: 1, first: t(7, 9), last: t(7, 9) },
+      // a row whose only event of the run is a legacy duplicate, and one only a rejected line matches: gone
+      { distinct_id: 'u3', day: day(4), event_name: 'buy', n: 1, first: t(4, 9), last: t(4, 9) },
+      { distinct_id: 'u3', day: day(5), event_name: 'n'.repeat(256), n: 1, first: t(5, 9), last: t(5, 9) },
     ],
   };
 }
