@@ -202,6 +202,54 @@ describe('parse_new_staged_events: what a line becomes', () => {
     expect((await parsed(r)).map((p) => [p.reject_reason, p.lateness_ms])).toEqual([[null, '5000']]);
   });
 
+  it('reject and skip reasons: an absent event, distinct_id or time, bad JSON; one sync_rejects row per rejected line', async () => {
+    // killed: distinct-ne lines 62, 66 and 70 (an absent key read as one of the wrong type), and-or line 54 (an absent
+    // distinct_id not no_user), swap-coalesce line 60 (bad JSON said 'not a JSON object'), and-or line 135 (a reject
+    // joined to every staged line of the run)
+    const r = await run();
+    await stageLines(db.pool, 'events', r.id, [
+      JSON.stringify({ properties: { distinct_id: 'u1', time: second } }),
+      JSON.stringify({ event: 'open', properties: { time: second } }),
+      JSON.stringify({ event: 'open', properties: { distinct_id: 'u3' } }),
+      '{"event": "open", ',
+      event('u5'),
+    ]);
+    await parseNewStagedLines(db.pool, r.id);
+    const { rows } = await db.pool.query<{ reject_reason: string | null; skip_reason: string | null }>(
+      'select reject_reason, skip_reason from mixpanel_sync.run_events where run_id = $1 order by line_id',
+      [r.id],
+    );
+    expect(rows.map((p) => [p.reject_reason?.slice(0, 23) ?? null, p.skip_reason])).toEqual([
+      ['missing event name', null],
+      [null, 'no_user'],
+      ['missing properties.time', null],
+      ['not valid JSON: invalid', null],
+      [null, null],
+    ]);
+    const rejects = await db.pool.query<{ line_no: string }>(
+      'select line_no::text from mixpanel_sync.sync_rejects where run_id = $1 order by line_no',
+      [r.id],
+    );
+    expect(rejects.rows.map((x) => x.line_no)).toEqual(['1', '3', '4']);
+  });
+
+  it('a selection run: a selected name is not skipped; raw columns of a usable line are stored (raw storage on)', async () => {
+    // killed: and-or line 53 (every event of a selection run not_selected), distinct-ne lines 42 and 44
+    // (skip_reason <> 'not_selected' is null for a usable line: properties and insert_id not stored)
+    await writeSetting(db.pool, 'events.store_raw', 'on');
+    const r = await beginRun(db.pool, { source: 'events', clock, forceFull: true, events: ['open'] });
+    await stageLines(db.pool, 'events', r.id, [event('u1', { $insert_id: 'i-1' }), event('u2', {}, 'other')]);
+    await parseNewStagedLines(db.pool, r.id);
+    const { rows } = await db.pool.query<{ skip_reason: string | null; insert_id: string | null; has_properties: boolean }>(
+      'select skip_reason, insert_id, properties is not null as has_properties from mixpanel_sync.run_events where run_id = $1 order by line_id',
+      [r.id],
+    );
+    expect(rows).toEqual([
+      { skip_reason: null, insert_id: 'i-1', has_properties: true },
+      { skip_reason: 'not_selected', insert_id: null, has_properties: false },
+    ]);
+  });
+
   it('no event key for a line without a time or a name; no legacy key while the legacy ledger is empty', async () => {
     // killed: and-or line 27 (event_time is not null or event_name is not null), and-or line 29 #1 and #2 (a legacy
     // key computed with no legacy ledger rows, or for a line without a time)

@@ -212,7 +212,11 @@ describe('begin_run', () => {
         code: 'MP004',
         message: expect.stringContaining("got 'nonsense'"),
       });
-      expect(await refusal(begin({ events: ['ok', ''] }))).toMatchObject({ code: 'MP004', message: expect.stringMatching(/, got ''$/) });
+      // only the bad names are listed (relational line 42: a name of exactly 255 characters listed too)
+      expect(await refusal(begin({ events: ['n'.repeat(255), ''] }))).toMatchObject({
+        code: 'MP004',
+        message: expect.stringMatching(/, got ''$/),
+      });
       const run = await begin({ events: ['n'.repeat(255)] });
       expect(run.options.events).toEqual(['n'.repeat(255)]);
     });
@@ -302,6 +306,8 @@ describe('begin_run', () => {
         return [run.options.events ?? null, run.options.keeps_watermark ?? false];
       };
       await writeSetting(db.pool, 'events.only', '[]');
+      // relational line 141 (jsonb_array_length(selection) >= 0): every event recorded as events [] with keeps_watermark
+      expect(await recorded(null)).toEqual([null, false]);
       expect(await recorded(['b', 'a', 'b'])).toEqual([['a', 'b'], true]);
       await writeSetting(db.pool, 'events.only', '["b", "a"]');
       try {
@@ -392,6 +398,30 @@ describe('begin_run', () => {
           await db.pool.query(`update mixpanel_sync.sync_settings set value = '2 minutes' where key = 'runs.heartbeat_timeout'`);
           await emptySyncTables(db.pool, { dropPartitions: false });
         }
+      }
+    });
+
+    it('says why it abandoned a run: a beat exactly runs.heartbeat_timeout old but before the server started is "no heartbeat since"', async () => {
+      // killed: relational line 96 (heartbeat_at <= now() - heartbeat_timeout in the error text)
+      const client = await db.pool.connect();
+      try {
+        await client.query('begin'); // now() is the same for the setting, the heartbeat and begin_run
+        await client.query(
+          `update mixpanel_sync.sync_settings set value = ((now() - pg_postmaster_start_time()) + interval '1 minute')::text where key = 'runs.heartbeat_timeout'`,
+        );
+        const stale = await running({ heartbeat: `now() - mixpanel_sync.setting('runs.heartbeat_timeout')::interval` }, client);
+        await beginRun(client, { source: 'events', clock });
+        const { rows } = await client.query<{ status: string; error: string }>(
+          'select status, error from mixpanel_sync.sync_runs where id = $1',
+          [stale],
+        );
+        expect(rows[0]).toMatchObject({
+          status: 'abandoned',
+          error: expect.stringMatching(/and it sent no heartbeat since the server started$/),
+        });
+      } finally {
+        await client.query('rollback');
+        client.release();
       }
     });
 
