@@ -606,6 +606,14 @@ describe('finish_events_run', () => {
     }
   });
 
+  it('a run whose selection leaves out names events.only syncs leaves the watermarks as they are', async () => {
+    // killed: swap-coalesce line 29 (coalesce(false, keeps_watermark): the watermark moved to the selected event)
+    await setWatermark('2024-03-10T09:00:00Z', '2024-03-10T09:00:00Z');
+    const run = await finish({ events: ['open'] }, [at2('u1', 'open', '2024-03-10T11:00:00Z', '2024-03-10T11:00:00Z', 'a')]);
+    expect([run.options.keeps_watermark, run.applied]).toEqual([true, '1']);
+    expect(await marks()).toEqual([['2024-03-10T09:00:00.000Z', '2024-03-10T09:00:00.000Z']]);
+  });
+
   async function emptyRunsOnly() {
     await db.pool.query('truncate mixpanel_sync.sync_runs, mixpanel_sync.sync_watermarks cascade');
   }
