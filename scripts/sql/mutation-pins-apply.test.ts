@@ -303,6 +303,8 @@ function expectedAdd(prior: Tables, events: RunEvent[], horizon: string, raw: bo
 /** One staged line: an export event of user (absent: no distinct_id), or a line without a time (a reject). */
 interface Line {
   label: string;
+  /** $insert_id (default: the label): two lines with one insert_id, name and second have one key */
+  insertId?: string;
   user: string | null;
   name: string;
   time: Date;
@@ -312,7 +314,7 @@ interface Line {
 
 function lineText(l: Line): string {
   if (l.reject) return JSON.stringify({ event: l.name, properties: { distinct_id: l.user ?? 'x', $insert_id: l.label } });
-  const e = exportEvent(l.user ?? '', l.name, l.time, { insertId: l.label, processedAt: l.processedAt });
+  const e = exportEvent(l.user ?? '', l.name, l.time, { insertId: l.insertId ?? l.label, processedAt: l.processedAt });
   if (l.user === null) {
     const { distinct_id: _none, ...rest } = e.properties;
     return JSON.stringify({ event: e.event, properties: rest });
@@ -463,6 +465,10 @@ const replaceLines: Line[] = [
   { label: 'bad', user: 'u1', name: 'open', time: at(4, 1), reject: true }, // no time: rejected
   { label: 'o2', user: 'u9', name: 'view', time: at(4, 10) }, // ledger row 03-02 under u1 (another user): applied, u9's only event
   { label: 'long', user: 'u3', name: 'n'.repeat(256), time: at(5, 9) }, // rejected (name too long), with a key and a day
+  // i's key and day under u1 (whose events come first): i's rewrite of its own row (raw on) leaves u1's alone
+  { label: 'i1', insertId: 'i', user: 'u1', name: 'buy', time: at(7, 20) },
+  { label: 'q', user: 'u3', name: 'add', time: at(7, 6) }, // u3's row of 03-07 before i's: i's rewrite leaves it alone
+  { label: 'k2', user: 'u2', name: 'buy', time: at(2, 10) }, // before the window: too_old (unless not selected)
 ];
 
 function replacePrior(e: (label: string) => RunEvent) {
@@ -488,6 +494,7 @@ function replacePrior(e: (label: string) => RunEvent) {
       ledgerRow(e('r'), { day: day(4) }),
       ledgerRow(e('x2'), { distinct_id: '', day: day(2) }),
       ledgerRow(e('o2'), { distinct_id: 'u1', day: day(2) }),
+      ledgerRow(e('i1')),
       // rows of the window no event of the run claims: gone (unless their name is not selected): another user's row of
       // an applied event's key and day, the row of a legacy duplicate, a no_user row (claimed with raw storage on
       // only), a rejected line's row, a row only an earlier run's event matches
@@ -502,6 +509,8 @@ function replacePrior(e: (label: string) => RunEvent) {
     legacy: [
       legacyRow('u3', e('m').legacy_key!, day(1), 'buy'),
       legacyRow('u1', e('n').legacy_key!, day(6), 'buy'),
+      // n's legacy key under another user, outside the window: stays
+      legacyRow('u2', e('n').legacy_key!, day(1), 'buy'),
       legacyRow('u1', e('s').legacy_key!, day(1), 'buy'),
       legacyRow('u9', '00000000-0000-0000-0000-0000000000c1', day(4), 'open'),
     ],
