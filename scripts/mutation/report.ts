@@ -190,6 +190,7 @@ export function writeReport(all: MutantResult[], info: RunInfo): string {
     'npm run mutate -- --only fail_run,heartbeat_run --at HEAD   # every mutant of some functions (all overloads), every mapped proof',
     'npm run mutate -- --only identity_edges --match "anon_id|line 4[34]" --at e44aa41 --overlay verify/mutation_pins.sql   # some mutants, a new proof',
     'npm run mutate -- --list --only begin_run --at HEAD          # print the mutants (keys for equivalent-mutants.json), run nothing',
+    'npm run mutate -- --only prune_history --at HEAD --overlay scripts/sql/new-pins.test.ts --proofs scripts/sql/new-pins.test.ts --saved /tmp/chk.json --out /tmp/chk.md   # a new pin alone against every mutant',
     'npm run mutate -- --rewrite                     # this file again from the last run (.tmp/mutation/last-run.json), current notes and equivalents',
     '# this file: the functions not rewritten this session, then the rewritten ones merged in, time-boxed:',
     'npm run mutate -- --only fail_run,finish_run,finish_or_fail_run,upsert_subscriber_properties,apply_identity,learn_identity_links,identity_edges,identity_cluster,identity_canonical,identity_mode,heartbeat_run,abandon_stale_runs,finish_profiles_run,drop_staged_rows,horizon_day,event_second,event_key,legacy_event_key,is_terminated_early_marker,reattribute_all --at e44aa41 --overlay verify/mutation_pins.sql,scripts/sql/mutation-pins.test.ts --resume --out /tmp/m15/nonrw.md --saved /tmp/m15/nonrw.json',
@@ -197,7 +198,7 @@ export function writeReport(all: MutantResult[], info: RunInfo): string {
     'npm run mutate -- --rewrite --saved /tmp/m15/all.json --out MUTATION.md',
     '```',
     '',
-    '`--at REV` unpacks the repository as committed at REV into .tmp/mutation/tree-<commit> and takes both the functions (its ' +
+    '`--at REV` unpacks the repository as committed at REV into .tmp/mutation/tree-<commit>-<pid> (one per run, removed after it) and takes both the functions (its ' +
       'migrations, committed and current/) and the proofs (its verify/, property-tests/, scripts/sql/) from it, so uncommitted work in ' +
       'the working tree cannot disturb a measurement and each result names its commit ("measured on"); without it the working tree is ' +
       'used. `--overlay a,b` copies working-tree files over that tree (a new proof not committed yet). `--merge` keeps the results of ' +
