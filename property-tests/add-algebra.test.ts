@@ -32,7 +32,7 @@ afterAll(async () => {
   await db?.drop();
 });
 
-const runs = 30;
+const runs = 20;
 
 describe('invariant 2: ADD is idempotent and order-independent', () => {
   it('ADD(E); ADD(E) ≡ ADD(E), each in its own transaction, every column compared', { timeout: timeoutFor(runs, 200) }, async () => {

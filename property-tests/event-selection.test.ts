@@ -29,7 +29,7 @@ afterAll(async () => {
   await db?.drop();
 });
 
-const runs = 30;
+const runs = 20;
 
 /** Every name the arbitraries use, and one they never do. */
 const names = ['login', 'purchase', 'Sign Up', 'page view', 'ログイン', '🎉', 'n'.repeat(255), 'never sent'];

@@ -179,7 +179,7 @@ async function runEventsOf(runId: string): Promise<number> {
   return rows[0].n;
 }
 
-const runs = 30;
+const runs = 20;
 
 describe('invariant 5: a failed run changes nothing but its own sync_runs row', () => {
   it('finish_run failing anywhere leaves every table as it was; fail_run then marks only the run', {

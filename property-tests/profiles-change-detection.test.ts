@@ -318,7 +318,7 @@ async function playPrior(client: Queryable, prior: Line[][]): Promise<Map<string
   return state;
 }
 
-const runs = 30;
+const runs = 20;
 
 describe('profiles change detection', () => {
   it('updated = exactly the profiles whose normalised content changed; only they get a new row version', {

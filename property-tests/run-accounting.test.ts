@@ -114,7 +114,7 @@ async function watermark(): Promise<Watermark | undefined> {
   return rows[0];
 }
 
-const runs = 25;
+const runs = 20;
 
 describe('run accounting', () => {
   it('counts add up, rejects are complete with reasons, the watermark stays within fetch_to', {

@@ -1,7 +1,8 @@
-// Issue 9, "Done when": seeded crash trials. On a dedicated embedded server, each trial loads a history H, starts
-// `npm run sync:events -- --file F` and, at a seeded moment during COPY or finish_run, SIGKILLs the loader's process
-// group, stops the postmaster at once (SIGQUIT: `pg_ctl stop -m immediate`, then a restart), or sends SIGINT/SIGTERM
-// to the whole process group. A normal run on F follows. The tables must then equal those of a clean H-then-F,
+// Issue 9, "Done when": seeded crash trials. On a dedicated embedded server, each trial starts from a history H (loaded
+// once by the CLI, then cloned from a template database for each trial), starts `npm run sync:events -- --file F`
+// and, at a seeded moment during COPY or finish_run, SIGKILLs the loader's process group, stops the postmaster at
+// once (SIGQUIT: `pg_ctl stop -m immediate`, then a restart), or sends SIGINT/SIGTERM to the whole process group.
+// A normal run on F follows. The tables must then equal those of a clean H-then-F,
 // compared with EXCEPT both ways in SQL, and every run's status must agree with what its CLI said (exit code).
 // After a SIGKILL during finish_run the killed loader's backend may still be running finish_run: the next run
 // passes --wait, as a scheduler's next run would (without it, begin_run refuses with MP002, exit 2: correct).
@@ -69,11 +70,23 @@ async function withPool<T>(fn: (pool: pg.Pool) => Promise<T>): Promise<T> {
   }
 }
 
-async function reset(): Promise<void> {
-  await withPool((pool) =>
-    pool.query(`truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers,
-      mixpanel_sync.sync_watermarks, mixpanel_sync.sync_runs, mixpanel_sync.sync_rejects cascade`),
-  );
+/** A client on the server's postgres database, for CREATE/DROP DATABASE. */
+async function withAdmin<T>(fn: (admin: pg.Client) => Promise<T>): Promise<T> {
+  const admin = new pg.Client({ connectionString: crash.url.replace(/\/crash$/, '/postgres') });
+  await admin.connect();
+  try {
+    return await fn(admin);
+  } finally {
+    await admin.end();
+  }
+}
+
+/** The database as H left it (a clone of the template beforeAll kept), the trial's crashed run and its successor gone. */
+async function restoreHistory(): Promise<void> {
+  await withAdmin(async (admin) => {
+    await admin.query('drop database crash with (force)');
+    await admin.query('create database crash template crash_after_history');
+  });
 }
 
 async function snapshot(): Promise<Record<string, string>> {
@@ -178,16 +191,16 @@ describe('seeded crash trials (seed 4242)', () => {
     await withPool((pool) =>
       pool.query(`update mixpanel_sync.sync_settings set value = '10 seconds' where key = 'runs.heartbeat_timeout'`),
     );
-    await reset();
     await normalRun(historyFile);
+    // the state after H, kept as a template: each trial starts from a clone of it instead of loading H again
+    await withAdmin((admin) => admin.query('create database crash_after_history template crash'));
     await normalRun(inputFile);
     reference = await snapshot();
   }, 600_000);
 
   for (const [i, trial] of TRIALS.entries()) {
     it(`trial ${i}: ${trial.action} during ${trial.moment} (${trial.via}, +${trial.delayMs} ms), then a normal run: equal to a clean run`, async () => {
-      await reset();
-      await normalRun(historyFile);
+      await restoreHistory();
       const cli = sync(inputFile, { via: trial.via });
       let over = false;
       cli.child.on('exit', () => (over = true));
