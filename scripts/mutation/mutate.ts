@@ -7,7 +7,7 @@
 // (pg_get_functiondef), mutated one small change at a time (scripts/mutation/mutants.ts), and every mutant is put
 // into a clone database of its own with `create or replace`; then the proofs run against that clone (verify/*.sql,
 // property-tests/*.test.ts with a low FC_NUM_RUNS, scripts/sql/*.test.ts) until one fails (killed) or none does (survived).
-// --quick: a seeded sample (~40) of the core functions' mutants, only the proofs mapped to each function.
+// --quick: a seeded sample (~40) of the core functions' mutants, each against the proofs mapped to its function (CI).
 // Mutants listed in scripts/mutation/equivalent-mutants.json are not run (they cannot change behaviour; reasons there).
 // Writes MUTATION.md (or --out) and prints one line per mutant and a closing "mutate: …" line; exit 1 when a
 // non-equivalent mutant of a core function survived.
@@ -117,12 +117,13 @@ export function sampleMutants(mutants: Mutant[], n: number, seed: number): Mutan
   return picked;
 }
 
-export type ProofScope = 'quick' | 'mapped' | 'exhaustive';
+export type ProofScope = 'mapped' | 'exhaustive';
 
 /**
  * The proofs a mutant meets, in order: verify scripts first (under a second each in the mutant's own database), then
- * vitest files (seconds each). quick: the mapped verify scripts and the first mapped vitest file; mapped (the default
- * of a full run): every proof mapped to the function in core-functions.ts; exhaustive: those, then every other proof.
+ * vitest files (seconds each). mapped (the default, --quick too): every proof mapped to the function in
+ * core-functions.ts, until one fails; exhaustive: those, then every other proof. (--quick once met only the first mapped
+ * vitest file: a mutant a later mapped file kills survived the sample, and CI would have failed on a killed mutant.)
  * A function with no mapping meets every verify script.
  */
 export function proofsFor(mutant: Mutant, all: Proof[], scope: ProofScope): Proof[] {
@@ -132,7 +133,6 @@ export function proofsFor(mutant: Mutant, all: Proof[], scope: ProofScope): Proo
   const verify = unique.filter((p) => p.kind === 'verify');
   const vitest = unique.filter((p) => p.kind === 'vitest');
   const ordered = verify.length + vitest.length > 0 ? [...verify, ...vitest] : all.filter((p) => p.kind === 'verify');
-  if (scope === 'quick') return [...verify, ...vitest.slice(0, 1)].length > 0 ? [...verify, ...vitest.slice(0, 1)] : ordered;
   if (scope === 'mapped') return ordered;
   return [...ordered, ...all.filter((p) => !ordered.includes(p))];
 }
@@ -294,7 +294,7 @@ async function main(argv: string[]): Promise<number> {
     const unknown = (only ?? []).filter((name) => !definitions.some((d) => d.name === name));
     if (unknown.length > 0) throw new Error(`--only: no function mixpanel_sync.${unknown.join(', ')} in the migrated template`);
     const wanted = definitions.filter((d) => (only ? only.includes(d.name) : values.all ? true : isCore(d.name)));
-    const scope: ProofScope = values.quick ? 'quick' : values.exhaustive ? 'exhaustive' : 'mapped';
+    const scope: ProofScope = values.exhaustive ? 'exhaustive' : 'mapped';
     const measured = at
       ? `${at.commit}${overlay.length ? ` + ${overlay.join(', ')}` : ''}`
       : values.migrations

@@ -18,7 +18,7 @@ export interface MutantResult {
 
 export interface RunInfo {
   mode: 'quick' | 'full' | 'only' | 'merged';
-  /** which proofs a mutant met: quick (mapped verify + one vitest file), mapped (all mapped), exhaustive (then all others) */
+  /** which proofs a mutant met: mapped (those mapped to its function), exhaustive (then all others) */
   scope?: 'quick' | 'mapped' | 'exhaustive';
   command: string;
   seed: number;
@@ -186,7 +186,7 @@ export function writeReport(all: MutantResult[], info: RunInfo): string {
     '## Running it',
     '',
     '```',
-    'npm run mutate -- --quick                       # CI: ~40 sampled mutants of the core functions (seed 15), mapped verify scripts + one vitest file',
+    'npm run mutate -- --quick                       # CI: ~40 sampled mutants of the core functions (seed 15), against the proofs mapped to each',
     'npm run mutate -- --only fail_run,heartbeat_run --at HEAD   # every mutant of some functions (all overloads), every mapped proof',
     'npm run mutate -- --only identity_edges --match "anon_id|line 4[34]" --at e44aa41 --overlay verify/mutation_pins.sql   # some mutants, a new proof',
     'npm run mutate -- --list --only begin_run --at HEAD          # print the mutants (keys for equivalent-mutants.json), run nothing',
