@@ -9,9 +9,8 @@
 //   3. A run whose options.events is [] means every event, for the REPLACE and for its guard
 //      (kills `jsonb_array_length(...) > 0` -> `>= 0` and `and` -> `or` in run_selection and replace_guard: the
 //      other name's rows stayed, the guard never refused, its message named a selection of []).
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { emptySyncTables, exportEvent } from './run-fixtures.ts';
+import { beforeEach, describe, expect, it } from 'vitest';
+import { exportEvent, syncTestDatabase } from './run-fixtures.ts';
 import {
   beginRun,
   finishRun,
@@ -24,15 +23,8 @@ import {
   writeSetting,
 } from './sync-api.ts';
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db?.drop();
-});
+const db = await syncTestDatabase();
 beforeEach(async () => {
-  await emptySyncTables(db.pool);
   await setUpsertPath(db.pool, 'set');
 });
 

@@ -7,20 +7,12 @@
 //     holding 320 other events was refused (MP001, "would shrink 2024-03-08 from 320 to 1 events");
 //   - begin_run without `or not selection @> standing` (no keeps_watermark on a run of ["login"] under events.only
 //     ["login","purchase"]): the partial incremental run moved the watermark to its newest login event.
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { beginRun, finishRun, readWatermarks, stageRecords, writeSetting, type BeginRunOptions } from './sync-api.ts';
-import { emptySyncTables, exportEvent, type ExportEvent } from './run-fixtures.ts';
+import { exportEvent, type ExportEvent, syncTestDatabase } from './run-fixtures.ts';
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db?.drop();
-});
+const db = await syncTestDatabase();
 beforeEach(async () => {
-  await emptySyncTables(db.pool);
   await writeSetting(db.pool, 'events.only', '[]');
 });
 

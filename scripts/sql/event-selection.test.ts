@@ -9,20 +9,12 @@
 //     keeps_watermark;
 //   - forget_event_names without its events.only check: 'login' still selected was forgotten (expected 'MP004');
 //   - forget_event_names without refresh_subscribers: u2 (only "purchase" events) stayed in subscribers.
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { beginRun, failRun, forgetEventNames, runSelection, writeSetting, type BeginRunOptions } from './sync-api.ts';
-import { emptySyncTables, exportEvent, syncEvents } from './run-fixtures.ts';
+import { exportEvent, syncEvents, syncTestDatabase } from './run-fixtures.ts';
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db?.drop();
-});
+const db = await syncTestDatabase();
 beforeEach(async () => {
-  await emptySyncTables(db.pool);
   await writeSetting(db.pool, 'events.only', '[]');
 });
 

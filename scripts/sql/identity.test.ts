@@ -8,20 +8,12 @@
 //   - `order by ... identified_at nulls last` as `order by m.alias` (least id wins): $device:D1 became canonical and
 //     8 cases failed;
 //   - the `not exists` conflict filter removed from identity_edges: the second user took the device over.
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { setIdentityMode, syncEventsWithIdentity } from './identity-support.ts';
-import { emptySyncTables, syncProfiles } from './run-fixtures.ts';
+import { syncProfiles, syncTestDatabase } from './run-fixtures.ts';
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db?.drop();
-});
+const db = await syncTestDatabase();
 beforeEach(async () => {
-  await emptySyncTables(db.pool);
   await db.pool.query(`update mixpanel_sync.sync_settings set value = 'set' where key = 'events.upsert_path'`);
   await db.pool.query(`update mixpanel_sync.sync_settings set value = 'off' where key = 'events.store_raw'`);
 });

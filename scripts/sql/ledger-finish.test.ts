@@ -12,20 +12,12 @@
 //   - `lock table ... nowait` (and its lock_not_available skip) in drop_ledger_partitions: "a reader's open
 //     transaction on the ledger" (the DROP waited behind the reader until the finishing connection's lock_timeout:
 //     finish_run failed with 55P03).
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { beginRun, finishRun, readWatermarks, stageLines, stageRecords, writeSetting, type BeginRunOptions } from './sync-api.ts';
-import { emptySyncTables, exportEvent, type ExportEvent } from './run-fixtures.ts';
+import { exportEvent, type ExportEvent, syncTestDatabase } from './run-fixtures.ts';
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db?.drop();
-});
+const db = await syncTestDatabase();
 beforeEach(async () => {
-  await emptySyncTables(db.pool);
   await writeSetting(db.pool, 'events.only', '[]');
   await writeSetting(db.pool, 'events.store_raw', 'off');
   await writeSetting(db.pool, 'events.upsert_path', 'set');

@@ -9,21 +9,11 @@
 // d.first_at, d.last_at) is distinct from …` of the set REPLACE's events_daily upsert removed and the `is not distinct
 // from` early return of merge_daily_row_loop removed, both re-sync tests failed for set and for loop (every
 // events_daily row of the window had a new row version; users_touched was every user).
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { emptySyncTables, exportEvent, syncEvents, type ExportEvent } from './run-fixtures.ts';
+import { beforeEach, describe, expect, it } from 'vitest';
+import { exportEvent, syncEvents, type ExportEvent, syncTestDatabase } from './run-fixtures.ts';
 import { setUpsertPath, type PathImplementation } from './sync-api.ts';
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db?.drop();
-});
-beforeEach(async () => {
-  await emptySyncTables(db.pool);
-});
+const db = await syncTestDatabase();
 
 const clock = new Date('2024-03-30T12:00:00Z');
 const daysBefore = (days: number, minutes = 0): Date => new Date(clock.getTime() - days * 86_400_000 - minutes * 60_000);

@@ -3,20 +3,12 @@
 // npm run mutate prints them); each was seen failing with its mutant applied (npm run mutate -- --only <fn> --match
 // <key> --proofs scripts/sql/mutation-pins-parse.test.ts, which writes the mutant into a clone database with create or
 // replace) and passes on main. Expectations are written out from the lines each test stages.
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { emptySyncTables } from './run-fixtures.ts';
+import { beforeEach, describe, expect, it } from 'vitest';
+import { syncTestDatabase } from './run-fixtures.ts';
 import { beginRun, lastStagedLineId, parseNewStagedLines, parseStagedChunk, stageLines, writeSetting, type SyncRun } from './sync-api.ts';
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db?.drop();
-});
+const db = await syncTestDatabase({ dropPartitions: false });
 beforeEach(async () => {
-  await emptySyncTables(db.pool, { dropPartitions: false });
   await writeSetting(db.pool, 'events.store_raw', 'off');
 });
 

@@ -7,21 +7,11 @@
 // The guard is called directly (mixpanel_sync.replace_guard(run)) on a parsed run: no apply, so each case costs a few
 // statements.
 import pg from 'pg';
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { emptySyncTables } from './run-fixtures.ts';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { emptySyncTables, syncTestDatabase } from './run-fixtures.ts';
 import { beginRun, type BeginRunOptions, finishRun, parseStagedEvents, stageLines, writeSetting } from './sync-api.ts';
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db?.drop();
-});
-beforeEach(async () => {
-  await emptySyncTables(db.pool, { dropPartitions: false });
-});
+const db = await syncTestDatabase({ dropPartitions: false });
 
 const clock = new Date('2024-03-10T12:00:00Z');
 const at = (day: string, hour = 12) => Math.floor(new Date(`${day}T${String(hour).padStart(2, '0')}:00:00Z`).getTime() / 1000);

@@ -7,20 +7,12 @@
 //   - ADD's explicit lookup two days either side: "a project timezone change" (the re-read event applied twice:
 //     events_daily 2, not 1);
 //   - drop_ledger_partitions in finish_events_run: "retention drops whole partitions" (the old partition stayed).
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { beforeEach, describe, expect, it } from 'vitest';
 import { beginRun, finishRun, runCount, stageRecords, writeSetting, type SyncRun } from './sync-api.ts';
-import { emptySyncTables } from './run-fixtures.ts';
+import { syncTestDatabase } from './run-fixtures.ts';
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db?.drop();
-});
+const db = await syncTestDatabase();
 beforeEach(async () => {
-  await emptySyncTables(db.pool);
   await writeSetting(db.pool, 'events.store_raw', 'on');
   await writeSetting(db.pool, 'events.raw_retention', '45 days');
   await writeSetting(db.pool, 'events.upsert_path', 'set');

@@ -1,4 +1,6 @@
 // Test fixtures: real runs through the SQL API (begin_run, stage_*, finish_run) with a chosen clock.
+import { afterAll, beforeEach } from 'vitest';
+import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
 import { beginRun, finishRun, stageRecords, syncHealth, type HealthRow, type Queryable, type SyncRun } from './sync-api.ts';
 
 export interface ExportEvent {
@@ -83,4 +85,16 @@ export async function emptySyncTables(db: Queryable, options: { dropPartitions?:
     }
   }
   if (options.dropPartitions ?? true) await db.query(`select mixpanel_sync_private.drop_ledger_partitions('9999-12-31')`);
+}
+
+/**
+ * This test file's database, for `const db = await syncTestDatabase();` at the top of a SQL test file: cloned from the
+ * migrated template, dropped after the file's tests, and its sync tables emptied before each test (emptySyncTables
+ * with these options; a beforeEach the file registers after this call runs after the emptying).
+ */
+export async function syncTestDatabase(options: { dropPartitions?: boolean } = {}): Promise<TestDatabase> {
+  const db = await createTestDatabase();
+  afterAll(() => db.drop());
+  beforeEach(() => emptySyncTables(db.pool, options));
+  return db;
 }

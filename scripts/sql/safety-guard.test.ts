@@ -8,21 +8,11 @@
 //   - the marker check removed from finish_events_run: the marker line became one reject and the run succeeded;
 //   - `run.watermark_after := held` as `:= mark.watermark` (keep the old one): the emptied window kept its watermark.
 // (Each mutation was applied to a copy of the migration in a template database, MIXPANEL_PG_SYNC_TEMPLATE.)
-import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { describe, expect, it } from 'vitest';
 import { beginRun, failRun, finishRun, stageRecords, type Queryable } from './sync-api.ts';
-import { emptySyncTables } from './run-fixtures.ts';
+import { syncTestDatabase } from './run-fixtures.ts';
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-});
-afterAll(async () => {
-  await db?.drop();
-});
-beforeEach(async () => {
-  await emptySyncTables(db.pool);
-});
+const db = await syncTestDatabase();
 
 const clock = '2024-03-10T12:00:00Z';
 const day1 = Date.UTC(2024, 2, 8, 10) / 1000; // 2024-03-08 10:00
