@@ -1,5 +1,6 @@
 // What `npm run status` shows, read from the database: watermarks, the last runs, sync_health().
 import {
+  eventCounts,
   readLastRuns,
   readWatermarks,
   runCount,
@@ -52,13 +53,7 @@ function runRow(run: SyncRun): RunRow {
     source: run.source,
     mode: run.mode,
     status: run.status,
-    received: runCount(run.received),
-    applied: runCount(run.applied),
-    duplicates: runCount(run.duplicates),
-    rejected: runCount(run.rejected),
-    too_old: runCount(run.too_old),
-    no_user: runCount(run.no_user),
-    not_selected: runCount(run.not_selected),
+    ...eventCounts(run),
     inserted: runCount(run.inserted),
     updated: runCount(run.updated),
     unchanged: runCount(run.unchanged),

@@ -1,5 +1,5 @@
 // What a run did, from its sync_runs row: the `--json` line (fixed keys) and the human lines.
-import type { SyncRun } from '../sql/sync-api.ts';
+import { eventCounts, runCount, type SyncRun } from '../sql/sync-api.ts';
 
 export interface RunSummary {
   run_id: number;
@@ -21,7 +21,6 @@ export interface RunSummary {
   duration_ms: number;
 }
 
-const count = (value: string | null): number | null => (value === null ? null : Number(value));
 const moment = (value: Date | null): string | null => (value === null ? null : value.toISOString());
 
 /** duration_ms: the run's total_ms as recorded by the database, else the time since it started. */
@@ -31,14 +30,8 @@ export function runSummary(run: SyncRun): RunSummary {
     source: run.source,
     mode: run.mode,
     status: run.status,
-    received: count(run.received),
-    applied: count(run.applied),
-    duplicates: count(run.duplicates),
-    rejected: count(run.rejected),
-    too_old: count(run.too_old),
-    no_user: count(run.no_user),
-    not_selected: count(run.not_selected),
-    users_touched: count(run.users_touched),
+    ...eventCounts(run),
+    users_touched: runCount(run.users_touched),
     watermark_before: moment(run.watermark_before),
     watermark_after: moment(run.watermark_after),
     duration_ms: run.total_ms === null ? Date.now() - run.started_at.getTime() : Number(run.total_ms),

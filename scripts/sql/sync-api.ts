@@ -51,6 +51,19 @@ export function runCount(value: string | null): number | null {
   return value === null ? null : Number(value);
 }
 
+/** A run's event counts as numbers (null before it finished): received = applied + duplicates + too_old + rejected + no_user + not_selected. */
+export function eventCounts(run: SyncRun) {
+  return {
+    received: runCount(run.received),
+    applied: runCount(run.applied),
+    duplicates: runCount(run.duplicates),
+    rejected: runCount(run.rejected),
+    too_old: runCount(run.too_old),
+    no_user: runCount(run.no_user),
+    not_selected: runCount(run.not_selected),
+  };
+}
+
 // date columns stay 'YYYY-MM-DD' strings: `::text` keeps node-pg from reading them as local midnight.
 const RUN_COLUMNS = `r.*, r.window_from_day::text as window_from_day, r.window_to_day::text as window_to_day`;
 
