@@ -45,15 +45,12 @@
 //   killed: mixpanel_sync.upsert_subscribers_incremental_loop(bigint,date,date,date)|drop-conjunct|and (e.skip_reason is null or raw_on and e.skip_reason = 'no_user')|1
 //   killed: mixpanel_sync.upsert_subscribers_incremental_loop(bigint,date,date,date)|drop-conjunct|and (e.skip_reason is null or raw_on and e.skip_reason = 'no_user')|2
 //   killed: mixpanel_sync.upsert_subscribers_incremental_loop(bigint,date,date,date)|drop-conjunct|and (names is null or l.event_name = any (names))|1
-//   killed: mixpanel_sync.upsert_subscribers_incremental_loop(bigint,date,date,date)|drop-conjunct|and coalesce(e.distinct_id, '') = l.distinct_id and e.event_key = l.event_key and e.day = l.day|1
 //   killed: mixpanel_sync.upsert_subscribers_incremental_loop(bigint,date,date,date)|drop-conjunct|where e.run_id = upsert_subscribers_incremental_loop.run_id and e.reject_reason is null and e.skip_reason is null|2
-//   killed: mixpanel_sync.upsert_subscribers_incremental_loop(bigint,date,date,date)|drop-conjunct|where e.run_id = upsert_subscribers_incremental_loop.run_id and e.reject_reason is null|3
 //   killed: mixpanel_sync.upsert_subscribers_incremental_loop(bigint,date,date,date)|drop-conjunct|where e.run_id = upsert_subscribers_incremental_loop.run_id and e.reject_reason is null|4
 //   killed: mixpanel_sync.upsert_subscribers_incremental_loop(bigint,date,date,date)|drop-conjunct|where g.distinct_id = legacy_row.distinct_id and g.event_key = legacy_row.event_key;|1
 //   killed: mixpanel_sync.upsert_subscribers_incremental_loop(bigint,date,date,date)|drop-conjunct|where l.distinct_id = e.distinct_id and l.event_key = e.event_key|1
 //   killed: mixpanel_sync.upsert_subscribers_incremental_loop(bigint,date,date,date)|drop-conjunct|where l.distinct_id = event.distinct_id and l.event_key = event.event_key and l.day = event.day;|4
 //   killed: mixpanel_sync.upsert_subscribers_incremental_loop(bigint,date,date,date)|drop-conjunct|where l.distinct_id = event.distinct_id and l.event_key = event.event_key and l.day = event.day;|5
-//   killed: mixpanel_sync.upsert_subscribers_incremental_loop(bigint,date,date,date)|drop-conjunct|where l.distinct_id = ledger_row.distinct_id and l.event_key = ledger_row.event_key and l.day = ledger_row.day;|1
 //   killed: mixpanel_sync.upsert_subscribers_incremental_loop(bigint,date,date,date)|plus-minus|and l.day between e.day - 2 and e.day + 2 and (l.day < from_day or l.day > to_day)))|1
 //   killed: mixpanel_sync.upsert_subscribers_incremental_loop(bigint,date,date,date)|plus-minus|and l.day between e.day - 2 and e.day + 2 and (l.day < from_day or l.day > to_day)))|2
 //   killed: mixpanel_sync.upsert_subscribers_incremental_loop(bigint,date,date,date)|plus-minus|and l.day between event.day - 2 and event.day + 2 and (l.day < from_day or l.day > to_day)) then|1
