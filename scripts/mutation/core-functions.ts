@@ -116,6 +116,7 @@ export const proofMap: Record<string, string[]> = {
     'verify/parse_independent.sql',
     'verify/finish_run_end_to_end.sql',
     'scripts/sql/mutation-pins-parse.test.ts',
+    'scripts/sql/mutation-pins-runs.test.ts',
     'scripts/sql/edge-pins.test.ts',
     'scripts/sql/parse-skip-raw.test.ts',
     'scripts/sql/event-key-text.test.ts',
@@ -154,6 +155,7 @@ export const proofMap: Record<string, string[]> = {
     'verify/identity_merge.sql',
     'verify/mutation_pins.sql',
     'scripts/sql/identity.test.ts',
+    'scripts/sql/mutation-pins-runs.test.ts',
     'property-tests/identity-merge.test.ts',
   ],
   learn_identity_links: [
@@ -166,6 +168,7 @@ export const proofMap: Record<string, string[]> = {
     'verify/identity_merge.sql',
     'verify/mutation_pins.sql',
     'scripts/sql/identity.test.ts',
+    'scripts/sql/mutation-pins-runs.test.ts',
     'property-tests/identity-merge.test.ts',
   ],
   identity_cluster: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],

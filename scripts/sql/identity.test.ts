@@ -108,6 +108,30 @@ describe('simplified ID merge', () => {
     expect(third.options.reattributed_duplicates).toBe(1);
   });
 
+  it('links from the two kinds of line that carry one: $device_id shown under its user, and $device:<d> with $user_id', async () => {
+    // identity_edges reads a line again only when it can hold a link: $device_id together with a distinct_id that is
+    // not $device:<d> (Mixpanel shows the merged event under its user, "retroactively updated") or with $user_id.
+    // Seen failing with that `or` as `and` (npm run mutate, identity_edges and-or #2): neither link was learned.
+    await setIdentityMode(db.pool, 'simplified');
+    const run = await syncEventsWithIdentity(
+      db.pool,
+      [
+        event('App Open', 'U7', '2024-03-09T10:00:00Z', 'i-u7', { $device_id: 'D7' }),
+        event('Sign Up', '$device:D8', '2024-03-09T10:05:00Z', 'i-d8', { $device_id: 'D8', $user_id: 'U8' }),
+      ],
+      { clock: '2024-03-09T11:00:00Z', forceFull: true },
+    );
+    expect(Number(run.links_learned)).toBe(2);
+    const { rows } = await db.pool.query(
+      'select alias, canonical from mixpanel_sync.identity_links where alias <> canonical order by alias',
+    );
+    expect(rows).toEqual([
+      { alias: '$device:D7', canonical: 'U7' },
+      { alias: '$device:D8', canonical: 'U8' },
+    ]);
+    expect(await countsBy('events_daily')).toEqual({ U7: 1, U8: 1 });
+  });
+
   it('a device joined to one user stays with it when another user signs in on it', async () => {
     await setIdentityMode(db.pool, 'simplified');
     await syncEventsWithIdentity(db.pool, [adClick('$device:D1'), signUp], { clock: '2024-03-09T10:30:00Z', forceFull: true });

@@ -724,3 +724,59 @@ describe('finish_events_run', () => {
 // killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|swap-coalesce|if run.mode <> 'full' or coalesce((run.options ->> 'allow_shrink')::boolean, false) then|1
 // killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|swap-coalesce|select s.day, s.events, coalesce(k.kept, 0) as kept into shrunk|1
 // killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|swap-coalesce|where s.events >= min_events and coalesce(k.kept, 0) < ratio * s.events|1
+
+describe('a loader that outlived its run', () => {
+  it("the rows an abandoned run's loader still COPYs and parses after the run ended are not the next run's", async () => {
+    // A loader whose run begin_run abandoned (its heartbeat stale: suspended, or behind a pooler) may go on: its COPY
+    // and its chunk parse (parse_staged_lines) commit after drop_staged_rows emptied the run's rows, so staged_events
+    // and run_events hold rows of a run that is no longer running when the next run finishes. Only each statement's
+    // `run_id = <this run>` keeps them out. Seen failing (npm run mutate --proofs, each mutant once): with
+    // `s.run_id = …` dropped from parse_new_staged_events (received 5, not 2), from finish_events_run's
+    // terminated-early probe (MP003) or its skipped counts (no_user 1), `e.run_id = run.id` dropped from the
+    // watermark query (the zombie's later event moved the watermark), or from identity_edges (a link learned).
+    await writeSetting(db.pool, 'identity.mode', 'simplified');
+    try {
+      const zombie = await beginRun(db.pool, { source: 'events', clock, forceFull: true, allowShrink: true });
+      await db.pool.query('select mixpanel_sync.fail_run($1, $2)', [zombie.id, 'test: abandoned, its loader still running']);
+      await stageLines(db.pool, 'events', zombie.id, [
+        line('z1', 'Late', at('2024-03-10', 11), 'z-1'),
+        line(null, 'Server', at('2024-03-10', 11), 'z-2'),
+        JSON.stringify({
+          event: 'Sign In',
+          properties: { distinct_id: 'U9', $device_id: 'D9', $user_id: 'U9', time: at('2024-03-09', 9), $insert_id: 'z-3' },
+        }),
+      ]);
+      await parseStagedEvents(db.pool, zombie.id);
+      await stageLines(db.pool, 'events', zombie.id, ['terminated early']);
+
+      const run = await beginRun(db.pool, { source: 'events', clock, forceFull: true, allowShrink: true });
+      await stageLines(db.pool, 'events', run.id, [
+        line('u1', 'View', at('2024-03-09', 10), 'b-1'),
+        line('u2', 'View', at('2024-03-09', 11), 'b-2'),
+      ]);
+      const done = await finishRun(db.pool, run.id);
+      expect({
+        status: done.status,
+        received: done.received,
+        applied: done.applied,
+        no_user: done.no_user,
+        links: (done as unknown as { links_learned: string | null }).links_learned,
+        watermark: done.watermark_after?.toISOString(),
+      }).toEqual({
+        status: 'succeeded',
+        received: '2',
+        applied: '2',
+        no_user: '0',
+        links: '0',
+        watermark: new Date(at('2024-03-09', 11) * 1000).toISOString(),
+      });
+      const { rows } = await db.pool.query('select distinct_id, event_count from mixpanel_sync.events_daily order by distinct_id');
+      expect(rows).toEqual([
+        { distinct_id: 'u1', event_count: '1' },
+        { distinct_id: 'u2', event_count: '1' },
+      ]);
+    } finally {
+      await writeSetting(db.pool, 'identity.mode', 'off');
+    }
+  });
+});
