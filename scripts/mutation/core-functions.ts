@@ -214,6 +214,6 @@ export const proofMap: Record<string, string[]> = {
   event_second: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql'],
   event_key: ['verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql', 'property-tests/add-algebra.test.ts'],
   legacy_event_key: ['verify/mutation_pins.sql', 'verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql'],
-  upsert_subscriber_properties: ['verify/mutation_pins.sql', ...profiles],
+  upsert_subscriber_properties: ['verify/mutation_pins.sql', ...profiles, 'scripts/sql/mutation-pins-runs.test.ts'],
   finish_profiles_run: ['verify/mutation_pins.sql', ...profiles, 'scripts/sql/safety-records.test.ts'],
 };

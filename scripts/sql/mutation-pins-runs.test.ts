@@ -9,7 +9,16 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { emptySyncTables, syncTestDatabase } from './run-fixtures.ts';
-import { beginRun, type BeginRunOptions, finishRun, parseStagedEvents, stageLines, writeSetting } from './sync-api.ts';
+import {
+  beginRun,
+  type BeginRunOptions,
+  finishRun,
+  parseNewStagedLines,
+  parseStagedEvents,
+  stageLines,
+  stageRecords,
+  writeSetting,
+} from './sync-api.ts';
 
 const db = await syncTestDatabase({ dropPartitions: false });
 
@@ -109,6 +118,28 @@ describe('replace_guard (called on a parsed run)', () => {
     }
   };
   const longName = 'n'.repeat(256);
+
+  it('counts neither usable nor kept events of a run that ended while its loader still staged and parsed lines', async () => {
+    // killed: drop-conjunct line 25 #1 and line 52 (e.run_id = run.id): the events a loader that outlived its
+    // abandoned run parsed (see "a loader that outlived its run" below) made a shrinking REPLACE pass the guard
+    const zombie = await beginRun(db.pool, { source: 'events', clock, forceFull: true, allowShrink: true });
+    await db.pool.query('select mixpanel_sync.fail_run($1, $2)', [zombie.id, 'test: abandoned, its loader still running']);
+    await stageLines(
+      db.pool,
+      'events',
+      zombie.id,
+      [0, 1, 2].map((i) => line(`z${i}`, 'open', at('2024-03-09', 10 + i), `z-${i}`)),
+    );
+    await parseStagedEvents(db.pool, zombie.id);
+    await store([['u1', '2024-03-09', 'open', 4]]);
+    // no usable event of its own: refused
+    expect(await guard({ resync: { from: '2024-03-09' } }, [])).toMatchObject({ code: 'MP001' });
+    await db.pool.query(`update mixpanel_sync.sync_runs set status = 'failed', finished_at = now() where status = 'running'`);
+    // one event of its own on the next day, none of the 4 stored on 2024-03-09 kept: refused
+    expect(await guard({ resync: { from: '2024-03-09', to: '2024-03-10' } }, [line('u1', 'open', at('2024-03-10'), 'own')])).toMatchObject({
+      code: 'MP001',
+    });
+  });
 
   it('lets a run begun with allow_shrink through, even with no usable event against stored events', async () => {
     // killed: swap-coalesce line 20 (coalesce(false, allow_shrink): the override ignored)
@@ -730,10 +761,11 @@ describe('a loader that outlived its run', () => {
     // A loader whose run begin_run abandoned (its heartbeat stale: suspended, or behind a pooler) may go on: its COPY
     // and its chunk parse (parse_staged_lines) commit after drop_staged_rows emptied the run's rows, so staged_events
     // and run_events hold rows of a run that is no longer running when the next run finishes. Only each statement's
-    // `run_id = <this run>` keeps them out. Seen failing (npm run mutate --proofs, each mutant once): with
-    // `s.run_id = …` dropped from parse_new_staged_events (received 5, not 2), from finish_events_run's
-    // terminated-early probe (MP003) or its skipped counts (no_user 1), `e.run_id = run.id` dropped from the
-    // watermark query (the zombie's later event moved the watermark), or from identity_edges (a link learned).
+    // `run_id = <this run>` keeps them out. Killed (npm run mutate): `s.run_id = …` dropped from
+    // parse_new_staged_events (the chunk parse said 6 lines, parsing the zombie's again), `s.run_id = run.id` from
+    // finish_events_run's terminated-early probe (MP003), `e.run_id = run.id` from its skipped counts (no_user 1) or
+    // its watermark query (the zombie's later event moved the watermark), `e.run_id = …` from identity_edges (a link
+    // learned). The guard's counts: in the replace_guard cases above; profiles: upsert_subscriber_properties below.
     await writeSetting(db.pool, 'identity.mode', 'simplified');
     try {
       const zombie = await beginRun(db.pool, { source: 'events', clock, forceFull: true, allowShrink: true });
@@ -754,6 +786,8 @@ describe('a loader that outlived its run', () => {
         line('u1', 'View', at('2024-03-09', 10), 'b-1'),
         line('u2', 'View', at('2024-03-09', 11), 'b-2'),
       ]);
+      // the loader's chunk parse of this run: its own 2 lines parsed, and said so
+      expect(await parseNewStagedLines(db.pool, run.id)).toBe(2);
       const done = await finishRun(db.pool, run.id);
       expect({
         status: done.status,
@@ -778,5 +812,21 @@ describe('a loader that outlived its run', () => {
     } finally {
       await writeSetting(db.pool, 'identity.mode', 'off');
     }
+  });
+});
+
+describe('a profiles loader that outlived its run', () => {
+  it("the profiles an abandoned run's loader still staged are not stored by the next run", async () => {
+    // killed: upsert_subscriber_properties drop-conjunct line 25 (p.run_id = …): the zombie's profile was stored too
+    const zombie = await beginRun(db.pool, { source: 'profiles', clock });
+    await db.pool.query('select mixpanel_sync.fail_run($1, $2)', [zombie.id, 'test: abandoned, its loader still running']);
+    // its COPY (as the loader stages: straight into staged_profiles; stage_profiles() would refuse a run not running)
+    await stageLines(db.pool, 'profiles', zombie.id, [JSON.stringify({ $distinct_id: 'z1', $properties: { plan: 'zombie' } })]);
+    const run = await beginRun(db.pool, { source: 'profiles', clock });
+    await stageRecords(db.pool, 'profiles', run.id, [{ $distinct_id: 'p1', $properties: { plan: 'pro' } }]);
+    const done = await finishRun(db.pool, run.id);
+    expect(done.status).toBe('succeeded');
+    const { rows } = await db.pool.query('select distinct_id from mixpanel_sync.subscriber_properties order by 1');
+    expect(rows).toEqual([{ distinct_id: 'p1' }]);
   });
 });
