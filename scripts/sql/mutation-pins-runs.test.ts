@@ -132,8 +132,11 @@ describe('replace_guard (called on a parsed run)', () => {
     );
     await parseStagedEvents(db.pool, zombie.id);
     await store([['u1', '2024-03-09', 'open', 4]]);
-    // no usable event of its own: refused
-    expect(await guard({ resync: { from: '2024-03-09' } }, [])).toMatchObject({ code: 'MP001' });
+    // no usable event of its own: refused for that (not for the shrink of the day the zombie's events would excuse)
+    expect(await guard({ resync: { from: '2024-03-09' } }, [])).toMatchObject({
+      code: 'MP001',
+      message: expect.stringContaining('has no usable event'),
+    });
     await db.pool.query(`update mixpanel_sync.sync_runs set status = 'failed', finished_at = now() where status = 'running'`);
     // one event of its own on the next day, none of the 4 stored on 2024-03-09 kept: refused
     expect(await guard({ resync: { from: '2024-03-09', to: '2024-03-10' } }, [line('u1', 'open', at('2024-03-10'), 'own')])).toMatchObject({
