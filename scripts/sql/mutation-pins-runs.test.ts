@@ -764,8 +764,7 @@ describe('a loader that outlived its run', () => {
     // A loader whose run begin_run abandoned (its heartbeat stale: suspended, or behind a pooler) may go on: its COPY
     // and its chunk parse (parse_staged_lines) commit after drop_staged_rows emptied the run's rows, so staged_events
     // and run_events hold rows of a run that is no longer running when the next run finishes. Only each statement's
-    // `run_id = <this run>` keeps them out. Killed (npm run mutate): `s.run_id = …` dropped from
-    // parse_new_staged_events (the chunk parse said 6 lines, parsing the zombie's again), `s.run_id = run.id` from
+    // `run_id = <this run>` keeps them out. Killed (npm run mutate): `s.run_id = run.id` dropped from
     // finish_events_run's terminated-early probe (MP003), `e.run_id = run.id` from its skipped counts (no_user 1) or
     // its watermark query (the zombie's later event moved the watermark), `e.run_id = …` from identity_edges (a link
     // learned). The guard's counts: in the replace_guard cases above; profiles: upsert_subscriber_properties below.
@@ -820,7 +819,10 @@ describe('a loader that outlived its run', () => {
 
 describe('a profiles loader that outlived its run', () => {
   it("the profiles an abandoned run's loader still staged are not stored by the next run", async () => {
-    // killed: upsert_subscriber_properties drop-conjunct line 25 (p.run_id = …): the zombie's profile was stored too
+    // The behaviour, not one mutant: upsert_subscriber_properties keeps the zombie's lines out twice (`staged` reads
+    // this run's lines, `parsed` joins them on line_id and also filters p.run_id), so dropping either filter alone
+    // changes nothing (p.run_id is listed equivalent); seen failing, in a scratch transaction, with both dropped
+    // (the zombie's profile z1 was stored too).
     const zombie = await beginRun(db.pool, { source: 'profiles', clock });
     await db.pool.query('select mixpanel_sync.fail_run($1, $2)', [zombie.id, 'test: abandoned, its loader still running']);
     // its COPY (as the loader stages: straight into staged_profiles; stage_profiles() would refuse a run not running)
