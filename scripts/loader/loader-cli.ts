@@ -142,6 +142,15 @@ export async function runLoaderCli<S = RunSummary>(command: LoaderCommand<S>, ar
 
   const controller = new AbortController();
   const release = interruptOnSignals(controller, command.name);
+  // Node ends a process whose event loop empties while the run is still awaited with exit 13 and no message (seen
+  // once in the crash trials: the postmaster stopped at once during COPY). Say what is known instead, as a failure.
+  const stalled = () =>
+    fail(
+      EXIT.failed,
+      'the run stopped: it was waiting for the database, and nothing is left that could answer (the connection is gone); ' +
+        'a run left running is marked abandoned by the next begin_run',
+    );
+  process.once('beforeExit', stalled);
   const progress = progressLine(process.stderr, command.name);
   const json = values.json === true;
   try {
@@ -156,6 +165,7 @@ export async function runLoaderCli<S = RunSummary>(command: LoaderCommand<S>, ar
     if (outcome.summary) show(outcome.summary, json);
     return fail(outcome.exitCode, outcome.message);
   } finally {
+    process.off('beforeExit', stalled);
     release();
   }
 }
