@@ -98,18 +98,6 @@ describe('invariant 1: loop ≡ set-based', () => {
     timeout: timeoutFor(runs, 150),
   }, async () => {
     let exercised = 0;
-    const replaceFrom = async (client: Queryable, runId: string, from: string, to: string, ledgerFrom: string | null, fn: string) => {
-      const { rows } = await client.query<Record<string, string>>(
-        `select applied, duplicates, too_old, users_touched from mixpanel_sync.${fn}($1, $2::date, $3::date, $4::date)`,
-        [runId, from, to, ledgerFrom],
-      );
-      return {
-        applied: Number(rows[0]!.applied),
-        duplicates: Number(rows[0]!.duplicates),
-        too_old: Number(rows[0]!.too_old),
-        users_touched: Number(rows[0]!.users_touched),
-      };
-    };
     await fc.assert(
       fc.asyncProperty(
         priorStateArb(pathSpan),
@@ -126,18 +114,18 @@ describe('invariant 1: loop ≡ set-based', () => {
             await applyPriorState(client, pathSpan, prior);
             const runId = await parsedRun(client, withNoUserEvents(batch, raw));
             const bySet = await branch(client, async () => ({
-              result: await replaceFrom(client, runId, from, to, ledgerFrom, 'upsert_subscribers_incremental'),
+              result: await applyReplace(client, runId, from, to, 'set', ledgerFrom),
               tables: await tableSnapshot(client, eventTables),
             }));
             const whole = await branch(client, async () => {
-              const result = await replaceFrom(client, runId, from, to, null, 'upsert_subscribers_incremental');
+              const result = await applyReplace(client, runId, from, to, 'set', null);
               await client.query(
                 'delete from mixpanel_sync.event_ledger l where l.day between $1::date and $2::date and l.day < $3::date',
                 [from, to, ledgerFrom],
               );
               return { result, tables: await tableSnapshot(client, eventTables) };
             });
-            const loopResult = await replaceFrom(client, runId, from, to, ledgerFrom, 'upsert_subscribers_incremental_loop');
+            const loopResult = await applyReplace(client, runId, from, to, 'loop', ledgerFrom);
             await assertSameTables(
               db.pool,
               `REPLACE ${from}..${to}, ledger from ${ledgerFrom}: tables after the loop (expected) and the set-based path (actual)`,

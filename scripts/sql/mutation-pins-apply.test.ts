@@ -65,15 +65,7 @@ import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
 import { emptySyncTables, exportEvent } from './run-fixtures.ts';
-import {
-  applyAdd,
-  beginRun,
-  parseStagedEvents,
-  stageLines,
-  type ApplyResult,
-  type PathImplementation,
-  type Queryable,
-} from './sync-api.ts';
+import { applyAdd, applyReplace, beginRun, parseStagedEvents, stageLines, type ApplyResult, type Queryable } from './sync-api.ts';
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -456,27 +448,6 @@ async function inSavepoint<T>(client: Queryable, fn: () => Promise<T>): Promise<
   }
 }
 
-/** REPLACE with ledger_from (sync-api's applyReplace passes none; finish_run passes the storage horizon). */
-async function replaceWithLedgerFrom(
-  client: Queryable,
-  runId: string,
-  c: ReplaceCase,
-  implementation: PathImplementation,
-): Promise<ApplyResult> {
-  const fn = `upsert_subscribers_incremental${implementation === 'loop' ? '_loop' : ''}`;
-  const { rows } = await client.query<Record<keyof ApplyResult, string>>(
-    `select applied, duplicates, too_old, users_touched from mixpanel_sync.${fn}($1, $2::date, $3::date, $4::date)`,
-    [runId, c.from, c.to, c.ledgerFrom],
-  );
-  const r = rows[0]!;
-  return {
-    applied: Number(r.applied),
-    duplicates: Number(r.duplicates),
-    too_old: Number(r.too_old),
-    users_touched: Number(r.users_touched),
-  };
-}
-
 const ledgerRow = (e: RunEvent, overrides: Partial<LedgerRow> = {}): LedgerRow => ({ ...ledgerRowOf(e), ...overrides });
 const legacyRow = (user: string, key: string, onDay: string, name: string): LegacyRow => ({
   distinct_id: user,
@@ -603,7 +574,7 @@ describe('REPLACE (upsert_subscribers_incremental and its _loop) against the ded
         expect(unchanged.length).toBeGreaterThan(5);
         for (const implementation of ['set', 'loop'] as const) {
           const got = await inSavepoint(client, async () => ({
-            result: await replaceWithLedgerFrom(client, runId, c, implementation),
+            result: await applyReplace(client, runId, c.from, c.to, implementation, c.ledgerFrom),
             tables: await readTables(client),
             versions: await rowVersions(client),
           }));

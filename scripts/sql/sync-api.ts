@@ -248,15 +248,20 @@ async function applyPath(db: Queryable, fn: string, args: unknown[]): Promise<Ap
   };
 }
 
-/** REPLACE: upsert_subscribers_incremental (or its _loop twin) over the days [fromDay, toDay] of a parsed run. */
+/**
+ * REPLACE: upsert_subscribers_incremental (or its _loop twin) over the days [fromDay, toDay] of a parsed run; with
+ * ledgerFrom (finish_run passes the storage horizon) ledger rows are kept from that day on only.
+ */
 export function applyReplace(
   db: Queryable,
   runId: string | number,
   fromDay: string,
   toDay: string,
   implementation: PathImplementation = 'set',
+  ledgerFrom?: string | null,
 ): Promise<ApplyResult> {
-  return applyPath(db, `upsert_subscribers_incremental${implementation === 'loop' ? '_loop' : ''}`, [runId, fromDay, toDay]);
+  const args = ledgerFrom === undefined ? [runId, fromDay, toDay] : [runId, fromDay, toDay, ledgerFrom];
+  return applyPath(db, `upsert_subscribers_incremental${implementation === 'loop' ? '_loop' : ''}`, args);
 }
 
 /** ADD: upsert_subscribers_incremental_add (or its _loop twin) of a parsed run, events from horizonDay on. */
