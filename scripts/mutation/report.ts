@@ -218,7 +218,7 @@ export function writeReport(all: MutantResult[], info: RunInfo): string {
     '',
     'Weekly job: `npm run mutate -- --at HEAD` (every core function: about 1,200 mutants before the listed equivalents, over an hour here) and commit the MUTATION.md it writes (on this 2-core machine, shared, about 6 mutants a ' +
       'minute: a killed mutant costs 1-5 s, a survivor every mapped proof, 10-90 s). A new survivor is either a missing test (write ' +
-      "it: verify/mutation_pins.sql and scripts/sql/mutation-pins.test.ts are where this session's went; map a new proof to its " +
+      'it: verify/mutation_pins.sql and scripts/sql/mutation-pins*.test.ts hold the pins so far, each naming the mutants it kills; map a new proof to its ' +
       'functions in scripts/mutation/core-functions.ts, since a full run meets only mapped proofs) or an equivalent mutant (add its ' +
       'key and the reason to scripts/mutation/equivalent-mutants.json, reviewed like code). Keys hold the mutated line, so an edit of ' +
       'that line retires its entries.',
