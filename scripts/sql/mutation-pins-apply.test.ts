@@ -64,6 +64,7 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { dailyOf, type DailyRow, type SubscriberRow, subscribersOf } from './expected-aggregates.ts';
 import { emptySyncTables, exportEvent } from './run-fixtures.ts';
 import { applyAdd, applyReplace, beginRun, parseStagedEvents, stageLines, type ApplyResult, type Queryable } from './sync-api.ts';
 
@@ -112,21 +113,6 @@ interface LegacyRow {
   key: string;
   day: string;
   event_name: string;
-}
-interface DailyRow {
-  distinct_id: string;
-  day: string;
-  event_name: string;
-  n: number;
-  first: string;
-  last: string;
-}
-interface SubscriberRow {
-  distinct_id: string;
-  n: number;
-  first: string;
-  last: string;
-  event_counts: Record<string, number>;
 }
 interface Tables {
   ledger: LedgerRow[];
@@ -201,36 +187,6 @@ function sorted(t: Tables): Tables {
   };
 }
 
-/** events_daily groups of a list of (distinct_id, day, name, time) events. */
-function groups(events: { distinct_id: string; day: string; event_name: string; t: string }[]): DailyRow[] {
-  const out = new Map<string, DailyRow>();
-  for (const e of events) {
-    const k = `${e.distinct_id}|${e.day}|${e.event_name}`;
-    const g = out.get(k);
-    if (!g) out.set(k, { distinct_id: e.distinct_id, day: e.day, event_name: e.event_name, n: 1, first: e.t, last: e.t });
-    else {
-      g.n++;
-      if (BigInt(e.t) < BigInt(g.first)) g.first = e.t;
-      if (BigInt(e.t) > BigInt(g.last)) g.last = e.t;
-    }
-  }
-  return [...out.values()];
-}
-
-/** subscribers as a pure function of events_daily (what refresh_subscribers computes). */
-function subscribersOf(daily: DailyRow[]): SubscriberRow[] {
-  const out = new Map<string, SubscriberRow>();
-  for (const d of daily) {
-    const s = out.get(d.distinct_id) ?? { distinct_id: d.distinct_id, n: 0, first: d.first, last: d.last, event_counts: {} };
-    s.n += d.n;
-    if (BigInt(d.first) < BigInt(s.first)) s.first = d.first;
-    if (BigInt(d.last) > BigInt(s.last)) s.last = d.last;
-    s.event_counts[d.event_name] = (s.event_counts[d.event_name] ?? 0) + d.n;
-    out.set(d.distinct_id, s);
-  }
-  return [...out.values()];
-}
-
 const between = (d: string, from: string, to: string) => d >= from && d <= to;
 const dayDistance = (a: string, b: string) => Math.abs(Date.parse(`${a}T00:00:00Z`) - Date.parse(`${b}T00:00:00Z`)) / 86_400_000;
 const ledgerRowOf = (e: RunEvent): LedgerRow => ({
@@ -282,7 +238,7 @@ function expectedReplace(prior: Tables, events: RunEvent[], c: ReplaceCase): { t
     ...prior.ledger.filter((l) => !(inWindow(l.day) && selected(l.event_name))),
     ...kept.filter((e) => e.day >= keptFrom).map(ledgerRowOf),
   ];
-  const target = groups(kept.filter((e) => e.distinct_id !== null).map((e) => ({ ...e, distinct_id: e.distinct_id! })));
+  const target = dailyOf(kept.filter((e) => e.distinct_id !== null).map((e) => ({ ...e, distinct_id: e.distinct_id! })));
   const replaced = (d: DailyRow) => inWindow(d.day) && selected(d.event_name);
   const daily = [...prior.daily.filter((d) => !replaced(d)), ...target];
   const touched = new Set<string>();
@@ -317,7 +273,7 @@ function expectedAdd(prior: Tables, events: RunEvent[], horizon: string, raw: bo
     if (e.legacy_key !== null && prior.legacy.some((g) => g.distinct_id === id && g.key === e.legacy_key)) return false;
     return !prior.ledger.some((l) => l.distinct_id === id && l.key === e.key && dayDistance(l.day, e.day) <= 2);
   });
-  const added = groups(kept.filter((e) => e.distinct_id !== null).map((e) => ({ ...e, distinct_id: e.distinct_id! })));
+  const added = dailyOf(kept.filter((e) => e.distinct_id !== null).map((e) => ({ ...e, distinct_id: e.distinct_id! })));
   const daily = prior.daily.map((d) => ({ ...d }));
   for (const a of added) {
     const d = daily.find((r) => r.distinct_id === a.distinct_id && r.day === a.day && r.event_name === a.event_name);

@@ -45,6 +45,7 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { dailyOf, type DailyRow, type SubscriberRow, subscribersOf } from './expected-aggregates.ts';
 import { emptySyncTables } from './run-fixtures.ts';
 import type { Queryable } from './sync-api.ts';
 
@@ -69,20 +70,12 @@ interface LedgerRow {
   t: string;
   raw: boolean;
 }
-interface DailyRow {
-  distinct_id: string;
-  day: string;
-  event_name: string;
-  n: number;
-  first: string;
-  last: string;
-}
 interface State {
   ledger: LedgerRow[];
   legacy: LedgerRow[];
   daily: DailyRow[];
   profiles: { distinct_id: string; name: string }[];
-  subscribers: { distinct_id: string; n: number; first: string; last: string; event_counts: Record<string, number> }[];
+  subscribers: SubscriberRow[];
 }
 interface Counts {
   reattributed_events: number;
@@ -142,35 +135,6 @@ const profiles = [
   { distinct_id: 'B', name: 'alias of D' },
   { distinct_id: 'D', name: 'D itself' },
 ];
-
-/** events_daily of a list of events (each ledger and legacy row is one counted event). */
-function dailyOf(events: LedgerRow[]): DailyRow[] {
-  const out = new Map<string, DailyRow>();
-  for (const e of events) {
-    const k = `${e.distinct_id}|${e.day}|${e.event_name}`;
-    const g = out.get(k);
-    if (!g) out.set(k, { distinct_id: e.distinct_id, day: e.day, event_name: e.event_name, n: 1, first: e.t, last: e.t });
-    else {
-      g.n++;
-      if (BigInt(e.t) < BigInt(g.first)) g.first = e.t;
-      if (BigInt(e.t) > BigInt(g.last)) g.last = e.t;
-    }
-  }
-  return [...out.values()];
-}
-
-function subscribersOf(daily: DailyRow[]): State['subscribers'] {
-  const out = new Map<string, State['subscribers'][number]>();
-  for (const d of daily) {
-    const s = out.get(d.distinct_id) ?? { distinct_id: d.distinct_id, n: 0, first: d.first, last: d.last, event_counts: {} };
-    s.n += d.n;
-    if (BigInt(d.first) < BigInt(s.first)) s.first = d.first;
-    if (BigInt(d.last) > BigInt(s.last)) s.last = d.last;
-    s.event_counts[d.event_name] = (s.event_counts[d.event_name] ?? 0) + d.n;
-    out.set(d.distinct_id, s);
-  }
-  return [...out.values()];
-}
 
 const sortBy = <T>(rows: T[], k: (r: T) => string): T[] => [...rows].sort((a, b) => (k(a) < k(b) ? -1 : k(a) > k(b) ? 1 : 0));
 function sorted(s: State): State {
