@@ -1,6 +1,7 @@
 // Expectations a test computes without the SQL under test: events_daily and subscribers of a list of counted events,
 // by their definitions (one events_daily row per user, UTC day and event name, with the count and the first and last
 // time; a subscriber's totals summed from its events_daily rows).
+import type { Queryable } from './sync-api.ts';
 
 /** One counted event: its user, UTC day, name and time (epoch milliseconds, as text). */
 export interface CountedEvent {
@@ -55,4 +56,20 @@ export function subscribersOf(daily: readonly DailyRow[]): SubscriberRow[] {
     out.set(d.distinct_id, s);
   }
   return [...out.values()];
+}
+
+/** Writes these events_daily rows, and subscribers consistent with them (a pure function of events_daily), as prior state. */
+export async function storeDaily(client: Queryable, daily: readonly DailyRow[]): Promise<void> {
+  for (const d of daily) {
+    await client.query(
+      `insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at)
+       values ($1, $2::date, $3, $4, to_timestamp($5::bigint / 1000.0), to_timestamp($6::bigint / 1000.0))`,
+      [d.distinct_id, d.day, d.event_name, d.n, d.first, d.last],
+    );
+  }
+  await client.query(`insert into mixpanel_sync.subscribers (distinct_id, total_events, first_event_at, last_event_at, event_counts)
+    select distinct_id, sum(n), min(f), max(l), jsonb_object_agg(event_name, n)
+    from (select distinct_id, event_name, sum(event_count) as n, min(first_at) as f, max(last_at) as l
+          from mixpanel_sync.events_daily group by distinct_id, event_name) per_name
+    group by distinct_id`);
 }

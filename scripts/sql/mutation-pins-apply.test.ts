@@ -64,7 +64,7 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { dailyOf, type DailyRow, type SubscriberRow, subscribersOf } from './expected-aggregates.ts';
+import { dailyOf, type DailyRow, storeDaily, type SubscriberRow, subscribersOf } from './expected-aggregates.ts';
 import { emptySyncTables, exportEvent } from './run-fixtures.ts';
 import { applyAdd, applyReplace, beginRun, parseStagedEvents, stageLines, type ApplyResult, type Queryable } from './sync-api.ts';
 
@@ -374,19 +374,7 @@ async function scenario<T>(
         [g.distinct_id, g.key, g.day, g.event_name],
       );
     }
-    for (const d of p.daily) {
-      await client.query(
-        `insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at)
-         values ($1, $2::date, $3, $4, to_timestamp($5::bigint / 1000.0), to_timestamp($6::bigint / 1000.0))`,
-        [d.distinct_id, d.day, d.event_name, d.n, d.first, d.last],
-      );
-    }
-    // subscribers consistent with events_daily (a pure function of it)
-    await client.query(`insert into mixpanel_sync.subscribers (distinct_id, total_events, first_event_at, last_event_at, event_counts)
-      select distinct_id, sum(n), min(f), max(l), jsonb_object_agg(event_name, n)
-      from (select distinct_id, event_name, sum(event_count) as n, min(first_at) as f, max(last_at) as l
-            from mixpanel_sync.events_daily group by distinct_id, event_name) per_name
-      group by distinct_id`);
+    await storeDaily(client, p.daily);
     const priorTables = await readTables(client);
     return await body(client, run.id, priorTables, events);
   } finally {

@@ -45,7 +45,7 @@
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { dailyOf, type DailyRow, type SubscriberRow, subscribersOf } from './expected-aggregates.ts';
+import { dailyOf, type DailyRow, storeDaily, type SubscriberRow, subscribersOf } from './expected-aggregates.ts';
 import { emptySyncTables } from './run-fixtures.ts';
 import type { Queryable } from './sync-api.ts';
 
@@ -274,18 +274,7 @@ async function writePriorState(client: pg.PoolClient): Promise<void> {
       [l.distinct_id, l.key, l.day, l.event_name, l.t],
     );
   }
-  for (const d of dailyOf([...ledger, ...legacy])) {
-    await client.query(
-      `insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at)
-       values ($1, $2::date, $3, $4, to_timestamp($5::bigint / 1000.0), to_timestamp($6::bigint / 1000.0))`,
-      [d.distinct_id, d.day, d.event_name, d.n, d.first, d.last],
-    );
-  }
-  await client.query(`insert into mixpanel_sync.subscribers (distinct_id, total_events, first_event_at, last_event_at, event_counts)
-    select distinct_id, sum(n), min(f), max(l), jsonb_object_agg(event_name, n)
-    from (select distinct_id, event_name, sum(event_count) as n, min(first_at) as f, max(last_at) as l
-          from mixpanel_sync.events_daily group by distinct_id, event_name) per_name
-    group by distinct_id`);
+  await storeDaily(client, dailyOf([...ledger, ...legacy]));
   for (const p of profiles) {
     await client.query('insert into mixpanel_sync.subscriber_properties (distinct_id, name) values ($1, $2)', [p.distinct_id, p.name]);
   }
