@@ -62,21 +62,14 @@
 //   killed: mixpanel_sync.upsert_subscribers_incremental_loop(bigint,date,date,date)|relational|and l.day between event.day - 2 and event.day + 2 and (l.day < from_day or l.day > to_day)) then|2
 //   killed: mixpanel_sync.upsert_subscribers_incremental_loop(bigint,date,date,date)|relational|if group_count > 0 and mixpanel_sync.merge_daily_row_loop(group_id, group_day, group_name, group_count, group_first, group_last) then|1
 import type pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { dailyOf, type DailyRow, storeDaily, type SubscriberRow, subscribersOf } from './expected-aggregates.ts';
-import { emptySyncTables, exportEvent } from './run-fixtures.ts';
+import { emptySyncTables, exportEvent, syncTestDatabase } from './run-fixtures.ts';
 import { applyAdd, applyReplace, beginRun, parseStagedEvents, stageLines, type ApplyResult, type Queryable } from './sync-api.ts';
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-  // the ledger's day partitions of every day below, once (the scenarios run in rolled-back transactions)
-  await db.pool.query(`select mixpanel_sync_private.ensure_ledger_partitions('2024-02-25', '2024-03-15')`);
-});
-afterAll(async () => {
-  await db?.drop();
-});
+const db = await syncTestDatabase({ dropPartitions: false });
+// the ledger's day partitions of every day below, once (the scenarios run in rolled-back transactions)
+beforeAll(() => db.pool.query(`select mixpanel_sync_private.ensure_ledger_partitions('2024-02-25', '2024-03-15')`));
 
 const clock = '2024-03-10T00:00:00Z';
 const day = (d: number): string => `2024-03-${String(d).padStart(2, '0')}`;

@@ -43,20 +43,14 @@
 //   killed: mixpanel_sync.reattribute_identities_loop(text[],text[])|plus-minus|raw_moved := raw_moved + 1;|1
 //   killed: mixpanel_sync.reattribute_identities_loop(text[],text[])|plus-minus|update mixpanel_sync.events_daily d set event_count = d.event_count - 1|1
 import type pg from 'pg';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { beforeAll, describe, expect, it } from 'vitest';
 import { dailyOf, type DailyRow, storeDaily, type SubscriberRow, subscribersOf } from './expected-aggregates.ts';
-import { emptySyncTables } from './run-fixtures.ts';
+import { emptySyncTables, syncTestDatabase } from './run-fixtures.ts';
 import type { Queryable } from './sync-api.ts';
 
-let db: TestDatabase;
-beforeAll(async () => {
-  db = await createTestDatabase();
-  await db.pool.query(`select mixpanel_sync_private.ensure_ledger_partitions('2024-03-01', '2024-03-10')`);
-});
-afterAll(async () => {
-  await db?.drop();
-});
+const db = await syncTestDatabase({ dropPartitions: false });
+// the ledger's day partitions of every day below, once (the scenarios run in rolled-back transactions)
+beforeAll(() => db.pool.query(`select mixpanel_sync_private.ensure_ledger_partitions('2024-03-01', '2024-03-10')`));
 
 const day = (d: number): string => `2024-03-${String(d).padStart(2, '0')}`;
 const ms = (d: number, hour: number): string => String(Date.UTC(2024, 2, d, hour));
