@@ -307,7 +307,7 @@ describe('catalogue', () => {
   // 200-ledger.sql: the loader creates and drops the ledger's day partitions only through these two helpers (the loader
   // test above finishes a run as the loader, which creates partitions: it fails with "permission denied for schema
   // mixpanel_sync" when ensure_ledger_partitions is not SECURITY DEFINER).
-  it('mixpanel_sync_private holds only the two SECURITY DEFINER partition helpers, executable by the loader alone', async () => {
+  it('mixpanel_sync_private holds only the three SECURITY DEFINER helpers (run_events sampling, partitions), executable by the loader alone', async () => {
     const { rows } = await db.pool.query<{ fn: string; definer: boolean; path: boolean; grantees: string[] }>(
       `select p.oid::regprocedure::text as fn, p.prosecdef as definer,
               coalesce('search_path=""' = any (p.proconfig), false) as path,
@@ -318,6 +318,7 @@ describe('catalogue', () => {
        where n.nspname = 'mixpanel_sync_private' order by 1`,
     );
     expect(rows).toEqual([
+      { fn: 'mixpanel_sync_private.analyze_run_events()', definer: true, path: true, grantees: ['mixpanel_sync_loader'] },
       { fn: 'mixpanel_sync_private.drop_ledger_partitions(date)', definer: true, path: true, grantees: ['mixpanel_sync_loader'] },
       { fn: 'mixpanel_sync_private.ensure_ledger_partitions(date,date)', definer: true, path: true, grantees: ['mixpanel_sync_loader'] },
     ]);

@@ -1,0 +1,52 @@
+// finish_run plans its statements on the running run's real size (mixpanel_sync_private.analyze_run_events, issue 11).
+// run_events only ever holds new runs' rows (run ids grow), so statistics sampled during an earlier run estimate
+// "run_id = <this run>" at about one row; a REPLACE planned on that estimate anti-joined the window's ledger rows
+// against the run's events in a nested loop (a second 95,000-line full sync on a fresh database: 64 s in finish_run
+// instead of 1.2 s). Here the planner's estimate is read with EXPLAIN, never timed.
+// Seen failing without the protection: with the `perform mixpanel_sync_private.analyze_run_events()` line removed from
+// finish_events_run, the estimate for the second run stays at 1 row (expected about 240).
+import { describe, expect, it } from 'vitest';
+import { exportEvent, minutesBefore, syncTestDatabase } from './run-fixtures.ts';
+import { beginRun, failRun, finishRun, parseStagedEvents, stageRecords } from './sync-api.ts';
+
+const db = await syncTestDatabase();
+
+const lines = (at: Date, count: number, tag: string) =>
+  Array.from({ length: count }, (_, i) =>
+    exportEvent(`user-${i % 17}`, i % 3 === 0 ? 'open' : 'buy', minutesBefore(at, 1 + i), { insertId: `${tag}-${i}` }),
+  );
+
+/** The planner's row estimate for the run's rows of run_events, as every statement of finish_run after the parse sees it. */
+async function estimatedRows(runId: string): Promise<number> {
+  const { rows } = await db.pool.query<{ 'QUERY PLAN': [{ Plan: { 'Plan Rows': number } }] }>(
+    `explain (format json) select * from mixpanel_sync.run_events e where e.run_id = ${Number(runId)}`,
+  );
+  return rows[0]!['QUERY PLAN'][0].Plan['Plan Rows'];
+}
+
+describe('finish_run samples run_events after the parse', () => {
+  it('plans a run on its own size, whatever an earlier run left in the statistics', async () => {
+    // no autovacuum on the work table in this database: only finish_run may sample it here
+    await db.pool.query('alter table mixpanel_sync.run_events set (autovacuum_enabled = off)');
+    const now = new Date();
+    // an earlier run's rows are sampled (as autovacuum would, during a long run), then the run fails and its rows go
+    const earlier = await beginRun(db.pool, { source: 'events', clock: now, forceFull: true });
+    await stageRecords(db.pool, 'events', earlier.id, lines(now, 300, 'a'));
+    await parseStagedEvents(db.pool, earlier.id);
+    await db.pool.query('analyze mixpanel_sync.run_events');
+    expect(await estimatedRows(earlier.id)).toBeGreaterThan(150);
+    await failRun(db.pool, earlier.id, 'test: the earlier run');
+
+    const run = await beginRun(db.pool, { source: 'events', clock: now, forceFull: true });
+    // before finish_run, the statistics still describe the earlier run: this run is estimated at about one row
+    expect(await estimatedRows(run.id)).toBeLessThan(10);
+    const staged = 240;
+    await stageRecords(db.pool, 'events', run.id, lines(now, staged, 'b'));
+    const finished = await finishRun(db.pool, run.id);
+    expect(finished.status).toBe('succeeded');
+    // finish_run sampled run_events while it held this run's lines: the estimate is this run's size
+    const estimate = await estimatedRows(run.id);
+    expect(estimate).toBeGreaterThan(staged / 2);
+    expect(estimate).toBeLessThan(staged * 2);
+  });
+});
