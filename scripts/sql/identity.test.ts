@@ -236,7 +236,8 @@ describe('reattribute_all and the setting', () => {
     expect(await countsBy('events_daily')).toEqual({ U1: 3 });
     // rows written under the alias behind the map's back are moved by reattribute_all
     await db.pool.query(
-      `insert into mixpanel_sync.events_daily values ('$device:D1', '2024-03-01', 'old', 2, '2024-03-01 01:00Z', '2024-03-01 02:00Z')`,
+      `insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at)
+       values ('$device:D1', '2024-03-01', 'old', 2, '2024-03-01 01:00Z', '2024-03-01 02:00Z')`,
     );
     const first = await db.pool.query('select mixpanel_sync.reattribute_all() as r');
     expect(first.rows[0].r).toMatchObject({ ids_moved: 1, reattributed_events: 2 });
