@@ -16,6 +16,8 @@ export const TIME_BINARY = '/usr/bin/time';
 
 export interface MeasuredCommand {
   peakRssKiB: number;
+  /** user + system CPU time of the command and its children (GNU time's %U + %S) */
+  cpuMs: number;
   wallMs: number;
   stdout: string;
   stderr: string;
@@ -31,7 +33,7 @@ export async function timeAvailable(): Promise<boolean> {
 /** Runs `argv` under /usr/bin/time (cwd: the repository); its peak RSS in KiB. Rejects on a non-zero exit. */
 export function measureCommand(argv: string[], env: NodeJS.ProcessEnv = process.env): Promise<MeasuredCommand> {
   const marker = '@@peak-rss-kib=';
-  const child = spawn(TIME_BINARY, ['-f', `${marker}%M`, ...argv], { cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(TIME_BINARY, ['-f', `${marker}%M %U %S`, ...argv], { cwd: repoRoot, env, stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));
@@ -47,7 +49,7 @@ export function measureCommand(argv: string[], env: NodeJS.ProcessEnv = process.
           new Error(
             `${argv.join(' ')} exited ${code}: ${
               stderr
-                .replace(/@@peak-rss-kib=\d+/, '')
+                .replace(/@@peak-rss-kib=[\d. ]+/, '')
                 .trim()
                 .split('\n')
                 .at(-1) ?? ''
@@ -55,13 +57,13 @@ export function measureCommand(argv: string[], env: NodeJS.ProcessEnv = process.
           ),
         );
       }
-      const peakRssKiB = Number(
-        stderr
-          .slice(at + marker.length)
-          .trim()
-          .split('\n')[0],
-      );
-      resolve({ peakRssKiB, wallMs, stdout, stderr: stderr.slice(0, at) });
+      const [peak, user, system] = stderr
+        .slice(at + marker.length)
+        .trim()
+        .split('\n')[0]!
+        .split(' ')
+        .map(Number);
+      resolve({ peakRssKiB: peak!, cpuMs: ((user ?? 0) + (system ?? 0)) * 1000, wallMs, stdout, stderr: stderr.slice(0, at) });
     });
   });
 }

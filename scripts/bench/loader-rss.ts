@@ -3,10 +3,12 @@
 // child of the bench), for a small and a large generated file; with the floors it sits on: a bare `node -e 0`,
 // `node --import tsx -e 0` (tsx's loader hooks run in a worker thread of their own) and the CLI's `--help`.
 import { rm } from 'node:fs/promises';
+import os from 'node:os';
 import pg from 'pg';
 import type { Scale } from './bench-options.ts';
 import type { BenchServer } from './bench-server.ts';
 import { measureCommand, measureSyncCli, timeAvailable, TIME_BINARY } from './cli-rss.ts';
+import { cpuText, startCpu, type CpuUse } from './cpu-time.ts';
 import type { SuiteResult } from './figures.ts';
 import { writeSampleFile } from './peak-rss.ts';
 import { medianProfile, profileText, startProfile, type StepProfile } from './run-profile.ts';
@@ -21,6 +23,8 @@ interface SizeFigures {
   wallMs: number[];
   /** step profiles of the runs (run-profile.ts), read on a connection of the bench's own */
   profiles: (StepProfile | null)[];
+  /** CPU of each run: the CLI's processes (GNU time) and the server's (cpu-time.ts); null when the server's is unreadable */
+  cpu: (CpuUse | null)[];
 }
 
 const mib = (kib: number) => `${(kib / 1024).toFixed(1)} MiB`;
@@ -29,7 +33,7 @@ async function measureSize(server: BenchServer, lines: number, repeats: number):
   const file = await benchFile(`rss-${lines}.jsonl`);
   // the CLI has no clock option: the events end now, so its full window holds them
   await writeSampleFile(file, lines, new Date(Math.floor(Date.now() / 1000) * 1000));
-  const figures: SizeFigures = { lines, peakKiB: [], durationMs: [], wallMs: [], profiles: [] };
+  const figures: SizeFigures = { lines, peakKiB: [], durationMs: [], wallMs: [], profiles: [], cpu: [] };
   try {
     for (let repeat = 0; repeat < repeats; repeat++) {
       const db = await server.freshDatabase();
@@ -39,7 +43,10 @@ async function measureSize(server: BenchServer, lines: number, repeats: number):
         let result: Awaited<ReturnType<typeof measureSyncCli>>;
         try {
           const probe = await startProfile(statistics);
+          const cpuProbe = await startCpu(statistics);
           result = await measureSyncCli(db.url, file);
+          const server = cpuProbe.finish();
+          figures.cpu.push(server === null ? null : { nodeMs: result.cpuMs, serverMs: server.serverMs });
           figures.profiles.push(await probe.finish(result.summary.run_id));
         } finally {
           await statistics.end();
@@ -95,6 +102,14 @@ export async function loaderRss(server: BenchServer, scale: Scale, quick: boolea
   const isMillion = large.lines >= 1_000_000;
   const largeProfile = medianProfile(large.profiles);
   const largeMs = median(large.durationMs);
+  const largeCpu = large.cpu.some((c) => c === null)
+    ? null
+    : { nodeMs: median(large.cpu.map((c) => c!.nodeMs)), serverMs: median(large.cpu.map((c) => c!.serverMs)) };
+  const largeWall = median(large.wallMs);
+  const cores = os.availableParallelism();
+  const cpuWhy = largeCpu
+    ? ` CPU: the command used ${cpuText(largeCpu)} in ${seconds(largeWall)} (the CLI's Node time includes its start, ~0.4 s), both cores busy ${Math.round((100 * (largeCpu.nodeMs + largeCpu.serverMs)) / (largeWall * cores))} % of it; on ${cores} cores ≥ 60,000 events/s (${seconds((large.lines / 60_000) * 1000)}) allows at most ${((large.lines / 60_000) * cores).toFixed(1)} s of CPU${largeCpu.nodeMs + largeCpu.serverMs > (large.lines / 60_000) * cores * 1000 ? `, ${Math.round(100 * (1 - ((large.lines / 60_000) * cores * 1000) / (largeCpu.nodeMs + largeCpu.serverMs)))} % less than it used even with both cores busy all along` : ': the CPU would fit; what is missing is overlap'}.`
+    : '';
   const memoryWhy = `the floors it sits on: ${base.map((b) => `${b.what} ${mib(median(b.kib))}`).join(', ')}; the loader's runs peak at ${mib(median(small.peakKiB))} for ${small.lines.toLocaleString('en-US')} lines and ${mib(median(large.peakKiB))} for ${large.lines.toLocaleString('en-US')}.`;
   return {
     ...(largeProfile
@@ -102,7 +117,7 @@ export async function loaderRss(server: BenchServer, scale: Scale, quick: boolea
           why: {
             loader_peak_rss_mib: memoryWhy,
             loader_rss_growth: memoryWhy,
-            full_sync_1m_events_per_s: `the ${large.lines.toLocaleString('en-US')}-line first full sync runs ${seconds(largeMs)}: ${profileText(largeProfile)}. The COPY stage (begin_run to finish_run, chunk parsing alongside on a second connection) runs at ${Math.round(large.lines / (largeProfile.copyMs / 1000)).toLocaleString('en-US')} lines/s; the parse takes ${seconds(largeProfile.parseMs + largeProfile.parseDuringCopyMs)} of database time in all (${Math.round(large.lines / ((largeProfile.parseMs + largeProfile.parseDuringCopyMs) / 1000)).toLocaleString('en-US')} lines/s), the apply ${seconds(largeProfile.applyMs)} (${Math.round(large.lines / (largeProfile.applyMs / 1000)).toLocaleString('en-US')} lines/s). On 2 cores the run cannot beat its slowest step, nor the sum of what cannot overlap: COPY stage + finish_run = ${seconds(largeProfile.copyMs + largeProfile.finishMs)}.`,
+            full_sync_1m_events_per_s: `the ${large.lines.toLocaleString('en-US')}-line first full sync runs ${seconds(largeMs)}: ${profileText(largeProfile)}. The COPY stage (begin_run to finish_run, chunk parsing alongside on a second connection) runs at ${Math.round(large.lines / (largeProfile.copyMs / 1000)).toLocaleString('en-US')} lines/s; the parse takes ${seconds(largeProfile.parseMs + largeProfile.parseDuringCopyMs)} of database time in all (${Math.round(large.lines / ((largeProfile.parseMs + largeProfile.parseDuringCopyMs) / 1000)).toLocaleString('en-US')} lines/s), the apply ${seconds(largeProfile.applyMs)} (${Math.round(large.lines / (largeProfile.applyMs / 1000)).toLocaleString('en-US')} lines/s). On 2 cores the run cannot beat its slowest step, nor the sum of what cannot overlap: COPY stage + finish_run = ${seconds(largeProfile.copyMs + largeProfile.finishMs)}.${cpuWhy}`,
           },
         }
       : { why: { loader_peak_rss_mib: memoryWhy, loader_rss_growth: memoryWhy } }),

@@ -1,0 +1,80 @@
+// CPU time a step used, in this Node process (process.cpuUsage: the loader runs in process) and in the PostgreSQL
+// server (its postmaster and every process it started, read from /proc: a backend that exits during the step hands its
+// time to the postmaster's cutime/cstime, so nothing is lost). On a 2-core machine a step cannot take less wall time
+// than its CPU time ÷ 2: this is what separates "slow" from "busy" when a ratio misses its target.
+// Linux only, and only for a server on this machine that this user may read; null otherwise (a remote DATABASE_URL).
+import { execFileSync } from 'node:child_process';
+import { readdirSync, readFileSync } from 'node:fs';
+import type { Queryable } from '../sql/sync-api.ts';
+
+export interface CpuUse {
+  /** this Node process, user + system */
+  nodeMs: number;
+  /** the PostgreSQL server's processes, user + system */
+  serverMs: number;
+}
+
+export interface CpuProbe {
+  /** the CPU used since the probe started; null when the server's processes cannot be read */
+  finish(): CpuUse | null;
+}
+
+let ticksPerSecond: number | null = null;
+function clockTicks(): number {
+  ticksPerSecond ??= Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
+  return ticksPerSecond;
+}
+
+/** utime, stime, cutime, cstime and the parent pid of a process from /proc/<pid>/stat (fields after the command). */
+function readStat(pid: number): { ppid: number; own: number; children: number } | null {
+  let text: string;
+  try {
+    text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  } catch {
+    return null; // it exited meanwhile
+  }
+  // "pid (comm) state ppid …": comm may hold spaces and parentheses, so read after the last ')'
+  const fields = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  const at = (field: number) => Number(fields[field - 3]);
+  return { ppid: at(4), own: at(14) + at(15), children: at(16) + at(17) };
+}
+
+/** Ticks used so far by the postmaster, the children it reaped, and the children alive now. */
+function serverTicks(postmaster: number): number | null {
+  const root = readStat(postmaster);
+  if (root === null) return null;
+  let ticks = root.own + root.children;
+  for (const entry of readdirSync('/proc')) {
+    const pid = Number(entry);
+    if (!Number.isInteger(pid) || pid === postmaster) continue;
+    const stat = readStat(pid);
+    if (stat?.ppid === postmaster) ticks += stat.own;
+  }
+  return ticks;
+}
+
+async function postmasterOf(db: Queryable): Promise<number | null> {
+  if (process.platform !== 'linux') return null;
+  const { rows } = await db.query<{ pid: number }>('select pg_catalog.pg_backend_pid() as pid');
+  const backend = readStat(rows[0]!.pid);
+  return backend === null ? null : backend.ppid;
+}
+
+/** Starts measuring: call finish() right after the step (before any other work on the server). */
+export async function startCpu(db: Queryable): Promise<CpuProbe> {
+  const postmaster = await postmasterOf(db);
+  const serverBefore = postmaster === null ? null : serverTicks(postmaster);
+  const nodeBefore = process.cpuUsage();
+  return {
+    finish() {
+      const node = process.cpuUsage(nodeBefore);
+      const serverAfter = postmaster === null ? null : serverTicks(postmaster);
+      if (serverBefore === null || serverAfter === null) return null;
+      return { nodeMs: (node.user + node.system) / 1000, serverMs: ((serverAfter - serverBefore) * 1000) / clockTicks() };
+    },
+  };
+}
+
+/** "4.41 s of CPU (Node 0.62 s, PostgreSQL 3.79 s)" */
+export const cpuText = (cpu: CpuUse): string =>
+  `${((cpu.nodeMs + cpu.serverMs) / 1000).toFixed(2)} s of CPU (Node ${(cpu.nodeMs / 1000).toFixed(2)} s, PostgreSQL ${(cpu.serverMs / 1000).toFixed(2)} s)`;
