@@ -122,7 +122,7 @@ export const WHY_MISSED: Partial<Record<FigureKey, string>> = {
   full_sync_events_per_s:
     'parsing in SQL costs more than this target allows on this machine: the jsonb parse alone of 95k 570-byte lines is ≈ 0.72 s and a bare COPY into jsonb ≈ 1 s (≈ 95k lines/s), so ≥ 100k events/s cannot be reached while lines are parsed as jsonb in SQL.',
   full_sync_vs_copy:
-    "after the COPY into staging, finish_run parses every line again (the jsonb parse the bare COPY also pays, plus the field extraction and the event key) and then merges the window into events_daily and the ledger: the section's table has the times side by side; docs/ledger.md has the step profile.",
+    "every line is parsed in SQL (the jsonb parse the bare COPY also pays, plus the field extraction and the event key), chunk by chunk on a second connection while the COPY streams, and finish_run then merges the window into events_daily and the ledger on one connection: the section's table has the times side by side, the suite's own explanation (when it ran) the step profile and CPU time.",
   profiles_cd_speedup:
     'change detection saves only the write; parsing every staged profile (jsonb_to_record, the null/"" strip and two ISO-date regexes per row) is ≈ 80 % of a run whether anything changed or not. Skipping the parse of lines whose hash did not change is the proposed fix.',
   baseline_full_speedup:
