@@ -30,6 +30,11 @@
 //   killed: mixpanel_sync.upsert_subscribers_incremental(bigint,date,date,date)|plus-minus|and not ((w.day < from_day + 2 or w.day > to_day - 2) and exists (|1
 //   killed: mixpanel_sync.upsert_subscribers_incremental(bigint,date,date,date)|plus-minus|and not ((w.day < from_day + 2 or w.day > to_day - 2) and exists (|2
 //   killed: mixpanel_sync.upsert_subscribers_incremental(bigint,date,date,date)|relational|where k.distinct_id = l.distinct_id and k.event_key = l.event_key and k.day = l.day and k.day >= kept_from)|1
+// REPLACE as a merge (full join, then DELETE/INSERT/UPDATE; measured at 4d422bb): the delete of a gone ledger row and
+// the update of a changed one must match the row's whole key (prior rows u8/h, q, and i on 03-10 below):
+//   killed: mixpanel_sync.upsert_subscribers_incremental(bigint,date,date,date)|drop-conjunct|and l.distinct_id = x.l_distinct_id and l.event_key = x.l_event_key and l.day = x.l_day|1
+//   killed: mixpanel_sync.upsert_subscribers_incremental(bigint,date,date,date)|drop-conjunct|and l.distinct_id = x.l_distinct_id and l.event_key = x.l_event_key and l.day = x.l_day|5
+//   killed: mixpanel_sync.upsert_subscribers_incremental(bigint,date,date,date)|drop-conjunct|and l.distinct_id = x.l_distinct_id and l.event_key = x.l_event_key and l.day = x.l_day|6
 //   killed: mixpanel_sync.upsert_subscribers_incremental_add(bigint,date)|and-or|and not exists (|1
 //   killed: mixpanel_sync.upsert_subscribers_incremental_add(bigint,date)|and-or|select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = w.distinct_id and g.event_key = w.legacy_key))|1
 //   killed: mixpanel_sync.upsert_subscribers_incremental_add(bigint,date)|and-or|where (w.legacy_key is null or not exists (|1
@@ -445,6 +450,11 @@ function replacePrior(e: (label: string) => RunEvent) {
       ledgerRow(e('g'), { day: day(9) }),
       ledgerRow(e('h')),
       ledgerRow(e('i'), { insert_id: null, ptm: null, properties: null }),
+      // i's user and key three days after i (outside the window, too far to make i a duplicate): stays as it is when
+      // REPLACE rewrites i's row of 03-07 (raw on)
+      ledgerRow(e('i'), { day: day(10), insert_id: null, ptm: null, properties: null }),
+      // q's row on its day, unchanged: i's rewrite of u3's row of 03-07 leaves it alone
+      ledgerRow(e('q')),
       ledgerRow(e('o'), { distinct_id: 'u1', day: day(2) }),
       ledgerRow(e('p1')),
       ledgerRow(e('p2')),
@@ -456,6 +466,8 @@ function replacePrior(e: (label: string) => RunEvent) {
       // an applied event's key and day, the row of a legacy duplicate, a no_user row (claimed with raw storage on
       // only), a rejected line's row, a row only an earlier run's event matches
       ledgerRow(e('c'), { distinct_id: 'u8' }),
+      // h's key and day under u8, gone: the delete of u8's row leaves h's own (u2's, unchanged) alone
+      ledgerRow(e('h'), { distinct_id: 'u8' }),
       ledgerRow(e('m')),
       ledgerRow(e('x1'), { distinct_id: '' }),
       ledgerRow(e('long')),
