@@ -29,7 +29,6 @@
 //   killed: mixpanel_sync.upsert_subscribers_incremental(bigint,date,date,date)|plus-minus|and l.day between w.day - 2 and w.day + 2 and (l.day < from_day or l.day > to_day)))|2
 //   killed: mixpanel_sync.upsert_subscribers_incremental(bigint,date,date,date)|plus-minus|and not ((w.day < from_day + 2 or w.day > to_day - 2) and exists (|1
 //   killed: mixpanel_sync.upsert_subscribers_incremental(bigint,date,date,date)|plus-minus|and not ((w.day < from_day + 2 or w.day > to_day - 2) and exists (|2
-//   killed: mixpanel_sync.upsert_subscribers_incremental(bigint,date,date,date)|relational|where k.distinct_id = l.distinct_id and k.event_key = l.event_key and k.day = l.day and k.day >= kept_from)|1
 // REPLACE as a merge (full join, then DELETE/INSERT/UPDATE; measured at 4d422bb): the delete of a gone ledger row and
 // the update of a changed one must match the row's whole key (prior rows u8/h, q, and i on 03-10 below):
 //   killed: mixpanel_sync.upsert_subscribers_incremental(bigint,date,date,date)|drop-conjunct|and l.distinct_id = x.l_distinct_id and l.event_key = x.l_event_key and l.day = x.l_day|1
