@@ -2601,28 +2601,31 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.number_staged_lines(source text, run_id
  RETURNS void
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET enable_nestloop TO 'off'
 AS $function$
+declare
+  base bigint;
 begin
   -- Lines staged without a number (COPY of (run_id, line) only) are numbered on from the run's last number, in
   -- line_id order. Nothing to do (one scan of the run's lines) when the stager numbered them, as the loader does.
   if source = 'events' then
     if exists (select from mixpanel_sync.staged_events s where s.run_id = number_staged_lines.run_id and s.line_no is null) then
+      base := coalesce((select max(m.line_no) from mixpanel_sync.staged_events m where m.run_id = number_staged_lines.run_id), 0);
       update mixpanel_sync.staged_events s set line_no = n.line_no
       from (
-        select u.line_id, b.base + row_number() over (order by u.line_id) as line_no
-        from mixpanel_sync.staged_events u,
-          (select coalesce(max(m.line_no), 0) as base from mixpanel_sync.staged_events m where m.run_id = number_staged_lines.run_id) b
+        select u.line_id, base + row_number() over (order by u.line_id) as line_no
+        from mixpanel_sync.staged_events u
         where u.run_id = number_staged_lines.run_id and u.line_no is null
       ) n
       where s.run_id = number_staged_lines.run_id and s.line_id = n.line_id;
     end if;
   else
     if exists (select from mixpanel_sync.staged_profiles s where s.run_id = number_staged_lines.run_id and s.line_no is null) then
+      base := coalesce((select max(m.line_no) from mixpanel_sync.staged_profiles m where m.run_id = number_staged_lines.run_id), 0);
       update mixpanel_sync.staged_profiles s set line_no = n.line_no
       from (
-        select u.line_id, b.base + row_number() over (order by u.line_id) as line_no
-        from mixpanel_sync.staged_profiles u,
-          (select coalesce(max(m.line_no), 0) as base from mixpanel_sync.staged_profiles m where m.run_id = number_staged_lines.run_id) b
+        select u.line_id, base + row_number() over (order by u.line_id) as line_no
+        from mixpanel_sync.staged_profiles u
         where u.run_id = number_staged_lines.run_id and u.line_no is null
       ) n
       where s.run_id = number_staged_lines.run_id and s.line_id = n.line_id;
@@ -2630,7 +2633,7 @@ begin
   end if;
 end;
 $function$;
-comment on function mixpanel_sync.number_staged_lines(source text, run_id bigint) is 'Gives the run''s staged lines that have no line_no one (after the run''s highest, in line_id order), so that every reject has its line number. Called before parsing.';
+comment on function mixpanel_sync.number_staged_lines(source text, run_id bigint) is 'Gives the run''s staged lines that have no line_no one (after the run''s highest, in line_id order), so that every reject has its line number. Called before parsing. The highest number is read once, and the function runs with enable_nestloop = off: statistics sampled during an earlier run estimate the running run at about one row, and a nested loop then repeated work once per line (11.3 s for 8,000 lines before).';
 grant execute on function mixpanel_sync.number_staged_lines(source text, run_id bigint) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.parse_new_staged_events(run_id bigint, up_to_line_id bigint DEFAULT NULL::bigint, after_line_id bigint DEFAULT NULL::bigint)

@@ -5,9 +5,12 @@
 // instead of 1.2 s). Here the planner's estimate is read with EXPLAIN, never timed.
 // Seen failing without the protection: with the `perform mixpanel_sync_private.analyze_run_events()` line removed from
 // finish_events_run, the estimate for the second run stays at 1 row (expected about 240).
+// The same stale statistics on staged_events made number_staged_lines (lines a psql user staged without line_no)
+// compute the run's highest line_no again for every line: 11.3 s for 8,000 lines. Its UPDATE's plan is read with
+// auto_explain; seen failing on the function of migration 000009 (an Aggregate run 300 times).
 import { describe, expect, it } from 'vitest';
 import { exportEvent, minutesBefore, syncTestDatabase } from './run-fixtures.ts';
-import { beginRun, failRun, finishRun, parseStagedEvents, stageRecords } from './sync-api.ts';
+import { beginRun, failRun, finishRun, parseStagedEvents, stageLines, stageRecords } from './sync-api.ts';
 
 const db = await syncTestDatabase();
 
@@ -48,5 +51,65 @@ describe('finish_run samples run_events after the parse', () => {
     const estimate = await estimatedRows(run.id);
     expect(estimate).toBeGreaterThan(staged / 2);
     expect(estimate).toBeLessThan(staged * 2);
+  });
+});
+
+interface PlanNode {
+  'Node Type': string;
+  'Actual Loops': number;
+  Plans?: PlanNode[];
+}
+
+const nodes = (node: PlanNode): PlanNode[] => [node, ...(node.Plans ?? []).flatMap(nodes)];
+
+describe('number_staged_lines after an earlier run was sampled', () => {
+  it('numbers a psql-staged run in one pass: no step of its UPDATE runs once per line', async () => {
+    const now = new Date();
+    const earlier = await beginRun(db.pool, { source: 'events', clock: now, forceFull: true });
+    await stageRecords(db.pool, 'events', earlier.id, lines(now, 300, 'a'));
+    await db.pool.query('analyze mixpanel_sync.staged_events');
+    await failRun(db.pool, earlier.id, 'test: the earlier run');
+
+    const run = await beginRun(db.pool, { source: 'events', clock: now, forceFull: true });
+    // as a psql user stages: no line_no
+    await stageLines(
+      db.pool,
+      'events',
+      run.id,
+      lines(now, 300, 'b').map((line) => JSON.stringify(line)),
+    );
+    const client = await db.pool.connect();
+    const plans: { 'Query Text': string; Plan: PlanNode }[] = [];
+    const onNotice = (notice: { message?: string }) => {
+      const at = notice.message?.indexOf('{') ?? -1;
+      if (at >= 0) plans.push(JSON.parse(notice.message!.slice(at)));
+    };
+    client.on('notice', onNotice);
+    try {
+      await client.query(`load 'auto_explain'`);
+      for (const setting of [
+        'auto_explain.log_min_duration = 0',
+        'auto_explain.log_nested_statements = on',
+        'auto_explain.log_analyze = on',
+        'auto_explain.log_timing = off',
+        'auto_explain.log_format = json',
+        'auto_explain.log_level = notice',
+      ])
+        await client.query(`set ${setting}`);
+      await client.query(`select mixpanel_sync.number_staged_lines('events', $1)`, [run.id]);
+    } finally {
+      client.off('notice', onNotice);
+      client.release(true);
+    }
+    const update = plans.find((plan) => plan['Query Text'].includes('update mixpanel_sync.staged_events'));
+    expect(update, 'auto_explain reported the UPDATE').toBeDefined();
+    const repeated = nodes(update!.Plan).filter((node) => node['Actual Loops'] > 1);
+    expect(repeated.map((node) => `${node['Node Type']} × ${node['Actual Loops']}`)).toEqual([]);
+    const { rows } = await db.pool.query<{ numbered: string; first: string; last: string }>(
+      'select count(line_no) as numbered, min(line_no) as first, max(line_no) as last from mixpanel_sync.staged_events where run_id = $1',
+      [run.id],
+    );
+    expect(rows[0]).toEqual({ numbered: '300', first: '1', last: '300' });
+    await failRun(db.pool, run.id, 'test: numbering only');
   });
 });
