@@ -4,7 +4,8 @@
 // run the query, left out): the server's time stayed 0.
 import { afterAll, describe, expect, it } from 'vitest';
 import { createTestDatabase } from '../db/vitest-database.ts';
-import { startCpu } from './cpu-time.ts';
+import os from 'node:os';
+import { cpuVerdict, startCpu } from './cpu-time.ts';
 
 const db = await createTestDatabase();
 afterAll(() => db.drop());
@@ -25,7 +26,8 @@ describe('startCpu', () => {
       const own = process.cpuUsage();
       let x = 0;
       for (let i = 0; i < 60_000_000; i++) x = (x + i * 7) % 1_000_003;
-      const loopMs = (process.cpuUsage(own).user + process.cpuUsage(own).system) / 1000;
+      const used = process.cpuUsage(own);
+      const loopMs = (used.user + used.system) / 1000;
       const nodeSide = node.finish();
       expect(x).toBeGreaterThanOrEqual(0);
       expect(loopMs).toBeGreaterThan(50);
@@ -34,5 +36,19 @@ describe('startCpu', () => {
     } finally {
       client.release();
     }
+  });
+});
+
+describe('cpuVerdict', () => {
+  it('says whether the CPU or the overlap is short, against what the target allows on the cores', () => {
+    const cores = os.availableParallelism();
+    const target = { text: 'the target', wallMs: 1000 };
+    // used a quarter more than the cores allow in the target's time: 20 % too much
+    const over = cpuVerdict(1250 * cores, 2000, target);
+    expect(over).toContain(`both cores busy ${Math.round((100 * 1250) / 2000)} % of the run`);
+    expect(over).toContain(`allows at most ${cores.toFixed(2)} s of CPU on ${cores} cores: 20 % less than it used`);
+    // used half of what the target allows, over a run twice the target's time: overlap is short
+    const under = cpuVerdict(500 * cores, 2000, target);
+    expect(under).toContain('it fits, so what is missing is overlap: the cores are idle 75 % of the run');
   });
 });

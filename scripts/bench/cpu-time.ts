@@ -5,6 +5,7 @@
 // Linux only, and only for a server on this machine that this user may read; null otherwise (a remote DATABASE_URL).
 import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
+import os from 'node:os';
 import type { Queryable } from '../sql/sync-api.ts';
 
 export interface CpuUse {
@@ -78,3 +79,18 @@ export async function startCpu(db: Queryable): Promise<CpuProbe> {
 /** "4.41 s of CPU (Node 0.62 s, PostgreSQL 3.79 s)" */
 export const cpuText = (cpu: CpuUse): string =>
   `${((cpu.nodeMs + cpu.serverMs) / 1000).toFixed(2)} s of CPU (Node ${(cpu.nodeMs / 1000).toFixed(2)} s, PostgreSQL ${(cpu.serverMs / 1000).toFixed(2)} s)`;
+
+/**
+ * Whether a run that missed a time target was short of CPU or of overlap: "both cores busy 82 % of the run; ≤ 1.50× the
+ * bare COPY (1.52 s) allows at most 3.04 s of CPU on 2 cores: 14 % less than it used, even with both cores busy all
+ * along" (or, when its CPU would fit: "it fits, so what is missing is overlap: the cores are idle 18 % of the run").
+ */
+export function cpuVerdict(cpuMs: number, wallMs: number, target: { text: string; wallMs: number }): string {
+  const cores = os.availableParallelism();
+  const busy = Math.round((100 * cpuMs) / (wallMs * cores));
+  const allowedMs = target.wallMs * cores;
+  const head = `both cores busy ${busy} % of the run; ${target.text} allows at most ${(allowedMs / 1000).toFixed(2)} s of CPU on ${cores} cores`;
+  return cpuMs <= allowedMs
+    ? `${head}: it fits, so what is missing is overlap: the cores are idle ${100 - busy} % of the run`
+    : `${head}: ${Math.round(100 * (1 - allowedMs / cpuMs))} % less than it used, even with both cores busy all along`;
+}

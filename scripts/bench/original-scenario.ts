@@ -14,7 +14,7 @@ import {
   BASELINE_BATCH_USERS,
 } from './baseline/baseline-events.ts';
 import { copyFileAsJsonb, createCopyTable } from './copy-file.ts';
-import { cpuText, startCpu, type CpuUse } from './cpu-time.ts';
+import { cpuText, cpuVerdict, startCpu, type CpuUse } from './cpu-time.ts';
 import { vacuumEventTables } from './core-steps.ts';
 import { medianProfile, profileText, startProfile, type StepProfile } from './run-profile.ts';
 import { eventStorage, storageText, type EventStorage } from './storage.ts';
@@ -320,13 +320,11 @@ function report(data: ScenarioData, scale: Scale, measured: Measured): SuiteResu
     if (cpu === null || copyCpu === null) return '';
     const oursCpu = cpuSeconds(cpu);
     const copyWork = cpuSeconds(copyCpu);
-    const busy = Math.round((100 * oursCpu * 1000) / (wall * cores));
-    const allowed = (target * copyWall * cores) / 1000;
-    const verdict =
-      oursCpu <= allowed
-        ? `that CPU would fit in ${target.toFixed(2)}× (at most ${allowed.toFixed(2)} s of CPU on ${cores} cores): what is missing is overlap, the cores are idle ${100 - busy} % of the run (finish_run runs on one core; the COPY stage starts before the first parse and ends after the last one)`
-        : `≤ ${target.toFixed(2)}× needs at most ${allowed.toFixed(2)} s of CPU, ${Math.round(100 * (1 - allowed / oursCpu))} % less per event even with both cores busy all along`;
-    return ` CPU: ${label} used ${cpuText(cpu)} in ${seconds(wall)}, both cores busy ${busy} % of the run; the bare COPY ${cpuText(copyCpu)} in ${seconds(copyWall)}. On ${cores} cores no run takes less than its CPU ÷ ${cores}: ${label} ≥ ${(oursCpu / cores).toFixed(2)} s, ${((oursCpu * 1000) / cores / copyWall).toFixed(2)}× the bare COPY; ${verdict}. The physical floor for any design that parses every line in PostgreSQL is the bare COPY's own work (the bytes in, each line parsed as jsonb: ${copyWork.toFixed(2)} s of CPU) spread over ${cores} cores, ${((copyWork * 1000) / cores / copyWall).toFixed(2)}× the bare COPY before any ledger or aggregate is written; ${label} does ${(oursCpu / copyWork).toFixed(2)}× that work.`;
+    const verdict = cpuVerdict(oursCpu * 1000, wall, {
+      text: `≤ ${target.toFixed(2)}× the bare COPY (${seconds(target * copyWall)})`,
+      wallMs: target * copyWall,
+    });
+    return ` CPU: ${label} used ${cpuText(cpu)} in ${seconds(wall)}; the bare COPY ${cpuText(copyCpu)} in ${seconds(copyWall)}. On ${cores} cores no run takes less than its CPU ÷ ${cores}: ${label} ≥ ${(oursCpu / cores).toFixed(2)} s, ${((oursCpu * 1000) / cores / copyWall).toFixed(2)}× the bare COPY; ${verdict}. The physical floor for any design that parses every line in PostgreSQL is the bare COPY's own work (the bytes in, each line parsed as jsonb: ${copyWork.toFixed(2)} s of CPU) spread over ${cores} cores, ${((copyWork * 1000) / cores / copyWall).toFixed(2)}× the bare COPY before any ledger or aggregate is written; ${label} does ${(oursCpu / copyWork).toFixed(2)}× that work.`;
   };
   const steadyWhy = profiles.steady
     ? `our steady-state full sync takes ${seconds(ours)}: ${profileText(profiles.steady)}. Its COPY stage (begin_run to finish_run: the COPY into staging, chunk parsing running alongside) is ${(profiles.steady.copyMs / copy).toFixed(2)}× the bare COPY; finish_run (${seconds(beyondCopy(profiles.steady))}) is the work after it: the rest of the parse, the merge of the window into events_daily and the ledger (apply, with the subscribers refresh) and the rest (the terminated-early probe, watermark, staging cleanup).`

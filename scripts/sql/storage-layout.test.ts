@@ -15,26 +15,18 @@ import { syncTestDatabase } from './run-fixtures.ts';
 
 const db = await syncTestDatabase();
 
-/**
- * The text of 200-storage.sql: migrations/current/200-storage.sql while the session's folder is current, else its
- * `--! split: 200-storage.sql` section of the committed migration that holds it.
- */
+/** The text of 200-storage.sql: its `--! split: 200-storage.sql` section of the committed migration that holds it. */
 async function migration(): Promise<string> {
-  const migrations = new URL('../../migrations/', import.meta.url);
-  try {
-    return await readFile(new URL('current/200-storage.sql', migrations), 'utf8');
-  } catch (error) {
-    if ((error as { code?: string }).code !== 'ENOENT') throw error;
-  }
+  const committed = new URL('../../migrations/committed/', import.meta.url);
   const marker = '--! split: 200-storage.sql';
-  for (const name of (await readdir(new URL('committed/', migrations))).sort().reverse()) {
-    const text = await readFile(new URL(`committed/${name}`, migrations), 'utf8');
+  for (const name of (await readdir(committed)).sort().reverse()) {
+    const text = await readFile(new URL(name, committed), 'utf8');
     const start = text.indexOf(`${marker}\n`);
     if (start < 0) continue;
     const end = text.indexOf('\n--! split: ', start + marker.length);
     return text.slice(start, end < 0 ? undefined : end);
   }
-  throw new Error('200-storage.sql is neither in migrations/current/ nor a section of a committed migration');
+  throw new Error('no committed migration has a section 200-storage.sql');
 }
 
 const FORMER_ORDER = ['distinct_id', 'day', 'event_name', 'event_count', 'first_at', 'last_at'];
