@@ -200,7 +200,12 @@ export const proofMap: Record<string, string[]> = {
   upsert_subscribers_incremental: ['scripts/sql/mutation-pins-apply.test.ts', ...replace, 'scripts/sql/edge-pins.test.ts'],
   upsert_subscribers_incremental_loop: ['scripts/sql/mutation-pins-apply.test.ts', ...replace],
   insert_new_events_loop: ['scripts/sql/mutation-pins-apply.test.ts', ...replace, ...add, 'scripts/sql/edge-pins.test.ts'],
-  upsert_subscribers_incremental_add: ['scripts/sql/mutation-pins-apply.test.ts', ...add, 'scripts/sql/edge-pins.test.ts'],
+  upsert_subscribers_incremental_add: [
+    'scripts/sql/mutation-pins-apply.test.ts',
+    'scripts/sql/mutation-pins-add-history.test.ts',
+    ...add,
+    'scripts/sql/edge-pins.test.ts',
+  ],
   upsert_subscribers_incremental_add_loop: ['scripts/sql/mutation-pins-apply.test.ts', ...add, 'scripts/sql/edge-pins.test.ts'],
   refresh_subscribers: [
     'verify/finish_run_end_to_end.sql',
