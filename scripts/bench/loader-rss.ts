@@ -39,6 +39,8 @@ async function measureSize(server: BenchServer, lines: number, repeats: number):
       try {
         await db.end();
         const statistics = new pg.Pool({ connectionString: db.url, max: 1 });
+        // db.drop() force-drops the database: a connection still closing may get 57P01, which must not crash the bench
+        statistics.on('error', () => {});
         let result: Awaited<ReturnType<typeof measureSyncCli>>;
         try {
           const probe = await startProfile(statistics);
