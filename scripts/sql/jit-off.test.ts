@@ -10,16 +10,12 @@
 // begin_run, parse_new_staged_events, finish_events_run, upsert_subscribers_incremental(_add), refresh_subscribers,
 // upsert_subscriber_properties, sync_health and table_snapshot were listed as compiled.
 import { describe, expect, it } from 'vitest';
+import { withPlans } from './auto-explain.ts';
 import { exportEvent, minutesBefore, syncEvents, syncProfiles, syncTestDatabase } from './run-fixtures.ts';
 import { type Queryable, syncHealth, tableSnapshot, writeSetting } from './sync-api.ts';
 
 const db = await syncTestDatabase();
 const { rows: jit } = await db.pool.query<{ available: boolean }>('select pg_catalog.pg_jit_available() as available');
-
-interface LoggedPlan {
-  'Query Text': string;
-  JIT?: { Functions: number };
-}
 
 const events = (at: Date, tag: string, count: number) =>
   Array.from({ length: count }, (_, i) =>
@@ -28,32 +24,15 @@ const events = (at: Date, tag: string, count: number) =>
 
 describe.skipIf(!jit[0]!.available)('JIT compilation in a sync', () => {
   it('compiles the caller’s statements but none inside mixpanel_sync’s functions', async () => {
-    const client = await db.pool.connect();
-    const plans: LoggedPlan[] = [];
     const sent = new Set<string>();
-    const onNotice = (notice: { message?: string }) => {
-      const at = notice.message?.indexOf('{') ?? -1;
-      if (notice.message?.startsWith('duration:') && at >= 0) plans.push(JSON.parse(notice.message.slice(at)));
-    };
-    // every statement the test itself sends, so that its plans are told apart from the functions' nested ones
-    const caller: Queryable = {
-      query: ((text: string | { text: string }, ...rest: unknown[]) => {
-        sent.add(typeof text === 'string' ? text : text.text);
-        return (client.query as (...args: unknown[]) => unknown)(text, ...rest);
-      }) as Queryable['query'],
-    };
-    try {
-      await client.query(`load 'auto_explain'`);
-      for (const setting of [
-        'jit = on',
-        'jit_above_cost = 0',
-        'auto_explain.log_min_duration = 0',
-        'auto_explain.log_nested_statements = on',
-        'auto_explain.log_format = json',
-        'auto_explain.log_level = notice',
-      ])
-        await client.query(`set ${setting}`);
-      client.on('notice', onNotice);
+    const { plans } = await withPlans(db.pool, ['jit = on', 'jit_above_cost = 0'], async (client) => {
+      // every statement the test itself sends, so that its plans are told apart from the functions' nested ones
+      const caller: Queryable = {
+        query: ((text: string | { text: string }, ...rest: unknown[]) => {
+          sent.add(typeof text === 'string' ? text : text.text);
+          return (client.query as (...args: unknown[]) => unknown)(text, ...rest);
+        }) as Queryable['query'],
+      };
       const now = new Date();
       await syncEvents(caller, events(now, 'a', 120), { clock: now, forceFull: true });
       await syncEvents(caller, events(now, 'a', 120), { clock: now, forceFull: true });
@@ -66,10 +45,7 @@ describe.skipIf(!jit[0]!.available)('JIT compilation in a sync', () => {
       await syncProfiles(caller, [{ $distinct_id: 'user-1', $properties: { $name: 'One' } }]);
       await syncHealth(caller);
       await tableSnapshot(caller, ['events_daily', 'subscribers']);
-    } finally {
-      client.off('notice', onNotice);
-      client.release(true);
-    }
+    });
     const ours = plans.filter((plan) => !sent.has(plan['Query Text']));
     const callers = plans.filter((plan) => sent.has(plan['Query Text']));
     // the control: the caller's statements, planned with jit on and no cost threshold, were compiled

@@ -9,6 +9,7 @@
 // compute the run's highest line_no again for every line: 11.3 s for 8,000 lines. Its UPDATE's plan is read with
 // auto_explain; seen failing on the function of migration 000009 (an Aggregate run 300 times).
 import { describe, expect, it } from 'vitest';
+import { withPlans } from './auto-explain.ts';
 import { exportEvent, minutesBefore, syncTestDatabase } from './run-fixtures.ts';
 import { beginRun, failRun, finishRun, parseStagedEvents, stageLines, stageRecords } from './sync-api.ts';
 
@@ -78,29 +79,11 @@ describe('number_staged_lines after an earlier run was sampled', () => {
       run.id,
       lines(now, 300, 'b').map((line) => JSON.stringify(line)),
     );
-    const client = await db.pool.connect();
-    const plans: { 'Query Text': string; Plan: PlanNode }[] = [];
-    const onNotice = (notice: { message?: string }) => {
-      const at = notice.message?.indexOf('{') ?? -1;
-      if (at >= 0) plans.push(JSON.parse(notice.message!.slice(at)));
-    };
-    client.on('notice', onNotice);
-    try {
-      await client.query(`load 'auto_explain'`);
-      for (const setting of [
-        'auto_explain.log_min_duration = 0',
-        'auto_explain.log_nested_statements = on',
-        'auto_explain.log_analyze = on',
-        'auto_explain.log_timing = off',
-        'auto_explain.log_format = json',
-        'auto_explain.log_level = notice',
-      ])
-        await client.query(`set ${setting}`);
-      await client.query(`select mixpanel_sync.number_staged_lines('events', $1)`, [run.id]);
-    } finally {
-      client.off('notice', onNotice);
-      client.release(true);
-    }
+    const { plans } = await withPlans<unknown, PlanNode>(
+      db.pool,
+      ['auto_explain.log_analyze = on', 'auto_explain.log_timing = off'],
+      (client) => client.query(`select mixpanel_sync.number_staged_lines('events', $1)`, [run.id]),
+    );
     const update = plans.find((plan) => plan['Query Text'].includes('update mixpanel_sync.staged_events'));
     expect(update, 'auto_explain reported the UPDATE').toBeDefined();
     const repeated = nodes(update!.Plan).filter((node) => node['Actual Loops'] > 1);
