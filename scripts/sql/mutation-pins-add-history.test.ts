@@ -1,4 +1,4 @@
-// Pins of ADD's ledger lookup as migrations/current/300-add-big-history.sql splits it (issue 11,
+// Pins of ADD's ledger lookup as migration 000011 splits it (issue 11,
 // incremental_history_growth): the event's own day first (not_on_day), then, for the events not found there, the days
 // either side (a subquery per event). One hand-made run meets a hand-made ledger whose rows sit on the event's own day,
 // a day or two away, three days away, and under another user; the expectation is Mixpanel's dedup rule as ADD states
@@ -70,7 +70,7 @@ function expected(parsed: Parsed[], prior: { distinct_id: string; key: string; d
   return { result, ledger, daily, appliedLabels: applied.map((e) => e.label).sort() };
 }
 
-describe('ADD: own day first, then the days either side (300-add-big-history.sql)', () => {
+describe('ADD: own day first, then the days either side (000011)', () => {
   it('applies exactly the events whose key the ledger does not hold for their user within two days (set and loop)', async () => {
     const client = await db.pool.connect();
     try {
