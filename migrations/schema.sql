@@ -47,12 +47,14 @@ create table mixpanel_sync.cohort_members (
   cohort_id bigint not null,
   distinct_id text collate "C" not null,
   added_by_run_id bigint not null,
-  constraint cohort_members_cohort_id_fkey FOREIGN KEY (cohort_id) REFERENCES mixpanel_sync.cohorts(cohort_id) ON DELETE CASCADE,
-  constraint cohort_members_pkey PRIMARY KEY (cohort_id, distinct_id)
+  project_id smallint not null,
+  constraint cohort_members_cohort_id_fkey FOREIGN KEY (project_id, cohort_id) REFERENCES mixpanel_sync.cohorts(project_id, cohort_id) ON DELETE CASCADE,
+  constraint cohort_members_pkey PRIMARY KEY (project_id, cohort_id, distinct_id)
 );
 comment on table mixpanel_sync.cohort_members is 'Which users are in which cohort (Engage filter_by_cohort). Join to subscribers / subscriber_properties on distinct_id. A cohorts run inserts who joined and deletes who left; members who stayed are not written.';
 comment on column mixpanel_sync.cohort_members.added_by_run_id is 'The cohorts run that saw this member join.';
-CREATE INDEX cohort_members_distinct_id_idx ON mixpanel_sync.cohort_members USING btree (distinct_id);
+comment on column mixpanel_sync.cohort_members.project_id is 'The project (mixpanel_sync.projects.id); it leads the key.';
+CREATE INDEX cohort_members_distinct_id_idx ON mixpanel_sync.cohort_members USING btree (project_id, distinct_id);
 alter table mixpanel_sync.cohort_members enable row level security;
 create policy mixpanel_sync_loader_all on mixpanel_sync.cohort_members as permissive for all to mixpanel_sync_loader using (true) with check (true);
 comment on policy mixpanel_sync_loader_all on mixpanel_sync.cohort_members is 'The loader reads and writes every row: RLS is on only so that roles without a policy (anon, authenticated) see nothing.';
@@ -71,13 +73,15 @@ create table mixpanel_sync.cohorts (
   properties jsonb not null,
   changed_by_run_id bigint not null,
   synced_at timestamp with time zone default now() not null,
-  constraint cohorts_pkey PRIMARY KEY (cohort_id)
+  project_id smallint not null,
+  constraint cohorts_pkey PRIMARY KEY (project_id, cohort_id)
 );
 comment on table mixpanel_sync.cohorts is 'Mixpanel cohorts as /api/query/cohorts/list describes them, one row per cohort; a row is rewritten only when its content changed.';
 comment on column mixpanel_sync.cohorts.member_count is 'The count Mixpanel reported in the list (cohort_members holds the members themselves).';
 comment on column mixpanel_sync.cohorts.properties is 'The list entry as Mixpanel sent it.';
 comment on column mixpanel_sync.cohorts.changed_by_run_id is 'The cohorts run that last wrote this row (inserted or changed it).';
 comment on column mixpanel_sync.cohorts.synced_at is 'When that run wrote it.';
+comment on column mixpanel_sync.cohorts.project_id is 'The project (mixpanel_sync.projects.id); it leads the key: cohort ids may repeat across projects.';
 alter table mixpanel_sync.cohorts enable row level security;
 create policy mixpanel_sync_loader_all on mixpanel_sync.cohorts as permissive for all to mixpanel_sync_loader using (true) with check (true);
 comment on policy mixpanel_sync_loader_all on mixpanel_sync.cohorts is 'The loader reads and writes every row: RLS is on only so that roles without a policy (anon, authenticated) see nothing.';
@@ -93,11 +97,13 @@ create table mixpanel_sync.event_ledger_legacy (
   event_name text not null,
   event_time timestamp with time zone not null,
   run_id bigint not null,
-  constraint event_ledger_legacy_pkey PRIMARY KEY (distinct_id, event_key)
+  project_id smallint not null,
+  constraint event_ledger_legacy_pkey PRIMARY KEY (project_id, distinct_id, event_key)
 );
 comment on table mixpanel_sync.event_ledger_legacy is 'Ledger rows applied before the injective event_key, keyed by legacy_event_key: an event whose legacy key is here (same distinct_id) is already applied. REPLACE clears its window days here too; the ledger prune empties it.';
 comment on column mixpanel_sync.event_ledger_legacy.event_key is 'Mixpanel''s dedup identity: md5 of (event name, time to the second, $insert_id or a hash of the canonical JSON).';
-CREATE INDEX event_ledger_legacy_day_idx ON mixpanel_sync.event_ledger_legacy USING btree (day);
+comment on column mixpanel_sync.event_ledger_legacy.project_id is 'The project (mixpanel_sync.projects.id); it leads the key.';
+CREATE INDEX event_ledger_legacy_day_idx ON mixpanel_sync.event_ledger_legacy USING btree (project_id, day);
 alter table mixpanel_sync.event_ledger_legacy enable row level security;
 create policy mixpanel_sync_loader_all on mixpanel_sync.event_ledger_legacy as permissive for all to mixpanel_sync_loader using (true) with check (true);
 comment on policy mixpanel_sync_loader_all on mixpanel_sync.event_ledger_legacy is 'The loader reads and writes every row: RLS is on only so that roles without a policy (anon, authenticated) see nothing.';
@@ -108,13 +114,15 @@ create table mixpanel_sync.events_daily (
   first_at timestamp with time zone not null,
   last_at timestamp with time zone not null,
   day date not null,
+  project_id smallint not null,
   distinct_id text collate "C" not null,
   event_name text collate "C" not null,
   constraint events_daily_event_count_check CHECK ((event_count > 0)),
-  constraint events_daily_pkey PRIMARY KEY (distinct_id, day, event_name)
+  constraint events_daily_pkey PRIMARY KEY (project_id, distinct_id, day, event_name)
 );
-comment on table mixpanel_sync.events_daily is 'Event counts per user, UTC day and event name: the grain at which REPLACE and ADD are both exact.';
-CREATE INDEX events_daily_day_idx ON mixpanel_sync.events_daily USING btree (day);
+comment on table mixpanel_sync.events_daily is 'Event counts per project, user, UTC day and event name: the grain at which REPLACE and ADD are both exact.';
+comment on column mixpanel_sync.events_daily.project_id is 'The project (mixpanel_sync.projects.id); it leads the key.';
+CREATE INDEX events_daily_day_idx ON mixpanel_sync.events_daily USING btree (project_id, day);
 alter table mixpanel_sync.events_daily enable row level security;
 create policy mixpanel_sync_loader_all on mixpanel_sync.events_daily as permissive for all to mixpanel_sync_loader using (true) with check (true);
 comment on policy mixpanel_sync_loader_all on mixpanel_sync.events_daily is 'The loader reads and writes every row: RLS is on only so that roles without a policy (anon, authenticated) see nothing.';
@@ -129,9 +137,10 @@ create table mixpanel_sync.identity_links (
   identified_at timestamp with time zone,
   learned_from_run bigint,
   learned_at timestamp with time zone default now() not null,
+  project_id smallint not null,
   constraint identity_links_alias_check CHECK (((alias <> ''::text) AND (length(alias) <= 255))),
-  constraint identity_links_canonical_fkey FOREIGN KEY (canonical) REFERENCES mixpanel_sync.identity_links(alias),
-  constraint identity_links_pkey PRIMARY KEY (alias)
+  constraint identity_links_canonical_fkey FOREIGN KEY (project_id, canonical) REFERENCES mixpanel_sync.identity_links(project_id, alias),
+  constraint identity_links_pkey PRIMARY KEY (project_id, alias)
 );
 comment on table mixpanel_sync.identity_links is 'The identity map: one row per distinct_id that belongs to a cluster (an id that no link names is its own cluster and has no row). The canonical id of a cluster has a row of its own with canonical = alias; every other member names it. With identity.mode on, aggregate rows are keyed by canonical ids only. Learned by apply_identity.';
 comment on column mixpanel_sync.identity_links.alias is 'A distinct_id of the cluster (the canonical id included).';
@@ -139,11 +148,43 @@ comment on column mixpanel_sync.identity_links.canonical is 'The cluster''s cano
 comment on column mixpanel_sync.identity_links.identified_at is 'The time of the earliest event that named this id as the identified side of a link ($user_id of a simplified link, $identified_id of $identify, distinct_id of $create_alias); null for ids only seen as anonymous or in $merge.';
 comment on column mixpanel_sync.identity_links.learned_from_run is 'The sync_runs.id of the run that last set this row''s canonical. No foreign key: runs are pruned after runs.retention while links stay, and sync_runs stays truncatable on its own.';
 comment on column mixpanel_sync.identity_links.learned_at is 'When this row''s canonical was last set.';
-CREATE INDEX identity_links_canonical_idx ON mixpanel_sync.identity_links USING btree (canonical);
+comment on column mixpanel_sync.identity_links.project_id is 'The project (mixpanel_sync.projects.id); it leads the key: each project has its own identity map.';
+CREATE INDEX identity_links_canonical_idx ON mixpanel_sync.identity_links USING btree (project_id, canonical);
 alter table mixpanel_sync.identity_links enable row level security;
 create policy mixpanel_sync_loader_all on mixpanel_sync.identity_links as permissive for all to mixpanel_sync_loader using (true) with check (true);
 comment on policy mixpanel_sync_loader_all on mixpanel_sync.identity_links is 'The loader reads and writes every row: RLS is on only so that roles without a policy (anon, authenticated) see nothing.';
 grant delete, insert, select, truncate, update on table mixpanel_sync.identity_links to mixpanel_sync_loader;
+
+create table mixpanel_sync.projects (
+  id smallint generated always as identity not null,
+  name text collate "C" not null,
+  mixpanel_project_id bigint,
+  region text default 'us'::text not null,
+  timezone text,
+  created_at timestamp with time zone default now() not null,
+  constraint projects_mixpanel_project_id_key UNIQUE (mixpanel_project_id),
+  constraint projects_name_check CHECK ((name ~ '^[a-z][a-z0-9_]{0,62}$'::text)),
+  constraint projects_name_key UNIQUE (name),
+  constraint projects_pkey PRIMARY KEY (id),
+  constraint projects_region_check CHECK ((region = ANY (ARRAY['us'::text, 'eu'::text, 'in'::text])))
+);
+comment on table mixpanel_sync.projects is 'The Mixpanel projects this database holds, one row each (docs/projects.md). Every per-project table has project_id, which leads its keys: one project''s runs never touch another''s rows. Created with mixpanel_sync.create_project, removed with mixpanel_sync.drop_project; a function that takes a project name resolves it with mixpanel_sync.project_id (null: the only project).';
+comment on column mixpanel_sync.projects.id is 'The project key (smallint: it fits into alignment padding of the per-user rows). Project 1, ''default'', holds an installation''s data from before projects.';
+comment on column mixpanel_sync.projects.name is 'The database-side name (CLI --project, MIXPANEL_PROJECT): lower-case letters, digits and _, starting with a letter, at most 63 characters.';
+comment on column mixpanel_sync.projects.mixpanel_project_id is 'Mixpanel''s project id; null until the first run records it (begin_run''s mixpanel_project_id). A run of another Mixpanel project is refused (MP004): Mixpanel project X is never loaded into project Y''s rows.';
+comment on column mixpanel_sync.projects.region is 'The project''s data residency: us, eu or in (the API host the loader uses).';
+comment on column mixpanel_sync.projects.timezone is 'The project''s timezone (an IANA name) for projects that export local time; null = UTC. begin_run uses it when it is given no project_timezone.';
+comment on column mixpanel_sync.projects.created_at is 'When the project was created (project 1: when the installation was upgraded).';
+alter table mixpanel_sync.projects enable row level security;
+create policy mixpanel_sync_loader_read on mixpanel_sync.projects as permissive for select to mixpanel_sync_loader using (true);
+comment on policy mixpanel_sync_loader_read on mixpanel_sync.projects is 'The loader reads the projects (region, timezone, Mixpanel project id); only the owner (the DBA) creates and drops them, through create_project and drop_project, and begin_run records mixpanel_project_id.';
+create policy mixpanel_sync_loader_record_id on mixpanel_sync.projects as permissive for update to mixpanel_sync_loader using (true) with check (true);
+comment on policy mixpanel_sync_loader_record_id on mixpanel_sync.projects is 'begin_run records the Mixpanel project id of a project''s first run (the loader may update that column only).';
+create policy mixpanel_sync_reader_read on mixpanel_sync.projects as permissive for select to mixpanel_sync_reader using (true);
+comment on policy mixpanel_sync_reader_read on mixpanel_sync.projects is 'The reader sees every project: RLS is on only so that roles without a policy see nothing.';
+grant select on table mixpanel_sync.projects to mixpanel_sync_loader;
+grant select on table mixpanel_sync.projects to mixpanel_sync_reader;
+grant update on column mixpanel_project_id of table mixpanel_sync.projects to mixpanel_sync_loader;
 
 create unlogged table mixpanel_sync.run_events (
   run_id bigint not null,
@@ -189,12 +230,15 @@ create table mixpanel_sync.spot_checks (
   differences bigint,
   pending bigint,
   events jsonb,
-  constraint spot_checks_pkey PRIMARY KEY (id)
+  project_id smallint not null,
+  constraint spot_checks_pkey PRIMARY KEY (id),
+  constraint spot_checks_project_id_fkey FOREIGN KEY (project_id) REFERENCES mixpanel_sync.projects(id)
 );
 comment on table mixpanel_sync.spot_checks is 'One row per spot-check: the users chosen (seeded), the synced window compared, and what was found.';
 comment on column mixpanel_sync.spot_checks.watermark is 'The events watermark when the check began: events after it are not synced yet (pending, not a difference).';
 comment on column mixpanel_sync.spot_checks.processing_watermark is 'The processing watermark when the check began: events Mixpanel processed after it arrived late and are pending.';
 comment on column mixpanel_sync.spot_checks.events is 'The event names the check compares: the setting events.only when it began (a JSON array, sorted; [] or null = every event). The Export API is asked for just these names; stored rows of other names are left out.';
+comment on column mixpanel_sync.spot_checks.project_id is 'The project whose data the spot-check compared.';
 alter table mixpanel_sync.spot_checks enable row level security;
 create policy mixpanel_sync_loader_all on mixpanel_sync.spot_checks as permissive for all to mixpanel_sync_loader using (true) with check (true);
 comment on policy mixpanel_sync_loader_all on mixpanel_sync.spot_checks is 'The loader reads and writes every row: RLS is on only so that roles without a policy (anon, authenticated) see nothing.';
@@ -265,15 +309,15 @@ comment on table mixpanel_sync.staged_spot_check_events is 'Export lines fetched
 alter table mixpanel_sync.staged_spot_check_events enable row level security;
 
 create table mixpanel_sync.subscriber_count (
-  id boolean default true not null,
   subscribers bigint not null,
+  project_id smallint not null,
   constraint subscriber_count_not_negative CHECK ((subscribers >= 0)),
-  constraint subscriber_count_one_row CHECK (id),
-  constraint subscriber_count_pkey PRIMARY KEY (id)
+  constraint subscriber_count_pkey PRIMARY KEY (project_id),
+  constraint subscriber_count_project_id_fkey FOREIGN KEY (project_id) REFERENCES mixpanel_sync.projects(id)
 );
-comment on table mixpanel_sync.subscriber_count is 'One row: the number of rows of mixpanel_sync.subscribers, kept exactly by the statement triggers of subscribers (mixpanel_sync.count_subscribers), so that a run''s recorded count (options.subscribers) costs one row read instead of a scan.';
-comment on column mixpanel_sync.subscriber_count.id is 'Always true: the table holds one row.';
-comment on column mixpanel_sync.subscriber_count.subscribers is 'count(*) of mixpanel_sync.subscribers as of this transaction.';
+comment on table mixpanel_sync.subscriber_count is 'One row per project: the number of its rows in mixpanel_sync.subscribers, kept exactly by the statement triggers of subscribers (mixpanel_sync.count_subscribers), so that a run''s recorded count (options.subscribers) costs one row read instead of a scan. Per project, so that two projects'' finishes never wait on one row.';
+comment on column mixpanel_sync.subscriber_count.subscribers is 'count(*) of the project''s rows of mixpanel_sync.subscribers as of this transaction.';
+comment on column mixpanel_sync.subscriber_count.project_id is 'The project (mixpanel_sync.projects.id).';
 alter table mixpanel_sync.subscriber_count enable row level security;
 create policy mixpanel_sync_loader_all on mixpanel_sync.subscriber_count as permissive for all to mixpanel_sync_loader using (true) with check (true);
 comment on policy mixpanel_sync_loader_all on mixpanel_sync.subscriber_count is 'The loader reads and writes every row: RLS is on only so that roles without a policy (anon, authenticated) see nothing.';
@@ -300,8 +344,9 @@ create table mixpanel_sync.subscriber_properties (
   line_hash uuid,
   first_synced_at timestamp with time zone default now() not null,
   updated_at timestamp with time zone default now() not null,
+  project_id smallint not null,
   constraint subscriber_properties_distinct_id_check CHECK ((distinct_id <> ''::text)),
-  constraint subscriber_properties_pkey PRIMARY KEY (distinct_id),
+  constraint subscriber_properties_pkey PRIMARY KEY (project_id, distinct_id),
   constraint subscriber_properties_properties_check CHECK ((jsonb_typeof(properties) = 'object'::text))
 );
 comment on table mixpanel_sync.subscriber_properties is 'Mixpanel user profiles (Engage), one row per distinct_id. A sync rewrites a row only when its normalised content changed: an unchanged profile gets no new row version. Profiles missing from a sync are kept.';
@@ -321,6 +366,7 @@ comment on column mixpanel_sync.subscriber_properties.changed_by_run_id is 'The 
 comment on column mixpanel_sync.subscriber_properties.line_hash is 'md5 of the run''s project_timezone and the staged line that last set the row''s content: a later identical line is recognised as unchanged without being parsed. Moves only with the content. Set it to null after editing a row by hand, and in any migration that changes how lines are parsed.';
 comment on column mixpanel_sync.subscriber_properties.first_synced_at is 'When a sync first inserted this profile.';
 comment on column mixpanel_sync.subscriber_properties.updated_at is 'When a sync last changed the row''s content. Moves only on a real change; when unchanged profiles were last checked is the finished_at of the latest succeeded profiles run in sync_runs.';
+comment on column mixpanel_sync.subscriber_properties.project_id is 'The project (mixpanel_sync.projects.id); it leads the key.';
 alter table mixpanel_sync.subscriber_properties enable row level security;
 create policy mixpanel_sync_loader_all on mixpanel_sync.subscriber_properties as permissive for all to mixpanel_sync_loader using (true) with check (true);
 comment on policy mixpanel_sync_loader_all on mixpanel_sync.subscriber_properties is 'The loader reads and writes every row: RLS is on only so that roles without a policy (anon, authenticated) see nothing.';
@@ -336,9 +382,11 @@ create table mixpanel_sync.subscribers (
   last_event_at timestamp with time zone not null,
   event_counts jsonb not null,
   updated_at timestamp with time zone default now() not null,
-  constraint subscribers_pkey PRIMARY KEY (distinct_id)
+  project_id smallint not null,
+  constraint subscribers_pkey PRIMARY KEY (project_id, distinct_id)
 );
 comment on table mixpanel_sync.subscribers is 'Per-user summary, a pure function of events_daily; updated_at moves only when the summary changes.';
+comment on column mixpanel_sync.subscribers.project_id is 'The project (mixpanel_sync.projects.id); it leads the key.';
 CREATE TRIGGER subscribers_count_delete AFTER DELETE ON mixpanel_sync.subscribers REFERENCING OLD TABLE AS removed FOR EACH STATEMENT EXECUTE FUNCTION mixpanel_sync.count_subscribers();
 comment on trigger subscribers_count_delete on mixpanel_sync.subscribers is 'Keeps mixpanel_sync.subscriber_count exact (rows deleted).';
 CREATE TRIGGER subscribers_count_insert AFTER INSERT ON mixpanel_sync.subscribers REFERENCING NEW TABLE AS added FOR EACH STATEMENT EXECUTE FUNCTION mixpanel_sync.count_subscribers();
@@ -407,8 +455,10 @@ create table mixpanel_sync.sync_runs (
   reattributed_events bigint,
   no_user bigint,
   not_selected bigint,
+  project_id smallint not null,
   constraint sync_runs_mode_check CHECK ((mode = ANY (ARRAY['full'::text, 'incremental'::text]))),
   constraint sync_runs_pkey PRIMARY KEY (id),
+  constraint sync_runs_project_id_fkey FOREIGN KEY (project_id) REFERENCES mixpanel_sync.projects(id),
   constraint sync_runs_source_check CHECK ((source = ANY (ARRAY['events'::text, 'profiles'::text, 'cohorts'::text]))),
   constraint sync_runs_status_check CHECK ((status = ANY (ARRAY['running'::text, 'succeeded'::text, 'failed'::text, 'abandoned'::text])))
 );
@@ -424,10 +474,11 @@ comment on column mixpanel_sync.sync_runs.links_learned is 'Identity merge (iden
 comment on column mixpanel_sync.sync_runs.reattributed_events is 'Identity merge: events this run moved from an alias to its canonical id in events_daily (events counted under both ids, found by the ledger, are counted once and not here). Null when identity.mode was off.';
 comment on column mixpanel_sync.sync_runs.no_user is 'Events runs: valid events with no distinct_id (absent, null or ""): not applied to the aggregates and not rejects; kept in the raw table (distinct_id '''' in event_ledger) when events.store_raw is on. received = applied + duplicates + too_old + rejected + no_user + not_selected.';
 comment on column mixpanel_sync.sync_runs.not_selected is 'Events runs: valid events whose name is outside the run''s selection (options -> ''events''), ignored. received = applied + duplicates + too_old + rejected + no_user + not_selected.';
-CREATE UNIQUE INDEX sync_runs_one_running_per_source_idx ON mixpanel_sync.sync_runs USING btree (source) WHERE (status = 'running'::text);
-comment on index mixpanel_sync.sync_runs_one_running_per_source_idx is 'At most one running run per source: two begin_run calls racing for the same source cannot both start (MP002).';
+comment on column mixpanel_sync.sync_runs.project_id is 'The project the run belongs to. Run ids are global: run_events, sync_rejects and the staging tables belong to their run''s project.';
+CREATE UNIQUE INDEX sync_runs_one_running_per_source_idx ON mixpanel_sync.sync_runs USING btree (project_id, source) WHERE (status = 'running'::text);
+comment on index mixpanel_sync.sync_runs_one_running_per_source_idx is 'At most one running run per project and source: two begin_run calls racing for the same source of a project cannot both start (MP002).';
 CREATE INDEX sync_runs_running_idx ON mixpanel_sync.sync_runs USING btree (started_at) WHERE (status = 'running'::text);
-CREATE INDEX sync_runs_source_started_at_idx ON mixpanel_sync.sync_runs USING btree (source, started_at DESC);
+CREATE INDEX sync_runs_source_started_at_idx ON mixpanel_sync.sync_runs USING btree (project_id, source, started_at DESC);
 CREATE TRIGGER sync_runs_record_subscriber_count BEFORE UPDATE OF status ON mixpanel_sync.sync_runs FOR EACH ROW WHEN (((new.source = 'events'::text) AND (new.status = 'succeeded'::text) AND (old.status IS DISTINCT FROM 'succeeded'::text))) EXECUTE FUNCTION mixpanel_sync.record_subscriber_count();
 comment on trigger sync_runs_record_subscriber_count on mixpanel_sync.sync_runs is 'Records options.subscribers on each events run as it succeeds (mixpanel_sync.record_subscriber_count).';
 alter table mixpanel_sync.sync_runs enable row level security;
@@ -435,16 +486,36 @@ create policy mixpanel_sync_loader_all on mixpanel_sync.sync_runs as permissive 
 comment on policy mixpanel_sync_loader_all on mixpanel_sync.sync_runs is 'The loader reads and writes every row: RLS is on only so that roles without a policy (anon, authenticated) see nothing.';
 grant delete, insert, select, truncate, update on table mixpanel_sync.sync_runs to mixpanel_sync_loader;
 
-create table mixpanel_sync.sync_settings (
+create table mixpanel_sync.sync_setting_defaults (
   key text not null,
   value text not null,
   kind text not null,
   description text not null,
+  constraint sync_setting_defaults_key_kind_key UNIQUE (key, kind),
+  constraint sync_setting_defaults_kind_check CHECK ((kind = ANY (ARRAY['interval'::text, 'interval_or_forever'::text, 'integer'::text, 'numeric'::text, 'ratio'::text, 'on_off'::text, 'set_loop'::text, 'identity_mode'::text, 'event_names'::text]))),
+  constraint sync_setting_defaults_pkey PRIMARY KEY (key),
+  constraint sync_setting_defaults_value_valid CHECK (mixpanel_sync.setting_value_is_valid(kind, value))
+);
+comment on table mixpanel_sync.sync_setting_defaults is 'Every setting: its kind, its description and the value a new project starts with (create_project copies them into sync_settings). A migration that adds a setting inserts its row here, then one sync_settings row per project. Change a project''s value in sync_settings, not here.';
+comment on constraint sync_setting_defaults_kind_check on mixpanel_sync.sync_setting_defaults is 'The kinds mixpanel_sync.setting_value_is_valid knows.';
+alter table mixpanel_sync.sync_setting_defaults enable row level security;
+create policy mixpanel_sync_loader_read on mixpanel_sync.sync_setting_defaults as permissive for select to mixpanel_sync_loader using (true);
+comment on policy mixpanel_sync_loader_read on mixpanel_sync.sync_setting_defaults is 'The loader reads the settings'' descriptions; only the owner (the DBA) changes them.';
+grant select on table mixpanel_sync.sync_setting_defaults to mixpanel_sync_loader;
+
+create table mixpanel_sync.sync_settings (
+  key text not null,
+  value text not null,
+  kind text not null,
+  project_id smallint not null,
+  constraint sync_settings_key_kind_fkey FOREIGN KEY (key, kind) REFERENCES mixpanel_sync.sync_setting_defaults(key, kind),
   constraint sync_settings_kind_check CHECK ((kind = ANY (ARRAY['interval'::text, 'interval_or_forever'::text, 'integer'::text, 'numeric'::text, 'ratio'::text, 'on_off'::text, 'set_loop'::text, 'identity_mode'::text, 'event_names'::text]))),
-  constraint sync_settings_pkey PRIMARY KEY (key),
+  constraint sync_settings_pkey PRIMARY KEY (project_id, key),
+  constraint sync_settings_project_id_fkey FOREIGN KEY (project_id) REFERENCES mixpanel_sync.projects(id),
   constraint sync_settings_value_valid CHECK (mixpanel_sync.setting_value_is_valid(kind, value))
 );
-comment on table mixpanel_sync.sync_settings is 'Tunables and rollback switches. Each takes effect on the next run; values are checked on write.';
+comment on table mixpanel_sync.sync_settings is 'Tunables and rollback switches, one row per project and setting (kinds and descriptions: sync_setting_defaults). Each takes effect on the next run of its project; values are checked on write. update mixpanel_sync.sync_settings set value = ''14 days'' where project_id = mixpanel_sync.project_id(''eu_app'') and key = ''events.ledger_retention'';';
+comment on column mixpanel_sync.sync_settings.project_id is 'The project (mixpanel_sync.projects.id) the value is for.';
 comment on constraint sync_settings_kind_check on mixpanel_sync.sync_settings is 'The kinds mixpanel_sync.setting_value_is_valid knows.';
 alter table mixpanel_sync.sync_settings enable row level security;
 create policy mixpanel_sync_loader_read on mixpanel_sync.sync_settings as permissive for select to mixpanel_sync_loader using (true);
@@ -457,13 +528,16 @@ create table mixpanel_sync.sync_watermarks (
   processing_watermark timestamp with time zone,
   run_id bigint,
   updated_at timestamp with time zone default now() not null,
-  constraint sync_watermarks_pkey PRIMARY KEY (source),
+  project_id smallint not null,
+  constraint sync_watermarks_pkey PRIMARY KEY (project_id, source),
+  constraint sync_watermarks_project_id_fkey FOREIGN KEY (project_id) REFERENCES mixpanel_sync.projects(id),
   constraint sync_watermarks_run_id_fkey FOREIGN KEY (run_id) REFERENCES mixpanel_sync.sync_runs(id) ON DELETE SET NULL,
   constraint sync_watermarks_source_check CHECK ((source = ANY (ARRAY['events'::text, 'profiles'::text])))
 );
 comment on table mixpanel_sync.sync_watermarks is 'High-water marks, moved only by finish_run in the data''s own transaction and never past the run''s fetch_to.';
 comment on column mixpanel_sync.sync_watermarks.watermark is 'Latest event time applied (capped at the run''s fetch_to). Incremental runs start at watermark - events.overlap.';
 comment on column mixpanel_sync.sync_watermarks.processing_watermark is 'Latest mp_processing_time_ms applied (capped at fetch_to): late-arriving events are those processed after it.';
+comment on column mixpanel_sync.sync_watermarks.project_id is 'The project (mixpanel_sync.projects.id); one watermark per project and source.';
 alter table mixpanel_sync.sync_watermarks enable row level security;
 create policy mixpanel_sync_loader_all on mixpanel_sync.sync_watermarks as permissive for all to mixpanel_sync_loader using (true) with check (true);
 comment on policy mixpanel_sync_loader_all on mixpanel_sync.sync_watermarks is 'The loader reads and writes every row: RLS is on only so that roles without a policy (anon, authenticated) see nothing.';
@@ -478,7 +552,8 @@ create view mixpanel_sync.raw_events with (security_invoker=true) as
     l.processing_time_ms AS mp_processing_time_ms,
     l.properties,
     l.event_key,
-    l.run_id
+    l.run_id,
+    l.project_id
    FROM mixpanel_sync.event_ledger l
   WHERE l.properties IS NOT NULL AND l.distinct_id <> ''::text
 UNION ALL
@@ -490,10 +565,11 @@ UNION ALL
     l.processing_time_ms AS mp_processing_time_ms,
     l.properties,
     l.event_key,
-    l.run_id
+    l.run_id,
+    l.project_id
    FROM mixpanel_sync.event_ledger l
   WHERE l.properties IS NOT NULL AND l.distinct_id = ''::text;
-comment on view mixpanel_sync.raw_events is 'The raw events kept with events.store_raw = on: one row per distinct event (deduplicated like the aggregates: by distinct_id and event_key), with its $insert_id, mp_processing_time_ms and whole properties. distinct_id is null for events with no distinct_id (counted no_user, not in events_daily). Filter on day to read only the partitions needed; README "Raw events" has recipes.';
+comment on view mixpanel_sync.raw_events is 'The raw events kept with events.store_raw = on: one row per distinct event (deduplicated like the aggregates: by project, distinct_id and event_key), with its $insert_id, mp_processing_time_ms, whole properties and project_id. distinct_id is null for events with no distinct_id (counted no_user, not in events_daily). Filter on project_id and day to read only the rows and partitions needed; README "Raw events" has recipes.';
 grant select on table mixpanel_sync.raw_events to mixpanel_sync_loader;
 grant select on table mixpanel_sync.raw_events to mixpanel_sync_reader;
 
@@ -570,7 +646,7 @@ create view mixpanel_sync.staged_profiles_parsed with (security_invoker=true) as
 comment on view mixpanel_sync.staged_profiles_parsed is 'Staged Engage profiles parsed: distinct_id (a number is read as its text), properties without null/"" values, the typed reserved properties, reject_reason (null when usable; a line staged with a problem is rejected with it) and line_no. Dates are read in the run''s project_timezone, else UTC.';
 grant select on table mixpanel_sync.staged_profiles_parsed to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.abandon_stale_runs()
+CREATE OR REPLACE FUNCTION mixpanel_sync.abandon_stale_runs(project_id smallint)
  RETURNS SETOF mixpanel_sync.sync_runs
  LANGUAGE plpgsql
  SET search_path TO ''
@@ -585,9 +661,9 @@ begin
       finished_at = now(),
       total_ms = (extract(epoch from now() - r.started_at) * 1000)::bigint,
       error = 'abandoned: still running after runs.abandon_after ('
-        || mixpanel_sync.setting('runs.abandon_after') || '); its loader is presumed dead'
-    where r.status = 'running'
-      and r.started_at < now() - mixpanel_sync.setting('runs.abandon_after')::interval
+        || mixpanel_sync.setting(abandon_stale_runs.project_id, 'runs.abandon_after') || '); its loader is presumed dead'
+    where r.project_id = abandon_stale_runs.project_id and r.status = 'running'
+      and r.started_at < now() - mixpanel_sync.setting(abandon_stale_runs.project_id, 'runs.abandon_after')::interval
     returning r.*
   loop
     perform mixpanel_sync.drop_staged_rows(stale.id);
@@ -595,8 +671,8 @@ begin
   end loop;
 end;
 $function$;
-comment on function mixpanel_sync.abandon_stale_runs() is 'Marks runs left running longer than runs.abandon_after as abandoned and drops their staged rows. Called by begin_run.';
-grant execute on function mixpanel_sync.abandon_stale_runs() to mixpanel_sync_loader;
+comment on function mixpanel_sync.abandon_stale_runs(project_id smallint) is 'Marks the project''s runs left running longer than runs.abandon_after as abandoned and drops their staged rows. Called by begin_run (and begin_cohorts_run) of the project: another project''s runs are never touched.';
+grant execute on function mixpanel_sync.abandon_stale_runs(project_id smallint) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.add_event_counts(counts jsonb, more jsonb)
  RETURNS jsonb
@@ -618,7 +694,8 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.apply_identity(run_id bigint)
  SET jit TO 'off'
 AS $function$
 declare
-  mode text := mixpanel_sync.identity_mode();
+  pid smallint := (select r.project_id from mixpanel_sync.sync_runs r where r.id = apply_identity.run_id);
+  mode text := mixpanel_sync.identity_mode(pid);
   learned record;
   moved jsonb;
   rewritten bigint;
@@ -627,14 +704,14 @@ begin
     return jsonb_build_object('identity_mode', mode);
   end if;
   learned := mixpanel_sync.learn_identity_links(run_id, mode);
-  moved := case mixpanel_sync.setting('events.upsert_path')
-    when 'loop' then mixpanel_sync.reattribute_identities_loop(learned.from_ids, learned.to_ids)
-    else mixpanel_sync.reattribute_identities(learned.from_ids, learned.to_ids)
+  moved := case mixpanel_sync.setting(pid, 'events.upsert_path')
+    when 'loop' then mixpanel_sync.reattribute_identities_loop(pid, learned.from_ids, learned.to_ids)
+    else mixpanel_sync.reattribute_identities(pid, learned.from_ids, learned.to_ids)
   end;
   -- The run's events under canonical ids: the apply path that follows deduplicates (canonical id, key).
   update mixpanel_sync.run_events e set distinct_id = l.canonical
   from mixpanel_sync.identity_links l
-  where e.run_id = apply_identity.run_id and l.alias = e.distinct_id and l.canonical <> l.alias;
+  where l.project_id = pid and e.run_id = apply_identity.run_id and l.alias = e.distinct_id and l.canonical <> l.alias;
   get diagnostics rewritten = row_count;
   return jsonb_build_object('identity_mode', mode, 'links_learned', learned.links_learned,
     'events_resolved', rewritten) || moved;
@@ -643,21 +720,22 @@ $function$;
 comment on function mixpanel_sync.apply_identity(run_id bigint) is 'The identity step of finish_events_run (after parsing into run_events, before REPLACE/ADD), when identity.mode is not off: learns the run''s links (learn_identity_links), moves the aggregate rows of ids no longer canonical (reattribute_identities, or its _loop twin when events.upsert_path = loop), and rewrites run_events.distinct_id of the run to canonical ids. Returns {identity_mode, links_learned, events_resolved, reattributed_events, reattributed_duplicates, reattributed_ledger_rows, reattributed_raw_events, reattributed_profiles}; with mode off only {identity_mode} and nothing is changed. The caller merges it into sync_runs.options and sets sync_runs.links_learned and reattributed_events from it.';
 grant execute on function mixpanel_sync.apply_identity(run_id bigint) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.begin_cohorts_run(clock timestamp with time zone DEFAULT now())
+CREATE OR REPLACE FUNCTION mixpanel_sync.begin_cohorts_run(clock timestamp with time zone DEFAULT now(), project text DEFAULT NULL::text)
  RETURNS mixpanel_sync.sync_runs
  LANGUAGE plpgsql
  SET search_path TO ''
 AS $function$
 declare
+  pid smallint := mixpanel_sync.project_id(begin_cohorts_run.project);
   run mixpanel_sync.sync_runs;
   other mixpanel_sync.sync_runs;
 begin
   if clock is null then
     raise exception 'begin_cohorts_run: clock must not be null' using errcode = 'MP004', hint = 'leave clock out to use now()';
   end if;
-  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.begin_run:cohorts', 0));
-  perform mixpanel_sync.abandon_stale_runs();
-  select * into other from mixpanel_sync.sync_runs r where r.source = 'cohorts' and r.status = 'running' order by r.started_at limit 1;
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.begin_run:' || pid || ':cohorts', 0));
+  perform mixpanel_sync.abandon_stale_runs(pid);
+  select * into other from mixpanel_sync.sync_runs r where r.project_id = pid and r.source = 'cohorts' and r.status = 'running' order by r.started_at limit 1;
   if found then
     raise exception 'begin_cohorts_run: run % of source cohorts is running (started % ago); one cohorts run at a time',
       other.id, justify_interval(date_trunc('second', now() - other.started_at))
@@ -668,23 +746,26 @@ begin
   delete from mixpanel_sync.staged_cohorts s where not exists (select from mixpanel_sync.sync_runs r where r.id = s.run_id and r.status = 'running');
   delete from mixpanel_sync.staged_cohort_members s where not exists (select from mixpanel_sync.sync_runs r where r.id = s.run_id and r.status = 'running');
   delete from mixpanel_sync.staged_cohort_fetches s where not exists (select from mixpanel_sync.sync_runs r where r.id = s.run_id and r.status = 'running');
-  insert into mixpanel_sync.sync_runs (source, mode, fetch_to, options)
-  values ('cohorts', 'full', clock, jsonb_build_object('mode_reason', 'cohorts are always read whole',
+  insert into mixpanel_sync.sync_runs (project_id, source, mode, fetch_to, options)
+  values (pid, 'cohorts', 'full', clock, jsonb_build_object('mode_reason', 'cohorts are always read whole',
     'owner', jsonb_build_object('pid', pg_catalog.pg_backend_pid())))
   returning * into run;
   return run;
 end;
 $function$;
-comment on function mixpanel_sync.begin_cohorts_run(clock timestamp with time zone) is 'Begins a cohorts run (source ''cohorts'', always whole): refuses with MP002 while another cohorts run is running, abandons stale runs and clears staged rows of cohorts runs that ended without finishing.';
-grant execute on function mixpanel_sync.begin_cohorts_run(clock timestamp with time zone) to mixpanel_sync_loader;
+comment on function mixpanel_sync.begin_cohorts_run(clock timestamp with time zone, project text) is 'Begins a cohorts run (source ''cohorts'', always whole): refuses with MP002 while another cohorts run of the project is running (project: its name; null: the only project), abandons stale runs and clears staged rows of cohorts runs that ended without finishing.';
+grant execute on function mixpanel_sync.begin_cohorts_run(clock timestamp with time zone, project text) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.begin_run(source text, force_full boolean DEFAULT false, clock timestamp with time zone DEFAULT now(), project_timezone text DEFAULT NULL::text, resync_from date DEFAULT NULL::date, resync_to date DEFAULT NULL::date, allow_shrink boolean DEFAULT false, events text[] DEFAULT NULL::text[])
+CREATE OR REPLACE FUNCTION mixpanel_sync.begin_run(source text, force_full boolean DEFAULT false, clock timestamp with time zone DEFAULT now(), project_timezone text DEFAULT NULL::text, resync_from date DEFAULT NULL::date, resync_to date DEFAULT NULL::date, allow_shrink boolean DEFAULT false, events text[] DEFAULT NULL::text[], project text DEFAULT NULL::text, mixpanel_project_id bigint DEFAULT NULL::bigint)
  RETURNS mixpanel_sync.sync_runs
  LANGUAGE plpgsql
  SET search_path TO ''
  SET jit TO 'off'
 AS $function$
 declare
+  -- the project: named, or the only one (MP004 otherwise)
+  pid smallint := mixpanel_sync.project_id(begin_run.project);
+  project_row mixpanel_sync.projects;
   mark mixpanel_sync.sync_watermarks;
   run mixpanel_sync.sync_runs;
   other mixpanel_sync.sync_runs;
@@ -693,7 +774,7 @@ declare
   new_id bigint;
   owner jsonb;
   clock_day date;
-  heartbeat_timeout interval := mixpanel_sync.setting('runs.heartbeat_timeout')::interval;
+  heartbeat_timeout interval := mixpanel_sync.setting(pid, 'runs.heartbeat_timeout')::interval;
   standing jsonb;
   selection jsonb;
   selected jsonb := '{}';
@@ -706,6 +787,24 @@ begin
     raise exception 'begin_run: clock must not be null' using errcode = 'MP004', hint = 'leave clock out to use now()';
   end if;
   clock_day := (clock at time zone 'UTC')::date;
+  -- The project's own timezone when none is given; a different one is a configuration error.
+  select * into project_row from mixpanel_sync.projects p where p.id = pid;
+  if project_timezone is null then
+    project_timezone := project_row.timezone;
+  elsif project_row.timezone is not null and project_timezone <> project_row.timezone then
+    raise exception 'begin_run: project_timezone % differs from project %''s timezone %', quote_literal(project_timezone),
+      quote_literal(project_row.name), quote_literal(project_row.timezone)
+      using errcode = 'MP004', hint = 'leave project_timezone out to use the project''s (CLI: unset MIXPANEL_PROJECT_TIMEZONE), or change mixpanel_sync.projects.timezone';
+  end if;
+  if begin_run.mixpanel_project_id is not null and project_row.mixpanel_project_id is distinct from begin_run.mixpanel_project_id
+    and (project_row.mixpanel_project_id is not null
+      or exists (select from mixpanel_sync.projects p where p.mixpanel_project_id = begin_run.mixpanel_project_id)) then
+    raise exception 'begin_run: Mixpanel project % is not the Mixpanel project of project % (%)', begin_run.mixpanel_project_id,
+      quote_literal(project_row.name), coalesce(project_row.mixpanel_project_id::text,
+        'Mixpanel project ' || begin_run.mixpanel_project_id || ' is project ' || (select quote_literal(p.name) from mixpanel_sync.projects p
+          where p.mixpanel_project_id = begin_run.mixpanel_project_id))
+      using errcode = 'MP004', hint = 'a project''s rows come from one Mixpanel project: check MIXPANEL_PROJECT_ID and --project (MIXPANEL_PROJECT)';
+  end if;
   if project_timezone is not null
     and not exists (select from pg_catalog.pg_timezone_names z where z.name = project_timezone) then
     raise exception 'begin_run: unknown project timezone %', quote_literal(project_timezone)
@@ -743,10 +842,15 @@ begin
       using errcode = 'MP004', hint = 'without resync_to a resync covers resync_from only';
   end if;
 
-  -- One begin_run per source at a time: the check and the insert below cannot interleave with another's.
-  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.begin_run:' || source, 0));
+  -- One begin_run per project and source at a time: the check and the insert below cannot interleave with another's.
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.begin_run:' || pid || ':' || source, 0));
+  -- The project's first run records its Mixpanel project id (checked above; the unique key guards a race).
+  if begin_run.mixpanel_project_id is not null and project_row.mixpanel_project_id is null then
+    update mixpanel_sync.projects p set mixpanel_project_id = begin_run.mixpanel_project_id
+    where p.id = pid and p.mixpanel_project_id is null;
+  end if;
 
-  perform mixpanel_sync.abandon_stale_runs();
+  perform mixpanel_sync.abandon_stale_runs(pid);
   new_id := pg_catalog.nextval(pg_catalog.pg_get_serial_sequence('mixpanel_sync.sync_runs', 'id'));
 
   -- A running run whose loader is gone is abandoned now, not after runs.abandon_after: its owner session (the one that
@@ -756,7 +860,7 @@ begin
   -- heartbeat keeps such a run alive. A run that never had a heartbeat (psql) is judged by its owner session alone.
   for other in
     select * from mixpanel_sync.sync_runs r
-    where r.source = begin_run.source and r.status = 'running'
+    where r.project_id = pid and r.source = begin_run.source and r.status = 'running'
       and r.options -> 'owner' ->> 'pid' is not null
       and (r.heartbeat_at is null or r.heartbeat_at < now() - heartbeat_timeout
         -- no beat since the server (re)started: the loader's connections died with it (pg_ctl stop -m immediate)
@@ -785,7 +889,7 @@ begin
   end loop;
 
   select * into other from mixpanel_sync.sync_runs r
-  where r.source = begin_run.source and r.status = 'running'
+  where r.project_id = pid and r.source = begin_run.source and r.status = 'running'
   order by r.started_at limit 1;
   if found then
     raise exception 'begin_run: run % of source % is running (started % ago, by pid %); one % run at a time',
@@ -793,7 +897,7 @@ begin
       coalesce(other.options -> 'owner' ->> 'pid', '?'), source
       using errcode = 'MP002',
         hint = format('wait for it to finish (CLI: --wait SECONDS); if its loader is dead: select mixpanel_sync.fail_run(%s, ''loader died''); '
-          'runs still running after runs.abandon_after (%s) are abandoned by the next begin_run', other.id, mixpanel_sync.setting('runs.abandon_after'));
+          'runs still running after runs.abandon_after (%s) are abandoned by the next begin_run', other.id, mixpanel_sync.setting(pid, 'runs.abandon_after'));
   end if;
 
   owner := jsonb_build_object('pid', pg_catalog.pg_backend_pid(),
@@ -801,9 +905,9 @@ begin
 
   begin
     if source = 'profiles' then
-      insert into mixpanel_sync.sync_runs (id, source, mode, fetch_to, project_timezone, options)
+      insert into mixpanel_sync.sync_runs (id, project_id, source, mode, fetch_to, project_timezone, options)
       overriding system value
-      values (new_id, 'profiles', 'full', clock, project_timezone,
+      values (new_id, pid, 'profiles', 'full', clock, project_timezone,
         jsonb_build_object('mode_reason', 'profiles are always read whole', 'owner', owner))
       returning * into run;
       return run;
@@ -814,7 +918,7 @@ begin
     -- (skip_reason 'not_selected'), the REPLACE (clears only these names) and the loader's Export API request read.
     -- A selection that leaves out a name the standing selection (events.only; [] = every name) syncs did not fetch
     -- that name's events: options->'keeps_watermark' tells finish_run to leave the watermark as it is.
-    standing := coalesce(mixpanel_sync.setting('events.only')::jsonb, '[]');
+    standing := coalesce(mixpanel_sync.setting(pid, 'events.only')::jsonb, '[]');
     selection := case when events is null then standing
       else (select coalesce(jsonb_agg(distinct to_jsonb(n.name)), '[]') from unnest(events) n (name)) end;
     selection := (select coalesce(jsonb_agg(e.name order by e.name #>> '{}' collate "C"), '[]')
@@ -826,43 +930,43 @@ begin
       end if;
     end if;
 
-    select * into mark from mixpanel_sync.sync_watermarks w where w.source = 'events';
-    horizon := mixpanel_sync.horizon_day(clock, mixpanel_sync.setting('events.ledger_retention')::interval);
+    select * into mark from mixpanel_sync.sync_watermarks w where w.project_id = pid and w.source = 'events';
+    horizon := mixpanel_sync.horizon_day(clock, mixpanel_sync.setting(pid, 'events.ledger_retention')::interval);
     reason := case
       when force_full then 'forced'
-      when mixpanel_sync.setting('events.incremental') = 'off' then 'events.incremental is off'
+      when mixpanel_sync.setting(pid, 'events.incremental') = 'off' then 'events.incremental is off'
       when mark.watermark is null then 'no watermark yet'
-      when mark.watermark - mixpanel_sync.setting('events.overlap')::interval < horizon::timestamp at time zone 'UTC'
+      when mark.watermark - mixpanel_sync.setting(pid, 'events.overlap')::interval < horizon::timestamp at time zone 'UTC'
         then 'watermark is older than the ledger retention'
     end;
 
     if resync_from is not null then
       -- REPLACE of exactly these days (resync_from alone: that day); the loader fetches them and nothing after them.
       insert into mixpanel_sync.sync_runs
-        (id, source, mode, fetch_from, fetch_to, window_from_day, window_to_day, project_timezone, options)
+        (id, project_id, source, mode, fetch_from, fetch_to, window_from_day, window_to_day, project_timezone, options)
       overriding system value
-      select new_id, 'events', 'full', resync_from::timestamp at time zone 'UTC',
+      select new_id, pid, 'events', 'full', resync_from::timestamp at time zone 'UTC',
         least(clock, (w.to_day + 1)::timestamp at time zone 'UTC' - interval '1 second'), resync_from, w.to_day,
         project_timezone, jsonb_build_object('mode_reason', 'resync', 'allow_shrink', coalesce(allow_shrink, false), 'owner', owner) || selected
       from (select coalesce(resync_to, resync_from) as to_day) w
       returning * into run;
     elsif reason is not null then
       insert into mixpanel_sync.sync_runs
-        (id, source, mode, fetch_from, fetch_to, window_from_day, window_to_day, project_timezone, options)
+        (id, project_id, source, mode, fetch_from, fetch_to, window_from_day, window_to_day, project_timezone, options)
       overriding system value
-      select new_id, 'events', 'full', w.from_day::timestamp at time zone 'UTC', clock, w.from_day, clock_day,
+      select new_id, pid, 'events', 'full', w.from_day::timestamp at time zone 'UTC', clock, w.from_day, clock_day,
         project_timezone, jsonb_build_object('mode_reason', reason, 'allow_shrink', coalesce(allow_shrink, false), 'owner', owner) || selected
-      from (select mixpanel_sync.horizon_day(clock, mixpanel_sync.setting('events.full_window')::interval) as from_day) w
+      from (select mixpanel_sync.horizon_day(clock, mixpanel_sync.setting(pid, 'events.full_window')::interval) as from_day) w
       returning * into run;
     else
       insert into mixpanel_sync.sync_runs
-        (id, source, mode, fetch_from, fetch_to, lookback_from, processed_after, project_timezone, options)
+        (id, project_id, source, mode, fetch_from, fetch_to, lookback_from, processed_after, project_timezone, options)
       overriding system value
-      select new_id, 'events', 'incremental', f.fetch_from, clock,
-        greatest(f.fetch_from - mixpanel_sync.setting('events.late_lookback')::interval, horizon::timestamp at time zone 'UTC'),
-        mark.processing_watermark - mixpanel_sync.setting('events.overlap')::interval,
+      select new_id, pid, 'events', 'incremental', f.fetch_from, clock,
+        greatest(f.fetch_from - mixpanel_sync.setting(pid, 'events.late_lookback')::interval, horizon::timestamp at time zone 'UTC'),
+        mark.processing_watermark - mixpanel_sync.setting(pid, 'events.overlap')::interval,
         project_timezone, jsonb_build_object('mode_reason', 'watermark', 'allow_shrink', coalesce(allow_shrink, false), 'owner', owner) || selected
-      from (select mark.watermark - mixpanel_sync.setting('events.overlap')::interval as fetch_from) f
+      from (select mark.watermark - mixpanel_sync.setting(pid, 'events.overlap')::interval as fetch_from) f
       returning * into run;
     end if;
   exception
@@ -874,15 +978,16 @@ begin
   return run;
 end;
 $function$;
-comment on function mixpanel_sync.begin_run(source text, force_full boolean, clock timestamp with time zone, project_timezone text, resync_from date, resync_to date, allow_shrink boolean, events text[]) is 'Starts a run (one short transaction) and decides its mode and window. Full when there is no watermark, when forced, when events.incremental is off, or when the watermark is older than the ledger retention; else incremental from watermark - events.overlap. clock is the run''s fetch_to. project_timezone: for projects that store local time. resync_from/resync_to: a full run that replaces exactly those UTC days (resync_from alone: that one day). allow_shrink: let this full run empty or shrink stored days (the REPLACE guard of finish_run, MP001, is off). events: this run''s selection of event names (CLI --event NAME); null: the setting events.only; an empty array: every event. The selection is recorded in options->''events'' (sorted, no repeats; absent = every event): other names are skipped as not_selected, a full run replaces only the selected names in its window, and the loader asks the Export API for just them. A selection that leaves out a name events.only syncs (every name when events.only is []) records options->''keeps_watermark'' = true: the run does not move the watermark, because the other names were not fetched. One run at a time per source: refused with MP002 while another is running (a unique index makes two racing calls safe); a running run is abandoned first when its loader is gone: its owner session (options->owner: pid, backend_start) no longer exists and its heartbeat (heartbeat_at, set by heartbeat_run) is absent, older than runs.heartbeat_timeout or older than the server''s start; any run still running after runs.abandon_after is abandoned too. Through a transaction pooler (pgbouncer) the owner session may close or outlive the loader: the loader''s heartbeat is what counts there. Invalid arguments: MP004 (e.g. force_full with resync_*, an empty or over-long event name, events for profiles).';
-grant execute on function mixpanel_sync.begin_run(source text, force_full boolean, clock timestamp with time zone, project_timezone text, resync_from date, resync_to date, allow_shrink boolean, events text[]) to mixpanel_sync_loader;
+comment on function mixpanel_sync.begin_run(source text, force_full boolean, clock timestamp with time zone, project_timezone text, resync_from date, resync_to date, allow_shrink boolean, events text[], project text, mixpanel_project_id bigint) is 'Starts a run (one short transaction) and decides its mode and window. Full when there is no watermark, when forced, when events.incremental is off, or when the watermark is older than the ledger retention; else incremental from watermark - events.overlap. clock is the run''s fetch_to. project_timezone: for projects that store local time. resync_from/resync_to: a full run that replaces exactly those UTC days (resync_from alone: that one day). allow_shrink: let this full run empty or shrink stored days (the REPLACE guard of finish_run, MP001, is off). events: this run''s selection of event names (CLI --event NAME); null: the setting events.only; an empty array: every event. The selection is recorded in options->''events'' (sorted, no repeats; absent = every event): other names are skipped as not_selected, a full run replaces only the selected names in its window, and the loader asks the Export API for just them. A selection that leaves out a name events.only syncs (every name when events.only is []) records options->''keeps_watermark'' = true: the run does not move the watermark, because the other names were not fetched. One run at a time per source: refused with MP002 while another is running (a unique index makes two racing calls safe); a running run is abandoned first when its loader is gone: its owner session (options->owner: pid, backend_start) no longer exists and its heartbeat (heartbeat_at, set by heartbeat_run) is absent, older than runs.heartbeat_timeout or older than the server''s start; any run still running after runs.abandon_after is abandoned too. Through a transaction pooler (pgbouncer) the owner session may close or outlive the loader: the loader''s heartbeat is what counts there. project: the project''s name (mixpanel_sync.projects; null: the only project, MP004 when there are several); its settings, watermark and runs are the ones read, and another project''s runs are never abandoned or waited for (one run at a time per project and source). project_timezone null: the project''s timezone; a different one is refused (MP004). mixpanel_project_id: the Mixpanel project the loader reads; recorded on the project''s first run, and a run of another Mixpanel project is refused (MP004). Invalid arguments: MP004 (e.g. force_full with resync_*, an empty or over-long event name, events for profiles).';
+grant execute on function mixpanel_sync.begin_run(source text, force_full boolean, clock timestamp with time zone, project_timezone text, resync_from date, resync_to date, allow_shrink boolean, events text[], project text, mixpanel_project_id bigint) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.begin_spot_check(users integer, seed text)
+CREATE OR REPLACE FUNCTION mixpanel_sync.begin_spot_check(users integer, seed text, project text DEFAULT NULL::text)
  RETURNS mixpanel_sync.spot_checks
  LANGUAGE plpgsql
  SET search_path TO ''
 AS $function$
 declare
+  pid smallint := mixpanel_sync.project_id(begin_spot_check.project);
   mark mixpanel_sync.sync_watermarks;
   zone text;
   chosen text[];
@@ -893,7 +998,7 @@ begin
     raise exception 'begin_spot_check: users must be at least 1 and seed not null' using errcode = 'invalid_parameter_value',
       hint = 'select * from mixpanel_sync.begin_spot_check(20, ''1'')';
   end if;
-  select * into mark from mixpanel_sync.sync_watermarks w where w.source = 'events';
+  select * into mark from mixpanel_sync.sync_watermarks w where w.project_id = pid and w.source = 'events';
   if mark.watermark is null then
     raise exception 'begin_spot_check: nothing synced yet (no events watermark)' using errcode = 'no_data_found',
       hint = 'run npm run sync:events first';
@@ -903,6 +1008,7 @@ begin
   from (
     select s.distinct_id, md5(begin_spot_check.seed || ':' || s.distinct_id) as h
     from mixpanel_sync.subscribers s
+    where s.project_id = pid
     order by 2, 1
     limit begin_spot_check.users
   ) s;
@@ -910,23 +1016,23 @@ begin
     raise exception 'begin_spot_check: no subscribers to check' using errcode = 'no_data_found', hint = 'run npm run sync:events first';
   end if;
   select r.project_timezone into zone from mixpanel_sync.sync_runs r
-  where r.source = 'events' and r.status = 'succeeded' order by r.finished_at desc, r.id desc limit 1;
+  where r.project_id = pid and r.source = 'events' and r.status = 'succeeded' order by r.finished_at desc, r.id desc limit 1;
   -- the names the sync keeps, as runs read them: the setting events.only, sorted ([] = every event)
   selection := (select coalesce(jsonb_agg(e.name order by e.name #>> '{}' collate "C"), '[]')
-    from jsonb_array_elements(coalesce(mixpanel_sync.setting('events.only')::jsonb, '[]')) e (name));
+    from jsonb_array_elements(coalesce(mixpanel_sync.setting(pid, 'events.only')::jsonb, '[]')) e (name));
   -- staged lines of checks that never finished
   delete from mixpanel_sync.staged_spot_check_events e
   where e.check_id in (select c.id from mixpanel_sync.spot_checks c where c.started_at < now() - interval '1 day');
-  insert into mixpanel_sync.spot_checks (seed, users, from_day, to_day, watermark, processing_watermark, project_timezone, events)
-  values (seed, chosen,
-    (mark.watermark at time zone 'UTC')::date - (extract(day from mixpanel_sync.setting('events.full_window')::interval)::integer - 1),
+  insert into mixpanel_sync.spot_checks (project_id, seed, users, from_day, to_day, watermark, processing_watermark, project_timezone, events)
+  values (pid, seed, chosen,
+    (mark.watermark at time zone 'UTC')::date - (extract(day from mixpanel_sync.setting(pid, 'events.full_window')::interval)::integer - 1),
     (mark.watermark at time zone 'UTC')::date, mark.watermark, mark.processing_watermark, zone, selection)
   returning * into check_row;
   return check_row;
 end;
 $function$;
-comment on function mixpanel_sync.begin_spot_check(users integer, seed text) is 'Begins a spot-check: picks `users` subscribers by md5(seed || '':'' || distinct_id) (the same seed picks the same users), and the synced window: the events.full_window days ending with the watermark''s UTC day; and the event names the sync keeps (the setting events.only, recorded in events: the loader asks the Export API for just them, and spot_check_differences compares just them).';
-grant execute on function mixpanel_sync.begin_spot_check(users integer, seed text) to mixpanel_sync_loader;
+comment on function mixpanel_sync.begin_spot_check(users integer, seed text, project text) is 'Begins a spot-check of a project (project: its name; null: the only project): picks `users` of its subscribers by md5(seed || '':'' || distinct_id) (the same seed picks the same users), and the synced window: the events.full_window days ending with the watermark''s UTC day; and the event names the sync keeps (the setting events.only, recorded in events: the loader asks the Export API for just them, and spot_check_differences compares just them).';
+grant execute on function mixpanel_sync.begin_spot_check(users integer, seed text, project text) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.cohort_list_rows(run_id bigint)
  RETURNS TABLE(line_id bigint, line jsonb, cohort_id bigint, reject_reason text)
@@ -975,20 +1081,125 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.count_subscribers()
 AS $function$
 begin
   if tg_op = 'TRUNCATE' then
-    update mixpanel_sync.subscriber_count c set subscribers = 0 where c.id;
+    update mixpanel_sync.subscriber_count c set subscribers = 0 where c.subscribers <> 0;
   elsif tg_op = 'INSERT' then
     -- of an INSERT ... ON CONFLICT DO UPDATE, the transition table holds only the rows inserted
-    update mixpanel_sync.subscriber_count c set subscribers = c.subscribers + (select count(*) from added)
-    where c.id and exists (select from added);
+    update mixpanel_sync.subscriber_count c set subscribers = c.subscribers + a.rows
+    from (select a.project_id, count(*) as rows from added a group by a.project_id) a
+    where c.project_id = a.project_id;
   else
-    update mixpanel_sync.subscriber_count c set subscribers = c.subscribers - (select count(*) from removed)
-    where c.id and exists (select from removed);
+    update mixpanel_sync.subscriber_count c set subscribers = c.subscribers - r.rows
+    from (select r.project_id, count(*) as rows from removed r group by r.project_id) r
+    where c.project_id = r.project_id;
   end if;
   return null;
 end;
 $function$;
-comment on function mixpanel_sync.count_subscribers() is 'Statement trigger of subscribers: moves subscriber_count by the rows the statement inserted (transition table added) or deleted (removed); a TRUNCATE sets it to 0. Updates do not change the count.';
+comment on function mixpanel_sync.count_subscribers() is 'Statement trigger of subscribers: moves each project''s subscriber_count row by the project''s rows the statement inserted (transition table added) or deleted (removed); a TRUNCATE sets every project''s to 0. Updates do not change the count.';
 grant execute on function mixpanel_sync.count_subscribers() to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.create_project(name text, mixpanel_project_id bigint DEFAULT NULL::bigint, region text DEFAULT 'us'::text, timezone text DEFAULT NULL::text)
+ RETURNS mixpanel_sync.projects
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+declare
+  created mixpanel_sync.projects;
+begin
+  if create_project.name is null or create_project.name !~ '^[a-z][a-z0-9_]{0,62}$' then
+    raise exception 'create_project: % is not a project name', coalesce(quote_literal(create_project.name), 'null')
+      using errcode = 'MP004', hint = 'lower-case letters, digits and _, starting with a letter, at most 63 characters: select mixpanel_sync.create_project(''eu_app'')';
+  end if;
+  if create_project.region is null or create_project.region not in ('us', 'eu', 'in') then
+    raise exception 'create_project: region must be us, eu or in, got %', coalesce(quote_literal(create_project.region), 'null')
+      using errcode = 'MP004', hint = 'the project''s data residency in Mixpanel (Project Settings)';
+  end if;
+  if create_project.timezone is not null
+    and not exists (select from pg_catalog.pg_timezone_names z where z.name = create_project.timezone) then
+    raise exception 'create_project: unknown timezone %', quote_literal(create_project.timezone)
+      using errcode = 'MP004', hint = 'use an IANA name such as America/Los_Angeles (select name from pg_timezone_names), or null for UTC';
+  end if;
+  if exists (select from mixpanel_sync.projects p where p.name = create_project.name) then
+    raise exception 'create_project: project % exists', quote_literal(create_project.name)
+      using errcode = 'MP004', hint = 'select * from mixpanel_sync.projects';
+  end if;
+  if exists (select from mixpanel_sync.projects p where p.mixpanel_project_id = create_project.mixpanel_project_id) then
+    raise exception 'create_project: Mixpanel project % is project %', create_project.mixpanel_project_id,
+      (select quote_literal(p.name) from mixpanel_sync.projects p where p.mixpanel_project_id = create_project.mixpanel_project_id)
+      using errcode = 'MP004', hint = 'one Mixpanel project is loaded into one project of this database';
+  end if;
+  insert into mixpanel_sync.projects (name, mixpanel_project_id, region, timezone)
+  values (create_project.name, create_project.mixpanel_project_id, create_project.region, create_project.timezone)
+  returning * into created;
+  insert into mixpanel_sync.sync_settings (project_id, key, value, kind)
+  select created.id, d.key, d.value, d.kind from mixpanel_sync.sync_setting_defaults d;
+  insert into mixpanel_sync.subscriber_count (project_id, subscribers) values (created.id, 0);
+  return created;
+end;
+$function$;
+comment on function mixpanel_sync.create_project(name text, mixpanel_project_id bigint, region text, timezone text) is 'Creates a project (mixpanel_sync.projects) with the default settings (sync_setting_defaults) and a subscriber count of 0; returns its row. name: lower-case letters, digits and _; mixpanel_project_id: null until its first run records it; region: us, eu or in; timezone: an IANA name for projects that export local time (null: UTC). Invalid arguments: MP004. For the DBA: not granted to mixpanel_sync_loader.';
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.drop_project(name text)
+ RETURNS bigint
+ LANGUAGE plpgsql
+ SET search_path TO ''
+ SET jit TO 'off'
+AS $function$
+declare
+  pid smallint := mixpanel_sync.project_id(drop_project.name);
+  running mixpanel_sync.sync_runs;
+  n bigint;
+  removed bigint := 0;
+begin
+  if drop_project.name is null then
+    raise exception 'drop_project: name the project to drop' using errcode = 'MP004', hint = 'select * from mixpanel_sync.projects';
+  end if;
+  if (select count(*) from mixpanel_sync.projects) = 1 then
+    raise exception 'drop_project: % is the only project', quote_literal(drop_project.name)
+      using errcode = 'MP004', hint = 'create another project first (mixpanel_sync.create_project), or drop the schema';
+  end if;
+  -- No run of the project may begin or finish meanwhile: the project's begin and finish locks.
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.begin_run:' || pid || ':cohorts', 0));
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.begin_run:' || pid || ':events', 0));
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.begin_run:' || pid || ':profiles', 0));
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.finish_run:' || pid, 0));
+  select * into running from mixpanel_sync.sync_runs r where r.project_id = pid and r.status = 'running' limit 1;
+  if found then
+    raise exception 'drop_project: run % of project % is running; nothing was deleted', running.id, quote_literal(drop_project.name)
+      using errcode = 'MP002', hint = format('wait for it to finish, or fail it: select mixpanel_sync.fail_run(%s, ''dropping the project'')', running.id);
+  end if;
+  delete from mixpanel_sync.cohort_members m where m.project_id = pid;
+  get diagnostics n = row_count; removed := removed + n;
+  delete from mixpanel_sync.cohorts c where c.project_id = pid;
+  get diagnostics n = row_count; removed := removed + n;
+  delete from mixpanel_sync.identity_links l where l.project_id = pid;
+  get diagnostics n = row_count; removed := removed + n;
+  delete from mixpanel_sync.events_daily d where d.project_id = pid;
+  get diagnostics n = row_count; removed := removed + n;
+  delete from mixpanel_sync.event_ledger l where l.project_id = pid;
+  get diagnostics n = row_count; removed := removed + n;
+  delete from mixpanel_sync.event_ledger_legacy l where l.project_id = pid;
+  get diagnostics n = row_count; removed := removed + n;
+  delete from mixpanel_sync.subscribers s where s.project_id = pid;
+  get diagnostics n = row_count; removed := removed + n;
+  delete from mixpanel_sync.subscriber_properties p where p.project_id = pid;
+  get diagnostics n = row_count; removed := removed + n;
+  delete from mixpanel_sync.sync_watermarks w where w.project_id = pid;
+  delete from mixpanel_sync.spot_checks c where c.project_id = pid;
+  delete from mixpanel_sync.run_events e where e.run_id in (select r.id from mixpanel_sync.sync_runs r where r.project_id = pid);
+  delete from mixpanel_sync.staged_events e where e.run_id in (select r.id from mixpanel_sync.sync_runs r where r.project_id = pid);
+  delete from mixpanel_sync.staged_profiles e where e.run_id in (select r.id from mixpanel_sync.sync_runs r where r.project_id = pid);
+  delete from mixpanel_sync.staged_cohorts e where e.run_id in (select r.id from mixpanel_sync.sync_runs r where r.project_id = pid);
+  delete from mixpanel_sync.staged_cohort_members e where e.run_id in (select r.id from mixpanel_sync.sync_runs r where r.project_id = pid);
+  delete from mixpanel_sync.staged_cohort_fetches e where e.run_id in (select r.id from mixpanel_sync.sync_runs r where r.project_id = pid);
+  delete from mixpanel_sync.sync_runs r where r.project_id = pid;
+  delete from mixpanel_sync.sync_settings s where s.project_id = pid;
+  delete from mixpanel_sync.subscriber_count c where c.project_id = pid;
+  delete from mixpanel_sync.projects p where p.id = pid;
+  return removed;
+end;
+$function$;
+comment on function mixpanel_sync.drop_project(name text) is 'Deletes a project and every row of it in every table (aggregates, ledger, profiles, identity map, cohorts, runs and their rejects and staged rows, watermarks, spot-checks, settings, subscriber count); returns the number of data rows deleted. Refused (MP002) while a run of the project is running, and (MP004) for the only project. For the DBA: not granted to mixpanel_sync_loader.';
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.drop_staged_cohort_rows(run_id bigint)
  RETURNS void
@@ -1144,6 +1355,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.finish_cohorts_run(run_id bigint)
  SET jit TO 'off'
 AS $function$
 declare
+  pid smallint := (select r.project_id from mixpanel_sync.sync_runs r where r.id = finish_cohorts_run.run_id);
   run mixpanel_sync.sync_runs;
   began timestamptz := clock_timestamp();
   n_list bigint;
@@ -1169,17 +1381,17 @@ begin
   select finish_cohorts_run.run_id, 'cohorts', l.line_id, l.line::text, l.reject_reason
   from mixpanel_sync.cohort_list_rows(run.id) l where l.reject_reason is not null;
 
-  if n_list > n_list_rejected or not exists (select from mixpanel_sync.cohorts) then
+  if n_list > n_list_rejected or not exists (select from mixpanel_sync.cohorts c where c.project_id = pid) then
     -- The list is whole: cohorts no longer in it are deleted (their members with them).
     delete from mixpanel_sync.cohorts c
-    where not exists (select from mixpanel_sync.cohort_list_rows(run.id) l where l.reject_reason is null and l.cohort_id = c.cohort_id);
+    where c.project_id = pid and not exists (select from mixpanel_sync.cohort_list_rows(run.id) l where l.reject_reason is null and l.cohort_id = c.cohort_id);
     get diagnostics n_cohorts_removed = row_count;
   else
     n_cohorts_removed := 0; -- an empty list over stored cohorts: nothing is deleted (see the run's options)
   end if;
 
-  insert into mixpanel_sync.cohorts as c (cohort_id, name, description, member_count, is_visible, created_at, properties, changed_by_run_id, synced_at)
-  select distinct on (l.cohort_id) l.cohort_id, l.line ->> 'name', l.line ->> 'description',
+  insert into mixpanel_sync.cohorts as c (project_id, cohort_id, name, description, member_count, is_visible, created_at, properties, changed_by_run_id, synced_at)
+  select distinct on (l.cohort_id) pid, l.cohort_id, l.line ->> 'name', l.line ->> 'description',
     case when (l.line ->> 'count') ~ '^[0-9]{1,18}$' then (l.line ->> 'count')::bigint end,
     case when jsonb_typeof(l.line -> 'is_visible') = 'number' then (l.line ->> 'is_visible') <> '0'
       when jsonb_typeof(l.line -> 'is_visible') = 'boolean' then (l.line ->> 'is_visible')::boolean end,
@@ -1188,7 +1400,7 @@ begin
   from mixpanel_sync.cohort_list_rows(run.id) l
   where l.reject_reason is null
   order by l.cohort_id, l.line_id desc
-  on conflict (cohort_id) do update set
+  on conflict (project_id, cohort_id) do update set
     name = excluded.name, description = excluded.description, member_count = excluded.member_count,
     is_visible = excluded.is_visible, created_at = excluded.created_at, properties = excluded.properties,
     changed_by_run_id = excluded.changed_by_run_id, synced_at = excluded.synced_at
@@ -1200,15 +1412,15 @@ begin
   select count(*), count(*) filter (where r.reject_reason is not null),
     count(*) filter (where r.reject_reason is null) - count(distinct (r.cohort_id, r.distinct_id)) filter (where r.reject_reason is null)
   into n_received, n_rejected, n_duplicates
-  from mixpanel_sync.cohort_member_rows(run.id) r join mixpanel_sync.cohorts c0 on c0.cohort_id = r.cohort_id;
+  from mixpanel_sync.cohort_member_rows(run.id) r join mixpanel_sync.cohorts c0 on c0.project_id = pid and c0.cohort_id = r.cohort_id;
 
   insert into mixpanel_sync.sync_rejects (run_id, source, line_no, payload, reason)
   select finish_cohorts_run.run_id, 'cohorts', r.line_id, r.profile::text, r.reject_reason || ' (cohort ' || r.cohort_id || ')'
-  from mixpanel_sync.cohort_member_rows(run.id) r join mixpanel_sync.cohorts c0 on c0.cohort_id = r.cohort_id where r.reject_reason is not null;
+  from mixpanel_sync.cohort_member_rows(run.id) r join mixpanel_sync.cohorts c0 on c0.project_id = pid and c0.cohort_id = r.cohort_id where r.reject_reason is not null;
 
   -- Who left: members of the cohorts fetched whole that the fetch no longer has.
   delete from mixpanel_sync.cohort_members cm
-  where cm.cohort_id in (
+  where cm.project_id = pid and cm.cohort_id in (
       select f.cohort_id from mixpanel_sync.staged_cohort_fetches f where f.run_id = finish_cohorts_run.run_id)
     and not exists (
       select from mixpanel_sync.cohort_member_rows(run.id) r
@@ -1216,17 +1428,17 @@ begin
   get diagnostics n_removed = row_count;
 
   -- Who joined; members who stayed are not touched (on conflict do nothing writes no tuple for them).
-  insert into mixpanel_sync.cohort_members (cohort_id, distinct_id, added_by_run_id)
-  select distinct r.cohort_id, r.distinct_id, finish_cohorts_run.run_id
-  from mixpanel_sync.cohort_member_rows(run.id) r join mixpanel_sync.cohorts c0 on c0.cohort_id = r.cohort_id
+  insert into mixpanel_sync.cohort_members (project_id, cohort_id, distinct_id, added_by_run_id)
+  select distinct pid, r.cohort_id, r.distinct_id, finish_cohorts_run.run_id
+  from mixpanel_sync.cohort_member_rows(run.id) r join mixpanel_sync.cohorts c0 on c0.project_id = pid and c0.cohort_id = r.cohort_id
   where r.reject_reason is null
-    and not exists (select from mixpanel_sync.cohort_members cm where cm.cohort_id = r.cohort_id and cm.distinct_id = r.distinct_id)
+    and not exists (select from mixpanel_sync.cohort_members cm where cm.project_id = pid and cm.cohort_id = r.cohort_id and cm.distinct_id = r.distinct_id)
   on conflict do nothing;
   get diagnostics n_added = row_count;
 
-  select count(distinct (r.cohort_id, r.distinct_id)) into n_members from mixpanel_sync.cohort_member_rows(run.id) r join mixpanel_sync.cohorts c0 on c0.cohort_id = r.cohort_id where r.reject_reason is null;
+  select count(distinct (r.cohort_id, r.distinct_id)) into n_members from mixpanel_sync.cohort_member_rows(run.id) r join mixpanel_sync.cohorts c0 on c0.project_id = pid and c0.cohort_id = r.cohort_id where r.reject_reason is null;
   select count(*) into n_whole from mixpanel_sync.staged_cohort_fetches f
-  where f.run_id = finish_cohorts_run.run_id and exists (select from mixpanel_sync.cohorts c where c.cohort_id = f.cohort_id);
+  where f.run_id = finish_cohorts_run.run_id and exists (select from mixpanel_sync.cohorts c where c.project_id = pid and c.cohort_id = f.cohort_id);
 
   perform mixpanel_sync.drop_staged_cohort_rows(run.id);
   update mixpanel_sync.sync_runs r set
@@ -1263,11 +1475,12 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.finish_events_run(run mixpanel_sync.syn
  SET jit TO 'off'
 AS $function$
 declare
+  pid smallint := run.project_id;
   parsed record;
   result mixpanel_sync.apply_result;
-  horizon date := mixpanel_sync.horizon_day(run.fetch_to, mixpanel_sync.setting('events.ledger_retention')::interval);
-  path text := mixpanel_sync.setting('events.upsert_path');
-  overlap_ms bigint := (extract(epoch from mixpanel_sync.setting('events.overlap')::interval) * 1000)::bigint;
+  horizon date := mixpanel_sync.horizon_day(run.fetch_to, mixpanel_sync.setting(pid, 'events.ledger_retention')::interval);
+  path text := mixpanel_sync.setting(pid, 'events.upsert_path');
+  overlap_ms bigint := (extract(epoch from mixpanel_sync.setting(pid, 'events.overlap')::interval) * 1000)::bigint;
   mark mixpanel_sync.sync_watermarks;
   seen record;
   marker record;
@@ -1275,15 +1488,12 @@ declare
   held timestamptz;
   new_processing timestamptz;
   identity jsonb;
-  raw_on boolean := mixpanel_sync.store_raw();
-  raw_retention text := coalesce((select s.value from mixpanel_sync.sync_settings s where s.key = 'events.raw_retention'), 'forever');
-  -- The storage horizon: the ledger keeps whole days from here on. Raw off: the ledger horizon (what ADD can
+  raw_on boolean := mixpanel_sync.store_raw(pid);
+  -- The storage horizon: the project's ledger rows are kept from here on. Raw off: the ledger horizon (what ADD can
   -- deduplicate). Raw on: also events.raw_retention's days ('forever': every day).
-  store_from date := case
-    when not raw_on then horizon
-    when raw_retention = 'forever' then '-infinity'::date
-    else least(horizon, mixpanel_sync.horizon_day(run.fetch_to, raw_retention::interval))
-  end;
+  store_from date := mixpanel_sync.storage_horizon(pid, run.fetch_to);
+  -- The day partitions are shared: only the days before every project's storage horizon are dropped.
+  shared_from date := (select min(mixpanel_sync.storage_horizon(p.id, run.fetch_to)) from mixpanel_sync.projects p);
   skipped record;
   keeps_watermark boolean := coalesce((run.options ->> 'keeps_watermark')::boolean, false);
 begin
@@ -1327,12 +1537,18 @@ begin
     end;
   end if;
 
-  -- Retention: whole day partitions before the storage horizon are dropped (no row is deleted); the legacy ledger
-  -- (not partitioned, only ever empties) loses its rows before the ledger horizon.
-  if store_from > '-infinity' then
-    perform mixpanel_sync_private.drop_ledger_partitions(store_from);
+  -- Retention: whole day partitions before every project's storage horizon are dropped (no row is deleted; never
+  -- waits: skipped when the ledger is busy). The project's own rows of the days between that and its own storage
+  -- horizon (kept for another project with a longer retention) are deleted: a range of day partitions, found empty
+  -- when every project keeps the same days. The legacy ledger (not partitioned, only ever empties) loses the
+  -- project's rows before the ledger horizon.
+  if shared_from > '-infinity' then
+    perform mixpanel_sync_private.drop_ledger_partitions(shared_from);
   end if;
-  delete from mixpanel_sync.event_ledger_legacy l where l.day < horizon;
+  if store_from > shared_from then
+    delete from mixpanel_sync.event_ledger l where l.project_id = pid and l.day >= shared_from and l.day < store_from;
+  end if;
+  delete from mixpanel_sync.event_ledger_legacy l where l.project_id = pid and l.day < horizon;
 
   -- What the run did not apply by design: events with no distinct_id, events outside its selection.
   select count(*) filter (where e.skip_reason = 'no_user') as no_user,
@@ -1359,7 +1575,7 @@ begin
     and e.skip_reason is null
     and e.day between coalesce(run.window_from_day, horizon) and coalesce(run.window_to_day, 'infinity');
 
-  select * into mark from mixpanel_sync.sync_watermarks w where w.source = 'events' for update;
+  select * into mark from mixpanel_sync.sync_watermarks w where w.project_id = pid and w.source = 'events' for update;
   run.watermark_before := mark.watermark;
   -- The watermark never claims data the tables do not hold. A full run holds exactly its events in its window, so
   -- it resets the watermarks: to the newest event it applied, or, when it applied none, to the newest event the
@@ -1382,7 +1598,7 @@ begin
   else
     select max(d.last_at) into held
     from mixpanel_sync.events_daily d
-    where d.day < run.window_from_day and d.last_at <= run.fetch_to;
+    where d.project_id = pid and d.day < run.window_from_day and d.last_at <= run.fetch_to;
     run.watermark_after := held;
     -- an event is processed at or after its time: later events are then read again, and deduplicated
     new_processing := held;
@@ -1390,15 +1606,15 @@ begin
   if keeps_watermark then
     null;  -- sync_watermarks untouched (a run with no watermark row leaves none)
   elsif run.watermark_after is not null then
-    insert into mixpanel_sync.sync_watermarks as w (source, watermark, processing_watermark, run_id, updated_at)
-    values ('events', run.watermark_after, new_processing, run.id, now())
-    on conflict (source) do update set
+    insert into mixpanel_sync.sync_watermarks as w (project_id, source, watermark, processing_watermark, run_id, updated_at)
+    values (pid, 'events', run.watermark_after, new_processing, run.id, now())
+    on conflict (project_id, source) do update set
       watermark = excluded.watermark,
       processing_watermark = excluded.processing_watermark,
       run_id = excluded.run_id,
       updated_at = excluded.updated_at;
   else
-    delete from mixpanel_sync.sync_watermarks w where w.source = 'events';
+    delete from mixpanel_sync.sync_watermarks w where w.project_id = pid and w.source = 'events';
   end if;
 
   run.received := parsed.received;
@@ -1417,7 +1633,7 @@ begin
   return run;
 end;
 $function$;
-comment on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) is 'The events part of finish_run: refuses an incomplete input (Mixpanel''s "terminated early" line, MP003), parses once, runs the identity step (apply_identity), applies the REPLACE guard to full runs (MP001), REPLACE (full, a merge keeping ledger rows from the storage horizon on) or ADD (incremental) by events.upsert_path, drops the ledger''s day partitions below the storage horizon (events.ledger_retention, or events.raw_retention when longer and events.store_raw is on; REPLACE keeps ledger rows from that horizon, ADD applies from the ledger horizon), records no_user and not_selected (run_events.skip_reason), and sets the watermark. The watermark never claims data the tables do not hold: after a full run it is the newest event the run applied, or when it applied none the newest event held before its window (none: the watermark row is removed and the next run is full); a resync moves it forward only unless it lay in the resync''s days (then as a full run); an incremental run moves it forward only; a run with options -> ''keeps_watermark'' = true (begin_run: its selection leaves out names events.only syncs, which it did not fetch) leaves sync_watermarks untouched. Only events with skip_reason null move it.';
+comment on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) is 'The events part of finish_run: refuses an incomplete input (Mixpanel''s "terminated early" line, MP003), parses once, runs the identity step (apply_identity), applies the REPLACE guard to full runs (MP001), REPLACE (full, a merge keeping ledger rows from the storage horizon on) or ADD (incremental) by events.upsert_path, drops the ledger''s day partitions below every project''s storage horizon and deletes the project''s rows below its own (storage_horizon: events.ledger_retention, or events.raw_retention when longer and events.store_raw is on; REPLACE keeps ledger rows from that horizon, ADD applies from the ledger horizon), records no_user and not_selected (run_events.skip_reason), and sets the watermark. The watermark never claims data the tables do not hold: after a full run it is the newest event the run applied, or when it applied none the newest event held before its window (none: the watermark row is removed and the next run is full); a resync moves it forward only unless it lay in the resync''s days (then as a full run); an incremental run moves it forward only; a run with options -> ''keeps_watermark'' = true (begin_run: its selection leaves out names events.only syncs, which it did not fetch) leaves sync_watermarks untouched. Only events with skip_reason null move it.';
 grant execute on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.finish_or_fail_run(run_id bigint)
@@ -1456,7 +1672,8 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.finish_profiles_run(run mixpanel_sync.s
  SET jit TO 'off'
 AS $function$
 declare
-  change_detection boolean := mixpanel_sync.setting('profiles.change_detection') = 'on';
+  pid smallint := run.project_id;
+  change_detection boolean := mixpanel_sync.setting(pid, 'profiles.change_detection') = 'on';
   result mixpanel_sync.profiles_result;
   line record;
 begin
@@ -1532,9 +1749,9 @@ declare
   began timestamptz := clock_timestamp();
   run mixpanel_sync.sync_runs;
 begin
-  -- Finishes are serialised: apply one at a time.
-  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.finish_run', 0));
+  -- A project's finishes are serialised: apply one at a time (another project's finish goes on: its own key).
   run := mixpanel_sync.running_run(run_id, 'finish_run', null);
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.finish_run:' || run.project_id, 0));
   perform from mixpanel_sync.sync_runs r where r.id = run.id for update;
 
   if run.source = 'events' then
@@ -1567,11 +1784,11 @@ begin
     total_ms = (extract(epoch from clock_timestamp() - r.started_at) * 1000)::bigint
   where r.id = run.id
   returning r.* into run;
-  perform mixpanel_sync.prune_history();
+  perform mixpanel_sync.prune_history(run.project_id);
   return run;
 end;
 $function$;
-comment on function mixpanel_sync.finish_run(run_id bigint) is 'Applies a run in ONE transaction: parse, reject, identity step, REPLACE guard, REPLACE or ADD, prune the ledger, advance the watermark, record counts and timings. Finishes are serialised with a transaction-scoped advisory lock. On error nothing changes (MP001 guard refusal, MP003 incomplete input, …): call fail_run with the SQLSTATE.';
+comment on function mixpanel_sync.finish_run(run_id bigint) is 'Applies a run in ONE transaction: parse, reject, identity step, REPLACE guard, REPLACE or ADD, prune the ledger, advance the watermark, record counts and timings. A project''s finishes are serialised with a transaction-scoped advisory lock of its own (mixpanel_sync.finish_run:<project id>); two projects'' finishes run at the same time. On error nothing changes (MP001 guard refusal, MP003 incomplete input, …): call fail_run with the SQLSTATE.';
 grant execute on function mixpanel_sync.finish_run(run_id bigint) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.finish_spot_check(check_id bigint, compared bigint, differences bigint, pending bigint)
@@ -1588,13 +1805,14 @@ $function$;
 comment on function mixpanel_sync.finish_spot_check(check_id bigint, compared bigint, differences bigint, pending bigint) is 'Records what a spot-check found and drops its staged lines.';
 grant execute on function mixpanel_sync.finish_spot_check(check_id bigint, compared bigint, differences bigint, pending bigint) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.forget_event_names(names text[])
+CREATE OR REPLACE FUNCTION mixpanel_sync.forget_event_names(names text[], project text DEFAULT NULL::text)
  RETURNS TABLE(event_names text[], daily_rows bigint, events bigint, ledger_rows bigint, users_refreshed bigint)
  LANGUAGE plpgsql
  SET search_path TO ''
  SET jit TO 'off'
 AS $function$
 declare
+  pid smallint := mixpanel_sync.project_id(forget_event_names.project);
   wanted text[];
   standing jsonb;
   still text;
@@ -1609,26 +1827,26 @@ begin
   wanted := (select array_agg(distinct n.name order by n.name) from unnest(names) n (name));
 
   -- A name the runs still sync would come back: only names outside events.only may be forgotten.
-  standing := coalesce(mixpanel_sync.setting('events.only')::jsonb, '[]');
+  standing := coalesce(mixpanel_sync.setting(pid, 'events.only')::jsonb, '[]');
   select n.name into still from unnest(wanted) n (name)
   where jsonb_array_length(standing) = 0 or standing ? n.name
   order by n.name limit 1;
   if found then
     raise exception 'forget_event_names: % is still synced (events.only is %): runs would bring it back', quote_literal(still), standing::text
       using errcode = 'MP004',
-        hint = 'first set events.only to the names you keep, e.g. update mixpanel_sync.sync_settings set value = ''["Sign Up"]'' where key = ''events.only''';
+        hint = 'first set events.only to the names you keep, e.g. update mixpanel_sync.sync_settings set value = ''["Sign Up"]'' where project_id = mixpanel_sync.project_id(''name'') and key = ''events.only''';
   end if;
 
   -- Not while an events run is running: its finish_run could write these names again. Same lock as begin_run's.
-  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.begin_run:events', 0));
-  select * into other from mixpanel_sync.sync_runs r where r.source = 'events' and r.status = 'running' order by r.started_at limit 1;
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.begin_run:' || pid || ':events', 0));
+  select * into other from mixpanel_sync.sync_runs r where r.project_id = pid and r.source = 'events' and r.status = 'running' order by r.started_at limit 1;
   if found then
     raise exception 'forget_event_names: events run % is running; nothing was deleted', other.id
       using errcode = 'MP002', hint = 'run it again when the run has finished';
   end if;
 
   with gone as (
-    delete from mixpanel_sync.events_daily d where d.event_name = any (wanted)
+    delete from mixpanel_sync.events_daily d where d.project_id = pid and d.event_name = any (wanted)
     returning d.distinct_id, d.event_count
   )
   select count(*), coalesce(sum(g.event_count), 0), array_agg(distinct g.distinct_id)
@@ -1637,23 +1855,23 @@ begin
 
   -- The ledger (with raw storage on, the raw events too) and the legacy ledger: through their parents.
   with gone as (
-    delete from mixpanel_sync.event_ledger l where l.event_name = any (wanted) returning 1
+    delete from mixpanel_sync.event_ledger l where l.project_id = pid and l.event_name = any (wanted) returning 1
   )
   select count(*) into ledger_rows from gone;
   with gone as (
-    delete from mixpanel_sync.event_ledger_legacy l where l.event_name = any (wanted) returning 1
+    delete from mixpanel_sync.event_ledger_legacy l where l.project_id = pid and l.event_name = any (wanted) returning 1
   )
   select ledger_rows + count(*) into ledger_rows from gone;
 
-  perform mixpanel_sync.refresh_subscribers(coalesce(touched, '{}'));
+  perform mixpanel_sync.refresh_subscribers(pid, coalesce(touched, '{}'));
   users_refreshed := coalesce(cardinality(touched), 0);
   event_names := wanted;
   return next;
 end;
 $function$;
-comment on function mixpanel_sync.forget_event_names(names text[]) is 'Deletes the data of event names no longer synced: their events_daily rows, their ledger rows (the raw events when events.store_raw is on) and legacy ledger rows, then recomputes subscribers of the users they touched (refresh_subscribers; a user left with no event is removed). Returns the names and what was deleted. Refused (MP004) for a name events.only still syncs (every name when events.only is []): remove it from events.only first, or the next runs bring it back; refused (MP002) while an events run is running. For the DBA: not granted to mixpanel_sync_loader (no run needs it). Reads events_daily whole (no index leads with event_name): one-off maintenance.';
+comment on function mixpanel_sync.forget_event_names(names text[], project text) is 'Deletes a project''s data of event names it no longer syncs (project: its name; null: the only project): their events_daily rows, their ledger rows (the raw events when events.store_raw is on) and legacy ledger rows, then recomputes subscribers of the users they touched (refresh_subscribers; a user left with no event is removed). Returns the names and what was deleted. Refused (MP004) for a name events.only still syncs (every name when events.only is []): remove it from events.only first, or the next runs bring it back; refused (MP002) while an events run is running. For the DBA: not granted to mixpanel_sync_loader (no run needs it). Reads events_daily whole (no index leads with event_name): one-off maintenance.';
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.health_events_duration()
+CREATE OR REPLACE FUNCTION mixpanel_sync.health_events_duration(project_id smallint)
  RETURNS mixpanel_sync.health_check
  LANGUAGE sql
  STABLE
@@ -1661,21 +1879,21 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.health_events_duration()
 AS $function$
   select 'events.duration',
     mixpanel_sync.health_level(r.total_ms / 1000.0,
-      mixpanel_sync.setting_seconds('health.events_duration_warn'),
-      mixpanel_sync.setting_seconds('health.events_duration_critical')),
+      mixpanel_sync.setting_seconds(health_events_duration.project_id, 'health.events_duration_warn'),
+      mixpanel_sync.setting_seconds(health_events_duration.project_id, 'health.events_duration_critical')),
     mixpanel_sync.seconds_text(r.total_ms),
-    mixpanel_sync.health_thresholds(mixpanel_sync.setting('health.events_duration_warn'),
-      mixpanel_sync.setting('health.events_duration_critical')),
+    mixpanel_sync.health_thresholds(mixpanel_sync.setting(health_events_duration.project_id, 'health.events_duration_warn'),
+      mixpanel_sync.setting(health_events_duration.project_id, 'health.events_duration_critical')),
     case when r.id is null then 'no data: no events run has succeeded yet'
       else format('run %s (%s, %s events received) finished %s: staging %s, applying %s',
         r.id, r.mode, r.received, r.finished_at, mixpanel_sync.seconds_text(r.stage_ms), mixpanel_sync.seconds_text(r.apply_ms))
     end
-  from mixpanel_sync.last_succeeded_run('events') r;
+  from mixpanel_sync.last_succeeded_run(health_events_duration.project_id, 'events') r;
 $function$;
-comment on function mixpanel_sync.health_events_duration() is 'sync_health events.duration: how long the last succeeded events run took, start to finish (total_ms).';
-grant execute on function mixpanel_sync.health_events_duration() to mixpanel_sync_loader;
+comment on function mixpanel_sync.health_events_duration(project_id smallint) is 'sync_health events.duration: how long the last succeeded events run took, start to finish (total_ms).';
+grant execute on function mixpanel_sync.health_events_duration(project_id smallint) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.health_failed_runs(source text)
+CREATE OR REPLACE FUNCTION mixpanel_sync.health_failed_runs(project_id smallint, source text)
  RETURNS mixpanel_sync.health_check
  LANGUAGE sql
  STABLE
@@ -1684,17 +1902,17 @@ AS $function$
   with failed as (
     select r.id, r.error, r.options, r.finished_at
     from mixpanel_sync.sync_runs r
-    where r.source = health_failed_runs.source
+    where r.project_id = health_failed_runs.project_id and r.source = health_failed_runs.source
       and r.status in ('failed', 'abandoned')
-      and r.finished_at > coalesce((select s.finished_at from mixpanel_sync.last_succeeded_run(health_failed_runs.source) s), '-infinity')
+      and r.finished_at > coalesce((select s.finished_at from mixpanel_sync.last_succeeded_run(health_failed_runs.project_id, health_failed_runs.source) s), '-infinity')
   ), last_failed as (
     select f.* from failed f order by f.finished_at desc, f.id desc limit 1
   )
   select health_failed_runs.source || '.failed_runs',
-    mixpanel_sync.health_level((select count(*) from failed), mixpanel_sync.setting('health.failed_runs_warn')::numeric,
-      mixpanel_sync.setting('health.failed_runs_critical')::numeric),
+    mixpanel_sync.health_level((select count(*) from failed), mixpanel_sync.setting(health_failed_runs.project_id, 'health.failed_runs_warn')::numeric,
+      mixpanel_sync.setting(health_failed_runs.project_id, 'health.failed_runs_critical')::numeric),
     (select count(*) from failed)::text,
-    mixpanel_sync.health_thresholds(mixpanel_sync.setting('health.failed_runs_warn'), mixpanel_sync.setting('health.failed_runs_critical')),
+    mixpanel_sync.health_thresholds(mixpanel_sync.setting(health_failed_runs.project_id, 'health.failed_runs_warn'), mixpanel_sync.setting(health_failed_runs.project_id, 'health.failed_runs_critical')),
     case
       when l.id is null then 'no ' || health_failed_runs.source || ' run failed since the last succeeded one'
       when l.options ->> 'error_code' = 'MP001' or l.error ilike '%replace guard%'
@@ -1708,22 +1926,22 @@ AS $function$
   from (select) one
   left join last_failed l on true;
 $function$;
-comment on function mixpanel_sync.health_failed_runs(source text) is 'sync_health <source>.failed_runs: failed or abandoned runs of the source since its last succeeded run, with the last error; a refusal of the REPLACE guard (MP001) is named with its override.';
-grant execute on function mixpanel_sync.health_failed_runs(source text) to mixpanel_sync_loader;
+comment on function mixpanel_sync.health_failed_runs(project_id smallint, source text) is 'sync_health <source>.failed_runs: failed or abandoned runs of the source since its last succeeded run, with the last error; a refusal of the REPLACE guard (MP001) is named with its override.';
+grant execute on function mixpanel_sync.health_failed_runs(project_id smallint, source text) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.health_incremental_typical()
+CREATE OR REPLACE FUNCTION mixpanel_sync.health_incremental_typical(project_id smallint)
  RETURNS mixpanel_sync.health_check
  LANGUAGE sql
  STABLE
  SET search_path TO ''
 AS $function$
   select 'events.incremental_typical',
-    mixpanel_sync.health_level(v.median, mixpanel_sync.setting('health.incremental_typical_warn')::numeric, null),
+    mixpanel_sync.health_level(v.median, mixpanel_sync.setting(health_incremental_typical.project_id, 'health.incremental_typical_warn')::numeric, null),
     v.median::text,
-    mixpanel_sync.health_thresholds(mixpanel_sync.setting('health.incremental_typical_warn') || ' events (median)', null),
+    mixpanel_sync.health_thresholds(mixpanel_sync.setting(health_incremental_typical.project_id, 'health.incremental_typical_warn') || ' events (median)', null),
     case when v.runs = 0 then 'no data: no incremental events run has succeeded yet'
       else format('median events received by the last %s incremental runs (smallest %s, largest %s)%s', v.runs, v.smallest, v.largest,
-        case when v.median >= mixpanel_sync.setting('health.incremental_typical_warn')::numeric
+        case when v.median >= mixpanel_sync.setting(health_incremental_typical.project_id, 'health.incremental_typical_warn')::numeric
           then ': the runs fetch far more than the plan expects; check events.overlap and events.late_lookback, and how often the sync runs'
           else '' end)
     end
@@ -1732,16 +1950,16 @@ AS $function$
       min(r.received) as smallest, max(r.received) as largest
     from (
       select r.received from mixpanel_sync.sync_runs r
-      where r.source = 'events' and r.mode = 'incremental' and r.status = 'succeeded'
+      where r.project_id = health_incremental_typical.project_id and r.source = 'events' and r.mode = 'incremental' and r.status = 'succeeded'
       order by r.finished_at desc, r.id desc
-      limit mixpanel_sync.setting('health.incremental_runs')::bigint
+      limit mixpanel_sync.setting(health_incremental_typical.project_id, 'health.incremental_runs')::bigint
     ) r
   ) v;
 $function$;
-comment on function mixpanel_sync.health_incremental_typical() is 'sync_health events.incremental_typical: the median number of events received by the last health.incremental_runs incremental runs (the plan: events per sync under 10K), beside events.incremental_volume (one run, 50K).';
-grant execute on function mixpanel_sync.health_incremental_typical() to mixpanel_sync_loader;
+comment on function mixpanel_sync.health_incremental_typical(project_id smallint) is 'sync_health events.incremental_typical: the median number of events received by the last health.incremental_runs incremental runs (the plan: events per sync under 10K), beside events.incremental_volume (one run, 50K).';
+grant execute on function mixpanel_sync.health_incremental_typical(project_id smallint) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.health_incremental_volume()
+CREATE OR REPLACE FUNCTION mixpanel_sync.health_incremental_volume(project_id smallint)
  RETURNS mixpanel_sync.health_check
  LANGUAGE sql
  STABLE
@@ -1749,21 +1967,21 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.health_incremental_volume()
 AS $function$
   select 'events.incremental_volume',
     case when r.mode = 'incremental'
-      then mixpanel_sync.health_level(r.received, mixpanel_sync.setting('health.incremental_received_warn')::numeric, null)
+      then mixpanel_sync.health_level(r.received, mixpanel_sync.setting(health_incremental_volume.project_id, 'health.incremental_received_warn')::numeric, null)
       else 'ok' end,
     r.received::text,
-    mixpanel_sync.health_thresholds(mixpanel_sync.setting('health.incremental_received_warn'), null),
+    mixpanel_sync.health_thresholds(mixpanel_sync.setting(health_incremental_volume.project_id, 'health.incremental_received_warn'), null),
     case
       when r.id is null then 'no data: no events run has succeeded yet'
       when r.mode = 'full' then format('the last events run (%s) was full: %s', r.id, r.options ->> 'mode_reason')
       else format('events received by incremental run %s (%s to %s)', r.id, r.fetch_from, r.fetch_to)
     end
-  from mixpanel_sync.last_succeeded_run('events') r;
+  from mixpanel_sync.last_succeeded_run(health_incremental_volume.project_id, 'events') r;
 $function$;
-comment on function mixpanel_sync.health_incremental_volume() is 'sync_health events.incremental_volume: events received by the last events run when it was incremental; a large number means the loader fetched far more than the window since the watermark.';
-grant execute on function mixpanel_sync.health_incremental_volume() to mixpanel_sync_loader;
+comment on function mixpanel_sync.health_incremental_volume(project_id smallint) is 'sync_health events.incremental_volume: events received by the last events run when it was incremental; a large number means the loader fetched far more than the window since the watermark.';
+grant execute on function mixpanel_sync.health_incremental_volume(project_id smallint) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.health_lateness()
+CREATE OR REPLACE FUNCTION mixpanel_sync.health_lateness(project_id smallint)
  RETURNS mixpanel_sync.health_check
  LANGUAGE sql
  STABLE
@@ -1771,17 +1989,17 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.health_lateness()
 AS $function$
   select 'events.lateness',
     case
-      when l.max_ms >= mixpanel_sync.setting_seconds('events.late_lookback') * 1000 then 'critical'
+      when l.max_ms >= mixpanel_sync.setting_seconds(health_lateness.project_id, 'events.late_lookback') * 1000 then 'critical'
       else mixpanel_sync.health_level(l.beyond_overlap / nullif(l.events, 0)::numeric,
-        mixpanel_sync.setting('health.late_share_warn')::numeric, null)
+        mixpanel_sync.setting(health_lateness.project_id, 'health.late_share_warn')::numeric, null)
     end,
     case when l.runs > 0 then format('%s of %s (%s%%)', l.beyond_overlap, l.events,
       coalesce(round(100.0 * l.beyond_overlap / nullif(l.events, 0), 1), 0)) end,
-    mixpanel_sync.health_thresholds(mixpanel_sync.setting('health.late_share_warn') || ' of events',
-      'one event ' || mixpanel_sync.setting('events.late_lookback') || ' late (events.late_lookback)'),
+    mixpanel_sync.health_thresholds(mixpanel_sync.setting(health_lateness.project_id, 'health.late_share_warn') || ' of events',
+      'one event ' || mixpanel_sync.setting(health_lateness.project_id, 'events.late_lookback') || ' late (events.late_lookback)'),
     case when l.runs = 0 then 'no data: no incremental events run has succeeded yet'
       else format('events later than events.overlap (%s) in the last %s incremental runs; the latest arrived %s after its time '
-        '(highest p99 %s)', mixpanel_sync.setting('events.overlap'), l.runs,
+        '(highest p99 %s)', mixpanel_sync.setting(health_lateness.project_id, 'events.overlap'), l.runs,
         justify_interval(date_trunc('second', l.max_ms * interval '1 millisecond')),
         justify_interval(date_trunc('second', l.p99_ms * interval '1 millisecond')))
     end
@@ -1791,14 +2009,14 @@ AS $function$
       max((r.lateness ->> 'max_ms')::bigint) as max_ms, max((r.lateness ->> 'p99_ms')::bigint) as p99_ms
     from (
       select r.lateness from mixpanel_sync.sync_runs r
-      where r.source = 'events' and r.mode = 'incremental' and r.status = 'succeeded' and r.lateness is not null
+      where r.project_id = health_lateness.project_id and r.source = 'events' and r.mode = 'incremental' and r.status = 'succeeded' and r.lateness is not null
       order by r.finished_at desc, r.id desc
-      limit mixpanel_sync.setting('health.lateness_runs')::bigint
+      limit mixpanel_sync.setting(health_lateness.project_id, 'health.lateness_runs')::bigint
     ) r
   ) l;
 $function$;
-comment on function mixpanel_sync.health_lateness() is 'sync_health events.lateness: the share of events that arrived later than events.overlap in the last health.lateness_runs incremental runs (sync_runs.lateness; a full run reads its whole window whatever the lateness). The late lookback fetched them: a high share means Mixpanel or the clients deliver late. Critical once one arrived events.late_lookback late, where incremental runs stop looking.';
-grant execute on function mixpanel_sync.health_lateness() to mixpanel_sync_loader;
+comment on function mixpanel_sync.health_lateness(project_id smallint) is 'sync_health events.lateness: the share of events that arrived later than events.overlap in the last health.lateness_runs incremental runs (sync_runs.lateness; a full run reads its whole window whatever the lateness). The late lookback fetched them: a high share means Mixpanel or the clients deliver late. Critical once one arrived events.late_lookback late, where incremental runs stop looking.';
+grant execute on function mixpanel_sync.health_lateness(project_id smallint) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.health_level(measured numeric, warn_at numeric, critical_at numeric)
  RETURNS text
@@ -1815,7 +2033,7 @@ $function$;
 comment on function mixpanel_sync.health_level(measured numeric, warn_at numeric, critical_at numeric) is 'ok, warn (measured >= warn_at) or critical (measured >= critical_at); a null measure or threshold never alerts.';
 grant execute on function mixpanel_sync.health_level(measured numeric, warn_at numeric, critical_at numeric) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.health_profiles_change_detection()
+CREATE OR REPLACE FUNCTION mixpanel_sync.health_profiles_change_detection(project_id smallint)
  RETURNS mixpanel_sync.health_check
  LANGUAGE sql
  STABLE
@@ -1825,7 +2043,7 @@ AS $function$
     -- runs that met existing profiles: only they can find one unchanged (a first load only inserts)
     select r.id, r.finished_at, r.unchanged
     from mixpanel_sync.sync_runs r
-    where r.source = 'profiles' and r.status = 'succeeded' and r.updated + r.unchanged > 0
+    where r.project_id = health_profiles_change_detection.project_id and r.source = 'profiles' and r.status = 'succeeded' and r.updated + r.unchanged > 0
   ), streak as (
     select count(*) as runs, min(c.id) as since_run
     from compared c
@@ -1833,9 +2051,9 @@ AS $function$
       and c.finished_at > coalesce((select max(k.finished_at) from compared k where k.unchanged > 0), '-infinity')
   )
   select 'profiles.change_detection',
-    mixpanel_sync.health_level(s.runs, mixpanel_sync.setting('health.profiles_unskipped_runs_warn')::numeric, null),
+    mixpanel_sync.health_level(s.runs, mixpanel_sync.setting(health_profiles_change_detection.project_id, 'health.profiles_unskipped_runs_warn')::numeric, null),
     s.runs::text,
-    mixpanel_sync.health_thresholds(mixpanel_sync.setting('health.profiles_unskipped_runs_warn') || ' runs', null),
+    mixpanel_sync.health_thresholds(mixpanel_sync.setting(health_profiles_change_detection.project_id, 'health.profiles_unskipped_runs_warn') || ' runs', null),
     case
       when not exists (select from compared) then 'no data: no profiles run has met existing profiles yet'
       when s.runs = 0 then 'the last profiles run found unchanged profiles'
@@ -1844,10 +2062,10 @@ AS $function$
     end
   from streak s;
 $function$;
-comment on function mixpanel_sync.health_profiles_change_detection() is 'sync_health profiles.change_detection: profiles runs in a row that met existing profiles and found none of them unchanged. The comparison runs whatever profiles.change_detection says (off only stops it from skipping writes), so a count here means it sees a change where there is none. Runs that only inserted do not count.';
-grant execute on function mixpanel_sync.health_profiles_change_detection() to mixpanel_sync_loader;
+comment on function mixpanel_sync.health_profiles_change_detection(project_id smallint) is 'sync_health profiles.change_detection: profiles runs in a row that met existing profiles and found none of them unchanged. The comparison runs whatever profiles.change_detection says (off only stops it from skipping writes), so a count here means it sees a change where there is none. Runs that only inserted do not count.';
+grant execute on function mixpanel_sync.health_profiles_change_detection(project_id smallint) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.health_profiles_duration()
+CREATE OR REPLACE FUNCTION mixpanel_sync.health_profiles_duration(project_id smallint)
  RETURNS mixpanel_sync.health_check
  LANGUAGE sql
  STABLE
@@ -1855,22 +2073,22 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.health_profiles_duration()
 AS $function$
   select 'profiles.duration',
     mixpanel_sync.health_level(r.total_ms / 1000.0,
-      mixpanel_sync.setting_seconds('health.profiles_duration_warn'),
-      mixpanel_sync.setting_seconds('health.profiles_duration_critical')),
+      mixpanel_sync.setting_seconds(health_profiles_duration.project_id, 'health.profiles_duration_warn'),
+      mixpanel_sync.setting_seconds(health_profiles_duration.project_id, 'health.profiles_duration_critical')),
     mixpanel_sync.seconds_text(r.total_ms),
-    mixpanel_sync.health_thresholds(mixpanel_sync.setting('health.profiles_duration_warn'),
-      mixpanel_sync.setting('health.profiles_duration_critical')),
+    mixpanel_sync.health_thresholds(mixpanel_sync.setting(health_profiles_duration.project_id, 'health.profiles_duration_warn'),
+      mixpanel_sync.setting(health_profiles_duration.project_id, 'health.profiles_duration_critical')),
     case when r.id is null then 'no data: no profiles run has succeeded yet'
       else format('run %s (%s profiles received: %s new, %s changed, %s unchanged) finished %s: staging %s, applying %s',
         r.id, r.received, r.inserted, r.updated, r.unchanged, r.finished_at,
         mixpanel_sync.seconds_text(r.stage_ms), mixpanel_sync.seconds_text(r.apply_ms))
     end
-  from mixpanel_sync.last_succeeded_run('profiles') r;
+  from mixpanel_sync.last_succeeded_run(health_profiles_duration.project_id, 'profiles') r;
 $function$;
-comment on function mixpanel_sync.health_profiles_duration() is 'sync_health profiles.duration: how long the last succeeded profiles run took, start to finish (total_ms). The plan: properties sync under 30 s.';
-grant execute on function mixpanel_sync.health_profiles_duration() to mixpanel_sync_loader;
+comment on function mixpanel_sync.health_profiles_duration(project_id smallint) is 'sync_health profiles.duration: how long the last succeeded profiles run took, start to finish (total_ms). The plan: properties sync under 30 s.';
+grant execute on function mixpanel_sync.health_profiles_duration(project_id smallint) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.health_profiles_skip_rate()
+CREATE OR REPLACE FUNCTION mixpanel_sync.health_profiles_skip_rate(project_id smallint)
  RETURNS mixpanel_sync.health_check
  LANGUAGE sql
  STABLE
@@ -1878,30 +2096,30 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.health_profiles_skip_rate()
 AS $function$
   select 'profiles.skip_rate',
     case when r.id is null then 'ok'
-      when r.unchanged::numeric / (r.updated + r.unchanged) < mixpanel_sync.setting('health.profiles_skip_share_warn')::numeric
+      when r.unchanged::numeric / (r.updated + r.unchanged) < mixpanel_sync.setting(health_profiles_skip_rate.project_id, 'health.profiles_skip_share_warn')::numeric
         then 'warn'
       else 'ok' end,
     case when r.id is not null then
       to_char(100.0 * r.unchanged / (r.updated + r.unchanged), 'FM990.0') || '%' end,
-    'warn < ' || mixpanel_sync.setting('health.profiles_skip_share_warn') || ' of existing profiles skipped',
+    'warn < ' || mixpanel_sync.setting(health_profiles_skip_rate.project_id, 'health.profiles_skip_share_warn') || ' of existing profiles skipped',
     case when r.id is null then 'no data: no profiles run has met existing profiles yet'
       else format('run %s skipped %s of %s existing profiles as unchanged (%s new); the plan expects 70-90%% skipped%s',
         r.id, r.unchanged, r.updated + r.unchanged, r.inserted,
-        case when r.unchanged::numeric / (r.updated + r.unchanged) < mixpanel_sync.setting('health.profiles_skip_share_warn')::numeric
+        case when r.unchanged::numeric / (r.updated + r.unchanged) < mixpanel_sync.setting(health_profiles_skip_rate.project_id, 'health.profiles_skip_share_warn')::numeric
           then ': find the property that changes on every run (profiles.change_detection explains how)' else '' end)
     end
   from (select) one
   left join lateral (
     select r.* from mixpanel_sync.sync_runs r
-    where r.source = 'profiles' and r.status = 'succeeded' and r.updated + r.unchanged > 0
+    where r.project_id = health_profiles_skip_rate.project_id and r.source = 'profiles' and r.status = 'succeeded' and r.updated + r.unchanged > 0
     order by r.finished_at desc, r.id desc
     limit 1
   ) r on true;
 $function$;
-comment on function mixpanel_sync.health_profiles_skip_rate() is 'sync_health profiles.skip_rate: the share of existing profiles the last profiles run that met any found unchanged (unchanged / (updated + unchanged); new profiles do not count). The plan: 70-90% skipped after the first sync.';
-grant execute on function mixpanel_sync.health_profiles_skip_rate() to mixpanel_sync_loader;
+comment on function mixpanel_sync.health_profiles_skip_rate(project_id smallint) is 'sync_health profiles.skip_rate: the share of existing profiles the last profiles run that met any found unchanged (unchanged / (updated + unchanged); new profiles do not count). The plan: 70-90% skipped after the first sync.';
+grant execute on function mixpanel_sync.health_profiles_skip_rate(project_id smallint) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.health_rejected(source text)
+CREATE OR REPLACE FUNCTION mixpanel_sync.health_rejected(project_id smallint, source text)
  RETURNS mixpanel_sync.health_check
  LANGUAGE sql
  STABLE
@@ -1909,24 +2127,24 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.health_rejected(source text)
 AS $function$
   select health_rejected.source || '.rejected',
     case
-      when r.rejected >= mixpanel_sync.setting('health.rejected_share_critical')::numeric * r.received and r.rejected > 0
+      when r.rejected >= mixpanel_sync.setting(health_rejected.project_id, 'health.rejected_share_critical')::numeric * r.received and r.rejected > 0
         then 'critical'
-      else mixpanel_sync.health_level(r.rejected, mixpanel_sync.setting('health.rejected_warn')::numeric, null)
+      else mixpanel_sync.health_level(r.rejected, mixpanel_sync.setting(health_rejected.project_id, 'health.rejected_warn')::numeric, null)
     end,
     case when r.id is not null then format('%s of %s', r.rejected, r.received) end,
-    mixpanel_sync.health_thresholds(mixpanel_sync.setting('health.rejected_warn') || ' rows',
-      mixpanel_sync.setting('health.rejected_share_critical') || ' of received'),
+    mixpanel_sync.health_thresholds(mixpanel_sync.setting(health_rejected.project_id, 'health.rejected_warn') || ' rows',
+      mixpanel_sync.setting(health_rejected.project_id, 'health.rejected_share_critical') || ' of received'),
     case when r.id is null then format('no data: no %s run has succeeded yet', health_rejected.source)
       when r.rejected = 0 then format('run %s rejected nothing', r.id)
       else format('run %s rejected %s rows: select reason, count(*) from mixpanel_sync.sync_rejects where run_id = %s group by 1',
         r.id, r.rejected, r.id)
     end
-  from mixpanel_sync.last_succeeded_run(health_rejected.source) r;
+  from mixpanel_sync.last_succeeded_run(health_rejected.project_id, health_rejected.source) r;
 $function$;
-comment on function mixpanel_sync.health_rejected(source text) is 'sync_health <source>.rejected: rows the last succeeded run of the source could not use (kept in sync_rejects), as a count (warn) and a share of what it received (critical).';
-grant execute on function mixpanel_sync.health_rejected(source text) to mixpanel_sync_loader;
+comment on function mixpanel_sync.health_rejected(project_id smallint, source text) is 'sync_health <source>.rejected: rows the last succeeded run of the source could not use (kept in sync_rejects), as a count (warn) and a share of what it received (critical).';
+grant execute on function mixpanel_sync.health_rejected(project_id smallint, source text) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.health_running()
+CREATE OR REPLACE FUNCTION mixpanel_sync.health_running(project_id smallint)
  RETURNS mixpanel_sync.health_check
  LANGUAGE sql
  STABLE
@@ -1934,23 +2152,23 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.health_running()
 AS $function$
   select 'runs.running',
     mixpanel_sync.health_level(extract(epoch from now() - r.started_at),
-      mixpanel_sync.setting_seconds('health.running_warn'), mixpanel_sync.setting_seconds('runs.abandon_after')),
+      mixpanel_sync.setting_seconds(health_running.project_id, 'health.running_warn'), mixpanel_sync.setting_seconds(health_running.project_id, 'runs.abandon_after')),
     justify_interval(date_trunc('second', now() - r.started_at))::text,
-    mixpanel_sync.health_thresholds(mixpanel_sync.setting('health.running_warn'),
-      mixpanel_sync.setting('runs.abandon_after') || ' (runs.abandon_after)'),
+    mixpanel_sync.health_thresholds(mixpanel_sync.setting(health_running.project_id, 'health.running_warn'),
+      mixpanel_sync.setting(health_running.project_id, 'runs.abandon_after') || ' (runs.abandon_after)'),
     case when r.id is null then 'no run is running'
       else format('run %s (%s, %s) running since %s; if its loader is dead: select mixpanel_sync.fail_run(%s, ''loader died'')',
         r.id, r.source, r.mode, r.started_at, r.id)
     end
   from (select) one
   left join lateral (
-    select * from mixpanel_sync.sync_runs r where r.status = 'running' order by r.started_at, r.id limit 1
+    select * from mixpanel_sync.sync_runs r where r.project_id = health_running.project_id and r.status = 'running' order by r.started_at, r.id limit 1
   ) r on true;
 $function$;
-comment on function mixpanel_sync.health_running() is 'sync_health runs.running: the oldest run still running. Critical once past runs.abandon_after: the next begin_run marks it abandoned, so none has started since.';
-grant execute on function mixpanel_sync.health_running() to mixpanel_sync_loader;
+comment on function mixpanel_sync.health_running(project_id smallint) is 'sync_health runs.running: the oldest run still running. Critical once past runs.abandon_after: the next begin_run marks it abandoned, so none has started since.';
+grant execute on function mixpanel_sync.health_running(project_id smallint) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.health_subscribers()
+CREATE OR REPLACE FUNCTION mixpanel_sync.health_subscribers(project_id smallint)
  RETURNS mixpanel_sync.health_check
  LANGUAGE sql
  STABLE
@@ -1959,22 +2177,22 @@ AS $function$
   select 'events.subscribers',
     case
       when c.after is null or c.before is null or c.before = 0 then 'ok'
-      when c.after < c.before and (c.before - c.after) >= c.before * mixpanel_sync.setting('health.subscribers_drop_critical')::numeric
+      when c.after < c.before and (c.before - c.after) >= c.before * mixpanel_sync.setting(health_subscribers.project_id, 'health.subscribers_drop_critical')::numeric
         then 'critical'
       when c.after < c.before then 'warn'
-      when c.after - c.before > c.before * mixpanel_sync.setting('health.subscribers_growth_warn')::numeric then 'warn'
+      when c.after - c.before > c.before * mixpanel_sync.setting(health_subscribers.project_id, 'health.subscribers_growth_warn')::numeric then 'warn'
       else 'ok'
     end,
     case when c.after is not null and c.before is not null then format('%s -> %s', c.before, c.after) end,
     format('warn on any fall or growth > %s; critical on a fall >= %s',
-      mixpanel_sync.setting('health.subscribers_growth_warn'), mixpanel_sync.setting('health.subscribers_drop_critical')),
+      mixpanel_sync.setting(health_subscribers.project_id, 'health.subscribers_growth_warn'), mixpanel_sync.setting(health_subscribers.project_id, 'health.subscribers_drop_critical')),
     case
       when c.id is null then 'no data: no events run has succeeded yet'
       when c.before is null then format('run %s is the first events run with a recorded subscriber count (%s)', c.id, c.after)
       when c.after < c.before then format('subscribers fell by %s after run %s (%s, %s): a full run replaced days with fewer '
         'users. Compare with Mixpanel (npm run spot-check) and resync the days from the source (npm run sync:events -- --full)',
         c.before - c.after, c.id, c.mode, c.options ->> 'mode_reason')
-      when c.before > 0 and c.after - c.before > c.before * mixpanel_sync.setting('health.subscribers_growth_warn')::numeric
+      when c.before > 0 and c.after - c.before > c.before * mixpanel_sync.setting(health_subscribers.project_id, 'health.subscribers_growth_warn')::numeric
         then format('subscribers grew by %s (%s%%) in run %s: more than history suggests; a new source of '
           'distinct_ids (an identity change, a test project)?', c.after - c.before,
           round(100.0 * (c.after - c.before) / c.before), c.id)
@@ -1984,17 +2202,17 @@ AS $function$
   left join lateral (
     select r.id, r.mode, r.options, (r.options ->> 'subscribers')::bigint as after,
       (select (p.options ->> 'subscribers')::bigint from mixpanel_sync.sync_runs p
-       where p.source = 'events' and p.status = 'succeeded' and p.options ? 'subscribers'
+       where p.project_id = health_subscribers.project_id and p.source = 'events' and p.status = 'succeeded' and p.options ? 'subscribers'
          and (p.finished_at, p.id) < (r.finished_at, r.id)
        order by p.finished_at desc, p.id desc limit 1) as before
     from mixpanel_sync.sync_runs r
-    where r.source = 'events' and r.status = 'succeeded'
+    where r.project_id = health_subscribers.project_id and r.source = 'events' and r.status = 'succeeded'
     order by r.finished_at desc, r.id desc
     limit 1
   ) c on true;
 $function$;
-comment on function mixpanel_sync.health_subscribers() is 'sync_health events.subscribers: the number of subscribers after the last events run against the run before (options.subscribers). The plan''s "user count growth matches history": any fall warns (a REPLACE that lost users), growth over health.subscribers_growth_warn warns.';
-grant execute on function mixpanel_sync.health_subscribers() to mixpanel_sync_loader;
+comment on function mixpanel_sync.health_subscribers(project_id smallint) is 'sync_health events.subscribers: the number of subscribers after the last events run against the run before (options.subscribers). The plan''s "user count growth matches history": any fall warns (a REPLACE that lost users), growth over health.subscribers_growth_warn warns.';
+grant execute on function mixpanel_sync.health_subscribers(project_id smallint) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.health_thresholds(warn_at text, critical_at text)
  RETURNS text
@@ -2007,7 +2225,7 @@ $function$;
 comment on function mixpanel_sync.health_thresholds(warn_at text, critical_at text) is 'The threshold column of sync_health: "warn >= …, critical >= …" (a null level is left out).';
 grant execute on function mixpanel_sync.health_thresholds(warn_at text, critical_at text) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.health_timezone()
+CREATE OR REPLACE FUNCTION mixpanel_sync.health_timezone(project_id smallint)
  RETURNS mixpanel_sync.health_check
  LANGUAGE sql
  STABLE
@@ -2018,9 +2236,9 @@ AS $function$
       -- the offset the configured zone explains (lateness is measured on the exported time as sent)
       coalesce(extract(epoch from (r.fetch_to at time zone r.project_timezone) - (r.fetch_to at time zone 'UTC')), 0) as configured_s
     from mixpanel_sync.sync_runs r
-    where r.source = 'events' and r.status = 'succeeded' and (r.lateness ->> 'events')::bigint > 0
+    where r.project_id = health_timezone.project_id and r.source = 'events' and r.status = 'succeeded' and (r.lateness ->> 'events')::bigint > 0
     order by r.finished_at desc, r.id desc
-    limit mixpanel_sync.setting('health.lateness_runs')::bigint
+    limit mixpanel_sync.setting(health_timezone.project_id, 'health.lateness_runs')::bigint
   ), seen as (
     select sum(r.events) as events,
       percentile_disc(0.5) within group (order by r.p50_ms) as p50_ms,
@@ -2033,15 +2251,15 @@ AS $function$
     select s.*, round(-s.p50_ms / 900000.0) * 900 as offset_s from seen s
   )
   select 'events.timezone',
-    case when coalesce(i.events, 0) < mixpanel_sync.setting('health.timezone_min_events')::bigint then 'ok'
-      else mixpanel_sync.health_level(abs(i.offset_s - i.configured_s), mixpanel_sync.setting_seconds('health.timezone_skew_warn'), null)
+    case when coalesce(i.events, 0) < mixpanel_sync.setting(health_timezone.project_id, 'health.timezone_min_events')::bigint then 'ok'
+      else mixpanel_sync.health_level(abs(i.offset_s - i.configured_s), mixpanel_sync.setting_seconds(health_timezone.project_id, 'health.timezone_skew_warn'), null)
     end,
     case when i.events > 0 then mixpanel_sync.utc_offset_text(-i.p50_ms / 1000.0) end,
-    mixpanel_sync.health_thresholds(mixpanel_sync.setting('health.timezone_skew_warn') || ' off the configured zone', null),
+    mixpanel_sync.health_thresholds(mixpanel_sync.setting(health_timezone.project_id, 'health.timezone_skew_warn') || ' off the configured zone', null),
     case
-      when coalesce(i.events, 0) < mixpanel_sync.setting('health.timezone_min_events')::bigint
-        then format('no data: fewer than %s events in the recent runs', mixpanel_sync.setting('health.timezone_min_events'))
-      when abs(i.offset_s - i.configured_s) >= mixpanel_sync.setting_seconds('health.timezone_skew_warn')
+      when coalesce(i.events, 0) < mixpanel_sync.setting(health_timezone.project_id, 'health.timezone_min_events')::bigint
+        then format('no data: fewer than %s events in the recent runs', mixpanel_sync.setting(health_timezone.project_id, 'health.timezone_min_events'))
+      when abs(i.offset_s - i.configured_s) >= mixpanel_sync.setting_seconds(health_timezone.project_id, 'health.timezone_skew_warn')
         then format('the median event time is about %s from its mp_processing_time_ms (%s configured): the project likely exports local time of '
           'UTC%s. Its newest hours are rejected as "after the run''s fetch_to" and the rest is stored off by the offset. Set '
           'MIXPANEL_PROJECT_TIMEZONE to the project''s zone (Mixpanel: Project Settings, Timezone), then resync the window '
@@ -2053,19 +2271,19 @@ AS $function$
     end
   from implied i;
 $function$;
-comment on function mixpanel_sync.health_timezone() is 'sync_health events.timezone: projects created before 2023 export local time. In the recent runs, the median event''s time minus its mp_processing_time_ms, rounded to a quarter hour, is the offset of the exported times from UTC; warn when it differs from the run''s project_timezone (none = UTC) by health.timezone_skew_warn, naming the likely offset.';
-grant execute on function mixpanel_sync.health_timezone() to mixpanel_sync_loader;
+comment on function mixpanel_sync.health_timezone(project_id smallint) is 'sync_health events.timezone: projects created before 2023 export local time. In the recent runs, the median event''s time minus its mp_processing_time_ms, rounded to a quarter hour, is the offset of the exported times from UTC; warn when it differs from the run''s project_timezone (none = UTC) by health.timezone_skew_warn, naming the likely offset.';
+grant execute on function mixpanel_sync.health_timezone(project_id smallint) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.health_too_old()
+CREATE OR REPLACE FUNCTION mixpanel_sync.health_too_old(project_id smallint)
  RETURNS mixpanel_sync.health_check
  LANGUAGE sql
  STABLE
  SET search_path TO ''
 AS $function$
   select 'events.too_old',
-    mixpanel_sync.health_level(t.too_old, mixpanel_sync.setting('health.too_old_warn')::numeric, null),
+    mixpanel_sync.health_level(t.too_old, mixpanel_sync.setting(health_too_old.project_id, 'health.too_old_warn')::numeric, null),
     t.too_old::text,
-    mixpanel_sync.health_thresholds(mixpanel_sync.setting('health.too_old_warn'), null),
+    mixpanel_sync.health_thresholds(mixpanel_sync.setting(health_too_old.project_id, 'health.too_old_warn'), null),
     case
       when f.id is null and t.runs = 0 then 'no data: no events run has succeeded yet'
       when t.runs = 0 then format('no incremental run since the last full run (%s)', f.id)
@@ -2076,21 +2294,21 @@ AS $function$
   from (select) one
   left join lateral (
     select r.id, r.finished_at from mixpanel_sync.sync_runs r
-    where r.source = 'events' and r.status = 'succeeded' and r.mode = 'full'
+    where r.project_id = health_too_old.project_id and r.source = 'events' and r.status = 'succeeded' and r.mode = 'full'
     order by r.finished_at desc, r.id desc
     limit 1
   ) f on true
   cross join lateral (
     select count(*) as runs, coalesce(sum(r.too_old), 0) as too_old
     from mixpanel_sync.sync_runs r
-    where r.source = 'events' and r.status = 'succeeded' and r.mode = 'incremental'
+    where r.project_id = health_too_old.project_id and r.source = 'events' and r.status = 'succeeded' and r.mode = 'incremental'
       and r.finished_at > coalesce(f.finished_at, '-infinity')
   ) t;
 $function$;
-comment on function mixpanel_sync.health_too_old() is 'sync_health events.too_old: events that incremental runs since the last full run could not apply because they are older than the ledger retention (sum of too_old). A full run covers them.';
-grant execute on function mixpanel_sync.health_too_old() to mixpanel_sync_loader;
+comment on function mixpanel_sync.health_too_old(project_id smallint) is 'sync_health events.too_old: events that incremental runs since the last full run could not apply because they are older than the ledger retention (sum of too_old). A full run covers them.';
+grant execute on function mixpanel_sync.health_too_old(project_id smallint) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.health_watermark_lag()
+CREATE OR REPLACE FUNCTION mixpanel_sync.health_watermark_lag(project_id smallint)
  RETURNS mixpanel_sync.health_check
  LANGUAGE sql
  STABLE
@@ -2099,21 +2317,21 @@ AS $function$
   select 'events.watermark_lag',
     case when w.watermark is null then 'warn'
       else mixpanel_sync.health_level(extract(epoch from now() - w.watermark),
-        mixpanel_sync.setting_seconds('health.watermark_lag_warn'),
-        mixpanel_sync.setting_seconds('health.watermark_lag_critical')) end,
+        mixpanel_sync.setting_seconds(health_watermark_lag.project_id, 'health.watermark_lag_warn'),
+        mixpanel_sync.setting_seconds(health_watermark_lag.project_id, 'health.watermark_lag_critical')) end,
     justify_interval(date_trunc('second', now() - w.watermark))::text,
-    mixpanel_sync.health_thresholds(mixpanel_sync.setting('health.watermark_lag_warn'),
-      mixpanel_sync.setting('health.watermark_lag_critical')),
+    mixpanel_sync.health_thresholds(mixpanel_sync.setting(health_watermark_lag.project_id, 'health.watermark_lag_warn'),
+      mixpanel_sync.setting(health_watermark_lag.project_id, 'health.watermark_lag_critical')),
     case when w.watermark is null then 'never synced: run a first full sync (npm run sync:events -- --full)'
       else format('newest applied event %s, set by run %s at %s', w.watermark, coalesce(w.run_id::text, '(pruned)'), w.updated_at)
     end
   from (select) one
-  left join mixpanel_sync.sync_watermarks w on w.source = 'events';
+  left join mixpanel_sync.sync_watermarks w on w.project_id = health_watermark_lag.project_id and w.source = 'events';
 $function$;
-comment on function mixpanel_sync.health_watermark_lag() is 'sync_health events.watermark_lag: now() minus the events watermark (the newest applied event time). Grows when runs fail, stop, or receive nothing new. warn ''never synced'' when there is no watermark.';
-grant execute on function mixpanel_sync.health_watermark_lag() to mixpanel_sync_loader;
+comment on function mixpanel_sync.health_watermark_lag(project_id smallint) is 'sync_health events.watermark_lag: now() minus the events watermark (the newest applied event time). Grows when runs fail, stop, or receive nothing new. warn ''never synced'' when there is no watermark.';
+grant execute on function mixpanel_sync.health_watermark_lag(project_id smallint) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.health_watermark_stalled()
+CREATE OR REPLACE FUNCTION mixpanel_sync.health_watermark_stalled(project_id smallint)
  RETURNS mixpanel_sync.health_check
  LANGUAGE sql
  STABLE
@@ -2123,7 +2341,7 @@ AS $function$
     select r.id, r.fetch_to, r.finished_at,
       r.watermark_after is distinct from r.watermark_before as moved
     from mixpanel_sync.sync_runs r
-    where r.source = 'events' and r.status = 'succeeded'
+    where r.project_id = health_watermark_stalled.project_id and r.source = 'events' and r.status = 'succeeded'
   ), last_move as (
     select m.id, m.fetch_to from runs m where m.moved order by m.finished_at desc, m.id desc limit 1
   ), since as (
@@ -2134,9 +2352,9 @@ AS $function$
   select 'events.watermark_stalled',
     case when s.runs = 0 or m.id is null then 'ok'
       else mixpanel_sync.health_level(extract(epoch from s.last_clock - m.fetch_to),
-        mixpanel_sync.setting_seconds('health.watermark_stalled_warn'), null) end,
+        mixpanel_sync.setting_seconds(health_watermark_stalled.project_id, 'health.watermark_stalled_warn'), null) end,
     case when s.runs > 0 and m.id is not null then justify_interval(date_trunc('second', s.last_clock - m.fetch_to))::text end,
-    mixpanel_sync.health_thresholds(mixpanel_sync.setting('health.watermark_stalled_warn'), null),
+    mixpanel_sync.health_thresholds(mixpanel_sync.setting(health_watermark_stalled.project_id, 'health.watermark_stalled_warn'), null),
     case
       when m.id is null and s.runs = 0 then 'no data: no events run has moved the watermark yet'
       when m.id is null then format('%s succeeded events runs and none moved the watermark: they received no usable event', s.runs)
@@ -2148,8 +2366,8 @@ AS $function$
   left join last_move m on true
   cross join since s;
 $function$;
-comment on function mixpanel_sync.health_watermark_stalled() is 'sync_health events.watermark_stalled: how long (by the runs'' clocks, fetch_to) events runs have succeeded without moving the watermark, i.e. since the last run that moved it to the newest run after it. The plan''s "watermark not advancing for 6 h"; events.watermark_lag covers runs that stopped or fail.';
-grant execute on function mixpanel_sync.health_watermark_stalled() to mixpanel_sync_loader;
+comment on function mixpanel_sync.health_watermark_stalled(project_id smallint) is 'sync_health events.watermark_stalled: how long (by the runs'' clocks, fetch_to) events runs have succeeded without moving the watermark, i.e. since the last run that moved it to the newest run after it. The plan''s "watermark not advancing for 6 h"; events.watermark_lag covers runs that stopped or fail.';
+grant execute on function mixpanel_sync.health_watermark_stalled(project_id smallint) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.heartbeat_run(run_id bigint)
  RETURNS boolean
@@ -2180,18 +2398,19 @@ $function$;
 comment on function mixpanel_sync.horizon_day(clock timestamp with time zone, span interval) is 'First UTC day of a span of whole days ending with the day of clock (45 days ending today starts 44 days ago).';
 grant execute on function mixpanel_sync.horizon_day(clock timestamp with time zone, span interval) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.identity_canonical(distinct_id text)
+CREATE OR REPLACE FUNCTION mixpanel_sync.identity_canonical(project_id smallint, distinct_id text)
  RETURNS text
  LANGUAGE sql
  STABLE
  SET search_path TO ''
 AS $function$
-  select coalesce((select l.canonical from mixpanel_sync.identity_links l where l.alias = distinct_id), distinct_id);
+  select coalesce((select l.canonical from mixpanel_sync.identity_links l
+    where l.project_id = identity_canonical.project_id and l.alias = identity_canonical.distinct_id), identity_canonical.distinct_id);
 $function$;
-comment on function mixpanel_sync.identity_canonical(distinct_id text) is 'The canonical id of a distinct_id through identity_links (the id itself when no link names it).';
-grant execute on function mixpanel_sync.identity_canonical(distinct_id text) to mixpanel_sync_loader;
+comment on function mixpanel_sync.identity_canonical(project_id smallint, distinct_id text) is 'The canonical id of a distinct_id of a project through its identity_links (the id itself when no link names it).';
+grant execute on function mixpanel_sync.identity_canonical(project_id smallint, distinct_id text) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.identity_cluster(distinct_id text)
+CREATE OR REPLACE FUNCTION mixpanel_sync.identity_cluster(project_id smallint, distinct_id text)
  RETURNS TABLE(member text, canonical text, is_canonical boolean, identified_at timestamp with time zone, learned_from_run bigint, learned_at timestamp with time zone)
  LANGUAGE sql
  STABLE
@@ -2199,14 +2418,14 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.identity_cluster(distinct_id text)
 AS $function$
   select l.alias, l.canonical, l.alias = l.canonical, l.identified_at, l.learned_from_run, l.learned_at
   from mixpanel_sync.identity_links l
-  where l.canonical = mixpanel_sync.identity_canonical(identity_cluster.distinct_id)
+  where l.project_id = identity_cluster.project_id and l.canonical = mixpanel_sync.identity_canonical(identity_cluster.project_id, identity_cluster.distinct_id)
   union all
   select identity_cluster.distinct_id, identity_cluster.distinct_id, true, null, null, null
-  where not exists (select from mixpanel_sync.identity_links l where l.alias = identity_cluster.distinct_id)
+  where not exists (select from mixpanel_sync.identity_links l where l.project_id = identity_cluster.project_id and l.alias = identity_cluster.distinct_id)
   order by 3 desc, 1;
 $function$;
-comment on function mixpanel_sync.identity_cluster(distinct_id text) is 'The cluster of a distinct_id, canonical id first: select * from mixpanel_sync.identity_cluster(''$device:D1''). An id no link names is a cluster of one.';
-grant execute on function mixpanel_sync.identity_cluster(distinct_id text) to mixpanel_sync_loader;
+comment on function mixpanel_sync.identity_cluster(project_id smallint, distinct_id text) is 'The cluster of a distinct_id, canonical id first: select * from mixpanel_sync.identity_cluster(mixpanel_sync.project_id(), ''$device:D1''). An id no link names is a cluster of one.';
+grant execute on function mixpanel_sync.identity_cluster(project_id smallint, distinct_id text) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.identity_edges(run_id bigint, mode text)
  RETURNS TABLE(alias text, target text, identified_at timestamp with time zone)
@@ -2271,7 +2490,7 @@ AS $function$
   select f.alias, f.target, f.event_time
   from simplified_first f
   where not exists (select from mixpanel_sync.identity_links l
-    where l.alias = f.alias and l.canonical <> f.alias and l.canonical <> f.target)
+    where l.project_id = (select r.project_id from mixpanel_sync.sync_runs r where r.id = identity_edges.run_id) and l.alias = f.alias and l.canonical <> f.alias and l.canonical <> f.target)
   union all
   select o.alias, o.target, o.identified_at
   from original o
@@ -2281,7 +2500,7 @@ $function$;
 comment on function mixpanel_sync.identity_edges(run_id bigint, mode text) is 'The links a run''s usable events teach in this mode, as (alias, target, identified_at: when target is the identified side). simplified: an event with $device_id and $user_id links $device:<device_id> to $user_id (an event with $device_id exported under another id than $device:<device_id> links it to that id); a device already joined to another user stays with it. original: $identify ($anon_id -> $identified_id), $create_alias (alias -> distinct_id), $merge (every id of $distinct_ids with the first; no identified side).';
 grant execute on function mixpanel_sync.identity_edges(run_id bigint, mode text) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.identity_mode()
+CREATE OR REPLACE FUNCTION mixpanel_sync.identity_mode(project_id smallint)
  RETURNS text
  LANGUAGE plpgsql
  STABLE
@@ -2290,18 +2509,19 @@ AS $function$
 declare
   mode text;
 begin
-  select s.value into mode from mixpanel_sync.sync_settings s where s.key = 'identity.mode';
+  select s.value into mode from mixpanel_sync.sync_settings s
+  where s.project_id = identity_mode.project_id and s.key = 'identity.mode';
   mode := coalesce(mode, 'off');
   if mode not in ('off', 'simplified', 'original') then
     raise exception 'identity.mode is "%", not one of off, simplified, original', mode
       using errcode = 'invalid_parameter_value',
-        hint = 'update mixpanel_sync.sync_settings set value = ''simplified'' where key = ''identity.mode'' (the README says how to find the project''s mode)';
+        hint = 'update mixpanel_sync.sync_settings set value = ''simplified'' where project_id = mixpanel_sync.project_id(''name'') and key = ''identity.mode'' (the README says how to find the project''s mode)';
   end if;
   return mode;
 end;
 $function$;
-comment on function mixpanel_sync.identity_mode() is 'The identity.mode setting: off, simplified or original; off when the row is missing. Raises for any other value.';
-grant execute on function mixpanel_sync.identity_mode() to mixpanel_sync_loader;
+comment on function mixpanel_sync.identity_mode(project_id smallint) is 'The project''s identity.mode setting: off, simplified or original; off when the row is missing. Raises for any other value.';
+grant execute on function mixpanel_sync.identity_mode(project_id smallint) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.insert_new_events_loop(run_id bigint, from_day date, to_day date, OUT applied bigint, OUT duplicates bigint, OUT outside bigint, OUT distinct_ids text[])
  RETURNS record
@@ -2310,7 +2530,8 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.insert_new_events_loop(run_id bigint, f
  SET jit TO 'off'
 AS $function$
 declare
-  raw_on boolean := mixpanel_sync.store_raw();
+  pid smallint := (select r.project_id from mixpanel_sync.sync_runs r where r.id = insert_new_events_loop.run_id);
+  raw_on boolean := mixpanel_sync.store_raw(pid);
   event record;
   current_user_id text;
   current_user_applied boolean := false;
@@ -2344,10 +2565,10 @@ begin
     end if;
 
     if event.legacy_key is not null and exists (
-        select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = event.distinct_id and g.event_key = event.legacy_key)
+        select from mixpanel_sync.event_ledger_legacy g where g.project_id = pid and g.distinct_id = event.distinct_id and g.event_key = event.legacy_key)
       or exists (
         select from mixpanel_sync.event_ledger l
-        where l.distinct_id = event.distinct_id and l.event_key = event.event_key
+        where l.project_id = pid and l.distinct_id = event.distinct_id and l.event_key = event.event_key
           and l.day between event.day - 2 and event.day + 2) then
       if event.distinct_id <> '' then
         duplicates := duplicates + 1;
@@ -2356,16 +2577,16 @@ begin
     end if;
 
     insert into mixpanel_sync.event_ledger
-      (distinct_id, event_key, day, event_name, event_time, run_id, insert_id, processing_time_ms, properties)
-    values (event.distinct_id, event.event_key, event.day, event.event_name, event.event_time, insert_new_events_loop.run_id,
+      (project_id, distinct_id, event_key, day, event_name, event_time, run_id, insert_id, processing_time_ms, properties)
+    values (pid, event.distinct_id, event.event_key, event.day, event.event_name, event.event_time, insert_new_events_loop.run_id,
       event.insert_id, event.processing_time_ms, event.properties);
     if event.distinct_id = '' then
       continue;
     end if;
 
-    insert into mixpanel_sync.events_daily as d (distinct_id, day, event_name, event_count, first_at, last_at)
-    values (event.distinct_id, event.day, event.event_name, 1, event.event_time, event.event_time)
-    on conflict (distinct_id, day, event_name) do update set
+    insert into mixpanel_sync.events_daily as d (project_id, distinct_id, day, event_name, event_count, first_at, last_at)
+    values (pid, event.distinct_id, event.day, event.event_name, 1, event.event_time, event.event_time)
+    on conflict (project_id, distinct_id, day, event_name) do update set
       event_count = d.event_count + 1,
       first_at = least(d.first_at, excluded.first_at),
       last_at = greatest(d.last_at, excluded.last_at);
@@ -2447,19 +2668,19 @@ $function$;
 comment on function mixpanel_sync.json_problem(line text) is 'Why a line is not a JSON object, or null when it is one: "not a JSON object", or "not valid JSON: " with PostgreSQL''s message and, in parentheses, its detail (e.g. "Token "x" is invalid.", "Unicode low surrogate must follow a high surrogate.").';
 grant execute on function mixpanel_sync.json_problem(line text) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.last_succeeded_run(source text)
+CREATE OR REPLACE FUNCTION mixpanel_sync.last_succeeded_run(project_id smallint, source text)
  RETURNS mixpanel_sync.sync_runs
  LANGUAGE sql
  STABLE
  SET search_path TO ''
 AS $function$
   select * from mixpanel_sync.sync_runs r
-  where r.source = last_succeeded_run.source and r.status = 'succeeded'
+  where r.project_id = last_succeeded_run.project_id and r.source = last_succeeded_run.source and r.status = 'succeeded'
   order by r.finished_at desc, r.id desc
   limit 1;
 $function$;
-comment on function mixpanel_sync.last_succeeded_run(source text) is 'The run of this source applied last (a row of nulls when there is none).';
-grant execute on function mixpanel_sync.last_succeeded_run(source text) to mixpanel_sync_loader;
+comment on function mixpanel_sync.last_succeeded_run(project_id smallint, source text) is 'The run of this project and source applied last (a row of nulls when there is none).';
+grant execute on function mixpanel_sync.last_succeeded_run(project_id smallint, source text) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.learn_identity_links(run_id bigint, mode text, OUT links_learned bigint, OUT from_ids text[], OUT to_ids text[])
  RETURNS record
@@ -2468,6 +2689,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.learn_identity_links(run_id bigint, mod
  SET jit TO 'off'
 AS $function$
 declare
+  pid smallint := (select r.project_id from mixpanel_sync.sync_runs r where r.id = learn_identity_links.run_id);
   edge_alias text[];
   edge_target text[];
   edge_identified timestamptz[];
@@ -2483,15 +2705,15 @@ begin
   end if;
 
   -- 1. Every id a link names gets a row (a new id is its own cluster), with its earliest identified time.
-  insert into mixpanel_sync.identity_links as l (alias, canonical, identified_at, learned_from_run, learned_at)
-  select n.id, n.id, min(n.identified_at), learn_identity_links.run_id, now()
+  insert into mixpanel_sync.identity_links as l (project_id, alias, canonical, identified_at, learned_from_run, learned_at)
+  select pid, n.id, n.id, min(n.identified_at), learn_identity_links.run_id, now()
   from (
     select unnest(edge_alias) as id, null::timestamptz as identified_at
     union all
     select unnest(edge_target), unnest(edge_identified)
   ) n
   group by n.id
-  on conflict (alias) do update set identified_at = excluded.identified_at
+  on conflict (project_id, alias) do update set identified_at = excluded.identified_at
   where excluded.identified_at < l.identified_at or (l.identified_at is null and excluded.identified_at is not null);
 
   -- 2. The clusters the links touch are joined (connected components over their canonical ids), and each joined
@@ -2501,8 +2723,8 @@ begin
   with recursive edges as (
     select ra.canonical as a, rb.canonical as b
     from unnest(edge_alias, edge_target) as g (alias, target)
-    join mixpanel_sync.identity_links ra on ra.alias = g.alias collate "C"
-    join mixpanel_sync.identity_links rb on rb.alias = g.target collate "C"
+    join mixpanel_sync.identity_links ra on ra.project_id = pid and ra.alias = g.alias collate "C"
+    join mixpanel_sync.identity_links rb on rb.project_id = pid and rb.alias = g.target collate "C"
   ), both_ways as (
     select e.a, e.b from edges e where e.a <> e.b
     union
@@ -2516,14 +2738,14 @@ begin
   ), chosen as (
     select distinct on (c.label) c.label, m.alias as canonical
     from component c
-    join mixpanel_sync.identity_links m on m.canonical = c.root
+    join mixpanel_sync.identity_links m on m.project_id = pid and m.canonical = c.root
     order by c.label, m.identified_at nulls last, m.alias
   ), changed as (
     update mixpanel_sync.identity_links l set
       canonical = h.canonical, learned_from_run = learn_identity_links.run_id, learned_at = now()
     from component c
     join chosen h on h.label = c.label
-    where l.canonical = c.root and l.canonical <> h.canonical
+    where l.project_id = pid and l.canonical = c.root and l.canonical <> h.canonical
     returning l.alias, c.root as old_canonical, h.canonical as new_canonical
   )
   select count(*),
@@ -2533,7 +2755,7 @@ begin
   from changed h;
 end;
 $function$;
-comment on function mixpanel_sync.learn_identity_links(run_id bigint, mode text, OUT links_learned bigint, OUT from_ids text[], OUT to_ids text[]) is 'Adds the links of a run''s events (identity_edges) to identity_links, set-based: clusters joined transitively, canonical ids chosen again (earliest identified_at, then least id). Returns the rows learned and the moves to make: from_ids[i] (a former canonical id, the only ids holding aggregate rows) now belongs to to_ids[i].';
+comment on function mixpanel_sync.learn_identity_links(run_id bigint, mode text, OUT links_learned bigint, OUT from_ids text[], OUT to_ids text[]) is 'Adds the links of a run''s events (identity_edges) to the run''s project''s identity_links, set-based: clusters joined transitively, canonical ids chosen again (earliest identified_at, then least id). Returns the rows learned and the moves to make: from_ids[i] (a former canonical id, the only ids holding aggregate rows) now belongs to to_ids[i].';
 grant execute on function mixpanel_sync.learn_identity_links(run_id bigint, mode text, OUT links_learned bigint, OUT from_ids text[], OUT to_ids text[]) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.legacy_event_key(event_name text, second bigint, insert_id text, content jsonb)
@@ -2563,7 +2785,7 @@ $function$;
 comment on function mixpanel_sync.line_can_cause(state text) is 'True for an SQLSTATE one input line can cause (bad data, too deep, too long: classes 22, 54 and the like); false for what says nothing about the line (cancel, lock timeout, deadlock, full disk, out of memory): those fail the finish.';
 grant execute on function mixpanel_sync.line_can_cause(state text) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.merge_daily_row_loop(distinct_id text, day date, event_name text, event_count bigint, first_at timestamp with time zone, last_at timestamp with time zone)
+CREATE OR REPLACE FUNCTION mixpanel_sync.merge_daily_row_loop(project_id smallint, distinct_id text, day date, event_name text, event_count bigint, first_at timestamp with time zone, last_at timestamp with time zone)
  RETURNS boolean
  LANGUAGE plpgsql
  SET search_path TO ''
@@ -2575,11 +2797,12 @@ declare
 begin
   select d.event_count, d.first_at, d.last_at into stored
   from mixpanel_sync.events_daily d
-  where d.distinct_id = merge_daily_row_loop.distinct_id and d.day = merge_daily_row_loop.day
+  where d.project_id = merge_daily_row_loop.project_id and d.distinct_id = merge_daily_row_loop.distinct_id and d.day = merge_daily_row_loop.day
     and d.event_name = merge_daily_row_loop.event_name;
   if not found then
-    insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at)
-    values (distinct_id, day, event_name, event_count, first_at, last_at);
+    insert into mixpanel_sync.events_daily (project_id, distinct_id, day, event_name, event_count, first_at, last_at)
+    values (merge_daily_row_loop.project_id, merge_daily_row_loop.distinct_id, merge_daily_row_loop.day,
+      merge_daily_row_loop.event_name, merge_daily_row_loop.event_count, merge_daily_row_loop.first_at, merge_daily_row_loop.last_at);
     return true;
   end if;
   if (stored.event_count, stored.first_at, stored.last_at) is not distinct from (event_count, first_at, last_at) then
@@ -2593,8 +2816,8 @@ begin
   return true;
 end;
 $function$;
-comment on function mixpanel_sync.merge_daily_row_loop(distinct_id text, day date, event_name text, event_count bigint, first_at timestamp with time zone, last_at timestamp with time zone) is 'Row-at-a-time step of upsert_subscribers_incremental_loop: sets one events_daily row to this count and first/last time, inserting it when missing and writing nothing when it already holds them; true when it wrote.';
-grant execute on function mixpanel_sync.merge_daily_row_loop(distinct_id text, day date, event_name text, event_count bigint, first_at timestamp with time zone, last_at timestamp with time zone) to mixpanel_sync_loader;
+comment on function mixpanel_sync.merge_daily_row_loop(project_id smallint, distinct_id text, day date, event_name text, event_count bigint, first_at timestamp with time zone, last_at timestamp with time zone) is 'Row-at-a-time step of upsert_subscribers_incremental_loop: sets one events_daily row to this count and first/last time, inserting it when missing and writing nothing when it already holds them; true when it wrote.';
+grant execute on function mixpanel_sync.merge_daily_row_loop(project_id smallint, distinct_id text, day date, event_name text, event_count bigint, first_at timestamp with time zone, last_at timestamp with time zone) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.next_line_no(source text, run_id bigint)
  RETURNS bigint
@@ -2657,10 +2880,11 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.parse_new_staged_events(run_id bigint, 
  SET jit TO 'off'
 AS $function$
 declare
+  pid smallint := (select r.project_id from mixpanel_sync.sync_runs r where r.id = parse_new_staged_events.run_id);
   parsed bigint;
   -- Old-formula keys only while there are old ledger rows to find them in.
-  legacy boolean := exists (select from mixpanel_sync.event_ledger_legacy);
-  store_raw boolean := mixpanel_sync.store_raw();
+  legacy boolean := exists (select from mixpanel_sync.event_ledger_legacy g where g.project_id = pid);
+  store_raw boolean := mixpanel_sync.store_raw(pid);
   -- The run's selection (null: every event).
   selection text[] := mixpanel_sync.run_selection(parse_new_staged_events.run_id);
 begin
@@ -2914,7 +3138,40 @@ $function$;
 comment on function mixpanel_sync.profile_time_pattern() is 'The ISO 8601 date-times an Engage date property is read from: "YYYY-MM-DD[THH:MI[:SS[.f]]][Z|±HH[:MM]]", real calendar dates only, so that the cast after a match cannot fail. Immutable: folded into the plan once.';
 grant execute on function mixpanel_sync.profile_time_pattern() to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.prune_history()
+CREATE OR REPLACE FUNCTION mixpanel_sync.project_id(name text DEFAULT NULL::text)
+ RETURNS smallint
+ LANGUAGE plpgsql
+ STABLE
+ SET search_path TO ''
+AS $function$
+declare
+  found_id smallint;
+  projects bigint;
+begin
+  if project_id.name is null then
+    select count(*), min(p.id) into projects, found_id from mixpanel_sync.projects p;
+    if projects = 1 then
+      return found_id;
+    end if;
+    raise exception 'this database holds % projects: name one', projects
+      using errcode = 'MP004',
+        hint = format('one of: %s (CLI: --project NAME or MIXPANEL_PROJECT=NAME; psql: the function''s project argument)',
+          (select string_agg(p.name, ', ' order by p.name) from mixpanel_sync.projects p));
+  end if;
+  select p.id into found_id from mixpanel_sync.projects p where p.name = project_id.name;
+  if not found then
+    raise exception 'unknown project %', quote_literal(project_id.name)
+      using errcode = 'MP004',
+        hint = format('one of: %s; a new one: select mixpanel_sync.create_project(''%s'')',
+          (select string_agg(p.name, ', ' order by p.name) from mixpanel_sync.projects p), project_id.name);
+  end if;
+  return found_id;
+end;
+$function$;
+comment on function mixpanel_sync.project_id(name text) is 'The id of the project of this name (mixpanel_sync.projects); null: the only project. Raises MP004 for an unknown name, or for null when the database holds several projects, listing the names in the hint. Stable: usable in an index condition, e.g. where project_id = mixpanel_sync.project_id(''eu_app'').';
+grant execute on function mixpanel_sync.project_id(name text) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.prune_history(project_id smallint)
  RETURNS bigint
  LANGUAGE plpgsql
  SET search_path TO ''
@@ -2924,44 +3181,45 @@ declare
   pruned bigint;
 begin
   delete from mixpanel_sync.sync_runs r
-  where r.status <> 'running'
-    and r.finished_at < now() - mixpanel_sync.setting('runs.retention')::interval;
+  where r.project_id = prune_history.project_id and r.status <> 'running'
+    and r.finished_at < now() - mixpanel_sync.setting(prune_history.project_id, 'runs.retention')::interval;
   get diagnostics pruned = row_count;
   return pruned;
 end;
 $function$;
-comment on function mixpanel_sync.prune_history() is 'Deletes finished runs older than runs.retention, with their rejects. Called by finish_run.';
-grant execute on function mixpanel_sync.prune_history() to mixpanel_sync_loader;
+comment on function mixpanel_sync.prune_history(project_id smallint) is 'Deletes the project''s finished runs older than runs.retention, with their rejects. Called by finish_run of the project.';
+grant execute on function mixpanel_sync.prune_history(project_id smallint) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.reattribute_all()
+CREATE OR REPLACE FUNCTION mixpanel_sync.reattribute_all(project text DEFAULT NULL::text)
  RETURNS jsonb
  LANGUAGE plpgsql
  SET search_path TO ''
  SET jit TO 'off'
 AS $function$
 declare
+  pid smallint := mixpanel_sync.project_id(reattribute_all.project);
   from_ids text[];
   to_ids text[];
 begin
   -- Any id stored under a non-canonical id of the map (data from before identity.mode was on, or from another mode).
-  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.finish_run', 0));
+  perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.finish_run:' || pid, 0));
   select coalesce(array_agg(l.alias order by l.alias), '{}'), coalesce(array_agg(l.canonical order by l.alias), '{}')
   into from_ids, to_ids
   from mixpanel_sync.identity_links l
-  where l.alias <> l.canonical
-    and (exists (select from mixpanel_sync.events_daily d where d.distinct_id = l.alias)
-      or exists (select from mixpanel_sync.event_ledger d where d.distinct_id = l.alias)
-      or exists (select from mixpanel_sync.event_ledger_legacy d where d.distinct_id = l.alias)
-      or exists (select from mixpanel_sync.subscribers d where d.distinct_id = l.alias)
-      or exists (select from mixpanel_sync.subscriber_properties d where d.distinct_id = l.alias));
+  where l.project_id = pid and l.alias <> l.canonical
+    and (exists (select from mixpanel_sync.events_daily d where d.project_id = pid and d.distinct_id = l.alias)
+      or exists (select from mixpanel_sync.event_ledger d where d.project_id = pid and d.distinct_id = l.alias)
+      or exists (select from mixpanel_sync.event_ledger_legacy d where d.project_id = pid and d.distinct_id = l.alias)
+      or exists (select from mixpanel_sync.subscribers d where d.project_id = pid and d.distinct_id = l.alias)
+      or exists (select from mixpanel_sync.subscriber_properties d where d.project_id = pid and d.distinct_id = l.alias));
   return jsonb_build_object('ids_moved', cardinality(from_ids))
-    || mixpanel_sync.reattribute_identities(from_ids, to_ids);
+    || mixpanel_sync.reattribute_identities(pid, from_ids, to_ids);
 end;
 $function$;
-comment on function mixpanel_sync.reattribute_all() is 'One-off re-attribution of all stored data through identity_links (serialised with finish_run): every row keyed by an id whose canonical is another id moves to it. Run it after switching identity.mode on and the full resync that learns the links (README, "Identity merge"). Idempotent: a second call moves nothing.';
-grant execute on function mixpanel_sync.reattribute_all() to mixpanel_sync_loader;
+comment on function mixpanel_sync.reattribute_all(project text) is 'One-off re-attribution of a project''s stored data through its identity_links (project: its name; null: the only project; serialised with the project''s finish_run): every row keyed by an id whose canonical is another id moves to it. Run it after switching identity.mode on and the full resync that learns the links (README, "Identity merge"). Idempotent: a second call moves nothing.';
+grant execute on function mixpanel_sync.reattribute_all(project text) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.reattribute_identities(from_ids text[], to_ids text[])
+CREATE OR REPLACE FUNCTION mixpanel_sync.reattribute_identities(project_id smallint, from_ids text[], to_ids text[])
  RETURNS jsonb
  LANGUAGE plpgsql
  SET search_path TO ''
@@ -2984,31 +3242,31 @@ begin
     -- side, where a change of project timezone can have moved it.)
     select l.distinct_id, l.event_key, l.day, l.event_name, m.to_id, l.properties is not null as is_raw,
       exists (select from mixpanel_sync.event_ledger c
-        where c.distinct_id = m.to_id and c.event_key = l.event_key and c.day between l.day - 2 and l.day + 2) as at_canonical,
+        where c.project_id = reattribute_identities.project_id and c.distinct_id = m.to_id and c.event_key = l.event_key and c.day between l.day - 2 and l.day + 2) as at_canonical,
       row_number() over (partition by m.to_id, l.event_key order by l.distinct_id, l.day) as n
-    from mixpanel_sync.event_ledger l join moves m on l.distinct_id = m.from_id
+    from mixpanel_sync.event_ledger l join moves m on l.project_id = reattribute_identities.project_id and l.distinct_id = m.from_id
   ), legacy_rows as (
     select l.distinct_id, l.event_key, l.day, l.event_name, m.to_id,
-      exists (select from mixpanel_sync.event_ledger_legacy c where c.distinct_id = m.to_id and c.event_key = l.event_key) as at_canonical,
+      exists (select from mixpanel_sync.event_ledger_legacy c where c.project_id = reattribute_identities.project_id and c.distinct_id = m.to_id and c.event_key = l.event_key) as at_canonical,
       row_number() over (partition by m.to_id, l.event_key order by l.distinct_id) as n
-    from mixpanel_sync.event_ledger_legacy l join moves m on l.distinct_id = m.from_id
+    from mixpanel_sync.event_ledger_legacy l join moves m on l.project_id = reattribute_identities.project_id and l.distinct_id = m.from_id
   ), ledger_dropped as (
     delete from mixpanel_sync.event_ledger l using ledger_rows r
-    where (r.at_canonical or r.n > 1) and l.distinct_id = r.distinct_id and l.event_key = r.event_key and l.day = r.day
+    where l.project_id = reattribute_identities.project_id and (r.at_canonical or r.n > 1) and l.distinct_id = r.distinct_id and l.event_key = r.event_key and l.day = r.day
     returning l.distinct_id, l.day, l.event_name
   ), ledger_moved as (
     update mixpanel_sync.event_ledger l set distinct_id = r.to_id
     from ledger_rows r
-    where not r.at_canonical and r.n = 1 and l.distinct_id = r.distinct_id and l.event_key = r.event_key and l.day = r.day
+    where l.project_id = reattribute_identities.project_id and not r.at_canonical and r.n = 1 and l.distinct_id = r.distinct_id and l.event_key = r.event_key and l.day = r.day
     returning r.is_raw
   ), legacy_dropped as (
     delete from mixpanel_sync.event_ledger_legacy l using legacy_rows r
-    where (r.at_canonical or r.n > 1) and l.distinct_id = r.distinct_id and l.event_key = r.event_key
+    where l.project_id = reattribute_identities.project_id and (r.at_canonical or r.n > 1) and l.distinct_id = r.distinct_id and l.event_key = r.event_key
     returning l.distinct_id, l.day, l.event_name
   ), legacy_moved as (
     update mixpanel_sync.event_ledger_legacy l set distinct_id = r.to_id
     from legacy_rows r
-    where not r.at_canonical and r.n = 1 and l.distinct_id = r.distinct_id and l.event_key = r.event_key
+    where l.project_id = reattribute_identities.project_id and not r.at_canonical and r.n = 1 and l.distinct_id = r.distinct_id and l.event_key = r.event_key
     returning 1
   ), dropped_counts as (
     select d.distinct_id, d.day, d.event_name, count(*) as events
@@ -3016,7 +3274,7 @@ begin
     group by d.distinct_id, d.day, d.event_name
   ), alias_daily as (
     delete from mixpanel_sync.events_daily d using moves m
-    where d.distinct_id = m.from_id
+    where d.project_id = reattribute_identities.project_id and d.distinct_id = m.from_id
     returning d.distinct_id, d.day, d.event_name, d.event_count, d.first_at, d.last_at, m.to_id
   ), merged as (
     select a.to_id, a.day, a.event_name, sum(a.event_count - coalesce(c.events, 0)) as events,
@@ -3025,11 +3283,11 @@ begin
     left join dropped_counts c on c.distinct_id = a.distinct_id and c.day = a.day and c.event_name = a.event_name
     group by a.to_id, a.day, a.event_name
   ), daily as (
-    insert into mixpanel_sync.events_daily as d (distinct_id, day, event_name, event_count, first_at, last_at)
-    select g.to_id, g.day, g.event_name, g.events, g.first_at, g.last_at
+    insert into mixpanel_sync.events_daily as d (project_id, distinct_id, day, event_name, event_count, first_at, last_at)
+    select reattribute_identities.project_id, g.to_id, g.day, g.event_name, g.events, g.first_at, g.last_at
     from merged g
     where g.events > 0
-    on conflict (distinct_id, day, event_name) do update set
+    on conflict on constraint events_daily_pkey do update set
       event_count = d.event_count + excluded.event_count,
       first_at = least(d.first_at, excluded.first_at),
       last_at = greatest(d.last_at, excluded.last_at)
@@ -3048,31 +3306,31 @@ begin
     from unnest(from_ids, to_ids) as m (from_id, to_id) where m.from_id <> m.to_id
   ), alias_profiles as (
     select p.distinct_id, m.to_id,
-      not exists (select from mixpanel_sync.subscriber_properties c where c.distinct_id = m.to_id)
+      not exists (select from mixpanel_sync.subscriber_properties c where c.project_id = reattribute_identities.project_id and c.distinct_id = m.to_id)
         and row_number() over (partition by m.to_id order by p.distinct_id collate "C") = 1 as keeps
-    from mixpanel_sync.subscriber_properties p join moves m on p.distinct_id = m.from_id
+    from mixpanel_sync.subscriber_properties p join moves m on p.project_id = reattribute_identities.project_id and p.distinct_id = m.from_id
   ), removed as (
     delete from mixpanel_sync.subscriber_properties p using alias_profiles a
-    where not a.keeps and p.distinct_id = a.distinct_id
+    where p.project_id = reattribute_identities.project_id and not a.keeps and p.distinct_id = a.distinct_id
     returning 1
   ), renamed as (
     update mixpanel_sync.subscriber_properties p set distinct_id = a.to_id
     from alias_profiles a
-    where a.keeps and p.distinct_id = a.distinct_id
+    where p.project_id = reattribute_identities.project_id and a.keeps and p.distinct_id = a.distinct_id
     returning 1
   )
   select (select count(*) from removed) + (select count(*) from renamed) into profiles_moved;
 
-  perform mixpanel_sync.refresh_subscribers(from_ids || to_ids);
+  perform mixpanel_sync.refresh_subscribers(reattribute_identities.project_id, from_ids || to_ids);
   return jsonb_build_object('reattributed_events', moved.events, 'reattributed_duplicates', moved.duplicates,
     'reattributed_ledger_rows', moved.ledger_rows, 'reattributed_raw_events', moved.raw_rows,
     'reattributed_profiles', profiles_moved);
 end;
 $function$;
-comment on function mixpanel_sync.reattribute_identities(from_ids text[], to_ids text[]) is 'Set-based: moves every row of from_ids[i] to to_ids[i] in events_daily (rows merged: sum, least first_at, greatest last_at), event_ledger (the raw events with it) and event_ledger_legacy (an event held under both ids, or two aliases, is kept once and its extra count taken back), subscriber_properties (the canonical profile wins), and recomputes subscribers of both. Returns counts: reattributed_events (events now counted under the canonical id), reattributed_duplicates, reattributed_ledger_rows, reattributed_raw_events (moved ledger rows that carry properties), reattributed_profiles.';
-grant execute on function mixpanel_sync.reattribute_identities(from_ids text[], to_ids text[]) to mixpanel_sync_loader;
+comment on function mixpanel_sync.reattribute_identities(project_id smallint, from_ids text[], to_ids text[]) is 'Set-based: moves every row of from_ids[i] to to_ids[i] in events_daily (rows merged: sum, least first_at, greatest last_at), event_ledger (the raw events with it) and event_ledger_legacy (an event held under both ids, or two aliases, is kept once and its extra count taken back), subscriber_properties (the canonical profile wins), and recomputes subscribers of both. Returns counts: reattributed_events (events now counted under the canonical id), reattributed_duplicates, reattributed_ledger_rows, reattributed_raw_events (moved ledger rows that carry properties), reattributed_profiles.';
+grant execute on function mixpanel_sync.reattribute_identities(project_id smallint, from_ids text[], to_ids text[]) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.reattribute_identities_loop(from_ids text[], to_ids text[])
+CREATE OR REPLACE FUNCTION mixpanel_sync.reattribute_identities_loop(project_id smallint, from_ids text[], to_ids text[])
  RETURNS jsonb
  LANGUAGE plpgsql
  SET search_path TO ''
@@ -3101,35 +3359,35 @@ begin
     -- the ledgers, one row at a time: a key the canonical id already holds is a double count
     for event in
       select l.event_key, l.day, l.event_name, false as legacy, l.properties is not null as is_raw
-      from mixpanel_sync.event_ledger l where l.distinct_id = move.from_id
+      from mixpanel_sync.event_ledger l where l.project_id = reattribute_identities_loop.project_id and l.distinct_id = move.from_id
       union all
-      select g.event_key, g.day, g.event_name, true, false from mixpanel_sync.event_ledger_legacy g where g.distinct_id = move.from_id
+      select g.event_key, g.day, g.event_name, true, false from mixpanel_sync.event_ledger_legacy g where g.project_id = reattribute_identities_loop.project_id and g.distinct_id = move.from_id
       order by 4, 1, 2
     loop
       if not event.legacy and exists (select from mixpanel_sync.event_ledger c
-          where c.distinct_id = move.to_id and c.event_key = event.event_key and c.day between event.day - 2 and event.day + 2)
-        or event.legacy and exists (select from mixpanel_sync.event_ledger_legacy c where c.distinct_id = move.to_id and c.event_key = event.event_key) then
+          where c.project_id = reattribute_identities_loop.project_id and c.distinct_id = move.to_id and c.event_key = event.event_key and c.day between event.day - 2 and event.day + 2)
+        or event.legacy and exists (select from mixpanel_sync.event_ledger_legacy c where c.project_id = reattribute_identities_loop.project_id and c.distinct_id = move.to_id and c.event_key = event.event_key) then
         if event.legacy then
-          delete from mixpanel_sync.event_ledger_legacy g where g.distinct_id = move.from_id and g.event_key = event.event_key;
+          delete from mixpanel_sync.event_ledger_legacy g where g.project_id = reattribute_identities_loop.project_id and g.distinct_id = move.from_id and g.event_key = event.event_key;
         else
           delete from mixpanel_sync.event_ledger l
-          where l.distinct_id = move.from_id and l.event_key = event.event_key and l.day = event.day;
+          where l.project_id = reattribute_identities_loop.project_id and l.distinct_id = move.from_id and l.event_key = event.event_key and l.day = event.day;
         end if;
         update mixpanel_sync.events_daily d set event_count = d.event_count - 1
-        where d.distinct_id = move.from_id and d.day = event.day and d.event_name = event.event_name and d.event_count > 1;
+        where d.project_id = reattribute_identities_loop.project_id and d.distinct_id = move.from_id and d.day = event.day and d.event_name = event.event_name and d.event_count > 1;
         get diagnostics row_count_now = row_count;
         if row_count_now = 0 then
           delete from mixpanel_sync.events_daily d
-          where d.distinct_id = move.from_id and d.day = event.day and d.event_name = event.event_name;
+          where d.project_id = reattribute_identities_loop.project_id and d.distinct_id = move.from_id and d.day = event.day and d.event_name = event.event_name;
         end if;
         duplicates := duplicates + 1;
       elsif event.legacy then
         update mixpanel_sync.event_ledger_legacy g set distinct_id = move.to_id
-        where g.distinct_id = move.from_id and g.event_key = event.event_key;
+        where g.project_id = reattribute_identities_loop.project_id and g.distinct_id = move.from_id and g.event_key = event.event_key;
         ledger_rows := ledger_rows + 1;
       else
         update mixpanel_sync.event_ledger l set distinct_id = move.to_id
-        where l.distinct_id = move.from_id and l.event_key = event.event_key and l.day = event.day;
+        where l.project_id = reattribute_identities_loop.project_id and l.distinct_id = move.from_id and l.event_key = event.event_key and l.day = event.day;
         ledger_rows := ledger_rows + 1;
         if event.is_raw then
           raw_moved := raw_moved + 1;
@@ -3139,38 +3397,38 @@ begin
     -- events_daily, one row at a time
     for day_row in
       select d.day, d.event_name, d.event_count, d.first_at, d.last_at
-      from mixpanel_sync.events_daily d where d.distinct_id = move.from_id order by d.day, d.event_name
+      from mixpanel_sync.events_daily d where d.project_id = reattribute_identities_loop.project_id and d.distinct_id = move.from_id order by d.day, d.event_name
     loop
-      insert into mixpanel_sync.events_daily as d (distinct_id, day, event_name, event_count, first_at, last_at)
-      values (move.to_id, day_row.day, day_row.event_name, day_row.event_count, day_row.first_at, day_row.last_at)
-      on conflict (distinct_id, day, event_name) do update set
+      insert into mixpanel_sync.events_daily as d (project_id, distinct_id, day, event_name, event_count, first_at, last_at)
+      values (reattribute_identities_loop.project_id, move.to_id, day_row.day, day_row.event_name, day_row.event_count, day_row.first_at, day_row.last_at)
+      on conflict on constraint events_daily_pkey do update set
         event_count = d.event_count + excluded.event_count,
         first_at = least(d.first_at, excluded.first_at),
         last_at = greatest(d.last_at, excluded.last_at);
       delete from mixpanel_sync.events_daily d
-      where d.distinct_id = move.from_id and d.day = day_row.day and d.event_name = day_row.event_name;
+      where d.project_id = reattribute_identities_loop.project_id and d.distinct_id = move.from_id and d.day = day_row.day and d.event_name = day_row.event_name;
       events_moved := events_moved + day_row.event_count;
     end loop;
     -- the profile: the canonical one wins; else the first alias's (in id order) becomes it
-    if exists (select from mixpanel_sync.subscriber_properties p where p.distinct_id = move.from_id) then
-      if exists (select from mixpanel_sync.subscriber_properties p where p.distinct_id = move.to_id) then
-        delete from mixpanel_sync.subscriber_properties p where p.distinct_id = move.from_id;
+    if exists (select from mixpanel_sync.subscriber_properties p where p.project_id = reattribute_identities_loop.project_id and p.distinct_id = move.from_id) then
+      if exists (select from mixpanel_sync.subscriber_properties p where p.project_id = reattribute_identities_loop.project_id and p.distinct_id = move.to_id) then
+        delete from mixpanel_sync.subscriber_properties p where p.project_id = reattribute_identities_loop.project_id and p.distinct_id = move.from_id;
       else
-        update mixpanel_sync.subscriber_properties p set distinct_id = move.to_id where p.distinct_id = move.from_id;
+        update mixpanel_sync.subscriber_properties p set distinct_id = move.to_id where p.project_id = reattribute_identities_loop.project_id and p.distinct_id = move.from_id;
       end if;
       profiles_moved := profiles_moved + 1;
     end if;
   end loop;
   foreach member in array touched loop
-    perform mixpanel_sync.refresh_subscriber_loop(member);
+    perform mixpanel_sync.refresh_subscriber_loop(reattribute_identities_loop.project_id, member);
   end loop;
   return jsonb_build_object('reattributed_events', events_moved, 'reattributed_duplicates', duplicates,
     'reattributed_ledger_rows', ledger_rows, 'reattributed_raw_events', raw_moved,
     'reattributed_profiles', profiles_moved);
 end;
 $function$;
-comment on function mixpanel_sync.reattribute_identities_loop(from_ids text[], to_ids text[]) is 'Row-at-a-time reference implementation of reattribute_identities: same contract, same resulting tables and counts (property-tests/identity-loop-equals-set.test.ts). Used when events.upsert_path = ''loop''.';
-grant execute on function mixpanel_sync.reattribute_identities_loop(from_ids text[], to_ids text[]) to mixpanel_sync_loader;
+comment on function mixpanel_sync.reattribute_identities_loop(project_id smallint, from_ids text[], to_ids text[]) is 'Row-at-a-time reference implementation of reattribute_identities: same contract, same resulting tables and counts (property-tests/identity-loop-equals-set.test.ts). Used when events.upsert_path = ''loop''.';
+grant execute on function mixpanel_sync.reattribute_identities_loop(project_id smallint, from_ids text[], to_ids text[]) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.record_framing(run_id bigint, counts jsonb)
  RETURNS jsonb
@@ -3206,14 +3464,14 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.record_subscriber_count()
 AS $function$
 begin
   new.options := new.options || jsonb_build_object('subscribers',
-    (select c.subscribers from mixpanel_sync.subscriber_count c where c.id));
+    (select c.subscribers from mixpanel_sync.subscriber_count c where c.project_id = new.project_id));
   return new;
 end;
 $function$;
-comment on function mixpanel_sync.record_subscriber_count() is 'Trigger of sync_runs: when an events run succeeds, records the number of subscribers after it in options.subscribers (read by sync_health events.subscribers), from mixpanel_sync.subscriber_count (exact, kept by the triggers of subscribers; no scan). Runs inside finish_run''s transaction, so the count is the applied state.';
+comment on function mixpanel_sync.record_subscriber_count() is 'Trigger of sync_runs: when an events run succeeds, records the number of its project''s subscribers after it in options.subscribers (read by sync_health events.subscribers), from mixpanel_sync.subscriber_count (exact, kept by the triggers of subscribers; no scan). Runs inside finish_run''s transaction, so the count is the applied state.';
 grant execute on function mixpanel_sync.record_subscriber_count() to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.refresh_subscriber_loop(distinct_id text)
+CREATE OR REPLACE FUNCTION mixpanel_sync.refresh_subscriber_loop(project_id smallint, distinct_id text)
  RETURNS void
  LANGUAGE plpgsql
  SET search_path TO ''
@@ -3227,10 +3485,10 @@ begin
   select sum(d.event_count), min(d.first_at), max(d.last_at)
   into total, first_seen, last_seen
   from mixpanel_sync.events_daily d
-  where d.distinct_id = refresh_subscriber_loop.distinct_id;
+  where d.project_id = refresh_subscriber_loop.project_id and d.distinct_id = refresh_subscriber_loop.distinct_id;
 
   if total is null then
-    delete from mixpanel_sync.subscribers s where s.distinct_id = refresh_subscriber_loop.distinct_id;
+    delete from mixpanel_sync.subscribers s where s.project_id = refresh_subscriber_loop.project_id and s.distinct_id = refresh_subscriber_loop.distinct_id;
     return;
   end if;
 
@@ -3238,13 +3496,13 @@ begin
   from (
     select d.event_name, sum(d.event_count) as event_count
     from mixpanel_sync.events_daily d
-    where d.distinct_id = refresh_subscriber_loop.distinct_id
+    where d.project_id = refresh_subscriber_loop.project_id and d.distinct_id = refresh_subscriber_loop.distinct_id
     group by d.event_name
   ) c;
 
   insert into mixpanel_sync.subscribers as s
-    (distinct_id, total_events, first_event_at, last_event_at, event_counts, updated_at)
-  values (refresh_subscriber_loop.distinct_id, total, first_seen, last_seen, counts, now())
+    (project_id, distinct_id, total_events, first_event_at, last_event_at, event_counts, updated_at)
+  values (refresh_subscriber_loop.project_id, refresh_subscriber_loop.distinct_id, total, first_seen, last_seen, counts, now())
   on conflict on constraint subscribers_pkey do update set
     total_events = excluded.total_events,
     first_event_at = excluded.first_event_at,
@@ -3255,10 +3513,10 @@ begin
     is distinct from (excluded.total_events, excluded.first_event_at, excluded.last_event_at, excluded.event_counts);
 end;
 $function$;
-comment on function mixpanel_sync.refresh_subscriber_loop(distinct_id text) is 'Row-at-a-time reference of refresh_subscribers for one user, used by the _loop paths.';
-grant execute on function mixpanel_sync.refresh_subscriber_loop(distinct_id text) to mixpanel_sync_loader;
+comment on function mixpanel_sync.refresh_subscriber_loop(project_id smallint, distinct_id text) is 'Row-at-a-time reference of refresh_subscribers for one user, used by the _loop paths.';
+grant execute on function mixpanel_sync.refresh_subscriber_loop(project_id smallint, distinct_id text) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.refresh_subscribers(distinct_ids text[])
+CREATE OR REPLACE FUNCTION mixpanel_sync.refresh_subscribers(project_id smallint, distinct_ids text[])
  RETURNS void
  LANGUAGE sql
  SET search_path TO ''
@@ -3270,7 +3528,7 @@ AS $function$
     select d.distinct_id, d.event_name, sum(d.event_count) as event_count,
       min(d.first_at) as first_at, max(d.last_at) as last_at
     from users u
-    join mixpanel_sync.events_daily d on d.distinct_id = u.distinct_id
+    join mixpanel_sync.events_daily d on d.project_id = refresh_subscribers.project_id and d.distinct_id = u.distinct_id
     group by d.distinct_id, d.event_name
   ), per_user as (
     select e.distinct_id, sum(e.event_count)::bigint as total_events, min(e.first_at) as first_event_at,
@@ -3280,14 +3538,14 @@ AS $function$
   ), removed as (
     delete from mixpanel_sync.subscribers s
     using users u
-    where s.distinct_id = u.distinct_id
+    where s.project_id = refresh_subscribers.project_id and s.distinct_id = u.distinct_id
       and not exists (select from per_user p where p.distinct_id = u.distinct_id)
   )
   insert into mixpanel_sync.subscribers as s
-    (distinct_id, total_events, first_event_at, last_event_at, event_counts, updated_at)
-  select p.distinct_id, p.total_events, p.first_event_at, p.last_event_at, p.event_counts, now()
+    (project_id, distinct_id, total_events, first_event_at, last_event_at, event_counts, updated_at)
+  select refresh_subscribers.project_id, p.distinct_id, p.total_events, p.first_event_at, p.last_event_at, p.event_counts, now()
   from per_user p
-  on conflict (distinct_id) do update set
+  on conflict (project_id, distinct_id) do update set
     total_events = excluded.total_events,
     first_event_at = excluded.first_event_at,
     last_event_at = excluded.last_event_at,
@@ -3296,8 +3554,8 @@ AS $function$
   where (s.total_events, s.first_event_at, s.last_event_at, s.event_counts)
     is distinct from (excluded.total_events, excluded.first_event_at, excluded.last_event_at, excluded.event_counts);
 $function$;
-comment on function mixpanel_sync.refresh_subscribers(distinct_ids text[]) is 'Recomputes subscribers for these users from events_daily, set-based; writes only rows that change, deletes users left with no events.';
-grant execute on function mixpanel_sync.refresh_subscribers(distinct_ids text[]) to mixpanel_sync_loader;
+comment on function mixpanel_sync.refresh_subscribers(project_id smallint, distinct_ids text[]) is 'Recomputes subscribers for these users of a project from events_daily, set-based; writes only rows that change, deletes users left with no events.';
+grant execute on function mixpanel_sync.refresh_subscribers(project_id smallint, distinct_ids text[]) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.replace_guard(run mixpanel_sync.sync_runs)
  RETURNS void
@@ -3306,11 +3564,12 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.replace_guard(run mixpanel_sync.sync_ru
  SET jit TO 'off'
 AS $function$
 declare
+  pid smallint := run.project_id;
   usable bigint;
   stored record;
   shrunk record;
-  min_events bigint := mixpanel_sync.setting('events.replace_guard_min_events')::bigint;
-  ratio numeric := mixpanel_sync.setting('events.replace_guard_ratio')::numeric;
+  min_events bigint := mixpanel_sync.setting(pid, 'events.replace_guard_min_events')::bigint;
+  ratio numeric := mixpanel_sync.setting(pid, 'events.replace_guard_ratio')::numeric;
   -- The run's selection (begin_run: options->'events'; absent, null or [] = every event): a REPLACE with a selection
   -- clears only those names, so only their stored events are at stake, and only selected events are usable.
   selection text[] := mixpanel_sync.run_selection(run.id);
@@ -3330,7 +3589,7 @@ begin
   if usable = 0 then
     select count(*) as days, sum(d.event_count) as events into stored
     from mixpanel_sync.events_daily d
-    where d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection));
+    where d.project_id = pid and d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection));
     if stored.events > 0 then
       raise exception 'finish_run: REPLACE guard: full run % has no usable event for % .. %, which hold % stored events%; nothing was applied',
         run.id, run.window_from_day, run.window_to_day, stored.events, names
@@ -3343,7 +3602,7 @@ begin
   from (
     select d.day, sum(d.event_count) as events
     from mixpanel_sync.events_daily d
-    where d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection))
+    where d.project_id = pid and d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection))
     group by d.day
   ) s
   left join (
@@ -3419,7 +3678,7 @@ $function$;
 comment on function mixpanel_sync.seconds_text(ms bigint) is 'Milliseconds as seconds for people: 72300 -> ''72.3 s''.';
 grant execute on function mixpanel_sync.seconds_text(ms bigint) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.setting(key text)
+CREATE OR REPLACE FUNCTION mixpanel_sync.setting(project_id smallint, key text)
  RETURNS text
  LANGUAGE plpgsql
  STABLE
@@ -3428,27 +3687,29 @@ AS $function$
 declare
   found_value text;
 begin
-  select s.value into found_value from mixpanel_sync.sync_settings s where s.key = setting.key;
+  select s.value into found_value from mixpanel_sync.sync_settings s
+  where s.project_id = setting.project_id and s.key = setting.key;
   if found_value is null then
-    raise exception 'unknown setting "%": see select key, value from mixpanel_sync.sync_settings', key
-      using errcode = 'undefined_object';
+    raise exception 'unknown setting "%" of project %: see select key, value from mixpanel_sync.sync_settings where project_id = %',
+      setting.key, setting.project_id, setting.project_id
+      using errcode = 'undefined_object', hint = 'the settings are the keys of mixpanel_sync.sync_setting_defaults';
   end if;
   return found_value;
 end;
 $function$;
-comment on function mixpanel_sync.setting(key text) is 'The value of one sync_settings row; raises for an unknown key.';
-grant execute on function mixpanel_sync.setting(key text) to mixpanel_sync_loader;
+comment on function mixpanel_sync.setting(project_id smallint, key text) is 'The value of one sync_settings row of a project (one primary key probe); raises for an unknown key.';
+grant execute on function mixpanel_sync.setting(project_id smallint, key text) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.setting_seconds(key text)
+CREATE OR REPLACE FUNCTION mixpanel_sync.setting_seconds(project_id smallint, key text)
  RETURNS numeric
  LANGUAGE sql
  STABLE
  SET search_path TO ''
 AS $function$
-  select extract(epoch from mixpanel_sync.setting(key)::interval);
+  select extract(epoch from mixpanel_sync.setting(setting_seconds.project_id, setting_seconds.key)::interval);
 $function$;
-comment on function mixpanel_sync.setting_seconds(key text) is 'An interval setting in seconds.';
-grant execute on function mixpanel_sync.setting_seconds(key text) to mixpanel_sync_loader;
+comment on function mixpanel_sync.setting_seconds(project_id smallint, key text) is 'An interval setting of a project in seconds.';
+grant execute on function mixpanel_sync.setting_seconds(project_id smallint, key text) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.setting_value_is_valid(kind text, value text)
  RETURNS boolean
@@ -3501,7 +3762,7 @@ AS $function$
   select
     (select count(*) from (
       select d.distinct_id, d.day, d.event_name from mixpanel_sync.events_daily d, mixpanel_sync.spot_checks c
-      where c.id = spot_check_counts.check_id and d.distinct_id = any (c.users) and d.day between c.from_day and c.to_day
+      where c.id = spot_check_counts.check_id and d.project_id = c.project_id and d.distinct_id = any (c.users) and d.day between c.from_day and c.to_day
         and (coalesce(jsonb_array_length(c.events), 0) = 0 or c.events ? d.event_name)
       union
       select x.distinct_id, x.day, x.event_name from mixpanel_sync.spot_check_differences(spot_check_counts.check_id) x where x.day is not null
@@ -3564,7 +3825,7 @@ AS $function$
   ), ours as (
     select d.distinct_id::text as distinct_id, d.day, d.event_name::text as event_name, d.event_count as events
     from mixpanel_sync.events_daily d cross join c
-    where d.distinct_id = any (c.users) and d.day between c.from_day and c.to_day
+    where d.project_id = c.project_id and d.distinct_id = any (c.users) and d.day between c.from_day and c.to_day
       and (coalesce(jsonb_array_length(c.events), 0) = 0 or c.events ? d.event_name)
   ), days_ours as (
     select distinct o.distinct_id, o.day from ours o
@@ -3592,9 +3853,9 @@ AS $function$
       coalesce(((s.event_counts ->> n.event_name))::bigint, 0) as summary,
       coalesce((select sum(t.events) from theirs t where t.distinct_id = u.distinct_id and t.event_name = n.event_name), 0)
         + coalesce((select sum(d.event_count) from mixpanel_sync.events_daily d
-            where d.distinct_id = u.distinct_id and d.event_name = n.event_name and d.day not between c.from_day and c.to_day), 0) as expected
+            where d.project_id = c.project_id and d.distinct_id = u.distinct_id and d.event_name = n.event_name and d.day not between c.from_day and c.to_day), 0) as expected
     from c cross join unnest(c.users) u(distinct_id)
-    left join mixpanel_sync.subscribers s on s.distinct_id = u.distinct_id
+    left join mixpanel_sync.subscribers s on s.project_id = c.project_id and s.distinct_id = u.distinct_id
     cross join lateral (
       select k as event_name from jsonb_object_keys(coalesce(s.event_counts, '{}')) k
       where coalesce(jsonb_array_length(c.events), 0) = 0 or c.events ? k
@@ -3724,47 +3985,87 @@ $function$;
 comment on function mixpanel_sync.stage_spot_check(check_id bigint, lines text[]) is 'Stages export lines (JSONL, as received) for a spot-check.';
 grant execute on function mixpanel_sync.stage_spot_check(check_id bigint, lines text[]) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.store_raw()
+CREATE OR REPLACE FUNCTION mixpanel_sync.storage_horizon(project_id smallint, clock timestamp with time zone)
+ RETURNS date
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+AS $function$
+  -- Raw off: the ledger horizon (what ADD can deduplicate). Raw on: also events.raw_retention's days ('forever':
+  -- every day).
+  select case
+    when not mixpanel_sync.store_raw(storage_horizon.project_id) then h.ledger_from
+    when h.raw_retention = 'forever' then '-infinity'::date
+    else least(h.ledger_from, mixpanel_sync.horizon_day(storage_horizon.clock, h.raw_retention::interval))
+  end
+  from (
+    select mixpanel_sync.horizon_day(storage_horizon.clock,
+        mixpanel_sync.setting(storage_horizon.project_id, 'events.ledger_retention')::interval) as ledger_from,
+      coalesce((select s.value from mixpanel_sync.sync_settings s
+        where s.project_id = storage_horizon.project_id and s.key = 'events.raw_retention'), 'forever') as raw_retention
+  ) h;
+$function$;
+comment on function mixpanel_sync.storage_horizon(project_id smallint, clock timestamp with time zone) is 'The first UTC day whose ledger rows a project keeps at this clock: its ledger horizon (events.ledger_retention), or with events.store_raw on the earlier of that and events.raw_retention''s (''forever'': -infinity). finish_events_run keeps its project''s rows from here on, and drops the day partitions before the earliest storage horizon of all projects.';
+grant execute on function mixpanel_sync.storage_horizon(project_id smallint, clock timestamp with time zone) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.store_raw(project_id smallint)
  RETURNS boolean
  LANGUAGE sql
  STABLE
  SET search_path TO ''
 AS $function$
-  select coalesce((select s.value from mixpanel_sync.sync_settings s where s.key = 'events.store_raw'), 'off') = 'on';
+  select coalesce((select s.value from mixpanel_sync.sync_settings s
+    where s.project_id = store_raw.project_id and s.key = 'events.store_raw'), 'off') = 'on';
 $function$;
-comment on function mixpanel_sync.store_raw() is 'True when setting events.store_raw is on: the apply paths then write the raw columns and keep events with no distinct_id in the ledger.';
-grant execute on function mixpanel_sync.store_raw() to mixpanel_sync_loader;
+comment on function mixpanel_sync.store_raw(project_id smallint) is 'True when the project''s setting events.store_raw is on: its apply paths then write the raw columns and keep events with no distinct_id in the ledger.';
+grant execute on function mixpanel_sync.store_raw(project_id smallint) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.sync_health()
+CREATE OR REPLACE FUNCTION mixpanel_sync.sync_health(project text DEFAULT NULL::text)
  RETURNS TABLE("check" text, status text, value text, threshold text, detail text)
  LANGUAGE sql
  STABLE
  SET search_path TO ''
  SET jit TO 'off'
 AS $function$
+  with p as materialized (select mixpanel_sync.project_id(sync_health.project) as id)
   select (c.result).* from (
-    select 1 as position, mixpanel_sync.health_events_duration() as result
-    union all select 2, mixpanel_sync.health_incremental_volume()
-    union all select 3, mixpanel_sync.health_incremental_typical()
-    union all select 4, mixpanel_sync.health_watermark_lag()
-    union all select 5, mixpanel_sync.health_watermark_stalled()
-    union all select 6, mixpanel_sync.health_lateness()
-    union all select 7, mixpanel_sync.health_too_old()
-    union all select 8, mixpanel_sync.health_timezone()
-    union all select 9, mixpanel_sync.health_subscribers()
-    union all select 10, mixpanel_sync.health_failed_runs('events')
-    union all select 11, mixpanel_sync.health_rejected('events')
-    union all select 12, mixpanel_sync.health_profiles_duration()
-    union all select 13, mixpanel_sync.health_profiles_change_detection()
-    union all select 14, mixpanel_sync.health_profiles_skip_rate()
-    union all select 15, mixpanel_sync.health_failed_runs('profiles')
-    union all select 16, mixpanel_sync.health_rejected('profiles')
-    union all select 17, mixpanel_sync.health_running()
+    select 1 as position, mixpanel_sync.health_events_duration(p.id) as result from p
+    union all select 2, mixpanel_sync.health_incremental_volume(p.id) from p
+    union all select 3, mixpanel_sync.health_incremental_typical(p.id) from p
+    union all select 4, mixpanel_sync.health_watermark_lag(p.id) from p
+    union all select 5, mixpanel_sync.health_watermark_stalled(p.id) from p
+    union all select 6, mixpanel_sync.health_lateness(p.id) from p
+    union all select 7, mixpanel_sync.health_too_old(p.id) from p
+    union all select 8, mixpanel_sync.health_timezone(p.id) from p
+    union all select 9, mixpanel_sync.health_subscribers(p.id) from p
+    union all select 10, mixpanel_sync.health_failed_runs(p.id, 'events') from p
+    union all select 11, mixpanel_sync.health_rejected(p.id, 'events') from p
+    union all select 12, mixpanel_sync.health_profiles_duration(p.id) from p
+    union all select 13, mixpanel_sync.health_profiles_change_detection(p.id) from p
+    union all select 14, mixpanel_sync.health_profiles_skip_rate(p.id) from p
+    union all select 15, mixpanel_sync.health_failed_runs(p.id, 'profiles') from p
+    union all select 16, mixpanel_sync.health_rejected(p.id, 'profiles') from p
+    union all select 17, mixpanel_sync.health_running(p.id) from p
   ) c
   order by c.position;
 $function$;
-comment on function mixpanel_sync.sync_health() is 'Health of the sync, one row per check: status ok|warn|critical, the value measured, the thresholds (health.* rows in sync_settings) and a detail. select * from mixpanel_sync.sync_health(); see docs/operations.md.';
-grant execute on function mixpanel_sync.sync_health() to mixpanel_sync_loader;
+comment on function mixpanel_sync.sync_health(project text) is 'Health of one project''s sync (project: its name; null: the only project), one row per check: status ok|warn|critical, the value measured, the thresholds (the project''s health.* rows in sync_settings) and a detail. select * from mixpanel_sync.sync_health(); every project: select * from mixpanel_sync.sync_health_all(); see docs/operations.md.';
+grant execute on function mixpanel_sync.sync_health(project text) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.sync_health_all()
+ RETURNS TABLE(project text, "check" text, status text, value text, threshold text, detail text)
+ LANGUAGE sql
+ STABLE
+ SET search_path TO ''
+ SET jit TO 'off'
+AS $function$
+  select p.name::text, h."check", h.status, h.value, h.threshold, h.detail
+  from mixpanel_sync.projects p
+  cross join lateral mixpanel_sync.sync_health(p.name) with ordinality as h ("check", status, value, threshold, detail, position)
+  order by p.name, h.position;
+$function$;
+comment on function mixpanel_sync.sync_health_all() is 'sync_health of every project, one row per project and check, by project name: select * from mixpanel_sync.sync_health_all() where status <> ''ok''.';
+grant execute on function mixpanel_sync.sync_health_all() to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.upsert_subscriber_properties(run_id bigint, change_detection boolean)
  RETURNS mixpanel_sync.profiles_result
@@ -3775,7 +4076,7 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.upsert_subscriber_properties(run_id big
  SET jit TO 'off'
 AS $function$
   with staged as materialized (
-    select s.line_id, md5(coalesce(r.project_timezone, '') || E'\n' || s.line)::uuid as line_hash
+    select s.line_id, md5(coalesce(r.project_timezone, '') || E'\n' || s.line)::uuid as line_hash, r.project_id
     from mixpanel_sync.staged_profiles s
     join mixpanel_sync.sync_runs r on r.id = s.run_id
     where s.run_id = upsert_subscriber_properties.run_id
@@ -3784,10 +4085,10 @@ AS $function$
     -- Without change detection every line is parsed and written, as the original did.
     select st.line_id, c.distinct_id
     from staged st
-    join mixpanel_sync.subscriber_properties c on c.line_hash = st.line_hash
+    join mixpanel_sync.subscriber_properties c on c.project_id = st.project_id and c.line_hash = st.line_hash
     where change_detection
   ), parsed as materialized (
-    select p.*, st.line_hash
+    select p.*, st.line_hash, st.project_id
     from mixpanel_sync.staged_profiles_parsed p
     join staged st on st.line_id = p.line_id
     where p.run_id = upsert_subscriber_properties.run_id
@@ -3818,18 +4119,18 @@ AS $function$
       (l.email, l.name, l.first_name, l.last_name, l.phone, l.city, l.region, l.country_code, l.timezone,
         l.created_at, l.last_seen_at, l.properties) as is_unchanged
     from latest l
-    left join mixpanel_sync.subscriber_properties c on c.distinct_id = l.distinct_id
+    left join mixpanel_sync.subscriber_properties c on c.project_id = l.project_id and c.distinct_id = l.distinct_id
   ), written as (
     insert into mixpanel_sync.subscriber_properties as s
-      (distinct_id, email, name, first_name, last_name, phone, city, region, country_code, timezone,
+      (project_id, distinct_id, email, name, first_name, last_name, phone, city, region, country_code, timezone,
        created_at, last_seen_at, properties, changed_by_run_id, line_hash, first_synced_at, updated_at)
-    select c.distinct_id, c.email, c.name, c.first_name, c.last_name, c.phone, c.city, c.region, c.country_code,
+    select c.project_id, c.distinct_id, c.email, c.name, c.first_name, c.last_name, c.phone, c.city, c.region, c.country_code,
       c.timezone, c.created_at, c.last_seen_at, c.properties, c.run_id, c.line_hash, now(), now()
     from compared c
     -- Unchanged profiles never reach the insert: no row lock, no WAL, no page dirtied.
     where not change_detection or not c.is_unchanged
-    order by c.distinct_id
-    on conflict (distinct_id) do update set
+    order by c.project_id, c.distinct_id
+    on conflict (project_id, distinct_id) do update set
       email = excluded.email,
       name = excluded.name,
       first_name = excluded.first_name,
@@ -3894,10 +4195,11 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.upsert_subscribers_incremental(run_id b
  SET jit TO 'off'
 AS $function$
 declare
+  pid smallint := (select r.project_id from mixpanel_sync.sync_runs r where r.id = upsert_subscribers_incremental.run_id);
   -- ledger rows of the window are kept from this day on (finish_run passes the storage horizon: older rows would be
   -- dropped at once); null: the whole window.
   kept_from date := greatest(from_day, coalesce(ledger_from, from_day));
-  raw_on boolean := mixpanel_sync.store_raw();
+  raw_on boolean := mixpanel_sync.store_raw(pid);
   -- the run's selection: only rows of these names are merged or deleted (null: every name)
   names text[] := mixpanel_sync.run_selection(upsert_subscribers_incremental.run_id);
   counted record;
@@ -3906,7 +4208,7 @@ begin
 
   -- The legacy ledger only ever empties: its rows of the window go (as before the merge).
   delete from mixpanel_sync.event_ledger_legacy g
-  where g.day between from_day and to_day and (names is null or g.event_name = any (names));
+  where g.project_id = pid and g.day between from_day and to_day and (names is null or g.event_name = any (names));
 
   -- The window's new content is the run's events of the window (of the selected names), deduplicated (a key fixes
   -- the name and the second; the first line of the run wins), less those already counted outside the window: a key
@@ -3928,10 +4230,10 @@ begin
     select w.*
     from wanted w
     where (w.legacy_key is null or not exists (
-        select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = w.distinct_id and g.event_key = w.legacy_key))
+        select from mixpanel_sync.event_ledger_legacy g where g.project_id = pid and g.distinct_id = w.distinct_id and g.event_key = w.legacy_key))
       and not ((w.day < from_day + 2 or w.day > to_day - 2) and exists (
         select from mixpanel_sync.event_ledger l
-        where l.distinct_id = w.distinct_id and l.event_key = w.event_key
+        where l.project_id = pid and l.distinct_id = w.distinct_id and l.event_key = w.event_key
           and l.day between w.day - 2 and w.day + 2 and (l.day < from_day or l.day > to_day)))
   ), ledger_diff as materialized (
     -- The window's ledger rows (of the selected names) against its new content from kept_from on, matched on the
@@ -3944,7 +4246,7 @@ begin
     full join (
       select l.distinct_id, l.event_key, l.day, l.event_name, l.event_time, l.insert_id, l.processing_time_ms, l.properties
       from mixpanel_sync.event_ledger l
-      where l.day between from_day and to_day and (names is null or l.event_name = any (names))
+      where l.project_id = pid and l.day between from_day and to_day and (names is null or l.event_name = any (names))
     ) l on l.distinct_id = k.distinct_id and l.event_key = k.event_key and l.day = k.day
     where k.distinct_id is null or l.distinct_id is null
       or (l.event_name, l.event_time, l.insert_id, l.processing_time_ms, l.properties)
@@ -3952,13 +4254,13 @@ begin
   ), ledger_gone as (
     delete from mixpanel_sync.event_ledger l
     using ledger_diff x
-    where x.k_distinct_id is null
+    where l.project_id = pid and x.k_distinct_id is null
       and l.distinct_id = x.l_distinct_id and l.event_key = x.l_event_key and l.day = x.l_day
     returning 1
   ), ledger_new as (
     insert into mixpanel_sync.event_ledger
-      (distinct_id, event_key, day, event_name, event_time, run_id, insert_id, processing_time_ms, properties)
-    select x.k_distinct_id, x.k_event_key, x.k_day, x.event_name, x.event_time, upsert_subscribers_incremental.run_id,
+      (project_id, distinct_id, event_key, day, event_name, event_time, run_id, insert_id, processing_time_ms, properties)
+    select pid, x.k_distinct_id, x.k_event_key, x.k_day, x.event_name, x.event_time, upsert_subscribers_incremental.run_id,
       x.insert_id, x.processing_time_ms, x.properties
     from ledger_diff x
     where x.l_distinct_id is null
@@ -3969,7 +4271,7 @@ begin
       event_name = x.event_name, event_time = x.event_time, run_id = upsert_subscribers_incremental.run_id,
       insert_id = x.insert_id, processing_time_ms = x.processing_time_ms, properties = x.properties
     from ledger_diff x
-    where x.k_distinct_id is not null and x.l_distinct_id is not null
+    where l.project_id = pid and x.k_distinct_id is not null and x.l_distinct_id is not null
       and l.distinct_id = x.l_distinct_id and l.event_key = x.l_event_key and l.day = x.l_day
     returning 1
   ), target as materialized (
@@ -3987,19 +4289,19 @@ begin
     full join (
       select d.distinct_id, d.day, d.event_name, d.event_count, d.first_at, d.last_at
       from mixpanel_sync.events_daily d
-      where d.day between from_day and to_day and (names is null or d.event_name = any (names))
+      where d.project_id = pid and d.day between from_day and to_day and (names is null or d.event_name = any (names))
     ) d on d.distinct_id = t.distinct_id and d.day = t.day and d.event_name = t.event_name
     where t.distinct_id is null or d.distinct_id is null
       or (d.event_count, d.first_at, d.last_at) is distinct from (t.event_count, t.first_at, t.last_at)
   ), daily_gone as (
     delete from mixpanel_sync.events_daily d
     using daily_diff x
-    where x.t_distinct_id is null
+    where d.project_id = pid and x.t_distinct_id is null
       and d.distinct_id = x.d_distinct_id and d.day = x.d_day and d.event_name = x.d_event_name
     returning d.distinct_id
   ), daily_new as (
-    insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at)
-    select x.t_distinct_id, x.t_day, x.t_event_name, x.event_count, x.first_at, x.last_at
+    insert into mixpanel_sync.events_daily (project_id, distinct_id, day, event_name, event_count, first_at, last_at)
+    select pid, x.t_distinct_id, x.t_day, x.t_event_name, x.event_count, x.first_at, x.last_at
     from daily_diff x
     where x.d_distinct_id is null
     order by x.t_distinct_id, x.t_day, x.t_event_name
@@ -4007,7 +4309,7 @@ begin
   ), daily_changed as (
     update mixpanel_sync.events_daily d set event_count = x.event_count, first_at = x.first_at, last_at = x.last_at
     from daily_diff x
-    where x.t_distinct_id is not null and x.d_distinct_id is not null
+    where d.project_id = pid and x.t_distinct_id is not null and x.d_distinct_id is not null
       and d.distinct_id = x.d_distinct_id and d.day = x.d_day and d.event_name = x.d_event_name
     returning d.distinct_id
   )
@@ -4019,7 +4321,7 @@ begin
       as ledger_rows_written
   into counted;
 
-  perform mixpanel_sync.refresh_subscribers(counted.touched);
+  perform mixpanel_sync.refresh_subscribers(pid, counted.touched);
   return (
     select (counted.applied,
       count(*) filter (where e.day between from_day and to_day and (names is null or e.event_name = any (names))) - counted.applied,
@@ -4041,7 +4343,8 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.upsert_subscribers_incremental_add(run_
  SET jit TO 'off'
 AS $function$
 declare
-  raw_on boolean := mixpanel_sync.store_raw();
+  pid smallint := (select r.project_id from mixpanel_sync.sync_runs r where r.id = upsert_subscribers_incremental_add.run_id);
+  raw_on boolean := mixpanel_sync.store_raw(pid);
   result mixpanel_sync.apply_result;
 begin
   perform mixpanel_sync.ensure_run_ledger_partitions(upsert_subscribers_incremental_add.run_id, horizon_day, 'infinity');
@@ -4063,33 +4366,33 @@ begin
     select w.* from in_window w
     where not exists (
       select from mixpanel_sync.event_ledger l
-      where l.distinct_id = w.distinct_id and l.event_key = w.event_key and l.day = w.day)
+      where l.project_id = pid and l.distinct_id = w.distinct_id and l.event_key = w.event_key and l.day = w.day)
   ), ledgered as (
     -- The days either side, as a subquery run per remaining event (one probe of each such day partition that
     -- exists), not as a NOT EXISTS: an anti-join there is planned, on a small ledger, as a second hash of the whole
     -- ledger. DO NOTHING skips repeats inside the batch: the first line wins.
     insert into mixpanel_sync.event_ledger
-      (distinct_id, event_key, day, event_name, event_time, run_id, insert_id, processing_time_ms, properties)
-    select w.distinct_id, w.event_key, w.day, w.event_name, w.event_time, upsert_subscribers_incremental_add.run_id,
+      (project_id, distinct_id, event_key, day, event_name, event_time, run_id, insert_id, processing_time_ms, properties)
+    select pid, w.distinct_id, w.event_key, w.day, w.event_name, w.event_time, upsert_subscribers_incremental_add.run_id,
       w.insert_id, w.processing_time_ms, w.properties
     from not_on_day w
     where (w.legacy_key is null or not exists (
-        select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = w.distinct_id and g.event_key = w.legacy_key))
+        select from mixpanel_sync.event_ledger_legacy g where g.project_id = pid and g.distinct_id = w.distinct_id and g.event_key = w.legacy_key))
       and (select true from mixpanel_sync.event_ledger l
-        where l.distinct_id = w.distinct_id and l.event_key = w.event_key
+        where l.project_id = pid and l.distinct_id = w.distinct_id and l.event_key = w.event_key
           and (l.day between w.day - 2 and w.day - 1 or l.day between w.day + 1 and w.day + 2)
         limit 1) is null
     order by w.distinct_id, w.event_key, w.line_id
-    on conflict (distinct_id, event_key, day) do nothing
+    on conflict (project_id, distinct_id, event_key, day) do nothing
     returning event_ledger.distinct_id, event_ledger.day, event_ledger.event_name, event_ledger.event_time
   ), applied as (
     select l.* from ledgered l where l.distinct_id <> ''
   ), daily as (
-    insert into mixpanel_sync.events_daily as d (distinct_id, day, event_name, event_count, first_at, last_at)
-    select l.distinct_id, l.day, l.event_name, count(*), min(l.event_time), max(l.event_time)
+    insert into mixpanel_sync.events_daily as d (project_id, distinct_id, day, event_name, event_count, first_at, last_at)
+    select pid, l.distinct_id, l.day, l.event_name, count(*), min(l.event_time), max(l.event_time)
     from applied l
     group by l.distinct_id, l.day, l.event_name
-    on conflict (distinct_id, day, event_name) do update set
+    on conflict (project_id, distinct_id, day, event_name) do update set
       event_count = d.event_count + excluded.event_count,
       first_at = least(d.first_at, excluded.first_at),
       last_at = greatest(d.last_at, excluded.last_at)
@@ -4101,11 +4404,11 @@ begin
     -- ADD only ever adds: the summary moves by the run's delta, without reading a user's history
     -- (what keeps an incremental run's cost independent of it).
     insert into mixpanel_sync.subscribers as s
-      (distinct_id, total_events, first_event_at, last_event_at, event_counts, updated_at)
-    select p.distinct_id, sum(p.event_count), min(p.first_at), max(p.last_at), jsonb_object_agg(p.event_name, p.event_count), now()
+      (project_id, distinct_id, total_events, first_event_at, last_event_at, event_counts, updated_at)
+    select pid, p.distinct_id, sum(p.event_count), min(p.first_at), max(p.last_at), jsonb_object_agg(p.event_name, p.event_count), now()
     from per_name p
     group by p.distinct_id
-    on conflict (distinct_id) do update set
+    on conflict (project_id, distinct_id) do update set
       total_events = s.total_events + excluded.total_events,
       first_event_at = least(s.first_event_at, excluded.first_event_at),
       last_event_at = greatest(s.last_event_at, excluded.last_event_at),
@@ -4132,13 +4435,14 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.upsert_subscribers_incremental_add_loop
  SET jit TO 'off'
 AS $function$
 declare
+  pid smallint := (select r.project_id from mixpanel_sync.sync_runs r where r.id = upsert_subscribers_incremental_add_loop.run_id);
   inserted record;
   user_id text;
 begin
   perform mixpanel_sync.ensure_run_ledger_partitions(upsert_subscribers_incremental_add_loop.run_id, horizon_day, 'infinity');
   inserted := mixpanel_sync.insert_new_events_loop(run_id, horizon_day, 'infinity');
   foreach user_id in array inserted.distinct_ids loop
-    perform mixpanel_sync.refresh_subscriber_loop(user_id);
+    perform mixpanel_sync.refresh_subscriber_loop(pid, user_id);
   end loop;
   return (inserted.applied, inserted.duplicates, inserted.outside, cardinality(inserted.distinct_ids))::mixpanel_sync.apply_result;
 end;
@@ -4157,8 +4461,9 @@ CREATE OR REPLACE FUNCTION mixpanel_sync.upsert_subscribers_incremental_loop(run
  SET plan_cache_mode TO 'force_generic_plan'
 AS $function$
 declare
+  pid smallint := (select r.project_id from mixpanel_sync.sync_runs r where r.id = upsert_subscribers_incremental_loop.run_id);
   kept_from date := greatest(from_day, coalesce(ledger_from, from_day));
-  raw_on boolean := mixpanel_sync.store_raw();
+  raw_on boolean := mixpanel_sync.store_raw(pid);
   names text[] := mixpanel_sync.run_selection(upsert_subscribers_incremental_loop.run_id);
   event record;
   stored record;
@@ -4183,11 +4488,11 @@ begin
 
   for legacy_row in
     select g.distinct_id, g.event_key from mixpanel_sync.event_ledger_legacy g
-    where g.day between from_day and to_day and (names is null or g.event_name = any (names))
+    where g.project_id = pid and g.day between from_day and to_day and (names is null or g.event_name = any (names))
     order by g.distinct_id, g.event_key
   loop
     delete from mixpanel_sync.event_ledger_legacy g
-    where g.distinct_id = legacy_row.distinct_id and g.event_key = legacy_row.event_key;
+    where g.project_id = pid and g.distinct_id = legacy_row.distinct_id and g.event_key = legacy_row.event_key;
   end loop;
 
   -- 1. The run's events in events_daily order (a key fixes the day and the name, so repeats are adjacent, the first
@@ -4219,10 +4524,10 @@ begin
     previous_id := event.distinct_id;
     previous_key := event.event_key;
     if event.legacy_key is not null and exists (
-      select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = event.distinct_id and g.event_key = event.legacy_key)
+      select from mixpanel_sync.event_ledger_legacy g where g.project_id = pid and g.distinct_id = event.distinct_id and g.event_key = event.legacy_key)
       or exists (
         select from mixpanel_sync.event_ledger l
-        where l.distinct_id = event.distinct_id and l.event_key = event.event_key
+        where l.project_id = pid and l.distinct_id = event.distinct_id and l.event_key = event.event_key
           and l.day between event.day - 2 and event.day + 2 and (l.day < from_day or l.day > to_day)) then
       if event.distinct_id <> '' then
         duplicates := duplicates + 1;
@@ -4233,18 +4538,18 @@ begin
     if event.day >= kept_from then
       select l.event_name, l.event_time, l.insert_id, l.processing_time_ms, l.properties into stored
       from mixpanel_sync.event_ledger l
-      where l.distinct_id = event.distinct_id and l.event_key = event.event_key and l.day = event.day;
+      where l.project_id = pid and l.distinct_id = event.distinct_id and l.event_key = event.event_key and l.day = event.day;
       if not found then
         insert into mixpanel_sync.event_ledger
-          (distinct_id, event_key, day, event_name, event_time, run_id, insert_id, processing_time_ms, properties)
-        values (event.distinct_id, event.event_key, event.day, event.event_name, event.event_time,
+          (project_id, distinct_id, event_key, day, event_name, event_time, run_id, insert_id, processing_time_ms, properties)
+        values (pid, event.distinct_id, event.event_key, event.day, event.event_name, event.event_time,
           upsert_subscribers_incremental_loop.run_id, event.insert_id, event.processing_time_ms, event.properties);
       elsif (stored.event_name, stored.event_time, stored.insert_id, stored.processing_time_ms, stored.properties)
         is distinct from (event.event_name, event.event_time, event.insert_id, event.processing_time_ms, event.properties) then
         update mixpanel_sync.event_ledger l set event_name = event.event_name, event_time = event.event_time,
           insert_id = event.insert_id, processing_time_ms = event.processing_time_ms, properties = event.properties,
           run_id = upsert_subscribers_incremental_loop.run_id
-        where l.distinct_id = event.distinct_id and l.event_key = event.event_key and l.day = event.day;
+        where l.project_id = pid and l.distinct_id = event.distinct_id and l.event_key = event.event_key and l.day = event.day;
       end if;
     end if;
 
@@ -4252,7 +4557,7 @@ begin
       continue;
     end if;
     if group_count > 0 and (group_id, group_day, group_name) is distinct from (event.distinct_id, event.day, event.event_name) then
-      if mixpanel_sync.merge_daily_row_loop(group_id, group_day, group_name, group_count, group_first, group_last) then
+      if mixpanel_sync.merge_daily_row_loop(pid, group_id, group_day, group_name, group_count, group_first, group_last) then
         touched := array_append(touched, group_id);
       end if;
       group_count := 0;
@@ -4269,7 +4574,7 @@ begin
     group_last := greatest(group_last, event.event_time);
     applied := applied + 1;
   end loop;
-  if group_count > 0 and mixpanel_sync.merge_daily_row_loop(group_id, group_day, group_name, group_count, group_first, group_last) then
+  if group_count > 0 and mixpanel_sync.merge_daily_row_loop(pid, group_id, group_day, group_name, group_count, group_first, group_last) then
     touched := array_append(touched, group_id);
   end if;
 
@@ -4278,22 +4583,22 @@ begin
   --    would make the loop quadratic.)
   for daily_row in
     select d.distinct_id, d.day, d.event_name from mixpanel_sync.events_daily d
-    where d.day between from_day and to_day
+    where d.project_id = pid and d.day between from_day and to_day
       and (names is null or d.event_name = any (names))
       and not exists (
         select from mixpanel_sync.run_events e
         where e.run_id = upsert_subscribers_incremental_loop.run_id and e.reject_reason is null and e.skip_reason is null
           and e.distinct_id = d.distinct_id and e.day = d.day and e.event_name = d.event_name
           and (e.legacy_key is null or not exists (
-            select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = e.distinct_id and g.event_key = e.legacy_key))
+            select from mixpanel_sync.event_ledger_legacy g where g.project_id = pid and g.distinct_id = e.distinct_id and g.event_key = e.legacy_key))
           and not exists (
             select from mixpanel_sync.event_ledger l
-            where l.distinct_id = e.distinct_id and l.event_key = e.event_key
+            where l.project_id = pid and l.distinct_id = e.distinct_id and l.event_key = e.event_key
               and l.day between e.day - 2 and e.day + 2 and (l.day < from_day or l.day > to_day)))
     order by d.distinct_id, d.day, d.event_name
   loop
     delete from mixpanel_sync.events_daily d
-    where d.distinct_id = daily_row.distinct_id and d.day = daily_row.day and d.event_name = daily_row.event_name;
+    where d.project_id = pid and d.distinct_id = daily_row.distinct_id and d.day = daily_row.day and d.event_name = daily_row.event_name;
     touched := array_append(touched, daily_row.distinct_id);
   end loop;
 
@@ -4303,12 +4608,12 @@ begin
   --    so every ledger row rescanned the run's events: quadratic (1,000 users of the bench: 401 s instead of ~1 s).
   for ledger_row in
     select l.distinct_id, l.event_key, l.day from mixpanel_sync.event_ledger l
-    where l.day between from_day and to_day
+    where l.project_id = pid and l.day between from_day and to_day
       and (names is null or l.event_name = any (names))
       and l.day < kept_from
     union all
     select l.distinct_id, l.event_key, l.day from mixpanel_sync.event_ledger l
-    where l.day between from_day and to_day and l.day >= kept_from
+    where l.project_id = pid and l.day between from_day and to_day and l.day >= kept_from
       and (names is null or l.event_name = any (names))
       and (not exists (
         select from mixpanel_sync.run_events e
@@ -4316,19 +4621,19 @@ begin
           and (e.skip_reason is null or raw_on and e.skip_reason = 'no_user')
           and coalesce(e.distinct_id, '') = l.distinct_id and e.event_key = l.event_key and e.day = l.day
           and (e.legacy_key is null or not exists (
-            select from mixpanel_sync.event_ledger_legacy g where g.distinct_id = e.distinct_id and g.event_key = e.legacy_key))
+            select from mixpanel_sync.event_ledger_legacy g where g.project_id = pid and g.distinct_id = e.distinct_id and g.event_key = e.legacy_key))
           and not exists (
             select from mixpanel_sync.event_ledger o
-            where o.distinct_id = l.distinct_id and o.event_key = l.event_key
+            where o.project_id = pid and o.distinct_id = l.distinct_id and o.event_key = l.event_key
               and o.day between l.day - 2 and l.day + 2 and (o.day < from_day or o.day > to_day))))
     order by 1, 2, 3
   loop
     delete from mixpanel_sync.event_ledger l
-    where l.distinct_id = ledger_row.distinct_id and l.event_key = ledger_row.event_key and l.day = ledger_row.day;
+    where l.project_id = pid and l.distinct_id = ledger_row.distinct_id and l.event_key = ledger_row.event_key and l.day = ledger_row.day;
   end loop;
 
   for user_id in select distinct u from unnest(touched) u order by 1 loop
-    perform mixpanel_sync.refresh_subscriber_loop(user_id);
+    perform mixpanel_sync.refresh_subscriber_loop(pid, user_id);
   end loop;
   return (applied, duplicates, outside, (select count(distinct u) from unnest(touched) u))::mixpanel_sync.apply_result;
 end;
@@ -4363,10 +4668,12 @@ CREATE OR REPLACE FUNCTION mixpanel_sync_private.analyze_run_events()
  SET search_path TO ''
 AS $function$
 begin
-  analyze mixpanel_sync.run_events;
+  -- skip_locked: another project's finish_run analyzes it too, and holds its lock to commit; then the statistics
+  -- sampled last are used (this finish does not wait for the other one).
+  analyze (skip_locked) mixpanel_sync.run_events;
 end;
 $function$;
-comment on function mixpanel_sync_private.analyze_run_events() is 'Samples mixpanel_sync.run_events (ANALYZE) so that the statements after the parse are planned on the running run''s real size: run ids only grow, so statistics sampled earlier estimate a new run at about one row, and a REPLACE planned on that runs its anti-joins as nested loops (64 s instead of 1.2 s measured for a second 95,000-line full sync). It samples 3,000 rows (the columns'' statistics targets: 10, and 0 for the raw columns). SECURITY DEFINER (owned by the schema owner) because only the owner may analyze the table; it analyzes nothing else.';
+comment on function mixpanel_sync_private.analyze_run_events() is 'Samples mixpanel_sync.run_events (ANALYZE) so that the statements after the parse are planned on the running run''s real size: run ids only grow, so statistics sampled earlier estimate a new run at about one row, and a REPLACE planned on that runs its anti-joins as nested loops (64 s instead of 1.2 s measured for a second 95,000-line full sync). It samples 3,000 rows (the columns'' statistics targets: 10, and 0 for the raw columns). SECURITY DEFINER (owned by the schema owner) because only the owner may analyze the table; it analyzes nothing else. skip_locked: while another finish_run (of another project) holds the table''s ANALYZE lock to its commit, nothing is sampled and this finish goes on with the statistics sampled last.';
 grant execute on function mixpanel_sync_private.analyze_run_events() to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync_private.drop_ledger_partitions(before_day date)
@@ -4481,7 +4788,7 @@ AS $function$
 $function$;
 comment on function mixpanel_sync_verify.canonical_snapshot(snapshot jsonb) is 'Property tests: a snapshot {table: {key: row}} whose keys (JSON texts) are re-printed as jsonb prints them, so that snapshots built outside SQL compare with table_snapshot''s in verify_first_difference.';
 
-CREATE OR REPLACE FUNCTION mixpanel_sync_verify.table_snapshot(tables text[], ignore text[] DEFAULT '{}'::text[])
+CREATE OR REPLACE FUNCTION mixpanel_sync_verify.table_snapshot(tables text[], ignore text[] DEFAULT '{}'::text[], project text DEFAULT NULL::text)
  RETURNS jsonb
  LANGUAGE plpgsql
  STABLE
@@ -4489,6 +4796,8 @@ CREATE OR REPLACE FUNCTION mixpanel_sync_verify.table_snapshot(tables text[], ig
  SET jit TO 'off'
 AS $function$
 declare
+  pid smallint := mixpanel_sync.project_id(table_snapshot.project);
+  own_rows text;
   result jsonb := '{}';
   tab text;
   key_columns text;
@@ -4496,7 +4805,9 @@ declare
   rows_of jsonb;
 begin
   foreach tab in array tables loop
-    select string_agg(format('t.%I', a.attname), ', ' order by k.n)
+    -- the key without project_id (the rows are one project's), unless it is the whole key
+    select coalesce(string_agg(format('t.%I', a.attname), ', ' order by k.n) filter (where a.attname <> 'project_id'),
+        string_agg(format('t.%I', a.attname), ', ' order by k.n))
     into key_columns
     from pg_catalog.pg_index i
     cross join lateral unnest(i.indkey) with ordinality k (attnum, n)
@@ -4508,15 +4819,28 @@ begin
     end if;
     select coalesce(array_agg(substr(c, length(tab) + 2)), '{}') into dropped
     from unnest(ignore) c where starts_with(c, tab || '.');
-    execute format('select coalesce(jsonb_object_agg(jsonb_build_array(%s)::text, to_jsonb(t) - $1), ''{}'') from mixpanel_sync.%I t',
-      key_columns, tab)
-      into rows_of using dropped;
+    -- The project's rows: by project_id, else (run_events, sync_rejects, staged_*) by their run's project.
+    own_rows := case
+      when exists (select from pg_catalog.pg_attribute a
+          where a.attrelid = pg_catalog.to_regclass(format('mixpanel_sync.%I', tab)) and a.attname = 'project_id' and not a.attisdropped)
+        then 't.project_id = $2'
+      when exists (select from pg_catalog.pg_attribute a
+          where a.attrelid = pg_catalog.to_regclass(format('mixpanel_sync.%I', tab)) and a.attname = 'run_id' and not a.attisdropped)
+        then 't.run_id in (select r.id from mixpanel_sync.sync_runs r where r.project_id = $2)'
+      else 'true'
+    end;
+    if own_rows <> 'true' then
+      dropped := dropped || '{project_id}';
+    end if;
+    execute format('select coalesce(jsonb_object_agg(jsonb_build_array(%s)::text, to_jsonb(t) - $1), ''{}'') from mixpanel_sync.%I t where %s',
+      key_columns, tab, own_rows)
+      into rows_of using dropped, pid;
     result := result || jsonb_build_object(tab, rows_of);
   end loop;
   return result;
 end;
 $function$;
-comment on function mixpanel_sync_verify.table_snapshot(tables text[], ignore text[]) is 'Property tests: every row of the named mixpanel_sync tables as jsonb {table: {primary key as JSON text: row}}, columns listed in ignore as table.column left out; compare two with verify_first_difference.';
+comment on function mixpanel_sync_verify.table_snapshot(tables text[], ignore text[], project text) is 'Property tests: every row of one project (project: its name; null: the only project) of the named mixpanel_sync tables as jsonb {table: {primary key without project_id as JSON text: row without project_id}} (tables without project_id: the rows of the project''s runs, by run_id), columns listed in ignore as table.column left out; compare two with verify_first_difference.';
 
 CREATE OR REPLACE FUNCTION mixpanel_sync_verify.verify_assert_same(script text, what text, expected jsonb, actual jsonb)
  RETURNS void
@@ -4642,22 +4966,24 @@ AS $function$
 $function$;
 comment on function mixpanel_sync_verify.verify_result(result mixpanel_sync.apply_result) is 'Verify scripts: an apply_result shaped like a snapshot, for verify_assert_same.';
 
-CREATE OR REPLACE FUNCTION mixpanel_sync_verify.verify_snapshot(ignore text[] DEFAULT '{}'::text[])
+CREATE OR REPLACE FUNCTION mixpanel_sync_verify.verify_snapshot(ignore text[] DEFAULT '{}'::text[], project text DEFAULT NULL::text)
  RETURNS jsonb
  LANGUAGE sql
  STABLE
  SET search_path TO ''
  SET jit TO 'off'
 AS $function$
+  with p as materialized (select mixpanel_sync.project_id(verify_snapshot.project) as id)
   select jsonb_build_object(
-    'events_daily', (select coalesce(jsonb_object_agg(jsonb_build_array(d.distinct_id, d.day, d.event_name)::text, to_jsonb(d) - ignore), '{}')
-      from mixpanel_sync.events_daily d where mixpanel_sync_verify.verify_ours(d.distinct_id)),
-    'event_ledger', (select coalesce(jsonb_object_agg(jsonb_build_array(l.distinct_id, l.event_key)::text, to_jsonb(l) - ignore), '{}')
-      from mixpanel_sync.event_ledger l where mixpanel_sync_verify.verify_ours(l.distinct_id)),
-    'subscribers', (select coalesce(jsonb_object_agg(to_jsonb(s.distinct_id)::text, to_jsonb(s) - ignore), '{}')
-      from mixpanel_sync.subscribers s where mixpanel_sync_verify.verify_ours(s.distinct_id)));
+    'events_daily', (select coalesce(jsonb_object_agg(jsonb_build_array(d.distinct_id, d.day, d.event_name)::text, to_jsonb(d) - ignore - 'project_id'), '{}')
+      from mixpanel_sync.events_daily d where d.project_id = p.id and mixpanel_sync_verify.verify_ours(d.distinct_id)),
+    'event_ledger', (select coalesce(jsonb_object_agg(jsonb_build_array(l.distinct_id, l.event_key)::text, to_jsonb(l) - ignore - 'project_id'), '{}')
+      from mixpanel_sync.event_ledger l where l.project_id = p.id and mixpanel_sync_verify.verify_ours(l.distinct_id)),
+    'subscribers', (select coalesce(jsonb_object_agg(to_jsonb(s.distinct_id)::text, to_jsonb(s) - ignore - 'project_id'), '{}')
+      from mixpanel_sync.subscribers s where s.project_id = p.id and mixpanel_sync_verify.verify_ours(s.distinct_id)))
+  from p;
 $function$;
-comment on function mixpanel_sync_verify.verify_snapshot(ignore text[]) is 'Verify scripts: events_daily, event_ledger and subscribers rows of verify_ours users as jsonb keyed by primary key, columns in ignore left out.';
+comment on function mixpanel_sync_verify.verify_snapshot(ignore text[], project text) is 'Verify scripts: events_daily, event_ledger and subscribers rows of verify_ours users of one project (project: its name; null: the only project) as jsonb keyed by primary key without project_id, columns in ignore and project_id left out.';
 
 CREATE OR REPLACE FUNCTION mixpanel_sync_verify.verify_staged_run(events jsonb)
  RETURNS bigint
@@ -4690,12 +5016,16 @@ create schema if not exists public;
 comment on schema public is 'standard public schema';
 grant usage on schema public to public;
 
--- rows of mixpanel_sync.subscriber_count after migrating (1)
-insert into mixpanel_sync.subscriber_count (id, subscribers) values
-  ('true', '0');
+-- rows of mixpanel_sync.projects after migrating (1)
+insert into mixpanel_sync.projects (id, name, mixpanel_project_id, region, timezone) values
+  ('1', 'default', NULL, 'us', NULL);
 
--- rows of mixpanel_sync.sync_settings after migrating (40)
-insert into mixpanel_sync.sync_settings (key, value, kind, description) values
+-- rows of mixpanel_sync.subscriber_count after migrating (1)
+insert into mixpanel_sync.subscriber_count (subscribers, project_id) values
+  ('0', '1');
+
+-- rows of mixpanel_sync.sync_setting_defaults after migrating (40)
+insert into mixpanel_sync.sync_setting_defaults (key, value, kind, description) values
   ('events.full_window', '45 days', 'interval', 'A full run replaces this many whole UTC days, ending with the day of the run''s clock.'),
   ('events.incremental', 'on', 'on_off', 'on: incremental runs from the watermark. off: every run is a full run over events.full_window.'),
   ('events.late_lookback', '5 days', 'interval', 'How far before fetch_from an incremental run looks for late-arriving events (by mp_processing_time_ms).'),
@@ -4736,6 +5066,49 @@ insert into mixpanel_sync.sync_settings (key, value, kind, description) values
   ('runs.abandon_after', '2 hours', 'interval', 'A run still running after this long is marked abandoned (its loader is presumed dead) and its staged rows dropped.'),
   ('runs.heartbeat_timeout', '2 minutes', 'interval', 'A running run whose loader sent a heartbeat (heartbeat_run) within this interval is alive, even when the server session of its begin_run is gone (through a transaction pooler such as pgbouncer that session may be closed while the loader works on another): begin_run abandons it only once its owner session is gone AND its heartbeat is older than this. Keep it well above the loader''s heartbeat interval (30 s).'),
   ('runs.retention', '90 days', 'interval', 'Finished runs and their rejects older than this are pruned.');
+
+-- rows of mixpanel_sync.sync_settings after migrating (40)
+insert into mixpanel_sync.sync_settings (key, value, kind, project_id) values
+  ('events.full_window', '45 days', 'interval', '1'),
+  ('events.incremental', 'on', 'on_off', '1'),
+  ('events.late_lookback', '5 days', 'interval', '1'),
+  ('events.ledger_retention', '7 days', 'interval', '1'),
+  ('events.only', '[]', 'event_names', '1'),
+  ('events.overlap', '2 hours', 'interval', '1'),
+  ('events.raw_retention', '45 days', 'interval_or_forever', '1'),
+  ('events.replace_guard_min_events', '100', 'integer', '1'),
+  ('events.replace_guard_ratio', '0.5', 'ratio', '1'),
+  ('events.store_raw', 'off', 'on_off', '1'),
+  ('events.upsert_path', 'set', 'set_loop', '1'),
+  ('health.events_duration_critical', '10 minutes', 'interval', '1'),
+  ('health.events_duration_warn', '60 seconds', 'interval', '1'),
+  ('health.failed_runs_critical', '3', 'integer', '1'),
+  ('health.failed_runs_warn', '1', 'integer', '1'),
+  ('health.incremental_received_warn', '50000', 'integer', '1'),
+  ('health.incremental_runs', '10', 'integer', '1'),
+  ('health.incremental_typical_warn', '10000', 'integer', '1'),
+  ('health.late_share_warn', '0.05', 'numeric', '1'),
+  ('health.lateness_runs', '10', 'integer', '1'),
+  ('health.profiles_duration_critical', '10 minutes', 'interval', '1'),
+  ('health.profiles_duration_warn', '30 seconds', 'interval', '1'),
+  ('health.profiles_skip_share_warn', '0.70', 'numeric', '1'),
+  ('health.profiles_unskipped_runs_warn', '3', 'integer', '1'),
+  ('health.rejected_share_critical', '0.01', 'numeric', '1'),
+  ('health.rejected_warn', '1', 'integer', '1'),
+  ('health.running_warn', '30 minutes', 'interval', '1'),
+  ('health.subscribers_drop_critical', '0.01', 'numeric', '1'),
+  ('health.subscribers_growth_warn', '0.50', 'numeric', '1'),
+  ('health.timezone_min_events', '20', 'integer', '1'),
+  ('health.timezone_skew_warn', '1 hour', 'interval', '1'),
+  ('health.too_old_warn', '1', 'integer', '1'),
+  ('health.watermark_lag_critical', '24 hours', 'interval', '1'),
+  ('health.watermark_lag_warn', '6 hours', 'interval', '1'),
+  ('health.watermark_stalled_warn', '6 hours', 'interval', '1'),
+  ('identity.mode', 'off', 'identity_mode', '1'),
+  ('profiles.change_detection', 'on', 'on_off', '1'),
+  ('runs.abandon_after', '2 hours', 'interval', '1'),
+  ('runs.heartbeat_timeout', '2 minutes', 'interval', '1'),
+  ('runs.retention', '90 days', 'interval', '1');
 
 -- Roles the grants and policies name (cluster-wide: created by the migrations when missing).
 create role mixpanel_sync_loader nologin;

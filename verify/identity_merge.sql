@@ -80,7 +80,7 @@ begin
     by_set := pg_temp.verify_pass('set', 'simplified', pg_temp.verify_run_lines('full'), pg_temp.verify_run_lines('incremental'));
     -- every line of both runs with its distinct_id resolved through the final map
     select jsonb_agg(case when jsonb_typeof(l.v #> '{properties,distinct_id}') = 'string'
-        then jsonb_set(l.v, '{properties,distinct_id}', to_jsonb(mixpanel_sync.identity_canonical(l.v #>> '{properties,distinct_id}')))
+        then jsonb_set(l.v, '{properties,distinct_id}', to_jsonb(mixpanel_sync.identity_canonical(mixpanel_sync.project_id(), l.v #>> '{properties,distinct_id}')))
         else l.v end)
     into resolved
     from (

@@ -128,18 +128,18 @@ begin
   run := mixpanel_sync.fail_run(run.id, 'verify: an old failed run');
   update mixpanel_sync.sync_runs r set started_at = now() - interval '10 years' where r.id = run.id;
   profiles := mixpanel_sync.begin_run('events', true, clock => '2000-03-01 12:05:00+00');
-  update mixpanel_sync.sync_runs r set started_at = now() - mixpanel_sync.setting('runs.abandon_after')::interval
+  update mixpanel_sync.sync_runs r set started_at = now() - mixpanel_sync.setting(mixpanel_sync.project_id(), 'runs.abandon_after')::interval
   where r.id = profiles.id;
   perform pg_temp.same('abandon_stale_runs: neither the old failed run nor a run begun exactly runs.abandon_after ago', 0::bigint,
-    (select count(*) from mixpanel_sync.abandon_stale_runs() a where a.id in (run.id, profiles.id)));
+    (select count(*) from mixpanel_sync.abandon_stale_runs(mixpanel_sync.project_id()) a where a.id in (run.id, profiles.id)));
   perform pg_temp.same('the old failed run keeps (status, error)', '(failed,verify: an old failed run)',
     (select format('(%s,%s)', r.status, r.error) from mixpanel_sync.sync_runs r where r.id = run.id));
   perform pg_temp.same('the run begun exactly runs.abandon_after ago is still running', 'running',
     (select r.status from mixpanel_sync.sync_runs r where r.id = profiles.id));
-  update mixpanel_sync.sync_runs r set started_at = now() - mixpanel_sync.setting('runs.abandon_after')::interval - interval '1 second'
+  update mixpanel_sync.sync_runs r set started_at = now() - mixpanel_sync.setting(mixpanel_sync.project_id(), 'runs.abandon_after')::interval - interval '1 second'
   where r.id = profiles.id;
   perform pg_temp.same('abandon_stale_runs: the run begun a second more ago is abandoned', 1::bigint,
-    (select count(*) from mixpanel_sync.abandon_stale_runs() a where a.id = profiles.id and a.status = 'abandoned'));
+    (select count(*) from mixpanel_sync.abandon_stale_runs(mixpanel_sync.project_id()) a where a.id = profiles.id and a.status = 'abandoned'));
   perform pg_temp.same('the old failed run still keeps (status, error)', '(failed,verify: an old failed run)',
     (select format('(%s,%s)', r.status, r.error) from mixpanel_sync.sync_runs r where r.id = run.id));
 
@@ -316,8 +316,8 @@ begin
   --     $insert_id 'pin-lg') is md5('Old Event' 0x1f '952164000' 0x1f 'pin-lg'), as Python's hashlib computes it.
   update mixpanel_sync.sync_settings s set value = v.value
   from (values ('events.ledger_retention', '3 days'), ('events.incremental', 'on')) v (key, value) where s.key = v.key;
-  insert into mixpanel_sync.event_ledger_legacy (distinct_id, event_key, day, event_name, event_time, run_id)
-  values ('verify:pin-lg', '24d3eedd-4cf2-938f-30b5-56eb451edfcf', '2000-03-04', 'Old Event', '2000-03-04 10:00:00+00', 0);
+  insert into mixpanel_sync.event_ledger_legacy (project_id, distinct_id, event_key, day, event_name, event_time, run_id)
+  values (1, 'verify:pin-lg', '24d3eedd-4cf2-938f-30b5-56eb451edfcf', '2000-03-04', 'Old Event', '2000-03-04 10:00:00+00', 0);
   run := mixpanel_sync.begin_run('events', clock => '2000-03-06 12:00:00+00');
   perform mixpanel_sync.stage_events(run.id, jsonb_build_array(pg_temp.ev('Old Event', 'verify:pin-lg', '2000-03-04 10:00:00+00', 'pin-lg', '{}')));
   run := mixpanel_sync.finish_run(run.id);

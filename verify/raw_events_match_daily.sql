@@ -29,7 +29,7 @@ declare
   raw_rows bigint;
   no_user_rows bigint;
   given bigint;
-  raw_setting text := mixpanel_sync.setting('events.store_raw');
+  raw_setting text := mixpanel_sync.setting(mixpanel_sync.project_id(), 'events.store_raw');
 begin
   update mixpanel_sync.sync_settings set value = 'on' where key = 'events.store_raw';
   full_run := mixpanel_sync_verify.verify_staged_run(mixpanel_sync_verify.verify_events('raw-full', 400, '2000-01-01', 7) || no_user_lines);

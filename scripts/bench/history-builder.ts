@@ -90,21 +90,21 @@ export async function buildHistory(db: pg.Pool, shape: HistoryShape, log: (messa
     // as finish_run leaves it; older days live only in events_daily and subscribers.
     const horizon = await ledgerHorizon(client, shape.end);
     await client.query(
-      `insert into mixpanel_sync.event_ledger (distinct_id, event_key, day, event_name, event_time, run_id)
-       select e.distinct_id, ${EVENT_KEY_SQL}, e.day, e.event_name, e.event_time, $3 from ${USER_EVENTS}
+      `insert into mixpanel_sync.event_ledger (project_id, distinct_id, event_key, day, event_name, event_time, run_id)
+       select 1, e.distinct_id, ${EVENT_KEY_SQL}, e.day, e.event_name, e.event_time, $3 from ${USER_EVENTS}
        where e.day >= $4::date`,
       [shape.users, shape.end, runId, horizon],
     );
     step(`history: event_ledger filled (days from ${horizon} on)`);
     await client.query(
-      `insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at)
-       select e.distinct_id, e.day, e.event_name, 1, e.event_time, e.event_time from ${USER_EVENTS}`,
+      `insert into mixpanel_sync.events_daily (project_id, distinct_id, day, event_name, event_count, first_at, last_at)
+       select 1, e.distinct_id, e.day, e.event_name, 1, e.event_time, e.event_time from ${USER_EVENTS}`,
       [shape.users, shape.end],
     );
     step('history: events_daily filled');
     await client.query(
-      `insert into mixpanel_sync.subscribers (distinct_id, total_events, first_event_at, last_event_at, event_counts, updated_at)
-       select 'hu_' || u, a.*, now()
+      `insert into mixpanel_sync.subscribers (project_id, distinct_id, total_events, first_event_at, last_event_at, event_counts, updated_at)
+       select 1, 'hu_' || u, a.*, now()
        from generate_series(0, $1::int - 1) u
        cross join lateral (
          select count(*), min(e.event_time), max(e.event_time), jsonb_object_agg(e.event_name, 1)
@@ -120,8 +120,8 @@ export async function buildHistory(db: pg.Pool, shape: HistoryShape, log: (messa
       [runId],
     );
     await client.query(
-      `insert into mixpanel_sync.sync_watermarks (source, watermark, processing_watermark, run_id)
-       values ('events', $1, $1, $2)
+      `insert into mixpanel_sync.sync_watermarks (project_id, source, watermark, processing_watermark, run_id)
+       values (1, 'events', $1, $1, $2)
        on conflict (source) do update set watermark = excluded.watermark, processing_watermark = excluded.processing_watermark, run_id = excluded.run_id`,
       [shape.end, runId],
     );

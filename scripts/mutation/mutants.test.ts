@@ -96,8 +96,8 @@ describe('mutant generator on real function definitions', () => {
       'drop-conjunct': [/./, /^true$/],
       'swap-coalesce': [/,/, /,/],
       'negate-interval-setting': [
-        /^mixpanel_sync\.setting\('[a-z._]+'\)::interval$/,
-        /^\(- mixpanel_sync\.setting\('[a-z._]+'\)::interval\)$/,
+        /^mixpanel_sync\.setting\([a-z_][a-z0-9_.]*, '[a-z._]+'\)::interval$/,
+        /^\(- mixpanel_sync\.setting\([a-z_][a-z0-9_.]*, '[a-z._]+'\)::interval\)$/,
       ],
     };
     for (const m of all) {
@@ -126,11 +126,11 @@ describe('mutant generator on real function definitions', () => {
       all.some(
         (m) =>
           m.operator === 'plus-minus' &&
-          m.key.includes("mark.watermark - mixpanel_sync.setting('events.overlap')::interval as fetch_from") &&
-          m.sql.includes("mark.watermark + mixpanel_sync.setting('events.overlap')::interval as fetch_from"),
+          m.key.includes("mark.watermark - mixpanel_sync.setting(pid, 'events.overlap')::interval as fetch_from") &&
+          m.sql.includes("mark.watermark + mixpanel_sync.setting(pid, 'events.overlap')::interval as fetch_from"),
       ),
     ).toBe(true);
-    expect(all.some((m) => m.operator === 'relational' && /where l\.day <= horizon;/.test(m.sql))).toBe(true);
+    expect(all.some((m) => m.operator === 'relational' && /where l\.project_id = pid and l\.day <= horizon;/.test(m.sql))).toBe(true);
     expect(all.some((m) => m.operator === 'relational' && /(time_raw|event_time) > 1e11\b/.test(m.sql))).toBe(true);
     // the and of a between is not an and-or site (it would not compile)
     const betweens = (sql: string) => (sql.match(/\bbetween\b[^\n]*?\band\b/gi) ?? []).length;

@@ -299,7 +299,8 @@ function editsOf(masked: string, operator: Operator): Edit[] {
       });
       break;
     case 'negate-interval-setting':
-      each(/\bmixpanel_sync\.setting\s*\(\s*'x*'\s*\)\s*::\s*interval\b/gi, (m) => ({
+      // (the setting's project first: a variable or a qualified parameter, e.g. pid, prune_history.project_id)
+      each(/\bmixpanel_sync\.setting\s*\(\s*[a-z_][a-z0-9_.]*\s*,\s*'x*'\s*\)\s*::\s*interval\b/gi, (m) => ({
         operator,
         start: m.index,
         end: m.index + m[0].length,

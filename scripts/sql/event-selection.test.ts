@@ -205,8 +205,8 @@ describe('forget_event_names', () => {
 
   it('is for the DBA: neither PUBLIC nor the loader role may execute it; the loader may execute begin_run', async () => {
     const { rows } = await db.pool.query(
-      `select r.role, has_function_privilege(r.role, 'mixpanel_sync.forget_event_names(text[])', 'execute') as forget,
-         has_function_privilege(r.role, 'mixpanel_sync.begin_run(text, boolean, timestamptz, text, date, date, boolean, text[])', 'execute') as begin
+      `select r.role, has_function_privilege(r.role, 'mixpanel_sync.forget_event_names(text[], text)', 'execute') as forget,
+         has_function_privilege(r.role, 'mixpanel_sync.begin_run(text, boolean, timestamptz, text, date, date, boolean, text[], text, bigint)', 'execute') as begin
        from unnest(array['mixpanel_sync_loader', 'mixpanel_sync_reader']) r (role) order by 1`,
     );
     expect(rows).toEqual([

@@ -62,13 +62,13 @@ export function subscribersOf(daily: readonly DailyRow[]): SubscriberRow[] {
 export async function storeDaily(client: Queryable, daily: readonly DailyRow[]): Promise<void> {
   for (const d of daily) {
     await client.query(
-      `insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at)
-       values ($1, $2::date, $3, $4, to_timestamp($5::bigint / 1000.0), to_timestamp($6::bigint / 1000.0))`,
+      `insert into mixpanel_sync.events_daily (project_id, distinct_id, day, event_name, event_count, first_at, last_at)
+       values (1, $1, $2::date, $3, $4, to_timestamp($5::bigint / 1000.0), to_timestamp($6::bigint / 1000.0))`,
       [d.distinct_id, d.day, d.event_name, d.n, d.first, d.last],
     );
   }
-  await client.query(`insert into mixpanel_sync.subscribers (distinct_id, total_events, first_event_at, last_event_at, event_counts)
-    select distinct_id, sum(n), min(f), max(l), jsonb_object_agg(event_name, n)
+  await client.query(`insert into mixpanel_sync.subscribers (project_id, distinct_id, total_events, first_event_at, last_event_at, event_counts)
+    select 1, distinct_id, sum(n), min(f), max(l), jsonb_object_agg(event_name, n)
     from (select distinct_id, event_name, sum(event_count) as n, min(first_at) as f, max(last_at) as l
           from mixpanel_sync.events_daily group by distinct_id, event_name) per_name
     group by distinct_id`);

@@ -51,7 +51,8 @@ describe('sync_health()', () => {
 
   it('every threshold is a described sync_settings row', async () => {
     const { rows } = await db.pool.query(
-      `select key, kind, value from mixpanel_sync.sync_settings where key like 'health.%' and description <> '' order by key`,
+      `select s.key, s.kind, s.value from mixpanel_sync.sync_settings s join mixpanel_sync.sync_setting_defaults d on d.key = s.key
+       where s.key like 'health.%' and d.description <> '' order by s.key`,
     );
     expect(rows.length).toBe(24); // 14 of 000003, 10 of 200-health-cohorts.sql (the plan's monitors)
     expect(rows).toContainEqual({ key: 'health.events_duration_warn', kind: 'interval', value: '60 seconds' });

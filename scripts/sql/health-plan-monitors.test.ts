@@ -53,7 +53,8 @@ describe("the plan's monitors in sync_health()", () => {
       ]),
     );
     const settings = await db.pool.query(
-      `select key, value from mixpanel_sync.sync_settings where key like 'health.%' and description <> ''`,
+      `select s.key, s.value from mixpanel_sync.sync_settings s join mixpanel_sync.sync_setting_defaults d on d.key = s.key
+       where s.key like 'health.%' and d.description <> ''`,
     );
     expect(settings.rows).toEqual(
       expect.arrayContaining([

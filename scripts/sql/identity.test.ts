@@ -59,7 +59,7 @@ describe('simplified ID merge', () => {
     expect(Number(second.reattributed_events)).toBe(2);
     expect(Number(second.applied)).toBe(1);
     expect(Number(second.duplicates)).toBe(2);
-    const { rows } = await db.pool.query(`select member, canonical, is_canonical from mixpanel_sync.identity_cluster('$device:D1')`);
+    const { rows } = await db.pool.query(`select member, canonical, is_canonical from mixpanel_sync.identity_cluster(mixpanel_sync.project_id(), '$device:D1')`);
     expect(rows).toEqual([
       { member: 'U1', canonical: 'U1', is_canonical: true },
       { member: '$device:D1', canonical: 'U1', is_canonical: false },
@@ -139,7 +139,7 @@ describe('simplified ID merge', () => {
       clock: '2024-03-09T11:00:00Z',
     });
     expect(await countsBy('events_daily')).toEqual({ U1: 2, U2: 1 });
-    const { rows } = await db.pool.query(`select mixpanel_sync.identity_canonical('$device:D1') as c`);
+    const { rows } = await db.pool.query(`select mixpanel_sync.identity_canonical(mixpanel_sync.project_id(), '$device:D1') as c`);
     expect(rows[0].c).toBe('U1');
   });
 });
@@ -169,7 +169,7 @@ describe('original ID merge', () => {
     expect(await countsBy('events_daily')).toEqual({ 'user-early': 6 });
     expect(await countsBy('subscribers')).toEqual({ 'user-early': 6 });
     expect(Number(merge.links_learned)).toBe(2); // anon-1 and user-late now name user-early
-    const { rows } = await db.pool.query(`select member, canonical from mixpanel_sync.identity_cluster('anon-1')`);
+    const { rows } = await db.pool.query(`select member, canonical from mixpanel_sync.identity_cluster(mixpanel_sync.project_id(), 'anon-1')`);
     expect(rows).toEqual([
       { member: 'user-early', canonical: 'user-early' },
       { member: 'alias-2', canonical: 'user-early' },
@@ -236,8 +236,8 @@ describe('reattribute_all and the setting', () => {
     expect(await countsBy('events_daily')).toEqual({ U1: 3 });
     // rows written under the alias behind the map's back are moved by reattribute_all
     await db.pool.query(
-      `insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at)
-       values ('$device:D1', '2024-03-01', 'old', 2, '2024-03-01 01:00Z', '2024-03-01 02:00Z')`,
+      `insert into mixpanel_sync.events_daily (project_id, distinct_id, day, event_name, event_count, first_at, last_at)
+       values (1, '$device:D1', '2024-03-01', 'old', 2, '2024-03-01 01:00Z', '2024-03-01 02:00Z')`,
     );
     const first = await db.pool.query('select mixpanel_sync.reattribute_all() as r');
     expect(first.rows[0].r).toMatchObject({ ids_moved: 1, reattributed_events: 2 });
@@ -250,6 +250,6 @@ describe('reattribute_all and the setting', () => {
     await setIdentityMode(db.pool, 'simplified');
     await db.pool.query(`alter table mixpanel_sync.sync_settings drop constraint if exists sync_settings_value_valid`);
     await db.pool.query(`update mixpanel_sync.sync_settings set value = 'sideways' where key = 'identity.mode'`);
-    await expect(db.pool.query('select mixpanel_sync.identity_mode()')).rejects.toMatchObject({ code: '22023' });
+    await expect(db.pool.query('select mixpanel_sync.identity_mode(mixpanel_sync.project_id())')).rejects.toMatchObject({ code: '22023' });
   });
 });

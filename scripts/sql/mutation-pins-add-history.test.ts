@@ -96,8 +96,8 @@ describe('ADD: own day first, then the days either side (000011)', () => {
       const prior = cases.flatMap((c, i) => (c.prior ? [{ distinct_id: c.prior.user, key: parsed[i]!.key, day: day(c.prior.day) }] : []));
       for (const l of prior) {
         await client.query(
-          `insert into mixpanel_sync.event_ledger (distinct_id, event_key, day, event_name, event_time, run_id)
-           values ($1, $2::uuid, $3::date, 'prior', $3::date + time '12:00', 1)`,
+          `insert into mixpanel_sync.event_ledger (project_id, distinct_id, event_key, day, event_name, event_time, run_id)
+           values (1, $1, $2::uuid, $3::date, 'prior', $3::date + time '12:00', 1)`,
           [l.distinct_id, l.key, l.day],
         );
       }

@@ -336,8 +336,8 @@ async function scenario<T>(
     await emptySyncTables(client, { dropPartitions: false });
     await client.query(`update mixpanel_sync.sync_settings set value = $1 where key = 'events.store_raw'`, [options.raw ? 'on' : 'off']);
     // a legacy row of a user no event has: the parse computes legacy keys only while the legacy ledger holds rows
-    await client.query(`insert into mixpanel_sync.event_ledger_legacy (distinct_id, event_key, day, event_name, event_time, run_id)
-      values ('legacy-only', '00000000-0000-0000-0000-0000000000aa', '${day(5)}', 'view', '${day(5)} 10:00Z', 1)`);
+    await client.query(`insert into mixpanel_sync.event_ledger_legacy (project_id, distinct_id, event_key, day, event_name, event_time, run_id)
+      values (1, 'legacy-only', '00000000-0000-0000-0000-0000000000aa', '${day(5)}', 'view', '${day(5)} 10:00Z', 1)`);
     // an earlier run whose parsed events are still in run_events (it failed after parsing): never the run's input
     const earlier = await beginRun(client, { source: 'events', clock, forceFull: true });
     await stageLines(client, 'events', earlier.id, earlierLines.map(lineText));
@@ -359,15 +359,15 @@ async function scenario<T>(
     const p = prior(byLabel);
     for (const l of p.ledger) {
       await client.query(
-        `insert into mixpanel_sync.event_ledger (distinct_id, event_key, day, event_name, event_time, run_id, insert_id, processing_time_ms, properties)
-         values ($1, $2::uuid, $3::date, $4, to_timestamp($5::bigint / 1000.0), 1, $6, $7::bigint, $8::jsonb)`,
+        `insert into mixpanel_sync.event_ledger (project_id, distinct_id, event_key, day, event_name, event_time, run_id, insert_id, processing_time_ms, properties)
+         values (1, $1, $2::uuid, $3::date, $4, to_timestamp($5::bigint / 1000.0), 1, $6, $7::bigint, $8::jsonb)`,
         [l.distinct_id, l.key, l.day, l.event_name, l.t, l.insert_id, l.ptm, l.properties === null ? null : JSON.stringify(l.properties)],
       );
     }
     for (const g of p.legacy) {
       await client.query(
-        `insert into mixpanel_sync.event_ledger_legacy (distinct_id, event_key, day, event_name, event_time, run_id)
-         values ($1, $2::uuid, $3::date, $4, $3::date + time '12:00', 1)`,
+        `insert into mixpanel_sync.event_ledger_legacy (project_id, distinct_id, event_key, day, event_name, event_time, run_id)
+         values (1, $1, $2::uuid, $3::date, $4, $3::date + time '12:00', 1)`,
         [g.distinct_id, g.key, g.day, g.event_name],
       );
     }

@@ -256,27 +256,27 @@ async function writePriorState(client: pg.PoolClient): Promise<void> {
   await emptySyncTables(client, { dropPartitions: false });
   for (const l of ledger) {
     await client.query(
-      `insert into mixpanel_sync.event_ledger (distinct_id, event_key, day, event_name, event_time, run_id, properties)
-       values ($1, $2::uuid, $3::date, $4, to_timestamp($5::bigint / 1000.0), 1, $6::jsonb)`,
+      `insert into mixpanel_sync.event_ledger (project_id, distinct_id, event_key, day, event_name, event_time, run_id, properties)
+       values (1, $1, $2::uuid, $3::date, $4, to_timestamp($5::bigint / 1000.0), 1, $6::jsonb)`,
       [l.distinct_id, l.key, l.day, l.event_name, l.t, l.raw ? JSON.stringify({ key: l.key }) : null],
     );
   }
   for (const l of legacy) {
     await client.query(
-      `insert into mixpanel_sync.event_ledger_legacy (distinct_id, event_key, day, event_name, event_time, run_id)
-       values ($1, $2::uuid, $3::date, $4, to_timestamp($5::bigint / 1000.0), 1)`,
+      `insert into mixpanel_sync.event_ledger_legacy (project_id, distinct_id, event_key, day, event_name, event_time, run_id)
+       values (1, $1, $2::uuid, $3::date, $4, to_timestamp($5::bigint / 1000.0), 1)`,
       [l.distinct_id, l.key, l.day, l.event_name, l.t],
     );
   }
   await storeDaily(client, dailyOf([...ledger, ...legacy]));
   for (const p of profiles) {
-    await client.query('insert into mixpanel_sync.subscriber_properties (distinct_id, name) values ($1, $2)', [p.distinct_id, p.name]);
+    await client.query('insert into mixpanel_sync.subscriber_properties (project_id, distinct_id, name) values (1, $1, $2)', [p.distinct_id, p.name]);
   }
 }
 
 /** reattribute_identities[_loop](from_ids, to_ids) (the identity step of finish_run, or reattribute_all, calls it). */
 async function reattribute(client: Queryable, fn: string): Promise<Counts> {
-  const { rows } = await client.query<{ r: Counts }>(`select mixpanel_sync.${fn}($1::text[], $2::text[]) as r`, [
+  const { rows } = await client.query<{ r: Counts }>(`select mixpanel_sync.${fn}(mixpanel_sync.project_id(), $1::text[], $2::text[]) as r`, [
     moves.map(([from]) => from),
     moves.map(([, to]) => to),
   ]);

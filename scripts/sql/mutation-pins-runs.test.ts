@@ -39,8 +39,8 @@ describe('prune_history', () => {
       const finished = async (status: string, shift: string) =>
         (
           await client.query<{ id: string }>(
-            `insert into mixpanel_sync.sync_runs (source, mode, status, fetch_to, started_at, finished_at)
-             values ('events', 'full', $1, now(), now() - interval '400 days', now() - mixpanel_sync.setting('runs.retention')::interval + $2::interval)
+            `insert into mixpanel_sync.sync_runs (project_id, source, mode, status, fetch_to, started_at, finished_at)
+             values (1, 'events', 'full', $1, now(), now() - interval '400 days', now() - mixpanel_sync.setting(mixpanel_sync.project_id(), 'runs.retention')::interval + $2::interval)
              returning id::text`,
             [status, shift],
           )
@@ -49,15 +49,15 @@ describe('prune_history', () => {
       const older = await finished('failed', '-1 second');
       const recent = await finished(
         'succeeded',
-        `${(await client.query("select extract(day from mixpanel_sync.setting('runs.retention')::interval) - 1 as d")).rows[0].d} days`,
+        `${(await client.query("select extract(day from mixpanel_sync.setting(mixpanel_sync.project_id(), 'runs.retention')::interval) - 1 as d")).rows[0].d} days`,
       );
       const running = (
         await client.query<{ id: string }>(
-          `insert into mixpanel_sync.sync_runs (source, mode, status, fetch_to, started_at)
-           values ('profiles', 'full', 'running', now(), now() - interval '400 days') returning id::text`,
+          `insert into mixpanel_sync.sync_runs (project_id, source, mode, status, fetch_to, started_at)
+           values (1, 'profiles', 'full', 'running', now(), now() - interval '400 days') returning id::text`,
         )
       ).rows[0]!.id;
-      const pruned = await client.query<{ n: string }>('select mixpanel_sync.prune_history()::text as n');
+      const pruned = await client.query<{ n: string }>('select mixpanel_sync.prune_history(mixpanel_sync.project_id())::text as n');
       expect(pruned.rows[0]!.n).toBe('1');
       const left = await client.query<{ id: string }>('select id::text from mixpanel_sync.sync_runs order by id');
       expect(left.rows.map((r) => r.id)).toEqual([boundary, recent, running]);
@@ -72,13 +72,13 @@ describe('prune_history', () => {
 describe('refresh_subscribers', () => {
   it('keeps the row of a user whose events did not change, and deletes only a user left with no events', async () => {
     // killed: drop-conjunct line 23 (the delete's `not exists (… per_user …)` dropped: every listed user's row deleted)
-    await db.pool.query(`insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at) values
-      ('kept', '2024-03-01', 'open', 2, '2024-03-01 10:00Z', '2024-03-01 11:00Z'),
-      ('kept', '2024-03-02', 'buy', 1, '2024-03-02 09:00Z', '2024-03-02 09:00Z'),
-      ('gone', '2024-03-01', 'open', 1, '2024-03-01 08:00Z', '2024-03-01 08:00Z')`);
-    await db.pool.query(`select mixpanel_sync.refresh_subscribers(array['kept', 'gone'])`);
+    await db.pool.query(`insert into mixpanel_sync.events_daily (project_id, distinct_id, day, event_name, event_count, first_at, last_at) values
+      (1, 'kept', '2024-03-01', 'open', 2, '2024-03-01 10:00Z', '2024-03-01 11:00Z'),
+      (1, 'kept', '2024-03-02', 'buy', 1, '2024-03-02 09:00Z', '2024-03-02 09:00Z'),
+      (1, 'gone', '2024-03-01', 'open', 1, '2024-03-01 08:00Z', '2024-03-01 08:00Z')`);
+    await db.pool.query(`select mixpanel_sync.refresh_subscribers(mixpanel_sync.project_id(), array['kept', 'gone'])`);
     await db.pool.query(`delete from mixpanel_sync.events_daily where distinct_id = 'gone'`);
-    await db.pool.query(`select mixpanel_sync.refresh_subscribers(array['kept', 'gone'])`);
+    await db.pool.query(`select mixpanel_sync.refresh_subscribers(mixpanel_sync.project_id(), array['kept', 'gone'])`);
     const { rows } = await db.pool.query<{ distinct_id: string; total_events: string; event_counts: unknown }>(
       'select distinct_id, total_events::text, event_counts from mixpanel_sync.subscribers order by distinct_id',
     );
@@ -100,8 +100,8 @@ describe('replace_guard (called on a parsed run)', () => {
   const store = async (rows: [string, string, string, number][]) => {
     for (const [user, day, name, count] of rows)
       await db.pool.query(
-        `insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at)
-         values ($1, $2::date, $3, $4, $2::date + time '10:00', $2::date + time '11:00')`,
+        `insert into mixpanel_sync.events_daily (project_id, distinct_id, day, event_name, event_count, first_at, last_at)
+         values (1, $1, $2::date, $3, $4, $2::date + time '10:00', $2::date + time '11:00')`,
         [user, day, name, count],
       );
   };
@@ -261,7 +261,7 @@ describe('begin_run', () => {
   describe('mode, window and options', () => {
     const iso = (value: Date | string | null | undefined) => (value == null ? null : new Date(value).toISOString());
     const watermark = (at: string, processing: string) =>
-      db.pool.query(`insert into mixpanel_sync.sync_watermarks (source, watermark, processing_watermark) values ('events', $1, $2)`, [
+      db.pool.query(`insert into mixpanel_sync.sync_watermarks (project_id, source, watermark, processing_watermark) values (1, 'events', $1, $2)`, [
         at,
         processing,
       ]);
@@ -378,8 +378,8 @@ describe('begin_run', () => {
     ) =>
       (
         await on.query<{ id: string }>(
-          `insert into mixpanel_sync.sync_runs (source, mode, status, fetch_to, options, heartbeat_at, finished_at)
-           values ($1, 'full', $2, now(), $3::jsonb, ${options.heartbeat ?? 'null'}, case when $2 = 'running' then null else now() end) returning id::text`,
+          `insert into mixpanel_sync.sync_runs (project_id, source, mode, status, fetch_to, options, heartbeat_at, finished_at)
+           values (1, $1, 'full', $2, now(), $3::jsonb, ${options.heartbeat ?? 'null'}, case when $2 = 'running' then null else now() end) returning id::text`,
           [
             options.source ?? 'events',
             options.status ?? 'running',
@@ -433,7 +433,7 @@ describe('begin_run', () => {
         await client.query(
           `update mixpanel_sync.sync_settings set value = ((now() - pg_postmaster_start_time()) + interval '1 minute')::text where key = 'runs.heartbeat_timeout'`,
         );
-        const stale = await running({ heartbeat: `now() - mixpanel_sync.setting('runs.heartbeat_timeout')::interval` }, client);
+        const stale = await running({ heartbeat: `now() - mixpanel_sync.setting(mixpanel_sync.project_id(), 'runs.heartbeat_timeout')::interval` }, client);
         await beginRun(client, { source: 'events', clock });
         const { rows } = await client.query<{ status: string; error: string }>(
           'select status, error from mixpanel_sync.sync_runs where id = $1',
@@ -521,7 +521,7 @@ describe('finish_events_run', () => {
       )
     ).rows.map((r) => [new Date(r.watermark).toISOString(), r.processing && new Date(r.processing).toISOString()]);
   const setWatermark = (at: string, processing: string) =>
-    db.pool.query(`insert into mixpanel_sync.sync_watermarks (source, watermark, processing_watermark) values ('events', $1, $2)`, [
+    db.pool.query(`insert into mixpanel_sync.sync_watermarks (project_id, source, watermark, processing_watermark) values (1, 'events', $1, $2)`, [
       at,
       processing,
     ]);
@@ -614,10 +614,10 @@ describe('finish_events_run', () => {
     await setWatermark('2023-12-01T00:00:00Z', '2023-12-01T00:00:00Z');
     await finish({ forceFull: true, allowShrink: true }, []);
     expect(await marks()).toEqual([]);
-    await db.pool.query(`insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at) values
-      ('u1', '2024-01-20', 'a', 1, '2024-01-20 10:00Z', '2024-01-20 10:00Z'),
-      ('u1', '2024-01-22', 'a', 1, '2024-01-22 09:00Z', '2024-01-22 09:00Z'),
-      ('u1', '2024-01-26', 'b', 1, '2024-01-26 11:00Z', '2024-01-26 11:00Z')`);
+    await db.pool.query(`insert into mixpanel_sync.events_daily (project_id, distinct_id, day, event_name, event_count, first_at, last_at) values
+      (1, 'u1', '2024-01-20', 'a', 1, '2024-01-20 10:00Z', '2024-01-20 10:00Z'),
+      (1, 'u1', '2024-01-22', 'a', 1, '2024-01-22 09:00Z', '2024-01-22 09:00Z'),
+      (1, 'u1', '2024-01-26', 'b', 1, '2024-01-26 11:00Z', '2024-01-26 11:00Z')`);
     await emptyRunsOnly();
     await writeSetting(db.pool, 'events.only', '["a"]');
     try {

@@ -22,12 +22,12 @@ describe('reattribute_all', () => {
   it('moves an alias whose only rows are legacy ledger rows, and one whose only row is its profile', async () => {
     // the state rows written while identity.mode was off (or by the legacy key) leave: the map names two aliases of C
     await db.pool.query(
-      `insert into mixpanel_sync.identity_links (alias, canonical) values ('C', 'C'), ('legacy-only', 'C'), ('profile-only', 'C')`,
+      `insert into mixpanel_sync.identity_links (project_id, alias, canonical) values (1, 'C', 'C'), (1, 'legacy-only', 'C'), (1, 'profile-only', 'C')`,
     );
-    await db.pool.query(`insert into mixpanel_sync.event_ledger_legacy (distinct_id, event_key, day, event_name, event_time, run_id)
-      values ('legacy-only', '00000000-0000-0000-0000-000000000001', '2024-03-01', 'open', '2024-03-01 10:00Z', 1)`);
-    await db.pool.query(`insert into mixpanel_sync.subscriber_properties (distinct_id, name, properties)
-      values ('profile-only', 'P', '{"$name": "P"}')`);
+    await db.pool.query(`insert into mixpanel_sync.event_ledger_legacy (project_id, distinct_id, event_key, day, event_name, event_time, run_id)
+      values (1, 'legacy-only', '00000000-0000-0000-0000-000000000001', '2024-03-01', 'open', '2024-03-01 10:00Z', 1)`);
+    await db.pool.query(`insert into mixpanel_sync.subscriber_properties (project_id, distinct_id, name, properties)
+      values (1, 'profile-only', 'P', '{"$name": "P"}')`);
     const { rows } = await db.pool.query('select mixpanel_sync.reattribute_all() as r');
     expect(rows[0].r).toMatchObject({ ids_moved: 2 });
     const legacy = await db.pool.query('select distinct_id from mixpanel_sync.event_ledger_legacy');
@@ -41,11 +41,11 @@ describe('reattribute_identities, set and _loop', () => {
   for (const fn of ['reattribute_identities', 'reattribute_identities_loop']) {
     it(`${fn} merges an alias's daily row into the canonical id's row of the same day and event: counts add, first/last widen`, async () => {
       await db.pool.query('truncate mixpanel_sync.events_daily, mixpanel_sync.subscribers');
-      await db.pool.query(`insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at) values
-        ('alias-${fn}', '2024-03-01', 'open', 2, '2024-03-01 10:00Z', '2024-03-01 11:00Z'),
-        ('canonical-${fn}', '2024-03-01', 'open', 3, '2024-03-01 09:00Z', '2024-03-01 12:00Z'),
-        ('alias-${fn}', '2024-03-02', 'open', 1, '2024-03-02 08:00Z', '2024-03-02 08:00Z')`);
-      await db.pool.query(`select mixpanel_sync.${fn}(array['alias-${fn}'], array['canonical-${fn}'])`);
+      await db.pool.query(`insert into mixpanel_sync.events_daily (project_id, distinct_id, day, event_name, event_count, first_at, last_at) values
+        (1, 'alias-${fn}', '2024-03-01', 'open', 2, '2024-03-01 10:00Z', '2024-03-01 11:00Z'),
+        (1, 'canonical-${fn}', '2024-03-01', 'open', 3, '2024-03-01 09:00Z', '2024-03-01 12:00Z'),
+        (1, 'alias-${fn}', '2024-03-02', 'open', 1, '2024-03-02 08:00Z', '2024-03-02 08:00Z')`);
+      await db.pool.query(`select mixpanel_sync.${fn}(mixpanel_sync.project_id(), array['alias-${fn}'], array['canonical-${fn}'])`);
       const { rows } = await db.pool.query(
         `select distinct_id, day::text, event_count::int, first_at = $1::timestamptz as first_ok, last_at = $2::timestamptz as last_ok
          from mixpanel_sync.events_daily order by distinct_id, day`,

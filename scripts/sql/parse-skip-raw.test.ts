@@ -43,9 +43,7 @@ async function parsedRows(runId: string): Promise<ParsedRow[]> {
 /** events.store_raw is created by 200-ledger.sql; until then the test makes the row itself. */
 async function setStoreRaw(value: 'on' | 'off'): Promise<void> {
   await db.pool.query(
-    `insert into mixpanel_sync.sync_settings (key, value, kind, description)
-     values ('events.store_raw', $1, 'on_off', 'raw storage (test)')
-     on conflict (key) do update set value = excluded.value`,
+    `update mixpanel_sync.sync_settings set value = $1 where project_id = mixpanel_sync.project_id() and key = 'events.store_raw'`,
     [value],
   );
 }

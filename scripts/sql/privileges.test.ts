@@ -211,15 +211,15 @@ describe('PUBLIC and an exposed schema', () => {
     }
     expect(
       await sqlstate(
-        exposed.query(`insert into mixpanel_sync.events_daily (distinct_id, day, event_name, event_count, first_at, last_at)
-      values ('x', current_date, 'e', 1, now(), now())`),
+        exposed.query(`insert into mixpanel_sync.events_daily (project_id, distinct_id, day, event_name, event_count, first_at, last_at)
+      values (1, 'x', current_date, 'e', 1, now(), now())`),
       ),
     ).toBe('42501');
-    // granted EXECUTE by the guide, begin_run runs with anon's rights: it sees no settings row (42704) and RLS would
-    // refuse its insert anyway; no run is started
+    // granted EXECUTE by the guide, begin_run runs with anon's rights: it sees no project (MP004: RLS hides
+    // mixpanel_sync.projects), no settings row (42704), and RLS would refuse its insert anyway; no run is started
     const runs = async () => (await db.pool.query('select count(*)::int as n from mixpanel_sync.sync_runs')).rows[0].n as number;
     const before = await runs();
-    expect(['42501', '42704']).toContain(await sqlstate(beginRun(exposed, { source: 'events', clock: CLOCK })));
+    expect(['42501', '42704', 'MP004']).toContain(await sqlstate(beginRun(exposed, { source: 'events', clock: CLOCK })));
     expect(await runs()).toBe(before);
     const client = await exposed.connect();
     try {

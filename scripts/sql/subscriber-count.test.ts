@@ -54,9 +54,9 @@ describe('subscriber_count', () => {
 
     // direct writes (psql): an upsert of one known and one new user, a delete, an update, then truncate
     await db.pool.query(
-      `insert into mixpanel_sync.subscribers (distinct_id, total_events, first_event_at, last_event_at, event_counts)
-       values ('user-1', 9, now(), now(), '{"open": 9}'), ('psql-user', 1, now(), now(), '{"open": 1}')
-       on conflict (distinct_id) do update set total_events = excluded.total_events`,
+      `insert into mixpanel_sync.subscribers (project_id, distinct_id, total_events, first_event_at, last_event_at, event_counts)
+       values (1, 'user-1', 9, now(), now(), '{"open": 9}'), (1, 'psql-user', 1, now(), now(), '{"open": 1}')
+       on conflict (project_id, distinct_id) do update set total_events = excluded.total_events`,
     );
     expect(await counts()).toEqual({ kept: 6, actual: 6 });
     await db.pool.query(`update mixpanel_sync.subscribers set distinct_id = 'renamed' where distinct_id = 'psql-user'`);
