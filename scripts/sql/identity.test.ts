@@ -59,7 +59,9 @@ describe('simplified ID merge', () => {
     expect(Number(second.reattributed_events)).toBe(2);
     expect(Number(second.applied)).toBe(1);
     expect(Number(second.duplicates)).toBe(2);
-    const { rows } = await db.pool.query(`select member, canonical, is_canonical from mixpanel_sync.identity_cluster(mixpanel_sync.project_id(), '$device:D1')`);
+    const { rows } = await db.pool.query(
+      `select member, canonical, is_canonical from mixpanel_sync.identity_cluster(mixpanel_sync.project_id(), '$device:D1')`,
+    );
     expect(rows).toEqual([
       { member: 'U1', canonical: 'U1', is_canonical: true },
       { member: '$device:D1', canonical: 'U1', is_canonical: false },
@@ -169,7 +171,9 @@ describe('original ID merge', () => {
     expect(await countsBy('events_daily')).toEqual({ 'user-early': 6 });
     expect(await countsBy('subscribers')).toEqual({ 'user-early': 6 });
     expect(Number(merge.links_learned)).toBe(2); // anon-1 and user-late now name user-early
-    const { rows } = await db.pool.query(`select member, canonical from mixpanel_sync.identity_cluster(mixpanel_sync.project_id(), 'anon-1')`);
+    const { rows } = await db.pool.query(
+      `select member, canonical from mixpanel_sync.identity_cluster(mixpanel_sync.project_id(), 'anon-1')`,
+    );
     expect(rows).toEqual([
       { member: 'user-early', canonical: 'user-early' },
       { member: 'alias-2', canonical: 'user-early' },

@@ -270,16 +270,19 @@ async function writePriorState(client: pg.PoolClient): Promise<void> {
   }
   await storeDaily(client, dailyOf([...ledger, ...legacy]));
   for (const p of profiles) {
-    await client.query('insert into mixpanel_sync.subscriber_properties (project_id, distinct_id, name) values (1, $1, $2)', [p.distinct_id, p.name]);
+    await client.query('insert into mixpanel_sync.subscriber_properties (project_id, distinct_id, name) values (1, $1, $2)', [
+      p.distinct_id,
+      p.name,
+    ]);
   }
 }
 
 /** reattribute_identities[_loop](from_ids, to_ids) (the identity step of finish_run, or reattribute_all, calls it). */
 async function reattribute(client: Queryable, fn: string): Promise<Counts> {
-  const { rows } = await client.query<{ r: Counts }>(`select mixpanel_sync.${fn}(mixpanel_sync.project_id(), $1::text[], $2::text[]) as r`, [
-    moves.map(([from]) => from),
-    moves.map(([, to]) => to),
-  ]);
+  const { rows } = await client.query<{ r: Counts }>(
+    `select mixpanel_sync.${fn}(mixpanel_sync.project_id(), $1::text[], $2::text[]) as r`,
+    [moves.map(([from]) => from), moves.map(([, to]) => to)],
+  );
   return rows[0]!.r;
 }
 

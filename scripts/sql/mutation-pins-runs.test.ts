@@ -261,10 +261,10 @@ describe('begin_run', () => {
   describe('mode, window and options', () => {
     const iso = (value: Date | string | null | undefined) => (value == null ? null : new Date(value).toISOString());
     const watermark = (at: string, processing: string) =>
-      db.pool.query(`insert into mixpanel_sync.sync_watermarks (project_id, source, watermark, processing_watermark) values (1, 'events', $1, $2)`, [
-        at,
-        processing,
-      ]);
+      db.pool.query(
+        `insert into mixpanel_sync.sync_watermarks (project_id, source, watermark, processing_watermark) values (1, 'events', $1, $2)`,
+        [at, processing],
+      );
 
     it('a resync of past days: its window, fetch_to at the last second of resync_to, allow_shrink recorded', async () => {
       // killed: swap-coalesce line 166 (the window ended at resync_from), least-greatest line 164 (fetch_to the clock),
@@ -433,7 +433,10 @@ describe('begin_run', () => {
         await client.query(
           `update mixpanel_sync.sync_settings set value = ((now() - pg_postmaster_start_time()) + interval '1 minute')::text where key = 'runs.heartbeat_timeout'`,
         );
-        const stale = await running({ heartbeat: `now() - mixpanel_sync.setting(mixpanel_sync.project_id(), 'runs.heartbeat_timeout')::interval` }, client);
+        const stale = await running(
+          { heartbeat: `now() - mixpanel_sync.setting(mixpanel_sync.project_id(), 'runs.heartbeat_timeout')::interval` },
+          client,
+        );
         await beginRun(client, { source: 'events', clock });
         const { rows } = await client.query<{ status: string; error: string }>(
           'select status, error from mixpanel_sync.sync_runs where id = $1',
@@ -521,10 +524,10 @@ describe('finish_events_run', () => {
       )
     ).rows.map((r) => [new Date(r.watermark).toISOString(), r.processing && new Date(r.processing).toISOString()]);
   const setWatermark = (at: string, processing: string) =>
-    db.pool.query(`insert into mixpanel_sync.sync_watermarks (project_id, source, watermark, processing_watermark) values (1, 'events', $1, $2)`, [
-      at,
-      processing,
-    ]);
+    db.pool.query(
+      `insert into mixpanel_sync.sync_watermarks (project_id, source, watermark, processing_watermark) values (1, 'events', $1, $2)`,
+      [at, processing],
+    );
 
   it('the terminated-early marker: its line number in MP003; a line staged with a problem, or a short event, is not it', async () => {
     // killed: swap-coalesce line 39 (line '?'), and-or line 35 #2 and #3 and drop-conjunct line 35 (s.problem is null:
