@@ -1,6 +1,7 @@
 // What `npm run status` shows, read from the database: watermarks, the last runs, sync_health().
 import {
   eventCounts,
+  listProjects,
   readLastRuns,
   readWatermarks,
   runCount,
@@ -73,7 +74,42 @@ export function statusExitCode(status: HealthStatus): number {
   return SEVERITY.indexOf(status);
 }
 
-export async function readSyncStatus(db: Queryable, runs = 10): Promise<SyncStatus> {
-  const health = await syncHealth(db);
-  return { status: worstStatus(health), watermarks: await readWatermarks(db), runs: (await readLastRuns(db, runs)).map(runRow), health };
+/** One project's status (null: the only project; MP004 when there are several). */
+export async function readSyncStatus(db: Queryable, runs = 10, project: string | null = null): Promise<SyncStatus> {
+  const health = await syncHealth(db, project);
+  return {
+    status: worstStatus(health),
+    watermarks: await readWatermarks(db, project),
+    runs: (await readLastRuns(db, runs, project)).map(runRow),
+    health,
+  };
+}
+
+/** Every project's status, and the total: how many are ok, warn, critical, and which checks are not ok. */
+export interface ProjectsStatus {
+  projects: (SyncStatus & { project: string })[];
+  total: { status: HealthStatus; projects: number; ok: number; warn: number; critical: number; not_ok: string[] };
+}
+
+export async function readProjectsStatus(db: Queryable, runs = 10): Promise<ProjectsStatus> {
+  const projects: ProjectsStatus['projects'] = [];
+  for (const { name } of await listProjects(db)) projects.push({ project: name, ...(await readSyncStatus(db, runs, name)) });
+  const statuses = projects.map((p) => p.status);
+  return {
+    projects,
+    total: {
+      status: statuses.reduce<HealthStatus>((worst, s) => (SEVERITY.indexOf(s) > SEVERITY.indexOf(worst) ? s : worst), 'ok'),
+      projects: projects.length,
+      ok: statuses.filter((s) => s === 'ok').length,
+      warn: statuses.filter((s) => s === 'warn').length,
+      critical: statuses.filter((s) => s === 'critical').length,
+      not_ok: projects.flatMap((p) => p.health.filter((h) => h.status !== 'ok').map((h) => `${p.project}: ${h.check}`)),
+    },
+  };
+}
+
+/** The total line of several projects: "3 projects: 2 ok, 1 warn (eu_app: events.watermark_lag)". */
+export function projectsTotalLine(total: ProjectsStatus['total']): string {
+  const counts = (['ok', 'warn', 'critical'] as const).filter((s) => total[s] > 0).map((s) => `${total[s]} ${s}`);
+  return `${total.projects} projects: ${counts.join(', ')}${total.not_ok.length > 0 ? ` (${total.not_ok.join(', ')})` : ''}`;
 }

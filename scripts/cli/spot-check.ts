@@ -4,6 +4,7 @@
 import { parseArgs } from 'node:util';
 import { resolveDatabaseUrl } from '../loader/database-connection.ts';
 import { describeError } from '../loader/describe-error.ts';
+import { chosenProject } from '../loader/loader-cli.ts';
 import { spotCheck, spotCheckLines } from '../loader/spot-check.ts';
 import { readMixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
 
@@ -22,9 +23,10 @@ but its own record (mixpanel_sync.spot_checks).
   --batch B              users per Export request (default 25; each request counts against the Export budget)
   --json                 the report as one JSON line
   --database-url URL     default: DATABASE_URL
+  --project NAME         the project (mixpanel_sync.projects; default MIXPANEL_PROJECT, else the only one)
   -h, --help
 
-Environment: DATABASE_URL, MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET, MIXPANEL_PROJECT_ID, MIXPANEL_REGION.
+Environment: DATABASE_URL, MIXPANEL_PROJECT (the project's name in this database), MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET, MIXPANEL_PROJECT_ID, MIXPANEL_REGION.
 Exit codes: 0 every chosen user matches; 1 at least one differs; 2 could not check (bad flags, nothing synced yet,
 Mixpanel or the database unreachable, an incomplete export).
 `;
@@ -45,6 +47,7 @@ try {
       batch: { type: 'string' },
       json: { type: 'boolean', default: false },
       'database-url': { type: 'string' },
+      project: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -62,6 +65,7 @@ try {
   const report = await spotCheck({
     connectionString,
     mixpanel,
+    project: chosenProject(values.project),
     users,
     seed,
     batch,

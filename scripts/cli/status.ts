@@ -1,4 +1,5 @@
-// npm run status [-- --json] [--database-url URL]: watermarks, last runs and mixpanel_sync.sync_health().
+// npm run status [-- --json] [--database-url URL] [--project NAME]: watermarks, last runs and mixpanel_sync.sync_health().
+// Several projects in the database and none chosen (--project, MIXPANEL_PROJECT): one block per project and a total line.
 // Exit code: 0 all ok, 1 a warning, 2 something critical, 3 status unknown (bad arguments, no database, cannot read it).
 import { parseArgs } from 'node:util';
 import pg from 'pg';
@@ -6,15 +7,23 @@ import { resolveDatabaseUrl } from '../loader/database-connection.ts';
 import { describeError } from '../loader/describe-error.ts';
 import { redactUrl } from '../db/database-url.ts';
 import { printableStatus } from './print-status.ts';
-import { readSyncStatus, statusExitCode } from './read-status.ts';
+import { chosenProject } from '../loader/loader-cli.ts';
+import { projectsTotalLine, readProjectsStatus, readSyncStatus, statusExitCode } from './read-status.ts';
+import { listProjects } from '../sql/sync-api.ts';
 
 const UNKNOWN = 3;
-const USAGE = 'usage: npm run status [-- --json] [--database-url URL] [--runs N]';
+const USAGE = 'usage: npm run status [-- --json] [--database-url URL] [--runs N] [--project NAME (default MIXPANEL_PROJECT)]';
 
-function options(argv: string[]): { json: boolean; url: string; runs: number } {
+function options(argv: string[]): { json: boolean; url: string; runs: number; project: string | null } {
   const { values } = parseArgs({
     args: argv,
-    options: { json: { type: 'boolean' }, 'database-url': { type: 'string' }, runs: { type: 'string' }, help: { type: 'boolean' } },
+    options: {
+      json: { type: 'boolean' },
+      'database-url': { type: 'string' },
+      runs: { type: 'string' },
+      project: { type: 'string' },
+      help: { type: 'boolean' },
+    },
     strict: true,
   });
   if (values.help) {
@@ -23,7 +32,7 @@ function options(argv: string[]): { json: boolean; url: string; runs: number } {
   }
   const runs = Number(values.runs ?? 10);
   if (!Number.isInteger(runs) || runs < 0) throw new Error(`--runs must be a whole number, got ${values.runs}`);
-  return { json: values.json ?? false, url: resolveDatabaseUrl(values['database-url']), runs };
+  return { json: values.json ?? false, url: resolveDatabaseUrl(values['database-url']), runs, project: chosenProject(values.project) };
 }
 
 async function main(): Promise<number> {
@@ -43,7 +52,16 @@ async function main(): Promise<number> {
     return UNKNOWN;
   }
   try {
-    const status = await readSyncStatus(client, settings.runs);
+    if (settings.project === null && (await listProjects(client)).length > 1) {
+      const all = await readProjectsStatus(client, settings.runs);
+      process.stdout.write(
+        settings.json
+          ? `${JSON.stringify(all)}\n`
+          : `${all.projects.map((p) => `Project ${p.project}\n\n${printableStatus(p)}`).join('\n')}\n${projectsTotalLine(all.total)}\n`,
+      );
+      return statusExitCode(all.total.status);
+    }
+    const status = await readSyncStatus(client, settings.runs, settings.project);
     process.stdout.write(settings.json ? `${JSON.stringify(status)}\n` : printableStatus(status));
     return statusExitCode(status.status);
   } catch (error) {

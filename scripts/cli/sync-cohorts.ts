@@ -15,9 +15,10 @@ change are not written; members who left a cohort are removed; cohorts no longer
   --wait SECONDS         when another cohorts run is running, retry for up to SECONDS (default 0)
   --json                 print the summary as one JSON line
   --database-url URL     default: DATABASE_URL
+  --project NAME         the project (mixpanel_sync.projects; default MIXPANEL_PROJECT, else the only one)
   -h, --help
 
-Environment: DATABASE_URL, MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET, MIXPANEL_PROJECT_ID, MIXPANEL_REGION.
+Environment: DATABASE_URL, MIXPANEL_PROJECT (the project's name in this database), MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET, MIXPANEL_PROJECT_ID, MIXPANEL_REGION.
 Requests: 1 for the list, then 1 Engage request per cohort per 1000 members (Query API budget, 60 an hour).
 Exit codes: 0 succeeded; 1 run failed, nothing applied; 2 nothing started (bad flags, MP002 another cohorts run is
 running); 130 interrupted.
@@ -32,9 +33,10 @@ await runLoaderCli<CohortsSummary>({
     if (values.file !== undefined) throw new Error('sync:cohorts reads Mixpanel only: --file is not supported');
     mixpanel = readMixpanelSettings();
   },
-  run: ({ databaseUrl, waitSeconds, signal }) =>
+  run: ({ databaseUrl, project, waitSeconds, signal }) =>
     syncCohorts({
       connectionString: databaseUrl,
+      project,
       mixpanel,
       waitSeconds,
       signal,

@@ -28,9 +28,11 @@ Without --file it reads the Mixpanel Export API over the run's window.
   --wait SECONDS         when another events run is running, retry for up to SECONDS (default 0)
   --json                 print the summary as one JSON line
   --database-url URL     default: DATABASE_URL
+  --project NAME         the project (mixpanel_sync.projects; default MIXPANEL_PROJECT, else the only one)
   -h, --help
 
-Environment: DATABASE_URL; for the Export API MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET,
+Environment: DATABASE_URL; MIXPANEL_PROJECT (the project's name in this database, not MIXPANEL_PROJECT_ID);
+for the Export API MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET,
 MIXPANEL_PROJECT_ID, MIXPANEL_REGION (us|eu|in); MIXPANEL_PROJECT_TIMEZONE for projects that
 export local times.
 Exit codes (by SQLSTATE, README "Exit codes"): 0 succeeded; 1 run failed, nothing applied (MP001
@@ -63,9 +65,10 @@ await runLoaderCli({
     if (values['allow-empty'] === true) process.stderr.write('sync:events: --allow-empty is deprecated: use --allow-shrink\n');
     if (values.file === undefined) mixpanel = readMixpanelSettings();
   },
-  run: ({ values, databaseUrl, waitSeconds, signal, progress }) =>
+  run: ({ values, databaseUrl, project, waitSeconds, signal, progress }) =>
     syncEvents({
       connectionString: databaseUrl,
+      project,
       input: values.file as string | undefined,
       mixpanel,
       full: values.full === true,

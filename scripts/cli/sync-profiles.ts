@@ -17,9 +17,10 @@ Without --file it reads the Mixpanel Engage API.
   --wait SECONDS         when another profiles run is running, retry for up to SECONDS (default 0)
   --json                 print the summary as one JSON line
   --database-url URL     default: DATABASE_URL
+  --project NAME         the project (mixpanel_sync.projects; default MIXPANEL_PROJECT, else the only one)
   -h, --help
 
-Environment: DATABASE_URL; for the Engage API MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET, MIXPANEL_PROJECT_ID,
+Environment: DATABASE_URL; MIXPANEL_PROJECT (the project's name in this database); for the Engage API MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET, MIXPANEL_PROJECT_ID,
 MIXPANEL_REGION (us|eu|in); MIXPANEL_PROJECT_TIMEZONE: the zone $created and $last_seen are read in (default UTC).
 Exit codes (by SQLSTATE, README "Exit codes"): 0 succeeded; 1 run failed, nothing applied; 2 nothing started
 (bad flags, MP002 another profiles run is running); 130 interrupted (the run is failed unless it had committed).
@@ -34,9 +35,10 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
     prepare(values) {
       if (values.file === undefined) mixpanel = readMixpanelSettings();
     },
-    run: ({ values, databaseUrl, waitSeconds, signal, progress }) =>
+    run: ({ values, databaseUrl, project, waitSeconds, signal, progress }) =>
       syncProfiles({
         waitSeconds,
+        project,
         connectionString: databaseUrl,
         input: values.file as string | undefined,
         mixpanel,

@@ -7,7 +7,7 @@ import { syncCohorts, cohortsSummaryLine, type CohortsSummary } from '../loader/
 import { resolveDatabaseUrl } from '../loader/database-connection.ts';
 import { describeError } from '../loader/describe-error.ts';
 import { syncEvents } from '../loader/events-sync.ts';
-import { EXIT, failureOutcome, interruptOnSignals } from '../loader/loader-cli.ts';
+import { chosenProject, EXIT, failureOutcome, interruptOnSignals } from '../loader/loader-cli.ts';
 import { progressLine } from '../loader/progress-line.ts';
 import { summaryLines, type RunSummary } from '../loader/run-summary.ts';
 import { readMixpanelSettings, type MixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
@@ -24,9 +24,11 @@ Each step is the same run as npm run sync:events / sync:profiles / sync:cohorts 
   --wait SECONDS         when another run of a source is running, retry begin_run for up to SECONDS (default 0)
   --json                 print the summary as one JSON line: {"status", "exit_code", "steps": [...]}
   --database-url URL     default: DATABASE_URL
+  --project NAME         the project (mixpanel_sync.projects; default MIXPANEL_PROJECT, else the only one)
   -h, --help
 
-Environment: DATABASE_URL, MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET, MIXPANEL_PROJECT_ID, MIXPANEL_REGION,
+Environment: DATABASE_URL, MIXPANEL_PROJECT (the project's name in this database: one scheduled process per project,
+each with its own credentials), MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET, MIXPANEL_PROJECT_ID, MIXPANEL_REGION,
 MIXPANEL_PROJECT_TIMEZONE, MIXPANEL_SYNC_COHORTS (on|off).
 Exit code, the worst step's: 0 every step succeeded; 1 a step's run failed (nothing of that step applied; the
 others ran); 2 a step did not start (MP002 another run of that source is running, MP004, unreachable database)
@@ -72,6 +74,7 @@ try {
       wait: { type: 'string' },
       json: { type: 'boolean', default: false },
       'database-url': { type: 'string' },
+      project: { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -96,6 +99,7 @@ if (cohortsSetting && !['on', 'off'].includes(cohortsSetting))
   fail(EXIT.notStarted, `MIXPANEL_SYNC_COHORTS is "${cohortsSetting}": set it to on or off`);
 const withCohorts = values['no-cohorts'] === true ? false : values.cohorts === true || cohortsSetting === 'on';
 const projectTimezone = process.env.MIXPANEL_PROJECT_TIMEZONE?.trim() || null;
+const project = chosenProject(values.project);
 
 const controller = new AbortController();
 const release = interruptOnSignals(controller, 'sync');
@@ -111,6 +115,7 @@ const steps: Array<{ step: StepName; run: () => Promise<StepResult['summary']>; 
       syncEvents({
         connectionString: databaseUrl,
         mixpanel,
+        project,
         projectTimezone,
         waitSeconds,
         signal: controller.signal,
@@ -125,6 +130,7 @@ const steps: Array<{ step: StepName; run: () => Promise<StepResult['summary']>; 
       syncProfiles({
         connectionString: databaseUrl,
         mixpanel,
+        project,
         projectTimezone,
         waitSeconds,
         signal: controller.signal,
@@ -141,7 +147,14 @@ const steps: Array<{ step: StepName; run: () => Promise<StepResult['summary']>; 
         {
           step: 'cohorts' as const,
           run: () =>
-            syncCohorts({ connectionString: databaseUrl, mixpanel, waitSeconds, signal: controller.signal, onRetry: retryNote('cohorts') }),
+            syncCohorts({
+              connectionString: databaseUrl,
+              mixpanel,
+              project,
+              waitSeconds,
+              signal: controller.signal,
+              onRetry: retryNote('cohorts'),
+            }),
           lines: (summary: CohortsSummary) => [
             `cohorts run ${summary.run_id}: ${summary.status} in ${(summary.duration_ms / 1000).toFixed(1)} s`,
             `  ${cohortsSummaryLine(summary)}`,

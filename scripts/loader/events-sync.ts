@@ -24,6 +24,8 @@ export interface SyncEventsOptions extends PoolChoice {
   resync?: { from: string; to?: string | null };
   /** The run's clock (fetch_to); default now(). */
   clock?: Date;
+  /** The project's name (mixpanel_sync.projects; --project, MIXPANEL_PROJECT); absent or null: the only project. */
+  project?: string | null;
   /** MIXPANEL_PROJECT_TIMEZONE: for projects that export local times. */
   projectTimezone?: string | null;
   /** Let a full run empty or shrink stored days (begin_run allow_shrink => true); without it finish_run refuses (MP001). */
@@ -77,6 +79,9 @@ export async function syncEvents(options: SyncEventsOptions): Promise<RunSummary
         resync: options.resync ?? null,
         allowShrink: options.allowShrink ?? false,
         events: options.events ?? null,
+        project: options.project ?? null,
+        // the Export API's project: recorded on the project's first run, refused (MP004) when it is another
+        mixpanelProjectId: input === undefined ? (mixpanel?.projectId ?? null) : null,
       },
       openLines: (run, signal) => (input !== undefined ? openInput(input) : exportStream(pool, run, options, mixpanel!, signal)),
       signal: options.signal,

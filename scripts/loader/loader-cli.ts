@@ -28,13 +28,22 @@ const COMMON_OPTIONS = {
   wait: { type: 'string' },
   json: { type: 'boolean', default: false },
   'database-url': { type: 'string' },
+  project: { type: 'string' },
   help: { type: 'boolean', short: 'h', default: false },
 } as const satisfies Options;
+
+/** The project a command works on: --project NAME wins over MIXPANEL_PROJECT; neither: null (the only project). */
+export function chosenProject(flag: unknown, env: NodeJS.ProcessEnv = process.env): string | null {
+  const name = typeof flag === 'string' ? flag.trim() : env.MIXPANEL_PROJECT?.trim();
+  return name ? name : null;
+}
 
 export interface LoaderContext {
   /** Parsed flags; a string[] for a flag declared `multiple` (e.g. --event). */
   values: Record<string, string | boolean | string[] | undefined>;
   databaseUrl: string;
+  /** --project NAME, else MIXPANEL_PROJECT, else null: the only project (begin_run refuses with MP004 when there are several). */
+  project: string | null;
   /** --wait SECONDS: how long begin_run is retried while another run of the source is running (MP002). */
   waitSeconds: number;
   signal: AbortSignal;
@@ -154,7 +163,14 @@ export async function runLoaderCli<S = RunSummary>(command: LoaderCommand<S>, ar
   const progress = progressLine(process.stderr, command.name);
   const json = values.json === true;
   try {
-    const summary = await command.run({ values, databaseUrl, waitSeconds, signal: controller.signal, progress });
+    const summary = await command.run({
+      values,
+      databaseUrl,
+      project: chosenProject(values.project),
+      waitSeconds,
+      signal: controller.signal,
+      progress,
+    });
     show(summary, json);
     if (controller.signal.aborted)
       process.stderr.write(`${command.name}: the run had already committed when the signal came: it succeeded\n`);

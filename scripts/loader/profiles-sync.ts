@@ -75,6 +75,8 @@ export interface SyncProfilesOptions extends PoolChoice {
   input?: InputSource;
   /** Mixpanel client settings, for the Engage API (readMixpanelSettings()). */
   mixpanel?: MixpanelSettings;
+  /** The project's name (mixpanel_sync.projects; --project, MIXPANEL_PROJECT); absent or null: the only project. */
+  project?: string | null;
   /** The Engage query: selector, cohort, properties, page size. */
   engage?: Pick<EngageProfilesOptions, 'where' | 'cohortId' | 'outputProperties' | 'pageSize'>;
   /** $created and $last_seen are read in this zone (default mixpanel.projectTimezone, else UTC). */
@@ -98,7 +100,13 @@ export async function syncProfiles(options: SyncProfilesOptions): Promise<Profil
     runStagedSync({
       pool,
       table: 'mixpanel_sync.staged_profiles',
-      begin: { source: 'profiles', clock: options.clock, projectTimezone: options.projectTimezone ?? mixpanel?.projectTimezone ?? null },
+      begin: {
+        source: 'profiles',
+        clock: options.clock,
+        projectTimezone: options.projectTimezone ?? mixpanel?.projectTimezone ?? null,
+        project: options.project ?? null,
+        mixpanelProjectId: input === undefined ? (mixpanel?.projectId ?? null) : null,
+      },
       openLines: async (_run, signal) =>
         input !== undefined
           ? openInput(input)

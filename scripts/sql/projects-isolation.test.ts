@@ -22,7 +22,9 @@
 //   - killed: analyze-waits (analyze_run_events without skip_locked): B's finish waited for the ANALYZE lock A's open
 //     finish holds on run_events, 55P03 (test 3).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { projectsTotalLine, readProjectsStatus } from '../cli/read-status.ts';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { chosenProject } from '../loader/loader-cli.ts';
 import {
   beginCohortsRun,
   beginRun,
@@ -307,5 +309,29 @@ describe('several projects in one database', () => {
     expect(other.code).toBe('MP004');
     const taken = await beginRun(db.pool, { source: 'profiles', clock, project: 'b', mixpanelProjectId: 1001 }).catch((error) => error);
     expect(taken.code).toBe('MP004');
+  });
+
+  it('status of several projects: one block per project (its own runs), the total of their worst statuses', async () => {
+    const all = await readProjectsStatus(db.pool, 100);
+    expect(all.projects.map((p) => p.project)).toEqual(['a', 'b', 'default']);
+    for (const p of all.projects) {
+      const { rows } = await db.pool.query<{ id: number }>(
+        `select r.id::int as id from mixpanel_sync.sync_runs r join mixpanel_sync.projects p on p.id = r.project_id
+         where p.name = $1 order by r.id desc`,
+        [p.project],
+      );
+      expect(p.runs.map((r) => r.id)).toEqual(rows.map((r) => r.id));
+    }
+    const statuses = all.projects.map((p) => p.status);
+    expect(all.total.ok + all.total.warn + all.total.critical).toBe(3);
+    expect(all.total.warn).toBe(statuses.filter((s) => s === 'warn').length);
+    expect(projectsTotalLine(all.total)).toMatch(/^3 projects: /);
+  });
+
+  it('--project wins over MIXPANEL_PROJECT; neither: null, the only project', () => {
+    expect(chosenProject('eu_app', { MIXPANEL_PROJECT: 'us_app' })).toBe('eu_app');
+    expect(chosenProject(undefined, { MIXPANEL_PROJECT: ' us_app ' })).toBe('us_app');
+    expect(chosenProject(undefined, {})).toBeNull();
+    expect(chosenProject(undefined, { MIXPANEL_PROJECT: '' })).toBeNull();
   });
 });
