@@ -543,6 +543,59 @@ create policy mixpanel_sync_loader_all on mixpanel_sync.sync_watermarks as permi
 comment on policy mixpanel_sync_loader_all on mixpanel_sync.sync_watermarks is 'The loader reads and writes every row: RLS is on only so that roles without a policy (anon, authenticated) see nothing.';
 grant delete, insert, select, truncate, update on table mixpanel_sync.sync_watermarks to mixpanel_sync_loader;
 
+create view mixpanel_sync.project_status with (security_invoker=true) as
+ SELECT p.id AS project_id,
+    p.name,
+    p.region,
+    p.timezone,
+    p.mixpanel_project_id,
+    we.watermark AS events_watermark,
+    we.processing_watermark AS events_processing_watermark,
+    wp.watermark AS profiles_watermark,
+    le.id AS last_events_run,
+    le.status AS last_events_status,
+    le.finished_at AS last_events_finished_at,
+    lp.id AS last_profiles_run,
+    lp.status AS last_profiles_status,
+    lp.finished_at AS last_profiles_finished_at,
+    lc.id AS last_cohorts_run,
+    lc.status AS last_cohorts_status,
+    lc.finished_at AS last_cohorts_finished_at,
+    h.worst AS health
+   FROM mixpanel_sync.projects p
+     LEFT JOIN mixpanel_sync.sync_watermarks we ON we.project_id = p.id AND we.source = 'events'::text
+     LEFT JOIN mixpanel_sync.sync_watermarks wp ON wp.project_id = p.id AND wp.source = 'profiles'::text
+     LEFT JOIN LATERAL ( SELECT r.id,
+            r.status,
+            r.finished_at
+           FROM mixpanel_sync.sync_runs r
+          WHERE r.project_id = p.id AND r.source = 'events'::text
+          ORDER BY r.started_at DESC, r.id DESC
+         LIMIT 1) le ON true
+     LEFT JOIN LATERAL ( SELECT r.id,
+            r.status,
+            r.finished_at
+           FROM mixpanel_sync.sync_runs r
+          WHERE r.project_id = p.id AND r.source = 'profiles'::text
+          ORDER BY r.started_at DESC, r.id DESC
+         LIMIT 1) lp ON true
+     LEFT JOIN LATERAL ( SELECT r.id,
+            r.status,
+            r.finished_at
+           FROM mixpanel_sync.sync_runs r
+          WHERE r.project_id = p.id AND r.source = 'cohorts'::text
+          ORDER BY r.started_at DESC, r.id DESC
+         LIMIT 1) lc ON true
+     CROSS JOIN LATERAL ( SELECT (ARRAY['ok'::text, 'warn'::text, 'critical'::text])[1 + COALESCE(max(
+                CASE s.status
+                    WHEN 'critical'::text THEN 2
+                    WHEN 'warn'::text THEN 1
+                    ELSE 0
+                END), 0)] AS worst
+           FROM mixpanel_sync.sync_health(p.name) s("check", status, value, threshold, detail)) h;
+comment on view mixpanel_sync.project_status is 'One row per project: region, timezone, Mixpanel project id, the events and profiles watermarks, the last run of each source (id, status, finished_at) and health, the worst status of its sync_health (ok, warn, critical). select * from mixpanel_sync.project_status; the checks themselves: select * from mixpanel_sync.sync_health_all() where status <> ''ok''.';
+grant select on table mixpanel_sync.project_status to mixpanel_sync_loader;
+
 create view mixpanel_sync.raw_events with (security_invoker=true) as
  SELECT l.distinct_id,
     l.event_name,

@@ -290,6 +290,24 @@ describe('the migration owner', () => {
 });
 
 describe('catalogue', () => {
+  // killed: create-project-for-loader (the two revokes of create_project from mixpanel_sync_loader, in
+  // 300-settings-and-projects.sql and 900-privileges.sql, removed: the schema's default privileges grant it every function)
+  it('projects: the loader and the reader read them; only the DBA creates and drops them (create_project, drop_project)', async () => {
+    const { rows } = await db.pool.query(
+      `select r.role,
+         has_function_privilege(r.role, 'mixpanel_sync.create_project(text, bigint, text, text)', 'execute') as create_project,
+         has_function_privilege(r.role, 'mixpanel_sync.drop_project(text)', 'execute') as drop_project,
+         has_table_privilege(r.role, 'mixpanel_sync.projects', 'select') as read,
+         has_table_privilege(r.role, 'mixpanel_sync.projects', 'insert') as insert
+       from unnest(array['mixpanel_sync_loader', 'mixpanel_sync_reader']) r (role) order by 1`,
+    );
+    expect(rows).toEqual([
+      { role: 'mixpanel_sync_loader', create_project: false, drop_project: false, read: true, insert: false },
+      { role: 'mixpanel_sync_reader', create_project: false, drop_project: false, read: true, insert: false },
+    ]);
+    expect(await sqlstate(poolAs(roles.loader).query(`select mixpanel_sync.create_project('by_loader')`))).toBe('42501');
+  });
+
   it('no function of mixpanel_sync or mixpanel_sync_verify is executable by PUBLIC, and none is SECURITY DEFINER', async () => {
     const { rows } = await db.pool.query<{ fn: string; public_execute: boolean; definer: boolean }>(
       `select p.oid::regprocedure::text as fn,

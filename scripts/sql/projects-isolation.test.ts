@@ -326,6 +326,19 @@ describe('several projects in one database', () => {
     expect(all.total.ok + all.total.warn + all.total.critical).toBe(3);
     expect(all.total.warn).toBe(statuses.filter((s) => s === 'warn').length);
     expect(projectsTotalLine(all.total)).toMatch(/^3 projects: /);
+    // the view for psql: the same worst status, each project's last events run
+    const { rows: view } = await db.pool.query<{ name: string; health: string; last_events_run: string | null }>(
+      'select name, health, last_events_run from mixpanel_sync.project_status order by name',
+    );
+    expect(view.map((v) => [v.name, v.health])).toEqual(all.projects.map((p) => [p.project, p.status]));
+    for (const v of view) {
+      const { rows } = await db.pool.query<{ id: string | null }>(
+        `select max(r.id)::text as id from mixpanel_sync.sync_runs r join mixpanel_sync.projects p on p.id = r.project_id
+         where p.name = $1 and r.source = 'events'`,
+        [v.name],
+      );
+      expect(v.last_events_run).toBe(rows[0]!.id);
+    }
   });
 
   it('--project wins over MIXPANEL_PROJECT; neither: null, the only project', () => {
