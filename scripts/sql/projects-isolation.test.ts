@@ -20,7 +20,11 @@
 //   - killed: finish-global-lock (finish_run's advisory key 'mixpanel_sync.finish_run' for every project): B's finish
 //     waited for A's open finish and failed with 55P03 under lock_timeout = 5s (test 3);
 //   - killed: analyze-waits (analyze_run_events without skip_locked): B's finish waited for the ANALYZE lock A's open
-//     finish holds on run_events, 55P03 (test 3).
+//     finish holds on run_events, 55P03 (test 3);
+//   - killed: begin-global-lock (begin_run's advisory key 'mixpanel_sync.begin_run:' || source, as before projects):
+//     B's begin_run waited for A's open one, 55P03 (the begin_run test);
+//   - killed: drop-project-no-ledger (drop_project without its event_ledger delete): the dropped project's ledger rows
+//     stayed (the drop_project test).
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { projectsTotalLine, readProjectsStatus } from '../cli/read-status.ts';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
@@ -29,6 +33,7 @@ import {
   beginCohortsRun,
   beginRun,
   createProject,
+  dropProject,
   failRun,
   finishCohortsRun,
   finishRun,
@@ -290,6 +295,48 @@ describe('several projects in one database', () => {
       first.release();
       second.release();
     }
+  });
+
+  it("two projects' begin_run proceed at the same time: B's begins while A's begin_run is open in a transaction", async () => {
+    const first = await db.pool.connect();
+    const second = await db.pool.connect();
+    try {
+      await first.query('begin');
+      const runOfA = await beginRun(first, { source: 'profiles', clock, project: 'a' });
+      await second.query(`set lock_timeout = '5s'`);
+      const runOfB = await beginRun(second, { source: 'profiles', clock, project: 'b' });
+      expect(runOfB.status).toBe('running');
+      await first.query('commit');
+      await failRun(db.pool, runOfA.id, 'test: begun only');
+      await failRun(db.pool, runOfB.id, 'test: begun only');
+    } finally {
+      await first.query('rollback').catch(() => {});
+      first.release();
+      second.release();
+    }
+  });
+
+  it('drop_project deletes every row of the project and nothing else; refused while one of its runs is running', async () => {
+    await createProject(db.pool, 'c');
+    await eventsRun(db.pool, 'c', eventsOfB, { forceFull: true });
+    await profilesRun(db.pool, 'c', [{ $distinct_id: 'u1', $properties: { $name: 'C one' } }]);
+    await cohortsRun(db.pool, 'c', { 7: ['u1'] });
+    const { id } = await readProject(db.pool, 'c');
+    const others = { a: await rowsOf(db.pool, 'a'), b: await rowsOf(db.pool, 'b') };
+    const running = await beginRun(db.pool, { source: 'events', clock, project: 'c' });
+    expect((await dropProject(db.pool, 'c').catch((error) => error)).code).toBe('MP002');
+    await failRun(db.pool, running.id, 'test: dropping the project');
+    expect(await dropProject(db.pool, 'c')).toBeGreaterThan(0);
+    for (const table of PROJECT_TABLES) {
+      const { rows } = await db.pool.query<{ n: number }>(
+        `select count(*)::int as n from mixpanel_sync.${table} t where t.project_id = $1`,
+        [id],
+      );
+      expect({ table, n: rows[0]!.n }).toEqual({ table, n: 0 });
+    }
+    expect(await rowsOf(db.pool, 'a')).toEqual(others.a);
+    expect(await rowsOf(db.pool, 'b')).toEqual(others.b);
+    expect((await readProject(db.pool, 'nope').catch((error) => error)).code).toBe('MP004');
   });
 
   it('with several projects a call that names none is refused (MP004) with the names; so is an unknown name', async () => {
