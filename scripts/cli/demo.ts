@@ -13,7 +13,8 @@ import { withThrowawayDatabase } from '../db/throwaway-database.ts';
 import { summaryLines, type RunSummary } from '../loader/run-summary.ts';
 import { sampleEventLines, writeSampleEvents, type SampleEventOptions } from '../fixtures/sample-events.ts';
 import { writeSampleProfiles } from '../fixtures/sample-profiles.ts';
-import { eventSeconds, rereadFromDay, syncHealth, writeSetting } from '../sql/sync-api.ts';
+import { createProject, eventSeconds, rereadFromDay, syncHealth, writeSetting } from '../sql/sync-api.ts';
+import { projectsTotalLine, readProjectsStatus } from './read-status.ts';
 import { profilesSummaryLine, syncProfiles } from '../loader/profiles-sync.ts';
 import { proofSteps } from './demo-proofs.ts';
 
@@ -186,8 +187,36 @@ const health: DemoStep = {
   },
 };
 
-/** The demo, in order. A step reads and extends the context; add new ones here. */
-const demoSteps: DemoStep[] = [fullSync, incrementalSync, subscribers, rawFunnel, profileSyncs, health, ...proofSteps];
+const secondProject: DemoStep = {
+  title: "a second Mixpanel project in the same database: create_project('eu_app'), a sync with --project eu_app",
+  async run(context) {
+    await createProject(context.pool, 'eu_app', { region: 'eu' });
+    const sample: SampleEventOptions = { users: 300, events: 6000, days: 10, end: context.now, seed: 1 };
+    const file = path.join(context.dir, 'eu-app-events.jsonl');
+    await writeLines(file, sampleEventLines(sample));
+    context.say(`sample of eu_app: ${sample.events.toLocaleString('en-US')} events of ${sample.users} users`);
+    show(context, await syncEvents({ pool: context.pool, input: file, clock: context.now, project: 'eu_app' }));
+    const { rows } = await context.pool.query<{ name: string; users: string; events: string }>(
+      `select p.name, count(distinct d.distinct_id) as users, coalesce(sum(d.event_count), 0) as events
+       from mixpanel_sync.projects p left join mixpanel_sync.events_daily d on d.project_id = p.id group by p.name order by p.name`,
+    );
+    for (const row of rows)
+      context.say(
+        `  ${row.name.padEnd(8)} ${Number(row.users).toLocaleString('en-US').padStart(6)} users  ${Number(row.events).toLocaleString('en-US').padStart(7)} events in events_daily`,
+      );
+    const { rows: shared } = await context.pool.query<{ n: string }>(
+      `select count(*) as n from mixpanel_sync.subscribers a join mixpanel_sync.subscribers b on b.distinct_id = a.distinct_id
+       where a.project_id = mixpanel_sync.project_id('default') and b.project_id = mixpanel_sync.project_id('eu_app')`,
+    );
+    context.say(`  ${shared[0]!.n} distinct_ids are subscribers of both projects, each with its own row and counts`);
+    const all = await readProjectsStatus(context.pool, 3);
+    context.say(`npm run status (no --project): ${projectsTotalLine(all.total)}`);
+  },
+};
+
+/** The demo, in order. A step reads and extends the context; add new ones here. The second project comes last: with
+ * two projects, every call that names no project is refused (MP004). */
+const demoSteps: DemoStep[] = [fullSync, incrementalSync, subscribers, rawFunnel, profileSyncs, health, ...proofSteps, secondProject];
 
 async function main(): Promise<void> {
   const started = performance.now();
