@@ -1305,7 +1305,7 @@ begin
   end if;
 end;
 $function$;
-comment on function mixpanel_sync.drop_staged_rows(run_id bigint) is 'Removes everything staged for a run: staged rows never outlive their run. When no other run of its source is running (the rule begin_run enforces), the staging tables of the source are TRUNCATEd, so their disk space returns at once (a DELETE would leave it dead until vacuum); else, or when a table is locked, the rows are deleted.';
+comment on function mixpanel_sync.drop_staged_rows(run_id bigint) is 'Removes everything staged for a run: staged rows never outlive their run. When no other run of its source is running, in any project (begin_run allows one per project and source), the staging tables of the source are TRUNCATEd, so their disk space returns at once (a DELETE would leave it dead until vacuum); else, or when a table is locked, the rows are deleted: another project''s staged lines are never truncated away.';
 grant execute on function mixpanel_sync.drop_staged_rows(run_id bigint) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.ensure_run_ledger_partitions(run_id bigint, from_day date, to_day date)

@@ -1616,3 +1616,7 @@ $function$;
 comment on function mixpanel_sync_private.analyze_run_events() is 'Samples mixpanel_sync.run_events (ANALYZE) so that the statements after the parse are planned on the running run''s real size: run ids only grow, so statistics sampled earlier estimate a new run at about one row, and a REPLACE planned on that runs its anti-joins as nested loops (64 s instead of 1.2 s measured for a second 95,000-line full sync). It samples 3,000 rows (the columns'' statistics targets: 10, and 0 for the raw columns). SECURITY DEFINER (owned by the schema owner) because only the owner may analyze the table; it analyzes nothing else. skip_locked: while another finish_run (of another project) holds the table''s ANALYZE lock to its commit, nothing is sampled and this finish goes on with the statistics sampled last.';
 grant execute on function mixpanel_sync_private.analyze_run_events() to mixpanel_sync_loader;
 
+
+-- drop_staged_rows is unchanged (its "no other run of the source is running" counts every project's runs); its comment
+-- says so.
+comment on function mixpanel_sync.drop_staged_rows(run_id bigint) is 'Removes everything staged for a run: staged rows never outlive their run. When no other run of its source is running, in any project (begin_run allows one per project and source), the staging tables of the source are TRUNCATEd, so their disk space returns at once (a DELETE would leave it dead until vacuum); else, or when a table is locked, the rows are deleted: another project''s staged lines are never truncated away.';
