@@ -83,6 +83,10 @@ export interface BeginRunOptions {
   allowShrink?: boolean;
   /** This run's event names (begin_run events => …; CLI --event); absent or null: the setting events.only; []: every event. */
   events?: readonly string[] | null;
+  /** The project's name (mixpanel_sync.projects; CLI --project, MIXPANEL_PROJECT); absent or null: the only project. */
+  project?: string | null;
+  /** Mixpanel's project id of the loader's credentials: recorded on the project's first run, refused (MP004) when it is another. */
+  mixpanelProjectId?: string | number | null;
 }
 
 /** mixpanel_sync.begin_run: the new running run (MP002 when one of this source is running, MP004 on bad arguments). */
@@ -90,7 +94,8 @@ export async function beginRun(db: Queryable, options: BeginRunOptions): Promise
   const { rows } = await db.query<SyncRun>(
     `select ${RUN_COLUMNS} from mixpanel_sync.begin_run($1, force_full => $2,
        clock => coalesce($3::timestamptz, now()), project_timezone => $4,
-       resync_from => $5::date, resync_to => $6::date${options.allowShrink ? ', allow_shrink => true' : ''}, events => $7::text[]) r`,
+       resync_from => $5::date, resync_to => $6::date${options.allowShrink ? ', allow_shrink => true' : ''}, events => $7::text[],
+       project => $8, mixpanel_project_id => $9::bigint) r`,
     [
       options.source,
       options.forceFull ?? false,
@@ -99,9 +104,57 @@ export async function beginRun(db: Queryable, options: BeginRunOptions): Promise
       options.resync?.from ?? null,
       options.resync?.to ?? null,
       options.events ?? null,
+      options.project ?? null,
+      options.mixpanelProjectId ?? null,
     ],
   );
   return rows[0]!;
+}
+
+// ---------------------------------------------------------------------------------------------------------------
+// Projects (mixpanel_sync.projects): several Mixpanel projects in one database (docs/projects.md)
+
+/** A mixpanel_sync.projects row (id and mixpanel_project_id as node-pg returns them). */
+export interface ProjectRow {
+  id: number;
+  name: string;
+  mixpanel_project_id: string | null;
+  region: 'us' | 'eu' | 'in';
+  timezone: string | null;
+  created_at: Date;
+}
+
+/** mixpanel_sync.create_project (DBA): a new project with the default settings (MP004 on a bad or taken name). */
+export async function createProject(
+  db: Queryable,
+  name: string,
+  options: { mixpanelProjectId?: string | number | null; region?: 'us' | 'eu' | 'in'; timezone?: string | null } = {},
+): Promise<ProjectRow> {
+  const { rows } = await db.query<ProjectRow>(
+    'select p.* from mixpanel_sync.create_project($1, mixpanel_project_id => $2::bigint, region => $3, timezone => $4) p',
+    [name, options.mixpanelProjectId ?? null, options.region ?? 'us', options.timezone ?? null],
+  );
+  return rows[0]!;
+}
+
+/** mixpanel_sync.drop_project (DBA): every row of the project deleted; the number of data rows (MP002 while one of its runs is running). */
+export async function dropProject(db: Queryable, name: string): Promise<number> {
+  const { rows } = await db.query<{ removed: string }>('select mixpanel_sync.drop_project($1) as removed', [name]);
+  return Number(rows[0]!.removed);
+}
+
+/** The project of this name, or the only one (null); MP004 when there are several or the name is unknown. */
+export async function readProject(db: Queryable, project: string | null = null): Promise<ProjectRow> {
+  const { rows } = await db.query<ProjectRow>('select p.* from mixpanel_sync.projects p where p.id = mixpanel_sync.project_id($1)', [
+    project,
+  ]);
+  return rows[0]!;
+}
+
+/** Every project, by name. */
+export async function listProjects(db: Queryable): Promise<ProjectRow[]> {
+  const { rows } = await db.query<ProjectRow>('select p.* from mixpanel_sync.projects p order by p.name');
+  return rows;
 }
 
 /** mixpanel_sync.run_selection: the event names a run syncs, as begin_run recorded them; null: every event. */
@@ -120,10 +173,14 @@ export interface ForgottenEventNames {
 }
 
 /** mixpanel_sync.forget_event_names: the data of event names no longer synced deleted (DBA only; MP004 for a name events.only still syncs, MP002 while an events run is running). */
-export async function forgetEventNames(db: Queryable, names: readonly string[]): Promise<ForgottenEventNames> {
+export async function forgetEventNames(
+  db: Queryable,
+  names: readonly string[],
+  project: string | null = null,
+): Promise<ForgottenEventNames> {
   const { rows } = await db.query<Record<keyof ForgottenEventNames, string & string[]>>(
-    'select event_names, daily_rows, events, ledger_rows, users_refreshed from mixpanel_sync.forget_event_names($1::text[])',
-    [names],
+    'select event_names, daily_rows, events, ledger_rows, users_refreshed from mixpanel_sync.forget_event_names($1::text[], $2)',
+    [names, project],
   );
   const row = rows[0]!;
   return {
@@ -304,7 +361,7 @@ export async function applyProfiles(db: Queryable, runId: string | number, chang
 /** mixpanel_sync.horizon_day of a run: the first day the ledger still holds at its clock (the ADD paths' horizon). */
 export async function runHorizonDay(db: Queryable, runId: string | number): Promise<string> {
   const { rows } = await db.query<{ day: string }>(
-    `select mixpanel_sync.horizon_day(r.fetch_to, mixpanel_sync.setting('events.ledger_retention')::interval)::text as day
+    `select mixpanel_sync.horizon_day(r.fetch_to, mixpanel_sync.setting(r.project_id, 'events.ledger_retention')::interval)::text as day
      from mixpanel_sync.sync_runs r where r.id = $1`,
     [runId],
   );
@@ -335,14 +392,20 @@ export async function eventSeconds(db: Queryable, times: readonly number[]): Pro
 // ---------------------------------------------------------------------------------------------------------------
 // Settings (mixpanel_sync.sync_settings, read through mixpanel_sync.setting)
 
-export async function readSetting(db: Queryable, key: string): Promise<string> {
-  const { rows } = await db.query<{ value: string }>('select mixpanel_sync.setting($1) as value', [key]);
+export async function readSetting(db: Queryable, key: string, project: string | null = null): Promise<string> {
+  const { rows } = await db.query<{ value: string }>('select mixpanel_sync.setting(mixpanel_sync.project_id($2), $1) as value', [
+    key,
+    project,
+  ]);
   return rows[0]!.value;
 }
 
 /** Changes a setting; its check constraint refuses values the sync cannot use. */
-export async function writeSetting(db: Queryable, key: string, value: string): Promise<void> {
-  const { rowCount } = await db.query('update mixpanel_sync.sync_settings set value = $2 where key = $1', [key, value]);
+export async function writeSetting(db: Queryable, key: string, value: string, project: string | null = null): Promise<void> {
+  const { rowCount } = await db.query(
+    'update mixpanel_sync.sync_settings set value = $2 where project_id = mixpanel_sync.project_id($3) and key = $1',
+    [key, value, project],
+  );
   if (rowCount !== 1) throw new Error(`no setting ${key} in mixpanel_sync.sync_settings`);
 }
 
@@ -352,10 +415,11 @@ export function setUpsertPath(db: Queryable, implementation: PathImplementation)
 }
 
 /** The start of the UTC day an incremental Export reads again: the day of (events watermark − events.overlap). */
-export async function rereadFromDay(db: Queryable): Promise<Date> {
+export async function rereadFromDay(db: Queryable, project: string | null = null): Promise<Date> {
   const { rows } = await db.query<{ day: Date }>(
-    `select date_trunc('day', (w.watermark - mixpanel_sync.setting('events.overlap')::interval) at time zone 'UTC') at time zone 'UTC' as day
-     from mixpanel_sync.sync_watermarks w where w.source = 'events'`,
+    `select date_trunc('day', (w.watermark - mixpanel_sync.setting(w.project_id, 'events.overlap')::interval) at time zone 'UTC') at time zone 'UTC' as day
+     from mixpanel_sync.sync_watermarks w where w.project_id = mixpanel_sync.project_id($1) and w.source = 'events'`,
+    [project],
   );
   return rows[0]!.day;
 }
@@ -374,9 +438,18 @@ export interface HealthRow {
   detail: string | null;
 }
 
-export async function syncHealth(db: Queryable): Promise<HealthRow[]> {
+export async function syncHealth(db: Queryable, project: string | null = null): Promise<HealthRow[]> {
   const { rows } = await db.query<HealthRow>(
-    'select h."check", h.status, h.value, h.threshold, h.detail from mixpanel_sync.sync_health() h',
+    'select h."check", h.status, h.value, h.threshold, h.detail from mixpanel_sync.sync_health($1) h',
+    [project],
+  );
+  return rows;
+}
+
+/** mixpanel_sync.sync_health_all(): every project's checks, by project name. */
+export async function syncHealthAll(db: Queryable): Promise<(HealthRow & { project: string })[]> {
+  const { rows } = await db.query<HealthRow & { project: string }>(
+    'select h.project, h."check", h.status, h.value, h.threshold, h.detail from mixpanel_sync.sync_health_all() h',
   );
   return rows;
 }
@@ -391,18 +464,22 @@ export interface WatermarkRow {
   updated_at: Date;
 }
 
-export async function readWatermarks(db: Queryable): Promise<WatermarkRow[]> {
+export async function readWatermarks(db: Queryable, project: string | null = null): Promise<WatermarkRow[]> {
   const { rows } = await db.query<WatermarkRow>(
     `select w.source, w.watermark, w.processing_watermark,
        justify_interval(date_trunc('second', now() - w.watermark))::text as lag, w.run_id::float8 as run_id, w.updated_at
-     from mixpanel_sync.sync_watermarks w order by w.source`,
+     from mixpanel_sync.sync_watermarks w where w.project_id = mixpanel_sync.project_id($1) order by w.source`,
+    [project],
   );
   return rows;
 }
 
 /** The last `limit` runs, newest first. */
-export async function readLastRuns(db: Queryable, limit: number): Promise<SyncRun[]> {
-  const { rows } = await db.query<SyncRun>(`select ${RUN_COLUMNS} from mixpanel_sync.sync_runs r order by r.id desc limit $1`, [limit]);
+export async function readLastRuns(db: Queryable, limit: number, project: string | null = null): Promise<SyncRun[]> {
+  const { rows } = await db.query<SyncRun>(
+    `select ${RUN_COLUMNS} from mixpanel_sync.sync_runs r where r.project_id = mixpanel_sync.project_id($2) order by r.id desc limit $1`,
+    [limit, project],
+  );
   return rows;
 }
 
@@ -413,11 +490,20 @@ export async function readLastRuns(db: Queryable, limit: number): Promise<SyncRu
 /** {table: {primary key as JSON text: row}}, as mixpanel_sync_verify.table_snapshot returns it. */
 export type TableSnapshot = Record<string, Record<string, Record<string, unknown>>>;
 
-/** Every row of the named mixpanel_sync tables; `ignore` lists columns as table.column. */
-export async function tableSnapshot(db: Queryable, tables: readonly string[], ignore: readonly string[] = []): Promise<TableSnapshot> {
-  const { rows } = await db.query<{ snapshot: TableSnapshot }>('select mixpanel_sync_verify.table_snapshot($1, $2) as snapshot', [
+/**
+ * Every row of one project (null: the only project) of the named mixpanel_sync tables, keyed without project_id (tables
+ * without project_id: the rows of the project's runs); `ignore` lists columns as table.column.
+ */
+export async function tableSnapshot(
+  db: Queryable,
+  tables: readonly string[],
+  ignore: readonly string[] = [],
+  project: string | null = null,
+): Promise<TableSnapshot> {
+  const { rows } = await db.query<{ snapshot: TableSnapshot }>('select mixpanel_sync_verify.table_snapshot($1, $2, $3) as snapshot', [
     tables,
     ignore,
+    project,
   ]);
   return rows[0]!.snapshot;
 }
@@ -448,10 +534,10 @@ export async function assertSameTables(db: Queryable, what: string, expected: Ta
 export type CohortsRun = Omit<SyncRun, 'source'> & { source: 'cohorts' };
 
 /** mixpanel_sync.begin_cohorts_run: the new running cohorts run (MP002 when one is running). */
-export async function beginCohortsRun(db: Queryable, clock?: Date | string): Promise<CohortsRun> {
+export async function beginCohortsRun(db: Queryable, clock?: Date | string, project: string | null = null): Promise<CohortsRun> {
   const { rows } = await db.query<CohortsRun>(
-    `select ${RUN_COLUMNS} from mixpanel_sync.begin_cohorts_run(coalesce($1::timestamptz, now())) r`,
-    [clock ?? null],
+    `select ${RUN_COLUMNS} from mixpanel_sync.begin_cohorts_run(coalesce($1::timestamptz, now()), $2) r`,
+    [clock ?? null, project],
   );
   return rows[0]!;
 }
@@ -518,12 +604,12 @@ export interface SpotCheckDifference {
 }
 
 /** mixpanel_sync.begin_spot_check: `users` subscribers chosen by the seed, the synced window and the event names compared. */
-export async function beginSpotCheck(db: Queryable, users: number, seed: string): Promise<SpotCheck> {
+export async function beginSpotCheck(db: Queryable, users: number, seed: string, project: string | null = null): Promise<SpotCheck> {
   const { rows } = await db.query<SpotCheck>(
     `select c.id, c.seed, c.users, c.from_day::text as from_day, c.to_day::text as to_day, c.watermark, c.processing_watermark, c.project_timezone,
        array(select jsonb_array_elements_text(coalesce(c.events, '[]'))) as events
-     from mixpanel_sync.begin_spot_check($1, $2) c`,
-    [users, seed],
+     from mixpanel_sync.begin_spot_check($1, $2, $3) c`,
+    [users, seed, project],
   );
   return rows[0]!;
 }
@@ -564,12 +650,14 @@ export async function tablesChecksum(
   db: Queryable,
   tables: readonly ('events_daily' | 'event_ledger' | 'subscribers')[],
   ignore: readonly string[] = [],
+  project: string | null = null,
 ): Promise<string> {
   const parts: string[] = [];
   for (const table of tables) {
     const { rows } = await db.query<{ n: string; h: string }>(
-      `select count(*) as n, coalesce(sum(hashtextextended((to_jsonb(t) - $1::text[])::text, 0)), 0) as h from mixpanel_sync.${table} t`,
-      [ignore],
+      `select count(*) as n, coalesce(sum(hashtextextended((to_jsonb(t) - $1::text[])::text, 0)), 0) as h
+       from mixpanel_sync.${table} t where t.project_id = mixpanel_sync.project_id($2)`,
+      [ignore, project],
     );
     parts.push(`${table} ${rows[0]!.n} rows #${BigInt(rows[0]!.h).toString(16).replace('-', '~')}`);
   }
