@@ -1,12 +1,16 @@
-// What `npm run status` shows, read from the database: watermarks, the last runs, sync_health().
+// What `npm run status` shows, read from the database: watermarks, the last runs, sync_health() of one project;
+// with several projects and none chosen, one such block per project and a total (docs/projects.md §5.9).
 import {
   eventCounts,
+  listProjects,
   readLastRuns,
+  readProject,
   readWatermarks,
   runCount,
   syncHealth,
   type HealthRow,
   type HealthStatus,
+  type ProjectRow,
   type Queryable,
   type SyncRun,
   type WatermarkRow,
@@ -37,6 +41,8 @@ export interface RunRow {
 }
 
 export interface SyncStatus {
+  /** the project's name (mixpanel_sync.projects) */
+  project: string;
   /** the worst health status */
   status: HealthStatus;
   watermarks: WatermarkRow[];
@@ -73,7 +79,77 @@ export function statusExitCode(status: HealthStatus): number {
   return SEVERITY.indexOf(status);
 }
 
-export async function readSyncStatus(db: Queryable, runs = 10): Promise<SyncStatus> {
-  const health = await syncHealth(db);
-  return { status: worstStatus(health), watermarks: await readWatermarks(db), runs: (await readLastRuns(db, runs)).map(runRow), health };
+/** One project's status (project: its name; null: the only project, MP004 when there are several or the name is unknown). */
+export async function readSyncStatus(db: Queryable, runs = 10, project: string | null = null): Promise<SyncStatus> {
+  const row = await readProject(db, project);
+  return projectStatus(db, row, runs);
+}
+
+async function projectStatus(db: Queryable, project: ProjectRow, runs: number): Promise<SyncStatus> {
+  const health = await syncHealth(db, project.name);
+  return {
+    project: project.name,
+    status: worstStatus(health),
+    watermarks: await readWatermarks(db, project.name),
+    runs: (await readLastRuns(db, runs, project.name)).map(runRow),
+    health,
+  };
+}
+
+/** A project's block when several are shown: its row's region, timezone and Mixpanel project id, then its status. */
+export interface ProjectBlock extends SyncStatus {
+  region: ProjectRow['region'];
+  timezone: string | null;
+  mixpanel_project_id: number | null;
+}
+
+export interface StatusTotal {
+  projects: number;
+  /** the worst status of all projects */
+  status: HealthStatus;
+  ok: number;
+  warn: number;
+  critical: number;
+  /** every check that is not ok, by project */
+  problems: { project: string; check: string; status: HealthStatus }[];
+}
+
+/** `npm run status` with several projects and none chosen (--json prints it as is). */
+export interface ProjectsStatus {
+  projects: ProjectBlock[];
+  total: StatusTotal;
+}
+
+export function statusTotal(projects: readonly SyncStatus[]): StatusTotal {
+  const count = (status: HealthStatus) => projects.filter((p) => p.status === status).length;
+  return {
+    projects: projects.length,
+    status: worstStatus(projects.map((p) => ({ status: p.status }) as HealthRow)),
+    ok: count('ok'),
+    warn: count('warn'),
+    critical: count('critical'),
+    problems: projects.flatMap((p) =>
+      p.health.filter((h) => h.status !== 'ok').map((h) => ({ project: p.project, check: h.check, status: h.status })),
+    ),
+  };
+}
+
+/** Every project's status, by name, and their total. */
+export async function readProjectsStatus(db: Queryable, runs = 10): Promise<ProjectsStatus> {
+  const projects: ProjectBlock[] = [];
+  for (const row of await listProjects(db)) {
+    projects.push({
+      ...(await projectStatus(db, row, runs)),
+      region: row.region,
+      timezone: row.timezone,
+      mixpanel_project_id: row.mixpanel_project_id === null ? null : Number(row.mixpanel_project_id),
+    });
+  }
+  return { projects, total: statusTotal(projects) };
+}
+
+/** The projects `npm run status` shows: the one named, or the only one (a SyncStatus); else every project (ProjectsStatus). */
+export async function readStatus(db: Queryable, runs: number, project: string | null): Promise<SyncStatus | ProjectsStatus> {
+  if (project === null && (await listProjects(db)).length > 1) return readProjectsStatus(db, runs);
+  return readSyncStatus(db, runs, project);
 }

@@ -51,6 +51,8 @@ export function cohortsSummaryLine(summary: CohortsSummary): string {
 
 export interface SyncCohortsOptions extends PoolChoice {
   mixpanel: MixpanelSettings;
+  /** The project's name (mixpanel_sync.projects); absent or null: the only project (MP004 when there are several). */
+  project?: string | null;
   /** The run's clock (fetch_to); default now(). */
   clock?: Date;
   /** Profiles per Engage page (default Mixpanel's 1000). */
@@ -74,7 +76,7 @@ export async function syncCohorts(options: SyncCohortsOptions): Promise<CohortsS
       const deadline = Date.now() + Math.max(0, options.waitSeconds ?? 0) * 1000;
       for (;;) {
         try {
-          run = await beginCohortsRun(client, options.clock);
+          run = await beginCohortsRun(client, options.clock, options.project ?? null);
           break;
         } catch (error) {
           if (sqlState(error) !== SQLSTATE.runInProgress || Date.now() >= deadline) throw error;

@@ -18,6 +18,10 @@ export interface SyncEventsOptions extends PoolChoice {
   input?: InputSource;
   /** Mixpanel client settings, for the Export API (readMixpanelSettings()). */
   mixpanel?: MixpanelSettings;
+  /** The project's name (mixpanel_sync.projects); absent or null: the only project (begin_run refuses MP004 when there are several). */
+  project?: string | null;
+  /** Mixpanel's project id the input comes from: begin_run records it on the project's first run and refuses another (MP004). */
+  mixpanelProjectId?: number | null;
   /** Force a full run (REPLACE over events.full_window). */
   full?: boolean;
   /** A full run over exactly these UTC days, after data was deleted or re-imported in Mixpanel. */
@@ -77,6 +81,8 @@ export async function syncEvents(options: SyncEventsOptions): Promise<RunSummary
         resync: options.resync ?? null,
         allowShrink: options.allowShrink ?? false,
         events: options.events ?? null,
+        project: options.project ?? null,
+        mixpanelProjectId: options.mixpanelProjectId ?? null,
       },
       openLines: (run, signal) => (input !== undefined ? openInput(input) : exportStream(pool, run, options, mixpanel!, signal)),
       signal: options.signal,

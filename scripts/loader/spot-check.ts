@@ -20,6 +20,8 @@ import { withPool, type PoolChoice } from './database-connection.ts';
 
 export interface SpotCheckOptions extends PoolChoice {
   mixpanel: MixpanelSettings;
+  /** The project's name (mixpanel_sync.projects); absent or null: the only project (MP004 when there are several). */
+  project?: string | null;
   users: number;
   seed: string;
   /** Users per Export request (default 25): fewer requests, within the budget. */
@@ -63,7 +65,7 @@ export async function spotCheck(options: SpotCheckOptions): Promise<SpotCheckRep
   if (!Number.isInteger(options.users) || options.users < 1) throw new Error(`--users wants a positive integer, got ${options.users}`);
   const batch = options.batch ?? 25;
   return withPool(options, async (pool) => {
-    const check = await beginSpotCheck(pool, options.users, options.seed);
+    const check = await beginSpotCheck(pool, options.users, options.seed, options.project ?? null);
     const { fromDate, toDate } = exportDays(check);
     let requests = 0;
     let fetched = 0;
