@@ -1,6 +1,6 @@
 // `npm run status` for people: aligned tables of watermarks, the last runs and the health checks; with several
 // projects, one block per project and a total line.
-import type { ProjectsStatus, RunRow, StatusTotal, SyncStatus, WatermarkRow } from './read-status.ts';
+import { projectsTotalLine, type ProjectsStatus, type RunRow, type SyncStatus, type WatermarkRow } from './read-status.ts';
 
 /** Columns padded to their widest cell, two spaces apart. */
 export function formatTable(rows: readonly (readonly string[])[]): string[] {
@@ -79,26 +79,6 @@ export function printableStatus(status: SyncStatus): string {
   ].join('\n');
 }
 
-/** "3 projects: 2 ok, 1 warn (eu_app: events.watermark_lag)": per status, the projects' checks that are not ok. */
-export function totalLine(total: StatusTotal): string {
-  const groups = (['ok', 'warn', 'critical'] as const)
-    .filter((status) => total[status] > 0)
-    .map((status) => {
-      if (status === 'ok') return `${total.ok} ok`;
-      // a project counts under its worst check's status, and shows every check of it that is not ok
-      const byProject = new Map<string, string[]>();
-      for (const p of total.problems) byProject.set(p.project, [...(byProject.get(p.project) ?? []), p.check]);
-      const worst = (project: string) =>
-        total.problems.some((p) => p.project === project && p.status === 'critical') ? 'critical' : 'warn';
-      const which = [...byProject]
-        .filter(([project]) => worst(project) === status)
-        .map(([project, checks]) => `${project}: ${checks.join(', ')}`)
-        .join('; ');
-      return `${total[status]} ${status} (${which})`;
-    });
-  return `${total.projects} projects: ${groups.join(', ')}`;
-}
-
 /** One block per project (its row's region, timezone and Mixpanel project id first), then the total line. */
 export function printableProjects(status: ProjectsStatus): string {
   const blocks = status.projects.map((p) =>
@@ -109,5 +89,5 @@ export function printableProjects(status: ProjectsStatus): string {
         .map((line) => (line ? `  ${line}` : line)),
     ].join('\n'),
   );
-  return `${blocks.join('\n')}Total: ${totalLine(status.total)}\n`;
+  return `${blocks.join('\n')}Total: ${projectsTotalLine(status.total)}\n`;
 }

@@ -134,6 +134,26 @@ export function statusTotal(projects: readonly SyncStatus[]): StatusTotal {
   };
 }
 
+/** "3 projects: 2 ok, 1 warn (eu_app: events.watermark_lag)": per status, the projects' checks that are not ok. */
+export function projectsTotalLine(total: StatusTotal): string {
+  const groups = (['ok', 'warn', 'critical'] as const)
+    .filter((status) => total[status] > 0)
+    .map((status) => {
+      if (status === 'ok') return `${total.ok} ok`;
+      // a project counts under its worst check's status, and shows every check of it that is not ok
+      const byProject = new Map<string, string[]>();
+      for (const p of total.problems) byProject.set(p.project, [...(byProject.get(p.project) ?? []), p.check]);
+      const worst = (project: string) =>
+        total.problems.some((p) => p.project === project && p.status === 'critical') ? 'critical' : 'warn';
+      const which = [...byProject]
+        .filter(([project]) => worst(project) === status)
+        .map(([project, checks]) => `${project}: ${checks.join(', ')}`)
+        .join('; ');
+      return `${total[status]} ${status} (${which})`;
+    });
+  return `${total.projects} projects: ${groups.join(', ')}`;
+}
+
 /** Every project's status, by name, and their total. */
 export async function readProjectsStatus(db: Queryable, runs = 10): Promise<ProjectsStatus> {
   const projects: ProjectBlock[] = [];

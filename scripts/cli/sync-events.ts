@@ -77,7 +77,6 @@ await runLoaderCli({
     syncEvents({
       connectionString: databaseUrl,
       project: project.name,
-      mixpanelProjectId: mixpanel?.projectId ?? null,
       input: values.file as string | undefined,
       mixpanel,
       full: values.full === true,

@@ -46,7 +46,6 @@ if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) 
         waitSeconds,
         connectionString: databaseUrl,
         project: project.name,
-        mixpanelProjectId: mixpanel?.projectId ?? null,
         input: values.file as string | undefined,
         mixpanel,
         projectTimezone: timezone,

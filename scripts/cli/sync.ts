@@ -118,7 +118,6 @@ if (cohortsSetting && !['on', 'off'].includes(cohortsSetting))
 const withCohorts = values['no-cohorts'] === true ? false : values.cohorts === true || cohortsSetting === 'on';
 const projectTimezone = mixpanel.projectTimezone;
 const projectName = project.name;
-const mixpanelProjectId = mixpanel.projectId;
 
 const controller = new AbortController();
 const release = interruptOnSignals(controller, 'sync');
@@ -134,7 +133,6 @@ const steps: Array<{ step: StepName; run: () => Promise<StepResult['summary']>; 
       syncEvents({
         connectionString: databaseUrl,
         project: projectName,
-        mixpanelProjectId,
         mixpanel,
         projectTimezone,
         waitSeconds,
@@ -150,7 +148,6 @@ const steps: Array<{ step: StepName; run: () => Promise<StepResult['summary']>; 
       syncProfiles({
         connectionString: databaseUrl,
         project: projectName,
-        mixpanelProjectId,
         mixpanel,
         projectTimezone,
         waitSeconds,

@@ -51,7 +51,7 @@ export function cohortsSummaryLine(summary: CohortsSummary): string {
 
 export interface SyncCohortsOptions extends PoolChoice {
   mixpanel: MixpanelSettings;
-  /** The project's name (mixpanel_sync.projects); absent or null: the only project (MP004 when there are several). */
+  /** The project's name (mixpanel_sync.projects; --project, MIXPANEL_PROJECT); absent or null: the only project. */
   project?: string | null;
   /** The run's clock (fetch_to); default now(). */
   clock?: Date;

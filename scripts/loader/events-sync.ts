@@ -18,16 +18,14 @@ export interface SyncEventsOptions extends PoolChoice {
   input?: InputSource;
   /** Mixpanel client settings, for the Export API (readMixpanelSettings()). */
   mixpanel?: MixpanelSettings;
-  /** The project's name (mixpanel_sync.projects); absent or null: the only project (begin_run refuses MP004 when there are several). */
-  project?: string | null;
-  /** Mixpanel's project id the input comes from: begin_run records it on the project's first run and refuses another (MP004). */
-  mixpanelProjectId?: number | null;
   /** Force a full run (REPLACE over events.full_window). */
   full?: boolean;
   /** A full run over exactly these UTC days, after data was deleted or re-imported in Mixpanel. */
   resync?: { from: string; to?: string | null };
   /** The run's clock (fetch_to); default now(). */
   clock?: Date;
+  /** The project's name (mixpanel_sync.projects; --project, MIXPANEL_PROJECT); absent or null: the only project. */
+  project?: string | null;
   /** MIXPANEL_PROJECT_TIMEZONE: for projects that export local times. */
   projectTimezone?: string | null;
   /** Let a full run empty or shrink stored days (begin_run allow_shrink => true); without it finish_run refuses (MP001). */
@@ -82,7 +80,8 @@ export async function syncEvents(options: SyncEventsOptions): Promise<RunSummary
         allowShrink: options.allowShrink ?? false,
         events: options.events ?? null,
         project: options.project ?? null,
-        mixpanelProjectId: options.mixpanelProjectId ?? null,
+        // the Export API's project: recorded on the project's first run, refused (MP004) when it is another
+        mixpanelProjectId: input === undefined ? (mixpanel?.projectId ?? null) : null,
       },
       openLines: (run, signal) => (input !== undefined ? openInput(input) : exportStream(pool, run, options, mixpanel!, signal)),
       signal: options.signal,

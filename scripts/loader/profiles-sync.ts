@@ -75,10 +75,8 @@ export interface SyncProfilesOptions extends PoolChoice {
   input?: InputSource;
   /** Mixpanel client settings, for the Engage API (readMixpanelSettings()). */
   mixpanel?: MixpanelSettings;
-  /** The project's name (mixpanel_sync.projects); absent or null: the only project (MP004 when there are several). */
+  /** The project's name (mixpanel_sync.projects; --project, MIXPANEL_PROJECT); absent or null: the only project. */
   project?: string | null;
-  /** Mixpanel's project id the input comes from: begin_run records it on the project's first run and refuses another (MP004). */
-  mixpanelProjectId?: number | null;
   /** The Engage query: selector, cohort, properties, page size. */
   engage?: Pick<EngageProfilesOptions, 'where' | 'cohortId' | 'outputProperties' | 'pageSize'>;
   /** $created and $last_seen are read in this zone (default mixpanel.projectTimezone, else UTC). */
@@ -107,7 +105,7 @@ export async function syncProfiles(options: SyncProfilesOptions): Promise<Profil
         clock: options.clock,
         projectTimezone: options.projectTimezone ?? mixpanel?.projectTimezone ?? null,
         project: options.project ?? null,
-        mixpanelProjectId: options.mixpanelProjectId ?? null,
+        mixpanelProjectId: input === undefined ? (mixpanel?.projectId ?? null) : null,
       },
       openLines: async (_run, signal) =>
         input !== undefined

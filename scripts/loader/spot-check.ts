@@ -20,7 +20,7 @@ import { withPool, type PoolChoice } from './database-connection.ts';
 
 export interface SpotCheckOptions extends PoolChoice {
   mixpanel: MixpanelSettings;
-  /** The project's name (mixpanel_sync.projects); absent or null: the only project (MP004 when there are several). */
+  /** The project's name (mixpanel_sync.projects; --project, MIXPANEL_PROJECT); absent or null: the only project. */
   project?: string | null;
   users: number;
   seed: string;
