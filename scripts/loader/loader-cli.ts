@@ -6,9 +6,10 @@ import { resolveDatabaseUrl } from './database-connection.ts';
 import { progressLine, type ProgressLine } from './progress-line.ts';
 import { summaryJson, summaryLines, type RunSummary } from './run-summary.ts';
 import { chosenProject, lookUpProject, PROJECT_OPTION, type ProjectRow } from './project-config.ts';
-
-export { chosenProject };
 import { isLoaderFailure, SQLSTATE, sqlState } from './staged-sync.ts';
+
+/** --project NAME wins over MIXPANEL_PROJECT; neither: null (the only project). */
+export { chosenProject };
 
 export const EXIT = {
   /** The run succeeded. */
