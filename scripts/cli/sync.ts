@@ -42,7 +42,8 @@ project id, region and timezone; MIXPANEL_PROJECT_ID, MIXPANEL_REGION and MIXPAN
 that is null, and one that differs from the row is a configuration error (exit 2, before any request).
 Exit code, the worst step's: 0 every step succeeded; 1 a step's run failed (nothing of that step applied; the
 others ran); 2 a step did not start (MP002 another run of that source is running, MP004, unreachable database)
-or bad flags/configuration (an unknown project, or none named while the database holds several); 130 interrupted (the running step is failed, the next ones are not started).
+or bad flags/configuration (an unknown project, or none named while the database holds several); 130 interrupted
+(the running step is failed, the next ones are not started).
 `;
 
 type StepName = 'events' | 'profiles' | 'cohorts';
