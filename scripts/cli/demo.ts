@@ -1,12 +1,14 @@
 // npm run demo — the whole events life cycle on a throwaway embedded PostgreSQL, no setup needed:
 // migrate; a full sync of a generated sample at the original plan's scale (3,000 users, 95,000
 // events over 45 days); a day later an incremental sync of a new day plus the overlap the Export
-// API re-reads plus late arrivals (raw storage on); then subscribers, a funnel on the raw events and the sync's health. Never touches
-// DATABASE_URL. The server and the sample files go away on exit and on Ctrl-C.
+// API re-reads plus late arrivals (raw storage on); then subscribers, a funnel on the raw events and the sync's health;
+// the proofs; and last a second project (--project NAME, default eu_app) synced from its own sample, with `status` of
+// both projects and their total. Never touches DATABASE_URL. The server and the sample files go away on exit and on Ctrl-C.
 import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { finished } from 'node:stream/promises';
+import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { syncEvents } from '../loader/events-sync.ts';
 import { withThrowawayDatabase } from '../db/throwaway-database.ts';
@@ -14,7 +16,9 @@ import { summaryLines, type RunSummary } from '../loader/run-summary.ts';
 import { sampleEventLines, writeSampleEvents, type SampleEventOptions } from '../fixtures/sample-events.ts';
 import { writeSampleProfiles } from '../fixtures/sample-profiles.ts';
 import { createProject, eventSeconds, rereadFromDay, syncHealth, writeSetting } from '../sql/sync-api.ts';
-import { projectsTotalLine, readProjectsStatus } from './read-status.ts';
+import { chosenProject, PROJECT_OPTION } from '../loader/project-config.ts';
+import { printableProjects } from './print-status.ts';
+import { readProjectsStatus } from './read-status.ts';
 import { profilesSummaryLine, syncProfiles } from '../loader/profiles-sync.ts';
 import { proofSteps } from './demo-proofs.ts';
 
@@ -22,6 +26,8 @@ const DAY_MS = 86_400_000;
 
 interface DemoContext {
   pool: pg.Pool;
+  /** The second project's name (--project NAME or MIXPANEL_PROJECT; default eu_app). */
+  secondProject: string;
   /** The throwaway database's URL (the verify step opens its own connection). */
   url: string;
   /** Where the demo writes its files (removed with the server). */
@@ -188,37 +194,58 @@ const health: DemoStep = {
 };
 
 const secondProject: DemoStep = {
-  title: "a second Mixpanel project in the same database: create_project('eu_app'), a sync with --project eu_app",
+  title: 'several projects: a second Mixpanel project in the same database, then status of both and their total',
   async run(context) {
-    await createProject(context.pool, 'eu_app', { region: 'eu' });
-    const sample: SampleEventOptions = { users: 300, events: 6000, days: 10, end: context.now, seed: 1 };
-    const file = path.join(context.dir, 'eu-app-events.jsonl');
+    const name = context.secondProject;
+    const project = await createProject(context.pool, name, { region: 'eu' });
+    context.say(`select mixpanel_sync.create_project('${name}', region => 'eu'): project ${project.id}, the default settings`);
+    // its own users and events (another seed), the same ids as project default's where they collide: separate rows
+    const sample: SampleEventOptions = { users: 300, events: 6000, days: 7, end: context.now, seed: 2 };
+    const file = path.join(context.dir, `${name}-events.jsonl`);
     await writeLines(file, sampleEventLines(sample));
-    context.say(`sample of eu_app: ${sample.events.toLocaleString('en-US')} events of ${sample.users} users`);
-    show(context, await syncEvents({ pool: context.pool, input: file, clock: context.now, project: 'eu_app' }));
-    const { rows } = await context.pool.query<{ name: string; users: string; events: string }>(
-      `select p.name, count(distinct d.distinct_id) as users, coalesce(sum(d.event_count), 0) as events
-       from mixpanel_sync.projects p left join mixpanel_sync.events_daily d on d.project_id = p.id group by p.name order by p.name`,
+    context.say(`sample: ${sample.events.toLocaleString('en-US')} events of ${sample.users} users over ${sample.days} days`);
+    context.say(`npm run sync:events -- --project ${name} --file ${path.basename(file)}:`);
+    for (const line of summaryLines(await syncEvents({ pool: context.pool, project: name, input: file, clock: context.now })))
+      context.say(`  ${line}`);
+    const { rows } = await context.pool.query<{ name: string; subscribers: string; runs: string }>(
+      `select p.name, (select count(*) from mixpanel_sync.subscribers s where s.project_id = p.id) as subscribers,
+         (select count(*) from mixpanel_sync.sync_runs r where r.project_id = p.id) as runs
+       from mixpanel_sync.projects p order by p.name`,
     );
-    for (const row of rows)
-      context.say(
-        `  ${row.name.padEnd(8)} ${Number(row.users).toLocaleString('en-US').padStart(6)} users  ${Number(row.events).toLocaleString('en-US').padStart(7)} events in events_daily`,
-      );
-    const { rows: shared } = await context.pool.query<{ n: string }>(
-      `select count(*) as n from mixpanel_sync.subscribers a join mixpanel_sync.subscribers b on b.distinct_id = a.distinct_id
-       where a.project_id = mixpanel_sync.project_id('default') and b.project_id = mixpanel_sync.project_id('eu_app')`,
-    );
-    context.say(`  ${shared[0]!.n} distinct_ids are subscribers of both projects, each with its own row and counts`);
-    const all = await readProjectsStatus(context.pool, 3);
-    context.say(`npm run status (no --project): ${projectsTotalLine(all.total)}`);
+    for (const row of rows) context.say(`  project ${row.name}: ${row.subscribers} subscribers, ${row.runs} runs`);
+    context.say('npm run status (no --project: one block per project, then the total; here the blocks are cut to their health line):');
+    const status = await readProjectsStatus(context.pool, 3);
+    for (const line of printableProjects(status).split('\n')) if (/^Project |^ {2}Health: |^Total: /.test(line)) context.say(`  ${line}`);
   },
 };
 
-/** The demo, in order. A step reads and extends the context; add new ones here. The second project comes last: with
- * two projects, every call that names no project is refused (MP004). */
+/** The demo, in order. A step reads and extends the context; add new ones here. */
 const demoSteps: DemoStep[] = [fullSync, incrementalSync, subscribers, rawFunnel, profileSyncs, health, ...proofSteps, secondProject];
 
+const USAGE = `
+npm run demo [-- --project NAME]
+
+The whole events life cycle on a throwaway embedded PostgreSQL (never DATABASE_URL), no setup: a full sync of a
+generated sample, an incremental one, subscribers, a funnel on the raw events, profiles, health, the proofs of "same
+results, faster", and last a second project synced from its own sample with status of both projects and the total.
+
+  --project NAME         the second project's name (default: MIXPANEL_PROJECT, else eu_app); the first is default
+  -h, --help
+`;
+
+function demoOptions(argv: string[]): { secondProject: string } {
+  const { values } = parseArgs({ args: argv, options: { ...PROJECT_OPTION, help: { type: 'boolean', short: 'h' } }, strict: true });
+  if (values.help) {
+    process.stdout.write(`${USAGE.trim()}\n`);
+    process.exit(0);
+  }
+  const name = chosenProject(values.project) ?? 'eu_app';
+  if (name === 'default') throw new Error('--project names the second project: any name but default (the first one)');
+  return { secondProject: name };
+}
+
 async function main(): Promise<void> {
+  const { secondProject } = demoOptions(process.argv.slice(2));
   const started = performance.now();
   const say = (line = '') => process.stdout.write(`${line}\n`);
   const seconds = (since: number) => `${((performance.now() - since) / 1000).toFixed(1)} s`;
@@ -234,6 +261,7 @@ async function main(): Promise<void> {
     const firstClock = new Date(now.getTime() - DAY_MS);
     const context: DemoContext = {
       pool,
+      secondProject,
       url,
       dir,
       now,

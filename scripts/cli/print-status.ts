@@ -1,5 +1,6 @@
-// `npm run status` for people: aligned tables of watermarks, the last runs and the health checks.
-import type { RunRow, SyncStatus, WatermarkRow } from './read-status.ts';
+// `npm run status` for people: aligned tables of watermarks, the last runs and the health checks; with several
+// projects, one block per project and a total line.
+import { projectsTotalLine, type ProjectsStatus, type RunRow, type SyncStatus, type WatermarkRow } from './read-status.ts';
 
 /** Columns padded to their widest cell, two spaces apart. */
 export function formatTable(rows: readonly (readonly string[])[]): string[] {
@@ -76,4 +77,17 @@ export function printableStatus(status: SyncStatus): string {
     ...health.map((line) => `  ${line}`),
     '',
   ].join('\n');
+}
+
+/** One block per project (its row's region, timezone and Mixpanel project id first), then the total line. */
+export function printableProjects(status: ProjectsStatus): string {
+  const blocks = status.projects.map((p) =>
+    [
+      `Project ${p.project} (region ${p.region}, timezone ${p.timezone ?? 'UTC'}, Mixpanel project ${p.mixpanel_project_id ?? 'not recorded yet'})`,
+      ...printableStatus(p)
+        .split('\n')
+        .map((line) => (line ? `  ${line}` : line)),
+    ].join('\n'),
+  );
+  return `${blocks.join('\n')}Total: ${projectsTotalLine(status.total)}\n`;
 }

@@ -1,13 +1,16 @@
-// What `npm run status` shows, read from the database: watermarks, the last runs, sync_health().
+// What `npm run status` shows, read from the database: watermarks, the last runs, sync_health() of one project;
+// with several projects and none chosen, one such block per project and a total (docs/projects.md §5.9).
 import {
   eventCounts,
   listProjects,
   readLastRuns,
+  readProject,
   readWatermarks,
   runCount,
   syncHealth,
   type HealthRow,
   type HealthStatus,
+  type ProjectRow,
   type Queryable,
   type SyncRun,
   type WatermarkRow,
@@ -38,6 +41,8 @@ export interface RunRow {
 }
 
 export interface SyncStatus {
+  /** the project's name (mixpanel_sync.projects) */
+  project: string;
   /** the worst health status */
   status: HealthStatus;
   watermarks: WatermarkRow[];
@@ -74,42 +79,97 @@ export function statusExitCode(status: HealthStatus): number {
   return SEVERITY.indexOf(status);
 }
 
-/** One project's status (null: the only project; MP004 when there are several). */
+/** One project's status (project: its name; null: the only project, MP004 when there are several or the name is unknown). */
 export async function readSyncStatus(db: Queryable, runs = 10, project: string | null = null): Promise<SyncStatus> {
-  const health = await syncHealth(db, project);
+  const row = await readProject(db, project);
+  return projectStatus(db, row, runs);
+}
+
+async function projectStatus(db: Queryable, project: ProjectRow, runs: number): Promise<SyncStatus> {
+  const health = await syncHealth(db, project.name);
   return {
+    project: project.name,
     status: worstStatus(health),
-    watermarks: await readWatermarks(db, project),
-    runs: (await readLastRuns(db, runs, project)).map(runRow),
+    watermarks: await readWatermarks(db, project.name),
+    runs: (await readLastRuns(db, runs, project.name)).map(runRow),
     health,
   };
 }
 
-/** Every project's status, and the total: how many are ok, warn, critical, and which checks are not ok. */
-export interface ProjectsStatus {
-  projects: (SyncStatus & { project: string })[];
-  total: { status: HealthStatus; projects: number; ok: number; warn: number; critical: number; not_ok: string[] };
+/** A project's block when several are shown: its row's region, timezone and Mixpanel project id, then its status. */
+export interface ProjectBlock extends SyncStatus {
+  region: ProjectRow['region'];
+  timezone: string | null;
+  mixpanel_project_id: number | null;
 }
 
-export async function readProjectsStatus(db: Queryable, runs = 10): Promise<ProjectsStatus> {
-  const projects: ProjectsStatus['projects'] = [];
-  for (const { name } of await listProjects(db)) projects.push({ project: name, ...(await readSyncStatus(db, runs, name)) });
-  const statuses = projects.map((p) => p.status);
+export interface StatusTotal {
+  projects: number;
+  /** the worst status of all projects */
+  status: HealthStatus;
+  ok: number;
+  warn: number;
+  critical: number;
+  /** every check that is not ok, by project */
+  problems: { project: string; check: string; status: HealthStatus }[];
+}
+
+/** `npm run status` with several projects and none chosen (--json prints it as is). */
+export interface ProjectsStatus {
+  projects: ProjectBlock[];
+  total: StatusTotal;
+}
+
+export function statusTotal(projects: readonly SyncStatus[]): StatusTotal {
+  const count = (status: HealthStatus) => projects.filter((p) => p.status === status).length;
   return {
-    projects,
-    total: {
-      status: statuses.reduce<HealthStatus>((worst, s) => (SEVERITY.indexOf(s) > SEVERITY.indexOf(worst) ? s : worst), 'ok'),
-      projects: projects.length,
-      ok: statuses.filter((s) => s === 'ok').length,
-      warn: statuses.filter((s) => s === 'warn').length,
-      critical: statuses.filter((s) => s === 'critical').length,
-      not_ok: projects.flatMap((p) => p.health.filter((h) => h.status !== 'ok').map((h) => `${p.project}: ${h.check}`)),
-    },
+    projects: projects.length,
+    status: worstStatus(projects.map((p) => ({ status: p.status }) as HealthRow)),
+    ok: count('ok'),
+    warn: count('warn'),
+    critical: count('critical'),
+    problems: projects.flatMap((p) =>
+      p.health.filter((h) => h.status !== 'ok').map((h) => ({ project: p.project, check: h.check, status: h.status })),
+    ),
   };
 }
 
-/** The total line of several projects: "3 projects: 2 ok, 1 warn (eu_app: events.watermark_lag)". */
-export function projectsTotalLine(total: ProjectsStatus['total']): string {
-  const counts = (['ok', 'warn', 'critical'] as const).filter((s) => total[s] > 0).map((s) => `${total[s]} ${s}`);
-  return `${total.projects} projects: ${counts.join(', ')}${total.not_ok.length > 0 ? ` (${total.not_ok.join(', ')})` : ''}`;
+/** "3 projects: 2 ok, 1 warn (eu_app: events.watermark_lag)": per status, the projects' checks that are not ok. */
+export function projectsTotalLine(total: StatusTotal): string {
+  const groups = (['ok', 'warn', 'critical'] as const)
+    .filter((status) => total[status] > 0)
+    .map((status) => {
+      if (status === 'ok') return `${total.ok} ok`;
+      // a project counts under its worst check's status, and shows every check of it that is not ok
+      const byProject = new Map<string, string[]>();
+      for (const p of total.problems) byProject.set(p.project, [...(byProject.get(p.project) ?? []), p.check]);
+      const worst = (project: string) =>
+        total.problems.some((p) => p.project === project && p.status === 'critical') ? 'critical' : 'warn';
+      const which = [...byProject]
+        .filter(([project]) => worst(project) === status)
+        .map(([project, checks]) => `${project}: ${checks.join(', ')}`)
+        .join('; ');
+      return `${total[status]} ${status} (${which})`;
+    });
+  return `${total.projects} projects: ${groups.join(', ')}`;
+}
+
+/** Every project's status, by name, and their total. */
+export async function readProjectsStatus(db: Queryable, runs = 10): Promise<ProjectsStatus> {
+  const projects: ProjectBlock[] = [];
+  for (const row of await listProjects(db)) {
+    projects.push({
+      ...(await projectStatus(db, row, runs)),
+      region: row.region,
+      timezone: row.timezone,
+      mixpanel_project_id: row.mixpanel_project_id === null ? null : Number(row.mixpanel_project_id),
+    });
+  }
+  return { projects, total: statusTotal(projects) };
+}
+
+/** The projects `npm run status` shows: the one named, or the only one (a SyncStatus); else every project (ProjectsStatus). */
+export async function readStatus(db: Queryable, runs: number, project: string | null): Promise<SyncStatus | ProjectsStatus> {
+  if (project === null && (await listProjects(db)).length > 1) return readProjectsStatus(db, runs);
+  return readSyncStatus(db, runs, project);
 }

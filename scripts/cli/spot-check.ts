@@ -1,12 +1,11 @@
-// npm run spot-check -- [--users N] [--seed S] [--batch B] [--json] [--database-url URL]
+// npm run spot-check -- [--users N] [--seed S] [--batch B] [--project NAME] [--json] [--database-url URL]
 // After a deploy, next to verify/: do the synced tables hold what Mixpanel holds, for N users chosen by a seed?
 // Exit 0 they match, 1 a difference (the table says which users, days and events, and why), 2 could not check.
 import { parseArgs } from 'node:util';
 import { resolveDatabaseUrl } from '../loader/database-connection.ts';
 import { describeError } from '../loader/describe-error.ts';
-import { chosenProject } from '../loader/loader-cli.ts';
 import { spotCheck, spotCheckLines } from '../loader/spot-check.ts';
-import { readMixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
+import { chosenProject, lookUpProject, PROJECT_OPTION, PROJECT_USAGE, projectMixpanelSettings } from '../loader/project-config.ts';
 
 const usage = `
 npm run spot-check -- [options]
@@ -21,14 +20,17 @@ but its own record (mixpanel_sync.spot_checks).
   --users N              how many users (default 20)
   --seed S               which users: the same seed picks the same users (default: today's UTC date)
   --batch B              users per Export request (default 25; each request counts against the Export budget)
+${PROJECT_USAGE}
   --json                 the report as one JSON line
   --database-url URL     default: DATABASE_URL
-  --project NAME         the project (mixpanel_sync.projects; default MIXPANEL_PROJECT, else the only one)
   -h, --help
 
-Environment: DATABASE_URL, MIXPANEL_PROJECT (the project's name in this database), MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET, MIXPANEL_PROJECT_ID, MIXPANEL_REGION.
-Exit codes: 0 every chosen user matches; 1 at least one differs; 2 could not check (bad flags, nothing synced yet,
-Mixpanel or the database unreachable, an incomplete export).
+Environment: DATABASE_URL, MIXPANEL_PROJECT (the database-side project name, as --project),
+MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET; MIXPANEL_PROJECT_ID and MIXPANEL_REGION fill the project's row where it
+has none, and one that differs from the row is a configuration error.
+Exit codes: 0 every chosen user matches; 1 at least one differs; 2 could not check (bad flags or configuration, an
+unknown project or none named while the database holds several, nothing synced yet, Mixpanel or the database
+unreachable, an incomplete export).
 `;
 
 const positive = (value: string | undefined, flag: string, fallback: number): number => {
@@ -47,7 +49,7 @@ try {
       batch: { type: 'string' },
       json: { type: 'boolean', default: false },
       'database-url': { type: 'string' },
-      project: { type: 'string' },
+      ...PROJECT_OPTION,
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -61,11 +63,12 @@ try {
   const batch = positive(values.batch, 'batch', 25);
   const seed = values.seed ?? new Date().toISOString().slice(0, 10);
   const connectionString = resolveDatabaseUrl(values['database-url']);
-  const mixpanel = readMixpanelSettings();
+  const project = await lookUpProject(connectionString, chosenProject(values.project));
+  const mixpanel = projectMixpanelSettings(project);
   const report = await spotCheck({
     connectionString,
+    project: project.name,
     mixpanel,
-    project: chosenProject(values.project),
     users,
     seed,
     batch,

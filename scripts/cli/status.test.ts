@@ -75,4 +75,65 @@ describe('npm run status', () => {
     expect(typo.code).toBe(3);
     expect(typo.stderr).toMatch(/^status: .*--jsn/);
   });
+
+  // Several projects (docs/projects.md §5.9): eu_app never synced, with an events run running for 3 hours. The total
+  // line's expectation is built here from sync_health(name) in SQL. Seen failing, each removed once: with readStatus
+  // always reading one project (the only one), status exited 3 (MP004: two projects); with the exit code of the first
+  // project's status instead of the total's, it exited 1 (default: warn); with totalLine listing each check under its
+  // own status, eu_app's watermark_lag moved into a warn group.
+  it('two projects, none named: one block each, a total line and the worst exit code; --json {projects, total}; --project one as before', async () => {
+    await db.pool.query(`select mixpanel_sync.create_project('eu_app')`);
+    const stuck = await beginRun(db.pool, { source: 'events', project: 'eu_app' });
+    await db.pool.query(`update mixpanel_sync.sync_runs set started_at = now() - interval '3 hours' where id = $1`, [stuck.id]);
+    try {
+      const { rows } = await db.pool.query<{ project: string; check: string; status: 'warn' | 'critical' }>(
+        `select p.name as project, h."check", h.status from mixpanel_sync.projects p cross join lateral mixpanel_sync.sync_health(p.name)
+           with ordinality h ("check", status, value, threshold, detail, position)
+         where h.status <> 'ok' order by p.name, h.position`,
+      );
+      const severity = ['ok', 'warn', 'critical'];
+      const worst = (project: string) =>
+        severity[Math.max(0, ...rows.filter((r) => r.project === project).map((r) => severity.indexOf(r.status)))]!;
+      expect(worst('eu_app')).toBe('critical'); // runs.running
+      const checksOf = (projects: string[]) =>
+        projects
+          .map(
+            (p) =>
+              `${p}: ${rows
+                .filter((r) => r.project === p)
+                .map((r) => r.check)
+                .join(', ')}`,
+          )
+          .join('; ');
+      const groups = severity
+        .map((status) => {
+          const projects = ['default', 'eu_app'].filter((p) => worst(p) === status);
+          if (projects.length === 0) return null;
+          return status === 'ok' ? `${projects.length} ok` : `${projects.length} ${status} (${checksOf(projects)})`;
+        })
+        .filter((group) => group !== null);
+
+      const text = await status(['--database-url', db.url]);
+      expect(text).toMatchObject({ code: 2, stderr: '' });
+      expect(text.stdout).toMatch(/^Project default \(region us, timezone UTC, Mixpanel project /);
+      expect(text.stdout).toContain('\nProject eu_app (region us, timezone UTC, Mixpanel project not recorded yet)\n');
+      expect(text.stdout.split('Project eu_app')[1]).toMatch(new RegExp(`\\n\\s+${stuck.id}\\s+events\\s+full\\s+running`));
+      expect(text.stdout.trim().split('\n').at(-1)).toBe(`Total: 2 projects: ${groups.join(', ')}`);
+
+      const json = await status(['--database-url', db.url, '--json']);
+      expect(json.code).toBe(2);
+      const report = JSON.parse(json.stdout);
+      expect(report.projects.map((p: { project: string }) => p.project)).toEqual(['default', 'eu_app']);
+      expect(report.projects[1].runs.map((r: { id: number }) => r.id)).toEqual([Number(stuck.id)]);
+      expect(report.total).toMatchObject({ projects: 2, status: 'critical', critical: 1 });
+      expect(report.total.problems).toEqual(rows);
+
+      const one = await status(['--project', 'eu_app', '--json'], { DATABASE_URL: db.url });
+      expect(one.code).toBe(2);
+      expect(JSON.parse(one.stdout)).toMatchObject({ project: 'eu_app', status: 'critical', runs: [{ id: Number(stuck.id) }] });
+    } finally {
+      await failRun(db.pool, stuck.id, 'cleanup');
+      await db.pool.query(`select mixpanel_sync.drop_project('eu_app')`);
+    }
+  });
 });

@@ -1,18 +1,27 @@
-// npm run status [-- --json] [--database-url URL] [--project NAME]: watermarks, last runs and mixpanel_sync.sync_health().
-// Several projects in the database and none chosen (--project, MIXPANEL_PROJECT): one block per project and a total line.
-// Exit code: 0 all ok, 1 a warning, 2 something critical, 3 status unknown (bad arguments, no database, cannot read it).
+// npm run status [-- --json] [--project NAME] [--database-url URL]: watermarks, last runs and
+// mixpanel_sync.sync_health() of one project (the one named, or the only one); with several projects and none named,
+// one block per project and a total line (--json: {projects: [...], total: {...}}).
+// Exit code, the worst project's: 0 all ok, 1 a warning, 2 something critical, 3 status unknown (bad arguments, no
+// database, cannot read it, an unknown project).
 import { parseArgs } from 'node:util';
 import pg from 'pg';
 import { resolveDatabaseUrl } from '../loader/database-connection.ts';
 import { describeError } from '../loader/describe-error.ts';
 import { redactUrl } from '../db/database-url.ts';
-import { printableStatus } from './print-status.ts';
-import { chosenProject } from '../loader/loader-cli.ts';
-import { projectsTotalLine, readProjectsStatus, readSyncStatus, statusExitCode } from './read-status.ts';
-import { listProjects } from '../sql/sync-api.ts';
+import { chosenProject, PROJECT_OPTION } from '../loader/project-config.ts';
+import { SQLSTATE, sqlState } from '../loader/staged-sync.ts';
+import { printableProjects, printableStatus } from './print-status.ts';
+import { readStatus, statusExitCode } from './read-status.ts';
 
 const UNKNOWN = 3;
-const USAGE = 'usage: npm run status [-- --json] [--database-url URL] [--runs N] [--project NAME (default MIXPANEL_PROJECT)]';
+const USAGE = 'usage: npm run status [-- --json] [--project NAME] [--database-url URL] [--runs N]';
+const HELP = `${USAGE}
+
+Watermarks, the last N runs (default 10) and the health checks (mixpanel_sync.sync_health) of one project: the one
+named by --project NAME or MIXPANEL_PROJECT, else the database's only project. With several projects and none named:
+one block per project, then a total line ("3 projects: 2 ok, 1 warn (eu_app: events.watermark_lag)"); --json prints
+{"projects": [...], "total": {...}} instead of one project's object.
+Exit code, the worst project's: 0 all ok, 1 warn, 2 critical, 3 unknown (cannot connect or read, an unknown project).`;
 
 function options(argv: string[]): { json: boolean; url: string; runs: number; project: string | null } {
   const { values } = parseArgs({
@@ -21,13 +30,13 @@ function options(argv: string[]): { json: boolean; url: string; runs: number; pr
       json: { type: 'boolean' },
       'database-url': { type: 'string' },
       runs: { type: 'string' },
-      project: { type: 'string' },
+      ...PROJECT_OPTION,
       help: { type: 'boolean' },
     },
     strict: true,
   });
   if (values.help) {
-    console.log(`${USAGE}\nExit code: 0 all ok, 1 warn, 2 critical, 3 unknown (cannot connect or read).`);
+    console.log(HELP);
     process.exit(0);
   }
   const runs = Number(values.runs ?? 10);
@@ -52,22 +61,17 @@ async function main(): Promise<number> {
     return UNKNOWN;
   }
   try {
-    if (settings.project === null && (await listProjects(client)).length > 1) {
-      const all = await readProjectsStatus(client, settings.runs);
-      process.stdout.write(
-        settings.json
-          ? `${JSON.stringify(all)}\n`
-          : `${all.projects.map((p) => `Project ${p.project}\n\n${printableStatus(p)}`).join('\n')}\n${projectsTotalLine(all.total)}\n`,
-      );
-      return statusExitCode(all.total.status);
-    }
-    const status = await readSyncStatus(client, settings.runs, settings.project);
-    process.stdout.write(settings.json ? `${JSON.stringify(status)}\n` : printableStatus(status));
-    return statusExitCode(status.status);
+    const status = await readStatus(client, settings.runs, settings.project);
+    if (settings.json) process.stdout.write(`${JSON.stringify(status)}\n`);
+    else process.stdout.write('total' in status ? printableProjects(status) : printableStatus(status));
+    return statusExitCode('total' in status ? status.total.status : status.status);
   } catch (error) {
-    console.error(
-      `status: cannot read the sync status (${describeError(error)}); is the database migrated? (npx graphile-migrate migrate)`,
-    );
+    // MP004: an unknown project (the names are in the hint)
+    if (sqlState(error) === SQLSTATE.invalidArguments) console.error(`status: ${describeError(error)}`);
+    else
+      console.error(
+        `status: cannot read the sync status (${describeError(error)}); is the database migrated? (npx graphile-migrate migrate)`,
+      );
     return UNKNOWN;
   } finally {
     await client.end().catch(() => {});

@@ -3,7 +3,8 @@
 // mixpanel_sync.cohort_members, only what changed written (scripts/loader/cohorts-sync.ts).
 import { cohortsSummaryLine, syncCohorts, type CohortsSummary } from '../loader/cohorts-sync.ts';
 import { runLoaderCli } from '../loader/loader-cli.ts';
-import { readMixpanelSettings, type MixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
+import { PROJECT_USAGE, projectMixpanelSettings } from '../loader/project-config.ts';
+import type { MixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
 
 const usage = `
 npm run sync:cohorts -- [options]
@@ -12,16 +13,19 @@ Loads Mixpanel cohorts into mixpanel_sync.cohorts and their members into mixpane
 (cohort_id, distinct_id): one run (begin_cohorts_run, stage, finish_cohorts_run). Cohorts and members that did not
 change are not written; members who left a cohort are removed; cohorts no longer listed are removed.
 
-  --wait SECONDS         when another cohorts run is running, retry for up to SECONDS (default 0)
+  --wait SECONDS         when another cohorts run of the project is running, retry for up to SECONDS (default 0)
+${PROJECT_USAGE}
   --json                 print the summary as one JSON line
   --database-url URL     default: DATABASE_URL
-  --project NAME         the project (mixpanel_sync.projects; default MIXPANEL_PROJECT, else the only one)
   -h, --help
 
-Environment: DATABASE_URL, MIXPANEL_PROJECT (the project's name in this database), MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET, MIXPANEL_PROJECT_ID, MIXPANEL_REGION.
+Environment: DATABASE_URL, MIXPANEL_PROJECT (the database-side project name, as --project),
+MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET; MIXPANEL_PROJECT_ID and MIXPANEL_REGION fill the project's row where it
+has none, and one that differs from the row is a configuration error.
 Requests: 1 for the list, then 1 Engage request per cohort per 1000 members (Query API budget, 60 an hour).
-Exit codes: 0 succeeded; 1 run failed, nothing applied; 2 nothing started (bad flags, MP002 another cohorts run is
-running); 130 interrupted.
+Exit codes: 0 succeeded; 1 run failed, nothing applied; 2 nothing started (bad flags or configuration, MP002
+another cohorts run is running, an unknown project, or none named while the database holds several);
+130 interrupted.
 `;
 
 let mixpanel: MixpanelSettings;
@@ -31,12 +35,14 @@ await runLoaderCli<CohortsSummary>({
   options: {},
   prepare(values) {
     if (values.file !== undefined) throw new Error('sync:cohorts reads Mixpanel only: --file is not supported');
-    mixpanel = readMixpanelSettings();
+  },
+  configure(_values, project) {
+    mixpanel = projectMixpanelSettings(project);
   },
   run: ({ databaseUrl, project, waitSeconds, signal }) =>
     syncCohorts({
       connectionString: databaseUrl,
-      project,
+      project: project.name,
       mixpanel,
       waitSeconds,
       signal,

@@ -141,6 +141,11 @@ describe('npm run sync:events', () => {
     const missing = await run(['--file', path.join(dir, 'nope.jsonl')]);
     expect(missing.code).toBe(2);
     expect(missing.stderr).toMatch(/cannot read input file .*nope\.jsonl \(ENOENT\): check the --file path\n$/);
+    // an unknown project (the database holds only default): refused before the run, the names in the hint. Seen
+    // failing with runLoaderCli's lookup given null instead of the name (the run went into default, exit 0).
+    const unknown = await run(['--file', '-', '--project', 'eu_app'], { stdin: Buffer.from('') });
+    expect(unknown).toMatchObject({ code: 2, stdout: '' });
+    expect(unknown.stderr).toMatch(/^sync:events: no run started: unknown project 'eu_app' .*hint: one of: default; [^\n]*\n$/);
     expect(await runs()).toBe(before);
   });
 

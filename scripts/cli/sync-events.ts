@@ -1,8 +1,9 @@
 // npm run sync:events -- [--file PATH|-] [--full | --resync-from DAY [--resync-to DAY]] [--event NAME]... [--allow-shrink] [--wait SECONDS] [--json] [--database-url URL]
 // One events run: begin_run, COPY the lines into staging, finish_run, a summary. See loader/events-sync.ts.
-import { readMixpanelSettings, type MixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
+import type { MixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
 import { syncEvents } from '../loader/events-sync.ts';
 import { runLoaderCli } from '../loader/loader-cli.ts';
+import { PROJECT_USAGE, projectMixpanelSettings, projectTimezone } from '../loader/project-config.ts';
 
 const usage = `
 npm run sync:events -- [options]
@@ -25,23 +26,27 @@ Without --file it reads the Mixpanel Export API over the run's window.
                          which events to sync")
   --allow-shrink         let a full run empty or shrink stored days (finish_run refuses it otherwise,
                          SQLSTATE MP001); --allow-empty is a deprecated alias
-  --wait SECONDS         when another events run is running, retry for up to SECONDS (default 0)
+  --wait SECONDS         when another events run of the project is running, retry for up to SECONDS
+                         (default 0)
+${PROJECT_USAGE}
   --json                 print the summary as one JSON line
   --database-url URL     default: DATABASE_URL
-  --project NAME         the project (mixpanel_sync.projects; default MIXPANEL_PROJECT, else the only one)
   -h, --help
 
-Environment: DATABASE_URL; MIXPANEL_PROJECT (the project's name in this database, not MIXPANEL_PROJECT_ID);
-for the Export API MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET,
-MIXPANEL_PROJECT_ID, MIXPANEL_REGION (us|eu|in); MIXPANEL_PROJECT_TIMEZONE for projects that
-export local times.
+Environment: DATABASE_URL; MIXPANEL_PROJECT (the database-side project name, as --project); for the
+Export API MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET. The project's row gives its Mixpanel project id,
+region and timezone; MIXPANEL_PROJECT_ID, MIXPANEL_REGION (us|eu|in) and MIXPANEL_PROJECT_TIMEZONE (for
+projects that export local times) fill a column that is null, and one that differs from the row is a
+configuration error (exit 2, before any request).
 Exit codes (by SQLSTATE, README "Exit codes"): 0 succeeded; 1 run failed, nothing applied (MP001
 replace guard, MP003 input incomplete, a lost connection, any other error after begin_run);
-2 nothing started (bad flags, MP002 another run is running, MP004 invalid run arguments);
+2 nothing started (bad flags or configuration, MP002 another run is running, MP004 invalid run
+arguments, an unknown project, or none named while the database holds several);
 130 interrupted (Ctrl-C, SIGTERM, SIGHUP: the run is failed, unless it had already committed).
 `;
 
 let mixpanel: MixpanelSettings | undefined;
+let timezone: string | null = null;
 
 await runLoaderCli({
   name: 'sync:events',
@@ -63,12 +68,15 @@ await runLoaderCli({
     if (values['resync-to'] !== undefined && values['resync-from'] === undefined) throw new Error('--resync-to needs --resync-from');
     // --full with --resync-* is refused by begin_run itself (MP004), so psql and the loader agree.
     if (values['allow-empty'] === true) process.stderr.write('sync:events: --allow-empty is deprecated: use --allow-shrink\n');
-    if (values.file === undefined) mixpanel = readMixpanelSettings();
+  },
+  configure(values, project) {
+    if (values.file === undefined) mixpanel = projectMixpanelSettings(project);
+    timezone = mixpanel ? mixpanel.projectTimezone : projectTimezone(project);
   },
   run: ({ values, databaseUrl, project, waitSeconds, signal, progress }) =>
     syncEvents({
       connectionString: databaseUrl,
-      project,
+      project: project.name,
       input: values.file as string | undefined,
       mixpanel,
       full: values.full === true,
@@ -80,7 +88,7 @@ await runLoaderCli({
       // the names are checked by begin_run (MP004: empty or over 255 characters), as from psql
       ...(values.event === undefined ? {} : { events: values.event as string[] }),
       waitSeconds,
-      projectTimezone: process.env.MIXPANEL_PROJECT_TIMEZONE?.trim() || null,
+      projectTimezone: timezone,
       signal,
       progress,
       onRetry: ({ attempt, delayMs, error }) =>

@@ -153,4 +153,73 @@ describe('npm run sync', () => {
     expect(result.stderr.trim().split('\n')).toHaveLength(1);
     expect(await counts()).toMatchObject({ runs: null });
   });
+
+  // Several projects (docs/projects.md §5.8): a second Mixpanel project (its own fake server, project id 5678) in
+  // project eu_app. Seen failing, each protection removed once: with lookUpProject taking the first project when none
+  // is named, the unnamed case synced into default (exit 0); without projectMixpanelSettings' region comparison,
+  // MIXPANEL_REGION=us synced eu_app (exit 0, requests made); without its Mixpanel project id comparison, the run was
+  // refused only by begin_run (step errors on stdout, no config line); with the steps given `project: null`, the
+  // MIXPANEL_PROJECT=eu_app sync failed (begin_run MP004: two projects).
+  it('several projects: none named or an unknown one refuses in one line (exit 2); MIXPANEL_PROJECT / --project syncs that project only; a region or Mixpanel project id other than its row is refused before any request', async () => {
+    const second = await startFakeMixpanel({ projectId: 5678 });
+    await db.pool.query(`select mixpanel_sync.create_project('eu_app', region => 'eu')`);
+    try {
+      const now = Math.floor(Date.now() / 1000);
+      const events = Array.from({ length: 12 }, (_, i) => ({ user: `x${i % 4}`, name: 'open', time: now - 3600 - i * 60 }));
+      second.setEvents(
+        events.map((e, i) =>
+          JSON.stringify({
+            event: e.name,
+            properties: { distinct_id: e.user, time: e.time, $insert_id: `x${i}`, mp_processing_time_ms: (e.time + 10) * 1000 },
+          }),
+        ),
+      );
+      second.setProfiles([{ $distinct_id: 'x0', $properties: { $email: 'x0@example.com' } }]);
+      const env = {
+        MIXPANEL_SERVICE_ACCOUNT: second.options.serviceAccount,
+        MIXPANEL_SECRET: second.options.secret,
+        MIXPANEL_PROJECT_ID: '5678',
+        MIXPANEL_API_URL: second.url,
+      };
+      const oneLine = (result: Result, pattern: RegExp) => {
+        expect(result).toMatchObject({ code: 2, stdout: '' });
+        expect(result.stderr).toMatch(pattern);
+        expect(result.stderr.trim().split('\n')).toHaveLength(1);
+      };
+      oneLine(await runSync([], env), /^sync: no run started: this database holds 2 projects: name one .*one of: default, eu_app /);
+      oneLine(await runSync(['--project', 'us_app'], env), /^sync: no run started: unknown project 'us_app' .*one of: default, eu_app;/);
+      oneLine(
+        await runSync(['--project', 'eu_app'], { ...env, MIXPANEL_REGION: 'us' }),
+        /^sync: MIXPANEL_REGION is us, but project eu_app's region is eu: /,
+      );
+      expect(second.requests).toHaveLength(0);
+      expect(await counts()).toMatchObject({ runs: null });
+
+      const synced = await runSync(['--json'], { ...env, MIXPANEL_PROJECT: 'eu_app' });
+      expect(synced).toMatchObject({ code: 0, stderr: '' });
+      const perProject = async () =>
+        (
+          await db.pool.query(
+            `select p.name, case when p.name = 'eu_app' then p.mixpanel_project_id end as mixpanel_project_id,
+               (select string_agg(r.source || ':' || r.status, ' ' order by r.id) from mixpanel_sync.sync_runs r where r.project_id = p.id) as runs,
+               (select count(*)::int from mixpanel_sync.subscribers s where s.project_id = p.id) as subscribers
+             from mixpanel_sync.projects p order by p.name`,
+          )
+        ).rows;
+      const users = new Set(events.map((e) => e.user)).size;
+      expect(await perProject()).toEqual([
+        { name: 'default', mixpanel_project_id: null, runs: null, subscribers: 0 },
+        { name: 'eu_app', mixpanel_project_id: '5678', runs: 'events:succeeded profiles:succeeded', subscribers: users },
+      ]);
+      const requests = second.requests.length;
+      oneLine(
+        await runSync(['--project', 'eu_app'], { ...env, MIXPANEL_PROJECT_ID: '1234' }),
+        /^sync: MIXPANEL_PROJECT_ID is 1234, but project eu_app holds Mixpanel project 5678: /,
+      );
+      expect(second.requests).toHaveLength(requests);
+    } finally {
+      await db.pool.query(`select mixpanel_sync.drop_project('eu_app')`);
+      await second.close();
+    }
+  });
 });

@@ -1,4 +1,4 @@
-// npm run sync -- [--cohorts | --no-cohorts] [--wait SECONDS] [--json] [--database-url URL]
+// npm run sync -- [--project NAME] [--cohorts | --no-cohorts] [--wait SECONDS] [--json] [--database-url URL]
 // For schedulers: events, then profiles, then cohorts when configured, each one ordinary run of the loader library
 // (syncEvents, syncProfiles, syncCohorts: the same code as sync:events, sync:profiles and sync:cohorts), with one
 // summary and one exit code. A step that fails does not stop the next (they are independent sources); Ctrl-C does.
@@ -7,32 +7,43 @@ import { syncCohorts, cohortsSummaryLine, type CohortsSummary } from '../loader/
 import { resolveDatabaseUrl } from '../loader/database-connection.ts';
 import { describeError } from '../loader/describe-error.ts';
 import { syncEvents } from '../loader/events-sync.ts';
-import { chosenProject, EXIT, failureOutcome, interruptOnSignals } from '../loader/loader-cli.ts';
+import { EXIT, failureOutcome, interruptOnSignals } from '../loader/loader-cli.ts';
 import { progressLine } from '../loader/progress-line.ts';
 import { summaryLines, type RunSummary } from '../loader/run-summary.ts';
-import { readMixpanelSettings, type MixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
+import {
+  chosenProject,
+  lookUpProject,
+  PROJECT_OPTION,
+  PROJECT_USAGE,
+  projectMixpanelSettings,
+  type ProjectRow,
+} from '../loader/project-config.ts';
+import type { MixpanelSettings } from '../mixpanel/mixpanel-settings.ts';
 import { profilesSummaryLine, syncProfiles, type ProfilesSummary } from '../loader/profiles-sync.ts';
 
 const usage = `
 npm run sync -- [options]
 
-One scheduled sync: events, then profiles, then cohorts when configured; one summary, one exit code.
-Each step is the same run as npm run sync:events / sync:profiles / sync:cohorts against the Mixpanel APIs.
+One scheduled sync of one project: events, then profiles, then cohorts when configured; one summary, one exit
+code. Each step is the same run as npm run sync:events / sync:profiles / sync:cohorts against the Mixpanel APIs.
+Several projects: one scheduled process per project, each with its own credentials (README "Several projects").
 
   --cohorts              also sync cohorts (default: MIXPANEL_SYNC_COHORTS=on)
   --no-cohorts           do not, whatever MIXPANEL_SYNC_COHORTS says
   --wait SECONDS         when another run of a source is running, retry begin_run for up to SECONDS (default 0)
+${PROJECT_USAGE}
   --json                 print the summary as one JSON line: {"status", "exit_code", "steps": [...]}
   --database-url URL     default: DATABASE_URL
-  --project NAME         the project (mixpanel_sync.projects; default MIXPANEL_PROJECT, else the only one)
   -h, --help
 
-Environment: DATABASE_URL, MIXPANEL_PROJECT (the project's name in this database: one scheduled process per project,
-each with its own credentials), MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET, MIXPANEL_PROJECT_ID, MIXPANEL_REGION,
-MIXPANEL_PROJECT_TIMEZONE, MIXPANEL_SYNC_COHORTS (on|off).
+Environment: DATABASE_URL, MIXPANEL_PROJECT (the database-side project name, as --project),
+MIXPANEL_SERVICE_ACCOUNT, MIXPANEL_SECRET, MIXPANEL_SYNC_COHORTS (on|off). The project's row gives its Mixpanel
+project id, region and timezone; MIXPANEL_PROJECT_ID, MIXPANEL_REGION and MIXPANEL_PROJECT_TIMEZONE fill a column
+that is null, and one that differs from the row is a configuration error (exit 2, before any request).
 Exit code, the worst step's: 0 every step succeeded; 1 a step's run failed (nothing of that step applied; the
 others ran); 2 a step did not start (MP002 another run of that source is running, MP004, unreachable database)
-or bad flags/configuration; 130 interrupted (the running step is failed, the next ones are not started).
+or bad flags/configuration (an unknown project, or none named while the database holds several); 130 interrupted
+(the running step is failed, the next ones are not started).
 `;
 
 type StepName = 'events' | 'profiles' | 'cohorts';
@@ -64,6 +75,7 @@ function fail(code: number, message: string): never {
 let values: Record<string, string | boolean | undefined>;
 let databaseUrl: string;
 let mixpanel: MixpanelSettings;
+let project: ProjectRow;
 let waitSeconds = 0;
 try {
   values = parseArgs({
@@ -74,7 +86,7 @@ try {
       wait: { type: 'string' },
       json: { type: 'boolean', default: false },
       'database-url': { type: 'string' },
-      project: { type: 'string' },
+      ...PROJECT_OPTION,
       help: { type: 'boolean', short: 'h', default: false },
     },
     strict: true,
@@ -89,7 +101,14 @@ try {
     if (!/^\d+(\.\d+)?$/.test(String(values.wait))) throw new Error(`--wait wants a number of seconds, got ${String(values.wait)}`);
   }
   databaseUrl = resolveDatabaseUrl(values['database-url'] as string | undefined);
-  mixpanel = readMixpanelSettings();
+  const name = chosenProject(values.project);
+  try {
+    project = await lookUpProject(databaseUrl, name);
+  } catch (error) {
+    // MP004: an unknown name, or none while the database holds several projects (the names are in the hint)
+    throw new Error(`no run started: ${describeError(error)}`);
+  }
+  mixpanel = projectMixpanelSettings(project);
 } catch (error) {
   fail(EXIT.notStarted, `${describeError(error).split('\n')[0]} (see npm run sync -- --help)`);
 }
@@ -98,8 +117,8 @@ const cohortsSetting = process.env.MIXPANEL_SYNC_COHORTS?.trim().toLowerCase();
 if (cohortsSetting && !['on', 'off'].includes(cohortsSetting))
   fail(EXIT.notStarted, `MIXPANEL_SYNC_COHORTS is "${cohortsSetting}": set it to on or off`);
 const withCohorts = values['no-cohorts'] === true ? false : values.cohorts === true || cohortsSetting === 'on';
-const projectTimezone = process.env.MIXPANEL_PROJECT_TIMEZONE?.trim() || null;
-const project = chosenProject(values.project);
+const projectTimezone = mixpanel.projectTimezone;
+const projectName = project.name;
 
 const controller = new AbortController();
 const release = interruptOnSignals(controller, 'sync');
@@ -114,8 +133,8 @@ const steps: Array<{ step: StepName; run: () => Promise<StepResult['summary']>; 
     run: () =>
       syncEvents({
         connectionString: databaseUrl,
+        project: projectName,
         mixpanel,
-        project,
         projectTimezone,
         waitSeconds,
         signal: controller.signal,
@@ -129,8 +148,8 @@ const steps: Array<{ step: StepName; run: () => Promise<StepResult['summary']>; 
     run: () =>
       syncProfiles({
         connectionString: databaseUrl,
+        project: projectName,
         mixpanel,
-        project,
         projectTimezone,
         waitSeconds,
         signal: controller.signal,
@@ -149,8 +168,8 @@ const steps: Array<{ step: StepName; run: () => Promise<StepResult['summary']>; 
           run: () =>
             syncCohorts({
               connectionString: databaseUrl,
+              project: projectName,
               mixpanel,
-              project,
               waitSeconds,
               signal: controller.signal,
               onRetry: retryNote('cohorts'),

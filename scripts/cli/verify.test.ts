@@ -142,4 +142,16 @@ describe('verify scripts', () => {
     expect(result.stderr).toContain(`FAIL ${meta}: uses a psql meta-command (line 2: select 1 as one \\gset)`);
     expect(result.stdout).toContain(`verify: 0 passed, 3 failed (${raises}, ${silent}, ${meta})`);
   });
+
+  // npm run verify -- --project NAME: the name reaches the script as the session setting mixpanel_sync.project (the
+  // channel plain SQL read by psql and pg shares). Seen failing with runVerifyScript's set_config removed ('PASS project -').
+  it('gives a script the project as the setting mixpanel_sync.project (none: unset)', async () => {
+    const reads = path.join(scratch, 'reads-project.sql');
+    await writeFile(
+      reads,
+      `begin;\ndo $$ begin raise notice 'PASS project %', coalesce(nullif(current_setting('mixpanel_sync.project', true), ''), '-'); end $$;\nrollback;\n`,
+    );
+    expect((await runVerifyScript(db.url, reads, 'default')).passLines).toEqual(['PASS project default']);
+    expect((await runVerifyScript(db.url, reads)).passLines).toEqual(['PASS project -']);
+  });
 });

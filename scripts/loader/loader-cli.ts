@@ -5,7 +5,11 @@ import { describeError } from './describe-error.ts';
 import { resolveDatabaseUrl } from './database-connection.ts';
 import { progressLine, type ProgressLine } from './progress-line.ts';
 import { summaryJson, summaryLines, type RunSummary } from './run-summary.ts';
+import { chosenProject, lookUpProject, PROJECT_OPTION, type ProjectRow } from './project-config.ts';
 import { isLoaderFailure, SQLSTATE, sqlState } from './staged-sync.ts';
+
+/** --project NAME wins over MIXPANEL_PROJECT; neither: null (the only project). */
+export { chosenProject };
 
 export const EXIT = {
   /** The run succeeded. */
@@ -28,22 +32,16 @@ const COMMON_OPTIONS = {
   wait: { type: 'string' },
   json: { type: 'boolean', default: false },
   'database-url': { type: 'string' },
-  project: { type: 'string' },
+  ...PROJECT_OPTION,
   help: { type: 'boolean', short: 'h', default: false },
 } as const satisfies Options;
-
-/** The project a command works on: --project NAME wins over MIXPANEL_PROJECT; neither: null (the only project). */
-export function chosenProject(flag: unknown, env: NodeJS.ProcessEnv = process.env): string | null {
-  const name = typeof flag === 'string' ? flag.trim() : env.MIXPANEL_PROJECT?.trim();
-  return name ? name : null;
-}
 
 export interface LoaderContext {
   /** Parsed flags; a string[] for a flag declared `multiple` (e.g. --event). */
   values: Record<string, string | boolean | string[] | undefined>;
   databaseUrl: string;
-  /** --project NAME, else MIXPANEL_PROJECT, else null: the only project (begin_run refuses with MP004 when there are several). */
-  project: string | null;
+  /** The project of the run (--project, MIXPANEL_PROJECT, else the only one), as its row read before the run. */
+  project: ProjectRow;
   /** --wait SECONDS: how long begin_run is retried while another run of the source is running (MP002). */
   waitSeconds: number;
   signal: AbortSignal;
@@ -55,10 +53,12 @@ export interface LoaderCommand<S = RunSummary> {
   name: string;
   /** The --help text. */
   usage: string;
-  /** Flags of this command on top of --file, --json, --database-url, --help. */
+  /** Flags of this command on top of --file, --json, --database-url, --project, --help. */
   options: Options;
-  /** Checks and configuration read before a run begins (throw to exit 2 with the message). */
+  /** Checks of the flags, before the database is read (throw to exit 2 with the message). */
   prepare?: (values: LoaderContext['values']) => void | Promise<void>;
+  /** Configuration that needs the project's row (region, timezone, Mixpanel project id), read before a run begins (throw to exit 2). */
+  configure?: (values: LoaderContext['values'], project: ProjectRow) => void | Promise<void>;
   run: (context: LoaderContext) => Promise<S>;
   /** How a summary is printed (default summaryJson / summaryLines). */
   print?: { json(summary: S): string; lines(summary: S): string[] };
@@ -136,6 +136,7 @@ export async function runLoaderCli<S = RunSummary>(command: LoaderCommand<S>, ar
   let values: LoaderContext['values'];
   let databaseUrl: string;
   let waitSeconds: number;
+  let project: ProjectRow;
   try {
     values = parse(command, argv);
     if (values.help) {
@@ -145,6 +146,14 @@ export async function runLoaderCli<S = RunSummary>(command: LoaderCommand<S>, ar
     databaseUrl = resolveDatabaseUrl(values['database-url'] as string | undefined);
     waitSeconds = parseWait(values.wait);
     await command.prepare?.(values);
+    const name = chosenProject(values.project);
+    try {
+      project = await lookUpProject(databaseUrl, name);
+    } catch (error) {
+      // MP004: an unknown name, or none while the database holds several projects (the names are in the hint)
+      throw new Error(`no run started: ${describeError(error)}`);
+    }
+    await command.configure?.(values, project);
   } catch (error) {
     return fail(EXIT.notStarted, describeError(error));
   }
@@ -163,14 +172,7 @@ export async function runLoaderCli<S = RunSummary>(command: LoaderCommand<S>, ar
   const progress = progressLine(process.stderr, command.name);
   const json = values.json === true;
   try {
-    const summary = await command.run({
-      values,
-      databaseUrl,
-      project: chosenProject(values.project),
-      waitSeconds,
-      signal: controller.signal,
-      progress,
-    });
+    const summary = await command.run({ values, databaseUrl, project, waitSeconds, signal: controller.signal, progress });
     show(summary, json);
     if (controller.signal.aborted)
       process.stderr.write(`${command.name}: the run had already committed when the signal came: it succeeded\n`);
