@@ -186,11 +186,11 @@ describe('seeded crash trials (seed 4242)', () => {
   beforeAll(async () => {
     // A run whose loader was SIGKILLed keeps a fresh heartbeat: begin_run abandons it only once the heartbeat is older
     // than runs.heartbeat_timeout (default 2 minutes), so the next run's --wait would sit out those 2 minutes. The
-    // trials test what the crash leaves, not that timeout (scripts/sql/safety-followups.test.ts does): 10 seconds here,
-    // more than any run of these files lasts between two beats.
-    await withPool((pool) =>
-      pool.query(`update mixpanel_sync.sync_settings set value = '10 seconds' where key = 'runs.heartbeat_timeout'`),
-    );
+    // trials test what the crash leaves, not that timeout (scripts/sql/safety-followups.test.ts does): 1 second here.
+    // No live run is judged dead by it: begin_run abandons a run only when its owner session is gone too, and a live
+    // loader (or the backend of a SIGKILLed loader still running finish_run) keeps that session. (It was 10 seconds:
+    // trial 0's --wait then sat out about 10 s of the file's 45.)
+    await withPool((pool) => pool.query(`update mixpanel_sync.sync_settings set value = '1 second' where key = 'runs.heartbeat_timeout'`));
     await normalRun(historyFile);
     // the state after H, kept as a template: each trial starts from a clone of it instead of loading H again
     await withAdmin((admin) => admin.query('create database crash_after_history template crash'));

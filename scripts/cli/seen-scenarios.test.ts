@@ -25,6 +25,8 @@
 //   6 postmaster stop during finish_run  stack trace: node:events:502 … Error: Connection terminated unexpectedly
 //   6 group SIGINT right after finish_run committed (trial 2, npm run) ... died by SIGINT although the run succeeded
 //   7 200k lines ...................... run_events 29,589,504 bytes left on disk after the run
+// Every scenario has a database (or a crashable server) of its own, so the groups are describe.concurrent (vitest runs
+// up to maxConcurrency = 5 at once); the history a scenario starts from is seeded through SQL (seed), not the CLI.
 import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -39,6 +41,7 @@ import { startFakeMixpanel } from '../fixtures/fake-mixpanel-server.ts';
 import { MAX_LINE_BYTES } from '../fixtures/hostile-corpus.ts';
 import { startCrashableServer } from '../fixtures/postmaster-control.ts';
 import { createRandom } from '../fixtures/prng.ts';
+import { beginRun, finishRun, stageLines } from '../sql/sync-api.ts';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'seen-scenarios-'));
 const databases: TestDatabase[] = [];
@@ -85,10 +88,15 @@ function syncEvents(db: { url: string }, args: string[], env: NodeJS.ProcessEnv 
   return runCli('sync:events', [...args, '--json'], { env: { DATABASE_URL: db.url, ...env } });
 }
 
-/** Seeds the database through the CLI; the run must succeed. */
-async function seed(db: TestDatabase, name: string, lines: string[]): Promise<void> {
-  const result = await syncEvents(db, ['--file', writeFile(name, jsonl(lines))]);
-  expect(result.code, explain(result)).toBe(0);
+/**
+ * Seeds the database with one run through SQL (begin_run, the lines staged, finish_run: what the CLI calls, without
+ * its start-up of about a second); the run must succeed. The seed is the history a scenario starts from, not what it
+ * tests: the scenarios themselves still run the CLI.
+ */
+async function seed(db: TestDatabase, lines: string[]): Promise<void> {
+  const run = await beginRun(db.pool, { source: 'events' });
+  await stageLines(db.pool, 'events', run.id, lines);
+  expect((await finishRun(db.pool, run.id)).status).toBe('succeeded');
 }
 
 /** What runs may change (not sync_runs): equal before and after means nothing was applied. */
@@ -175,10 +183,10 @@ function exited(cli: CliProcess): () => boolean {
   return () => over;
 }
 
-describe('1. a full run never erases its window on unusable input', () => {
+describe.concurrent('1. a full run never erases its window on unusable input', () => {
   it('psql: begin_run(force_full) then finish_run with nothing staged is refused with MP001, nothing applied', async () => {
     const db = await freshDatabase();
-    await seed(db, 'seed-1a.jsonl', eventLines('a', [-2, -1], 30));
+    await seed(db, eventLines('a', [-2, -1], 30));
     const before = await dataState(db.pool);
     const { rows } = await db.pool.query<{ id: string }>("select id from mixpanel_sync.begin_run('events', force_full => true)");
     const error = await db.pool.query('select mixpanel_sync.finish_run($1)', [rows[0]!.id]).then(
@@ -193,7 +201,7 @@ describe('1. a full run never erases its window on unusable input', () => {
 
   it('a file whose lines are all garbage, on --full: run failed, exit 1, nothing applied', async () => {
     const db = await freshDatabase();
-    await seed(db, 'seed-1b.jsonl', eventLines('b', [-2, -1], 30));
+    await seed(db, eventLines('b', [-2, -1], 30));
     const before = await dataState(db.pool);
     const garbage = writeFile('garbage.jsonl', jsonl(Array.from({ length: 25 }, (_, i) => `garbage line ${i} <<>>`)));
     const result = await syncEvents(db, ['--file', garbage, '--full']);
@@ -205,7 +213,7 @@ describe('1. a full run never erases its window on unusable input', () => {
 
   it('an Export API answer of HTTP 200 with an HTML page, on --full: run failed, exit 1, nothing applied', async () => {
     const db = await freshDatabase();
-    await seed(db, 'seed-1c.jsonl', eventLines('c', [-2, -1], 30));
+    await seed(db, eventLines('c', [-2, -1], 30));
     const before = await dataState(db.pool);
     const fake = await startFakeMixpanel({
       exportSource: () => [
@@ -231,7 +239,7 @@ describe('1. a full run never erases its window on unusable input', () => {
 
   it('a small file while events.incremental = off: refused (MP001), exit 1; --allow-shrink applies it', async () => {
     const db = await freshDatabase();
-    await seed(db, 'seed-1d.jsonl', eventLines('d', [-3, -2, -1], 200));
+    await seed(db, eventLines('d', [-3, -2, -1], 200));
     await setSettings(db.pool, {
       'events.incremental': 'off',
       'events.replace_guard_min_events': '100',
@@ -252,7 +260,7 @@ describe('1. a full run never erases its window on unusable input', () => {
 
   it('--resync-from without --resync-to covers exactly that day; --full with --resync-* is refused in begin_run (MP004)', async () => {
     const db = await freshDatabase();
-    await seed(db, 'seed-1e.jsonl', eventLines('e', [-3, -2, -1], 30));
+    await seed(db, eventLines('e', [-3, -2, -1], 30));
     const resync = writeFile('resync-1e.jsonl', jsonl([...eventLines('e', [-2], 30), ...eventLines('e-new', [-2], 5)]));
     const result = await syncEvents(db, ['--file', resync, '--resync-from', isoDay(-2)]);
     expect(result.code, explain(result)).toBe(0);
@@ -267,7 +275,7 @@ describe('1. a full run never erases its window on unusable input', () => {
   });
 });
 
-describe('2. concurrent first runs', () => {
+describe.concurrent('2. concurrent first runs', () => {
   it('sync:events --file - & sync:events --file - begun together on a fresh database: never both REPLACE; a refused one reruns; A + B kept', async () => {
     const db = await freshDatabase();
     const inputs = [jsonl(eventLines('ca', [-2, -1], 400)), jsonl(eventLines('cb', [-2, -1], 400))];
@@ -300,7 +308,7 @@ describe('2. concurrent first runs', () => {
   });
 });
 
-describe('3. one poisoned record never fails a run, nor its reruns', () => {
+describe.concurrent('3. one poisoned record never fails a run, nor its reruns', () => {
   const good = eventLines('p', [-1], 20);
   const withPoison = (poison: Buffer) =>
     Buffer.concat([Buffer.from(jsonl(good.slice(0, 10))), poison, Buffer.from('\n'), Buffer.from(jsonl(good.slice(10)))]);
@@ -404,7 +412,7 @@ describe('3. one poisoned record never fails a run, nor its reruns', () => {
   });
 });
 
-describe('4. the event key is injective', () => {
+describe.concurrent('4. the event key is injective', () => {
   it('names holding 0x1f, and an $insert_id shaped like the # || md5 fallback, never collide', async () => {
     const db = await freshDatabase();
     const s = TODAY - DAY + 7200;
@@ -427,7 +435,7 @@ describe('4. the event key is injective', () => {
   });
 });
 
-describe('5. other silent losses', () => {
+describe.concurrent('5. other silent losses', () => {
   it('a UTF-8 BOM at the start of a file costs nothing', async () => {
     const db = await freshDatabase();
     const result = await syncEvents(db, ['--file', writeFile('bom.jsonl', `\uFEFF${jsonl(eventLines('bom', [-1], 3))}`)]);
@@ -471,7 +479,7 @@ describe('5. other silent losses', () => {
 
   it('a saved export ending in "terminated early", on a full run from --file: failed as incomplete, nothing applied', async () => {
     const db = await freshDatabase();
-    await seed(db, 'seed-5d.jsonl', eventLines('t', [-2, -1], 50));
+    await seed(db, eventLines('t', [-2, -1], 50));
     const before = await dataState(db.pool);
     for (const [name, lines] of [
       ['ends-terminated.jsonl', [...eventLines('t', [-1], 10), 'terminated early']],
@@ -497,7 +505,7 @@ describe('5. other silent losses', () => {
   });
 });
 
-describe('6. the loader tells the truth', () => {
+describe.concurrent('6. the loader tells the truth', () => {
   for (const moment of ['COPY', 'finish_run'] as const) {
     it(`the server stops at once (pg_ctl stop -m immediate) during ${moment}: exit 1 with one line; after a restart the run is not left running and the next run succeeds`, async () => {
       const crash = await startCrashableServer();
@@ -598,7 +606,7 @@ describe('6. the loader tells the truth', () => {
   }, 600_000);
 });
 
-describe('7. staging without bloat', () => {
+describe.concurrent('7. staging without bloat', () => {
   it('after a 200k-line run, staged_events and run_events are back near empty on disk', async () => {
     const db = await freshDatabase();
     const result = await syncEvents(db, ['--file', writeFile('bloat.jsonl', jsonl(eventLines('bloat', [-4, -3, -2, -1], 50_000)))]);
