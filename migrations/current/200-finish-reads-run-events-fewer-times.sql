@@ -153,23 +153,28 @@ begin
   delete from mixpanel_sync.event_ledger_legacy l where l.day < horizon;
 
   -- One scan of the run's valid events: what it did not apply by design (events with no distinct_id, events outside
-  -- its selection), and the events that may move the watermark: only those now in the tables (applied or already
-  -- there; fetch_to already caps them, as later events were rejected).
+  -- its selection), and the events that may move the watermark (in_tables): only those now in the tables (applied or
+  -- already there; fetch_to already caps them, as later events were rejected).
   select count(*) filter (where e.skip_reason = 'no_user') as no_user,
     count(*) filter (where e.skip_reason = 'not_selected') as not_selected,
-    max(e.event_time) filter (where e.skip_reason is null and e.day between coalesce(run.window_from_day, horizon) and coalesce(run.window_to_day, 'infinity')) as event_time,
-    max(e.processing_time) filter (where e.skip_reason is null and e.day between coalesce(run.window_from_day, horizon) and coalesce(run.window_to_day, 'infinity')) as processing_time,
+    max(e.event_time) filter (where e.in_tables) as event_time,
+    max(e.processing_time) filter (where e.in_tables) as processing_time,
     jsonb_build_object(
-      'events', count(e.lateness_ms) filter (where e.skip_reason is null and e.day between coalesce(run.window_from_day, horizon) and coalesce(run.window_to_day, 'infinity')),
-      'p50_ms', percentile_disc(0.5) within group (order by e.lateness_ms) filter (where e.skip_reason is null and e.day between coalesce(run.window_from_day, horizon) and coalesce(run.window_to_day, 'infinity')),
-      'p90_ms', percentile_disc(0.9) within group (order by e.lateness_ms) filter (where e.skip_reason is null and e.day between coalesce(run.window_from_day, horizon) and coalesce(run.window_to_day, 'infinity')),
-      'p99_ms', percentile_disc(0.99) within group (order by e.lateness_ms) filter (where e.skip_reason is null and e.day between coalesce(run.window_from_day, horizon) and coalesce(run.window_to_day, 'infinity')),
-      'max_ms', max(e.lateness_ms) filter (where e.skip_reason is null and e.day between coalesce(run.window_from_day, horizon) and coalesce(run.window_to_day, 'infinity')),
-      'beyond_overlap', count(*) filter (where e.skip_reason is null and e.day between coalesce(run.window_from_day, horizon) and coalesce(run.window_to_day, 'infinity') and e.lateness_ms > overlap_ms)
+      'events', count(e.lateness_ms) filter (where e.in_tables),
+      'p50_ms', percentile_disc(0.5) within group (order by e.lateness_ms) filter (where e.in_tables),
+      'p90_ms', percentile_disc(0.9) within group (order by e.lateness_ms) filter (where e.in_tables),
+      'p99_ms', percentile_disc(0.99) within group (order by e.lateness_ms) filter (where e.in_tables),
+      'max_ms', max(e.lateness_ms) filter (where e.in_tables),
+      'beyond_overlap', count(*) filter (where e.in_tables and e.lateness_ms > overlap_ms)
     ) as lateness
   into seen
-  from mixpanel_sync.run_events e
-  where e.run_id = run.id and e.reject_reason is null;
+  from (
+    select e.skip_reason, e.event_time, e.processing_time, e.lateness_ms,
+      e.skip_reason is null
+        and e.day between coalesce(run.window_from_day, horizon) and coalesce(run.window_to_day, 'infinity') as in_tables
+    from mixpanel_sync.run_events e
+    where e.run_id = run.id and e.reject_reason is null
+  ) e;
 
   select * into mark from mixpanel_sync.sync_watermarks w where w.source = 'events' for update;
   run.watermark_before := mark.watermark;
