@@ -75,9 +75,15 @@ const lastRun = async (pool: pg.Pool = db.pool) =>
 /** Lines of stderr that are not the progress line (only drawn on a TTY) or npm's own. */
 const ourLines = (stderr: string) => stderr.split('\n').filter((l) => l.startsWith('sync:events:'));
 
+/** The history the tests start from: 20 lines in one run through SQL (begin_run, the lines staged, finish_run). */
+async function seedHistory(pool: pg.Pool): Promise<void> {
+  const seed = await beginRun(pool, { source: 'events' });
+  await stageLines(pool, 'events', seed.id, lines(20, 'seed'));
+  expect((await finishRun(pool, seed.id)).status).toBe('succeeded');
+}
+
 beforeAll(async () => {
-  const seeded = await cli(['--file', file('seed.jsonl', `${lines(20, 'seed').join('\n')}\n`), '--json']);
-  expect(seeded.code).toBe(0);
+  await seedHistory(db.pool);
 });
 
 describe('SQL refusals, matched by SQLSTATE', () => {
@@ -204,7 +210,8 @@ describe('a lost connection: one line, exit 1, the run failed', () => {
   });
 });
 
-describe('the server stops at once mid-COPY (pg_ctl stop -m immediate)', () => {
+// The last two groups use a server or databases of their own: they run at the same time (describe.concurrent).
+describe.concurrent('the server stops at once mid-COPY (pg_ctl stop -m immediate)', () => {
   it('one line saying the connection was lost, exit 1, the failure could not be recorded; the next run abandons the dead run and succeeds', {
     timeout: 300_000,
   }, async () => {
@@ -254,7 +261,7 @@ describe('the server stops at once mid-COPY (pg_ctl stop -m immediate)', () => {
   });
 });
 
-describe('signals to the whole process group during finish_run (npm run sync:events, as users run it)', () => {
+describe.concurrent('signals to the whole process group during finish_run (npm run sync:events, as users run it)', () => {
   it('exit code, message and sync_runs.status agree in every trial', { timeout: 900_000 }, async () => {
     // Protection: SIGNAL_GROUP_WINDOW_MS in loader-cli.ts; with the window set to 0 a group delivery plus npm's
     // re-send took the "quit at once" path: exit 130 with the run left running (seen).
@@ -274,9 +281,7 @@ describe('signals to the whole process group during finish_run (npm run sync:eve
       for (let lane = 0; lane < 2; lane++) {
         const laneDb = await createTestDatabase();
         lanes.push(laneDb);
-        const seed = await beginRun(laneDb.pool, { source: 'events' });
-        await stageLines(laneDb.pool, 'events', seed.id, lines(20, 'seed'));
-        expect((await finishRun(laneDb.pool, seed.id)).status).toBe('succeeded');
+        await seedHistory(laneDb.pool);
         await laneDb.pool.query(`create function public.test_slow_finish() returns trigger language plpgsql set search_path = '' as $$
           begin perform pg_catalog.pg_sleep(0.3); return new; end $$`);
         await laneDb.pool.query(`create trigger test_slow_finish before update on mixpanel_sync.sync_runs for each row
