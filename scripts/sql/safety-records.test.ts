@@ -6,7 +6,7 @@
 //   - finish_profiles_run catching only data_exception: the deep profile failed the profiles finish;
 //   - stage_events without line numbers and number_staged_lines not called: the rejects had no line_no;
 //   - drop_staged_rows deleting only (no TRUNCATE): the staging tables kept tens of MiB after the 200k-line run.
-//   - drop_staged_rows' lock with NOWAIT again (before migrations/current/100-drop-staged-rows-waits.sql): a lock held
+//   - drop_staged_rows' lock with NOWAIT again (before migration 000012): a lock held
 //     by another session, released while the lock request waits, still made it DELETE (the tables kept their filenodes).
 // (Each mutation was applied to a copy of the migration in a template database, MIXPANEL_PG_SYNC_TEMPLATE.)
 import pg from 'pg';
