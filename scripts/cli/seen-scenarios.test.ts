@@ -183,6 +183,124 @@ function exited(cli: CliProcess): () => boolean {
   return () => over;
 }
 
+// Groups 6 and 7 come first: the longest scenarios start first, and the short ones fill in around them.
+describe.concurrent('6. the loader tells the truth', () => {
+  for (const moment of ['COPY', 'finish_run'] as const) {
+    it(`the server stops at once (pg_ctl stop -m immediate) during ${moment}: exit 1 with one line; after a restart the run is not left running and the next run succeeds`, async () => {
+      const crash = await startCrashableServer();
+      try {
+        const lines = eventLines('drop', [-3, -2, -1], 30_000);
+        let cli: CliProcess;
+        if (moment === 'COPY') {
+          cli = startCli('sync:events', ['--file', '-', '--json'], { env: { DATABASE_URL: crash.url }, stdin: 'open' });
+          const chunk = Buffer.from(jsonl(lines.slice(0, 500)));
+          const feed = setInterval(() => cli.child.stdin!.write(chunk), 5);
+          cli.child.on('exit', () => clearInterval(feed));
+        } else {
+          cli = startCli('sync:events', ['--file', writeFile('drop-finish.jsonl', jsonl(lines)), '--json'], {
+            env: { DATABASE_URL: crash.url },
+          });
+        }
+        const seen = await waitForStatement(crash.url, moment === 'COPY' ? 'copy %' : '%finish_run%', exited(cli));
+        expect(seen, `never saw ${moment} running`).toBe(true);
+        await crash.stopImmediately();
+        const result = await cli.result;
+        expect(result.code, explain(result)).toBe(1);
+        oneLine(result.stderr);
+        // the reason names what broke (e.g. "the connection to the database was lost (…); the failure could not be
+        // recorded (the database cannot be reached): the next begin_run marks run 1 abandoned")
+        expect(result.stderr).toMatch(/connection|terminat|server|shut ?down|EPIPE|ECONNRESET|ECONNREFUSED/i);
+        await crash.restart();
+        const pool = new pg.Pool({ connectionString: crash.url });
+        try {
+          const next = await syncEvents(crash, ['--file', writeFile(`after-drop-${moment}.jsonl`, jsonl(eventLines('after', [-1], 10)))]);
+          expect(next.code, explain(next)).toBe(0);
+          const { rows } = await pool.query<{ status: string; error: string | null }>(
+            'select status, error from mixpanel_sync.sync_runs where id <> $1 order by id',
+            [summaryOf(next)!.run_id],
+          );
+          expect(rows, 'the crashed run').toHaveLength(1);
+          expect(rows[0]!.status).toMatch(/^(failed|abandoned)$/);
+          // failed with the reason where the database was reachable, else abandoned by the next begin_run, saying so
+          expect(rows[0]!.error).toMatch(rows[0]!.status === 'abandoned' ? /abandoned by begin_run/ : /./);
+        } finally {
+          await pool.end();
+        }
+      } finally {
+        await crash.close();
+      }
+    }, 600_000);
+  }
+
+  it('Ctrl-C / SIGTERM sent to the whole process group during finish_run: exit code, message and run status agree', async () => {
+    const db = await freshDatabase();
+    const lines = eventLines('sig', [-3, -2, -1], 15_000);
+    const file = writeFile('signals.jsonl', jsonl(lines));
+    const random = createRandom(9, 6);
+    const outcomes: string[] = [];
+    for (let trial = 0; trial < 6; trial++) {
+      await db.pool.query(
+        'truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers, mixpanel_sync.sync_watermarks, mixpanel_sync.sync_runs, mixpanel_sync.sync_rejects cascade',
+      );
+      const signal: NodeJS.Signals = trial % 2 ? 'SIGTERM' : 'SIGINT';
+      const cli = startCli('sync:events', ['--file', file, '--json'], { env: { DATABASE_URL: db.url }, via: trial % 2 ? 'node' : 'npm' });
+      const seen = await waitForStatement(db.url, '%finish_run%', exited(cli));
+      if (seen && trial % 3 === 2) {
+        // right after finish_run returns (committed), before the loader has reported: the outcome is success
+        await waitForStatementEnd(db.url, '%finish_run%');
+        cli.signalGroup(signal);
+      } else if (seen) {
+        await sleep(random.int(600));
+        cli.signalGroup(signal);
+      }
+      const result = await cli.result;
+      const summary = summaryOf(result);
+      const { rows } = await db.pool.query<{ status: string; error: string | null }>(
+        'select status, error from mixpanel_sync.sync_runs order by id',
+      );
+      const total = await totalEvents(db.pool);
+      outcomes.push(`trial ${trial} ${signal}: exit ${result.code}, run ${rows.map((r) => r.status).join(',')}, ${total} events`);
+      const context = `${outcomes.at(-1)}\n${explain(result)}`;
+      expect(rows, context).toHaveLength(1);
+      if (rows[0]!.status === 'succeeded') {
+        if (result.code === null) {
+          // The group's signal came after the loader had exited 0 (having printed its success): only npm, winding
+          // down and no longer forwarding signals, was left to die of it (as in sync-events-truth.test.ts).
+          expect(result.signal, context).toBe(signal);
+          expect(summary?.status, context).toBe('succeeded');
+        } else {
+          expect(result.code, context).toBe(0);
+        }
+        expect(result.stderr, context).not.toMatch(/failing the run|failed/);
+        expect(total, context).toBe(lines.length);
+      } else {
+        expect(rows[0]!.status, context).toBe('failed');
+        // the loader exits 130; npm, signalled too, may end by the signal itself after its child (a shell shows 128 + n)
+        expect(result.code === 130 || result.signal === signal, context).toBe(true);
+        expect(rows[0]!.error, context).toMatch(/SIG(INT|TERM)/);
+        expect(summary?.status, context).toBe('failed');
+        expect(total, context).toBe(0);
+      }
+    }
+  }, 600_000);
+});
+
+describe.concurrent('7. staging without bloat', () => {
+  it('after a 200k-line run, staged_events and run_events are back near empty on disk', async () => {
+    const db = await freshDatabase();
+    const result = await syncEvents(db, ['--file', writeFile('bloat.jsonl', jsonl(eventLines('bloat', [-4, -3, -2, -1], 50_000)))]);
+    expect(result.code, explain(result)).toBe(0);
+    const { rows } = await db.pool.query<{ relname: string; bytes: string }>(
+      `select c.relname, pg_catalog.pg_total_relation_size(c.oid) as bytes from pg_catalog.pg_class c
+       join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+       where n.nspname = 'mixpanel_sync' and c.relname in ('staged_events', 'run_events') and c.relkind in ('r', 'p')`,
+    );
+    const sizes = Object.fromEntries(rows.map((row) => [row.relname, Number(row.bytes)]));
+    expect(Object.keys(sizes).length).toBeGreaterThan(0);
+    for (const [name, bytes] of Object.entries(sizes)) expect(bytes, `${name}: ${bytes} bytes`).toBeLessThan(1024 * 1024);
+  }, 600_000);
+});
+
 describe.concurrent('1. a full run never erases its window on unusable input', () => {
   it('psql: begin_run(force_full) then finish_run with nothing staged is refused with MP001, nothing applied', async () => {
     const db = await freshDatabase();
@@ -503,121 +621,4 @@ describe.concurrent('5. other silent losses', () => {
     expect(pretty.code, explain(pretty)).toBe(0);
     expect(summaryOf(pretty)).toMatchObject({ received: 4, applied: 0, duplicates: 4, rejected: 0 });
   });
-});
-
-describe.concurrent('6. the loader tells the truth', () => {
-  for (const moment of ['COPY', 'finish_run'] as const) {
-    it(`the server stops at once (pg_ctl stop -m immediate) during ${moment}: exit 1 with one line; after a restart the run is not left running and the next run succeeds`, async () => {
-      const crash = await startCrashableServer();
-      try {
-        const lines = eventLines('drop', [-3, -2, -1], 30_000);
-        let cli: CliProcess;
-        if (moment === 'COPY') {
-          cli = startCli('sync:events', ['--file', '-', '--json'], { env: { DATABASE_URL: crash.url }, stdin: 'open' });
-          const chunk = Buffer.from(jsonl(lines.slice(0, 500)));
-          const feed = setInterval(() => cli.child.stdin!.write(chunk), 5);
-          cli.child.on('exit', () => clearInterval(feed));
-        } else {
-          cli = startCli('sync:events', ['--file', writeFile('drop-finish.jsonl', jsonl(lines)), '--json'], {
-            env: { DATABASE_URL: crash.url },
-          });
-        }
-        const seen = await waitForStatement(crash.url, moment === 'COPY' ? 'copy %' : '%finish_run%', exited(cli));
-        expect(seen, `never saw ${moment} running`).toBe(true);
-        await crash.stopImmediately();
-        const result = await cli.result;
-        expect(result.code, explain(result)).toBe(1);
-        oneLine(result.stderr);
-        // the reason names what broke (e.g. "the connection to the database was lost (…); the failure could not be
-        // recorded (the database cannot be reached): the next begin_run marks run 1 abandoned")
-        expect(result.stderr).toMatch(/connection|terminat|server|shut ?down|EPIPE|ECONNRESET|ECONNREFUSED/i);
-        await crash.restart();
-        const pool = new pg.Pool({ connectionString: crash.url });
-        try {
-          const next = await syncEvents(crash, ['--file', writeFile(`after-drop-${moment}.jsonl`, jsonl(eventLines('after', [-1], 10)))]);
-          expect(next.code, explain(next)).toBe(0);
-          const { rows } = await pool.query<{ status: string; error: string | null }>(
-            'select status, error from mixpanel_sync.sync_runs where id <> $1 order by id',
-            [summaryOf(next)!.run_id],
-          );
-          expect(rows, 'the crashed run').toHaveLength(1);
-          expect(rows[0]!.status).toMatch(/^(failed|abandoned)$/);
-          // failed with the reason where the database was reachable, else abandoned by the next begin_run, saying so
-          expect(rows[0]!.error).toMatch(rows[0]!.status === 'abandoned' ? /abandoned by begin_run/ : /./);
-        } finally {
-          await pool.end();
-        }
-      } finally {
-        await crash.close();
-      }
-    }, 600_000);
-  }
-
-  it('Ctrl-C / SIGTERM sent to the whole process group during finish_run: exit code, message and run status agree', async () => {
-    const db = await freshDatabase();
-    const lines = eventLines('sig', [-3, -2, -1], 15_000);
-    const file = writeFile('signals.jsonl', jsonl(lines));
-    const random = createRandom(9, 6);
-    const outcomes: string[] = [];
-    for (let trial = 0; trial < 6; trial++) {
-      await db.pool.query(
-        'truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers, mixpanel_sync.sync_watermarks, mixpanel_sync.sync_runs, mixpanel_sync.sync_rejects cascade',
-      );
-      const signal: NodeJS.Signals = trial % 2 ? 'SIGTERM' : 'SIGINT';
-      const cli = startCli('sync:events', ['--file', file, '--json'], { env: { DATABASE_URL: db.url }, via: trial % 2 ? 'node' : 'npm' });
-      const seen = await waitForStatement(db.url, '%finish_run%', exited(cli));
-      if (seen && trial % 3 === 2) {
-        // right after finish_run returns (committed), before the loader has reported: the outcome is success
-        await waitForStatementEnd(db.url, '%finish_run%');
-        cli.signalGroup(signal);
-      } else if (seen) {
-        await sleep(random.int(600));
-        cli.signalGroup(signal);
-      }
-      const result = await cli.result;
-      const summary = summaryOf(result);
-      const { rows } = await db.pool.query<{ status: string; error: string | null }>(
-        'select status, error from mixpanel_sync.sync_runs order by id',
-      );
-      const total = await totalEvents(db.pool);
-      outcomes.push(`trial ${trial} ${signal}: exit ${result.code}, run ${rows.map((r) => r.status).join(',')}, ${total} events`);
-      const context = `${outcomes.at(-1)}\n${explain(result)}`;
-      expect(rows, context).toHaveLength(1);
-      if (rows[0]!.status === 'succeeded') {
-        if (result.code === null) {
-          // The group's signal came after the loader had exited 0 (having printed its success): only npm, winding
-          // down and no longer forwarding signals, was left to die of it (as in sync-events-truth.test.ts).
-          expect(result.signal, context).toBe(signal);
-          expect(summary?.status, context).toBe('succeeded');
-        } else {
-          expect(result.code, context).toBe(0);
-        }
-        expect(result.stderr, context).not.toMatch(/failing the run|failed/);
-        expect(total, context).toBe(lines.length);
-      } else {
-        expect(rows[0]!.status, context).toBe('failed');
-        // the loader exits 130; npm, signalled too, may end by the signal itself after its child (a shell shows 128 + n)
-        expect(result.code === 130 || result.signal === signal, context).toBe(true);
-        expect(rows[0]!.error, context).toMatch(/SIG(INT|TERM)/);
-        expect(summary?.status, context).toBe('failed');
-        expect(total, context).toBe(0);
-      }
-    }
-  }, 600_000);
-});
-
-describe.concurrent('7. staging without bloat', () => {
-  it('after a 200k-line run, staged_events and run_events are back near empty on disk', async () => {
-    const db = await freshDatabase();
-    const result = await syncEvents(db, ['--file', writeFile('bloat.jsonl', jsonl(eventLines('bloat', [-4, -3, -2, -1], 50_000)))]);
-    expect(result.code, explain(result)).toBe(0);
-    const { rows } = await db.pool.query<{ relname: string; bytes: string }>(
-      `select c.relname, pg_catalog.pg_total_relation_size(c.oid) as bytes from pg_catalog.pg_class c
-       join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-       where n.nspname = 'mixpanel_sync' and c.relname in ('staged_events', 'run_events') and c.relkind in ('r', 'p')`,
-    );
-    const sizes = Object.fromEntries(rows.map((row) => [row.relname, Number(row.bytes)]));
-    expect(Object.keys(sizes).length).toBeGreaterThan(0);
-    for (const [name, bytes] of Object.entries(sizes)) expect(bytes, `${name}: ${bytes} bytes`).toBeLessThan(1024 * 1024);
-  }, 600_000);
 });
