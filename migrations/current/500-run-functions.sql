@@ -428,7 +428,6 @@ create or replace function mixpanel_sync.replace_guard(run mixpanel_sync.sync_ru
 as $function$
 declare
   pid smallint := run.project_id;
-  usable bigint;
   stored record;
   shrunk record;
   min_events bigint := mixpanel_sync.setting(pid, 'events.replace_guard_min_events')::bigint;
@@ -444,12 +443,10 @@ begin
   if run.mode <> 'full' or coalesce((run.options ->> 'allow_shrink')::boolean, false) then
     return;
   end if;
-  select count(*) into usable
-  from mixpanel_sync.run_events e
-  where e.run_id = run.id and e.reject_reason is null and e.skip_reason is null
-    and e.day between run.window_from_day and run.window_to_day;
-
-  if usable = 0 then
+  if not exists (
+    select from mixpanel_sync.run_events e
+    where e.run_id = run.id and e.reject_reason is null and e.skip_reason is null
+      and e.day between run.window_from_day and run.window_to_day) then
     select count(*) as days, sum(d.event_count) as events into stored
     from mixpanel_sync.events_daily d
     where d.project_id = pid and d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection));
@@ -1091,16 +1088,19 @@ declare
   store_from date := mixpanel_sync.storage_horizon(pid, run.fetch_to);
   -- The day partitions are shared: only the days before every project's storage horizon are dropped.
   shared_from date := (select min(mixpanel_sync.storage_horizon(p.id, run.fetch_to)) from mixpanel_sync.projects p);
-  skipped record;
   keeps_watermark boolean := coalesce((run.options ->> 'keeps_watermark')::boolean, false);
 begin
+  parsed := mixpanel_sync.parse_staged_events(run.id);
+  -- Mixpanel's "terminated early" line is not JSON, so the parse has rejected it: the probe reads the run's rejected
+  -- lines only (a PK lookup each), not every staged line.
   select s.line_no, s.line_id, s.line into marker
-  from mixpanel_sync.staged_events s
+  from mixpanel_sync.run_events e
+  join mixpanel_sync.staged_events s on s.run_id = e.run_id and s.line_id = e.line_id
   -- octet_length(s.line) < 256 first: it reads the length from the value's header, where length() counts the
-  -- characters of the whole line (~2.4 us a line: 230 ms of a 95,000-line finish_run); it keeps every line of fewer
-  -- than 64 characters (at most 4 bytes each in UTF-8). Then length(s.line) < 64, is_terminated_early_marker's own
-  -- first test, so only short lines reach the call (a SQL function with SET, called per line otherwise).
-  where s.run_id = run.id and s.problem is null and octet_length(s.line) < 256 and length(s.line) < 64
+  -- characters of the whole line; it keeps every line of fewer than 64 characters (at most 4 bytes each in UTF-8).
+  -- Then length(s.line) < 64, is_terminated_early_marker's own first test, so only short lines reach the call.
+  where e.run_id = run.id and e.reject_reason is not null and s.problem is null
+    and octet_length(s.line) < 256 and length(s.line) < 64
     and mixpanel_sync.is_terminated_early_marker(s.line)
   order by s.line_id limit 1;
   if found then
@@ -1108,8 +1108,6 @@ begin
       run.id, coalesce(marker.line_no::text, '?'), btrim(marker.line)
       using errcode = 'MP003', hint = 'the export stopped early: run the sync again (fail this run first: select mixpanel_sync.fail_run(' || run.id || ', ''input incomplete''))';
   end if;
-
-  parsed := mixpanel_sync.parse_staged_events(run.id);
   -- Every statement from here on is planned on the run's real size (analyze_run_events: run ids only grow, so older
   -- statistics estimate this run at about one row).
   perform mixpanel_sync_private.analyze_run_events();
@@ -1147,30 +1145,29 @@ begin
   end if;
   delete from mixpanel_sync.event_ledger_legacy l where l.project_id = pid and l.day < horizon;
 
-  -- What the run did not apply by design: events with no distinct_id, events outside its selection.
+  -- One scan of the run's valid events: what it did not apply by design (events with no distinct_id, events outside
+  -- its selection), and the events that may move the watermark (in_tables): only those now in the tables (applied or
+  -- already there; fetch_to already caps them, as later events were rejected).
   select count(*) filter (where e.skip_reason = 'no_user') as no_user,
-    count(*) filter (where e.skip_reason = 'not_selected') as not_selected
-  into skipped
-  from mixpanel_sync.run_events e
-  where e.run_id = run.id and e.reject_reason is null and e.skip_reason is not null;
-
-  -- Only events now in the tables (applied or already there) may move the watermark;
-  -- fetch_to already caps them, as later events were rejected.
-  select max(e.event_time) as event_time, max(e.processing_time) as processing_time,
+    count(*) filter (where e.skip_reason = 'not_selected') as not_selected,
+    max(e.event_time) filter (where e.in_tables) as event_time,
+    max(e.processing_time) filter (where e.in_tables) as processing_time,
     jsonb_build_object(
-      'events', count(e.lateness_ms),
-      'p50_ms', percentile_disc(0.5) within group (order by e.lateness_ms),
-      'p90_ms', percentile_disc(0.9) within group (order by e.lateness_ms),
-      'p99_ms', percentile_disc(0.99) within group (order by e.lateness_ms),
-      'max_ms', max(e.lateness_ms),
-      'beyond_overlap', count(*) filter (where e.lateness_ms > overlap_ms)
+      'events', count(e.lateness_ms) filter (where e.in_tables),
+      'p50_ms', percentile_disc(0.5) within group (order by e.lateness_ms) filter (where e.in_tables),
+      'p90_ms', percentile_disc(0.9) within group (order by e.lateness_ms) filter (where e.in_tables),
+      'p99_ms', percentile_disc(0.99) within group (order by e.lateness_ms) filter (where e.in_tables),
+      'max_ms', max(e.lateness_ms) filter (where e.in_tables),
+      'beyond_overlap', count(*) filter (where e.in_tables and e.lateness_ms > overlap_ms)
     ) as lateness
   into seen
-  from mixpanel_sync.run_events e
-  where e.run_id = run.id
-    and e.reject_reason is null
-    and e.skip_reason is null
-    and e.day between coalesce(run.window_from_day, horizon) and coalesce(run.window_to_day, 'infinity');
+  from (
+    select e.skip_reason, e.event_time, e.processing_time, e.lateness_ms,
+      e.skip_reason is null
+        and e.day between coalesce(run.window_from_day, horizon) and coalesce(run.window_to_day, 'infinity') as in_tables
+    from mixpanel_sync.run_events e
+    where e.run_id = run.id and e.reject_reason is null
+  ) e;
 
   select * into mark from mixpanel_sync.sync_watermarks w where w.project_id = pid and w.source = 'events' for update;
   run.watermark_before := mark.watermark;
@@ -1220,17 +1217,17 @@ begin
   run.duplicates := result.duplicates;
   run.too_old := result.too_old;
   run.users_touched := result.users_touched;
-  run.no_user := skipped.no_user;
-  run.not_selected := skipped.not_selected;
+  run.no_user := seen.no_user;
+  run.not_selected := seen.not_selected;
   -- finish_run records the counts it knows; these two are recorded here.
-  update mixpanel_sync.sync_runs r set no_user = skipped.no_user, not_selected = skipped.not_selected where r.id = run.id;
+  update mixpanel_sync.sync_runs r set no_user = seen.no_user, not_selected = seen.not_selected where r.id = run.id;
   run.lateness := seen.lateness;
   run.options := run.options || jsonb_build_object('upsert_path', path, 'horizon_day', horizon, 'store_raw', raw_on,
     'storage_horizon_day', case when store_from > '-infinity' then store_from end);
   return run;
 end;
 $function$;
-comment on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) is 'The events part of finish_run: refuses an incomplete input (Mixpanel''s "terminated early" line, MP003), parses once, runs the identity step (apply_identity), applies the REPLACE guard to full runs (MP001), REPLACE (full, a merge keeping ledger rows from the storage horizon on) or ADD (incremental) by events.upsert_path, drops the ledger''s day partitions below every project''s storage horizon and deletes the project''s rows below its own (storage_horizon: events.ledger_retention, or events.raw_retention when longer and events.store_raw is on; REPLACE keeps ledger rows from that horizon, ADD applies from the ledger horizon), records no_user and not_selected (run_events.skip_reason), and sets the watermark. The watermark never claims data the tables do not hold: after a full run it is the newest event the run applied, or when it applied none the newest event held before its window (none: the watermark row is removed and the next run is full); a resync moves it forward only unless it lay in the resync''s days (then as a full run); an incremental run moves it forward only; a run with options -> ''keeps_watermark'' = true (begin_run: its selection leaves out names events.only syncs, which it did not fetch) leaves sync_watermarks untouched. Only events with skip_reason null move it.';
+comment on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) is 'The events part of finish_run: parses once, refuses an incomplete input (Mixpanel''s "terminated early" line, which the parse rejects as not JSON: MP003, nothing applied), runs the identity step (apply_identity), applies the REPLACE guard to full runs (MP001), REPLACE (full, a merge keeping ledger rows from the storage horizon on) or ADD (incremental) by events.upsert_path, drops the ledger''s day partitions below every project''s storage horizon and deletes the project''s rows below its own (storage_horizon: events.ledger_retention, or events.raw_retention when longer and events.store_raw is on; REPLACE keeps ledger rows from that horizon, ADD applies from the ledger horizon), records no_user and not_selected (run_events.skip_reason), and sets the watermark. The watermark never claims data the tables do not hold: after a full run it is the newest event the run applied, or when it applied none the newest event held before its window (none: the watermark row is removed and the next run is full); a resync moves it forward only unless it lay in the resync''s days (then as a full run); an incremental run moves it forward only; a run with options -> ''keeps_watermark'' = true (begin_run: its selection leaves out names events.only syncs, which it did not fetch) leaves sync_watermarks untouched. Only events with skip_reason null move it.';
 grant execute on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) to mixpanel_sync_loader;
 
 create or replace function mixpanel_sync.finish_profiles_run(run mixpanel_sync.sync_runs)
@@ -1619,4 +1616,4 @@ grant execute on function mixpanel_sync_private.analyze_run_events() to mixpanel
 
 -- drop_staged_rows is unchanged (its "no other run of the source is running" counts every project's runs); its comment
 -- says so.
-comment on function mixpanel_sync.drop_staged_rows(run_id bigint) is 'Removes everything staged for a run: staged rows never outlive their run. When no other run of its source is running, in any project (begin_run allows one per project and source), the staging tables of the source are TRUNCATEd, so their disk space returns at once (a DELETE would leave it dead until vacuum); else, or when a table is locked, the rows are deleted: another project''s staged lines are never truncated away.';
+comment on function mixpanel_sync.drop_staged_rows(run_id bigint) is 'Removes everything staged for a run: staged rows never outlive their run. When no other run of its source is running, in any project (begin_run allows one per project and source), the staging tables of the source are TRUNCATEd, so their disk space returns at once (a DELETE would leave it dead until vacuum). The lock for the TRUNCATE waits up to twice deadlock_timeout per table (at least 200 ms, at most 10 s; lock_timeout set for that statement only), long enough for PostgreSQL to cancel an autovacuum worker holding a conflicting lock; if another run of the source is running (of any project: another project''s staged lines are never truncated away), or the lock is still held after that wait (a loader still COPYing for a run abandoned as stale), the rows are deleted.';

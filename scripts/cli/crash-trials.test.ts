@@ -60,8 +60,11 @@ const TABLES = {
   sync_watermarks: 'source, watermark, processing_watermark',
 } as const;
 
-async function withPool<T>(fn: (pool: pg.Pool) => Promise<T>): Promise<T> {
-  const pool = new pg.Pool({ connectionString: crash.url, max: 2 });
+/** The URL of database `name` on the crashable server (`crash` is the one its start migrated). */
+const urlOf = (name: string): string => crash.url.replace(/\/crash$/, `/${name}`);
+
+async function withPool<T>(url: string, fn: (pool: pg.Pool) => Promise<T>): Promise<T> {
+  const pool = new pg.Pool({ connectionString: url, max: 2 });
   pool.on('error', () => {});
   try {
     return await fn(pool);
@@ -72,7 +75,7 @@ async function withPool<T>(fn: (pool: pg.Pool) => Promise<T>): Promise<T> {
 
 /** A client on the server's postgres database, for CREATE/DROP DATABASE. */
 async function withAdmin<T>(fn: (admin: pg.Client) => Promise<T>): Promise<T> {
-  const admin = new pg.Client({ connectionString: crash.url.replace(/\/crash$/, '/postgres') });
+  const admin = new pg.Client({ connectionString: urlOf('postgres') });
   await admin.connect();
   try {
     return await fn(admin);
@@ -81,16 +84,14 @@ async function withAdmin<T>(fn: (admin: pg.Client) => Promise<T>): Promise<T> {
   }
 }
 
-/** The database as H left it (a clone of the template beforeAll kept), the trial's crashed run and its successor gone. */
-async function restoreHistory(): Promise<void> {
-  await withAdmin(async (admin) => {
-    await admin.query('drop database crash with (force)');
-    await admin.query('create database crash template crash_after_history');
-  });
+/** A database of the trial's own as H left it: a clone of the template beforeAll kept. */
+async function restoreHistory(name: string): Promise<string> {
+  await withAdmin((admin) => admin.query(`create database ${name} template crash_after_history`));
+  return urlOf(name);
 }
 
-async function snapshot(): Promise<Record<string, string>> {
-  return withPool(async (pool) => {
+async function snapshot(url: string): Promise<Record<string, string>> {
+  return withPool(url, async (pool) => {
     const result: Record<string, string> = {};
     for (const [table, columns] of Object.entries(TABLES)) {
       const { rows } = await pool.query<{ rows: unknown }>(
@@ -103,8 +104,8 @@ async function snapshot(): Promise<Record<string, string>> {
 }
 
 /** Rows of each table in one side only (EXCEPT both ways), against a reference snapshot. */
-async function differences(reference: Record<string, string>): Promise<Record<string, number>> {
-  return withPool(async (pool) => {
+async function differences(url: string, reference: Record<string, string>): Promise<Record<string, number>> {
+  return withPool(url, async (pool) => {
     const result: Record<string, number> = {};
     for (const [table, columns] of Object.entries(TABLES)) {
       const { rows } = await pool.query<{ n: number }>(
@@ -120,8 +121,8 @@ async function differences(reference: Record<string, string>): Promise<Record<st
   });
 }
 
-function sync(file: string, extra: { via?: 'npm' | 'node' } = {}): CliProcess {
-  return startCli('sync:events', ['--file', file, '--json'], { env: { DATABASE_URL: crash.url }, via: extra.via });
+function sync(url: string, file: string, extra: { via?: 'npm' | 'node' } = {}): CliProcess {
+  return startCli('sync:events', ['--file', file, '--json'], { env: { DATABASE_URL: url }, via: extra.via });
 }
 
 function explain(result: CliResult): string {
@@ -129,9 +130,9 @@ function explain(result: CliResult): string {
 }
 
 /** A normal run; after a crash it waits (--wait) while the killed loader's backend may still be finishing. */
-async function normalRun(file: string, wait = false): Promise<CliResult> {
+async function normalRun(url: string, file: string, wait = false): Promise<CliResult> {
   const result = await runCli('sync:events', ['--file', file, '--json', ...(wait ? ['--wait', '300'] : [])], {
-    env: { DATABASE_URL: crash.url },
+    env: { DATABASE_URL: url },
   });
   expect(result.code, explain(result)).toBe(0);
   return result;
@@ -139,8 +140,8 @@ async function normalRun(file: string, wait = false): Promise<CliResult> {
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function waitForStatement(pattern: string, done: () => boolean): Promise<boolean> {
-  const client = new pg.Client({ connectionString: crash.url });
+async function waitForStatement(url: string, pattern: string, done: () => boolean): Promise<boolean> {
+  const client = new pg.Client({ connectionString: url });
   client.on('error', () => {});
   await client.connect();
   try {
@@ -186,70 +187,87 @@ describe('seeded crash trials (seed 4242)', () => {
   beforeAll(async () => {
     // A run whose loader was SIGKILLed keeps a fresh heartbeat: begin_run abandons it only once the heartbeat is older
     // than runs.heartbeat_timeout (default 2 minutes), so the next run's --wait would sit out those 2 minutes. The
-    // trials test what the crash leaves, not that timeout (scripts/sql/safety-followups.test.ts does): 10 seconds here,
-    // more than any run of these files lasts between two beats.
-    await withPool((pool) =>
-      pool.query(`update mixpanel_sync.sync_settings set value = '10 seconds' where key = 'runs.heartbeat_timeout'`),
+    // trials test what the crash leaves, not that timeout (scripts/sql/safety-followups.test.ts does): 1 second here.
+    // No live run is judged dead by it: begin_run abandons a run only when its owner session is gone too, and a live
+    // loader (or the backend of a SIGKILLed loader still running finish_run) keeps that session. (It was 10 seconds:
+    // trial 0's --wait then sat out about 10 s of the file's 45.)
+    await withPool(crash.url, (pool) =>
+      pool.query(`update mixpanel_sync.sync_settings set value = '1 second' where key = 'runs.heartbeat_timeout'`),
     );
-    await normalRun(historyFile);
+    await normalRun(crash.url, historyFile);
     // the state after H, kept as a template: each trial starts from a clone of it instead of loading H again
     await withAdmin((admin) => admin.query('create database crash_after_history template crash'));
-    await normalRun(inputFile);
-    reference = await snapshot();
+    await normalRun(crash.url, inputFile);
+    reference = await snapshot(crash.url);
   }, 600_000);
 
-  for (const [i, trial] of TRIALS.entries()) {
-    it(`trial ${i}: ${trial.action} during ${trial.moment} (${trial.via}, +${trial.delayMs} ms), then a normal run: equal to a clean run`, async () => {
-      await restoreHistory();
-      const cli = sync(inputFile, { via: trial.via });
-      let over = false;
-      cli.child.on('exit', () => (over = true));
-      const seen = await waitForStatement(trial.moment === 'COPY' ? 'copy %' : '%finish_run%', () => over);
-      if (seen) await sleep(trial.delayMs);
-      if (trial.action === 'sigkill-group') cli.signalGroup('SIGKILL');
-      else if (trial.action === 'sigint-group') cli.signalGroup('SIGINT');
-      else if (trial.action === 'sigterm-group') cli.signalGroup('SIGTERM');
-      else await crash.stopImmediately();
-      const result = await cli.result;
-      if (trial.action === 'postmaster-immediate') await crash.restart();
+  // Each trial has a database of its own (a clone of H), so two trials that only signal their own loader's process
+  // group run at the same time (it.concurrent: trials 0 and 1, 4 and 5, 6 and 7); a trial that stops the postmaster
+  // (2, 3) stops every connection of the server, so it runs alone, between those pairs.
+  for (const i of [0, 1, 2, 4, 5, 3, 6, 7]) {
+    const trial = TRIALS[i]!;
+    const alone = trial.action === 'postmaster-immediate';
+    (alone ? it : it.concurrent)(
+      `trial ${i}: ${trial.action} during ${trial.moment} (${trial.via}, +${trial.delayMs} ms), then a normal run: equal to a clean run`,
+      async () => {
+        const url = await restoreHistory(`crash_trial_${i}`);
+        const cli = sync(url, inputFile, { via: trial.via });
+        let over = false;
+        cli.child.on('exit', () => (over = true));
+        const seen = await waitForStatement(url, trial.moment === 'COPY' ? 'copy %' : '%finish_run%', () => over);
+        if (seen) await sleep(trial.delayMs);
+        if (trial.action === 'sigkill-group') cli.signalGroup('SIGKILL');
+        else if (trial.action === 'sigint-group') cli.signalGroup('SIGINT');
+        else if (trial.action === 'sigterm-group') cli.signalGroup('SIGTERM');
+        else await crash.stopImmediately();
+        const result = await cli.result;
+        if (trial.action === 'postmaster-immediate') await crash.restart();
 
-      const crashed = await withPool(
-        async (pool) =>
-          (
-            await pool.query<{ id: string; status: string; error: string | null }>(
-              'select id, status, error from mixpanel_sync.sync_runs order by id desc limit 1',
-            )
-          ).rows[0]!,
-      );
-      const context = `${JSON.stringify(trial)} seen=${seen} run=${JSON.stringify(crashed)}\n${explain(result)}`;
-      // what the CLI said agrees with the run's row
-      if (trial.action === 'sigint-group' || trial.action === 'sigterm-group') {
-        const signal = trial.action === 'sigint-group' ? 'SIGINT' : 'SIGTERM';
-        if (crashed.status === 'succeeded') expect(result.code, context).toBe(0);
-        else {
-          expect(crashed.status, context).toBe('failed');
-          expect(result.code === 130 || result.signal === signal, context).toBe(true);
-          expect(summaryOf(result)?.status, context).toBe('failed');
+        const crashed = await withPool(
+          url,
+          async (pool) =>
+            (
+              await pool.query<{ id: string; status: string; error: string | null }>(
+                'select id, status, error from mixpanel_sync.sync_runs order by id desc limit 1',
+              )
+            ).rows[0]!,
+        );
+        const context = `${JSON.stringify(trial)} seen=${seen} run=${JSON.stringify(crashed)}\n${explain(result)}`;
+        // what the CLI said agrees with the run's row
+        if (trial.action === 'sigint-group' || trial.action === 'sigterm-group') {
+          const signal = trial.action === 'sigint-group' ? 'SIGINT' : 'SIGTERM';
+          if (crashed.status === 'succeeded') expect(result.code, context).toBe(0);
+          else {
+            expect(crashed.status, context).toBe('failed');
+            expect(result.code === 130 || result.signal === signal, context).toBe(true);
+            expect(summaryOf(result)?.status, context).toBe('failed');
+          }
+        } else if (result.code === 0) {
+          // the run ended (finish_run committed, the CLI exited 0) before the crash reached it: a clean run, and said so
+          expect(crashed.status, context).toBe('succeeded');
+          expect(summaryOf(result)?.status, context).toBe('succeeded');
+        } else if (trial.action === 'postmaster-immediate') {
+          if (seen) {
+            expect(result.code, context).toBe(1);
+            expect(result.stderr.trim().split('\n'), context).toHaveLength(1);
+          }
+        } else {
+          expect(result.signal, context).toBe('SIGKILL');
         }
-      } else if (result.code === 0) {
-        // the run ended (finish_run committed, the CLI exited 0) before the crash reached it: a clean run, and said so
-        expect(crashed.status, context).toBe('succeeded');
-        expect(summaryOf(result)?.status, context).toBe('succeeded');
-      } else if (trial.action === 'postmaster-immediate') {
-        if (seen) {
-          expect(result.code, context).toBe(1);
-          expect(result.stderr.trim().split('\n'), context).toHaveLength(1);
-        }
-      } else {
-        expect(result.signal, context).toBe('SIGKILL');
-      }
 
-      await normalRun(inputFile, true);
-      const runs = await withPool(async (pool) =>
-        (await pool.query<{ status: string }>('select status from mixpanel_sync.sync_runs order by id')).rows.map((r) => r.status),
-      );
-      expect(runs, context).not.toContain('running');
-      expect(await differences(reference), context).toEqual({ events_daily: 0, event_ledger: 0, subscribers: 0, sync_watermarks: 0 });
-    }, 600_000);
+        await normalRun(url, inputFile, true);
+        const runs = await withPool(url, async (pool) =>
+          (await pool.query<{ status: string }>('select status from mixpanel_sync.sync_runs order by id')).rows.map((r) => r.status),
+        );
+        expect(runs, context).not.toContain('running');
+        expect(await differences(url, reference), context).toEqual({
+          events_daily: 0,
+          event_ledger: 0,
+          subscribers: 0,
+          sync_watermarks: 0,
+        });
+      },
+      600_000,
+    );
   }
 });

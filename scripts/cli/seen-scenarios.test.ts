@@ -25,6 +25,8 @@
 //   6 postmaster stop during finish_run  stack trace: node:events:502 … Error: Connection terminated unexpectedly
 //   6 group SIGINT right after finish_run committed (trial 2, npm run) ... died by SIGINT although the run succeeded
 //   7 200k lines ...................... run_events 29,589,504 bytes left on disk after the run
+// Every scenario has a database (or a crashable server) of its own, so the groups are describe.concurrent (vitest runs
+// up to maxConcurrency = 5 at once); the history a scenario starts from is seeded through SQL (seed), not the CLI.
 import { createWriteStream, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -39,6 +41,7 @@ import { startFakeMixpanel } from '../fixtures/fake-mixpanel-server.ts';
 import { MAX_LINE_BYTES } from '../fixtures/hostile-corpus.ts';
 import { startCrashableServer } from '../fixtures/postmaster-control.ts';
 import { createRandom } from '../fixtures/prng.ts';
+import { beginRun, finishRun, stageLines } from '../sql/sync-api.ts';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'seen-scenarios-'));
 const databases: TestDatabase[] = [];
@@ -85,10 +88,15 @@ function syncEvents(db: { url: string }, args: string[], env: NodeJS.ProcessEnv 
   return runCli('sync:events', [...args, '--json'], { env: { DATABASE_URL: db.url, ...env } });
 }
 
-/** Seeds the database through the CLI; the run must succeed. */
-async function seed(db: TestDatabase, name: string, lines: string[]): Promise<void> {
-  const result = await syncEvents(db, ['--file', writeFile(name, jsonl(lines))]);
-  expect(result.code, explain(result)).toBe(0);
+/**
+ * Seeds the database with one run through SQL (begin_run, the lines staged, finish_run: what the CLI calls, without
+ * its start-up of about a second); the run must succeed. The seed is the history a scenario starts from, not what it
+ * tests: the scenarios themselves still run the CLI.
+ */
+async function seed(db: TestDatabase, lines: string[]): Promise<void> {
+  const run = await beginRun(db.pool, { source: 'events' });
+  await stageLines(db.pool, 'events', run.id, lines);
+  expect((await finishRun(db.pool, run.id)).status).toBe('succeeded');
 }
 
 /** What runs may change (not sync_runs): equal before and after means nothing was applied. */
@@ -175,10 +183,128 @@ function exited(cli: CliProcess): () => boolean {
   return () => over;
 }
 
-describe('1. a full run never erases its window on unusable input', () => {
+// Groups 6 and 7 come first: the longest scenarios start first, and the short ones fill in around them.
+describe.concurrent('6. the loader tells the truth', () => {
+  for (const moment of ['COPY', 'finish_run'] as const) {
+    it(`the server stops at once (pg_ctl stop -m immediate) during ${moment}: exit 1 with one line; after a restart the run is not left running and the next run succeeds`, async () => {
+      const crash = await startCrashableServer();
+      try {
+        const lines = eventLines('drop', [-3, -2, -1], 30_000);
+        let cli: CliProcess;
+        if (moment === 'COPY') {
+          cli = startCli('sync:events', ['--file', '-', '--json'], { env: { DATABASE_URL: crash.url }, stdin: 'open' });
+          const chunk = Buffer.from(jsonl(lines.slice(0, 500)));
+          const feed = setInterval(() => cli.child.stdin!.write(chunk), 5);
+          cli.child.on('exit', () => clearInterval(feed));
+        } else {
+          cli = startCli('sync:events', ['--file', writeFile('drop-finish.jsonl', jsonl(lines)), '--json'], {
+            env: { DATABASE_URL: crash.url },
+          });
+        }
+        const seen = await waitForStatement(crash.url, moment === 'COPY' ? 'copy %' : '%finish_run%', exited(cli));
+        expect(seen, `never saw ${moment} running`).toBe(true);
+        await crash.stopImmediately();
+        const result = await cli.result;
+        expect(result.code, explain(result)).toBe(1);
+        oneLine(result.stderr);
+        // the reason names what broke (e.g. "the connection to the database was lost (…); the failure could not be
+        // recorded (the database cannot be reached): the next begin_run marks run 1 abandoned")
+        expect(result.stderr).toMatch(/connection|terminat|server|shut ?down|EPIPE|ECONNRESET|ECONNREFUSED/i);
+        await crash.restart();
+        const pool = new pg.Pool({ connectionString: crash.url });
+        try {
+          const next = await syncEvents(crash, ['--file', writeFile(`after-drop-${moment}.jsonl`, jsonl(eventLines('after', [-1], 10)))]);
+          expect(next.code, explain(next)).toBe(0);
+          const { rows } = await pool.query<{ status: string; error: string | null }>(
+            'select status, error from mixpanel_sync.sync_runs where id <> $1 order by id',
+            [summaryOf(next)!.run_id],
+          );
+          expect(rows, 'the crashed run').toHaveLength(1);
+          expect(rows[0]!.status).toMatch(/^(failed|abandoned)$/);
+          // failed with the reason where the database was reachable, else abandoned by the next begin_run, saying so
+          expect(rows[0]!.error).toMatch(rows[0]!.status === 'abandoned' ? /abandoned by begin_run/ : /./);
+        } finally {
+          await pool.end();
+        }
+      } finally {
+        await crash.close();
+      }
+    }, 600_000);
+  }
+
+  it('Ctrl-C / SIGTERM sent to the whole process group during finish_run: exit code, message and run status agree', async () => {
+    const db = await freshDatabase();
+    const lines = eventLines('sig', [-3, -2, -1], 15_000);
+    const file = writeFile('signals.jsonl', jsonl(lines));
+    const random = createRandom(9, 6);
+    const outcomes: string[] = [];
+    for (let trial = 0; trial < 6; trial++) {
+      await db.pool.query(
+        'truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers, mixpanel_sync.sync_watermarks, mixpanel_sync.sync_runs, mixpanel_sync.sync_rejects cascade',
+      );
+      const signal: NodeJS.Signals = trial % 2 ? 'SIGTERM' : 'SIGINT';
+      const cli = startCli('sync:events', ['--file', file, '--json'], { env: { DATABASE_URL: db.url }, via: trial % 2 ? 'node' : 'npm' });
+      const seen = await waitForStatement(db.url, '%finish_run%', exited(cli));
+      if (seen && trial % 3 === 2) {
+        // right after finish_run returns (committed), before the loader has reported: the outcome is success
+        await waitForStatementEnd(db.url, '%finish_run%');
+        cli.signalGroup(signal);
+      } else if (seen) {
+        await sleep(random.int(600));
+        cli.signalGroup(signal);
+      }
+      const result = await cli.result;
+      const summary = summaryOf(result);
+      const { rows } = await db.pool.query<{ status: string; error: string | null }>(
+        'select status, error from mixpanel_sync.sync_runs order by id',
+      );
+      const total = await totalEvents(db.pool);
+      outcomes.push(`trial ${trial} ${signal}: exit ${result.code}, run ${rows.map((r) => r.status).join(',')}, ${total} events`);
+      const context = `${outcomes.at(-1)}\n${explain(result)}`;
+      expect(rows, context).toHaveLength(1);
+      if (rows[0]!.status === 'succeeded') {
+        if (result.code === null) {
+          // The group's signal came after the loader had exited 0 (having printed its success): only npm, winding
+          // down and no longer forwarding signals, was left to die of it (as in sync-events-truth.test.ts).
+          expect(result.signal, context).toBe(signal);
+          expect(summary?.status, context).toBe('succeeded');
+        } else {
+          expect(result.code, context).toBe(0);
+        }
+        expect(result.stderr, context).not.toMatch(/failing the run|failed/);
+        expect(total, context).toBe(lines.length);
+      } else {
+        expect(rows[0]!.status, context).toBe('failed');
+        // the loader exits 130; npm, signalled too, may end by the signal itself after its child (a shell shows 128 + n)
+        expect(result.code === 130 || result.signal === signal, context).toBe(true);
+        expect(rows[0]!.error, context).toMatch(/SIG(INT|TERM)/);
+        expect(summary?.status, context).toBe('failed');
+        expect(total, context).toBe(0);
+      }
+    }
+  }, 600_000);
+});
+
+describe.concurrent('7. staging without bloat', () => {
+  it('after a 200k-line run, staged_events and run_events are back near empty on disk', async () => {
+    const db = await freshDatabase();
+    const result = await syncEvents(db, ['--file', writeFile('bloat.jsonl', jsonl(eventLines('bloat', [-4, -3, -2, -1], 50_000)))]);
+    expect(result.code, explain(result)).toBe(0);
+    const { rows } = await db.pool.query<{ relname: string; bytes: string }>(
+      `select c.relname, pg_catalog.pg_total_relation_size(c.oid) as bytes from pg_catalog.pg_class c
+       join pg_catalog.pg_namespace n on n.oid = c.relnamespace
+       where n.nspname = 'mixpanel_sync' and c.relname in ('staged_events', 'run_events') and c.relkind in ('r', 'p')`,
+    );
+    const sizes = Object.fromEntries(rows.map((row) => [row.relname, Number(row.bytes)]));
+    expect(Object.keys(sizes).length).toBeGreaterThan(0);
+    for (const [name, bytes] of Object.entries(sizes)) expect(bytes, `${name}: ${bytes} bytes`).toBeLessThan(1024 * 1024);
+  }, 600_000);
+});
+
+describe.concurrent('1. a full run never erases its window on unusable input', () => {
   it('psql: begin_run(force_full) then finish_run with nothing staged is refused with MP001, nothing applied', async () => {
     const db = await freshDatabase();
-    await seed(db, 'seed-1a.jsonl', eventLines('a', [-2, -1], 30));
+    await seed(db, eventLines('a', [-2, -1], 30));
     const before = await dataState(db.pool);
     const { rows } = await db.pool.query<{ id: string }>("select id from mixpanel_sync.begin_run('events', force_full => true)");
     const error = await db.pool.query('select mixpanel_sync.finish_run($1)', [rows[0]!.id]).then(
@@ -193,7 +319,7 @@ describe('1. a full run never erases its window on unusable input', () => {
 
   it('a file whose lines are all garbage, on --full: run failed, exit 1, nothing applied', async () => {
     const db = await freshDatabase();
-    await seed(db, 'seed-1b.jsonl', eventLines('b', [-2, -1], 30));
+    await seed(db, eventLines('b', [-2, -1], 30));
     const before = await dataState(db.pool);
     const garbage = writeFile('garbage.jsonl', jsonl(Array.from({ length: 25 }, (_, i) => `garbage line ${i} <<>>`)));
     const result = await syncEvents(db, ['--file', garbage, '--full']);
@@ -205,7 +331,7 @@ describe('1. a full run never erases its window on unusable input', () => {
 
   it('an Export API answer of HTTP 200 with an HTML page, on --full: run failed, exit 1, nothing applied', async () => {
     const db = await freshDatabase();
-    await seed(db, 'seed-1c.jsonl', eventLines('c', [-2, -1], 30));
+    await seed(db, eventLines('c', [-2, -1], 30));
     const before = await dataState(db.pool);
     const fake = await startFakeMixpanel({
       exportSource: () => [
@@ -231,7 +357,7 @@ describe('1. a full run never erases its window on unusable input', () => {
 
   it('a small file while events.incremental = off: refused (MP001), exit 1; --allow-shrink applies it', async () => {
     const db = await freshDatabase();
-    await seed(db, 'seed-1d.jsonl', eventLines('d', [-3, -2, -1], 200));
+    await seed(db, eventLines('d', [-3, -2, -1], 200));
     await setSettings(db.pool, {
       'events.incremental': 'off',
       'events.replace_guard_min_events': '100',
@@ -252,7 +378,7 @@ describe('1. a full run never erases its window on unusable input', () => {
 
   it('--resync-from without --resync-to covers exactly that day; --full with --resync-* is refused in begin_run (MP004)', async () => {
     const db = await freshDatabase();
-    await seed(db, 'seed-1e.jsonl', eventLines('e', [-3, -2, -1], 30));
+    await seed(db, eventLines('e', [-3, -2, -1], 30));
     const resync = writeFile('resync-1e.jsonl', jsonl([...eventLines('e', [-2], 30), ...eventLines('e-new', [-2], 5)]));
     const result = await syncEvents(db, ['--file', resync, '--resync-from', isoDay(-2)]);
     expect(result.code, explain(result)).toBe(0);
@@ -267,7 +393,7 @@ describe('1. a full run never erases its window on unusable input', () => {
   });
 });
 
-describe('2. concurrent first runs', () => {
+describe.concurrent('2. concurrent first runs', () => {
   it('sync:events --file - & sync:events --file - begun together on a fresh database: never both REPLACE; a refused one reruns; A + B kept', async () => {
     const db = await freshDatabase();
     const inputs = [jsonl(eventLines('ca', [-2, -1], 400)), jsonl(eventLines('cb', [-2, -1], 400))];
@@ -300,7 +426,7 @@ describe('2. concurrent first runs', () => {
   });
 });
 
-describe('3. one poisoned record never fails a run, nor its reruns', () => {
+describe.concurrent('3. one poisoned record never fails a run, nor its reruns', () => {
   const good = eventLines('p', [-1], 20);
   const withPoison = (poison: Buffer) =>
     Buffer.concat([Buffer.from(jsonl(good.slice(0, 10))), poison, Buffer.from('\n'), Buffer.from(jsonl(good.slice(10)))]);
@@ -404,7 +530,7 @@ describe('3. one poisoned record never fails a run, nor its reruns', () => {
   });
 });
 
-describe('4. the event key is injective', () => {
+describe.concurrent('4. the event key is injective', () => {
   it('names holding 0x1f, and an $insert_id shaped like the # || md5 fallback, never collide', async () => {
     const db = await freshDatabase();
     const s = TODAY - DAY + 7200;
@@ -427,7 +553,7 @@ describe('4. the event key is injective', () => {
   });
 });
 
-describe('5. other silent losses', () => {
+describe.concurrent('5. other silent losses', () => {
   it('a UTF-8 BOM at the start of a file costs nothing', async () => {
     const db = await freshDatabase();
     const result = await syncEvents(db, ['--file', writeFile('bom.jsonl', `\uFEFF${jsonl(eventLines('bom', [-1], 3))}`)]);
@@ -471,7 +597,7 @@ describe('5. other silent losses', () => {
 
   it('a saved export ending in "terminated early", on a full run from --file: failed as incomplete, nothing applied', async () => {
     const db = await freshDatabase();
-    await seed(db, 'seed-5d.jsonl', eventLines('t', [-2, -1], 50));
+    await seed(db, eventLines('t', [-2, -1], 50));
     const before = await dataState(db.pool);
     for (const [name, lines] of [
       ['ends-terminated.jsonl', [...eventLines('t', [-1], 10), 'terminated early']],
@@ -495,121 +621,4 @@ describe('5. other silent losses', () => {
     expect(pretty.code, explain(pretty)).toBe(0);
     expect(summaryOf(pretty)).toMatchObject({ received: 4, applied: 0, duplicates: 4, rejected: 0 });
   });
-});
-
-describe('6. the loader tells the truth', () => {
-  for (const moment of ['COPY', 'finish_run'] as const) {
-    it(`the server stops at once (pg_ctl stop -m immediate) during ${moment}: exit 1 with one line; after a restart the run is not left running and the next run succeeds`, async () => {
-      const crash = await startCrashableServer();
-      try {
-        const lines = eventLines('drop', [-3, -2, -1], 30_000);
-        let cli: CliProcess;
-        if (moment === 'COPY') {
-          cli = startCli('sync:events', ['--file', '-', '--json'], { env: { DATABASE_URL: crash.url }, stdin: 'open' });
-          const chunk = Buffer.from(jsonl(lines.slice(0, 500)));
-          const feed = setInterval(() => cli.child.stdin!.write(chunk), 5);
-          cli.child.on('exit', () => clearInterval(feed));
-        } else {
-          cli = startCli('sync:events', ['--file', writeFile('drop-finish.jsonl', jsonl(lines)), '--json'], {
-            env: { DATABASE_URL: crash.url },
-          });
-        }
-        const seen = await waitForStatement(crash.url, moment === 'COPY' ? 'copy %' : '%finish_run%', exited(cli));
-        expect(seen, `never saw ${moment} running`).toBe(true);
-        await crash.stopImmediately();
-        const result = await cli.result;
-        expect(result.code, explain(result)).toBe(1);
-        oneLine(result.stderr);
-        // the reason names what broke (e.g. "the connection to the database was lost (…); the failure could not be
-        // recorded (the database cannot be reached): the next begin_run marks run 1 abandoned")
-        expect(result.stderr).toMatch(/connection|terminat|server|shut ?down|EPIPE|ECONNRESET|ECONNREFUSED/i);
-        await crash.restart();
-        const pool = new pg.Pool({ connectionString: crash.url });
-        try {
-          const next = await syncEvents(crash, ['--file', writeFile(`after-drop-${moment}.jsonl`, jsonl(eventLines('after', [-1], 10)))]);
-          expect(next.code, explain(next)).toBe(0);
-          const { rows } = await pool.query<{ status: string; error: string | null }>(
-            'select status, error from mixpanel_sync.sync_runs where id <> $1 order by id',
-            [summaryOf(next)!.run_id],
-          );
-          expect(rows, 'the crashed run').toHaveLength(1);
-          expect(rows[0]!.status).toMatch(/^(failed|abandoned)$/);
-          // failed with the reason where the database was reachable, else abandoned by the next begin_run, saying so
-          expect(rows[0]!.error).toMatch(rows[0]!.status === 'abandoned' ? /abandoned by begin_run/ : /./);
-        } finally {
-          await pool.end();
-        }
-      } finally {
-        await crash.close();
-      }
-    }, 600_000);
-  }
-
-  it('Ctrl-C / SIGTERM sent to the whole process group during finish_run: exit code, message and run status agree', async () => {
-    const db = await freshDatabase();
-    const lines = eventLines('sig', [-3, -2, -1], 15_000);
-    const file = writeFile('signals.jsonl', jsonl(lines));
-    const random = createRandom(9, 6);
-    const outcomes: string[] = [];
-    for (let trial = 0; trial < 6; trial++) {
-      await db.pool.query(
-        'truncate mixpanel_sync.events_daily, mixpanel_sync.event_ledger, mixpanel_sync.subscribers, mixpanel_sync.sync_watermarks, mixpanel_sync.sync_runs, mixpanel_sync.sync_rejects cascade',
-      );
-      const signal: NodeJS.Signals = trial % 2 ? 'SIGTERM' : 'SIGINT';
-      const cli = startCli('sync:events', ['--file', file, '--json'], { env: { DATABASE_URL: db.url }, via: trial % 2 ? 'node' : 'npm' });
-      const seen = await waitForStatement(db.url, '%finish_run%', exited(cli));
-      if (seen && trial % 3 === 2) {
-        // right after finish_run returns (committed), before the loader has reported: the outcome is success
-        await waitForStatementEnd(db.url, '%finish_run%');
-        cli.signalGroup(signal);
-      } else if (seen) {
-        await sleep(random.int(600));
-        cli.signalGroup(signal);
-      }
-      const result = await cli.result;
-      const summary = summaryOf(result);
-      const { rows } = await db.pool.query<{ status: string; error: string | null }>(
-        'select status, error from mixpanel_sync.sync_runs order by id',
-      );
-      const total = await totalEvents(db.pool);
-      outcomes.push(`trial ${trial} ${signal}: exit ${result.code}, run ${rows.map((r) => r.status).join(',')}, ${total} events`);
-      const context = `${outcomes.at(-1)}\n${explain(result)}`;
-      expect(rows, context).toHaveLength(1);
-      if (rows[0]!.status === 'succeeded') {
-        if (result.code === null) {
-          // The group's signal came after the loader had exited 0 (having printed its success): only npm, winding
-          // down and no longer forwarding signals, was left to die of it (as in sync-events-truth.test.ts).
-          expect(result.signal, context).toBe(signal);
-          expect(summary?.status, context).toBe('succeeded');
-        } else {
-          expect(result.code, context).toBe(0);
-        }
-        expect(result.stderr, context).not.toMatch(/failing the run|failed/);
-        expect(total, context).toBe(lines.length);
-      } else {
-        expect(rows[0]!.status, context).toBe('failed');
-        // the loader exits 130; npm, signalled too, may end by the signal itself after its child (a shell shows 128 + n)
-        expect(result.code === 130 || result.signal === signal, context).toBe(true);
-        expect(rows[0]!.error, context).toMatch(/SIG(INT|TERM)/);
-        expect(summary?.status, context).toBe('failed');
-        expect(total, context).toBe(0);
-      }
-    }
-  }, 600_000);
-});
-
-describe('7. staging without bloat', () => {
-  it('after a 200k-line run, staged_events and run_events are back near empty on disk', async () => {
-    const db = await freshDatabase();
-    const result = await syncEvents(db, ['--file', writeFile('bloat.jsonl', jsonl(eventLines('bloat', [-4, -3, -2, -1], 50_000)))]);
-    expect(result.code, explain(result)).toBe(0);
-    const { rows } = await db.pool.query<{ relname: string; bytes: string }>(
-      `select c.relname, pg_catalog.pg_total_relation_size(c.oid) as bytes from pg_catalog.pg_class c
-       join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-       where n.nspname = 'mixpanel_sync' and c.relname in ('staged_events', 'run_events') and c.relkind in ('r', 'p')`,
-    );
-    const sizes = Object.fromEntries(rows.map((row) => [row.relname, Number(row.bytes)]));
-    expect(Object.keys(sizes).length).toBeGreaterThan(0);
-    for (const [name, bytes] of Object.entries(sizes)) expect(bytes, `${name}: ${bytes} bytes`).toBeLessThan(1024 * 1024);
-  }, 600_000);
 });

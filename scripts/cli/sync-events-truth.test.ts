@@ -9,10 +9,10 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { repoRoot } from '../db/paths.ts';
-import { createTestDatabase } from '../db/vitest-database.ts';
+import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
 import { startCrashableServer } from '../fixtures/postmaster-control.ts';
 import { createRandom } from '../fixtures/prng.ts';
-import { beginRun, failRun } from '../sql/sync-api.ts';
+import { beginRun, failRun, finishRun, stageLines } from '../sql/sync-api.ts';
 
 const db = await createTestDatabase();
 const dir = mkdtempSync(path.join(os.tmpdir(), 'sync-events-truth-'));
@@ -66,18 +66,24 @@ const file = (name: string, content: string) => {
   return at;
 };
 const runs = async () => (await db.pool.query('select count(*)::int as n from mixpanel_sync.sync_runs')).rows[0].n as number;
-const lastRun = async () =>
+const lastRun = async (pool: pg.Pool = db.pool) =>
   (
-    await db.pool.query<{ id: string; status: string; error: string | null }>(
+    await pool.query<{ id: string; status: string; error: string | null }>(
       'select r.id::text as id, r.status, r.error from mixpanel_sync.sync_runs r order by r.id desc limit 1',
     )
   ).rows[0]!;
 /** Lines of stderr that are not the progress line (only drawn on a TTY) or npm's own. */
 const ourLines = (stderr: string) => stderr.split('\n').filter((l) => l.startsWith('sync:events:'));
 
+/** The history the tests start from: 20 lines in one run through SQL (begin_run, the lines staged, finish_run). */
+async function seedHistory(pool: pg.Pool): Promise<void> {
+  const seed = await beginRun(pool, { source: 'events' });
+  await stageLines(pool, 'events', seed.id, lines(20, 'seed'));
+  expect((await finishRun(pool, seed.id)).status).toBe('succeeded');
+}
+
 beforeAll(async () => {
-  const seeded = await cli(['--file', file('seed.jsonl', `${lines(20, 'seed').join('\n')}\n`), '--json']);
-  expect(seeded.code).toBe(0);
+  await seedHistory(db.pool);
 });
 
 describe('SQL refusals, matched by SQLSTATE', () => {
@@ -96,17 +102,18 @@ describe('SQL refusals, matched by SQLSTATE', () => {
     const holder = await db.pool.connect();
     try {
       const running = await beginRun(holder, { source: 'events' });
-      const refused = await cli(['--file', file('b.jsonl', `${lines(3, 'b').join('\n')}\n`)]);
+      const input = file('b.jsonl', `${lines(3, 'b').join('\n')}\n`);
+      // The three loaders start together (they were started one after the other, with 1.5 s before the release): the
+      // run is released only once the one without --wait and the one with --wait 1 have been refused, more than a
+      // second after the waiting one started, which has then been refused at least once and is retrying.
+      const waiting = cli(['--file', input, '--wait', '60', '--json']);
+      const [refused, timedOut] = await Promise.all([cli(['--file', input]), cli(['--file', input, '--wait', '1'])]);
       expect(refused.code).toBe(2);
       expect(ourLines(refused.stderr)).toEqual([
         expect.stringMatching(new RegExp(`^sync:events: begin_run refused: .*\\b${running.id}\\b`)),
       ]);
-
-      const timedOut = await cli(['--file', file('b.jsonl', `${lines(3, 'b').join('\n')}\n`), '--wait', '1']);
       expect(timedOut.code).toBe(2);
 
-      const waiting = cli(['--file', file('b.jsonl', `${lines(3, 'b').join('\n')}\n`), '--wait', '60', '--json']);
-      await sleep(1500);
       await failRun(holder, running.id, 'test: released');
       const waited = await waiting;
       expect(waited.code).toBe(0);
@@ -203,7 +210,8 @@ describe('a lost connection: one line, exit 1, the run failed', () => {
   });
 });
 
-describe('the server stops at once mid-COPY (pg_ctl stop -m immediate)', () => {
+// The last two groups use a server or databases of their own: they run at the same time (describe.concurrent).
+describe.concurrent('the server stops at once mid-COPY (pg_ctl stop -m immediate)', () => {
   it('one line saying the connection was lost, exit 1, the failure could not be recorded; the next run abandons the dead run and succeeds', {
     timeout: 300_000,
   }, async () => {
@@ -253,64 +261,84 @@ describe('the server stops at once mid-COPY (pg_ctl stop -m immediate)', () => {
   });
 });
 
-describe('signals to the whole process group during finish_run (npm run sync:events, as users run it)', () => {
+describe.concurrent('signals to the whole process group during finish_run (npm run sync:events, as users run it)', () => {
   it('exit code, message and sync_runs.status agree in every trial', { timeout: 900_000 }, async () => {
     // Protection: SIGNAL_GROUP_WINDOW_MS in loader-cli.ts; with the window set to 0 a group delivery plus npm's
     // re-send took the "quit at once" path: exit 130 with the run left running (seen).
-    await db.pool.query(`create or replace function public.test_slow_finish() returns trigger language plpgsql set search_path = '' as $$
-      begin perform pg_catalog.pg_sleep(0.3); return new; end $$`);
-    await db.pool.query(`create trigger test_slow_finish before update on mixpanel_sync.sync_runs for each row
-      when (old.status = 'running' and new.status = 'succeeded') execute function public.test_slow_finish()`);
+    // The 20 seeded trials (each its signal, then its delay, drawn in trial order as when they ran one after the other)
+    // run in two lanes at once, each on a database of its own seeded like this file's (20 lines through SQL), the
+    // trials of a lane one after the other: half the wall time, every trial still a spawned `npm run sync:events`.
     const random = createRandom(20261201);
+    const trials = Array.from({ length: 20 }, (_, trial) => ({
+      trial,
+      signal: random.pick(['SIGINT', 'SIGTERM'] as const),
+      delayMs: random.int(450),
+    }));
     const input = file('trial.jsonl', `${lines(30, 'trial').join('\n')}\n`);
     const outcomes: Record<string, number> = {};
+    const lanes: TestDatabase[] = [];
     try {
-      for (let trial = 0; trial < 20; trial++) {
-        const signal = random.pick(['SIGINT', 'SIGTERM'] as const);
-        const child = collect('npm', ['run', '--silent', 'sync:events', '--', '--file', input, '--json'], {
-          cwd: repoRoot,
-          detached: true,
-        });
-        // wait for finish_run, then signal the process group at a seeded moment within (or just after) it
-        for (let i = 0; i < 1000; i++) {
-          const { rowCount } = await db.pool.query(
-            `select 1 from pg_catalog.pg_stat_activity where datname = current_database() and query ilike '%mixpanel_sync.finish_run%' and state = 'active' and pid <> pg_catalog.pg_backend_pid()`,
-          );
-          if (rowCount) break;
-          await sleep(10);
-        }
-        await sleep(random.int(450));
-        try {
-          process.kill(-child.pid, signal);
-        } catch {
-          // the group already exited
-        }
-        const result = await child.done;
-        const run = await lastRun();
-        const mine = ourLines(result.stderr);
-        const label = `trial ${trial} (${signal}): exit ${result.code} ${result.signal}, status ${run.status}, stderr ${JSON.stringify(mine)}`;
-        if (result.code === null) {
-          // The signal came after the loader had exited (having printed its success): only npm, still winding down
-          // and no longer forwarding signals, was left to die of it. The loader never saw it.
-          expect(result.signal, label).toBe(signal);
-          expect(mine, label).toEqual([]);
-          expect(run.status, label).toBe('succeeded');
-          expect(JSON.parse(result.stdout), label).toMatchObject({ status: 'succeeded', run_id: Number(run.id) });
-        } else if (result.code === 0) {
-          expect(run.status, label).toBe('succeeded');
-          expect(JSON.parse(result.stdout), label).toMatchObject({ status: 'succeeded', run_id: Number(run.id) });
-        } else {
-          expect(result.code, label).toBe(130);
-          expect(run.status, label).toBe('failed');
-          expect(run.error, label).toBe(`interrupted: ${signal} received`);
-          expect(mine.at(-1), label).toBe(`sync:events: events run ${run.id} failed: interrupted: ${signal} received`);
-          expect(JSON.parse(result.stdout), label).toMatchObject({ status: 'failed' });
-        }
-        const outcome = result.code === null ? '0' : String(result.code); // after the loader's exit 0
-        outcomes[outcome] = (outcomes[outcome] ?? 0) + 1;
+      for (let lane = 0; lane < 2; lane++) {
+        const laneDb = await createTestDatabase();
+        lanes.push(laneDb);
+        await seedHistory(laneDb.pool);
+        await laneDb.pool.query(`create function public.test_slow_finish() returns trigger language plpgsql set search_path = '' as $$
+          begin perform pg_catalog.pg_sleep(0.3); return new; end $$`);
+        await laneDb.pool.query(`create trigger test_slow_finish before update on mixpanel_sync.sync_runs for each row
+          when (old.status = 'running' and new.status = 'succeeded') execute function public.test_slow_finish()`);
       }
+      // allSettled: a lane that fails lets the other finish before the databases are dropped
+      const settled = await Promise.allSettled(
+        lanes.map(async (laneDb, lane) => {
+          for (const { trial, signal, delayMs } of trials.filter((t) => t.trial % lanes.length === lane)) {
+            const child = collect('npm', ['run', '--silent', 'sync:events', '--', '--file', input, '--json'], {
+              cwd: repoRoot,
+              detached: true,
+              databaseUrl: laneDb.url,
+            });
+            // wait for finish_run, then signal the process group at a seeded moment within (or just after) it
+            for (let i = 0; i < 1000; i++) {
+              const { rowCount } = await laneDb.pool.query(
+                `select 1 from pg_catalog.pg_stat_activity where datname = current_database() and query ilike '%mixpanel_sync.finish_run%' and state = 'active' and pid <> pg_catalog.pg_backend_pid()`,
+              );
+              if (rowCount) break;
+              await sleep(10);
+            }
+            await sleep(delayMs);
+            try {
+              process.kill(-child.pid, signal);
+            } catch {
+              // the group already exited
+            }
+            const result = await child.done;
+            const run = await lastRun(laneDb.pool);
+            const mine = ourLines(result.stderr);
+            const label = `trial ${trial} (${signal}): exit ${result.code} ${result.signal}, status ${run.status}, stderr ${JSON.stringify(mine)}`;
+            if (result.code === null) {
+              // The signal came after the loader had exited (having printed its success): only npm, still winding down
+              // and no longer forwarding signals, was left to die of it. The loader never saw it.
+              expect(result.signal, label).toBe(signal);
+              expect(mine, label).toEqual([]);
+              expect(run.status, label).toBe('succeeded');
+              expect(JSON.parse(result.stdout), label).toMatchObject({ status: 'succeeded', run_id: Number(run.id) });
+            } else if (result.code === 0) {
+              expect(run.status, label).toBe('succeeded');
+              expect(JSON.parse(result.stdout), label).toMatchObject({ status: 'succeeded', run_id: Number(run.id) });
+            } else {
+              expect(result.code, label).toBe(130);
+              expect(run.status, label).toBe('failed');
+              expect(run.error, label).toBe(`interrupted: ${signal} received`);
+              expect(mine.at(-1), label).toBe(`sync:events: events run ${run.id} failed: interrupted: ${signal} received`);
+              expect(JSON.parse(result.stdout), label).toMatchObject({ status: 'failed' });
+            }
+            const outcome = result.code === null ? '0' : String(result.code); // after the loader's exit 0
+            outcomes[outcome] = (outcomes[outcome] ?? 0) + 1;
+          }
+        }),
+      );
+      for (const lane of settled) if (lane.status === 'rejected') throw lane.reason;
     } finally {
-      await db.pool.query('drop trigger test_slow_finish on mixpanel_sync.sync_runs');
+      for (const laneDb of lanes) await laneDb.drop();
     }
     // both outcomes were exercised (the moments straddle the commit)
     expect(Object.keys(outcomes).sort(), JSON.stringify(outcomes)).toEqual(['0', '130']);

@@ -572,11 +572,13 @@ describe('finish_events_run', () => {
 
   it('lateness: the largest, and the events beyond events.overlap (2 hours: exactly 2 hours is not beyond)', async () => {
     // killed: min-max line 87 (max_ms the smallest), relational line 88 (>=: exactly the overlap counted),
-    // negate-interval-setting line 11 (every event beyond)
+    // negate-interval-setting line 11 (every event beyond); since migration 000012 (one scan with an in_tables flag):
+    // drop-conjunct line 93 (e.in_tables dropped from beyond_overlap: the no_user event, 3 hours late, counted)
     const run = await finish({ forceFull: true }, [
       at2('u1', 'e', '2024-03-09T10:00:00Z', '2024-03-09T10:00:01Z', 'a'),
       at2('u1', 'e', '2024-03-09T11:00:00Z', '2024-03-09T13:00:00Z', 'b'),
       at2('u1', 'e', '2024-03-09T12:00:00Z', '2024-03-09T14:00:01Z', 'c'),
+      at2(null, 'e', '2024-03-09T09:00:00Z', '2024-03-09T12:00:00Z', 'no-user-late'),
     ]);
     expect(run.lateness).toMatchObject({ events: 3, max_ms: 7_201_000, beyond_overlap: 1 });
   });
@@ -767,8 +769,9 @@ describe('a loader that outlived its run', () => {
     // A loader whose run begin_run abandoned (its heartbeat stale: suspended, or behind a pooler) may go on: its COPY
     // and its chunk parse (parse_staged_lines) commit after drop_staged_rows emptied the run's rows, so staged_events
     // and run_events hold rows of a run that is no longer running when the next run finishes. Only each statement's
-    // `run_id = <this run>` keeps them out. Killed (npm run mutate): `s.run_id = run.id` dropped from
-    // finish_events_run's terminated-early probe (MP003), `e.run_id = run.id` from its skipped counts (no_user 1) or
+    // `run_id = <this run>` keeps them out. Killed (npm run mutate): `e.run_id = run.id` dropped from
+    // finish_events_run's terminated-early probe (MP003: since migration 000012 the probe reads the run's rejected
+    // lines, so the zombie's marker line is parsed too), `e.run_id = run.id` from its skipped counts (no_user 1) or
     // its watermark query (the zombie's later event moved the watermark), `e.run_id = …` from identity_edges (a link
     // learned). The guard's counts: in the replace_guard cases above; profiles: upsert_subscriber_properties below.
     await writeSetting(db.pool, 'identity.mode', 'simplified');
@@ -785,6 +788,7 @@ describe('a loader that outlived its run', () => {
       ]);
       await parseStagedEvents(db.pool, zombie.id);
       await stageLines(db.pool, 'events', zombie.id, ['terminated early']);
+      await parseStagedEvents(db.pool, zombie.id);
 
       const run = await beginRun(db.pool, { source: 'events', clock, forceFull: true, allowShrink: true });
       await stageLines(db.pool, 'events', run.id, [

@@ -6,10 +6,13 @@
 //   - finish_profiles_run catching only data_exception: the deep profile failed the profiles finish;
 //   - stage_events without line numbers and number_staged_lines not called: the rejects had no line_no;
 //   - drop_staged_rows deleting only (no TRUNCATE): the staging tables kept tens of MiB after the 200k-line run.
+//   - drop_staged_rows' lock with NOWAIT again (before migration 000012): a lock held
+//     by another session, released while the lock request waits, still made it DELETE (the tables kept their filenodes).
 // (Each mutation was applied to a copy of the migration in a template database, MIXPANEL_PG_SYNC_TEMPLATE.)
+import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { beginRun, finishRun, recordFraming, stageRecords } from './sync-api.ts';
+import { beginRun, failRun, finishRun, recordFraming, stageLines, stageRecords } from './sync-api.ts';
 
 let db: TestDatabase;
 beforeAll(async () => {
@@ -82,9 +85,10 @@ describe('events', () => {
   });
 
   it('after a 200k-line run the staging tables are near empty on disk', async () => {
-    // No autovacuum on the staging tables here: a worker vacuuming the 200k fresh rows holds a lock that makes
-    // drop_staged_rows' TRUNCATE (lock … nowait) fall back to DELETE, which frees the space only at the next vacuum
-    // (seen once in CI on PostgreSQL 15: 59 MB left). This test is about the TRUNCATE path.
+    // No autovacuum on the staging tables here: a worker vacuuming the 200k fresh rows holds a lock that made
+    // drop_staged_rows' TRUNCATE (then lock … nowait) fall back to DELETE, which frees the space only at the next vacuum
+    // (seen once in CI on PostgreSQL 15: 59 MB left). Its lock request now waits past deadlock_timeout, when
+    // PostgreSQL cancels such a worker (tested below with a lock held by a session); this test is about the space.
     await db.pool.query('alter table mixpanel_sync.staged_events set (autovacuum_enabled = off)');
     await db.pool.query('alter table mixpanel_sync.run_events set (autovacuum_enabled = off)');
     const run = await beginRun(db.pool, { source: 'events', clock, forceFull: true, allowShrink: true });
@@ -101,6 +105,82 @@ describe('events', () => {
     const after = Number((await db.pool.query(size)).rows[0].bytes);
     expect(after).toBeLessThan(1024 * 1024);
   }, 300_000);
+});
+
+describe('drop_staged_rows waits a bounded time for the lock of its TRUNCATE', () => {
+  // A session holds SHARE UPDATE EXCLUSIVE on staged_events, the lock an autovacuum worker holds (it conflicts with
+  // TRUNCATE's ACCESS EXCLUSIVE, not with a DELETE's ROW EXCLUSIVE). fail_run calls drop_staged_rows of the only
+  // running run of the source.
+  const filenodes = `select pg_relation_filenode('mixpanel_sync.staged_events') as staged, pg_relation_filenode('mixpanel_sync.run_events') as parsed`;
+  const truncateWaiting = `select exists (select from pg_locks l where l.relation = 'mixpanel_sync.staged_events'::regclass
+    and l.mode = 'AccessExclusiveLock' and not l.granted) as waiting`;
+
+  async function stagedRunAndHolder(): Promise<{ runId: string; holder: pg.Client; caller: pg.Client }> {
+    const run = await beginRun(db.pool, { source: 'events', clock, forceFull: true, allowShrink: true });
+    await stageLines(db.pool, 'events', run.id, [event(1), event(2), event(3)]);
+    const holder = new pg.Client({ connectionString: db.url });
+    const caller = new pg.Client({ connectionString: db.url });
+    await holder.connect();
+    await caller.connect();
+    await holder.query('begin');
+    await holder.query('lock table mixpanel_sync.staged_events in share update exclusive mode');
+    return { runId: run.id, holder, caller };
+  }
+
+  it('a lock released while it waits (as by a cancelled autovacuum worker): the tables are TRUNCATEd, lock_timeout restored', async () => {
+    // killed: the lock with NOWAIT as before (drop_staged_rows fell back to DELETE: filenodes unchanged);
+    // killed: mixpanel_sync.drop_staged_rows(bigint)|least-greatest|greatest(2 * pg_catalog.current_setting('deadlock_timeout')::interval, interval '200 milliseconds'),|1
+    //   (a 200 ms wait, given up before the release: DELETE);
+    // killed: the lock_timeout not set back after the granted lock (the caller's transaction kept lock_timeout 2s, not its 7s).
+    const { runId, holder, caller } = await stagedRunAndHolder();
+    try {
+      const before = (await db.pool.query(filenodes)).rows[0];
+      await caller.query('begin');
+      await caller.query(`set local lock_timeout = '7s'`);
+      let settled = false;
+      const dropping = failRun(caller, runId, 'test: lock released').finally(() => {
+        settled = true;
+      });
+      while (!settled && !(await db.pool.query(truncateWaiting)).rows[0].waiting) {
+        await new Promise((resolve) => setTimeout(resolve, 10));
+      }
+      // released 300 ms after the request is seen waiting: longer than the 200 ms floor, within 2 × deadlock_timeout (1 s)
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      await holder.query('commit');
+      expect((await dropping).status).toBe('failed');
+      expect((await caller.query('show lock_timeout')).rows[0].lock_timeout).toBe('7s');
+      await caller.query('commit');
+      const after = (await db.pool.query(filenodes)).rows[0];
+      expect(after.staged).not.toBe(before.staged);
+      expect(after.parsed).not.toBe(before.parsed);
+    } finally {
+      await holder.end();
+      await caller.end();
+    }
+  });
+
+  it('a lock held past the wait (a loader still COPYing for an abandoned run): the run still ends, its rows deleted', async () => {
+    // killed: mixpanel_sync.drop_staged_rows(bigint)|least-greatest|lock_wait text := (extract(epoch from least(|1
+    //   (a wait of at least 10 s: statement_timeout cancelled the fail_run).
+    const { runId, holder, caller } = await stagedRunAndHolder();
+    try {
+      const before = (await db.pool.query(filenodes)).rows[0];
+      // a wait of 200 ms here (2 × 50 ms, raised to the floor); the statement is cancelled if it blocks for 5 s
+      await caller.query(`set deadlock_timeout = '50ms'`);
+      await caller.query(`set statement_timeout = '5s'`);
+      await caller.query('begin');
+      await caller.query(`set local lock_timeout = '7s'`);
+      expect((await failRun(caller, runId, 'test: lock held')).status).toBe('failed');
+      expect((await caller.query('show lock_timeout')).rows[0].lock_timeout).toBe('7s');
+      await caller.query('commit');
+      const { rows } = await db.pool.query('select count(*)::int as n from mixpanel_sync.staged_events where run_id = $1', [runId]);
+      expect(rows[0].n).toBe(0);
+      expect((await db.pool.query(filenodes)).rows[0]).toEqual(before);
+    } finally {
+      await holder.end();
+      await caller.end();
+    }
+  });
 });
 
 describe('profiles', () => {
