@@ -1,7 +1,8 @@
 // npm run demo — the whole events life cycle on a throwaway embedded PostgreSQL, no setup needed:
 // migrate; a full sync of a generated sample at the original plan's scale (3,000 users, 95,000
 // events over 45 days); a day later an incremental sync of a new day plus the overlap the Export
-// API re-reads plus late arrivals (raw storage on); then subscribers, a funnel on the raw events and the sync's health. Never touches
+// API re-reads plus late arrivals (raw storage on); then subscribers, a funnel on the raw events and the sync's health;
+// the proofs; last, a second project in the same database. Never touches
 // DATABASE_URL. The server and the sample files go away on exit and on Ctrl-C.
 import { createWriteStream } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
