@@ -2,7 +2,7 @@
 // around the clock with some events after it and some older than the ledger retention), finished through finish_run.
 import fc from 'fast-check';
 import { batchArb, dayMs, exportEventArb, type StagedLine } from './arbitraries.ts';
-import { beginRun, finishRun, setUpsertPath, stageLines, writeSetting, type Queryable, type SyncRun } from '../scripts/sql/sync-api.ts';
+import { beginRun, finishRun, stageLines, writeSetting, type Queryable, type SyncRun } from '../scripts/sql/sync-api.ts';
 
 export interface RunStep {
   clock: string;
@@ -99,9 +99,9 @@ export function runStepsArb({
  */
 export const sequenceLedgerRetention = '45 days';
 
-/** begin_run at the step's clock, stage its lines, switch the path: the run, ready to finish. */
-export async function stageStep(client: Queryable, step: RunStep): Promise<SyncRun> {
-  await writeSetting(client, 'events.ledger_retention', sequenceLedgerRetention);
+/** begin_run at the step's clock, stage its lines, switch the path: the run, ready to finish (project: null, the only one). */
+export async function stageStep(client: Queryable, step: RunStep, project: string | null = null): Promise<SyncRun> {
+  await writeSetting(client, 'events.ledger_retention', sequenceLedgerRetention, project);
   // allowShrink: these sequences prove REPLACE/ADD algebra, where a full run replaces its window with whatever its
   // batch holds (an empty batch included); the REPLACE guard that refuses such a run without permission (MP001) has
   // its own tests (scripts/sql/safety-guard.test.ts, scripts/cli/seen-scenarios.test.ts).
@@ -111,6 +111,7 @@ export async function stageStep(client: Queryable, step: RunStep): Promise<SyncR
     forceFull: step.forceFull,
     projectTimezone: step.timezone,
     allowShrink: true,
+    project,
   });
   await stageLines(
     client,
@@ -118,10 +119,10 @@ export async function stageStep(client: Queryable, step: RunStep): Promise<SyncR
     run.id,
     step.lines.map((l) => l.line),
   );
-  await setUpsertPath(client, step.loop ? 'loop' : 'set');
+  await writeSetting(client, 'events.upsert_path', step.loop ? 'loop' : 'set', project);
   return run;
 }
 
-export async function finishStep(client: Queryable, step: RunStep): Promise<SyncRun> {
-  return finishRun(client, (await stageStep(client, step)).id);
+export async function finishStep(client: Queryable, step: RunStep, project: string | null = null): Promise<SyncRun> {
+  return finishRun(client, (await stageStep(client, step, project)).id);
 }

@@ -163,7 +163,7 @@ begin
   update mixpanel_sync.events_daily d set
     event_count = merge_daily_row_loop.event_count, first_at = merge_daily_row_loop.first_at,
     last_at = merge_daily_row_loop.last_at
-  where d.distinct_id = merge_daily_row_loop.distinct_id and d.day = merge_daily_row_loop.day
+  where d.project_id = merge_daily_row_loop.project_id and d.distinct_id = merge_daily_row_loop.distinct_id and d.day = merge_daily_row_loop.day
     and d.event_name = merge_daily_row_loop.event_name;
   return true;
 end;

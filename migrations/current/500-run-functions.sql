@@ -4,8 +4,9 @@
 --   * finish_run serialises the finishes of one project (advisory key mixpanel_sync.finish_run:<project id>): two
 --     projects' finishes run at the same time.
 --   * Ledger retention with shared day partitions: drop_ledger_partitions gets the earliest storage horizon of all
---     projects (it never waits: skipped when the ledger is busy); each finish deletes its own project's rows between
---     that and its own horizon.
+--     projects, another project's at the clock of its last succeeded events run (this run's clock may be ahead of it;
+--     the drop never waits: skipped when the ledger is busy); each finish deletes its own project's rows between that
+--     and its own horizon.
 --   * analyze_run_events: ANALYZE (SKIP_LOCKED): a finish no longer waits for another project's finish, which holds
 --     the table's ANALYZE lock to its commit.
 -- Unchanged (run-scoped, no per-project table): cohort_list_rows, cohort_member_rows, drop_staged_cohort_rows,
@@ -1086,8 +1087,13 @@ declare
   -- The storage horizon: the project's ledger rows are kept from here on. Raw off: the ledger horizon (what ADD can
   -- deduplicate). Raw on: also events.raw_retention's days ('forever': every day).
   store_from date := mixpanel_sync.storage_horizon(pid, run.fetch_to);
-  -- The day partitions are shared: only the days before every project's storage horizon are dropped.
-  shared_from date := (select min(mixpanel_sync.storage_horizon(p.id, run.fetch_to)) from mixpanel_sync.projects p);
+  -- The day partitions are shared: only the days before every project's storage horizon are dropped, another
+  -- project's horizon taken at its own clock (its last succeeded events run): this run's clock may be ahead of it.
+  shared_from date := least(mixpanel_sync.storage_horizon(pid, run.fetch_to), (
+    select min(mixpanel_sync.storage_horizon(p.id, coalesce((
+        select max(r.fetch_to) from mixpanel_sync.sync_runs r
+        where r.project_id = p.id and r.source = 'events' and r.status = 'succeeded'), run.fetch_to)))
+    from mixpanel_sync.projects p where p.id <> pid));
   keeps_watermark boolean := coalesce((run.options ->> 'keeps_watermark')::boolean, false);
 begin
   parsed := mixpanel_sync.parse_staged_events(run.id);
@@ -1227,7 +1233,7 @@ begin
   return run;
 end;
 $function$;
-comment on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) is 'The events part of finish_run: parses once, refuses an incomplete input (Mixpanel''s "terminated early" line, which the parse rejects as not JSON: MP003, nothing applied), runs the identity step (apply_identity), applies the REPLACE guard to full runs (MP001), REPLACE (full, a merge keeping ledger rows from the storage horizon on) or ADD (incremental) by events.upsert_path, drops the ledger''s day partitions below every project''s storage horizon and deletes the project''s rows below its own (storage_horizon: events.ledger_retention, or events.raw_retention when longer and events.store_raw is on; REPLACE keeps ledger rows from that horizon, ADD applies from the ledger horizon), records no_user and not_selected (run_events.skip_reason), and sets the watermark. The watermark never claims data the tables do not hold: after a full run it is the newest event the run applied, or when it applied none the newest event held before its window (none: the watermark row is removed and the next run is full); a resync moves it forward only unless it lay in the resync''s days (then as a full run); an incremental run moves it forward only; a run with options -> ''keeps_watermark'' = true (begin_run: its selection leaves out names events.only syncs, which it did not fetch) leaves sync_watermarks untouched. Only events with skip_reason null move it.';
+comment on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) is 'The events part of finish_run: parses once, refuses an incomplete input (Mixpanel''s "terminated early" line, which the parse rejects as not JSON: MP003, nothing applied), runs the identity step (apply_identity), applies the REPLACE guard to full runs (MP001), REPLACE (full, a merge keeping ledger rows from the storage horizon on) or ADD (incremental) by events.upsert_path, drops the ledger''s day partitions below every project''s storage horizon (another project''s taken at the clock of its last succeeded events run) and deletes the project''s rows below its own (storage_horizon: events.ledger_retention, or events.raw_retention when longer and events.store_raw is on; REPLACE keeps ledger rows from that horizon, ADD applies from the ledger horizon), records no_user and not_selected (run_events.skip_reason), and sets the watermark. The watermark never claims data the tables do not hold: after a full run it is the newest event the run applied, or when it applied none the newest event held before its window (none: the watermark row is removed and the next run is full); a resync moves it forward only unless it lay in the resync''s days (then as a full run); an incremental run moves it forward only; a run with options -> ''keeps_watermark'' = true (begin_run: its selection leaves out names events.only syncs, which it did not fetch) leaves sync_watermarks untouched. Only events with skip_reason null move it.';
 grant execute on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) to mixpanel_sync_loader;
 
 create or replace function mixpanel_sync.finish_profiles_run(run mixpanel_sync.sync_runs)

@@ -57,7 +57,7 @@ const ENSURE_PARTITIONS = ['mixpanel_sync_private.ensure_ledger_partitions', 'mi
  */
 async function ledgerHorizon(db: Queryable, end: Date): Promise<string> {
   const { rows } = await db.query<{ horizon: string; partitioned: boolean; ensure: string | null }>(
-    `select mixpanel_sync.horizon_day($1, mixpanel_sync.setting('events.ledger_retention')::interval)::text as horizon,
+    `select mixpanel_sync.horizon_day($1, mixpanel_sync.setting(mixpanel_sync.project_id(), 'events.ledger_retention')::interval)::text as horizon,
        (select c.relkind = 'p' from pg_catalog.pg_class c where c.oid = 'mixpanel_sync.event_ledger'::regclass) as partitioned,
        (select f.name from unnest($2::text[]) with ordinality f (name, n)
         where pg_catalog.to_regprocedure(f.name || '(date, date)') is not null order by f.n limit 1) as ensure`,

@@ -54,7 +54,7 @@ function identityLines(events: number): { lines: string[]; identifiedUsers: numb
 
 async function identityAvailable(pool: pg.Pool): Promise<boolean> {
   const { rows } = await pool.query<{ present: boolean }>(
-    `select pg_catalog.to_regprocedure('mixpanel_sync.identity_mode()') is not null as present`,
+    `select pg_catalog.to_regprocedure('mixpanel_sync.identity_mode(smallint)') is not null as present`,
   );
   return rows[0]!.present;
 }
@@ -147,7 +147,7 @@ export async function settingsCost(server: BenchServer, scale: Scale): Promise<S
     figures.identity_mode_cost = ratio(median(runs.simplified!.map((t) => t.ms)), median(runs.off!.map((t) => t.ms)));
     rows('identity.mode', runs);
   } else {
-    missing.identity_mode_cost = 'identity.mode not available (no mixpanel_sync.identity_mode())';
+    missing.identity_mode_cost = 'identity.mode not available (no mixpanel_sync.identity_mode(smallint))';
   }
   if (available.raw) {
     const runs = await compare(server, file, 'events.store_raw', ['off', 'on'], scale.repeats);

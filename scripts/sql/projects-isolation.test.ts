@@ -10,6 +10,9 @@
 //     against the rows computed here (test 1);
 //   - killed: reattribute-daily-no-project (reattribute_identities: `d.project_id = ... and` dropped from alias_daily's
 //     delete): A's identity step (it learned $device:D2 -> u3) deleted B's $device:D2 rows (test 1);
+//   - killed: merge-loop-update-no-project (merge_daily_row_loop's UPDATE without `d.project_id = … and`, as the first
+//     version of this migration had it: the loop REPLACE of A rewrote B's (u1, 2026-11-18, open) to A's count; found by
+//     property-tests/project-isolation.test.ts) (test 1, "events_daily of b");
 //   - killed: forget-no-project (forget_event_names: `d.project_id = pid and` dropped from the events_daily delete):
 //     A's forget_event_names(['buy'], 'a') deleted B's buy rows (test 1);
 //   - killed: add-ledger-no-project (upsert_subscribers_incremental_add: `l.project_id = pid and` dropped from the own-day
@@ -233,6 +236,11 @@ describe('several projects in one database', () => {
     expect(incremental.mode).toBe('incremental');
     // i9, i2 and i6 are new to A (B holding i2 and i6 does not make them duplicates); i7 A already has
     expect(Number(incremental.applied)).toBe(3);
+    // the row-at-a-time REPLACE too: A's full run again through the loop path, which sets (u1, 11-18, open) back to 1
+    await writeSetting(db.pool, 'events.upsert_path', 'loop', 'a');
+    expect((await eventsRun(db.pool, 'a', eventsOfA, { forceFull: true })).status).toBe('succeeded');
+    expect(await dailyOf(db.pool, 'a')).toEqual(expectedDaily(eventsOfA));
+    await writeSetting(db.pool, 'events.upsert_path', 'set', 'a');
     await profilesRun(db.pool, 'a', [
       { $distinct_id: 'u1', $properties: { $name: 'A one' } },
       { $distinct_id: 'u3', $properties: { $name: 'A three' } },
