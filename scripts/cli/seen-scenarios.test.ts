@@ -41,7 +41,7 @@ import { startFakeMixpanel } from '../fixtures/fake-mixpanel-server.ts';
 import { MAX_LINE_BYTES } from '../fixtures/hostile-corpus.ts';
 import { startCrashableServer } from '../fixtures/postmaster-control.ts';
 import { createRandom } from '../fixtures/prng.ts';
-import { beginRun, finishRun, stageLines } from '../sql/sync-api.ts';
+import { syncLines } from '../sql/run-fixtures.ts';
 
 const dir = mkdtempSync(path.join(os.tmpdir(), 'seen-scenarios-'));
 const databases: TestDatabase[] = [];
@@ -88,15 +88,9 @@ function syncEvents(db: { url: string }, args: string[], env: NodeJS.ProcessEnv 
   return runCli('sync:events', [...args, '--json'], { env: { DATABASE_URL: db.url, ...env } });
 }
 
-/**
- * Seeds the database with one run through SQL (begin_run, the lines staged, finish_run: what the CLI calls, without
- * its start-up of about a second); the run must succeed. The seed is the history a scenario starts from, not what it
- * tests: the scenarios themselves still run the CLI.
- */
+/** Seeds the history a scenario starts from through SQL (syncLines); the run must succeed. */
 async function seed(db: TestDatabase, lines: string[]): Promise<void> {
-  const run = await beginRun(db.pool, { source: 'events' });
-  await stageLines(db.pool, 'events', run.id, lines);
-  expect((await finishRun(db.pool, run.id)).status).toBe('succeeded');
+  expect((await syncLines(db.pool, lines)).status).toBe('succeeded');
 }
 
 /** What runs may change (not sync_runs): equal before and after means nothing was applied. */

@@ -12,7 +12,8 @@ import { repoRoot } from '../db/paths.ts';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
 import { startCrashableServer } from '../fixtures/postmaster-control.ts';
 import { createRandom } from '../fixtures/prng.ts';
-import { beginRun, failRun, finishRun, stageLines } from '../sql/sync-api.ts';
+import { syncLines } from '../sql/run-fixtures.ts';
+import { beginRun, failRun } from '../sql/sync-api.ts';
 
 const db = await createTestDatabase();
 const dir = mkdtempSync(path.join(os.tmpdir(), 'sync-events-truth-'));
@@ -77,9 +78,7 @@ const ourLines = (stderr: string) => stderr.split('\n').filter((l) => l.startsWi
 
 /** The history the tests start from: 20 lines in one run through SQL (begin_run, the lines staged, finish_run). */
 async function seedHistory(pool: pg.Pool): Promise<void> {
-  const seed = await beginRun(pool, { source: 'events' });
-  await stageLines(pool, 'events', seed.id, lines(20, 'seed'));
-  expect((await finishRun(pool, seed.id)).status).toBe('succeeded');
+  expect((await syncLines(pool, lines(20, 'seed'))).status).toBe('succeeded');
 }
 
 beforeAll(async () => {

@@ -1,7 +1,7 @@
 // Test fixtures: real runs through the SQL API (begin_run, stage_*, finish_run) with a chosen clock.
 import { afterAll, beforeEach } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { beginRun, finishRun, stageRecords, syncHealth, type HealthRow, type Queryable, type SyncRun } from './sync-api.ts';
+import { beginRun, finishRun, stageLines, stageRecords, syncHealth, type HealthRow, type Queryable, type SyncRun } from './sync-api.ts';
 
 export interface ExportEvent {
   event: string;
@@ -40,6 +40,16 @@ export async function syncRun(
   const run = await beginRun(db, { source: options.source, clock: options.clock, forceFull: options.forceFull });
   await stageRecords(db, options.source, run.id, options.lines);
   await options.beforeFinish?.(run);
+  return finishRun(db, run.id);
+}
+
+/**
+ * An events run of export lines as text (begin_run, the lines staged as they are, finish_run): what the CLI calls,
+ * without its start-up. A test that seeds a history this way still runs the CLI for what it tests.
+ */
+export async function syncLines(db: Queryable, lines: readonly string[]): Promise<SyncRun> {
+  const run = await beginRun(db, { source: 'events' });
+  await stageLines(db, 'events', run.id, [...lines]);
   return finishRun(db, run.id);
 }
 
