@@ -35,7 +35,7 @@ begin
         || jsonb_build_object('options', r.options - 'upsert_path'))
       from mixpanel_sync.sync_runs r where r.id in (full_run.id, incremental_run.id)),
     'sync_watermarks', (select jsonb_object_agg(w.source, to_jsonb(w) - '{run_id,updated_at}'::text[])
-      from mixpanel_sync.sync_watermarks w where w.source = 'events'),
+      from mixpanel_sync.sync_watermarks w where w.project_id = mixpanel_sync.project_id() and w.source = 'events'),
     'sync_rejects', (select jsonb_object_agg(k.key, k.n) from (
         select jsonb_build_array(r.mode, j.reason, j.payload)::text as key, count(*) as n
         from mixpanel_sync.sync_rejects j join mixpanel_sync.sync_runs r on r.id = j.run_id

@@ -317,7 +317,7 @@ begin
   update mixpanel_sync.sync_settings s set value = v.value
   from (values ('events.ledger_retention', '3 days'), ('events.incremental', 'on')) v (key, value) where s.key = v.key;
   insert into mixpanel_sync.event_ledger_legacy (project_id, distinct_id, event_key, day, event_name, event_time, run_id)
-  values (1, 'verify:pin-lg', '24d3eedd-4cf2-938f-30b5-56eb451edfcf', '2000-03-04', 'Old Event', '2000-03-04 10:00:00+00', 0);
+  values (mixpanel_sync.project_id(), 'verify:pin-lg', '24d3eedd-4cf2-938f-30b5-56eb451edfcf', '2000-03-04', 'Old Event', '2000-03-04 10:00:00+00', 0);
   run := mixpanel_sync.begin_run('events', clock => '2000-03-06 12:00:00+00');
   perform mixpanel_sync.stage_events(run.id, jsonb_build_array(pg_temp.ev('Old Event', 'verify:pin-lg', '2000-03-04 10:00:00+00', 'pin-lg', '{}')));
   run := mixpanel_sync.finish_run(run.id);
@@ -361,11 +361,11 @@ begin
   update mixpanel_sync.sync_settings s set value = v.value
   from (values ('events.ledger_retention', '3 days'), ('events.overlap', '2 hours'), ('events.incremental', 'on')) v (key, value)
   where s.key = v.key;
-  update mixpanel_sync.sync_watermarks w set watermark = '2000-03-18 01:00:00+00' where w.source = 'events';
+  update mixpanel_sync.sync_watermarks w set watermark = '2000-03-18 01:00:00+00' where w.project_id = mixpanel_sync.project_id() and w.source = 'events';
   run := mixpanel_sync.begin_run('events', clock => '2000-03-20 12:00:00+00');
   perform pg_temp.same('15. watermark - overlap before the horizon day: a full run', 'full', run.mode);
   perform mixpanel_sync.fail_run(run.id, 'verify: begun only');
-  update mixpanel_sync.sync_watermarks w set watermark = '2000-03-18 02:00:00+00' where w.source = 'events';
+  update mixpanel_sync.sync_watermarks w set watermark = '2000-03-18 02:00:00+00' where w.project_id = mixpanel_sync.project_id() and w.source = 'events';
   run := mixpanel_sync.begin_run('events', clock => '2000-03-20 12:00:00+00');
   perform pg_temp.same('15. watermark - overlap exactly the horizon day''s midnight: an incremental run', 'incremental', run.mode);
   perform mixpanel_sync.fail_run(run.id, 'verify: begun only');

@@ -118,11 +118,11 @@ begin
   perform mixpanel_sync.stage_events(run.id, jsonb_build_array(e7, e2));
   parsed := mixpanel_sync.parse_staged_events(run.id);
   perform pg_temp.same('lines parsed into run_events before fail_run', 2::bigint, (select count(*) from mixpanel_sync.run_events e where e.run_id = run.id));
-  select to_jsonb(w) into mark_before from mixpanel_sync.sync_watermarks w where w.source = 'events';
+  select to_jsonb(w) into mark_before from mixpanel_sync.sync_watermarks w where w.project_id = mixpanel_sync.project_id() and w.source = 'events';
   tables_before := mixpanel_sync_verify.verify_snapshot();
   failed := mixpanel_sync.fail_run(run.id, 'verify: injected failure');
   perform pg_temp.same('watermark row (every column) after fail_run', mark_before,
-    (select to_jsonb(w) from mixpanel_sync.sync_watermarks w where w.source = 'events'));
+    (select to_jsonb(w) from mixpanel_sync.sync_watermarks w where w.project_id = mixpanel_sync.project_id() and w.source = 'events'));
   perform mixpanel_sync_verify.verify_assert_same('run_lifecycle_pinned', 'event tables before (expected) and after (actual) fail_run',
     tables_before, mixpanel_sync_verify.verify_snapshot());
   perform pg_temp.same('staged lines and run_events left after fail_run', 0::bigint, pg_temp.staged_left(run.id));
@@ -143,7 +143,7 @@ begin
   perform pg_temp.same('events_daily on the horizon day (our rows, summed)', 2::numeric,
     (select sum(d.event_count) from mixpanel_sync.events_daily d where mixpanel_sync_verify.verify_ours(d.distinct_id) and d.day = '2000-01-03'));
   perform pg_temp.same('watermark after the last run', '2000-02-16 17:00:00+00'::timestamptz,
-    (select w.watermark from mixpanel_sync.sync_watermarks w where w.source = 'events'));
+    (select w.watermark from mixpanel_sync.sync_watermarks w where w.project_id = mixpanel_sync.project_id() and w.source = 'events'));
   perform pg_temp.same('staged rows left after the last run', 0::bigint, pg_temp.staged_left(run.id));
 
   -- 5. subscribers from this script's own list of the events that count (e1 .. e8 once each).
@@ -171,14 +171,14 @@ begin
     '{properties,mp_processing_time_ms}', to_jsonb(extract(epoch from '2000-02-16 20:00:00+00'::timestamptz)::bigint * 1000))));
   run := mixpanel_sync.finish_run(run.id);
   perform pg_temp.same('processing watermark after e9', '2000-02-16 20:00:00+00'::timestamptz,
-    (select w.processing_watermark from mixpanel_sync.sync_watermarks w where w.source = 'events'));
+    (select w.processing_watermark from mixpanel_sync.sync_watermarks w where w.project_id = mixpanel_sync.project_id() and w.source = 'events'));
   run := mixpanel_sync.begin_run('events', true, clock => '2000-02-17 12:00:00+00');
   perform mixpanel_sync.stage_events(run.id, jsonb_build_array(e4, e5, e6, e7, e8,
     pg_temp.line('login', 'verify:life-b', '2000-02-16 10:00:00+00', 'life-9') #- '{properties,mp_processing_time_ms}'));
   run := mixpanel_sync.finish_run(run.id);
   perform pg_temp.same('forced full run (received, applied, watermark, processing watermark)',
     format('(6,6,%s,%s)', '2000-02-16 17:00:00+00'::timestamptz, '2000-02-16 17:01:00+00'::timestamptz),
-    (select format('(%s,%s,%s,%s)', run.received, run.applied, w.watermark, w.processing_watermark) from mixpanel_sync.sync_watermarks w where w.source = 'events'));
+    (select format('(%s,%s,%s,%s)', run.received, run.applied, w.watermark, w.processing_watermark) from mixpanel_sync.sync_watermarks w where w.project_id = mixpanel_sync.project_id() and w.source = 'events'));
 
   -- 6. begin_run refuses a resync whose first day is after its last (SQLSTATE 22023; MP004 once the safety core lands).
   declare

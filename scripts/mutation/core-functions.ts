@@ -68,8 +68,8 @@ const profiles = [
   'property-tests/profiles-verify.test.ts',
 ];
 
-/** Proofs to try first per function name, cheapest likely killer first. */
-export const proofMap: Record<string, string[]> = {
+/** Proofs to try first per function name, cheapest likely killer first (the project isolation proofs are added last to each). */
+const mappedProofs: Record<string, string[]> = {
   begin_run: [
     ...endToEnd,
     'verify/mutation_pins.sql',
@@ -222,3 +222,17 @@ export const proofMap: Record<string, string[]> = {
   upsert_subscriber_properties: ['verify/mutation_pins.sql', ...profiles, 'scripts/sql/mutation-pins-runs.test.ts'],
   finish_profiles_run: ['verify/mutation_pins.sql', ...profiles, 'scripts/sql/safety-records.test.ts'],
 };
+
+/**
+ * Every core function reads or writes rows of one project (000013): a `project_id` predicate taken out or turned
+ * is killed only by a proof with two projects in one database, so those proofs end every function's list.
+ */
+const projectIsolation = [
+  'scripts/sql/projects-isolation.test.ts',
+  'verify/projects_isolated.sql',
+  'property-tests/project-isolation.test.ts',
+];
+
+export const proofMap: Record<string, string[]> = Object.fromEntries(
+  Object.entries(mappedProofs).map(([name, proofs]) => [name, [...proofs, ...projectIsolation.filter((p) => !proofs.includes(p))]]),
+);

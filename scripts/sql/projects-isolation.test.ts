@@ -31,6 +31,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { projectsTotalLine, readProjectsStatus } from '../cli/read-status.ts';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { listVerifyScripts, runVerifyScript, runVerifyScripts } from '../cli/verify.ts';
 import { chosenProject } from '../loader/loader-cli.ts';
 import {
   beginCohortsRun,
@@ -354,6 +355,21 @@ describe('several projects in one database', () => {
     const unknown = await beginRun(db.pool, { source: 'events', clock, project: 'nope' }).catch((error) => error);
     expect(unknown.code).toBe('MP004');
     expect(unknown.message).toContain("'nope'");
+  });
+
+  // verify/*.sql per project (issue 13: "the verify scripts run per project"): a DBA runs them on a database of several
+  // projects with the session setting mixpanel_sync.project (npm run verify -- --project NAME, or PGOPTIONS for psql),
+  // which project_id(null) reads. Seen failing with project_id() not reading the setting (every script MP004).
+  it('every verify/*.sql passes for a named project of a database holding several (the session setting); unnamed: MP004', async () => {
+    const scripts = await listVerifyScripts();
+    const before = { a: await rowsOf(db.pool, 'a'), b: await rowsOf(db.pool, 'b') };
+    const outcomes = await runVerifyScripts(db.url, scripts, () => {}, 'b');
+    expect(outcomes.filter((o) => o.failure).map((o) => `${o.script}: ${o.failure}`)).toEqual([]);
+    expect(outcomes.every((o) => o.passLines.length > 0)).toBe(true);
+    const unnamed = await runVerifyScript(db.url, 'verify/run_lifecycle_pinned.sql');
+    expect(unnamed.failure).toMatch(/holds 3 projects: name one/);
+    // each script rolls back: no project's rows changed
+    expect({ a: await rowsOf(db.pool, 'a'), b: await rowsOf(db.pool, 'b') }).toEqual(before);
   });
 
   it("a run of another Mixpanel project than the project's is refused (MP004); the first run records it", async () => {
