@@ -3222,28 +3222,29 @@ AS $function$
 declare
   found_id smallint;
   projects bigint;
+  chosen text := coalesce(project_id.name, nullif(pg_catalog.current_setting('mixpanel_sync.project', true), ''));
 begin
-  if project_id.name is null then
+  if chosen is null then
     select count(*), min(p.id) into projects, found_id from mixpanel_sync.projects p;
     if projects = 1 then
       return found_id;
     end if;
     raise exception 'this database holds % projects: name one', projects
       using errcode = 'MP004',
-        hint = format('one of: %s (CLI: --project NAME or MIXPANEL_PROJECT=NAME; psql: the function''s project argument)',
+        hint = format('one of: %s (CLI: --project NAME or MIXPANEL_PROJECT=NAME; psql: the function''s project argument, or set mixpanel_sync.project = ''NAME'' for the session)',
           (select string_agg(p.name, ', ' order by p.name) from mixpanel_sync.projects p));
   end if;
-  select p.id into found_id from mixpanel_sync.projects p where p.name = project_id.name;
+  select p.id into found_id from mixpanel_sync.projects p where p.name = chosen;
   if not found then
-    raise exception 'unknown project %', quote_literal(project_id.name)
+    raise exception 'unknown project %', quote_literal(chosen)
       using errcode = 'MP004',
         hint = format('one of: %s; a new one: select mixpanel_sync.create_project(''%s'')',
-          (select string_agg(p.name, ', ' order by p.name) from mixpanel_sync.projects p), project_id.name);
+          (select string_agg(p.name, ', ' order by p.name) from mixpanel_sync.projects p), chosen);
   end if;
   return found_id;
 end;
 $function$;
-comment on function mixpanel_sync.project_id(name text) is 'The id of the project of this name (mixpanel_sync.projects); null: the only project. Raises MP004 for an unknown name, or for null when the database holds several projects, listing the names in the hint. Stable: usable in an index condition, e.g. where project_id = mixpanel_sync.project_id(''eu_app'').';
+comment on function mixpanel_sync.project_id(name text) is 'The id of the project of this name (mixpanel_sync.projects); null: the session''s project (the setting mixpanel_sync.project, e.g. set mixpanel_sync.project = ''eu_app'' in psql, or PGOPTIONS=''-c mixpanel_sync.project=eu_app''; this is how verify/*.sql runs per project), else the only project. Raises MP004 for an unknown name, or for null when the database holds several projects, listing the names in the hint. Stable: usable in an index condition, e.g. where project_id = mixpanel_sync.project_id(''eu_app'').';
 grant execute on function mixpanel_sync.project_id(name text) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.prune_history(project_id smallint)
