@@ -82,6 +82,10 @@ insert into mixpanel_sync.sync_setting_defaults (key, value, kind, description) 
   ('runs.retention', '90 days', 'interval', 'Finished runs and their rejects older than this are pruned.')
 on conflict (key) do nothing;
 
+-- The rebuild below copies every per-user row once, under locks taken up front (lock_timeout still 5 s): its time
+-- grows with the tables (≈ 130k rows/s measured for a key rebuild, so about an hour for 450M rows), and a timeout
+-- would only throw that work away with the locks held all along. Unbounded for this statement; plan a window for it.
+set local statement_timeout = 0;
 do $keys$
 begin
   if exists (select from pg_catalog.pg_attribute a
@@ -210,6 +214,8 @@ begin
     foreign key (key, kind) references mixpanel_sync.sync_setting_defaults (key, kind);
 end
 $keys$;
+-- the later files define functions only: back to the migration's bound
+set local statement_timeout = '10min';
 
 comment on table mixpanel_sync.events_daily is 'Event counts per project, user, UTC day and event name: the grain at which REPLACE and ADD are both exact.';
 comment on column mixpanel_sync.events_daily.project_id is 'The project (mixpanel_sync.projects.id); it leads the key.';

@@ -122,7 +122,7 @@ export async function buildHistory(db: pg.Pool, shape: HistoryShape, log: (messa
     await client.query(
       `insert into mixpanel_sync.sync_watermarks (project_id, source, watermark, processing_watermark, run_id)
        values (1, 'events', $1, $1, $2)
-       on conflict (source) do update set watermark = excluded.watermark, processing_watermark = excluded.processing_watermark, run_id = excluded.run_id`,
+       on conflict (project_id, source) do update set watermark = excluded.watermark, processing_watermark = excluded.processing_watermark, run_id = excluded.run_id`,
       [shape.end, runId],
     );
     await client.query(`vacuum (analyze) ${tables.join(', ')}`);

@@ -19,10 +19,27 @@ export function templateDatabase(): TemplateDatabase {
   return template;
 }
 
-export async function createTestDatabase(options: { poolSize?: number } = {}): Promise<TestDatabase> {
+/**
+ * poolSize: the pool's size (4). project: every connection of the pool gets the session setting mixpanel_sync.project
+ * (which mixpanel_sync.project_id() reads when no project is named), after the project is created beside 'default'.
+ */
+export async function createTestDatabase(options: { poolSize?: number; project?: string } = {}): Promise<TestDatabase> {
   const template = templateDatabase();
   const url = await cloneDatabase(template);
-  const pool = new pg.Pool({ connectionString: url, max: options.poolSize ?? 4 });
+  if (options.project) {
+    const client = new pg.Client({ connectionString: url });
+    await client.connect();
+    try {
+      await client.query('select mixpanel_sync.create_project($1)', [options.project]);
+    } finally {
+      await client.end();
+    }
+  }
+  const pool = new pg.Pool({
+    connectionString: url,
+    max: options.poolSize ?? 4,
+    ...(options.project ? { options: `-c mixpanel_sync.project=${options.project}` } : {}),
+  });
   pool.on('error', () => {}); // idle clients see the server go away at teardown
   let dropped: Promise<void> | undefined;
   return {
