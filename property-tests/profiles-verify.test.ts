@@ -11,6 +11,8 @@ import { createTestDatabase, type TestDatabase } from './db.ts';
 
 const script = path.join(repoRoot, 'verify', 'profiles_change_detection.sql');
 const psqlOnPath = spawnSync('psql', ['--version']).status === 0;
+/** FC_PROJECT (property-tests/db.ts): the script runs for that project, as npm run verify -- --project and PGOPTIONS give it. */
+const project = process.env.FC_PROJECT ?? null;
 
 let db: TestDatabase;
 
@@ -54,7 +56,7 @@ async function verifyWithBrokenUpsert(find: string, replacement: string): Promis
   expect(broken).not.toBe(original);
   await db.pool.query(broken);
   try {
-    return await runVerifyScript(db.url, script);
+    return await runVerifyScript(db.url, script, project);
   } finally {
     await db.pool.query(original);
   }
@@ -63,7 +65,7 @@ async function verifyWithBrokenUpsert(find: string, replacement: string): Promis
 describe('verify/profiles_change_detection.sql', () => {
   it('passes through pg with one PASS line naming it, on a database in use, and leaves no trace', { timeout: 120_000 }, async () => {
     const before = await wholeState();
-    const outcome = await runVerifyScript(db.url, script);
+    const outcome = await runVerifyScript(db.url, script, project);
     expect(outcome.failure).toBeUndefined();
     expect(outcome.passLines).toEqual([
       expect.stringMatching(/^PASS verify\/profiles_change_detection: .*300 inserted, 450 updated, 1550 unchanged/),
@@ -75,6 +77,7 @@ describe('verify/profiles_change_detection.sql', () => {
     const result = spawnSync('psql', ['-X', '-q', '-v', 'ON_ERROR_STOP=1', '-d', db.url, '-f', 'verify/profiles_change_detection.sql'], {
       cwd: repoRoot,
       encoding: 'utf8',
+      env: project ? { ...process.env, PGOPTIONS: `-c mixpanel_sync.project=${project}` } : process.env,
     });
     expect(result.status, result.stderr).toBe(0);
     expect(result.stderr.split('\n').filter((line) => line.includes('NOTICE:  PASS'))).toEqual([

@@ -9,9 +9,9 @@ export type IdentityMode = 'off' | 'simplified' | 'original';
 /** A sync_runs row with the identity columns of 500-identity.sql (null when identity.mode was off). */
 export type IdentityRun = SyncRun & { links_learned: string | null; reattributed_events: string | null };
 
-/** Sets identity.mode (a sync_settings row of kind identity_mode, checked on write). */
+/** Sets identity.mode of the session's project (mixpanel_sync.project_id(): the setting mixpanel_sync.project, else the only one). */
 export async function setIdentityMode(db: Queryable, mode: IdentityMode): Promise<void> {
-  const { rowCount } = await db.query(`update mixpanel_sync.sync_settings set value = $1 where key = 'identity.mode'`, [mode]);
+  const { rowCount } = await db.query(`update mixpanel_sync.sync_settings set value = $1 where project_id = mixpanel_sync.project_id() and key = 'identity.mode'`, [mode]);
   if (rowCount !== 1) throw new Error('identity.mode is missing from mixpanel_sync.sync_settings: is the database migrated?');
 }
 

@@ -372,6 +372,24 @@ describe('several projects in one database', () => {
     expect({ a: await rowsOf(db.pool, 'a'), b: await rowsOf(db.pool, 'b') }).toEqual(before);
   });
 
+  // Seen failing with identity_cluster's `not exists (… l.project_id = … and l.alias = …)` turned into `or` (a survivor
+  // of the quick mutation sample): with any link in the project, an unlinked id had no cluster at all.
+  it("identity_cluster: an id no link of the project names is a cluster of one, though the project has links and another project's link names it", async () => {
+    const b = (await readProject(db.pool, 'b')).id;
+    const { rows: links } = await db.pool.query<{ alias: string }>(
+      'select l.alias from mixpanel_sync.identity_links l where l.project_id = $1 and l.alias <> l.canonical order by l.alias limit 1',
+      [b],
+    );
+    expect(links.length, "B's identity step learned a link").toBe(1);
+    const cluster = (project: number, id: string) =>
+      db.pool
+        .query('select c.member, c.canonical, c.is_canonical from mixpanel_sync.identity_cluster($1::smallint, $2) c', [project, id])
+        .then((r) => r.rows);
+    expect(await cluster(b, 'nobody')).toEqual([{ member: 'nobody', canonical: 'nobody', is_canonical: true }]);
+    const other = (await readProject(db.pool, 'default')).id;
+    expect(await cluster(other, links[0]!.alias)).toEqual([{ member: links[0]!.alias, canonical: links[0]!.alias, is_canonical: true }]);
+  });
+
   it("a run of another Mixpanel project than the project's is refused (MP004); the first run records it", async () => {
     const first = await beginRun(db.pool, { source: 'profiles', clock, project: 'a', mixpanelProjectId: 1001 });
     await failRun(db.pool, first.id, 'test: recorded the id');
