@@ -11,7 +11,10 @@ export type IdentityRun = SyncRun & { links_learned: string | null; reattributed
 
 /** Sets identity.mode of the session's project (mixpanel_sync.project_id(): the setting mixpanel_sync.project, else the only one). */
 export async function setIdentityMode(db: Queryable, mode: IdentityMode): Promise<void> {
-  const { rowCount } = await db.query(`update mixpanel_sync.sync_settings set value = $1 where project_id = mixpanel_sync.project_id() and key = 'identity.mode'`, [mode]);
+  const { rowCount } = await db.query(
+    `update mixpanel_sync.sync_settings set value = $1 where project_id = mixpanel_sync.project_id() and key = 'identity.mode'`,
+    [mode],
+  );
   if (rowCount !== 1) throw new Error('identity.mode is missing from mixpanel_sync.sync_settings: is the database migrated?');
 }
 
