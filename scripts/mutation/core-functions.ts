@@ -229,6 +229,7 @@ const mappedProofs: Record<string, string[]> = {
  */
 const projectIsolation = [
   'scripts/sql/projects-isolation.test.ts',
+  'scripts/sql/projects-isolation-runs.test.ts',
   'verify/projects_isolated.sql',
   'property-tests/project-isolation.test.ts',
 ];

@@ -1,0 +1,127 @@
+// Several projects (issue 13 part 3): what one project's begin_run and finish_run decide from another project's rows.
+// Pins for mutants of migration 000013 that scripts/sql/projects-isolation.test.ts and the isolation property did not
+// kill (the mutation run of 2026-12-01 on the new texts):
+//   - abandon_stale_runs without `r.project_id = … and`: A's begin_run marked B's run abandoned once it was older than
+//     runs.abandon_after (test 1);
+//   - begin_run's dead-loader rule without `r.project_id = pid and`: A's begin_run abandoned B's run whose loader
+//     session was gone (test 2);
+//   - finish_events_run's shared horizon with another project's clock taken from every project's runs
+//     (`r.project_id = p.id` dropped): A's finish at a later clock dropped the day partition that still holds B's
+//     ledger rows (test 3);
+//   - finish_events_run's delete of the project's own rows between the shared horizon and its own with `>=` → `>`: the
+//     row on the shared horizon's day stayed (test 4).
+// Each database holds 'default', 'a' and 'b'; every test uses its own clocks and ids.
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { beginRun, createProject, failRun, finishRun, type Queryable, stageRecords, type SyncRun, writeSetting } from './sync-api.ts';
+
+let db: TestDatabase;
+const at = (iso: string) => Math.floor(Date.parse(iso) / 1000);
+const ev = (name: string, user: string, time: string, insertId: string) => ({
+  event: name,
+  properties: { distinct_id: user, time: at(time), mp_processing_time_ms: Date.parse(time), $insert_id: insertId },
+});
+
+beforeAll(async () => {
+  db = await createTestDatabase({ poolSize: 4 });
+  await createProject(db.pool, 'a');
+  await createProject(db.pool, 'b');
+});
+afterAll(async () => {
+  await db?.drop();
+});
+
+async function status(client: Queryable, runId: string): Promise<string> {
+  const { rows } = await client.query<{ status: string }>('select r.status from mixpanel_sync.sync_runs r where r.id = $1', [runId]);
+  return rows[0]!.status;
+}
+
+async function eventsRun(
+  client: Queryable,
+  project: string,
+  clock: string,
+  lines: readonly unknown[],
+  forceFull = false,
+): Promise<SyncRun> {
+  const run = await beginRun(client, { source: 'events', clock, forceFull, project });
+  await stageRecords(client, 'events', run.id, lines);
+  return finishRun(client, run.id);
+}
+
+/** The project's event_ledger rows as "distinct_id day", sorted. */
+async function ledgerOf(client: Queryable, project: string): Promise<string[]> {
+  const { rows } = await client.query<{ r: string }>(
+    `select l.distinct_id || ' ' || l.day::text as r from mixpanel_sync.event_ledger l
+     where l.project_id = mixpanel_sync.project_id($1) order by 1`,
+    [project],
+  );
+  return rows.map((row) => row.r);
+}
+
+describe("one project's runs and another project's", () => {
+  it("A's begin_run leaves B's run alone once it is older than runs.abandon_after; B's own begin_run abandons it", async () => {
+    const stale = await beginRun(db.pool, { source: 'profiles', clock: '2026-10-01T12:00:00Z', project: 'b' });
+    await db.pool.query(`update mixpanel_sync.sync_runs r set started_at = now() - interval '3 hours' where r.id = $1`, [stale.id]);
+    const ofA = await beginRun(db.pool, { source: 'profiles', clock: '2026-10-01T12:00:00Z', project: 'a' });
+    expect(await status(db.pool, stale.id)).toBe('running');
+    await failRun(db.pool, ofA.id, 'test: done');
+    // the control: the rule itself works, within the project
+    const ofB = await beginRun(db.pool, { source: 'profiles', clock: '2026-10-01T12:00:00Z', project: 'b' });
+    expect(await status(db.pool, stale.id)).toBe('abandoned');
+    await failRun(db.pool, ofB.id, 'test: done');
+  });
+
+  it("A's begin_run leaves B's run alone when B's loader session is gone; B's own begin_run abandons it", async () => {
+    const loader = new pg.Client({ connectionString: db.url });
+    await loader.connect();
+    const orphan = await beginRun(loader, { source: 'profiles', clock: '2026-10-02T12:00:00Z', project: 'b' });
+    await loader.end();
+    // the session is gone once the server has removed it from pg_stat_activity
+    const pid = Number((orphan as unknown as { options: { owner: { pid: number } } }).options?.owner?.pid ?? 0);
+    for (let i = 0; i < 100; i++) {
+      const { rows } = await db.pool.query('select 1 from pg_catalog.pg_stat_activity a where a.pid = $1', [pid]);
+      if (rows.length === 0) break;
+      await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    const ofA = await beginRun(db.pool, { source: 'profiles', clock: '2026-10-02T12:00:00Z', project: 'a' });
+    expect(await status(db.pool, orphan.id)).toBe('running');
+    await failRun(db.pool, ofA.id, 'test: done');
+    const ofB = await beginRun(db.pool, { source: 'profiles', clock: '2026-10-02T12:00:00Z', project: 'b' });
+    expect(await status(db.pool, orphan.id)).toBe('abandoned');
+    await failRun(db.pool, ofB.id, 'test: done');
+  });
+
+  it("A's finish at a later clock keeps the day partitions B's horizon (at B's own last clock) still holds", async () => {
+    // B's last run: clock 2026-09-10, ledger retention 7 days: B keeps 2026-09-04 .. 2026-09-10
+    const ofB = [ev('open', 'b1', '2026-09-05T10:00:00Z', 'p1'), ev('open', 'b2', '2026-09-09T10:00:00Z', 'p2')];
+    await eventsRun(db.pool, 'b', '2026-09-10T12:00:00Z', ofB, true);
+    const before = await ledgerOf(db.pool, 'b');
+    expect(before).toEqual(['b1 2026-09-05', 'b2 2026-09-09']);
+    // A syncs five days later, twice (the second finish sees A's first run succeeded at the later clock)
+    const ofA = [ev('open', 'a1', '2026-09-14T10:00:00Z', 'q1')];
+    await eventsRun(db.pool, 'a', '2026-09-15T12:00:00Z', ofA, true);
+    await eventsRun(db.pool, 'a', '2026-09-15T12:30:00Z', ofA, true);
+    expect(await ledgerOf(db.pool, 'b')).toEqual(before);
+  });
+
+  it("A's finish deletes its own ledger rows from the shared horizon's day up to its own horizon (B keeps longer)", async () => {
+    // B keeps 30 days at the same clock; A kept 30 days, then keeps 7: the days between are A's to delete
+    await writeSetting(db.pool, 'events.ledger_retention', '30 days', 'b');
+    await writeSetting(db.pool, 'events.ledger_retention', '30 days', 'a');
+    const clock = '2026-11-30T12:00:00Z';
+    await eventsRun(db.pool, 'b', clock, [ev('open', 'b9', '2026-11-01T10:00:00Z', 'r1')], true);
+    // 2026-11-01 is the first day of a 30-day horizon ending 2026-11-30: the shared horizon's own day
+    const ofA = [
+      ev('open', 'a7', '2026-11-01T09:00:00Z', 's1'),
+      ev('open', 'a8', '2026-11-20T09:00:00Z', 's2'),
+      ev('open', 'a9', '2026-11-29T09:00:00Z', 's3'),
+    ];
+    await eventsRun(db.pool, 'a', clock, ofA, true);
+    expect(await ledgerOf(db.pool, 'a')).toEqual(['a7 2026-11-01', 'a8 2026-11-20', 'a9 2026-11-29']);
+    await writeSetting(db.pool, 'events.ledger_retention', '7 days', 'a');
+    await eventsRun(db.pool, 'a', '2026-11-30T12:30:00Z', ofA, true);
+    expect(await ledgerOf(db.pool, 'a')).toEqual(['a9 2026-11-29']);
+    expect(await ledgerOf(db.pool, 'b')).toEqual(['b9 2026-11-01']);
+  });
+});
