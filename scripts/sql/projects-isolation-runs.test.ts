@@ -9,7 +9,15 @@
 //     (`r.project_id = p.id` dropped): A's finish at a later clock dropped the day partition that still holds B's
 //     ledger rows (test 3);
 //   - finish_events_run's delete of the project's own rows between the shared horizon and its own with `>=` → `>`: the
-//     row on the shared horizon's day stayed (test 4).
+//     row on the shared horizon's day stayed (test 4);
+//   - the loop ADD (insert_new_events_loop) probing the ledger or the legacy ledger without `project_id = pid`: A's new
+//     event counted a duplicate of B's row with the same key (test 5);
+//   - finish_events_run deleting legacy ledger rows below the horizon without `l.project_id = pid`: A's finish deleted
+//     B's (test 6);
+//   - a full run that applied nothing: the watermark held before the window read without `d.project_id = pid` (A's
+//     watermark taken from B's rows), and the watermark row deleted without `w.project_id = pid` (B's deleted) (test 7);
+//   - identity_cluster listing the links of the canonical id without `l.project_id = …`: B's device in A's cluster
+//     (test 8).
 // Each database holds 'default', 'a' and 'b'; every test uses its own clocks and ids.
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -123,5 +131,94 @@ describe("one project's runs and another project's", () => {
     await eventsRun(db.pool, 'a', '2026-11-30T12:30:00Z', ofA, true);
     expect(await ledgerOf(db.pool, 'a')).toEqual(['a9 2026-11-29']);
     expect(await ledgerOf(db.pool, 'b')).toEqual(['b9 2026-11-01']);
+  });
+
+  it('the loop ADD and the set ADD apply an event whose key only another project holds, in its ledger or its legacy ledger', async () => {
+    const legacyKey = async (name: string, time: string, insertId: string) =>
+      (
+        await db.pool.query<{ k: string }>('select mixpanel_sync.legacy_event_key($1, $2, $3, $4::jsonb)::text as k', [
+          name,
+          at(time),
+          insertId,
+          '{}',
+        ])
+      ).rows[0]!.k;
+    const legacy = (project: string, user: string, key: string, day: string) =>
+      db.pool.query(
+        `insert into mixpanel_sync.event_ledger_legacy (project_id, distinct_id, event_key, day, event_name, event_time, run_id)
+         values (mixpanel_sync.project_id($1), $2, $3::uuid, $4::date, 'open', $4::date + time '10:00', 0)`,
+        [project, user, key, day],
+      );
+    for (const path of ['loop', 'set'] as const) {
+      await writeSetting(db.pool, 'events.upsert_path', path, 'a');
+      const day = path === 'loop' ? '2026-08-10' : '2026-08-20';
+      const clock = `${day}T12:00:00Z`;
+      // A's legacy ledger holds a row (so A's parse computes legacy keys); B's holds the key of A's event e2
+      await legacy('a', `a-legacy-${path}`, '00000000-0000-0000-0000-0000000000a1', day);
+      await legacy('b', `shared-${path}`, await legacyKey('open', `${day}T09:00:00Z`, `l2-${path}`), day);
+      // B's ledger holds the key of A's event e3 (same distinct_id and $insert_id)
+      await eventsRun(db.pool, 'b', clock, [ev('open', `shared-${path}`, `${day}T09:30:00Z`, `l3-${path}`)], true);
+      await eventsRun(db.pool, 'a', clock, [ev('open', `shared-${path}`, `${day}T08:00:00Z`, `l1-${path}`)], true);
+      const add = await eventsRun(db.pool, 'a', `${day}T12:10:00Z`, [
+        ev('open', `shared-${path}`, `${day}T09:00:00Z`, `l2-${path}`),
+        ev('open', `shared-${path}`, `${day}T09:30:00Z`, `l3-${path}`),
+      ]);
+      expect([path, add.mode, Number(add.applied), Number(add.duplicates)]).toEqual([path, 'incremental', 2, 0]);
+    }
+    await writeSetting(db.pool, 'events.upsert_path', 'set', 'a');
+  });
+
+  it("A's finish leaves B's legacy ledger rows below A's horizon", async () => {
+    await db.pool.query(
+      `insert into mixpanel_sync.event_ledger_legacy (project_id, distinct_id, event_key, day, event_name, event_time, run_id)
+       values (mixpanel_sync.project_id('b'), 'b-old', '00000000-0000-0000-0000-0000000000b6', '2026-07-01', 'open', '2026-07-01 10:00Z', 0)`,
+    );
+    await eventsRun(db.pool, 'a', '2026-07-20T12:00:00Z', [ev('open', 'a-x', '2026-07-19T10:00:00Z', 't1')], true);
+    const { rows } = await db.pool.query(
+      `select 1 from mixpanel_sync.event_ledger_legacy g where g.project_id = mixpanel_sync.project_id('b') and g.distinct_id = 'b-old'`,
+    );
+    expect(rows.length).toBe(1);
+  });
+
+  it("a full run of A that applies nothing: A's watermark is not taken from B's rows, and B's watermark row stays", async () => {
+    const watermarks = () =>
+      db.pool
+        .query<{ project: string; watermark: string }>(
+          `select p.name as project, w.watermark::text from mixpanel_sync.sync_watermarks w
+           join mixpanel_sync.projects p on p.id = w.project_id where w.source = 'events' and p.name in ('a', 'b') order by 1`,
+        )
+        .then((r) => r.rows);
+    // a fresh pair: project c has no rows at all; B's events lie 50 days before c's clock, before c's 45-day window
+    await createProject(db.pool, 'c');
+    await eventsRun(db.pool, 'b', '2026-05-01T12:00:00Z', [ev('open', 'b-w', '2026-04-30T10:00:00Z', 'w1')], true);
+    const before = await watermarks();
+    const empty = await eventsRun(db.pool, 'c', '2026-06-20T12:00:00Z', [], true);
+    expect([empty.mode, Number(empty.applied)]).toEqual(['full', 0]);
+    const { rows } = await db.pool.query(
+      `select w.watermark from mixpanel_sync.sync_watermarks w where w.project_id = mixpanel_sync.project_id('c') and w.source = 'events'`,
+    );
+    expect(rows, 'c holds no events: no watermark row').toEqual([]);
+    expect(await watermarks()).toEqual(before);
+  });
+
+  it("identity_cluster lists the project's links only, when another project links a device to the same user", async () => {
+    for (const project of ['a', 'b']) await writeSetting(db.pool, 'identity.mode', 'simplified', project);
+    const signup = (device: string, insertId: string) => ({
+      event: 'signup',
+      properties: {
+        distinct_id: 'same-user',
+        time: at('2026-04-10T10:00:00Z'),
+        $insert_id: insertId,
+        $device_id: device,
+        $user_id: 'same-user',
+      },
+    });
+    await eventsRun(db.pool, 'b', '2026-04-11T12:00:00Z', [signup('DB', 'v1')], true);
+    await eventsRun(db.pool, 'a', '2026-04-11T12:00:00Z', [signup('DA', 'v2')], true);
+    const { rows } = await db.pool.query<{ member: string }>(
+      `select c.member from mixpanel_sync.identity_cluster(mixpanel_sync.project_id('a'), 'same-user') c order by 1`,
+    );
+    expect(rows.map((r) => r.member)).toEqual(['$device:DA', 'same-user']);
+    for (const project of ['a', 'b']) await writeSetting(db.pool, 'identity.mode', 'off', project);
   });
 });
