@@ -17,7 +17,8 @@
 //   - a full run that applied nothing: the watermark held before the window read without `d.project_id = pid` (A's
 //     watermark taken from B's rows), and the watermark row deleted without `w.project_id = pid` (B's deleted) (test 7);
 //   - identity_cluster listing the links of the canonical id without `l.project_id = …`: B's device in A's cluster
-//     (test 8).
+//     (test 8);
+//   - prune_history without `r.project_id = …`: A's finish deleted B's runs older than A's runs.retention (test 9).
 // Each database holds 'default', 'a' and 'b'; every test uses its own clocks and ids.
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -153,12 +154,13 @@ describe("one project's runs and another project's", () => {
       await writeSetting(db.pool, 'events.upsert_path', path, 'a');
       const day = path === 'loop' ? '2026-08-10' : '2026-08-20';
       const clock = `${day}T12:00:00Z`;
-      // A's legacy ledger holds a row (so A's parse computes legacy keys); B's holds the key of A's event e2
-      await legacy('a', `a-legacy-${path}`, '00000000-0000-0000-0000-0000000000a1', day);
-      await legacy('b', `shared-${path}`, await legacyKey('open', `${day}T09:00:00Z`, `l2-${path}`), day);
       // B's ledger holds the key of A's event e3 (same distinct_id and $insert_id)
       await eventsRun(db.pool, 'b', clock, [ev('open', `shared-${path}`, `${day}T09:30:00Z`, `l3-${path}`)], true);
       await eventsRun(db.pool, 'a', clock, [ev('open', `shared-${path}`, `${day}T08:00:00Z`, `l1-${path}`)], true);
+      // after the full runs (a REPLACE clears the legacy rows of its window): A's legacy ledger holds a row (so A's
+      // parse computes legacy keys); B's holds the legacy key of A's event e2
+      await legacy('a', `a-legacy-${path}`, '00000000-0000-0000-0000-0000000000a1', day);
+      await legacy('b', `shared-${path}`, await legacyKey('open', `${day}T09:00:00Z`, `l2-${path}`), day);
       const add = await eventsRun(db.pool, 'a', `${day}T12:10:00Z`, [
         ev('open', `shared-${path}`, `${day}T09:00:00Z`, `l2-${path}`),
         ev('open', `shared-${path}`, `${day}T09:30:00Z`, `l3-${path}`),
@@ -220,5 +222,17 @@ describe("one project's runs and another project's", () => {
     );
     expect(rows.map((r) => r.member)).toEqual(['$device:DA', 'same-user']);
     for (const project of ['a', 'b']) await writeSetting(db.pool, 'identity.mode', 'off', project);
+  });
+
+  it("A's finish prunes A's old runs only: B's run older than A's runs.retention stays until B's own finish", async () => {
+    const old = await beginRun(db.pool, { source: 'profiles', clock: '2026-03-01T12:00:00Z', project: 'b' });
+    await failRun(db.pool, old.id, 'test: an old run');
+    await db.pool.query(`update mixpanel_sync.sync_runs r set finished_at = now() - interval '100 days' where r.id = $1`, [old.id]);
+    const exists = async () => (await db.pool.query('select 1 from mixpanel_sync.sync_runs r where r.id = $1', [old.id])).rows.length === 1;
+    await eventsRun(db.pool, 'a', '2026-03-02T12:00:00Z', [ev('open', 'a-p', '2026-03-01T10:00:00Z', 'u1')], true);
+    expect(await exists()).toBe(true);
+    // the control: B's own finish prunes it (runs.retention 90 days)
+    await eventsRun(db.pool, 'b', '2026-03-02T12:00:00Z', [ev('open', 'b-p', '2026-03-01T10:00:00Z', 'u2')], true);
+    expect(await exists()).toBe(false);
   });
 });
