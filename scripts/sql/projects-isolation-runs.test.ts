@@ -18,7 +18,9 @@
 //     watermark taken from B's rows), and the watermark row deleted without `w.project_id = pid` (B's deleted) (test 7);
 //   - identity_cluster listing the links of the canonical id without `l.project_id = …`: B's device in A's cluster
 //     (test 8);
-//   - prune_history without `r.project_id = …`: A's finish deleted B's runs older than A's runs.retention (test 9).
+//   - prune_history without `r.project_id = …`: A's finish deleted B's runs older than A's runs.retention (test 9);
+//   - replace_guard counting stored events without `d.project_id = pid` (the empty-run rule and the shrink rule): a
+//     new project's first full run was refused for B's events of its days (test 10).
 // Each database holds 'default', 'a' and 'b'; every test uses its own clocks and ids.
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -234,5 +236,19 @@ describe("one project's runs and another project's", () => {
     // the control: B's own finish prunes it (runs.retention 90 days)
     await eventsRun(db.pool, 'b', '2026-03-02T12:00:00Z', [ev('open', 'b-p', '2026-03-01T10:00:00Z', 'u2')], true);
     expect(await exists()).toBe(false);
+  });
+
+  it("the REPLACE guard of a project's full run counts that project's stored events, not another project's", async () => {
+    // B stores 120 events on 2026-02-09 (a guarded day: at least events.replace_guard_min_events, 100)
+    const many = Array.from({ length: 120 }, (_, i) =>
+      ev('open', `g${i % 7}`, `2026-02-09T${String(i % 24).padStart(2, '0')}:00:00Z`, `g${i}`),
+    );
+    await eventsRun(db.pool, 'b', '2026-02-10T12:00:00Z', many, true);
+    await createProject(db.pool, 'd');
+    // d's first full runs over the same days: with no event, then with one; neither is refused (MP001)
+    const empty = await eventsRun(db.pool, 'd', '2026-02-10T12:00:00Z', [], true);
+    expect([empty.status, Number(empty.applied)]).toEqual(['succeeded', 0]);
+    const one = await eventsRun(db.pool, 'd', '2026-02-10T12:05:00Z', [ev('open', 'd1', '2026-02-09T10:00:00Z', 'd1')], true);
+    expect([one.status, Number(one.applied)]).toEqual(['succeeded', 1]);
   });
 });
