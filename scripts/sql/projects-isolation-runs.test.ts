@@ -131,8 +131,10 @@ describe("one project's runs and another project's", () => {
     await eventsRun(db.pool, 'a', clock, ofA, true);
     expect(await ledgerOf(db.pool, 'a')).toEqual(['a7 2026-11-01', 'a8 2026-11-20', 'a9 2026-11-29']);
     await writeSetting(db.pool, 'events.ledger_retention', '7 days', 'a');
-    await eventsRun(db.pool, 'a', '2026-11-30T12:30:00Z', ofA, true);
-    expect(await ledgerOf(db.pool, 'a')).toEqual(['a9 2026-11-29']);
+    // an incremental run (a REPLACE would rewrite the ledger of its window itself): only the retention deletes
+    const add = await eventsRun(db.pool, 'a', '2026-11-30T12:30:00Z', [ev('open', 'a9', '2026-11-30T09:00:00Z', 's4')]);
+    expect(add.mode).toBe('incremental');
+    expect(await ledgerOf(db.pool, 'a')).toEqual(['a9 2026-11-29', 'a9 2026-11-30']);
     expect(await ledgerOf(db.pool, 'b')).toEqual(['b9 2026-11-01']);
   });
 
