@@ -20,7 +20,9 @@
 //     (test 8);
 //   - prune_history without `r.project_id = …`: A's finish deleted B's runs older than A's runs.retention (test 9);
 //   - replace_guard counting stored events without `d.project_id = pid` (the empty-run rule and the shrink rule): a
-//     new project's first full run was refused for B's events of its days (test 10).
+//     new project's first full run was refused for B's events of its days (test 10);
+//   - begin_run's timezone check with `and` → `or` (`project_row.timezone is not null or project_timezone <> …`): a
+//     run that gave its project's own timezone was refused (test 11).
 // Each database holds 'default', 'a' and 'b'; every test uses its own clocks and ids.
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -252,5 +254,24 @@ describe("one project's runs and another project's", () => {
     expect([empty.status, Number(empty.applied)]).toEqual(['succeeded', 0]);
     const one = await eventsRun(db.pool, 'd', '2026-02-10T12:05:00Z', [ev('open', 'd1', '2026-02-09T10:00:00Z', 'd1')], true);
     expect([one.status, Number(one.applied)]).toEqual(['succeeded', 1]);
+  });
+
+  it("begin_run takes a project's own timezone when given it, and refuses another (MP004)", async () => {
+    await createProject(db.pool, 'ny', { timezone: 'America/New_York' });
+    const same = await beginRun(db.pool, {
+      source: 'profiles',
+      clock: '2026-01-05T12:00:00Z',
+      project: 'ny',
+      projectTimezone: 'America/New_York',
+    });
+    expect(same.project_timezone).toBe('America/New_York');
+    await failRun(db.pool, same.id, 'test: done');
+    const other = await beginRun(db.pool, {
+      source: 'profiles',
+      clock: '2026-01-05T12:00:00Z',
+      project: 'ny',
+      projectTimezone: 'Europe/Paris',
+    }).catch((error) => error);
+    expect(other.code).toBe('MP004');
   });
 });
