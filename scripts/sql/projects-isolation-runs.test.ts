@@ -22,7 +22,9 @@
 //   - replace_guard counting stored events without `d.project_id = pid` (the empty-run rule and the shrink rule): a
 //     new project's first full run was refused for B's events of its days (test 10);
 //   - begin_run's timezone check with `and` → `or` (`project_row.timezone is not null or project_timezone <> …`): a
-//     run that gave its project's own timezone was refused (test 11).
+//     run that gave its project's own timezone was refused (test 11);
+//   - REPLACE's (upsert_subscribers_incremental) delete and update of the rows its diff found gone or changed, without
+//     `project_id = pid`: A's REPLACE deleted or rewrote B's rows of the same key (test 12).
 // Each database holds 'default', 'a' and 'b'; every test uses its own clocks and ids.
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -273,5 +275,39 @@ describe("one project's runs and another project's", () => {
       projectTimezone: 'Europe/Paris',
     }).catch((error) => error);
     expect(other.code).toBe('MP004');
+  });
+
+  it("A's REPLACE deletes and rewrites A's rows only, when B holds rows of the same keys (raw storage on)", async () => {
+    for (const project of ['a', 'b']) await writeSetting(db.pool, 'events.store_raw', 'on', project);
+    const e = (user: string, time: string, insertId: string, plan: string) => ({
+      event: 'open',
+      properties: { distinct_id: user, time: at(time), $insert_id: insertId, plan },
+    });
+    const same = [e('k1', '2026-01-20T10:00:00Z', 'x1', 'free'), e('k2', '2026-01-20T11:00:00Z', 'x2', 'free')];
+    await eventsRun(db.pool, 'b', '2026-01-21T12:00:00Z', same, true);
+    await eventsRun(db.pool, 'a', '2026-01-21T12:00:00Z', same, true);
+    const rowsOfB = () =>
+      db.pool
+        .query<{ r: string }>(
+          `select 'daily ' || d.distinct_id || ' ' || d.event_count as r from mixpanel_sync.events_daily d
+           where d.project_id = mixpanel_sync.project_id('b') and d.day = '2026-01-20'
+           union all
+           select 'ledger ' || l.distinct_id || ' ' || (l.properties ->> 'plan') from mixpanel_sync.event_ledger l
+           where l.project_id = mixpanel_sync.project_id('b') and l.day = '2026-01-20' order by 1`,
+        )
+        .then((r) => r.rows.map((row) => row.r));
+    const before = await rowsOfB();
+    expect(before).toEqual(['daily k1 1', 'daily k2 1', 'ledger k1 free', 'ledger k2 free']);
+    // A's REPLACE of the same window: k1's event gone, k2's re-sent with other properties plus a second event
+    const replaced = await eventsRun(
+      db.pool,
+      'a',
+      '2026-01-21T12:30:00Z',
+      [e('k2', '2026-01-20T11:00:00Z', 'x2', 'paid'), e('k2', '2026-01-20T11:30:00Z', 'x3', 'paid')],
+      true,
+    );
+    expect(replaced.mode).toBe('full');
+    expect(await rowsOfB()).toEqual(before);
+    for (const project of ['a', 'b']) await writeSetting(db.pool, 'events.store_raw', 'off', project);
   });
 });
