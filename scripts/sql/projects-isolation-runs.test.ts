@@ -24,7 +24,9 @@
 //   - begin_run's timezone check with `and` → `or` (`project_row.timezone is not null or project_timezone <> …`): a
 //     run that gave its project's own timezone was refused (test 11);
 //   - REPLACE's (upsert_subscribers_incremental) delete and update of the rows its diff found gone or changed, without
-//     `project_id = pid`: A's REPLACE deleted or rewrote B's rows of the same key (test 12).
+//     `project_id = pid`: A's REPLACE deleted or rewrote B's rows of the same key (test 12);
+//   - the loop REPLACE clearing its window's legacy ledger rows without `g.project_id = pid` in its delete: B's row of
+//     the same distinct_id and key went too (test 13).
 // Each database holds 'default', 'a' and 'b'; every test uses its own clocks and ids.
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -309,5 +311,23 @@ describe("one project's runs and another project's", () => {
     expect(replaced.mode).toBe('full');
     expect(await rowsOfB()).toEqual(before);
     for (const project of ['a', 'b']) await writeSetting(db.pool, 'events.store_raw', 'off', project);
+  });
+
+  it("the loop REPLACE clears A's legacy ledger rows of its window, not B's of the same distinct_id and key", async () => {
+    await writeSetting(db.pool, 'events.upsert_path', 'loop', 'a');
+    await eventsRun(db.pool, 'a', '2026-01-11T12:00:00Z', [ev('open', 'lg', '2026-01-10T10:00:00Z', 'y1')], true);
+    for (const project of ['a', 'b'])
+      await db.pool.query(
+        `insert into mixpanel_sync.event_ledger_legacy (project_id, distinct_id, event_key, day, event_name, event_time, run_id)
+         values (mixpanel_sync.project_id($1), 'lg', '00000000-0000-0000-0000-0000000000c3', '2026-01-10', 'open', '2026-01-10 09:00Z', 0)`,
+        [project],
+      );
+    await eventsRun(db.pool, 'a', '2026-01-11T12:30:00Z', [ev('open', 'lg', '2026-01-10T10:00:00Z', 'y1')], true);
+    const { rows } = await db.pool.query<{ project: string }>(
+      `select p.name as project from mixpanel_sync.event_ledger_legacy g join mixpanel_sync.projects p on p.id = g.project_id
+       where g.distinct_id = 'lg' order by 1`,
+    );
+    expect(rows.map((r) => r.project)).toEqual(['b']);
+    await writeSetting(db.pool, 'events.upsert_path', 'set', 'a');
   });
 });
