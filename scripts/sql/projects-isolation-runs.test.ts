@@ -26,7 +26,10 @@
 //   - REPLACE's (upsert_subscribers_incremental) delete and update of the rows its diff found gone or changed, without
 //     `project_id = pid`: A's REPLACE deleted or rewrote B's rows of the same key (test 12);
 //   - the loop REPLACE clearing its window's legacy ledger rows without `g.project_id = pid` in its delete: B's row of
-//     the same distinct_id and key went too (test 13).
+//     the same distinct_id and key went too (test 13);
+//   - reattribute_identities without `project_id = …` in its ledger delete, its ledger move, or its probe for the
+//     canonical id's row: A's identity step dropped or moved B's rows of the alias, or dropped A's own row because B
+//     held the key under the canonical id (test 14).
 // Each database holds 'default', 'a' and 'b'; every test uses its own clocks and ids.
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -329,5 +332,54 @@ describe("one project's runs and another project's", () => {
     );
     expect(rows.map((r) => r.project)).toEqual(['b']);
     await writeSetting(db.pool, 'events.upsert_path', 'set', 'a');
+  });
+
+  it("A's identity step moves and drops A's ledger rows of an alias only, whatever B holds under the alias or the user", async () => {
+    await writeSetting(db.pool, 'identity.mode', 'simplified', 'a');
+    const open = (user: string, time: string, insertId: string) => ev('open', user, `2025-12-10T${time}:00Z`, insertId);
+    const snapshot = (project: string) =>
+      db.pool
+        .query<{ r: string }>(
+          `select 'ledger ' || l.distinct_id || ' ' || l.event_name || ' ' || to_char(l.event_time at time zone 'UTC', 'HH24:MI') as r from mixpanel_sync.event_ledger l
+           where l.project_id = mixpanel_sync.project_id($1) and l.day = '2025-12-10'
+           union all
+           select 'daily ' || d.distinct_id || ' ' || d.event_name || ' ' || d.event_count from mixpanel_sync.events_daily d
+           where d.project_id = mixpanel_sync.project_id($1) and d.day = '2025-12-10' order by 1`,
+          [project],
+        )
+        .then((r) => r.rows.map((row) => row.r));
+    // B (identity off): k1 and k2 under the device, k3 under the user
+    await eventsRun(
+      db.pool,
+      'b',
+      '2025-12-11T12:00:00Z',
+      [open('$device:R', '10:00', 'z1'), open('$device:R', '10:10', 'z2'), open('ru', '10:20', 'z3')],
+      true,
+    );
+    const ofB = await snapshot('b');
+    // A: k1 under the device and under the user, k2 and k3 under the device; no link learned yet
+    await eventsRun(
+      db.pool,
+      'a',
+      '2025-12-11T12:00:00Z',
+      [open('$device:R', '10:00', 'z1'), open('ru', '10:00', 'z1'), open('$device:R', '10:10', 'z2'), open('$device:R', '10:20', 'z3')],
+      true,
+    );
+    // A learns $device:R -> ru: k1's device row is dropped (ru holds it), k2 and k3 move to ru
+    const signup = {
+      event: 'signup',
+      properties: { distinct_id: 'ru', time: at('2025-12-10T11:00:00Z'), $insert_id: 'z9', $device_id: 'R', $user_id: 'ru' },
+    };
+    await eventsRun(db.pool, 'a', '2025-12-11T12:30:00Z', [signup]);
+    expect(await snapshot('a')).toEqual([
+      'daily ru open 3',
+      'daily ru signup 1',
+      'ledger ru open 10:00',
+      'ledger ru open 10:10',
+      'ledger ru open 10:20',
+      'ledger ru signup 11:00',
+    ]);
+    expect(await snapshot('b')).toEqual(ofB);
+    await writeSetting(db.pool, 'identity.mode', 'off', 'a');
   });
 });
