@@ -29,7 +29,9 @@
 //     the same distinct_id and key went too (test 13);
 //   - reattribute_identities without `project_id = …` in its ledger delete, its ledger move, or its probe for the
 //     canonical id's row: A's identity step dropped or moved B's rows of the alias, or dropped A's own row because B
-//     held the key under the canonical id (test 14).
+//     held the key under the canonical id (test 14);
+//   - learn_identity_links re-pointing the links of a cluster whose canonical id changed without `l.project_id = pid`:
+//     A's $merge re-pointed B's link of the same canonical id (test 15).
 // Each database holds 'default', 'a' and 'b'; every test uses its own clocks and ids.
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -381,5 +383,37 @@ describe("one project's runs and another project's", () => {
     ]);
     expect(await snapshot('b')).toEqual(ofB);
     await writeSetting(db.pool, 'identity.mode', 'off', 'a');
+  });
+
+  it("A's $merge re-points A's links whose canonical id changed, not B's links to the same id (original ID merge)", async () => {
+    for (const project of ['a', 'b']) await writeSetting(db.pool, 'identity.mode', 'original', project);
+    const e = (name: string, user: string, time: string, insertId: string, extra: Record<string, unknown> = {}) => ({
+      event: name,
+      properties: { distinct_id: user, time: at(`2025-11-09T${time}:00Z`), $insert_id: insertId, ...extra },
+    });
+    const identify = e('$identify', 'm-late', '09:30', 'id1', { $anon_id: 'm-anon', $identified_id: 'm-late' });
+    await eventsRun(db.pool, 'b', '2025-11-09T10:00:00Z', [e('view', 'm-anon', '09:00', 'n1'), identify], true);
+    const links = (project: string) =>
+      db.pool
+        .query<{ r: string }>(
+          `select l.alias || ' -> ' || l.canonical as r from mixpanel_sync.identity_links l
+           where l.project_id = mixpanel_sync.project_id($1) and l.alias like 'm-%' order by 1`,
+          [project],
+        )
+        .then((r) => r.rows.map((row) => row.r));
+    const ofB = await links('b');
+    expect(ofB).toEqual(['m-anon -> m-late', 'm-late -> m-late']);
+    await eventsRun(
+      db.pool,
+      'a',
+      '2025-11-09T10:00:00Z',
+      [identify, e('$create_alias', 'm-early', '08:10', 'al1', { alias: 'm-alias' })],
+      true,
+    );
+    // m-early was identified first: the joined cluster's canonical id; m-anon's link moves from m-late to it
+    await eventsRun(db.pool, 'a', '2025-11-09T11:00:00Z', [e('$merge', 'm-late', '10:30', 'm1', { $distinct_ids: ['m-alias', 'm-anon'] })]);
+    expect(await links('a')).toEqual(['m-alias -> m-early', 'm-anon -> m-early', 'm-early -> m-early', 'm-late -> m-early']);
+    expect(await links('b')).toEqual(ofB);
+    for (const project of ['a', 'b']) await writeSetting(db.pool, 'identity.mode', 'off', project);
   });
 });
