@@ -31,7 +31,9 @@
 //     canonical id's row: A's identity step dropped or moved B's rows of the alias, or dropped A's own row because B
 //     held the key under the canonical id (test 14);
 //   - learn_identity_links re-pointing the links of a cluster whose canonical id changed without `l.project_id = pid`:
-//     A's $merge re-pointed B's link of the same canonical id (test 15).
+//     A's $merge re-pointed B's link of the same canonical id (test 15);
+//   - begin_run's and finish_events_run's reads of the events watermark without `w.source = 'events'`, and the
+//     delete of it: a profiles watermark row of the project read as the events mark, or deleted with it (test 16).
 // Each database holds 'default', 'a' and 'b'; every test uses its own clocks and ids.
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -415,5 +417,38 @@ describe("one project's runs and another project's", () => {
     expect(await links('a')).toEqual(['m-alias -> m-early', 'm-anon -> m-early', 'm-early -> m-early', 'm-late -> m-early']);
     expect(await links('b')).toEqual(ofB);
     for (const project of ['a', 'b']) await writeSetting(db.pool, 'identity.mode', 'off', project);
+  });
+
+  it("an events run reads and removes the project's events watermark, never its profiles watermark", async () => {
+    await createProject(db.pool, 'wm');
+    const marks = () =>
+      db.pool
+        .query<{ r: string }>(
+          `select w.source || ' ' || w.watermark::text as r from mixpanel_sync.sync_watermarks w
+           where w.project_id = mixpanel_sync.project_id('wm') order by 1`,
+        )
+        .then((r) => r.rows.map((row) => row.r));
+    // a profiles watermark row (sync_watermarks' check allows the source; no function writes one today), physically
+    // before the events row and later than any event
+    await db.pool.query(
+      `insert into mixpanel_sync.sync_watermarks (project_id, source, watermark) values (mixpanel_sync.project_id('wm'), 'profiles', '2025-10-20 12:00Z')`,
+    );
+    await eventsRun(db.pool, 'wm', '2025-10-10T12:00:00Z', [ev('open', 'w1', '2025-10-10T08:00:00Z', 'wm1')], true);
+    const both = await marks();
+    expect(both.map((m) => m.split(' ')[0])).toEqual(['events', 'profiles']);
+    // the next events run starts from the events watermark (2025-10-10 08:00), not the profiles one
+    const next = await eventsRun(db.pool, 'wm', '2025-10-10T13:00:00Z', [ev('open', 'w1', '2025-10-10T09:00:00Z', 'wm2')]);
+    expect([next.mode, next.watermark_before?.toISOString()]).toEqual(['incremental', '2025-10-10T08:00:00.000Z']);
+    // a full run over a window holding no event and nothing before it removes the events watermark row only
+    const empty = await beginRun(db.pool, {
+      source: 'events',
+      clock: '2025-12-31T12:00:00Z',
+      forceFull: true,
+      allowShrink: true,
+      project: 'wm',
+    });
+    await db.pool.query(`delete from mixpanel_sync.events_daily d where d.project_id = mixpanel_sync.project_id('wm')`);
+    await finishRun(db.pool, empty.id);
+    expect(await marks()).toEqual([both[1]]);
   });
 });
