@@ -33,7 +33,10 @@
 //   - learn_identity_links re-pointing the links of a cluster whose canonical id changed without `l.project_id = pid`:
 //     A's $merge re-pointed B's link of the same canonical id (test 15);
 //   - begin_run's and finish_events_run's reads of the events watermark without `w.source = 'events'`, and the
-//     delete of it: a profiles watermark row of the project read as the events mark, or deleted with it (test 16).
+//     delete of it: a profiles watermark row of the project read as the events mark, or deleted with it (test 16);
+//   - the shared horizon taking another project's clock from its runs of any source or status (`r.source = 'events'`
+//     or `r.status = 'succeeded'` dropped): B's later profiles run, or its later failed events run, moved B's horizon
+//     past days B's ledger still holds, and A's finish dropped them (test 17).
 // Each database holds 'default', 'a' and 'b'; every test uses its own clocks and ids.
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -450,5 +453,24 @@ describe("one project's runs and another project's", () => {
     await db.pool.query(`delete from mixpanel_sync.events_daily d where d.project_id = mixpanel_sync.project_id('wm')`);
     await finishRun(db.pool, empty.id);
     expect(await marks()).toEqual([both[1]]);
+  });
+
+  it("the shared horizon takes another project's clock from its last succeeded events run, not its later profiles or failed runs", async () => {
+    // two fresh projects (the others' last runs lie in 2026: their horizons are later than these days)
+    await createProject(db.pool, 'hza');
+    await createProject(db.pool, 'hzb');
+    // hzb's last succeeded events run: 2025-08-10 (ledger kept from 2025-08-04); then a profiles run and a failed
+    // events run of hzb at 2025-08-20
+    await eventsRun(db.pool, 'hzb', '2025-08-10T12:00:00Z', [ev('open', 'hz', '2025-08-05T10:00:00Z', 'h1')], true);
+    const before = await ledgerOf(db.pool, 'hzb');
+    expect(before).toEqual(['hz 2025-08-05']);
+    const profiles = await beginRun(db.pool, { source: 'profiles', clock: '2025-08-20T12:00:00Z', project: 'hzb' });
+    await stageRecords(db.pool, 'profiles', profiles.id, [{ $distinct_id: 'hz', $properties: {} }]);
+    await finishRun(db.pool, profiles.id);
+    const failed = await beginRun(db.pool, { source: 'events', clock: '2025-08-20T12:00:00Z', project: 'hzb' });
+    await failRun(db.pool, failed.id, 'test: a failed run at a later clock');
+    // hza's finish at 2025-08-20 (its own horizon 2025-08-14)
+    await eventsRun(db.pool, 'hza', '2025-08-20T12:00:00Z', [ev('open', 'a-hz', '2025-08-19T10:00:00Z', 'h2')], true);
+    expect(await ledgerOf(db.pool, 'hzb')).toEqual(before);
   });
 });
