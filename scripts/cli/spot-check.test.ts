@@ -122,7 +122,9 @@ describe('spot-check', () => {
   });
 
   it('late arrivals after the watermark are pending, not differences (exit 0)', async () => {
-    fake.setEvents([...BASE, line('u2', 'open', 30, 'after-watermark', 10), line('u6', 'buy', 4 * HOUR, 'processed-late', 20)]);
+    // u2's event one second after the watermark (BASE's newest event, 2 h ago), so on the watermark's day at any time
+    // of day: the check compares the days up to the watermark's (an event of a later day is outside its window)
+    fake.setEvents([...BASE, line('u2', 'open', 2 * HOUR - 1, 'after-watermark', 10), line('u6', 'buy', 4 * HOUR, 'processed-late', 20)]);
     const report = await check();
     expect(report.differing_users).toEqual([]);
     expect(report.pending).toBe(2);
