@@ -1,6 +1,6 @@
 // Several projects (issue 13 part 3): what one project's begin_run and finish_run decide from another project's rows.
 // Pins for mutants of migration 000013 that scripts/sql/projects-isolation.test.ts and the isolation property did not
-// kill (the mutation run of 2026-12-01 on the new texts):
+// kill (the mutation run of 2026-12-01 on the new texts); each test was seen killing the mutants named here in that run:
 //   - abandon_stale_runs without `r.project_id = … and`: A's begin_run marked B's run abandoned once it was older than
 //     runs.abandon_after (test 1);
 //   - begin_run's dead-loader rule without `r.project_id = pid and`: A's begin_run abandoned B's run whose loader
@@ -32,8 +32,9 @@
 //     held the key under the canonical id (test 14);
 //   - learn_identity_links re-pointing the links of a cluster whose canonical id changed without `l.project_id = pid`:
 //     A's $merge re-pointed B's link of the same canonical id (test 15);
-//   - begin_run's and finish_events_run's reads of the events watermark without `w.source = 'events'`, and the
-//     delete of it: a profiles watermark row of the project read as the events mark, or deleted with it (test 16);
+//   - finish_events_run's read of the events watermark without `w.source = 'events'`, and its delete: a profiles
+//     watermark row of the project read as the events mark, or deleted with it (test 16; begin_run's own read of
+//     the mark without the source survives it, see survivor-notes.json);
 //   - the shared horizon taking another project's clock from its runs of any source or status (`r.source = 'events'`
 //     or `r.status = 'succeeded'` dropped): B's later profiles run, or its later failed events run, moved B's horizon
 //     past days B's ledger still holds, and A's finish dropped them (test 17).
