@@ -68,7 +68,7 @@ const profiles = [
   'property-tests/profiles-verify.test.ts',
 ];
 
-/** Proofs to try first per function name, cheapest likely killer first (the project isolation proofs are added last to each). */
+/** Proofs to try first per function name, cheapest likely killer first (proofMap puts the project isolation proofs before them). */
 const mappedProofs: Record<string, string[]> = {
   begin_run: [
     ...endToEnd,

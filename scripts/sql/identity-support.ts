@@ -2,7 +2,7 @@
 // mixpanel_sync.apply_identity).
 // The rules live in migration 000006, part `--! split: 500-identity.sql`; this module only calls them.
 import type { Queryable, SyncRun } from './sync-api.ts';
-import { beginRun, finishRun, stageRecords } from './sync-api.ts';
+import { beginRun, finishRun, stageRecords, writeSetting } from './sync-api.ts';
 
 export type IdentityMode = 'off' | 'simplified' | 'original';
 
@@ -10,12 +10,8 @@ export type IdentityMode = 'off' | 'simplified' | 'original';
 export type IdentityRun = SyncRun & { links_learned: string | null; reattributed_events: string | null };
 
 /** Sets identity.mode of the session's project (mixpanel_sync.project_id(): the setting mixpanel_sync.project, else the only one). */
-export async function setIdentityMode(db: Queryable, mode: IdentityMode): Promise<void> {
-  const { rowCount } = await db.query(
-    `update mixpanel_sync.sync_settings set value = $1 where project_id = mixpanel_sync.project_id() and key = 'identity.mode'`,
-    [mode],
-  );
-  if (rowCount !== 1) throw new Error('identity.mode is missing from mixpanel_sync.sync_settings: is the database migrated?');
+export function setIdentityMode(db: Queryable, mode: IdentityMode): Promise<void> {
+  return writeSetting(db, 'identity.mode', mode);
 }
 
 /** begin_run, stage the records, finish_run (whose finish_events_run runs apply_identity after parsing). */
