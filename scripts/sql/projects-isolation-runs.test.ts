@@ -42,14 +42,11 @@
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
-import { beginRun, createProject, failRun, finishRun, type Queryable, stageRecords, type SyncRun, writeSetting } from './sync-api.ts';
+import { projectEvent as ev, projectEventsRun as eventsRun, projectLedger as ledgerOf } from './run-fixtures.ts';
+import { beginRun, createProject, failRun, finishRun, type Queryable, stageRecords, writeSetting } from './sync-api.ts';
 
 let db: TestDatabase;
 const at = (iso: string) => Math.floor(Date.parse(iso) / 1000);
-const ev = (name: string, user: string, time: string, insertId: string) => ({
-  event: name,
-  properties: { distinct_id: user, time: at(time), mp_processing_time_ms: Date.parse(time), $insert_id: insertId },
-});
 
 beforeAll(async () => {
   db = await createTestDatabase({ poolSize: 4 });
@@ -63,28 +60,6 @@ afterAll(async () => {
 async function status(client: Queryable, runId: string): Promise<string> {
   const { rows } = await client.query<{ status: string }>('select r.status from mixpanel_sync.sync_runs r where r.id = $1', [runId]);
   return rows[0]!.status;
-}
-
-async function eventsRun(
-  client: Queryable,
-  project: string,
-  clock: string,
-  lines: readonly unknown[],
-  forceFull = false,
-): Promise<SyncRun> {
-  const run = await beginRun(client, { source: 'events', clock, forceFull, project });
-  await stageRecords(client, 'events', run.id, lines);
-  return finishRun(client, run.id);
-}
-
-/** The project's event_ledger rows as "distinct_id day", sorted. */
-async function ledgerOf(client: Queryable, project: string): Promise<string[]> {
-  const { rows } = await client.query<{ r: string }>(
-    `select l.distinct_id || ' ' || l.day::text as r from mixpanel_sync.event_ledger l
-     where l.project_id = mixpanel_sync.project_id($1) order by 1`,
-    [project],
-  );
-  return rows.map((row) => row.r);
 }
 
 describe("one project's runs and another project's", () => {

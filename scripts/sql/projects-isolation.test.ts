@@ -31,6 +31,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { projectsTotalLine, readProjectsStatus } from '../cli/read-status.ts';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
+import { projectEvent as ev, projectEventsRun as eventsRun } from './run-fixtures.ts';
 import { runVerifyScript, runVerifyScripts } from '../cli/verify.ts';
 import { chosenProject } from '../loader/loader-cli.ts';
 import {
@@ -46,18 +47,12 @@ import {
   readProject,
   stageCohortMembers,
   stageCohorts,
-  type SyncRun,
   stageRecords,
   writeSetting,
 } from './sync-api.ts';
 
 let db: TestDatabase;
 const clock = new Date('2026-11-20T12:00:00Z');
-const at = (iso: string) => Math.floor(Date.parse(iso) / 1000);
-const ev = (name: string, user: string, time: string, insertId: string, extra: Record<string, unknown> = {}) => ({
-  event: name,
-  properties: { distinct_id: user, time: at(time), mp_processing_time_ms: Date.parse(time), $insert_id: insertId, ...extra },
-});
 
 /** Every table with a project_id, and the run-owned tables read through their run's project. */
 const PROJECT_TABLES = [
@@ -130,17 +125,6 @@ async function dailyOf(client: Queryable, project: string): Promise<string[]> {
   return rows.map((row) => row.r.replaceAll(', ', ',')).sort();
 }
 
-async function eventsRun(
-  client: Queryable,
-  project: string,
-  lines: readonly unknown[],
-  options: { forceFull?: boolean } = {},
-): Promise<SyncRun> {
-  const run = await beginRun(client, { source: 'events', clock, forceFull: options.forceFull ?? false, project });
-  await stageRecords(client, 'events', run.id, lines);
-  return finishRun(client, run.id);
-}
-
 async function profilesRun(client: Queryable, project: string, profiles: readonly unknown[]): Promise<void> {
   const run = await beginRun(client, { source: 'profiles', clock, project });
   await stageRecords(client, 'profiles', run.id, profiles);
@@ -201,7 +185,7 @@ beforeAll(async () => {
   // the day partitions the runs write, created up front: a finish then creates none (a partition created by one
   // finish is attached under a lock held to its commit)
   await db.pool.query(`select mixpanel_sync_private.ensure_ledger_partitions('2026-11-14', '2026-11-21')`);
-  await eventsRun(db.pool, 'b', eventsOfB, { forceFull: true });
+  await eventsRun(db.pool, 'b', clock, eventsOfB, true);
   await profilesRun(db.pool, 'b', [
     { $distinct_id: 'u1', $properties: { $name: 'B one' } },
     { $distinct_id: 'u2', $properties: { $name: 'B two' } },
@@ -219,16 +203,16 @@ describe('several projects in one database', () => {
     for (const table of PROJECT_TABLES.filter((t) => t !== 'event_ledger_legacy' && t !== 'spot_checks'))
       expect(before[table]!.length, `B holds rows of ${table}`).toBeGreaterThan(0);
 
-    const full = await eventsRun(db.pool, 'a', eventsOfA, { forceFull: true });
+    const full = await eventsRun(db.pool, 'a', clock, eventsOfA, true);
     expect(full.status).toBe('succeeded');
     expect(await dailyOf(db.pool, 'a')).toEqual(expectedDaily(eventsOfA));
-    const incremental = await eventsRun(db.pool, 'a', incrementalOfA);
+    const incremental = await eventsRun(db.pool, 'a', clock, incrementalOfA);
     expect(incremental.mode).toBe('incremental');
     // i9, i2 and i6 are new to A (B holding i2 and i6 does not make them duplicates); i7 A already has
     expect(Number(incremental.applied)).toBe(3);
     // the row-at-a-time REPLACE too: A's full run again through the loop path, which sets (u1, 11-18, open) back to 1
     await writeSetting(db.pool, 'events.upsert_path', 'loop', 'a');
-    expect((await eventsRun(db.pool, 'a', eventsOfA, { forceFull: true })).status).toBe('succeeded');
+    expect((await eventsRun(db.pool, 'a', clock, eventsOfA, true)).status).toBe('succeeded');
     expect(await dailyOf(db.pool, 'a')).toEqual(expectedDaily(eventsOfA));
     await writeSetting(db.pool, 'events.upsert_path', 'set', 'a');
     await profilesRun(db.pool, 'a', [
@@ -259,7 +243,7 @@ describe('several projects in one database', () => {
       (await db.pool.query<{ n: number }>('select count(*)::int as n from mixpanel_sync.staged_events s where s.run_id = $1', [runOfB.id]))
         .rows[0]!.n;
     expect(await staged()).toBe(1);
-    await eventsRun(db.pool, 'a', [ev('open', 'u1', '2026-11-20T11:00:00Z', 'i12')]);
+    await eventsRun(db.pool, 'a', clock, [ev('open', 'u1', '2026-11-20T11:00:00Z', 'i12')]);
     expect(await staged()).toBe(1);
     const finished = await finishRun(db.pool, runOfB.id);
     expect(Number(finished.applied)).toBe(1);
@@ -316,7 +300,7 @@ describe('several projects in one database', () => {
 
   it('drop_project deletes every row of the project and nothing else; refused while one of its runs is running', async () => {
     await createProject(db.pool, 'c');
-    await eventsRun(db.pool, 'c', eventsOfB, { forceFull: true });
+    await eventsRun(db.pool, 'c', clock, eventsOfB, true);
     await profilesRun(db.pool, 'c', [{ $distinct_id: 'u1', $properties: { $name: 'C one' } }]);
     await cohortsRun(db.pool, 'c', { 7: ['u1'] });
     const { id } = await readProject(db.pool, 'c');

@@ -58,6 +58,46 @@ export const syncEvents = (db: Queryable, lines: readonly ExportEvent[], options
 
 export const syncProfiles = (db: Queryable, lines: readonly EngageProfile[]) => syncRun(db, { source: 'profiles', lines });
 
+/**
+ * An export line of a project's event at `time` (ISO), processed then, with its $insert_id and extra properties: the
+ * line the several-projects tests (projects-isolation*.test.ts) build their colliding histories from.
+ */
+export function projectEvent(name: string, user: string, time: string, insertId: string, extra: Record<string, unknown> = {}) {
+  return {
+    event: name,
+    properties: {
+      distinct_id: user,
+      time: Math.floor(Date.parse(time) / 1000),
+      mp_processing_time_ms: Date.parse(time),
+      $insert_id: insertId,
+      ...extra,
+    },
+  };
+}
+
+/** An events run of one project (begin_run at `clock`, the lines staged, finish_run). */
+export async function projectEventsRun(
+  db: Queryable,
+  project: string,
+  clock: Date | string,
+  lines: readonly unknown[],
+  forceFull = false,
+): Promise<SyncRun> {
+  const run = await beginRun(db, { source: 'events', clock, forceFull, project });
+  await stageRecords(db, 'events', run.id, lines);
+  return finishRun(db, run.id);
+}
+
+/** The project's event_ledger rows as "distinct_id day", sorted (plain SQL by project_id). */
+export async function projectLedger(db: Queryable, project: string): Promise<string[]> {
+  const { rows } = await db.query<{ r: string }>(
+    `select l.distinct_id || ' ' || l.day::text as r from mixpanel_sync.event_ledger l
+     where l.project_id = mixpanel_sync.project_id($1) order by 1`,
+    [project],
+  );
+  return rows.map((row) => row.r);
+}
+
 /** One sync_health() row by check name. */
 export async function healthOf(db: Queryable, check: string): Promise<HealthRow> {
   const rows = (await syncHealth(db)).filter((row) => row.check === check);
