@@ -175,6 +175,7 @@ const mappedProofs: Record<string, string[]> = {
   identity_canonical: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts', 'property-tests/identity-merge.test.ts'],
   identity_mode: ['verify/identity_merge.sql', 'scripts/sql/identity.test.ts'],
   reattribute_identities: [
+    'scripts/sql/projects-isolation-pins.test.ts',
     'verify/identity_merge.sql',
     'scripts/sql/mutation-pins-identity.test.ts',
     'scripts/sql/mutation-pins.test.ts',
@@ -188,7 +189,12 @@ const mappedProofs: Record<string, string[]> = {
     'scripts/sql/identity.test.ts',
     'property-tests/identity-merge.test.ts',
   ],
-  reattribute_all: ['verify/identity_merge.sql', 'scripts/sql/mutation-pins.test.ts', 'scripts/sql/identity.test.ts'],
+  reattribute_all: [
+    'scripts/sql/projects-isolation-pins.test.ts',
+    'verify/identity_merge.sql',
+    'scripts/sql/mutation-pins.test.ts',
+    'scripts/sql/identity.test.ts',
+  ],
   is_terminated_early_marker: ['verify/mutation_pins.sql', 'verify/finish_run_end_to_end.sql', 'verify/parse_independent.sql'],
   drop_staged_rows: [
     'verify/mutation_pins.sql',
@@ -197,10 +203,20 @@ const mappedProofs: Record<string, string[]> = {
     'scripts/sql/safety-records.test.ts',
   ],
   horizon_day: [...endToEnd, ...add],
-  upsert_subscribers_incremental: ['scripts/sql/mutation-pins-apply.test.ts', ...replace, 'scripts/sql/edge-pins.test.ts'],
-  upsert_subscribers_incremental_loop: ['scripts/sql/mutation-pins-apply.test.ts', ...replace],
+  upsert_subscribers_incremental: [
+    'scripts/sql/projects-isolation-pins.test.ts',
+    'scripts/sql/mutation-pins-apply.test.ts',
+    ...replace,
+    'scripts/sql/edge-pins.test.ts',
+  ],
+  upsert_subscribers_incremental_loop: [
+    'scripts/sql/projects-isolation-pins.test.ts',
+    'scripts/sql/mutation-pins-apply.test.ts',
+    ...replace,
+  ],
   insert_new_events_loop: ['scripts/sql/mutation-pins-apply.test.ts', ...replace, ...add, 'scripts/sql/edge-pins.test.ts'],
   upsert_subscribers_incremental_add: [
+    'scripts/sql/projects-isolation-pins.test.ts',
     'scripts/sql/mutation-pins-apply.test.ts',
     'scripts/sql/mutation-pins-add-history.test.ts',
     ...add,
