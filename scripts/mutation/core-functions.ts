@@ -183,6 +183,7 @@ const mappedProofs: Record<string, string[]> = {
     'property-tests/identity-merge.test.ts',
   ],
   reattribute_identities_loop: [
+    'scripts/sql/projects-isolation-pins.test.ts',
     'verify/identity_merge.sql',
     'scripts/sql/mutation-pins-identity.test.ts',
     'scripts/sql/mutation-pins.test.ts',
