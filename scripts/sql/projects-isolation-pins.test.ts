@@ -29,8 +29,8 @@
 //     rewritten);
 //   test 3: reattribute_all|drop-conjunct|where l.project_id = pid and l.alias <> l.canonical|1 (B's link chosen)
 //     and its five probes without `d.project_id = pid` (events_daily |2, event_ledger |1, event_ledger_legacy |1,
-//     subscribers |1, subscriber_properties |1), and subscriber_properties' without `d.distinct_id = l.alias` (|2):
-//     ids_moved 2, not 1;
+//     subscribers |1, subscriber_properties |1), event_ledger_legacy's and subscriber_properties' without
+//     `d.distinct_id = l.alias` (|2), and their and-or mutants (|2): ids_moved 2, not 1;
 //   test 4: reattribute_identities|drop-conjunct|, `project_id = …` dropped from the legacy rows' at_canonical probe,
 //     their delete and their move (B's legacy rows of the alias deleted or moved, or A's row dropped);
 //   tests 5 and 6: reattribute_identities, the profile probe `not exists (select from …subscriber_properties c where
@@ -203,7 +203,7 @@ describe("one project's probes and another project's rows of the same keys", () 
     const ofB = await snapshotOfB();
     expect(ofB).toEqual(['daily r-only-b', 'ledger r-only-b', 'legacy r-only-b', 'profile r-only-b', 'subscriber r-only-b']);
     // A: events under r-a-alias (A links it to r-a-user) and under r-b-alias (only B links it); A links r-only-b too,
-    // but holds nothing under it; a profile of r-a-person
+    // but holds nothing under it; rows of r-a-person
     await eventsRun(
       db.pool,
       'a',
@@ -213,10 +213,11 @@ describe("one project's probes and another project's rows of the same keys", () 
     );
     await link('a', 'r-a-alias', 'r-a-user');
     await link('a', 'r-only-b', 'r-a-user');
-    // and a profile of a user it links to nobody
+    // and a profile and a legacy ledger row of a user it links to nobody
     await db.pool.query(
       `insert into mixpanel_sync.subscriber_properties (project_id, distinct_id, name) values (mixpanel_sync.project_id('a'), 'r-a-person', 'P')`,
     );
+    await legacyRow('a', 'r-a-person', '00000000-0000-0000-0000-0000000000a3', '2026-05-10');
     const { rows } = await db.pool.query<{ r: { ids_moved: number } }>(`select mixpanel_sync.reattribute_all('a') as r`);
     // one alias of A's links holds A's rows: r-a-alias
     expect(rows[0]!.r.ids_moved).toBe(1);
