@@ -374,6 +374,14 @@ describe('several projects in one database', () => {
     expect(other.code).toBe('MP004');
     const taken = await beginRun(db.pool, { source: 'profiles', clock, project: 'b', mixpanelProjectId: 1001 }).catch((error) => error);
     expect(taken.code).toBe('MP004');
+    expect(taken.message).toContain("(Mixpanel project 1001 is project 'a')");
+    // The message names the project's own recorded Mixpanel project first, even when the id given belongs to a third
+    // project (killed: begin_run|swap-coalesce|quote_literal(project_row.name), coalesce(project_row.mixpanel_project_id::text,|1).
+    const third = await beginRun(db.pool, { source: 'profiles', clock, project: 'b', mixpanelProjectId: 1003 });
+    await failRun(db.pool, third.id, 'test: recorded the id');
+    const both = await beginRun(db.pool, { source: 'profiles', clock, project: 'a', mixpanelProjectId: 1003 }).catch((error) => error);
+    expect(both.code).toBe('MP004');
+    expect(both.message).toContain("Mixpanel project 1003 is not the Mixpanel project of project 'a' (1001)");
   });
 
   it('status of several projects: one block per project (its own runs), the total of their worst statuses', async () => {
