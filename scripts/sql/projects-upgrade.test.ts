@@ -24,8 +24,8 @@ let folder: string;
 let client: pg.Client;
 
 const at = (iso: string) => Math.floor(Date.parse(iso) / 1000);
-/** The committed migration that added projects. */
-const PROJECTS_MIGRATION = 13;
+/** The number of the committed migration that added projects (its file name's prefix). */
+const PROJECTS_MIGRATION = '000013';
 const TABLES = [
   'events_daily',
   'event_ledger',
@@ -60,7 +60,7 @@ beforeAll(async () => {
   folder = await mkdtemp(path.join(os.tmpdir(), 'mps-projects-upgrade-'));
   await cp(path.join(defaultMigrationsFolder, 'committed'), path.join(folder, 'committed'), {
     recursive: true,
-    filter: (source) => !/\/\d{6}-[^/]*\.sql$/.test(source) || Number(path.basename(source).slice(0, 6)) < PROJECTS_MIGRATION,
+    filter: (source) => !/\/\d{6}-[^/]*\.sql$/.test(source) || path.basename(source) < PROJECTS_MIGRATION,
   });
   const url = databaseUrl(serverUrl, name);
   await runMigrations(url, { migrationsFolder: folder, gmrc: false });
@@ -118,7 +118,7 @@ describe('the migration to several projects on an installation in use', () => {
     const { rows: applied } = await client.query<{ filename: string }>(
       'select filename from graphile_migrate.migrations order by filename desc limit 1',
     );
-    expect(applied[0]!.filename.slice(0, 6)).toBe(String(PROJECTS_MIGRATION).padStart(6, '0'));
+    expect(applied[0]!.filename.slice(0, 6)).toBe(PROJECTS_MIGRATION);
 
     expect(await rows()).toEqual(before);
     const { rows: projects } = await client.query('select id, name from mixpanel_sync.projects');
@@ -156,7 +156,7 @@ describe('the migration to several projects on an installation in use', () => {
     // the migration's text run again (as `watch` re-ran it while it was the current migration): nothing changes
     const settled = await rows();
     const committed = await readdir(path.join(defaultMigrationsFolder, 'committed'));
-    const file = committed.find((f) => f.startsWith(String(PROJECTS_MIGRATION).padStart(6, '0')))!;
+    const file = committed.find((f) => f.startsWith(PROJECTS_MIGRATION))!;
     await client.query('begin');
     await client.query(await readFile(path.join(defaultMigrationsFolder, 'committed', file), 'utf8'));
     await client.query('commit');

@@ -32,12 +32,14 @@ export async function syncRun(
   options: {
     source: 'events' | 'profiles';
     lines: readonly unknown[];
-    clock?: Date;
+    clock?: Date | string;
     forceFull?: boolean;
+    /** the project's name (default: the session's, else the only one) */
+    project?: string;
     beforeFinish?: (run: SyncRun) => Promise<unknown>;
   },
 ): Promise<SyncRun> {
-  const run = await beginRun(db, { source: options.source, clock: options.clock, forceFull: options.forceFull });
+  const run = await beginRun(db, { source: options.source, clock: options.clock, forceFull: options.forceFull, project: options.project });
   await stageRecords(db, options.source, run.id, options.lines);
   await options.beforeFinish?.(run);
   return finishRun(db, run.id);
@@ -63,30 +65,13 @@ export const syncProfiles = (db: Queryable, lines: readonly EngageProfile[]) => 
  * line the several-projects tests (projects-isolation*.test.ts) build their colliding histories from.
  */
 export function projectEvent(name: string, user: string, time: string, insertId: string, extra: Record<string, unknown> = {}) {
-  return {
-    event: name,
-    properties: {
-      distinct_id: user,
-      time: Math.floor(Date.parse(time) / 1000),
-      mp_processing_time_ms: Date.parse(time),
-      $insert_id: insertId,
-      ...extra,
-    },
-  };
+  const { event, properties } = exportEvent(user, name, new Date(time));
+  return { event, properties: { ...properties, $insert_id: insertId, ...extra } };
 }
 
 /** An events run of one project (begin_run at `clock`, the lines staged, finish_run). */
-export async function projectEventsRun(
-  db: Queryable,
-  project: string,
-  clock: Date | string,
-  lines: readonly unknown[],
-  forceFull = false,
-): Promise<SyncRun> {
-  const run = await beginRun(db, { source: 'events', clock, forceFull, project });
-  await stageRecords(db, 'events', run.id, lines);
-  return finishRun(db, run.id);
-}
+export const projectEventsRun = (db: Queryable, project: string, clock: Date | string, lines: readonly unknown[], forceFull = false) =>
+  syncRun(db, { source: 'events', lines, clock, forceFull, project });
 
 /** The project's event_ledger rows as "distinct_id day", sorted (plain SQL by project_id). */
 export async function projectLedger(db: Queryable, project: string): Promise<string[]> {
