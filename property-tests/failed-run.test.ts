@@ -6,7 +6,8 @@
 // those writes (a trigger raising at the k-th insert, update or delete of a table), or through another session
 // holding a lock finish_run needs (with lock_timeout), or a statement_timeout. A finish that still succeeds (the
 // parser retries its fast path once by design; a timeout may come too late) must leave the dry run's state:
-// an error that was swallowed instead would show there.
+// an error that was swallowed instead would show there. One difference is by design: under a lock on the ledger, the
+// retention's partition drop is skipped (it never waits), so those days' rows stay until the next run.
 import fc from 'fast-check';
 import type pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -174,6 +175,19 @@ function withoutRun(tables: TableSnapshot, runId: string): TableSnapshot {
   return { ...tables, sync_runs: Object.fromEntries(runs), staged_events: Object.fromEntries(staged) };
 }
 
+/**
+ * The dry run's state with the ledger's rows of the days before the run's storage horizon as they were before: under
+ * another session's lock on the ledger, drop_ledger_partitions drops nothing (it never waits; the next run drops them),
+ * and a finish that succeeds wrote no ledger row (each write needs a lock the holder's SHARE lock blocks). Seen in CI:
+ * an incremental run with no lines whose only ledger work was dropping the day of an earlier run's event.
+ */
+function withLedgerDaysKept(dry: TableSnapshot, before: TableSnapshot, runId: string): TableSnapshot {
+  const run = Object.values(dry.sync_runs!).find((row) => String(row.id) === runId)!;
+  const horizon = (run.options as { storage_horizon_day?: string | null }).storage_horizon_day;
+  const kept = Object.entries(before.event_ledger!).filter(([, row]) => horizon != null && String(row.day) < horizon);
+  return { ...dry, event_ledger: { ...dry.event_ledger, ...Object.fromEntries(kept) } };
+}
+
 async function runEventsOf(runId: string): Promise<number> {
   const { rows } = await db.pool.query('select count(*)::int as n from mixpanel_sync.run_events where run_id = $1', [runId]);
   return rows[0].n;
@@ -218,7 +232,7 @@ describe('invariant 5: a failed run changes nothing but its own sync_runs row', 
               await assertSameTables(
                 db.pool,
                 `finish_run succeeded despite ${where}: state of the dry run (expected) and of this finish (actual)`,
-                dry.state,
+                injection.kind === 'lock' && injection.table === 'event_ledger' ? withLedgerDaysKept(dry.state, before, run.id) : dry.state,
                 await stableState(finisher),
               );
               return;
@@ -251,6 +265,9 @@ describe('invariant 5: a failed run changes nothing but its own sync_runs row', 
       ),
       propertyParameters(runs, 800),
     );
-    expect(failedAt.length, `finishes made to fail: ${failedAt.join(', ')}`).toBeGreaterThan(propertyParameters(runs).numRuns! / 2);
+    // (not when FC_PATH replays one counterexample)
+    if (propertyParameters(runs).path === undefined) {
+      expect(failedAt.length, `finishes made to fail: ${failedAt.join(', ')}`).toBeGreaterThan(propertyParameters(runs).numRuns! / 2);
+    }
   });
 });

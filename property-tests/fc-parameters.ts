@@ -1,5 +1,6 @@
 // fast-check parameters shared by the property tests: FC_NUM_RUNS overrides every property's number of runs
-// (default: each property's own, sized so that `npm test` stays within its time budget); FC_SEED replays a seed.
+// (default: each property's own, sized so that `npm test` stays within its time budget); FC_SEED replays a seed, and
+// FC_PATH with it the one counterexample fast-check printed (its `path`).
 import type fc from 'fast-check';
 
 function runsWanted(defaultRuns: number): number {
@@ -22,6 +23,7 @@ export function timeoutFor(defaultRuns: number, msPerRun: number): number {
 export function propertyParameters(defaultRuns: number, msPerRun?: number): fc.Parameters<unknown> {
   const parameters: fc.Parameters<unknown> = { numRuns: runsWanted(defaultRuns) };
   if (process.env.FC_SEED) parameters.seed = Number(process.env.FC_SEED);
+  if (process.env.FC_PATH) parameters.path = process.env.FC_PATH;
   if (msPerRun) parameters.interruptAfterTimeLimit = Math.floor(timeoutFor(defaultRuns, msPerRun) * 0.8);
   return parameters;
 }
