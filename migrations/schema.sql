@@ -831,6 +831,7 @@ declare
   standing jsonb;
   selection jsonb;
   selected jsonb := '{}';
+  recorded bigint;
 begin
   if source is null or source not in ('events', 'profiles') then
     raise exception 'begin_run: source must be ''events'' or ''profiles'', got %', coalesce(quote_literal(source), 'null')
@@ -897,10 +898,22 @@ begin
 
   -- One begin_run per project and source at a time: the check and the insert below cannot interleave with another's.
   perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.begin_run:' || pid || ':' || source, 0));
-  -- The project's first run records its Mixpanel project id (checked above; the unique key guards a race).
+  -- The project's first run records its Mixpanel project id (checked above; the unique key guards a race between two
+  -- projects). The first runs of two sources of one project hold different locks and may both have read no id: the
+  -- later UPDATE waits for the earlier's row lock, then finds an id recorded and changes nothing. Such a run is then
+  -- checked against the recorded id like any other (MP004 for another Mixpanel project), never run unrecorded.
   if begin_run.mixpanel_project_id is not null and project_row.mixpanel_project_id is null then
     update mixpanel_sync.projects p set mixpanel_project_id = begin_run.mixpanel_project_id
     where p.id = pid and p.mixpanel_project_id is null;
+    if not found then
+      select p.mixpanel_project_id into recorded from mixpanel_sync.projects p where p.id = pid;
+      if recorded is distinct from begin_run.mixpanel_project_id then
+        raise exception 'begin_run: Mixpanel project % is not the Mixpanel project of project % (%)', begin_run.mixpanel_project_id,
+          quote_literal(project_row.name), recorded
+          using errcode = 'MP004', hint = 'a project''s rows come from one Mixpanel project, recorded by its first run (here a run of '
+            'another source begun at the same time): check MIXPANEL_PROJECT_ID and --project (MIXPANEL_PROJECT)';
+      end if;
+    end if;
   end if;
 
   perform mixpanel_sync.abandon_stale_runs(pid);
@@ -1031,7 +1044,7 @@ begin
   return run;
 end;
 $function$;
-comment on function mixpanel_sync.begin_run(source text, force_full boolean, clock timestamp with time zone, project_timezone text, resync_from date, resync_to date, allow_shrink boolean, events text[], project text, mixpanel_project_id bigint) is 'Starts a run (one short transaction) and decides its mode and window. Full when there is no watermark, when forced, when events.incremental is off, or when the watermark is older than the ledger retention; else incremental from watermark - events.overlap. clock is the run''s fetch_to. project_timezone: for projects that store local time. resync_from/resync_to: a full run that replaces exactly those UTC days (resync_from alone: that one day). allow_shrink: let this full run empty or shrink stored days (the REPLACE guard of finish_run, MP001, is off). events: this run''s selection of event names (CLI --event NAME); null: the setting events.only; an empty array: every event. The selection is recorded in options->''events'' (sorted, no repeats; absent = every event): other names are skipped as not_selected, a full run replaces only the selected names in its window, and the loader asks the Export API for just them. A selection that leaves out a name events.only syncs (every name when events.only is []) records options->''keeps_watermark'' = true: the run does not move the watermark, because the other names were not fetched. One run at a time per source: refused with MP002 while another is running (a unique index makes two racing calls safe); a running run is abandoned first when its loader is gone: its owner session (options->owner: pid, backend_start) no longer exists and its heartbeat (heartbeat_at, set by heartbeat_run) is absent, older than runs.heartbeat_timeout or older than the server''s start; any run still running after runs.abandon_after is abandoned too. Through a transaction pooler (pgbouncer) the owner session may close or outlive the loader: the loader''s heartbeat is what counts there. project: the project''s name (mixpanel_sync.projects; null: the only project, MP004 when there are several); its settings, watermark and runs are the ones read, and another project''s runs are never abandoned or waited for (one run at a time per project and source). project_timezone null: the project''s timezone; a different one is refused (MP004). mixpanel_project_id: the Mixpanel project the loader reads; recorded on the project''s first run, and a run of another Mixpanel project is refused (MP004). Invalid arguments: MP004 (e.g. force_full with resync_*, an empty or over-long event name, events for profiles).';
+comment on function mixpanel_sync.begin_run(source text, force_full boolean, clock timestamp with time zone, project_timezone text, resync_from date, resync_to date, allow_shrink boolean, events text[], project text, mixpanel_project_id bigint) is 'Starts a run (one short transaction) and decides its mode and window. Full when there is no watermark, when forced, when events.incremental is off, or when the watermark is older than the ledger retention; else incremental from watermark - events.overlap. clock is the run''s fetch_to. project_timezone: for projects that store local time. resync_from/resync_to: a full run that replaces exactly those UTC days (resync_from alone: that one day). allow_shrink: let this full run empty or shrink stored days (the REPLACE guard of finish_run, MP001, is off). events: this run''s selection of event names (CLI --event NAME); null: the setting events.only; an empty array: every event. The selection is recorded in options->''events'' (sorted, no repeats; absent = every event): other names are skipped as not_selected, a full run replaces only the selected names in its window, and the loader asks the Export API for just them. A selection that leaves out a name events.only syncs (every name when events.only is []) records options->''keeps_watermark'' = true: the run does not move the watermark, because the other names were not fetched. One run at a time per source: refused with MP002 while another is running (a unique index makes two racing calls safe); a running run is abandoned first when its loader is gone: its owner session (options->owner: pid, backend_start) no longer exists and its heartbeat (heartbeat_at, set by heartbeat_run) is absent, older than runs.heartbeat_timeout or older than the server''s start; any run still running after runs.abandon_after is abandoned too. Through a transaction pooler (pgbouncer) the owner session may close or outlive the loader: the loader''s heartbeat is what counts there. project: the project''s name (mixpanel_sync.projects; null: the only project, MP004 when there are several); its settings, watermark and runs are the ones read, and another project''s runs are never abandoned or waited for (one run at a time per project and source). project_timezone null: the project''s timezone; a different one is refused (MP004). mixpanel_project_id: the Mixpanel project the loader reads; recorded on the project''s first run, and a run of another Mixpanel project is refused (MP004), also when a run of another source of the project recorded its id at the same time. Invalid arguments: MP004 (e.g. force_full with resync_*, an empty or over-long event name, events for profiles).';
 grant execute on function mixpanel_sync.begin_run(source text, force_full boolean, clock timestamp with time zone, project_timezone text, resync_from date, resync_to date, allow_shrink boolean, events text[], project text, mixpanel_project_id bigint) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.begin_spot_check(users integer, seed text, project text DEFAULT NULL::text)

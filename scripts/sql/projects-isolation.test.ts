@@ -384,6 +384,47 @@ describe('several projects in one database', () => {
     expect(both.message).toContain("Mixpanel project 1003 is not the Mixpanel project of project 'a' (1001)");
   });
 
+  it('two first runs of one project, other sources, other Mixpanel projects, begun together: the second is refused (MP004)', async () => {
+    // begin_run's lock is per project and source, so an events run and a profiles run of project race begin at the same
+    // time; both read race with no Mixpanel project recorded. The second must not go on with another Mixpanel project
+    // than the one the first recorded (kills begin_run|drop-conjunct|where p.id = pid and p.mixpanel_project_id is null;|2,
+    // which overwrites the first's id; seen failing on 000013's begin_run, which let the second run go on unrecorded).
+    await createProject(db.pool, 'race');
+    const first = await db.pool.connect();
+    const second = await db.pool.connect();
+    try {
+      await first.query('begin');
+      const runOfFirst = await beginRun(first, { source: 'events', clock, project: 'race', mixpanelProjectId: 2001 });
+      await second.query(`set lock_timeout = '20s'`);
+      const pid = (await second.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid;
+      const begun = beginRun(second, { source: 'profiles', clock, project: 'race', mixpanelProjectId: 2002 }).catch((error) => error);
+      // the second begin_run waits for the first's row of race (the first's transaction is still open)
+      await expect
+        .poll(
+          async () => (await db.pool.query('select wait_event_type from pg_stat_activity where pid = $1', [pid])).rows[0]?.wait_event_type,
+          {
+            timeout: 15_000,
+          },
+        )
+        .toBe('Lock');
+      await first.query('commit');
+      const refused = await begun;
+      expect(refused.code, String(refused.message)).toBe('MP004');
+      expect(refused.message).toContain("Mixpanel project 2002 is not the Mixpanel project of project 'race' (2001)");
+      expect((await readProject(db.pool, 'race')).mixpanel_project_id).toBe('2001');
+      const { rows } = await db.pool.query<{ source: string }>(
+        `select r.source from mixpanel_sync.sync_runs r join mixpanel_sync.projects p on p.id = r.project_id where p.name = 'race'`,
+      );
+      expect(rows.map((r) => r.source)).toEqual(['events']);
+      await failRun(db.pool, runOfFirst.id, 'test: begun only');
+      await dropProject(db.pool, 'race'); // (the status test below counts the projects)
+    } finally {
+      await first.query('rollback').catch(() => {});
+      first.release();
+      second.release();
+    }
+  });
+
   it('status of several projects: one block per project (its own runs), the total of their worst statuses', async () => {
     const all = await readProjectsStatus(db.pool, 100);
     expect(all.projects.map((p) => p.project)).toEqual(['a', 'b', 'default']);
