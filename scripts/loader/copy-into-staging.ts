@@ -27,8 +27,11 @@ export interface CopyIntoStagingOptions {
   maxRecordBytes?: number;
   /** End each COPY (its rows committed) once it holds about this many bytes, and go on in a new one (default: one COPY). */
   chunkBytes?: number;
-  /** Called (and awaited, before the next chunk) after each COPY chunk committed, with the rows stored so far. */
-  onCommitted?: (rows: number) => void | Promise<void>;
+  /**
+   * Called (and awaited, before the next chunk) after each COPY chunk committed, with the rows stored so far; `last`
+   * when the chunk was ended by the end of the input (not by its size), so that no other chunk follows.
+   */
+  onCommitted?: (rows: number, last: boolean) => void | Promise<void>;
 }
 
 /**
@@ -40,7 +43,7 @@ function chunkedCopy(
   client: pg.ClientBase,
   sql: string,
   chunkBytes: number,
-  onCommitted: (rows: number) => void | Promise<void>,
+  onCommitted: (rows: number, last: boolean) => void | Promise<void>,
 ): Writable & { rowCount: () => number; settled: () => Promise<void> } {
   let current: ReturnType<typeof copyFrom> | null = null;
   // the chunk commit in flight (ended COPY, then onCommitted): an abort must not leave it running past fail_run
@@ -56,7 +59,7 @@ function chunkedCopy(
     bytes = 0;
     return copy;
   };
-  const commit = () => {
+  const commit = (last: boolean) => {
     const copy = current;
     if (copy === null) return inFlight;
     current = null;
@@ -64,7 +67,7 @@ function chunkedCopy(
       copy.end();
       await finished(copy);
       rows += copy.rowCount;
-      await onCommitted(rows);
+      await onCommitted(rows, last);
     })();
     inFlight = done.catch(() => undefined);
     return done;
@@ -77,11 +80,11 @@ function chunkedCopy(
         bytes += chunk.length;
         if (!current.write(chunk)) await once(current, 'drain');
         if (failure) throw failure;
-        if (bytes >= chunkBytes) await commit();
+        if (bytes >= chunkBytes) await commit(false);
       })().then(() => callback(), callback);
     },
     final(callback) {
-      commit().then(() => callback(), callback);
+      commit(true).then(() => callback(), callback);
     },
     destroy(error, callback) {
       if (current !== null && !current.destroyed) current.destroy(error ?? undefined);

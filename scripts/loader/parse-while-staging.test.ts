@@ -93,6 +93,30 @@ describe('parse while staging', () => {
     expect(calls - calls0).toBeGreaterThanOrEqual(2);
   });
 
+  it("an input of one chunk is parsed by finish_run alone, on the run's connection: one parse_staged_lines call", async () => {
+    // Seen failing with staged-sync.ts's onCommitted handing the last chunk over even when it is the only one: 2 calls
+    // (the chunk parse on another connection, then finish_run's parse of the lines left, none).
+    const at = path.join(dir, 'one-chunk.jsonl');
+    writeFileSync(at, `${eventLines(300).join('\n')}\n`);
+    await db.pool.query(`do $$ begin execute format('alter database %I set track_functions = ''all''', current_database()); end $$`);
+    const backends = async () =>
+      (await db.pool.query<{ pid: number }>('select pid from pg_catalog.pg_stat_activity where datname = current_database()')).rows.map(
+        (r) => r.pid,
+      );
+    const ours = new Set(await backends());
+    const calls0 = await parseCalls();
+    const run = await syncEvents({ connectionString: db.url, input: at, full: true, clock: CLOCK });
+    expect(run).toMatchObject({ status: 'succeeded', applied: 300 });
+    // the loader's pool has closed: its backends report their function counters as they exit
+    for (let i = 0; i < 100 && (await backends()).some((pid) => !ours.has(pid)); i++)
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    expect(
+      (await backends()).filter((pid) => !ours.has(pid)),
+      "the loader's backends",
+    ).toEqual([]);
+    expect((await parseCalls()) - calls0).toBe(1);
+  });
+
   it('parse_staged_events parses a line staged below the last parsed one (two sessions staging at once)', async () => {
     const run = await beginRun(db.pool, { source: 'events', clock: CLOCK, forceFull: true });
     const other = new pg.Client({ connectionString: db.url });
