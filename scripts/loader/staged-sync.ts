@@ -188,7 +188,7 @@ async function stageAndFinish<S>(
   const onCommitted = async (_rows: number, last: boolean) => {
     // An input that fits in one chunk is left to finish_run, which parses it on the run's own connection: handing it to
     // another connection overlaps nothing (the COPY is over) and costs that session's start and the parse function's
-    // first call there (an incremental run of 2,500 lines: ~340 → ~300 ms, .tmp/perf/incr.mts on PostgreSQL 15).
+    // first call there (an incremental run of 2,559 lines: medians ~370 → ~345 ms; docs/performance.md).
     if (last && chunksHandedOver === 0) return;
     chunksHandedOver += 1;
     const upTo = await lastStagedLineId(client, run.id);
