@@ -1346,19 +1346,28 @@ AS $function$
 declare
   lo date;
   hi date;
+  ahead date;
+  created integer := 0;
 begin
   select min(e.day), max(e.day) into lo, hi
   from mixpanel_sync.run_events e
   where e.run_id = ensure_run_ledger_partitions.run_id and e.reject_reason is null
     and (e.skip_reason is null or e.skip_reason = 'no_user')
     and e.day between from_day and to_day;
-  if lo is null then
-    return 0;
+  if lo is not null then
+    created := mixpanel_sync_private.ensure_ledger_partitions(lo, hi);
   end if;
-  return mixpanel_sync_private.ensure_ledger_partitions(lo, hi);
+  -- The next day ahead: the first finish of that day (this project's or another's) then attaches nothing under locks
+  -- held to its commit. Never waits: when it cannot be created at once, a later run creates it.
+  ahead := (select (s.fetch_to at time zone 'UTC')::date + 1 from mixpanel_sync.sync_runs s
+    where s.id = ensure_run_ledger_partitions.run_id);
+  if pg_catalog.isfinite(ahead) then
+    created := created + mixpanel_sync_private.ensure_ledger_partitions(ahead, ahead, wait => false);
+  end if;
+  return created;
 end;
 $function$;
-comment on function mixpanel_sync.ensure_run_ledger_partitions(run_id bigint, from_day date, to_day date) is 'Before an apply path writes the ledger: creates the day partitions (ensure_ledger_partitions) for the days, within from_day..to_day, of the run''s events it may write.';
+comment on function mixpanel_sync.ensure_run_ledger_partitions(run_id bigint, from_day date, to_day date) is 'Before an apply path writes the ledger: creates the day partitions (ensure_ledger_partitions) for the days, within from_day..to_day, of the run''s events it may write, then the partition of the UTC day after the run''s clock (fetch_to) without waiting (wait => false: skipped when another creator is at work or the ledger is locked), so that the next day''s first finish finds its partition in place. Returns how many partitions it created.';
 grant execute on function mixpanel_sync.ensure_run_ledger_partitions(run_id bigint, from_day date, to_day date) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.event_key(event_name text, second bigint, insert_id text, content jsonb)
@@ -4807,7 +4816,7 @@ $function$;
 comment on function mixpanel_sync_private.drop_ledger_partitions(before_day date) is 'The ledger''s retention: drops the day partitions of event_ledger for the days before before_day (whole partitions; no row is deleted) and returns how many. Never waits: when the ledger is in use (ACCESS EXCLUSIVE not available at once, e.g. a reader''s open transaction on raw_events) it drops nothing and returns 0; the next run retries. Called by finish_events_run with the storage horizon. SECURITY DEFINER (owned by the schema owner): dropping a partition needs the ledger''s owner, which the loader is not.';
 grant execute on function mixpanel_sync_private.drop_ledger_partitions(before_day date) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync_private.ensure_ledger_partitions(from_day date, to_day date)
+CREATE OR REPLACE FUNCTION mixpanel_sync_private.ensure_ledger_partitions(from_day date, to_day date, wait boolean DEFAULT true)
  RETURNS integer
  LANGUAGE plpgsql
  SECURITY DEFINER
@@ -4817,6 +4826,7 @@ declare
   d date;
   part text;
   created integer := 0;
+  locked boolean := false;
 begin
   if from_day is null or to_day is null or from_day = '-infinity' or to_day = 'infinity' or to_day - from_day > 3660 then
     raise exception 'ensure_ledger_partitions: days % to % are not a range of at most 3661 days', from_day, to_day
@@ -4826,8 +4836,25 @@ begin
   while d <= to_day loop
     part := 'event_ledger_p' || to_char(d, 'YYYYMMDD');
     if to_regclass('mixpanel_sync.' || part) is null then
-      -- one creator at a time (finish_run is serialised already; direct callers may not be)
-      perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.ensure_ledger_partitions', 0));
+      if not locked then
+        if wait then
+          -- one creator at a time (finish_run is serialised per project; direct callers may not be)
+          perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.ensure_ledger_partitions', 0));
+        else
+          -- another creator at work (it holds this lock to its commit), or a lock on the ledger that ATTACH would
+          -- wait for (a finish dropping a partition, a session's LOCK TABLE): create nothing; a later run will.
+          if not pg_catalog.pg_try_advisory_xact_lock(pg_catalog.hashtextextended('mixpanel_sync.ensure_ledger_partitions', 0)) then
+            return created;
+          end if;
+          begin
+            lock table mixpanel_sync.event_ledger in share update exclusive mode nowait;
+          exception
+            when lock_not_available then
+              return created;
+          end;
+        end if;
+        locked := true;
+      end if;
       if to_regclass('mixpanel_sync.' || part) is null then
         -- created apart and attached: ATTACH takes SHARE UPDATE EXCLUSIVE on the ledger, so readers and writers of
         -- other days go on; the new table is empty, so attaching it scans nothing.
@@ -4852,8 +4879,8 @@ begin
   return created;
 end;
 $function$;
-comment on function mixpanel_sync_private.ensure_ledger_partitions(from_day date, to_day date) is 'Creates the missing day partitions of event_ledger for the UTC days from_day..to_day (at most 3661 days; MP004 otherwise) and returns how many it created. SECURITY DEFINER (owned by the schema owner) because the loader, which calls it from the apply paths inside finish_run, may not create tables: it creates only partitions named event_ledger_pYYYYMMDD, with RLS on and the loader''s policy like the parent. Fixtures that insert ledger rows directly call it first.';
-grant execute on function mixpanel_sync_private.ensure_ledger_partitions(from_day date, to_day date) to mixpanel_sync_loader;
+comment on function mixpanel_sync_private.ensure_ledger_partitions(from_day date, to_day date, wait boolean) is 'Creates the missing day partitions of event_ledger for the UTC days from_day..to_day (at most 3661 days; MP004 otherwise) and returns how many it created. wait (default true): waits its turn behind another creator (an advisory lock held to commit). wait false: never waits; when another creator is at work or the ledger is locked against ATTACH (SHARE UPDATE EXCLUSIVE not granted at once) it creates none and returns 0 (ensure_run_ledger_partitions creates the day after a run''s clock this way). SECURITY DEFINER (owned by the schema owner) because the loader, which calls it from the apply paths inside finish_run, may not create tables: it creates only partitions named event_ledger_pYYYYMMDD, with RLS on and the loader''s policy like the parent. Fixtures that insert ledger rows directly call it first.';
+grant execute on function mixpanel_sync_private.ensure_ledger_partitions(from_day date, to_day date, wait boolean) to mixpanel_sync_loader;
 
 -- ====================================================================================================
 -- schema mixpanel_sync_verify

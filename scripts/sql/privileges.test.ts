@@ -338,7 +338,12 @@ describe('catalogue', () => {
     expect(rows).toEqual([
       { fn: 'mixpanel_sync_private.analyze_run_events()', definer: true, path: true, grantees: ['mixpanel_sync_loader'] },
       { fn: 'mixpanel_sync_private.drop_ledger_partitions(date)', definer: true, path: true, grantees: ['mixpanel_sync_loader'] },
-      { fn: 'mixpanel_sync_private.ensure_ledger_partitions(date,date)', definer: true, path: true, grantees: ['mixpanel_sync_loader'] },
+      {
+        fn: 'mixpanel_sync_private.ensure_ledger_partitions(date,date,boolean)',
+        definer: true,
+        path: true,
+        grantees: ['mixpanel_sync_loader'],
+      },
     ]);
     const { rows: usage } = await db.pool.query<{ public_usage: boolean; reader_usage: boolean; loader_usage: boolean }>(
       `select pg_catalog.has_schema_privilege('public', 'mixpanel_sync_private', 'usage') as public_usage,

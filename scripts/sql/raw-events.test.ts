@@ -189,15 +189,17 @@ describe('raw events (events.store_raw = on)', () => {
       clock: '2026-11-02T00:00:00Z',
       forceFull: true,
     });
-    // one partition per day from the first to the last day the run wrote
-    expect(await partitions()).toEqual(days('2026-10-01', '2026-11-01'));
+    // one partition per day from the first to the last day the run wrote, and the day after its clock (created ahead)
+    expect(await partitions()).toEqual(days('2026-10-01', '2026-11-01').concat(days('2026-11-03', '2026-11-03')));
 
     // 2026-11-05 - 30 days + 1 = 2026-10-07: the partition of 2026-10-01 goes, 2026-11-01 stays.
     await writeSetting(db.pool, 'events.raw_retention', '30 days');
     const run = await sync([event('Log In', 'U1', '2026-11-05T10:00:00Z', 'i-3')], { clock: '2026-11-05T12:00:00Z' });
     expect(run.mode).toBe('incremental');
     expect(run.options.storage_horizon_day).toBe('2026-10-07');
-    expect(await partitions()).toEqual(days('2026-10-07', '2026-11-01').concat(days('2026-11-05', '2026-11-05')));
+    expect(await partitions()).toEqual(
+      days('2026-10-07', '2026-11-01').concat(days('2026-11-03', '2026-11-03'), days('2026-11-05', '2026-11-06')),
+    );
     const { rows: old } = await db.pool.query(`select count(*)::int as n from mixpanel_sync.events_daily where day = '2026-10-01'`);
     expect(old, 'events_daily keeps its days').toEqual([{ n: 1 }]);
 
@@ -210,8 +212,10 @@ describe('raw events (events.store_raw = on)', () => {
     expect(forever.options.storage_horizon_day).toBeNull();
     expect(await partitions()).toEqual([
       ...days('2026-10-07', '2026-11-01'),
-      ...days('2026-11-05', '2026-11-05'),
+      ...days('2026-11-03', '2026-11-03'),
+      ...days('2026-11-05', '2026-11-06'),
       ...days('2026-11-17', '2026-11-17'),
+      ...days('2026-12-31', '2026-12-31'),
     ]);
 
     // Raw off: the ledger keeps events.ledger_retention (7 days).
@@ -222,7 +226,7 @@ describe('raw events (events.store_raw = on)', () => {
       allowShrink: true,
     });
     expect(off.options.storage_horizon_day).toBe('2026-12-24');
-    expect(await partitions()).toEqual(['event_ledger_p20261230']);
+    expect(await partitions()).toEqual(['event_ledger_p20261230', 'event_ledger_p20261231']);
   });
 
   it('the reader selects raw_events; a role without grants sees nothing', async () => {
