@@ -48,8 +48,8 @@ async function savedIndexes(db: Queryable, tables: string[]): Promise<SavedIndex
   return rows;
 }
 
-/** Where 200-ledger.sql puts the partition helper (the first that exists is called, with two arguments: from 000015 it
- * takes a third, wait, which defaults to true). */
+/** Where 200-ledger.sql puts the partition helper (the first that exists is called, with two arguments: since 000015 it
+ * takes a third, wait, which defaults to true; found by name, whatever its signature). */
 const ENSURE_PARTITIONS = ['mixpanel_sync_private.ensure_ledger_partitions', 'mixpanel_sync.ensure_ledger_partitions'];
 
 /**
@@ -61,8 +61,7 @@ async function ledgerHorizon(db: Queryable, end: Date): Promise<string> {
     `select mixpanel_sync.horizon_day($1, mixpanel_sync.setting(mixpanel_sync.project_id(), 'events.ledger_retention')::interval)::text as horizon,
        (select c.relkind = 'p' from pg_catalog.pg_class c where c.oid = 'mixpanel_sync.event_ledger'::regclass) as partitioned,
        (select f.name from unnest($2::text[]) with ordinality f (name, n)
-        where coalesce(pg_catalog.to_regprocedure(f.name || '(date, date, boolean)'), pg_catalog.to_regprocedure(f.name || '(date, date)'))
-          is not null order by f.n limit 1) as ensure`,
+        where pg_catalog.to_regproc(f.name) is not null order by f.n limit 1) as ensure`,
     [end, ENSURE_PARTITIONS],
   );
   const { horizon, partitioned, ensure } = rows[0]!;
