@@ -6,6 +6,7 @@ import type { BenchDatabase, BenchServer } from './bench-server.ts';
 import type { SuiteResult } from './figures.ts';
 import { buildHistory, EVENTS_PER_USER, historyLines, newEventLines, type ExportLine, type HistoryShape } from './history-builder.ts';
 import { benchFile, SAMPLE_END, writeLines } from './sample-data.ts';
+import { medianReads, startBufferReads, startDiskReads, type TableBlocks } from './buffer-reads.ts';
 import { medianProfile, profiled, profileGrowth, profileText, type StepProfile } from './run-profile.ts';
 import { eventStorage, storageText, type EventStorage } from './storage.ts';
 import { log, median, ratio, seconds, timed } from './timing.ts';
@@ -26,6 +27,10 @@ interface HistoryFigures {
   runMs: number[];
   /** the timed runs' step profiles (run-profile.ts) */
   profiles: (StepProfile | null)[];
+  /** the timed runs' blocks read from outside shared_buffers, per table (buffer-reads.ts) */
+  reads: TableBlocks[][];
+  /** bytes the machine's disks read during each timed run (buffer-reads.ts; none where unreadable) */
+  diskBytes: number[];
   /** runs whose applied/duplicates differ from what was sent */
   mismatches: string[];
 }
@@ -54,6 +59,8 @@ async function buildOne(server: BenchServer, users: number): Promise<History> {
       storage,
       runMs: [],
       profiles: [],
+      reads: [],
+      diskBytes: [],
       mismatches: [],
       shape,
       db,
@@ -85,10 +92,15 @@ async function runOnce(h: History, run: number): Promise<void> {
   );
   // timed inside: the profile's wait for the statistics is not the run's time; warm-up runs are not profiled
   const sync = () => timed(() => syncEvents({ pool: db.pool, input: file, clock }));
+  const reads = run < WARM_UP_RUNS ? null : await startBufferReads(db.pool);
+  const disk = startDiskReads();
   const {
     value: { ms, value: summary },
     profile,
   } = run < WARM_UP_RUNS ? { value: await sync(), profile: null } : await profiled(db.pool, sync, (t) => t.value.run_id);
+  // read after profiled(): it waits until the run's statistics (the I/O counters with them) are published
+  const blocks = reads ? await reads.finish() : null;
+  const diskBytes = disk.finish();
   if (summary.mode !== 'incremental' || summary.applied !== fresh.length || summary.duplicates !== overlap.length) {
     h.mismatches.push(
       `run ${run}: ${summary.mode}, applied ${summary.applied} of ${fresh.length} new, ${summary.duplicates} duplicates of ${overlap.length} re-read`,
@@ -100,10 +112,22 @@ async function runOnce(h: History, run: number): Promise<void> {
   if (run >= WARM_UP_RUNS) {
     h.runMs.push(ms);
     h.profiles.push(profile);
+    if (blocks) h.reads.push(blocks);
+    if (diskBytes !== null) h.diskBytes.push(diskBytes);
   }
   h.earlier.push(...fresh);
   h.watermark = Math.max(...fresh.map((e) => e.second)) * 1000;
 }
+
+/** The median blocks each table read from outside shared_buffers per timed run, largest first. */
+function readsText(h: History): string {
+  if (h.reads.length === 0) return 'not measured';
+  const tables = [...medianReads(h.reads)].filter(([, read]) => read > 0).sort((a, b) => b[1] - a[1]);
+  if (tables.length === 0) return 'none';
+  return tables.map(([table, read]) => `${table} ${Math.round(read).toLocaleString('en-US')}`).join(' · ');
+}
+
+const totalReads = (h: History): number => [...medianReads(h.reads).values()].reduce((sum, read) => sum + read, 0);
 
 /** The ≥ 30M-event history of the scale figures (--scale, or a full run). */
 const SCALE_EVENTS = 30_000_000;
@@ -119,7 +143,9 @@ export async function incrementalHistory(server: BenchServer, scale: Scale, quic
     await small.db.drop();
     throw error;
   }
+  let sharedBuffers = '?';
   try {
+    sharedBuffers = (await big.db.pool.query<{ shared_buffers: string }>('show shared_buffers')).rows[0]!.shared_buffers;
     for (let run = 0; run < WARM_UP_RUNS + scale.repeats; run++) {
       for (const h of run % 2 === 0 ? [small, big] : [big, small]) await runOnce(h, run);
     }
@@ -139,10 +165,21 @@ export async function incrementalHistory(server: BenchServer, scale: Scale, quic
   const aggregatesBytes = big.storage.tables
     .filter((t) => t.table === 'events_daily' || t.table === 'subscribers')
     .reduce((sum, t) => sum + t.bytes, 0);
+  const bigReads = totalReads(big);
+  const smallReads = totalReads(small);
+  const perBlock =
+    bigReads > smallReads && bigMs > smallMs
+      ? ` The big run's extra ${Math.round(bigMs - smallMs)} ms come to ${Math.round(((bigMs - smallMs) * 1000) / (bigReads - smallReads))} µs per extra block read.`
+      : '';
+  const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
+  const fromDisk =
+    big.diskBytes.length > 0 && small.diskBytes.length > 0
+      ? ` The machine's disk read ${mib(median(big.diskBytes))} during a big run and ${mib(median(small.diskBytes))} during a small one (medians, /proc/diskstats), against ${mib(bigReads * 8192)} of blocks the big run read from outside shared_buffers: what the kernel no longer held in its page cache came from the disk.`
+      : '';
   const why = {
     incremental_history_growth:
       smallProfile && bigProfile
-        ? `the median run takes ${Math.round(bigMs)} ms on ${big.users.toLocaleString('en-US')} users (${gib(big.sizeBytes)} of tables) against ${Math.round(smallMs)} ms on ${small.users.toLocaleString('en-US')}; step by step (median step profiles of the same runs): ${profileGrowth(smallProfile, bigProfile)}. Big: ${profileText(bigProfile)}; small: ${profileText(smallProfile)}. The apply step is ADD's index probes (ledger dedup, events_daily and subscribers upserts) for ~2,500 random users: the same number of probes, into B-trees and heaps that no longer fit shared_buffers.`
+        ? `the median run takes ${Math.round(bigMs)} ms on ${big.users.toLocaleString('en-US')} users (${gib(big.sizeBytes)} of tables) against ${Math.round(smallMs)} ms on ${small.users.toLocaleString('en-US')}; step by step (median step profiles of the same runs): ${profileGrowth(smallProfile, bigProfile)}. Big: ${profileText(bigProfile)}; small: ${profileText(smallProfile)}. The apply step is ADD's index probes (ledger dedup, events_daily and subscribers upserts) for ~2,500 random users: the same number of probes in both; what differs is where their pages are. Blocks read from outside shared_buffers (${sharedBuffers}) per run, medians by table: big ${readsText(big)}; small ${readsText(small)}.${perBlock}${fromDisk} Each new event of a random user updates that user's events_daily and subscribers rows: pages spread over ${gib(big.sizeBytes)} of tables, against ${sharedBuffers} of shared_buffers (docs/performance.md: the same runs with the history in shared_buffers).`
         : `the median run takes ${Math.round(bigMs)} ms on ${big.users.toLocaleString('en-US')} users against ${Math.round(smallMs)} ms on ${small.users.toLocaleString('en-US')} (no step profile: function statistics off).`,
     ...(scaleKey
       ? {
@@ -179,7 +216,17 @@ export async function incrementalHistory(server: BenchServer, scale: Scale, quic
           : `The big history is ${big.users.toLocaleString('en-US')} users, ${big.events.toLocaleString('en-US')} events.`,
       ],
       table: [
-        ['history', 'events', 'tables + indexes', 'per event', 'built in', 'incremental run (median)', 'runs', 'step profile (medians)'],
+        [
+          'history',
+          'events',
+          'tables + indexes',
+          'per event',
+          'built in',
+          'incremental run (median)',
+          'runs',
+          'step profile (medians)',
+          'blocks read outside shared_buffers per run (medians)',
+        ],
         ...[small, big].map((h) => [
           `${h.users.toLocaleString('en-US')} users`,
           h.events.toLocaleString('en-US'),
@@ -189,6 +236,7 @@ export async function incrementalHistory(server: BenchServer, scale: Scale, quic
           `${Math.round(median(h.runMs)).toLocaleString('en-US')} ms`,
           `${h.runMs.map((ms) => `${Math.round(ms)}`).join(', ')} ms`,
           profileText(medianProfile(h.profiles)),
+          readsText(h),
         ]),
       ],
       reading: [
