@@ -18,6 +18,8 @@ export const EMBEDDED_SETTINGS: Record<string, string> = {
   checkpoint_timeout: '30min',
   // per-function time for the step profiles (run-profile.ts): one clock read per call
   track_functions: 'all',
+  // the time blocks read from outside shared_buffers take (buffer-reads.ts, the incremental suite): two clock reads a read
+  track_io_timing: 'on',
 };
 
 export interface BenchDatabase {

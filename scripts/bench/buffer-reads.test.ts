@@ -1,15 +1,16 @@
 // buffer-reads.ts counts, per table of mixpanel_sync, the blocks a step read from outside shared_buffers and those it
 // found there, a partition's under its partitioned table. Seen failing with the partitions left ungrouped (the rows came
 // back as bench_probe_a and bench_probe_b) and with the read counter taken from heap_blks_hit (the big table's scan
-// then counted 4,096 blocks of its 8,020). startDiskReads: seen failing with the sectors written counted instead of those
-// read.
+// then counted 4,096 blocks of its 8,020). startReadTime: seen failing with blk_write_time read instead of blk_read_time
+// (0 ms), and with a figure returned where track_io_timing is off (0, not null). startDiskReads: seen failing with the
+// sectors written counted instead of those read.
 import { execFileSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createTestDatabase } from '../db/vitest-database.ts';
-import { medianReads, startBufferReads, startDiskReads, type BufferReadsProbe, type TableBlocks } from './buffer-reads.ts';
+import { medianReads, startBufferReads, startDiskReads, startReadTime, type BufferReadsProbe, type TableBlocks } from './buffer-reads.ts';
 
 const db = await createTestDatabase();
 afterAll(() => db.drop());
@@ -55,7 +56,12 @@ describe('startBufferReads', () => {
       const blocks = Number(size[0]!.blocks);
       await client.query('select pg_catalog.pg_stat_force_next_flush()');
       await settledCount('bench_probe_big', 120_000);
+      // the read time is counted by sessions with track_io_timing on: the scanning one here, every one on the bench's server
+      await client.query('set track_io_timing = on');
+      const off = await startReadTime(db.pool);
+      expect(await off.finish()).toBeNull(); // the pool's sessions have it off: no figure, rather than a false 0
       const probe = await startBufferReads(db.pool);
+      const clock = await startReadTime(client);
       const { rows } = await client.query<{ n: string }>('select count(*) as n from mixpanel_sync.bench_probe_big');
       expect(Number(rows[0]!.n)).toBe(120_000);
       await client.query('select pg_catalog.pg_stat_force_next_flush()');
@@ -66,6 +72,10 @@ describe('startBufferReads', () => {
       // the ring keeps at most 2,048 of the table's ~7,300 blocks
       expect(big!.read).toBeGreaterThan(blocks / 2);
       expect(big!.hit).toBeLessThan(blocks / 2);
+      // thousands of blocks read in: some time, however fast the kernel
+      const readMs = await clock.finish();
+      expect(readMs).not.toBeNull();
+      expect(readMs!).toBeGreaterThan(0);
     } finally {
       client.release();
     }

@@ -50,6 +50,33 @@ export async function startBufferReads(db: Queryable): Promise<BufferReadsProbe>
   };
 }
 
+export interface ReadTimeProbe {
+  /** milliseconds this database's sessions spent reading blocks in since the probe started; null without track_io_timing */
+  finish(): Promise<number | null>;
+}
+
+const readTime = async (db: Queryable) =>
+  (
+    await db.query<{ ms: number; on: boolean }>(
+      `select d.blk_read_time::float8 as ms, pg_catalog.current_setting('track_io_timing')::boolean as on
+       from pg_catalog.pg_stat_database d where d.datname = pg_catalog.current_database()`,
+    )
+  ).rows[0]!;
+
+/**
+ * The time the blocks read took (pg_stat_database.blk_read_time: counted only by sessions with track_io_timing on, which
+ * the bench's server sets), for the whole database: what a block read from outside shared_buffers costs on this machine.
+ */
+export async function startReadTime(db: Queryable): Promise<ReadTimeProbe> {
+  const before = await readTime(db);
+  return {
+    finish: async () => {
+      const after = await readTime(db);
+      return before.on && after.on ? after.ms - before.ms : null;
+    },
+  };
+}
+
 /** The blocks read per table of several runs: the median of each table's reads (a table absent from a run read 0). */
 export function medianReads(runs: readonly TableBlocks[][]): Map<string, number> {
   const tables = new Set(runs.flatMap((run) => run.map((t) => t.table)));

@@ -6,7 +6,7 @@ import type { BenchDatabase, BenchServer } from './bench-server.ts';
 import type { SuiteResult } from './figures.ts';
 import { buildHistory, EVENTS_PER_USER, historyLines, newEventLines, type ExportLine, type HistoryShape } from './history-builder.ts';
 import { benchFile, SAMPLE_END, writeLines } from './sample-data.ts';
-import { medianReads, startBufferReads, startDiskReads, type TableBlocks } from './buffer-reads.ts';
+import { medianReads, startBufferReads, startDiskReads, startReadTime, type TableBlocks } from './buffer-reads.ts';
 import { medianProfile, profiled, profileGrowth, profileText, type StepProfile } from './run-profile.ts';
 import { eventStorage, storageText, type EventStorage } from './storage.ts';
 import { log, median, ratio, seconds, timed } from './timing.ts';
@@ -31,6 +31,8 @@ interface HistoryFigures {
   reads: TableBlocks[][];
   /** bytes the machine's disks read during each timed run (buffer-reads.ts; none where unreadable) */
   diskBytes: number[];
+  /** milliseconds the database spent reading blocks during each timed run (buffer-reads.ts; none without track_io_timing) */
+  readMs: number[];
   /** runs whose applied/duplicates differ from what was sent */
   mismatches: string[];
 }
@@ -61,6 +63,7 @@ async function buildOne(server: BenchServer, users: number): Promise<History> {
       profiles: [],
       reads: [],
       diskBytes: [],
+      readMs: [],
       mismatches: [],
       shape,
       db,
@@ -93,6 +96,7 @@ async function runOnce(h: History, run: number): Promise<void> {
   // timed inside: the profile's wait for the statistics is not the run's time; warm-up runs are not profiled
   const sync = () => timed(() => syncEvents({ pool: db.pool, input: file, clock }));
   const reads = run < WARM_UP_RUNS ? null : await startBufferReads(db.pool);
+  const readClock = run < WARM_UP_RUNS ? null : await startReadTime(db.pool);
   const disk = startDiskReads();
   const {
     value: { ms, value: summary },
@@ -101,6 +105,7 @@ async function runOnce(h: History, run: number): Promise<void> {
   // read after profiled(): it waits until the run's statistics (the I/O counters with them) are published
   const blocks = reads ? await reads.finish() : null;
   const diskBytes = disk.finish();
+  const readMs = readClock ? await readClock.finish() : null;
   if (summary.mode !== 'incremental' || summary.applied !== fresh.length || summary.duplicates !== overlap.length) {
     h.mismatches.push(
       `run ${run}: ${summary.mode}, applied ${summary.applied} of ${fresh.length} new, ${summary.duplicates} duplicates of ${overlap.length} re-read`,
@@ -114,6 +119,7 @@ async function runOnce(h: History, run: number): Promise<void> {
     h.profiles.push(profile);
     if (blocks) h.reads.push(blocks);
     if (diskBytes !== null) h.diskBytes.push(diskBytes);
+    if (readMs !== null) h.readMs.push(readMs);
   }
   h.earlier.push(...fresh);
   h.watermark = Math.max(...fresh.map((e) => e.second)) * 1000;
@@ -166,20 +172,19 @@ export async function incrementalHistory(server: BenchServer, scale: Scale, quic
     .filter((t) => t.table === 'events_daily' || t.table === 'subscribers')
     .reduce((sum, t) => sum + t.bytes, 0);
   const bigReads = totalReads(big);
-  const smallReads = totalReads(small);
   const perBlock =
-    bigReads > smallReads && bigMs > smallMs
-      ? ` The big run's extra ${Math.round(bigMs - smallMs)} ms come to ${Math.round(((bigMs - smallMs) * 1000) / (bigReads - smallReads))} µs per extra block read.`
+    big.readMs.length > 0 && small.readMs.length > 0
+      ? ` Reading them took ${Math.round(median(big.readMs))} ms of a big run and ${Math.round(median(small.readMs))} ms of a small one (medians, pg_stat_database.blk_read_time with track_io_timing on)${bigReads > 0 ? `: ${Math.round((median(big.readMs) * 1000) / bigReads)} µs a block in the big run` : ''}; the big run's apply took ${bigProfile && smallProfile ? `${Math.round(bigProfile.applyMs - smallProfile.applyMs)} ms` : 'its time'} more.`
       : '';
   const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
   const fromDisk =
     big.diskBytes.length > 0 && small.diskBytes.length > 0
-      ? ` The machine's disk read ${mib(median(big.diskBytes))} during a big run and ${mib(median(small.diskBytes))} during a small one (medians, /proc/diskstats), against ${mib(bigReads * 8192)} of blocks the big run read from outside shared_buffers: what the kernel no longer held in its page cache came from the disk.`
+      ? ` The machine's disk read ${mib(median(big.diskBytes))} during a big run and ${mib(median(small.diskBytes))} during a small one (medians, /proc/diskstats), against ${mib(bigReads * 8192)} of blocks the big run read from outside shared_buffers: ${median(big.diskBytes) >= (bigReads * 8192) / 2 ? 'most of them came from the disk, not from the page cache of the kernel' : 'most of them came from the page cache of the kernel'}.`
       : '';
   const why = {
     incremental_history_growth:
       smallProfile && bigProfile
-        ? `the median run takes ${Math.round(bigMs)} ms on ${big.users.toLocaleString('en-US')} users (${gib(big.sizeBytes)} of tables) against ${Math.round(smallMs)} ms on ${small.users.toLocaleString('en-US')}; step by step (median step profiles of the same runs): ${profileGrowth(smallProfile, bigProfile)}. Big: ${profileText(bigProfile)}; small: ${profileText(smallProfile)}. The apply step is ADD's index probes (ledger dedup, events_daily and subscribers upserts) for ~2,500 random users: the same number of probes in both; what differs is where their pages are. Blocks read from outside shared_buffers (${sharedBuffers}) per run, medians by table: big ${readsText(big)}; small ${readsText(small)}.${perBlock}${fromDisk} Each new event of a random user updates that user's events_daily and subscribers rows: pages spread over ${gib(big.sizeBytes)} of tables, against ${sharedBuffers} of shared_buffers (docs/performance.md: the same runs with the history in shared_buffers).`
+        ? `the median run takes ${Math.round(bigMs)} ms on ${big.users.toLocaleString('en-US')} users (${gib(big.sizeBytes)} of tables) against ${Math.round(smallMs)} ms on ${small.users.toLocaleString('en-US')}; step by step (median step profiles of the same runs): ${profileGrowth(smallProfile, bigProfile)}. Big: ${profileText(bigProfile)}; small: ${profileText(smallProfile)}. The apply step is ADD's index probes (ledger dedup, events_daily and subscribers upserts) for ~2,500 random users: the same number of probes in both, into B-trees a level deeper and pages farther away in the big one. Blocks read from outside shared_buffers (${sharedBuffers}) per run, medians by table: big ${readsText(big)}; small ${readsText(small)}.${perBlock}${fromDisk} Each new event of a random user updates that user's events_daily and subscribers rows: pages spread over ${gib(big.sizeBytes)} of tables, against ${sharedBuffers} of shared_buffers (docs/scaling.md, "ADD on a history larger than memory": the ADD's plan, and the same runs with 6 GB of shared_buffers).`
         : `the median run takes ${Math.round(bigMs)} ms on ${big.users.toLocaleString('en-US')} users against ${Math.round(smallMs)} ms on ${small.users.toLocaleString('en-US')} (no step profile: function statistics off).`,
     ...(scaleKey
       ? {
