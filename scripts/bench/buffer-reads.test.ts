@@ -69,7 +69,7 @@ describe('startBufferReads', () => {
       const big = tables.find((t) => t.table === 'bench_probe_big');
       expect(big).toBeDefined();
       expect(big!.read + big!.hit).toBe(blocks);
-      // the ring keeps at most 2,048 of the table's ~7,300 blocks
+      // the ring keeps at most 2,048 of the table's ~8,000 blocks
       expect(big!.read).toBeGreaterThan(blocks / 2);
       expect(big!.hit).toBeLessThan(blocks / 2);
       // thousands of blocks read in: some time, however fast the kernel
