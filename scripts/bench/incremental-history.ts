@@ -150,8 +150,13 @@ export async function incrementalHistory(server: BenchServer, scale: Scale, quic
     throw error;
   }
   let sharedBuffers = '?';
+  let blockSize = 8192;
   try {
-    sharedBuffers = (await big.db.pool.query<{ shared_buffers: string }>('show shared_buffers')).rows[0]!.shared_buffers;
+    const { rows: server } = await big.db.pool.query<{ shared_buffers: string; block_size: string }>(
+      "select pg_catalog.current_setting('shared_buffers') as shared_buffers, pg_catalog.current_setting('block_size') as block_size",
+    );
+    sharedBuffers = server[0]!.shared_buffers;
+    blockSize = Number(server[0]!.block_size);
     for (let run = 0; run < WARM_UP_RUNS + scale.repeats; run++) {
       for (const h of run % 2 === 0 ? [small, big] : [big, small]) await runOnce(h, run);
     }
@@ -172,19 +177,19 @@ export async function incrementalHistory(server: BenchServer, scale: Scale, quic
     .filter((t) => t.table === 'events_daily' || t.table === 'subscribers')
     .reduce((sum, t) => sum + t.bytes, 0);
   const bigReads = totalReads(big);
-  const perBlock =
+  const readTimeText =
     big.readMs.length > 0 && small.readMs.length > 0
       ? ` Reading them took ${Math.round(median(big.readMs))} ms of a big run and ${Math.round(median(small.readMs))} ms of a small one (medians, pg_stat_database.blk_read_time with track_io_timing on)${bigReads > 0 ? `: ${Math.round((median(big.readMs) * 1000) / bigReads)} µs a block in the big run` : ''}; the big run's apply took ${bigProfile && smallProfile ? `${Math.round(bigProfile.applyMs - smallProfile.applyMs)} ms` : 'its time'} more.`
       : '';
   const mib = (bytes: number) => `${(bytes / 2 ** 20).toFixed(1)} MiB`;
   const fromDisk =
     big.diskBytes.length > 0 && small.diskBytes.length > 0
-      ? ` The machine's disk read ${mib(median(big.diskBytes))} during a big run and ${mib(median(small.diskBytes))} during a small one (medians, /proc/diskstats), against ${mib(bigReads * 8192)} of blocks the big run read from outside shared_buffers: ${median(big.diskBytes) >= (bigReads * 8192) / 2 ? 'most of them came from the disk, not from the page cache of the kernel' : 'most of them came from the page cache of the kernel'}.`
+      ? ` The machine's disk read ${mib(median(big.diskBytes))} during a big run and ${mib(median(small.diskBytes))} during a small one (medians, /proc/diskstats), against ${mib(bigReads * blockSize)} of blocks the big run read from outside shared_buffers: ${median(big.diskBytes) >= (bigReads * blockSize) / 2 ? 'most of them came from the disk, not from the page cache of the kernel' : 'most of them came from the page cache of the kernel'}.`
       : '';
   const why = {
     incremental_history_growth:
       smallProfile && bigProfile
-        ? `the median run takes ${Math.round(bigMs)} ms on ${big.users.toLocaleString('en-US')} users (${gib(big.sizeBytes)} of tables) against ${Math.round(smallMs)} ms on ${small.users.toLocaleString('en-US')}; step by step (median step profiles of the same runs): ${profileGrowth(smallProfile, bigProfile)}. Big: ${profileText(bigProfile)}; small: ${profileText(smallProfile)}. The apply step is ADD's index probes (ledger dedup, events_daily and subscribers upserts) for ~2,500 random users: the same number of probes in both, into B-trees a level deeper and pages farther away in the big one. Blocks read from outside shared_buffers (${sharedBuffers}) per run, medians by table: big ${readsText(big)}; small ${readsText(small)}.${perBlock}${fromDisk} Each new event of a random user updates that user's events_daily and subscribers rows: pages spread over ${gib(big.sizeBytes)} of tables, against ${sharedBuffers} of shared_buffers (docs/scaling.md, "ADD on a history larger than memory": the ADD's plan, and the same runs with 6 GB of shared_buffers).`
+        ? `the median run takes ${Math.round(bigMs)} ms on ${big.users.toLocaleString('en-US')} users (${gib(big.sizeBytes)} of tables) against ${Math.round(smallMs)} ms on ${small.users.toLocaleString('en-US')}; step by step (median step profiles of the same runs): ${profileGrowth(smallProfile, bigProfile)}. Big: ${profileText(bigProfile)}; small: ${profileText(smallProfile)}. The apply step is ADD's index probes (ledger dedup, events_daily and subscribers upserts) for ~2,500 random users: the same number of probes in both, into B-trees a level deeper and pages farther away in the big one. Blocks read from outside shared_buffers (${sharedBuffers}) per run, medians by table: big ${readsText(big)}; small ${readsText(small)}.${readTimeText}${fromDisk} Each new event of a random user updates that user's events_daily and subscribers rows: pages spread over ${gib(big.sizeBytes)} of tables, against ${sharedBuffers} of shared_buffers (docs/scaling.md, "ADD on a history larger than memory": the ADD's plan, and the same runs with 6 GB of shared_buffers).`
         : `the median run takes ${Math.round(bigMs)} ms on ${big.users.toLocaleString('en-US')} users against ${Math.round(smallMs)} ms on ${small.users.toLocaleString('en-US')} (no step profile: function statistics off).`,
     ...(scaleKey
       ? {
