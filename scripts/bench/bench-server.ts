@@ -126,18 +126,18 @@ export function buildDescription(version: string, cflags: string | null): string
   return parts.length > 0 ? parts.join(', ') : null;
 }
 
-/** The server's build (buildDescription); the CFLAGS come from the pg_config view, which only superusers may read. */
-async function describeBuild(pool: pg.Pool): Promise<string | null> {
-  const version = await pool.query<{ version: string }>('select pg_catalog.version() as version');
-  const cflags = await pool
+/** pg_config's CFLAGS, or null: the pg_config view is for superusers only. */
+async function serverCflags(pool: pg.Pool): Promise<string | null> {
+  return pool
     .query<{ setting: string }>("select setting from pg_catalog.pg_config where name = 'CFLAGS'")
     .then((result) => result.rows[0]?.setting ?? null)
     .catch(() => null);
-  return buildDescription(version.rows[0]!.version, cflags);
 }
 
 export async function describeMachine(pool: pg.Pool, source: DatabaseSource): Promise<Machine> {
-  const version = await pool.query<{ version: string }>("select pg_catalog.current_setting('server_version') as version");
+  const version = await pool.query<{ version: string; full_version: string }>(
+    "select pg_catalog.current_setting('server_version') as version, pg_catalog.version() as full_version",
+  );
   const settings = await pool.query<{ name: string; setting: string }>(
     'select name, pg_catalog.current_setting(name) as setting from pg_catalog.pg_settings where name = any($1) order by name',
     [REPORTED_SETTINGS],
@@ -152,7 +152,7 @@ export async function describeMachine(pool: pg.Pool, source: DatabaseSource): Pr
     memoryGiB: Math.round(os.totalmem() / 2 ** 30),
     node: process.version,
     postgres: version.rows[0]!.version,
-    build: await describeBuild(pool),
+    build: buildDescription(version.rows[0]!.full_version, await serverCflags(pool)),
     source,
     settings: reported,
   };
