@@ -10,6 +10,11 @@ export async function createCopyTable(pool: pg.Pool): Promise<void> {
   await pool.query(`drop table if exists ${TABLE}; create unlogged table ${TABLE} (doc jsonb not null)`);
 }
 
+/** Drops the table (and its rows' buffers), so the next step of a trial meets the database as it was. */
+export async function dropCopyTable(pool: pg.Pool): Promise<void> {
+  await pool.query(`drop table ${TABLE}`);
+}
+
 /**
  * Streams the JSONL file into the table with COPY … (format csv) using quote and delimiter bytes that
  * valid JSON never contains raw, so every line arrives verbatim and is parsed once, as jsonb.

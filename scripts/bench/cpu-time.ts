@@ -7,6 +7,7 @@ import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import type { Queryable } from '../sql/sync-api.ts';
+import { median } from './timing.ts';
 
 export interface CpuUse {
   /** this Node process, user + system */
@@ -79,6 +80,28 @@ export async function startCpu(db: Queryable): Promise<CpuProbe> {
 /** "4.41 s of CPU (Node 0.62 s, PostgreSQL 3.79 s)" */
 export const cpuText = (cpu: CpuUse): string =>
   `${((cpu.nodeMs + cpu.serverMs) / 1000).toFixed(2)} s of CPU (Node ${(cpu.nodeMs / 1000).toFixed(2)} s, PostgreSQL ${(cpu.serverMs / 1000).toFixed(2)} s)`;
+
+/** The median CPU use of a step's repeats (each part on its own); null when any repeat could not be read. */
+export function medianCpu(uses: (CpuUse | null)[]): CpuUse | null {
+  if (uses.length === 0 || uses.some((use) => use === null)) return null;
+  const read = uses as CpuUse[];
+  return { nodeMs: median(read.map((use) => use.nodeMs)), serverMs: median(read.map((use) => use.serverMs)) };
+}
+
+/** CPU seconds of a step, Node and PostgreSQL together. */
+export const cpuSeconds = (cpu: CpuUse): number => (cpu.nodeMs + cpu.serverMs) / 1000;
+
+/**
+ * The floor of any design that parses every line in PostgreSQL: a bare COPY's own work (the bytes in, each line parsed
+ * as jsonb) spread over the cores, before any ledger or aggregate is written; in ms of wall time, with its sentence.
+ */
+export function copyFloor(copyCpu: CpuUse): { ms: number; text: string } {
+  const cores = os.availableParallelism();
+  return {
+    ms: (cpuSeconds(copyCpu) * 1000) / cores,
+    text: `The physical floor for any design that parses every line in PostgreSQL is the bare COPY's own work (the bytes in, each line parsed as jsonb: ${cpuSeconds(copyCpu).toFixed(2)} s of CPU) spread over ${cores} cores`,
+  };
+}
 
 /**
  * Whether a run that missed a time target was short of CPU or of overlap: "both cores busy 82 % of the run; ≤ 1.50× the

@@ -3,11 +3,13 @@
 // child of the bench), for a small and a large generated file; with the floors it sits on: a bare `node -e 0`,
 // `node --import tsx -e 0` (tsx's loader hooks run in a worker thread of their own) and the CLI's `--help`.
 import { rm } from 'node:fs/promises';
+import os from 'node:os';
 import pg from 'pg';
 import type { Scale } from './bench-options.ts';
 import type { BenchServer } from './bench-server.ts';
 import { measureCommand, measureSyncCli, timeAvailable, TIME_BINARY } from './cli-rss.ts';
-import { cpuText, cpuVerdict, startCpu, type CpuUse } from './cpu-time.ts';
+import { copyFileAsJsonb, createCopyTable, dropCopyTable } from './copy-file.ts';
+import { copyFloor, cpuSeconds, cpuText, cpuVerdict, medianCpu, startCpu, type CpuUse } from './cpu-time.ts';
 import type { SuiteResult } from './figures.ts';
 import { writeSampleFile } from './peak-rss.ts';
 import { medianProfile, profileText, startProfile, type StepProfile } from './run-profile.ts';
@@ -24,15 +26,33 @@ interface SizeFigures {
   profiles: (StepProfile | null)[];
   /** CPU of each run: the CLI's processes (GNU time) and the server's (cpu-time.ts); null when the server's is unreadable */
   cpu: (CpuUse | null)[];
+  /** a bare COPY of the same file into each trial's fresh database (copy-file.ts), when asked for: wall time and CPU */
+  copyMs: number[];
+  copyCpu: (CpuUse | null)[];
 }
 
 const mib = (kib: number) => `${(kib / 1024).toFixed(1)} MiB`;
 
-async function measureSize(server: BenchServer, lines: number, repeats: number): Promise<SizeFigures> {
+/** A bare COPY of the file into the database (its time and CPU: the bench's own Node process and the server's). */
+async function bareCopy(pool: pg.Pool, file: string, lines: number): Promise<{ ms: number; cpu: CpuUse | null }> {
+  await createCopyTable(pool);
+  const cpuProbe = await startCpu(pool);
+  const started = performance.now();
+  const rows = await copyFileAsJsonb(pool, file);
+  const ms = performance.now() - started;
+  const cpu = cpuProbe.finish();
+  await dropCopyTable(pool);
+  if (rows !== lines) throw new Error(`loader-rss: the bare COPY loaded ${rows} of ${lines} lines`);
+  return { ms, cpu };
+}
+
+/** The CLI's runs of a file of `lines` lines, each on a fresh database; with `withCopy`, a bare COPY of the file into the
+ * same database beside each run, alternating which goes first. */
+async function measureSize(server: BenchServer, lines: number, repeats: number, withCopy: boolean): Promise<SizeFigures> {
   const file = await benchFile(`rss-${lines}.jsonl`);
   // the CLI has no clock option: the events end now, so its full window holds them
   await writeSampleFile(file, lines, new Date(Math.floor(Date.now() / 1000) * 1000));
-  const figures: SizeFigures = { lines, peakKiB: [], durationMs: [], wallMs: [], profiles: [], cpu: [] };
+  const figures: SizeFigures = { lines, peakKiB: [], durationMs: [], wallMs: [], profiles: [], cpu: [], copyMs: [], copyCpu: [] };
   try {
     for (let repeat = 0; repeat < repeats; repeat++) {
       const db = await server.freshDatabase();
@@ -42,13 +62,21 @@ async function measureSize(server: BenchServer, lines: number, repeats: number):
         // db.drop() force-drops the database: a connection still closing may get 57P01, which must not crash the bench
         statistics.on('error', () => {});
         let result: Awaited<ReturnType<typeof measureSyncCli>>;
+        const copy = async () => {
+          const { ms, cpu } = await bareCopy(statistics, file, lines);
+          figures.copyMs.push(ms);
+          figures.copyCpu.push(cpu);
+          log(`loader-rss: ${lines} lines: bare COPY ${seconds(ms)}`);
+        };
         try {
+          if (withCopy && repeat % 2 === 1) await copy();
           const probe = await startProfile(statistics);
           const cpuProbe = await startCpu(statistics);
           result = await measureSyncCli(db.url, file);
           const server = cpuProbe.finish();
           figures.cpu.push(server === null ? null : { nodeMs: result.cpuMs, serverMs: server.serverMs });
           figures.profiles.push(await probe.finish(result.summary.run_id));
+          if (withCopy && repeat % 2 === 0) await copy();
         } finally {
           await statistics.end();
         }
@@ -97,25 +125,43 @@ export async function loaderRss(server: BenchServer, scale: Scale, quick: boolea
     const reason = `${TIME_BINARY} is not installed (apt-get install time): the CLI's peak RSS is measured with it`;
     return {
       figures: {},
-      missing: { loader_peak_rss_mib: reason, loader_rss_growth: reason, full_sync_1m_events_per_s: reason },
+      missing: {
+        loader_peak_rss_mib: reason,
+        loader_rss_growth: reason,
+        full_sync_1m_events_per_s: reason,
+        full_sync_1m_vs_copy: reason,
+      },
       section: { title: 'Loader memory', command: 'npm run bench -- --only loader-rss', method: [reason], table: [], reading: [] },
     };
   }
   const base = await floors(quick ? 1 : 3);
-  const small = await measureSize(server, scale.rssLines.small, scale.repeats);
-  const large = await measureSize(server, scale.rssLines.large, scale.repeats);
+  const small = await measureSize(server, scale.rssLines.small, scale.repeats, false);
+  const large = await measureSize(server, scale.rssLines.large, scale.repeats, true);
   const peak = Math.max(median(small.peakKiB), median(large.peakKiB));
   const isMillion = large.lines >= 1_000_000;
   const largeProfile = medianProfile(large.profiles);
   const largeMs = median(large.durationMs);
-  const largeCpu = large.cpu.some((c) => c === null)
-    ? null
-    : { nodeMs: median(large.cpu.map((c) => c!.nodeMs)), serverMs: median(large.cpu.map((c) => c!.serverMs)) };
+  const largeCpu = medianCpu(large.cpu);
   const largeWall = median(large.wallMs);
+  const copyMs = median(large.copyMs);
+  const copyCpu = medianCpu(large.copyCpu);
+  const targetMs = (large.lines / 60_000) * 1000;
+  const perSecond = (ms: number) => Math.round(large.lines / (ms / 1000)).toLocaleString('en-US');
+  // the floor of any design that parses every line in PostgreSQL, against the target's time
+  const floorWhy = (() => {
+    const copied = `A bare COPY of the same file into the same fresh database (one jsonb column) takes ${seconds(copyMs)} (${perSecond(copyMs)} lines/s)`;
+    if (copyCpu === null) return ` ${copied}; the run is ${(largeMs / copyMs).toFixed(2)}× it.`;
+    const floor = copyFloor(copyCpu);
+    const verdict =
+      floor.ms > targetMs
+        ? `above the ${seconds(targetMs)} that ≥ 60,000 events/s allows: no design that parses every line in PostgreSQL meets it on this machine`
+        : `under the ${seconds(targetMs)} that ≥ 60,000 events/s allows, which leaves ${(((targetMs - floor.ms) * os.availableParallelism()) / 1000).toFixed(2)} s of CPU for everything else (the staging, the fields and key of each line, the ledger, events_daily and subscribers)`;
+    return ` ${copied}, with ${cpuText(copyCpu)}; the run is ${(largeMs / copyMs).toFixed(2)}× it and used ${largeCpu ? `${(cpuSeconds(largeCpu) / cpuSeconds(copyCpu)).toFixed(2)}×` : 'an unread share of'} its CPU. ${floor.text}: ${seconds(floor.ms)} (${perSecond(floor.ms)} events/s) before any ledger or aggregate is written, ${verdict}.`;
+  })();
   // the CLI's own start (npm, tsx and its imports), measured as its `--help`: part of the command's Node time
   const startCpuMs = median(base.at(-1)!.cpuMs);
   const cpuWhy = largeCpu
-    ? ` CPU: the command used ${cpuText(largeCpu)} in ${seconds(largeWall)}, ${seconds(startCpuMs)} of it the CLI's start (its \`--help\`); ${cpuVerdict(largeCpu.nodeMs + largeCpu.serverMs, largeWall, { text: `≥ 60,000 events/s (${seconds((large.lines / 60_000) * 1000)})`, wallMs: (large.lines / 60_000) * 1000 })}.`
+    ? ` CPU: the command used ${cpuText(largeCpu)} in ${seconds(largeWall)}, ${seconds(startCpuMs)} of it the CLI's start (its \`--help\`); ${cpuVerdict(largeCpu.nodeMs + largeCpu.serverMs, largeWall, { text: `≥ 60,000 events/s (${seconds(targetMs)})`, wallMs: targetMs })}.`
     : '';
   const memoryWhy = `the floors it sits on: ${base.map((b) => `${b.what} ${mib(median(b.kib))}`).join(', ')}; the loader's runs peak at ${mib(median(small.peakKiB))} for ${small.lines.toLocaleString('en-US')} lines and ${mib(median(large.peakKiB))} for ${large.lines.toLocaleString('en-US')}.`;
   return {
@@ -124,20 +170,21 @@ export async function loaderRss(server: BenchServer, scale: Scale, quick: boolea
           why: {
             loader_peak_rss_mib: memoryWhy,
             loader_rss_growth: memoryWhy,
-            full_sync_1m_events_per_s: `the ${large.lines.toLocaleString('en-US')}-line first full sync runs ${seconds(largeMs)}: ${profileText(largeProfile)}. The COPY stage (begin_run to finish_run, chunk parsing alongside on a second connection) runs at ${Math.round(large.lines / (largeProfile.copyMs / 1000)).toLocaleString('en-US')} lines/s; the parse takes ${seconds(largeProfile.parseMs + largeProfile.parseDuringCopyMs)} of database time in all (${Math.round(large.lines / ((largeProfile.parseMs + largeProfile.parseDuringCopyMs) / 1000)).toLocaleString('en-US')} lines/s), the apply ${seconds(largeProfile.applyMs)} (${Math.round(large.lines / (largeProfile.applyMs / 1000)).toLocaleString('en-US')} lines/s). On 2 cores the run cannot beat its slowest step, nor the sum of what cannot overlap: COPY stage + finish_run = ${seconds(largeProfile.copyMs + largeProfile.finishMs)}.${cpuWhy}`,
+            full_sync_1m_events_per_s: `the ${large.lines.toLocaleString('en-US')}-line first full sync runs ${seconds(largeMs)}: ${profileText(largeProfile)}. The COPY stage (begin_run to finish_run, chunk parsing alongside on a second connection) runs at ${Math.round(large.lines / (largeProfile.copyMs / 1000)).toLocaleString('en-US')} lines/s; the parse takes ${seconds(largeProfile.parseMs + largeProfile.parseDuringCopyMs)} of database time in all (${Math.round(large.lines / ((largeProfile.parseMs + largeProfile.parseDuringCopyMs) / 1000)).toLocaleString('en-US')} lines/s), the apply ${seconds(largeProfile.applyMs)} (${Math.round(large.lines / (largeProfile.applyMs / 1000)).toLocaleString('en-US')} lines/s). On 2 cores the run cannot beat its slowest step, nor the sum of what cannot overlap: COPY stage + finish_run = ${seconds(largeProfile.copyMs + largeProfile.finishMs)}.${cpuWhy}${floorWhy}`,
           },
         }
       : { why: { loader_peak_rss_mib: memoryWhy, loader_rss_growth: memoryWhy } }),
     figures: {
       loader_peak_rss_mib: peak / 1024,
       loader_rss_growth: ratio(median(large.peakKiB), median(small.peakKiB)),
-      ...(isMillion ? { full_sync_1m_events_per_s: large.lines / (median(large.durationMs) / 1000) } : {}),
+      ...(isMillion ? { full_sync_1m_events_per_s: large.lines / (largeMs / 1000), full_sync_1m_vs_copy: ratio(largeMs, copyMs) } : {}),
     },
     ...(isMillion
       ? {}
       : {
           missing: {
             full_sync_1m_events_per_s: `quick scale: the large file has ${large.lines.toLocaleString('en-US')} lines, not 1,000,000`,
+            full_sync_1m_vs_copy: `quick scale: the large file has ${large.lines.toLocaleString('en-US')} lines, not 1,000,000`,
           },
         }),
     section: {
@@ -147,6 +194,7 @@ export async function loaderRss(server: BenchServer, scale: Scale, quick: boolea
         `\`npm run sync:events -- --file F --full --json --database-url …\` (npm runs \`exec node --import tsx scripts/cli/sync-events.ts\`) under \`${TIME_BINARY} -f %M\`: the peak resident set of the largest process of the tree (npm or the loader), as a user would see it. Each trial on a fresh database; the generated file's events end at the moment it is written, so the full window holds them.`,
         "Why the old figure was 248 MiB: it was `process.resourceUsage().maxRSS` of a child spawned by the bench. Linux keeps a process's RSS high-water mark across exec (signal_struct.maxrss), and a spawned child starts as a fork of the bench, so the child's \"peak\" was at least the bench's own RSS at the fork (≈ 250 MiB of generated data), whatever the loader used. Shown on this machine: a node that allocates 300 MiB and then spawns `node -e …` sees the child report maxRSS ≈ 303 MiB; the same child under /usr/bin/time reports ≈ 39 MiB. /usr/bin/time forks the measured command from its own small process.",
         "full_sync_1m_events_per_s: lines ÷ the run's duration as the database recorded it (sync_runs.total_ms: begin_run to the end of finish_run), a first full sync into an empty database, median of the large-file trials.",
+        "full_sync_1m_vs_copy: that duration ÷ a bare COPY of the same file (copy-file.ts: an UNLOGGED one-column jsonb table, each line parsed once) into the same fresh database, streamed by the bench, beside each large-file run (alternating which goes first; the COPY's table is dropped after it); medians. Its CPU (the bench's Node process and the server's) gives the floor of any design that parses every line in PostgreSQL.",
         `Medians of ${scale.repeats} trials per size; the floors are medians of ${quick ? '1 (quick)' : '3'}.`,
         ...(quick ? [`**Quick scale**: ${scale.rssLines.large.toLocaleString('en-US')} lines, not 1,000,000.`] : []),
       ],
@@ -161,6 +209,14 @@ export async function loaderRss(server: BenchServer, scale: Scale, quick: boolea
           seconds(median(s.wallMs)),
           profileText(medianProfile(s.profiles)),
         ]),
+        [
+          `a bare COPY of the ${large.lines.toLocaleString('en-US')}-line file into the same fresh database (copy-file.ts)`,
+          '',
+          '',
+          `${seconds(copyMs)} (${perSecond(copyMs)} lines/s; ${large.copyMs.map(seconds).join(', ')})`,
+          '',
+          copyCpu ? `${cpuText(copyCpu)} (medians)` : '',
+        ],
       ],
       reading: [
         `Above the TypeScript loader's floor the loader adds ${mib(median(small.peakKiB) - median(base[1]!.kib))} for ${small.lines.toLocaleString('en-US')} lines and ${mib(median(large.peakKiB) - median(base[1]!.kib))} for ${large.lines.toLocaleString('en-US')}: its buffers and pg, flat in the input size (streams with back-pressure).`,
