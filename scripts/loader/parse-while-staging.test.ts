@@ -6,12 +6,17 @@
 //   - parse_staged_events without its fallback (only the lines after the last parsed one): the out-of-order line was
 //     never parsed (received 2, not 3);
 //   - no parse between chunks (staged-sync.ts's onCommitted not adding the chunk to the parser): parse_staged_lines
-//     was called once per run (by finish_run).
+//     was called once per run (by finish_run);
+//   - no drain of the chunks queued when the input ends (staged-sync.ts without `parser?.drain(DRAIN_PIECES)`): 135
+//     chunk parses for 135 queued chunks, where the drain makes 537 (lineRanges' own checks fail when it cuts a range
+//     into overlapping or missing ids).
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import fc from 'fast-check';
 import pg from 'pg';
 import { afterAll, beforeEach, describe, expect, it } from 'vitest';
+import { lineRanges } from './chunk-parser.ts';
 import { createTestDatabase } from '../db/vitest-database.ts';
 import { syncEvents } from './events-sync.ts';
 import { beginRun, failRun, parseNewStagedLines, parseStagedEvents } from '../sql/sync-api.ts';
@@ -115,6 +120,83 @@ describe('parse while staging', () => {
       "the loader's backends",
     ).toEqual([]);
     expect((await parseCalls()) - calls0).toBe(1);
+  });
+
+  it('chunks still queued when the input ends are cut into DRAIN_PIECES ranges: each line parsed once, the same run', async () => {
+    const at = path.join(dir, 'queued.jsonl');
+    writeFileSync(at, `${eventLines(20_000, { stepSeconds: 30 }).join('\n')}\n`);
+    // the rows each parse statement inserts into run_events, in commit order
+    await db.pool.query(`create table public.test_parse_statements (id bigint generated always as identity, n bigint not null);
+      create function public.test_count_parsed() returns trigger language plpgsql set search_path = '' as $$
+      begin insert into public.test_parse_statements (n) select count(*) from new_rows; return null; end $$;
+      create trigger test_count_parsed after insert on mixpanel_sync.run_events referencing new table as new_rows
+        for each statement execute function public.test_count_parsed()`);
+    // While the COPY streams, the chunk parses wait for a lock on run_events (taken at the first rows framed, released
+    // once the input has ended), so every chunk but the first one or two is still queued when the loader drains them.
+    const lock = await db.pool.connect();
+    let locked: Promise<unknown> | undefined;
+    let released: Promise<unknown> | undefined;
+    try {
+      const chunked = await syncEvents({
+        connectionString: db.url,
+        input: at,
+        full: true,
+        clock: CLOCK,
+        copyChunkBytes: 65_536,
+        progress: {
+          update: () => {
+            locked ??= lock.query('begin; lock table mixpanel_sync.run_events in share mode');
+          },
+          done: () => {
+            released = locked?.then(() => lock.query('commit'));
+          },
+        },
+      });
+      expect(released, 'the lock was taken during the COPY and released after it').toBeDefined();
+      await released;
+      const { rows } = await db.pool.query<{ n: string }>('select n from public.test_parse_statements where n > 0 order by id');
+      const sizes = rows.map((r) => Number(r.n));
+      expect(
+        sizes.reduce((a, b) => a + b, 0),
+        'every line parsed once',
+      ).toBe(20_000);
+      // whole chunks (without the drain, every statement but the last) against the pieces of the drained ones
+      const largest = Math.max(...sizes);
+      const pieces = sizes.filter((n) => n <= largest / 3).length;
+      expect(pieces, `rows per parse statement: ${sizes.join(', ')}`).toBeGreaterThanOrEqual(sizes.length / 2);
+      const chunkedOutcome = await runOutcome(String(chunked.run_id));
+      await resetEvents(db.pool);
+      const whole = await syncEvents({ connectionString: db.url, input: at, full: true, clock: CLOCK, parseWhileStaging: false });
+      expect(chunked).toMatchObject({ status: 'succeeded', received: 20_000, rejected: 0 });
+      expect(chunkedOutcome).toEqual(await runOutcome(String(whole.run_id)));
+    } finally {
+      await lock.query('rollback').catch(() => undefined);
+      lock.release();
+      await db.pool.query(`drop trigger if exists test_count_parsed on mixpanel_sync.run_events;
+        drop function if exists public.test_count_parsed(); drop table if exists public.test_parse_statements`);
+    }
+  });
+
+  it('lineRanges cuts (after, upTo] into consecutive, disjoint ranges that are exactly it', () => {
+    fc.assert(
+      fc.property(
+        fc.bigInt({ min: 0n, max: 9_000_000_000_000_000_000n }),
+        fc.bigInt({ min: 0n, max: 100_000n }),
+        fc.integer({ min: 1, max: 16 }),
+        (after, span, pieces) => {
+          const ranges = lineRanges(String(after), String(after + span), pieces);
+          const expected = span < BigInt(pieces) ? Math.max(Number(span), 1) : pieces;
+          expect(ranges).toHaveLength(expected);
+          expect(ranges[0]![0]).toBe(String(after));
+          expect(ranges.at(-1)![1]).toBe(String(after + span));
+          for (let i = 0; i < ranges.length; i++) {
+            const [from, to] = ranges[i]!.map(BigInt) as [bigint, bigint];
+            if (span > 0n) expect(to > from, `range ${i} holds an id`).toBe(true);
+            if (i > 0) expect(ranges[i - 1]![1]).toBe(ranges[i]![0]);
+          }
+        },
+      ),
+    );
   });
 
   it('parse_staged_events parses a line staged below the last parsed one (two sessions staging at once)', async () => {

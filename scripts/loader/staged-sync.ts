@@ -55,6 +55,14 @@ export const COPY_CHUNK_BYTES = 4 * 1024 * 1024;
 /** With parseWhileStaging, how many chunks are parsed at once (each on a pooled connection of its own). */
 export const PARSE_CONNECTIONS = 2;
 
+/**
+ * With parseWhileStaging, what becomes of the chunks still queued when the input ends: each is cut into this many line
+ * ranges (chunk-parser.ts, drain), so that the parse connections end together. The parse is slower than the COPY, so
+ * a 95,000-line full sync ends its COPY with four or five chunks to parse (~0.9 s); whole, the last one often ran alone
+ * for ~200 ms on one core (docs/performance.md, "The parse's tail").
+ */
+export const DRAIN_PIECES = 4;
+
 export interface StagedSyncOptions<S = RunSummary> {
   pool: pg.Pool;
   begin: BeginRunOptions;
@@ -209,6 +217,7 @@ async function stageAndFinish<S>(
       ...(parser ? { chunkBytes: options.copyChunkBytes ?? COPY_CHUNK_BYTES, onCommitted } : {}),
     }));
     options.progress?.done();
+    parser?.drain(DRAIN_PIECES);
     // finish_run parses what is left: never while a chunk parse of the same run still runs.
     await parser?.settled();
   } catch (error) {
