@@ -36,7 +36,7 @@ const SUITE_FIGURES: Record<SuiteName, FigureKey[]> = {
   incremental: ['incremental_ms', 'incremental_history_growth', 'scale_storage_bytes_per_event', 'scale_incremental_ms'],
   profiles: ['profiles_unchanged_tuples_written', 'profiles_cd_speedup'],
   'loader-rss': ['loader_peak_rss_mib', 'loader_rss_growth', 'full_sync_1m_events_per_s'],
-  malformed: ['malformed_line_finish_ratio'],
+  malformed: ['malformed_line_finish_ratio', 'malformed_2pct_run_ratio'],
   'settings-cost': ['identity_mode_cost', 'raw_storage_time_ratio', 'raw_storage_bytes_per_event'],
 };
 

@@ -110,6 +110,7 @@ const mappedProofs: Record<string, string[]> = {
     'verify/raw_events_match_daily.sql',
     'scripts/sql/parse-skip-raw.test.ts',
     'scripts/sql/raw-events.test.ts',
+    'scripts/sql/stale-statistics.test.ts',
     'property-tests/run-accounting.test.ts',
   ],
   parse_new_staged_events: [
@@ -120,6 +121,7 @@ const mappedProofs: Record<string, string[]> = {
     'scripts/sql/edge-pins.test.ts',
     'scripts/sql/parse-skip-raw.test.ts',
     'scripts/sql/event-key-text.test.ts',
+    'scripts/sql/stale-statistics.test.ts',
     'property-tests/run-accounting.test.ts',
   ],
   parse_staged_events: [
