@@ -129,7 +129,7 @@ describe('verify scripts', () => {
     await writeFile(meta, `begin;\nselect 1 as one \\gset\n\\echo PASS\nrollback;\n`);
 
     expect(firstMetaCommand(await readFile(meta, 'utf8'))).toBe('line 2: select 1 as one \\gset');
-    const result = spawnSync('npx', ['tsx', 'scripts/cli/verify.ts', raises, silent, meta], {
+    const result = spawnSync(process.execPath, ['--import', 'tsx', 'scripts/cli/verify.ts', raises, silent, meta], {
       cwd: repoRoot,
       encoding: 'utf8',
       env: { ...process.env, DATABASE_URL: db.url },

@@ -1,11 +1,12 @@
-// The loader's heartbeat (staged-sync.ts: heartbeat_run every HEARTBEAT_INTERVAL_MS on another pooled connection while
-// a run is in progress) keeps a live run from being abandoned when the server session of its begin_run is gone, as
-// happens through pgbouncer in transaction pooling (server_idle_timeout closes an idle server session while the loader
-// works on another). Here the owner session is closed with pg_terminate_backend while the loader, connected through
-// pgbouncer, is between transactions; a direct begin_run must then be refused (MP002) and the loader's run succeed.
-// Seen failing without the protection: with startHeartbeat's first beat and its timer's beats removed from
-// staged-sync.ts, heartbeat_at stayed null ("expected null not to be null"); with that check left out too, the direct
-// begin_run abandoned the live run ("expected 'started' to be 'MP002'") and the loader's run ended 'abandoned'.
+// The loader's heartbeat (staged-sync.ts: heartbeat_run at once on the run's own connection, then every
+// HEARTBEAT_INTERVAL_MS on another pooled connection while the run is in progress) keeps a live run from being
+// abandoned when the server session of its begin_run is gone, as happens through pgbouncer in transaction pooling
+// (server_idle_timeout closes an idle server session while the loader works on another). Here the owner session is
+// closed with pg_terminate_backend while the loader, connected through pgbouncer, is between transactions; a direct
+// begin_run must then be refused (MP002) and the loader's run succeed.
+// Seen failing without the protection: with the first beat and the timer's beats removed from staged-sync.ts,
+// heartbeat_at stayed null ("expected null not to be null"); with that check left out too, the direct begin_run
+// abandoned the live run ("expected 'started' to be 'MP002'") and the loader's run ended 'abandoned'.
 // Skipped, with a message, only when pgbouncer is not installed and CI is not set (as scripts/loader/pgbouncer.test.ts).
 import { Readable } from 'node:stream';
 import pg from 'pg';
@@ -35,6 +36,38 @@ describe('the heartbeat interval', () => {
   it('is a named constant well under the default runs.heartbeat_timeout (2 minutes)', () => {
     expect(HEARTBEAT_INTERVAL_MS).toBeGreaterThan(0);
     expect(HEARTBEAT_INTERVAL_MS * 3).toBeLessThanOrEqual(120_000);
+  });
+});
+
+describe('the first heartbeat', () => {
+  it("is sent at once on the run's own connection: the run has one before its lines are read, and a short run opens no other", async () => {
+    // Seen failing: with the first beat removed from runStagedSync, heartbeat_at was still null when the lines were
+    // opened. With the first beat sent on the pool, as before this test (startHeartbeat beating at once), it was null
+    // then too (the beat waited for a new connection) and the run opened 2 connections.
+    const db = await createTestDatabase();
+    const pool = new pg.Pool({ connectionString: db.url, max: 3 });
+    pool.on('error', () => {});
+    let connections = 0;
+    pool.on('connect', () => connections++);
+    try {
+      let before: Date | null | undefined;
+      const summary = await runStagedSync({
+        pool,
+        begin: { source: 'events' },
+        table: 'mixpanel_sync.staged_events',
+        heartbeatIntervalMs: 600_000, // no beat of the timer during this run
+        openLines: async (run) => {
+          before = (await heartbeatOf(db.pool, run.id)).heartbeat_at;
+          return Readable.from([Buffer.from(`${[1, 2, 3].map(line).join('\n')}\n`)]);
+        },
+      });
+      expect(summary).toMatchObject({ status: 'succeeded' });
+      expect(before).toBeInstanceOf(Date);
+      expect(connections).toBe(1);
+    } finally {
+      await pool.end();
+      await db.drop();
+    }
   });
 });
 

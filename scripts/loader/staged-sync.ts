@@ -146,9 +146,10 @@ async function begin(client: pg.ClientBase, options: StagedSyncOptions<unknown>,
 }
 
 /**
- * Calls heartbeat_run at once and then every intervalMs on the pool (a connection other than the run's), one beat at
- * a time. A beat that fails (the database briefly unreachable) is only skipped: the run's own statements report a
- * lost connection. stop() ends the beats; settled() resolves when the last one sent has ended.
+ * Calls heartbeat_run every intervalMs on the pool (a connection other than the run's, which may be busy for minutes),
+ * one beat at a time; the first beat is runStagedSync's, on the run's own connection. A beat that fails (the
+ * database briefly unreachable) is only skipped: the run's own statements report a lost connection. stop() ends the
+ * beats; settled() resolves when the last one sent has ended.
  */
 function startHeartbeat(pool: pg.Pool, runId: string, intervalMs: number): { stop: () => void; settled: () => Promise<void> } {
   let stopped = false;
@@ -166,7 +167,6 @@ function startHeartbeat(pool: pg.Pool, runId: string, intervalMs: number): { sto
   };
   const timer = setInterval(beat, intervalMs);
   timer.unref();
-  beat();
   return {
     stop: () => {
       stopped = true;
@@ -274,6 +274,11 @@ export async function runStagedSync<S = RunSummary>(options: StagedSyncOptions<S
   }
   const heartbeat = startHeartbeat(options.pool, run.id, options.heartbeatIntervalMs ?? HEARTBEAT_INTERVAL_MS);
   try {
+    // The first beat, at once, on the run's own connection (idle until its COPY): through a transaction pooler the
+    // begin_run session may close at any moment, and the run must have a heartbeat by then. A run shorter than the
+    // interval so opens no second connection (each one a backend forked on the server). A failure is left to the run's
+    // next statement to report.
+    await heartbeatRun(client, run.id).catch(() => undefined);
     const finished = await stageAndFinish(client, run, options, signal);
     heartbeat.stop();
     release(false);
