@@ -319,7 +319,7 @@ describe('syncProfiles from the Engage API (fake Mixpanel on 127.0.0.1)', () => 
 describe('npm run sync:profiles', () => {
   // not spawnSync: the fake Mixpanel server answers from this process
   async function cli(args: string[], env: Record<string, string> = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
-    // what `npm run sync:profiles` execs (package.json), without npm's own start (~0.3 s of CPU) or npx's (~1 s)
+    // what `npm run sync:profiles` execs (package.json), without npm's own start (~0.35 s of CPU) or npx's (~0.75 s)
     const child = spawn(process.execPath, ['--import', 'tsx', scriptEntry('sync:profiles'), ...args], {
       cwd: repoRoot,
       env: { ...process.env, DATABASE_URL: db.url, MIXPANEL_SERVICE_ACCOUNT: '', MIXPANEL_SECRET: '', ...env },
