@@ -51,4 +51,26 @@ describe('cpuVerdict', () => {
     const under = cpuVerdict(500 * cores, 2000, target);
     expect(under).toContain('it fits, so what is missing is overlap: the cores are idle 75 % of the run');
   });
+
+  // Seen failing with the bound taken as CPU ÷ the cores (finish_run's serial time left out) and with the excess
+  // computed without finish_run's second term: the first case then read "what is missing is overlap" or no bound.
+  it('with a last step alone on one core (finish_run), bounds the run by its other CPU ÷ the cores + that step', () => {
+    const cores = os.availableParallelism();
+    const target = { text: 'the target', wallMs: 1000 };
+    // 600 ms of CPU per core before a 600 ms finish_run: its CPU fits the target on the cores, but no overlap can
+    // bring the run under 600 + 600 = 1,200 ms; (CPU + (cores - 1) × finish_run) is 200 ms per core over what fits
+    const serialOver = cpuVerdict(600 * cores + 600, 1300, target, 600);
+    expect(serialOver).toContain('it fits;');
+    expect(serialOver).not.toContain('what is missing is overlap');
+    expect(serialOver).toContain(
+      `finish_run (0.60 s) runs alone on one core after the last line is parsed, so the run cannot take less than its other CPU ÷ ${cores} + finish_run = 1.20 s`,
+    );
+    expect(serialOver).toContain(`over the target's 1.00 s`);
+    expect(serialOver).toContain(`must shrink by ${((200 * cores) / 1000).toFixed(2)} s`);
+    // 400 ms per core before a 200 ms finish_run: the bound, 600 ms, is within the target
+    const serialUnder = cpuVerdict(400 * cores + 200, 1500, target, 200);
+    expect(serialUnder).toContain(
+      `= 0.60 s (the run took 1.50 s: the bound is 40 % of it), within the target's 1.00 s: what is missing is overlap`,
+    );
+  });
 });

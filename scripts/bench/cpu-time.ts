@@ -107,13 +107,28 @@ export function copyFloor(copyCpu: CpuUse): { ms: number; text: string } {
  * Whether a run that missed a time target was short of CPU or of overlap: "both cores busy 82 % of the run; ≤ 1.50× the
  * bare COPY (1.52 s) allows at most 3.04 s of CPU on 2 cores: 14 % less than it used, even with both cores busy all
  * along" (or, when its CPU would fit: "it fits, so what is missing is overlap: the cores are idle 18 % of the run").
+ * serialMs: a last step that runs alone on one core (finish_run: one backend, after every line is parsed, while the
+ * loader waits). Then the run cannot take less than its other CPU ÷ the cores + that step, a lower bound even when the
+ * step waits on I/O (its CPU is then less than its wall time, and the other CPU more than CPU − serialMs); the text
+ * says where that bound stands against the target and what would have to shrink.
  */
-export function cpuVerdict(cpuMs: number, wallMs: number, target: { text: string; wallMs: number }): string {
+export function cpuVerdict(cpuMs: number, wallMs: number, target: { text: string; wallMs: number }, serialMs?: number): string {
   const cores = os.availableParallelism();
   const busy = Math.round((100 * cpuMs) / (wallMs * cores));
   const allowedMs = target.wallMs * cores;
   const head = `both cores busy ${busy} % of the run; ${target.text} allows at most ${(allowedMs / 1000).toFixed(2)} s of CPU on ${cores} cores`;
-  return cpuMs <= allowedMs
-    ? `${head}: it fits, so what is missing is overlap: the cores are idle ${100 - busy} % of the run`
-    : `${head}: ${Math.round(100 * (1 - allowedMs / cpuMs))} % less than it used, even with both cores busy all along`;
+  const cpuPart =
+    cpuMs <= allowedMs
+      ? `${head}: it fits`
+      : `${head}: ${Math.round(100 * (1 - allowedMs / cpuMs))} % less than it used, even with both cores busy all along`;
+  if (serialMs === undefined)
+    return cpuMs <= allowedMs ? `${cpuPart}, so what is missing is overlap: the cores are idle ${100 - busy} % of the run` : cpuPart;
+  const serial = Math.min(serialMs, cpuMs);
+  const boundMs = (cpuMs - serial) / cores + serial;
+  // (other CPU) ÷ cores + serial ≤ target ⇔ CPU + (cores − 1) × serial ≤ cores × target
+  const excessMs = cpuMs + (cores - 1) * serial - allowedMs;
+  const bound = `finish_run (${(serial / 1000).toFixed(2)} s) runs alone on one core after the last line is parsed, so the run cannot take less than its other CPU ÷ ${cores} + finish_run = ${(boundMs / 1000).toFixed(2)} s (the run took ${(wallMs / 1000).toFixed(2)} s: the bound is ${Math.round((100 * boundMs) / wallMs)} % of it)`;
+  return excessMs <= 0
+    ? `${cpuPart}; ${bound}, within the target's ${(target.wallMs / 1000).toFixed(2)} s: what is missing is overlap`
+    : `${cpuPart}; ${bound}, over the target's ${(target.wallMs / 1000).toFixed(2)} s: CPU + ${cores - 1 === 1 ? '' : `${cores - 1} × `}finish_run together must shrink by ${(excessMs / 1000).toFixed(2)} s (${Math.round((100 * excessMs) / (cpuMs + (cores - 1) * serial))} %) before any overlap could meet it`;
 }
