@@ -1593,6 +1593,8 @@ declare
     from mixpanel_sync.projects p where p.id <> pid));
   keeps_watermark boolean := coalesce((run.options ->> 'keeps_watermark')::boolean, false);
 begin
+  -- parse_staged_events samples run_events once the run is parsed (analyze_run_events): every statement from here on is
+  -- planned on the run's real size.
   parsed := mixpanel_sync.parse_staged_events(run.id);
   -- Mixpanel's "terminated early" line is not JSON, so the parse has rejected it: the probe reads the run's rejected
   -- lines only (a PK lookup each), not every staged line.
@@ -1618,9 +1620,6 @@ begin
       run.id, coalesce(marker.line_no::text, '?'), btrim(marker.line)
       using errcode = 'MP003', hint = 'the export stopped early: run the sync again (fail this run first: select mixpanel_sync.fail_run(' || run.id || ', ''input incomplete''))';
   end if;
-  -- Every statement from here on is planned on the run's real size (analyze_run_events: run ids only grow, so older
-  -- statistics estimate this run at about one row).
-  perform mixpanel_sync_private.analyze_run_events();
 
   -- Identity merge (500-identity.sql, issue 12): learn the run's links, move the rows of ids no longer canonical,
   -- rewrite the run's events to canonical ids; before the guard and the apply path, which then see canonical ids.
@@ -3141,6 +3140,10 @@ begin
   -- The new lines by their index range (all of them when nothing is parsed yet), then, only when some staged line
   -- is still not parsed (staged out of line_id order, e.g. by two sessions at once), every unparsed line.
   perform mixpanel_sync.parse_staged_lines(run_id, only_new => true);
+  -- Sampled now, so that the counts below and every statement after them are planned on the running run's real size
+  -- (analyze_run_events: run ids only grow, so statistics sampled before this run estimate it at about one row; the
+  -- count below then read the run's rows through the primary key one by one).
+  perform mixpanel_sync_private.analyze_run_events();
   select count(*), count(*) filter (where e.reject_reason is not null)
   into received, rejected
   from mixpanel_sync.run_events e
@@ -3154,7 +3157,7 @@ begin
   end if;
 end;
 $function$;
-comment on function mixpanel_sync.parse_staged_events(run_id bigint, OUT received bigint, OUT rejected bigint) is 'Parses every staged line of a run that is not parsed yet (parse_staged_lines: the lines after the last parsed one, then, should any other remain, all of them) and returns the run''s totals: lines received and rejected (skipped events, run_events.skip_reason, are not rejects). finish_run calls it, so lines a loader did not parse chunk by chunk (or a psql user''s stage_events) are parsed there.';
+comment on function mixpanel_sync.parse_staged_events(run_id bigint, OUT received bigint, OUT rejected bigint) is 'Parses every staged line of a run that is not parsed yet (parse_staged_lines: the lines after the last parsed one, then, should any other remain, all of them) and returns the run''s totals: lines received and rejected (skipped events, run_events.skip_reason, are not rejects). finish_run calls it, so lines a loader did not parse chunk by chunk (or a psql user''s stage_events) are parsed there. Once they are, it samples run_events (mixpanel_sync_private.analyze_run_events), so that the counts and every statement after it are planned on the running run''s real size.';
 grant execute on function mixpanel_sync.parse_staged_events(run_id bigint, OUT received bigint, OUT rejected bigint) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.parse_staged_lines(run_id bigint, only_new boolean DEFAULT true, after_line_id bigint DEFAULT NULL::bigint, up_to_line_id bigint DEFAULT NULL::bigint)
@@ -4335,7 +4338,9 @@ begin
       and (e.skip_reason is null or raw_on and e.skip_reason = 'no_user')
       and e.day between from_day and to_day
       and (names is null or e.event_name = any (names))
-    order by coalesce(e.distinct_id, ''), e.event_key, e.line_id
+    -- The key first: a uuid whose abbreviated sort key settles nearly every comparison, where the distinct_id (text)
+    -- first compared strings; the groups and, within each, the first line are the same.
+    order by e.event_key, coalesce(e.distinct_id, ''), e.line_id
   ), kept as materialized (
     select w.*
     from wanted w
