@@ -52,8 +52,9 @@ describe('cpuVerdict', () => {
     expect(under).toContain('it fits, so what is missing is overlap: the cores are idle 75 % of the run');
   });
 
-  // Seen failing with the bound taken as CPU ÷ the cores (finish_run's serial time left out) and with the excess
-  // computed without finish_run's second term: the first case then read "what is missing is overlap" or no bound.
+  // Seen failing with the bound taken as CPU ÷ the cores (finish_run's serial time left out: the first case's bound was
+  // not 1.20 s) and with the excess computed without finish_run's second term (the first case then read "what is
+  // missing is overlap").
   it('with a last step alone on one core (finish_run), bounds the run by its other CPU ÷ the cores + that step', () => {
     const cores = os.availableParallelism();
     const target = { text: 'the target', wallMs: 1000 };
