@@ -1,8 +1,9 @@
 // Issue 9, "Done when": seeded crash trials. On a dedicated embedded server, each trial starts from a history H (loaded
 // once by the CLI, then cloned from a template database for each trial), starts `npm run sync:events -- --file F`
-// and, at a seeded moment during COPY or finish_run, SIGKILLs the loader's process group, stops the postmaster at
-// once (SIGQUIT: `pg_ctl stop -m immediate`, then a restart), or sends SIGINT/SIGTERM to the whole process group.
-// A normal run on F follows. The tables must then equal those of a clean H-then-F,
+// (every other trial the command line it execs, without npm: cli-runner's nodeCommand) and, at a seeded moment
+// during COPY or finish_run, SIGKILLs the loader's process group, stops the postmaster at once (SIGQUIT:
+// `pg_ctl stop -m immediate`, then a restart), or sends SIGINT/SIGTERM to the whole process group.
+// A normal run on F follows (the command line without npm). The tables must then equal those of a clean H-then-F,
 // compared with EXCEPT both ways in SQL, and every run's status must agree with what its CLI said (exit code).
 // After a SIGKILL during finish_run the killed loader's backend may still be running finish_run: the next run
 // passes --wait, as a scheduler's next run would (without it, begin_run refuses with MP002, exit 2: correct).

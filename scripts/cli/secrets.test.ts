@@ -142,7 +142,7 @@ describe('secrets in output and run records', () => {
   for (const c of cases) {
     it(`${c.name}: fails, and neither the secret nor the password shows`, async () => {
       c.before?.();
-      const result = await runCli(c.script, [], { env: c.env() });
+      const result = await runCli(c.script, [], { env: c.env(), via: 'npm' });
       expect(result.code, result.stderr).not.toBe(0);
       expect(result.stderr).toMatch(c.failure);
       expect(await leaks(result)).toEqual([]);
@@ -152,7 +152,7 @@ describe('secrets in output and run records', () => {
   it.skipIf(!pgbouncerBinary)('the database refuses the password (pgbouncer, md5): fails, and the password does not show', async () => {
     const url = new URL(bouncer!.urlFor(dbUrlWithPassword));
     url.password = DB_PASSWORD; // not the-right-password
-    const result = await runCli('sync:events', [], { env: env({ DATABASE_URL: url.toString() }) });
+    const result = await runCli('sync:events', [], { env: env({ DATABASE_URL: url.toString() }), via: 'npm' });
     expect(result.code).not.toBe(0);
     expect(result.stderr).toMatch(/password/i);
     expect(await leaks(result)).toEqual([]);
@@ -160,7 +160,7 @@ describe('secrets in output and run records', () => {
 
   it('a run that succeeds shows neither (events and profiles, with --json)', async () => {
     for (const script of ['sync:events', 'sync:profiles'] as const) {
-      const result = await runCli(script, ['--json'], { env: env() });
+      const result = await runCli(script, ['--json'], { env: env(), via: 'npm' });
       expect(result.code, result.stderr).toBe(0);
       expect(await leaks(result)).toEqual([]);
     }

@@ -13,6 +13,7 @@ import { spawn } from 'node:child_process';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { repoRoot } from '../db/paths.ts';
+import { nodeCommand } from '../fixtures/cli-runner.ts';
 import { createTestDatabase } from '../db/vitest-database.ts';
 import { startFakeMixpanel, type FakeMixpanel } from '../fixtures/fake-mixpanel-server.ts';
 import { syncEvents } from '../loader/events-sync.ts';
@@ -63,7 +64,7 @@ const check = (users = 10, seed = 's', batch?: number) =>
   spotCheck({ pool: db.pool, mixpanel: fake.settings(), users, seed, ...(batch ? { batch } : {}) });
 
 function cli(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'scripts/cli/spot-check.ts'), ...args], {
+  const child = spawn(process.execPath, [...nodeCommand('spot-check'), ...args], {
     cwd: repoRoot,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: {

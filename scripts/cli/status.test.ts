@@ -5,12 +5,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, templateDatabase, type TestDatabase } from '../db/vitest-database.ts';
 import { beginRun, failRun } from '../sql/sync-api.ts';
 import { exportEvent, minutesBefore, syncEvents } from '../sql/run-fixtures.ts';
+import { nodeCommand } from '../fixtures/cli-runner.ts';
 
 const repo = fileURLToPath(new URL('../..', import.meta.url));
 
 function status(args: string[], env: NodeJS.ProcessEnv = {}): Promise<{ code: number | null; stdout: string; stderr: string }> {
   const { DATABASE_URL: _ignored, ...rest } = process.env;
-  const child = spawn(process.execPath, ['--import', 'tsx', 'scripts/cli/status.ts', ...args], { cwd: repo, env: { ...rest, ...env } });
+  const child = spawn(process.execPath, [...nodeCommand('status'), ...args], { cwd: repo, env: { ...rest, ...env } });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (chunk) => (stdout += chunk));

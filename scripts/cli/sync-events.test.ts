@@ -3,14 +3,13 @@ import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { gzipSync } from 'node:zlib';
 import { afterAll, describe, expect, it } from 'vitest';
 import { createTestDatabase } from '../db/vitest-database.ts';
+import { nodeCommand } from '../fixtures/cli-runner.ts';
 
 const db = await createTestDatabase();
 const dir = mkdtempSync(path.join(os.tmpdir(), 'sync-events-cli-'));
-const script = fileURLToPath(new URL('./sync-events.ts', import.meta.url));
 afterAll(async () => {
   rmSync(dir, { recursive: true, force: true });
   await db.drop();
@@ -24,7 +23,7 @@ interface Result {
 
 function run(args: string[], options: { stdin?: Buffer; env?: NodeJS.ProcessEnv; interruptWhenRunning?: boolean } = {}): Promise<Result> {
   const env = { ...process.env, DATABASE_URL: db.url, MIXPANEL_PROJECT_TIMEZONE: '', ...options.env };
-  const child = spawn(process.execPath, ['--import', 'tsx', script, ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [...nodeCommand('sync:events'), ...args], { env, stdio: ['pipe', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (chunk: Buffer) => (stdout += chunk.toString()));

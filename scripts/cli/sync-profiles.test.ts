@@ -7,7 +7,7 @@ import { finished } from 'node:stream/promises';
 import { gzipSync } from 'node:zlib';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { repoRoot } from '../db/paths.ts';
-import { scriptEntry } from '../fixtures/cli-runner.ts';
+import { nodeCommand } from '../fixtures/cli-runner.ts';
 import { createTestDatabase } from '../db/vitest-database.ts';
 import { isLoaderFailure } from '../loader/staged-sync.ts';
 import type { EngageProfile } from '../mixpanel/engage-profiles.ts';
@@ -320,7 +320,7 @@ describe('npm run sync:profiles', () => {
   // not spawnSync: the fake Mixpanel server answers from this process
   async function cli(args: string[], env: Record<string, string> = {}): Promise<{ status: number | null; stdout: string; stderr: string }> {
     // what `npm run sync:profiles` execs (package.json), without npm's own start (~0.35 s of CPU) or npx's (~0.75 s)
-    const child = spawn(process.execPath, ['--import', 'tsx', scriptEntry('sync:profiles'), ...args], {
+    const child = spawn(process.execPath, [...nodeCommand('sync:profiles'), ...args], {
       cwd: repoRoot,
       env: { ...process.env, DATABASE_URL: db.url, MIXPANEL_SERVICE_ACCOUNT: '', MIXPANEL_SECRET: '', ...env },
     });

@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { repoRoot } from '../db/paths.ts';
+import { nodeCommand } from '../fixtures/cli-runner.ts';
 import { createTestDatabase } from '../db/vitest-database.ts';
 import { startFakeMixpanel, type FakeMixpanel } from '../fixtures/fake-mixpanel-server.ts';
 
@@ -53,7 +54,7 @@ interface Result {
 }
 
 function runSync(args: string[], env: NodeJS.ProcessEnv = {}): Promise<Result> {
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(repoRoot, 'scripts/cli/sync.ts'), ...args], {
+  const child = spawn(process.execPath, [...nodeCommand('sync'), ...args], {
     cwd: repoRoot,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: {

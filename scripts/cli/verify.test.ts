@@ -5,7 +5,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createTestDatabase, type TestDatabase } from '../db/vitest-database.ts';
 import { repoRoot } from '../db/paths.ts';
-import { scriptEntry } from '../fixtures/cli-runner.ts';
+import { nodeCommand } from '../fixtures/cli-runner.ts';
 import { beginRun, finishRun, setUpsertPath, stageRecords } from '../sql/sync-api.ts';
 import { firstMetaCommand, listVerifyScripts, runVerifyScript, runVerifyScripts } from './verify.ts';
 
@@ -130,7 +130,7 @@ describe('verify scripts', () => {
     await writeFile(meta, `begin;\nselect 1 as one \\gset\n\\echo PASS\nrollback;\n`);
 
     expect(firstMetaCommand(await readFile(meta, 'utf8'))).toBe('line 2: select 1 as one \\gset');
-    const result = spawnSync(process.execPath, ['--import', 'tsx', scriptEntry('verify'), raises, silent, meta], {
+    const result = spawnSync(process.execPath, [...nodeCommand('verify'), raises, silent, meta], {
       cwd: repoRoot,
       encoding: 'utf8',
       env: { ...process.env, DATABASE_URL: db.url },
