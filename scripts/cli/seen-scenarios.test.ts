@@ -1,7 +1,8 @@
 // Issue 9, "What was seen", items 1–7: one test per scenario, each through the real CLI (the command line
 // `npm run sync:events` execs; through npm itself where the server is stopped under it or signals reach the whole
-// process group, half of the signal trials) or, where the issue says psql, through plain SQL calls. Each was run once on the pre-session main (ff2b5c3, a
-// scratch worktree with this file and its fixtures copied in) to see it fail there; the table is below.
+// process group, half of the signal trials) or, where the issue says psql, through plain SQL calls. Each was run once
+// on the pre-session main (ff2b5c3, a scratch worktree with this file and its fixtures copied in) to see it fail
+// there; the table is below.
 //
 // Each test is the protection's "seen failing without it": on ff2b5c3 all 21 fail, with the session's loader and
 // migration 000006, part `--! split: 100-safety-core.sql` all 21 pass. What ff2b5c3 did (the assertion that failed):
@@ -282,7 +283,7 @@ describe.concurrent('6. the loader tells the truth', () => {
 });
 
 describe.concurrent('7. staging without bloat', () => {
-  // 40,000 lines (two COPY chunks): with drop_staged_rows deleting the rows instead of truncating, run_events kept
+  // 40,000 lines (4.3 MB: two COPY chunks): with drop_staged_rows deleting the rows instead of truncating, run_events kept
   // 5,701,632 bytes on disk (seen 2026-12-04), against the 1 MiB allowed. It was 200,000 lines: the same verdict for
   // five times the staging.
   it('after a 40k-line run, staged_events and run_events are back near empty on disk', async () => {
