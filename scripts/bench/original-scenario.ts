@@ -111,6 +111,9 @@ async function timedProfiled(
   return { ms, cpu, profile: runId === undefined ? null : await probe.finish(runId) };
 }
 
+/** The steps in the order of repeat `repeat`: each takes the first place once in every steps.length repeats. */
+const rotated = <T>(steps: readonly T[], repeat: number): T[] => steps.map((_, i) => steps[(i + repeat) % steps.length]!);
+
 /**
  * Runs the steps `repeats` times, rotating which goes first, each after a VACUUM ANALYZE; returns ms per step and
  * the step profiles of ours.
@@ -124,8 +127,7 @@ async function rotate(
   const cpuUse = new Map<string, (CpuUse | null)[]>(steps.map((step) => [step.name, []]));
   const profiles = new Map<string, (StepProfile | null)[]>(steps.map((step) => [step.name, []]));
   for (let repeat = 0; repeat < repeats; repeat++) {
-    for (let i = 0; i < steps.length; i++) {
-      const step = steps[(i + repeat) % steps.length]!;
+    for (const step of rotated(steps, repeat)) {
       await vacuumEventTables(db.pool);
       await db.pool.query('vacuum (analyze) bench_baseline.user_event_counts, bench_baseline.subscribers');
       const { ms, cpu, profile } = await timedProfiled(db, step.run);
@@ -222,8 +224,7 @@ export async function originalScenario(server: BenchServer, scale: Scale): Promi
       const clone = await server.cloneOf(steady.name);
       try {
         await createCopyTable(clone.pool);
-        const order = incrementalSteps.map((_, i) => incrementalSteps[(i + repeat) % incrementalSteps.length]!);
-        for (const who of order) {
+        for (const who of rotated(incrementalSteps, repeat)) {
           const sync =
             who === 'ours'
               ? () => ourIncrementalSync(clone, data)
