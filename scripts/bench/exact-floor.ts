@@ -8,6 +8,8 @@ import { timed } from './timing.ts';
 
 const DAILY = 'public.bench_exact_floor_daily';
 
+// Each layer is fenced with "offset 0", as in parse_new_staged_events, so that every expression is computed once per
+// line (unfenced, event_second was computed twice: in the filter and in the row; 1.44 against 1.14 s for 95,000 lines).
 const EXACT_FLOOR_SQL = `
 insert into ${DAILY} (distinct_id, day, event_name, event_count, first_at, last_at)
 select d.distinct_id, (d.event_time at time zone 'UTC')::date, d.event_name, count(*), min(d.event_time), max(d.event_time)
@@ -17,12 +19,13 @@ from (
     select e.distinct_id, e.event_name, to_timestamp(e.second) as event_time,
       mixpanel_sync.event_key(e.event_name, e.second, e.insert_id, e.doc) as event_key
     from (
-      select c.doc, c.doc ->> 'event' as event_name, c.doc -> 'properties' ->> 'distinct_id' as distinct_id,
-        c.doc -> 'properties' ->> '$insert_id' as insert_id,
-        mixpanel_sync.event_second((c.doc -> 'properties' ->> 'time')::numeric) as second
-      from public.bench_copy_limit c
+      select c.doc, c.doc ->> 'event' as event_name, c.p ->> 'distinct_id' as distinct_id, c.p ->> '$insert_id' as insert_id,
+        mixpanel_sync.event_second((c.p ->> 'time')::numeric) as second
+      from (select c.doc, c.doc -> 'properties' as p from public.bench_copy_limit c offset 0) c
+      offset 0
     ) e
     where e.distinct_id is not null and e.event_name is not null and e.second is not null
+    offset 0
   ) f
   order by f.event_key, f.distinct_id
 ) d
