@@ -5,7 +5,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { createTestDatabase } from '../db/vitest-database.ts';
 import os from 'node:os';
-import { cpuVerdict, startCpu } from './cpu-time.ts';
+import { cpuVerdict, startBackendCpu, startCpu } from './cpu-time.ts';
 
 const db = await createTestDatabase();
 afterAll(() => db.drop());
@@ -35,6 +35,30 @@ describe('startCpu', () => {
       expect(nodeSide!.nodeMs).toBeLessThan(loopMs * 1.5 + 20);
     } finally {
       client.release();
+    }
+  });
+});
+
+// Seen failing with the server-wide count (startCpu) in startBackendCpu: the other session's burn was counted.
+describe('startBackendCpu', () => {
+  it("counts its own backend's burn and not another session's", async () => {
+    const own = await db.pool.connect();
+    const other = await db.pool.connect();
+    try {
+      const burn = 'select count(*) from generate_series(1, 4000000) g where g % 7 = 3';
+      const mine = await startBackendCpu(own);
+      await own.query(burn);
+      const ownBurn = mine.finish();
+      expect(ownBurn).not.toBeNull();
+      expect(ownBurn!.serverMs).toBeGreaterThan(50);
+
+      const idle = await startBackendCpu(own);
+      await other.query(burn);
+      const whileOtherBurned = idle.finish();
+      expect(whileOtherBurned!.serverMs).toBeLessThan(ownBurn!.serverMs / 3);
+    } finally {
+      own.release();
+      other.release();
     }
   });
 });

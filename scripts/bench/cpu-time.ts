@@ -77,6 +77,27 @@ export async function startCpu(db: Queryable): Promise<CpuProbe> {
   };
 }
 
+/**
+ * Starts measuring one backend, the session of `db` (a client, not a pool), and this process: for a statement that runs
+ * in that backend alone (no parallel workers), its CPU without the server's other processes (autovacuum, other
+ * sessions), which startCpu counts too.
+ */
+export async function startBackendCpu(db: Queryable): Promise<CpuProbe> {
+  if (process.platform !== 'linux') return { finish: () => null };
+  const { rows } = await db.query<{ pid: number }>('select pg_catalog.pg_backend_pid() as pid');
+  const pid = rows[0]!.pid;
+  const before = readStat(pid);
+  const nodeBefore = process.cpuUsage();
+  return {
+    finish() {
+      const node = process.cpuUsage(nodeBefore);
+      const after = readStat(pid);
+      if (before === null || after === null) return null;
+      return { nodeMs: (node.user + node.system) / 1000, serverMs: ((after.own - before.own) * 1000) / clockTicks() };
+    },
+  };
+}
+
 /** "4.41 s of CPU (Node 0.62 s, PostgreSQL 3.79 s)" */
 export const cpuText = (cpu: CpuUse): string =>
   `${((cpu.nodeMs + cpu.serverMs) / 1000).toFixed(2)} s of CPU (Node ${(cpu.nodeMs / 1000).toFixed(2)} s, PostgreSQL ${(cpu.serverMs / 1000).toFixed(2)} s)`;

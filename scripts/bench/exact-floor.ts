@@ -3,7 +3,7 @@
 // key has one definition), the deduplication, and the per-(user, UTC day, name) counts written into a keyed table, in
 // one statement. No validation, reject reason, ledger, subscribers or run accounting: a floor, not a design.
 import type pg from 'pg';
-import { startCpu, type CpuUse } from './cpu-time.ts';
+import { startBackendCpu, type CpuUse } from './cpu-time.ts';
 import { timed } from './timing.ts';
 
 const DAILY = 'public.bench_exact_floor_daily';
@@ -35,7 +35,7 @@ export interface ExactFloor {
   /** rows of the keyed table: one per (user, day, name) */
   rows: number;
   ms: number;
-  /** the statement's CPU (PostgreSQL and this process); null when the server's processes cannot be read */
+  /** the statement's CPU (its backend and this process); null when the backend's process cannot be read */
   cpu: CpuUse | null;
 }
 
@@ -60,9 +60,15 @@ async function withFloorTable<T>(pool: pg.Pool, fn: () => Promise<T>): Promise<T
  */
 export function measureExactFloor(pool: pg.Pool): Promise<ExactFloor> {
   return withFloorTable(pool, async () => {
-    const probe = await startCpu(pool);
-    const { ms, value } = await timed(() => pool.query(EXACT_FLOOR_SQL));
-    return { rows: value.rowCount ?? 0, ms, cpu: probe.finish() };
+    const client = await pool.connect();
+    try {
+      // the statement runs in one backend (an INSERT is never planned parallel): its own CPU, without autovacuum's
+      const probe = await startBackendCpu(client);
+      const { ms, value } = await timed(() => client.query(EXACT_FLOOR_SQL));
+      return { rows: value.rowCount ?? 0, ms, cpu: probe.finish() };
+    } finally {
+      client.release();
+    }
   });
 }
 
