@@ -55,26 +55,32 @@ function serverTicks(postmaster: number): number | null {
   return ticks;
 }
 
-async function postmasterOf(db: Queryable): Promise<number | null> {
+/** The pid of the backend serving `db`'s session; null off Linux (nothing of /proc to read). */
+async function backendPid(db: Queryable): Promise<number | null> {
   if (process.platform !== 'linux') return null;
   const { rows } = await db.query<{ pid: number }>('select pg_catalog.pg_backend_pid() as pid');
-  const backend = readStat(rows[0]!.pid);
-  return backend === null ? null : backend.ppid;
+  return rows[0]!.pid;
 }
 
-/** Starts measuring: call finish() right after the step (before any other work on the server). */
-export async function startCpu(db: Queryable): Promise<CpuProbe> {
-  const postmaster = await postmasterOf(db);
-  const serverBefore = postmaster === null ? null : serverTicks(postmaster);
+/** A probe of this process's CPU and of the server-side ticks `ticks` reads (null: unreadable, now or at the start). */
+function probe(ticks: () => number | null): CpuProbe {
+  const serverBefore = ticks();
   const nodeBefore = process.cpuUsage();
   return {
     finish() {
       const node = process.cpuUsage(nodeBefore);
-      const serverAfter = postmaster === null ? null : serverTicks(postmaster);
+      const serverAfter = ticks();
       if (serverBefore === null || serverAfter === null) return null;
       return { nodeMs: (node.user + node.system) / 1000, serverMs: ((serverAfter - serverBefore) * 1000) / clockTicks() };
     },
   };
+}
+
+/** Starts measuring: call finish() right after the step (before any other work on the server). */
+export async function startCpu(db: Queryable): Promise<CpuProbe> {
+  const pid = await backendPid(db);
+  const postmaster = pid === null ? null : (readStat(pid)?.ppid ?? null);
+  return probe(() => (postmaster === null ? null : serverTicks(postmaster)));
 }
 
 /**
@@ -83,19 +89,8 @@ export async function startCpu(db: Queryable): Promise<CpuProbe> {
  * sessions), which startCpu counts too.
  */
 export async function startBackendCpu(db: Queryable): Promise<CpuProbe> {
-  if (process.platform !== 'linux') return { finish: () => null };
-  const { rows } = await db.query<{ pid: number }>('select pg_catalog.pg_backend_pid() as pid');
-  const pid = rows[0]!.pid;
-  const before = readStat(pid);
-  const nodeBefore = process.cpuUsage();
-  return {
-    finish() {
-      const node = process.cpuUsage(nodeBefore);
-      const after = readStat(pid);
-      if (before === null || after === null) return null;
-      return { nodeMs: (node.user + node.system) / 1000, serverMs: ((after.own - before.own) * 1000) / clockTicks() };
-    },
-  };
+  const pid = await backendPid(db);
+  return probe(() => (pid === null ? null : (readStat(pid)?.own ?? null)));
 }
 
 /** "4.41 s of CPU (Node 0.62 s, PostgreSQL 3.79 s)" */

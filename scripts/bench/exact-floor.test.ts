@@ -2,7 +2,8 @@
 // lines it must write the per-(user, day, name) counts, first and last times that our sync leaves in events_daily. The
 // lines are generated with more re-sent lines, lines without $insert_id and times in milliseconds than the sample's
 // defaults, so the dedup and the key are tested, not only the counting.
-// Seen failing with the floor's dedup removed (`distinct on` left out): the re-sent lines were counted twice.
+// Seen failing with the floor's dedup removed (`distinct on` left out): the re-sent lines were counted twice; and with
+// `floor(time)` in place of event_second: the times in milliseconds fell on other days.
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';

@@ -112,6 +112,9 @@ async function timedProfiled(
   return { ms, cpu, profile: runId === undefined ? null : await probe.finish(runId) };
 }
 
+/** Why a CPU figure is null. */
+const UNREADABLE_CPU = "the server's processes could not be read (cpu-time.ts: Linux, a server on this machine)";
+
 /** The steps in the order of repeat `repeat`: each takes the first place once in every steps.length repeats. */
 const rotated = <T>(steps: readonly T[], repeat: number): T[] => steps.map((_, i) => steps[(i + repeat) % steps.length]!);
 
@@ -417,12 +420,8 @@ function report(data: ScenarioData, scale: Scale, measured: Measured): SuiteResu
     },
     missing: {
       ...(resynced ? {} : { resync_bloat_ratio: 'quick scale: the 7 full re-syncs are skipped (a full run measures them)' }),
-      ...(measured.cpu.steady && measured.cpu.copy
-        ? {}
-        : {
-            full_sync_cpu_vs_copy: "the server's processes could not be read (cpu-time.ts: Linux, a server on this machine)",
-            exact_floor_vs_copy: "the server's processes could not be read (cpu-time.ts: Linux, a server on this machine)",
-          }),
+      ...(measured.cpu.steady && measured.cpu.copy ? {} : { full_sync_cpu_vs_copy: UNREADABLE_CPU }),
+      ...(exactFloorMs(measured.cpu.copy) === null ? { exact_floor_vs_copy: UNREADABLE_CPU } : {}),
     },
     section: {
       title: 'The original scenario: full and incremental sync, ours vs the original design',
