@@ -1,5 +1,5 @@
 // Streams the input into a run's staging table with COPY: `copy <table> (run_id, line, problem, line_no) from
-// stdin`, text format, framed by input-framing.ts (one rule for every path). Memory stays flat: the pipeline moves
+// stdin (format binary)`, framed by input-framing.ts (one rule for every path). Memory stays flat: the pipeline moves
 // chunks with back-pressure from the input to the socket. No single line can make COPY fail: a line that cannot be
 // staged as text is staged with a `problem` and its bytes in hex (SQL rejects it with that reason).
 // With chunkBytes, the rows go in several COPY statements of about that many bytes each, every one committed before
@@ -10,7 +10,7 @@ import { pipeline, finished } from 'node:stream/promises';
 import { Writable, type Readable } from 'node:stream';
 import type pg from 'pg';
 import { from as copyFrom } from 'pg-copy-streams';
-import { copyRowStream, STAGING_COPY_COLUMNS } from './copy-line-encoder.ts';
+import { COPY_BINARY_HEADER, COPY_BINARY_TRAILER, copyRowStream, STAGING_COPY_COLUMNS, STAGING_COPY_FORMAT } from './copy-line-encoder.ts';
 import type { FramingCounts } from './input-framing.ts';
 
 export type StagingTable = 'mixpanel_sync.staged_events' | 'mixpanel_sync.staged_profiles';
@@ -35,8 +35,8 @@ export interface CopyIntoStagingOptions {
 }
 
 /**
- * A writable of COPY text rows (whole rows per chunk, as copyRowStream writes them) that runs `sql` (a COPY … from
- * stdin) on `client` once per chunkBytes: it ends the COPY, waits for the server to commit it, tells onCommitted and
+ * A writable of COPY binary rows (whole rows per chunk, as copyRowStream writes them) that runs `sql` (a COPY … from
+ * stdin) on `client` once per chunkBytes (Infinity: one COPY), each with the binary header and trailer: it ends the COPY, waits for the server to commit it, tells onCommitted and
  * starts the next on the next write (onCommitted runs on `client` between two COPYs, e.g. to read the chunk's last line_id). Destroyed, it destroys the COPY in flight (pg-copy-streams sends CopyFail).
  */
 function chunkedCopy(
@@ -56,6 +56,7 @@ function chunkedCopy(
     copy.on('error', (error: Error) => {
       failure ??= error;
     });
+    copy.write(COPY_BINARY_HEADER);
     bytes = 0;
     return copy;
   };
@@ -64,7 +65,7 @@ function chunkedCopy(
     if (copy === null) return inFlight;
     current = null;
     const done = (async () => {
-      copy.end();
+      copy.end(COPY_BINARY_TRAILER);
       await finished(copy);
       rows += copy.rowCount;
       await onCommitted(rows, last);
@@ -105,14 +106,9 @@ export async function copyIntoStaging(
     ...(options.onRows ? { onRows: options.onRows } : {}),
     ...(options.maxRecordBytes !== undefined ? { maxRecordBytes: options.maxRecordBytes } : {}),
   });
-  const sql = `copy ${options.table} ${STAGING_COPY_COLUMNS} from stdin`;
+  const sql = `copy ${options.table} ${STAGING_COPY_COLUMNS} from stdin ${STAGING_COPY_FORMAT}`;
   const pipelineOptions = options.signal ? { signal: options.signal } : {};
-  if (options.chunkBytes === undefined) {
-    const copy = client.query(copyFrom(sql));
-    await pipeline(options.lines, encoder, copy, pipelineOptions);
-    return { rows: copy.rowCount, counts: encoder.counts };
-  }
-  const copy = chunkedCopy(client, sql, options.chunkBytes, options.onCommitted ?? (() => undefined));
+  const copy = chunkedCopy(client, sql, options.chunkBytes ?? Number.POSITIVE_INFINITY, options.onCommitted ?? (() => undefined));
   try {
     await pipeline(options.lines, encoder, copy, pipelineOptions);
   } catch (error) {

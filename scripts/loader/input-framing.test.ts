@@ -12,18 +12,37 @@ function frame(input: Buffer | string, chunkSize = 7, maxRecordBytes?: number) {
   return { records: records.map((r) => [r.lineNo, r.problem, r.bytes.toString('utf8')]), counts: framer.counts };
 }
 
-/** COPY text format decoded the way PostgreSQL reads it: the reference the encoder must invert. */
-function decodeCopyText(bytes: Buffer): string[][] {
+/**
+ * COPY's binary rows decoded as PostgreSQL reads them (its documented format: a 16-bit field count, then each field's
+ * 32-bit length, -1 for null, and its bytes; bigints 8 bytes big-endian): the reference the encoder must invert. Fields
+ * as [run_id, line (hex), problem, line_no].
+ */
+function decodeCopyBinary(bytes: Buffer): string[][] {
   const rows: string[][] = [];
-  for (const row of bytes.toString('latin1').split('\n').slice(0, -1)) {
-    expect(row).not.toContain('\r');
-    rows.push(
-      row
-        .split('\t')
-        .map((field) =>
-          field === '\\N' ? '<null>' : field.replace(/\\(.)/g, (_, c: string) => ({ '\\': '\\', t: '\t', r: '\r', n: '\n' })[c] ?? `?${c}`),
-        ),
-    );
+  let at = 0;
+  while (at < bytes.length) {
+    const fields = bytes.readInt16BE(at);
+    at += 2;
+    const row: string[] = [];
+    for (let f = 0; f < fields; f++) {
+      const length = bytes.readInt32BE(at);
+      at += 4;
+      if (length === -1) row.push('<null>');
+      else {
+        const value = bytes.subarray(at, at + length);
+        at += length;
+        row.push(
+          f === 0 || f === 3
+            ? length === 8
+              ? String(value.readBigInt64BE())
+              : `?${length}`
+            : f === 1
+              ? value.toString('hex')
+              : value.toString('utf8'),
+        );
+      }
+    }
+    rows.push(row);
   }
   return rows;
 }
@@ -131,7 +150,7 @@ describe('input framing (one rule for files, stdin and the APIs)', () => {
     ]);
   });
 
-  it('encodes any bytes as COPY rows (run_id, line, problem, line_no) that decode back, whatever the chunking', () => {
+  it('encodes any bytes as COPY binary rows (run_id, line, problem, line_no) that decode back, whatever the chunking', () => {
     const byte = fc.constantFrom(0x5c, 0x09, 0x0d, 0x0a, 0x20, 0x7b, 0x22, 0x61, 0xc3, 0xa9, 0x00, 0xff);
     fc.assert(
       fc.property(fc.array(byte, { maxLength: 200 }), fc.integer({ min: 1, max: 40 }), (bytes, chunk) => {
@@ -140,11 +159,9 @@ describe('input framing (one rule for files, stdin and the APIs)', () => {
         const records: FramedRecord[] = [];
         for (let i = 0; i < input.length; i += chunk) records.push(...framer.push(input.subarray(i, i + chunk)));
         records.push(...framer.end());
-        const rows = decodeCopyText(encodeCopyRows('42', records) ?? Buffer.alloc(0));
+        const rows = decodeCopyBinary(encodeCopyRows('42', records) ?? Buffer.alloc(0));
         expect(rows.map((r) => r.length)).toEqual(records.map(() => 4));
-        expect(rows.map((r) => [r[0], Buffer.from(r[1]!, 'latin1').toString('hex'), r[2], r[3]])).toEqual(
-          records.map((r) => ['42', r.bytes.toString('hex'), r.problem ?? '<null>', String(r.lineNo)]),
-        );
+        expect(rows).toEqual(records.map((r) => ['42', r.bytes.toString('hex'), r.problem ?? '<null>', String(r.lineNo)]));
       }),
       { numRuns: 300 },
     );
