@@ -1592,6 +1592,8 @@ declare
         where r.project_id = p.id and r.source = 'events' and r.status = 'succeeded'), run.fetch_to)))
     from mixpanel_sync.projects p where p.id <> pid));
   keeps_watermark boolean := coalesce((run.options ->> 'keeps_watermark')::boolean, false);
+  -- the REPLACE guard's days at stake and their stored events, read before the apply (replace_guard)
+  guarded jsonb;
 begin
   -- parse_staged_events samples run_events once the run is parsed (analyze_run_events): every statement from here on is
   -- planned on the run's real size.
@@ -1629,11 +1631,14 @@ begin
   run.reattributed_events := (identity ->> 'reattributed_events')::bigint;
 
   if run.mode = 'full' then
-    perform mixpanel_sync.replace_guard(run);
+    guarded := mixpanel_sync.replace_guard(run);
     result := case path
       when 'loop' then mixpanel_sync.upsert_subscribers_incremental_loop(run.id, run.window_from_day, run.window_to_day, store_from)
       else mixpanel_sync.upsert_subscribers_incremental(run.id, run.window_from_day, run.window_to_day, store_from)
     end;
+    -- The guard judges what the apply left in the guarded days; a refusal (MP001) rolls the apply back with the rest
+    -- of finish_run.
+    perform mixpanel_sync.replace_guard_outcome(run, guarded);
   else
     result := case path
       when 'loop' then mixpanel_sync.upsert_subscribers_incremental_add_loop(run.id, horizon)
@@ -1736,7 +1741,7 @@ begin
   return run;
 end;
 $function$;
-comment on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) is 'The events part of finish_run: parses once, refuses an incomplete input (Mixpanel''s "terminated early" line, which the parse rejects as not JSON: MP003, nothing applied), runs the identity step (apply_identity), applies the REPLACE guard to full runs (MP001), REPLACE (full, a merge keeping ledger rows from the storage horizon on) or ADD (incremental) by events.upsert_path, drops the ledger''s day partitions below every project''s storage horizon (another project''s taken at the clock of its last succeeded events run) and deletes the project''s rows below its own (storage_horizon: events.ledger_retention, or events.raw_retention when longer and events.store_raw is on; REPLACE keeps ledger rows from that horizon, ADD applies from the ledger horizon), records no_user and not_selected (run_events.skip_reason), and sets the watermark. The watermark never claims data the tables do not hold: after a full run it is the newest event the run applied, or when it applied none the newest event held before its window (none: the watermark row is removed and the next run is full); a resync moves it forward only unless it lay in the resync''s days (then as a full run); an incremental run moves it forward only; a run with options -> ''keeps_watermark'' = true (begin_run: its selection leaves out names events.only syncs, which it did not fetch) leaves sync_watermarks untouched. Only events with skip_reason null move it.';
+comment on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) is 'The events part of finish_run: parses once, refuses an incomplete input (Mixpanel''s "terminated early" line, which the parse rejects as not JSON: MP003, nothing applied), runs the identity step (apply_identity), applies the REPLACE guard to full runs (MP001: replace_guard before the apply, replace_guard_outcome on what the apply left), REPLACE (full, a merge keeping ledger rows from the storage horizon on) or ADD (incremental) by events.upsert_path, drops the ledger''s day partitions below every project''s storage horizon (another project''s taken at the clock of its last succeeded events run) and deletes the project''s rows below its own (storage_horizon: events.ledger_retention, or events.raw_retention when longer and events.store_raw is on; REPLACE keeps ledger rows from that horizon, ADD applies from the ledger horizon), records no_user and not_selected (run_events.skip_reason), and sets the watermark. The watermark never claims data the tables do not hold: after a full run it is the newest event the run applied, or when it applied none the newest event held before its window (none: the watermark row is removed and the next run is full); a resync moves it forward only unless it lay in the resync''s days (then as a full run); an incremental run moves it forward only; a run with options -> ''keeps_watermark'' = true (begin_run: its selection leaves out names events.only syncs, which it did not fetch) leaves sync_watermarks untouched. Only events with skip_reason null move it.';
 grant execute on function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.finish_or_fail_run(run_id bigint)
@@ -3673,8 +3678,23 @@ $function$;
 comment on function mixpanel_sync.refresh_subscribers(project_id smallint, distinct_ids text[]) is 'Recomputes subscribers for these users of a project from events_daily, set-based; writes only rows that change, deletes users left with no events.';
 grant execute on function mixpanel_sync.refresh_subscribers(project_id smallint, distinct_ids text[]) to mixpanel_sync_loader;
 
-CREATE OR REPLACE FUNCTION mixpanel_sync.replace_guard(run mixpanel_sync.sync_runs)
+CREATE OR REPLACE FUNCTION mixpanel_sync.refuse_replace(message text)
  RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO ''
+AS $function$
+begin
+  raise exception 'finish_run: REPLACE guard: %; nothing was applied', message
+    using errcode = 'MP001',
+      hint = 'if the smaller data is right (events deleted in Mixpanel), begin the run with '
+        'mixpanel_sync.begin_run(..., allow_shrink => true) (CLI: --allow-shrink); else check the input and run again';
+end;
+$function$;
+comment on function mixpanel_sync.refuse_replace(message text) is 'Raises the REPLACE guard''s refusal (MP001, "finish_run: REPLACE guard: <message>; nothing was applied") with its hint: how to override it for one run (allow_shrink), or what to check. Called by replace_guard and replace_guard_outcome.';
+grant execute on function mixpanel_sync.refuse_replace(message text) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.replace_guard(run mixpanel_sync.sync_runs)
+ RETURNS jsonb
  LANGUAGE plpgsql
  SET search_path TO ''
  SET jit TO 'off'
@@ -3682,19 +3702,15 @@ AS $function$
 declare
   pid smallint := run.project_id;
   stored record;
-  shrunk record;
   min_events bigint := mixpanel_sync.setting(pid, 'events.replace_guard_min_events')::bigint;
-  ratio numeric := mixpanel_sync.setting(pid, 'events.replace_guard_ratio')::numeric;
   -- The run's selection (begin_run: options->'events'; absent, null or [] = every event): a REPLACE with a selection
   -- clears only those names, so only their stored events are at stake, and only selected events are usable.
   selection text[] := mixpanel_sync.run_selection(run.id);
   names text := case when selection is not null
     then ' (events of the run''s selection ' || pg_catalog.to_jsonb(selection)::text || ')' else '' end;
-  override text := 'if the smaller data is right (events deleted in Mixpanel), begin the run with '
-    'mixpanel_sync.begin_run(..., allow_shrink => true) (CLI: --allow-shrink); else check the input and run again';
 begin
   if run.mode <> 'full' or coalesce((run.options ->> 'allow_shrink')::boolean, false) then
-    return;
+    return null;
   end if;
   if not exists (
     select from mixpanel_sync.run_events e
@@ -3704,42 +3720,66 @@ begin
     from mixpanel_sync.events_daily d
     where d.project_id = pid and d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection));
     if stored.events > 0 then
-      raise exception 'finish_run: REPLACE guard: full run % has no usable event for % .. %, which hold % stored events%; nothing was applied',
-        run.id, run.window_from_day, run.window_to_day, stored.events, names
-        using errcode = 'MP001', hint = override;
+      perform mixpanel_sync.refuse_replace(pg_catalog.format('full run %s has no usable event for %s .. %s, which hold %s stored events%s',
+        run.id, run.window_from_day, run.window_to_day, stored.events, names));
     end if;
+    return null;
+  end if;
+  -- The days at stake: those holding at least events.replace_guard_min_events events now, before the apply.
+  return (
+    select pg_catalog.jsonb_object_agg(s.day, s.events)
+    from (
+      select d.day, sum(d.event_count) as events
+      from mixpanel_sync.events_daily d
+      where d.project_id = pid and d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection))
+      group by d.day
+    ) s
+    where s.events >= min_events);
+end;
+$function$;
+comment on function mixpanel_sync.replace_guard(run mixpanel_sync.sync_runs) is 'The REPLACE guard of finish_run, before the apply, for full runs (resyncs included) begun without allow_shrink: raises MP001 when the run has no usable event in its window while the window holds events; else returns the days at stake, {"<day>": stored events} for each day of the window holding at least events.replace_guard_min_events events (null when none does, and for runs the guard does not apply to), which replace_guard_outcome weighs after the apply. With a selection (options->''events'') only the selected names count: the REPLACE leaves the others as they are. Usable events: reject_reason and skip_reason null.';
+grant execute on function mixpanel_sync.replace_guard(run mixpanel_sync.sync_runs) to mixpanel_sync_loader;
+
+CREATE OR REPLACE FUNCTION mixpanel_sync.replace_guard_outcome(run mixpanel_sync.sync_runs, guarded jsonb)
+ RETURNS void
+ LANGUAGE plpgsql
+ SET search_path TO ''
+ SET jit TO 'off'
+AS $function$
+declare
+  pid smallint := run.project_id;
+  shrunk record;
+  ratio numeric := mixpanel_sync.setting(pid, 'events.replace_guard_ratio')::numeric;
+  selection text[] := mixpanel_sync.run_selection(run.id);
+  names text := case when selection is not null
+    then ' (events of the run''s selection ' || pg_catalog.to_jsonb(selection)::text || ')' else '' end;
+begin
+  if guarded is null then
     return;
   end if;
-
-  select s.day, s.events, coalesce(k.kept, 0) as kept into shrunk
+  -- Each day at stake against what it holds now, after the apply: the first that keeps less than the ratio refuses.
+  select g.day, g.events, coalesce(k.kept, 0) as kept into shrunk
   from (
-    select d.day, sum(d.event_count) as events
+    select t.key::date as day, t.value::bigint as events from pg_catalog.jsonb_each_text(guarded) t
+  ) g
+  left join (
+    select d.day, sum(d.event_count) as kept
     from mixpanel_sync.events_daily d
     where d.project_id = pid and d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection))
     group by d.day
-  ) s
-  left join (
-    select u.day, count(*) as kept
-    from (
-      select distinct e.day, e.distinct_id, e.event_key
-      from mixpanel_sync.run_events e
-      where e.run_id = run.id and e.reject_reason is null and e.skip_reason is null
-        and e.day between run.window_from_day and run.window_to_day
-    ) u
-    group by u.day
-  ) k on k.day = s.day
-  where s.events >= min_events and coalesce(k.kept, 0) < ratio * s.events
-  order by s.day
+  ) k on k.day = g.day
+  where coalesce(k.kept, 0) < ratio * g.events
+  order by g.day
   limit 1;
   if found then
-    raise exception 'finish_run: REPLACE guard: full run % would shrink % from % to % events% (below events.replace_guard_ratio % of days holding at least events.replace_guard_min_events %); nothing was applied',
-      run.id, shrunk.day, shrunk.events, shrunk.kept, names, ratio, min_events
-      using errcode = 'MP001', hint = override;
+    perform mixpanel_sync.refuse_replace(pg_catalog.format(
+      'full run %s would shrink %s from %s to %s events%s (below events.replace_guard_ratio %s of days holding at least events.replace_guard_min_events %s)',
+      run.id, shrunk.day, shrunk.events, shrunk.kept, names, ratio, mixpanel_sync.setting(pid, 'events.replace_guard_min_events')));
   end if;
 end;
 $function$;
-comment on function mixpanel_sync.replace_guard(run mixpanel_sync.sync_runs) is 'The REPLACE guard of finish_run, for full runs (resyncs included) begun without allow_shrink: raises MP001 when the run has no usable event in its window while the window holds events, or when a day of the window holding at least events.replace_guard_min_events events would keep less than events.replace_guard_ratio of them. With a selection (options->''events'') only the selected names count, on both sides: the REPLACE leaves the others as they are. Usable events: reject_reason and skip_reason null.';
-grant execute on function mixpanel_sync.replace_guard(run mixpanel_sync.sync_runs) to mixpanel_sync_loader;
+comment on function mixpanel_sync.replace_guard_outcome(run mixpanel_sync.sync_runs, guarded jsonb) is 'The REPLACE guard of finish_run, after the apply: raises MP001 when a day at stake (guarded: what replace_guard returned before the apply, {"<day>": stored events}) now holds less than events.replace_guard_ratio of its stored events (of the run''s selection, when it has one); finish_run''s transaction then rolls the apply back. What a day keeps is what the REPLACE counted on it: the run''s usable events of the day once deduplicated, less those already counted on a day outside the window. Does nothing when guarded is null.';
+grant execute on function mixpanel_sync.replace_guard_outcome(run mixpanel_sync.sync_runs, guarded jsonb) to mixpanel_sync_loader;
 
 CREATE OR REPLACE FUNCTION mixpanel_sync.run_selection(run_id bigint)
  RETURNS text[]

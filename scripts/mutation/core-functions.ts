@@ -145,6 +145,15 @@ const mappedProofs: Record<string, string[]> = {
     'scripts/sql/event-selection-runs.test.ts',
     'scripts/sql/edge-pins.test.ts',
   ],
+  // the guard's second half (migration 000018): the days at stake weighed after the apply
+  replace_guard_outcome: [
+    'verify/mutation_pins.sql',
+    'scripts/sql/mutation-pins-runs.test.ts',
+    'scripts/sql/safety-guard.test.ts',
+    'scripts/sql/event-selection-runs.test.ts',
+    'scripts/sql/edge-pins.test.ts',
+    'scripts/sql/projects-isolation-runs.test.ts',
+  ],
   heartbeat_run: ['verify/mutation_pins.sql', 'scripts/sql/safety-followups.test.ts'],
   abandon_stale_runs: ['verify/mutation_pins.sql', 'scripts/sql/safety-one-run.test.ts', 'scripts/sql/safety-followups.test.ts'],
   prune_history: ['verify/run_lifecycle_pinned.sql', 'scripts/sql/mutation-pins-runs.test.ts', 'scripts/sql/health-housekeeping.test.ts'],

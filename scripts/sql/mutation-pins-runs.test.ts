@@ -4,8 +4,8 @@
 // its mutant applied (npm run mutate -- --only <fn> --match <key> --proofs scripts/sql/mutation-pins-runs.test.ts, which
 // writes the mutant into a clone database with create or replace) and passes on main.
 // Expectations are written out from the data each test inserts, not computed by the functions under test.
-// The guard is called directly (mixpanel_sync.replace_guard(run)) on a parsed run: no apply, so each case costs a few
-// statements.
+// The guard is called directly on a parsed run, as finish_events_run calls it: replace_guard(run) before the REPLACE,
+// replace_guard_outcome(run, <what it returned>) after it, in a transaction rolled back, without the rest of finish_run.
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { emptySyncTables, syncTestDatabase } from './run-fixtures.ts';
@@ -105,16 +105,34 @@ describe('replace_guard (called on a parsed run)', () => {
         [user, day, name, count],
       );
   };
-  /** A run begun with these options, its lines staged and parsed; then the guard: its error, or null when it let the run through. */
+  /**
+   * A run begun with these options, its lines staged and parsed; then the guard around the REPLACE (rolled back): its
+   * error, or null when it let the run through.
+   */
   const guard = async (options: Omit<BeginRunOptions, 'source'>, lines: string[]) => {
     const run = await beginRun(db.pool, { source: 'events', clock, ...options });
     await stageLines(db.pool, 'events', run.id, lines);
     await parseStagedEvents(db.pool, run.id);
+    const client = await db.pool.connect();
     try {
-      await db.pool.query('select mixpanel_sync.replace_guard(r) from mixpanel_sync.sync_runs r where r.id = $1', [run.id]);
+      await client.query('begin');
+      const runRow = 'select r from mixpanel_sync.sync_runs r where r.id = $1';
+      const before = await client.query<{ guarded: unknown }>(`select mixpanel_sync.replace_guard((${runRow})) as guarded`, [run.id]);
+      await client.query(
+        'select mixpanel_sync.upsert_subscribers_incremental(r.id, r.window_from_day, r.window_to_day) from mixpanel_sync.sync_runs r where r.id = $1',
+        [run.id],
+      );
+      const guarded = before.rows[0]!.guarded; // SQL null stays null (not the JSON null)
+      await client.query(`select mixpanel_sync.replace_guard_outcome((${runRow}), $2::jsonb)`, [
+        run.id,
+        guarded === null ? null : JSON.stringify(guarded),
+      ]);
       return null;
     } catch (error) {
       return error as { code: string; message: string };
+    } finally {
+      await client.query('rollback');
+      client.release();
     }
   };
   const longName = 'n'.repeat(256);

@@ -3,6 +3,8 @@
 // Seen failing without each protection (removed once in 100-safety-core.sql, then restored):
 //   - `perform mixpanel_sync.replace_guard(run)` removed from finish_events_run: "empty full run" and "shrinking day"
 //     finished 'succeeded' and emptied events_daily;
+//   - `perform mixpanel_sync.replace_guard_outcome(run, guarded)` (the guard on what the apply left, migration 000018)
+//     removed from finish_events_run: "shrinking day" finished 'succeeded' (seen 2026-12-04);
 //   - the force_full/resync check removed from begin_run: the MP004 case began a run;
 //   - `coalesce(resync_to, resync_from)` as `coalesce(resync_to, clock_day)`: the one-day resync covered up to the clock;
 //   - the marker check removed from finish_events_run: the marker line became one reject and the run succeeded;
@@ -55,6 +57,17 @@ async function storedEvents(): Promise<number> {
   return rows[0].n;
 }
 
+/** What a run writes besides its own sync_runs row: the aggregates, the ledger, the watermarks, in a stable order. */
+async function syncedTables(): Promise<Record<string, unknown[]>> {
+  const read = async (sql: string) => (await db.pool.query(sql)).rows;
+  return {
+    events_daily: await read('select * from mixpanel_sync.events_daily order by distinct_id, day, event_name'),
+    event_ledger: await read('select * from mixpanel_sync.event_ledger order by distinct_id, event_key'),
+    subscribers: await read('select * from mixpanel_sync.subscribers order by distinct_id'),
+    sync_watermarks: await read('select * from mixpanel_sync.sync_watermarks order by source'),
+  };
+}
+
 async function seed(): Promise<void> {
   const run = await fullRun(db.pool, [...events(150, day1), ...events(150, day2)]);
   const done = await finishRun(db.pool, run.id);
@@ -79,14 +92,19 @@ describe('REPLACE guard (MP001)', () => {
     expect(failed.options.error_code).toBe('MP001');
   });
 
-  it('refuses a full run that would keep less than events.replace_guard_ratio of a guarded day', async () => {
+  it('refuses a full run that would keep less than events.replace_guard_ratio of a guarded day; its apply is rolled back', async () => {
     await seed();
-    // day 2 keeps 150, day 1 only 40 of 150 (< 0.5)
-    const run = await fullRun(db.pool, [...events(40, day1), ...events(150, day2)]);
+    // The guard weighs what the REPLACE left (replace_guard_outcome, after the apply): the refusal must take back
+    // every table the apply wrote, not only events_daily.
+    const before = await syncedTables();
+    // day 2 keeps 150 (40 of them new events), day 1 only 40 of 150 (< 0.5)
+    const run = await fullRun(db.pool, [...events(40, day1), ...events(110, day2), ...events(40, day2 + 600, 'new')]);
     const error = await sqlError(finishRun(db.pool, run.id));
     expect(error.code).toBe('MP001');
     expect(error.message).toContain('2024-03-08 from 150 to 40');
+    expect(error.hint).toMatch(/allow_shrink => true/);
     expect(await storedEvents()).toBe(300);
+    expect(await syncedTables()).toEqual(before);
     await failRun(db.pool, run.id, error.message, error.code);
   });
 
