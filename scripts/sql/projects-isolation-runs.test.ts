@@ -21,23 +21,25 @@
 //   - prune_history without `r.project_id = …`: A's finish deleted B's runs older than A's runs.retention (test 9);
 //   - replace_guard counting stored events without `d.project_id = pid` (the empty-run rule and the shrink rule): a
 //     new project's first full run was refused for B's events of its days (test 10);
+//   - replace_guard_outcome (migration 000018: the guard weighs what the apply left) summing a guarded day without
+//     `d.project_id = pid`: E's full run that kept 10 of its 120 events was let through for F's 120 (test 11);
 //   - begin_run's timezone check with `and` → `or` (`project_row.timezone is not null or project_timezone <> …`): a
-//     run that gave its project's own timezone was refused (test 11);
+//     run that gave its project's own timezone was refused (test 12);
 //   - REPLACE's (upsert_subscribers_incremental) delete and update of the rows its diff found gone or changed, without
-//     `project_id = pid`: A's REPLACE deleted or rewrote B's rows of the same key (test 12);
+//     `project_id = pid`: A's REPLACE deleted or rewrote B's rows of the same key (test 13);
 //   - the loop REPLACE clearing its window's legacy ledger rows without `g.project_id = pid` in its delete: B's row of
-//     the same distinct_id and key went too (test 13);
+//     the same distinct_id and key went too (test 14);
 //   - reattribute_identities without `project_id = …` in its ledger delete, its ledger move, or its probe for the
 //     canonical id's row: A's identity step dropped or moved B's rows of the alias, or dropped A's own row because B
-//     held the key under the canonical id (test 14);
+//     held the key under the canonical id (test 15);
 //   - learn_identity_links re-pointing the links of a cluster whose canonical id changed without `l.project_id = pid`:
-//     A's $merge re-pointed B's link of the same canonical id (test 15);
+//     A's $merge re-pointed B's link of the same canonical id (test 16);
 //   - finish_events_run's read of the events watermark without `w.source = 'events'`, and its delete: a profiles
-//     watermark row of the project read as the events mark, or deleted with it (test 16; begin_run's own read of
+//     watermark row of the project read as the events mark, or deleted with it (test 17; begin_run's own read of
 //     the mark without the source survives it, see survivor-notes.json);
 //   - the shared horizon taking another project's clock from its runs of any source or status (`r.source = 'events'`
 //     or `r.status = 'succeeded'` dropped): B's later profiles run, or its later failed events run, moved B's horizon
-//     past days B's ledger still holds, and A's finish dropped them (test 17).
+//     past days B's ledger still holds, and A's finish dropped them (test 18).
 // Each database holds 'default', 'a' and 'b'; every test uses its own clocks and ids.
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -244,6 +246,40 @@ describe("one project's runs and another project's", () => {
     expect([empty.status, Number(empty.applied)]).toEqual(['succeeded', 0]);
     const one = await eventsRun(db.pool, 'd', '2026-02-10T12:05:00Z', [ev('open', 'd1', '2026-02-09T10:00:00Z', 'd1')], true);
     expect([one.status, Number(one.applied)]).toEqual(['succeeded', 1]);
+  });
+
+  it("the REPLACE guard weighs what a project's apply left in its own days, not another project's events of them", async () => {
+    // E and F each store 120 events on 2026-02-19 (a guarded day). E's full run keeps 10 of them: refused (MP001),
+    // whatever F holds on that day; F's rows and E's stay as they were.
+    const day = (p: string, n: number) =>
+      Array.from({ length: n }, (_, i) => ev('open', `${p}${i % 7}`, `2026-02-19T${String(i % 24).padStart(2, '0')}:00:00Z`, `${p}${i}`));
+    await createProject(db.pool, 'e');
+    await createProject(db.pool, 'f');
+    await eventsRun(db.pool, 'e', '2026-02-20T12:00:00Z', day('e', 120), true);
+    await eventsRun(db.pool, 'f', '2026-02-20T12:00:00Z', day('f', 120), true);
+    const stored = async () =>
+      (
+        await db.pool.query<{ p: string; n: string }>(
+          `select p.name as p, sum(d.event_count)::text as n from mixpanel_sync.events_daily d
+           join mixpanel_sync.projects p on p.id = d.project_id where p.name in ('e', 'f') group by p.name order by p.name`,
+        )
+      ).rows;
+    expect(await stored()).toEqual([
+      { p: 'e', n: '120' },
+      { p: 'f', n: '120' },
+    ]);
+    const run = await beginRun(db.pool, { source: 'events', clock: '2026-02-20T12:05:00Z', forceFull: true, project: 'e' });
+    await stageRecords(db.pool, 'events', run.id, day('e', 10));
+    const refusal = await finishRun(db.pool, run.id).then(
+      () => null,
+      (error: { code?: string; message: string }) => ({ code: error.code, message: error.message }),
+    );
+    expect(refusal).toMatchObject({ code: 'MP001', message: expect.stringContaining('would shrink 2026-02-19 from 120 to 10 events') });
+    await failRun(db.pool, run.id, 'test: refused');
+    expect(await stored()).toEqual([
+      { p: 'e', n: '120' },
+      { p: 'f', n: '120' },
+    ]);
   });
 
   it("begin_run takes a project's own timezone when given it, and refuses another (MP004)", async () => {
