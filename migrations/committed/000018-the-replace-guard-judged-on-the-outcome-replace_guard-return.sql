@@ -1,5 +1,5 @@
 --! Previous: sha1:45e2e2537dfb5e49058ce186a93f71865998ee97
---! Hash: sha1:20e4a91a4676354128bbaa392ce7f659e00984de
+--! Hash: sha1:74003aa12302037ea3d73b7a3695d8336444a264
 --! Message: The REPLACE guard judged on the outcome: replace_guard returns the days at stake before the apply, replace_guard_outcome weighs what the apply left (no second deduplication of the run)
 
 -- Every step of this migration waits at most 5 s for a lock and runs at most 10 min (squawk: require-timeout).
@@ -17,12 +17,38 @@ set local statement_timeout = '10min';
 -- 2. replace_guard_outcome(run, guarded), called by finish_events_run right after the REPLACE, refuses (MP001) when a
 --    day at stake now holds less than events.replace_guard_ratio of what it held; finish_run's transaction then rolls
 --    the apply back, as for any error.
+-- 3. Both weigh the same per-day sums (replace_window_days: the window's events in events_daily, of the run's
+--    selection), and both refuse through refuse_replace (MP001, its hint, the run's selection named).
 -- What a day keeps is what the REPLACE counted on it: the run's usable events of that day once deduplicated, less any
 -- the REPLACE counted as duplicates of an event already counted on a day outside the window (after a change of
 -- project_timezone). The guard is therefore never less strict than before, and stricter only in that case.
 -- Idempotent: the old replace_guard (returns void) is dropped when it is there, the others are create or replace.
 
 drop function if exists mixpanel_sync.replace_guard(mixpanel_sync.sync_runs);
+
+create or replace function mixpanel_sync.replace_window_days(run mixpanel_sync.sync_runs)
+ returns table (day date, events numeric)
+ language plpgsql
+ stable
+ set search_path to ''
+ set jit to 'off'
+as $function$
+declare
+  -- The run's selection (begin_run: options->'events'; absent, null or [] = every event): a REPLACE with a selection
+  -- clears only those names, so only their stored events are at stake.
+  selection text[] := mixpanel_sync.run_selection(run.id);
+begin
+  return query
+  select d.day, sum(d.event_count)
+  from mixpanel_sync.events_daily d
+  where d.project_id = run.project_id and d.day between run.window_from_day and run.window_to_day
+    and (selection is null or d.event_name = any (selection))
+  group by d.day;
+end;
+$function$;
+comment on function mixpanel_sync.replace_window_days(run mixpanel_sync.sync_runs) is 'What the REPLACE guard weighs: the events events_daily holds now on each day of a full run''s window (of the run''s selection, options->''events'', when it has one), as (day, events), days holding none left out. replace_guard reads it before the apply, replace_guard_outcome after it.';
+revoke execute on function mixpanel_sync.replace_window_days(run mixpanel_sync.sync_runs) from public;
+grant execute on function mixpanel_sync.replace_window_days(run mixpanel_sync.sync_runs) to mixpanel_sync_loader;
 
 create or replace function mixpanel_sync.replace_guard(run mixpanel_sync.sync_runs)
  returns jsonb
@@ -31,44 +57,32 @@ create or replace function mixpanel_sync.replace_guard(run mixpanel_sync.sync_ru
  set jit to 'off'
 as $function$
 declare
-  pid smallint := run.project_id;
-  stored record;
-  min_events bigint := mixpanel_sync.setting(pid, 'events.replace_guard_min_events')::bigint;
-  -- The run's selection (begin_run: options->'events'; absent, null or [] = every event): a REPLACE with a selection
-  -- clears only those names, so only their stored events are at stake, and only selected events are usable.
-  selection text[] := mixpanel_sync.run_selection(run.id);
-  names text := case when selection is not null
-    then ' (events of the run''s selection ' || pg_catalog.to_jsonb(selection)::text || ')' else '' end;
+  stored numeric;
+  min_events bigint := mixpanel_sync.setting(run.project_id, 'events.replace_guard_min_events')::bigint;
 begin
   if run.mode <> 'full' or coalesce((run.options ->> 'allow_shrink')::boolean, false) then
     return null;
   end if;
+  -- Only selected events are usable (parse_new_staged_events: skip_reason 'not_selected').
   if not exists (
     select from mixpanel_sync.run_events e
     where e.run_id = run.id and e.reject_reason is null and e.skip_reason is null
       and e.day between run.window_from_day and run.window_to_day) then
-    select count(*) as days, sum(d.event_count) as events into stored
-    from mixpanel_sync.events_daily d
-    where d.project_id = pid and d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection));
-    if stored.events > 0 then
-      perform mixpanel_sync.refuse_replace(pg_catalog.format('full run %s has no usable event for %s .. %s, which hold %s stored events%s',
-        run.id, run.window_from_day, run.window_to_day, stored.events, names));
+    select sum(w.events) into stored from mixpanel_sync.replace_window_days(run) w;
+    if stored > 0 then
+      perform mixpanel_sync.refuse_replace(run, pg_catalog.format('full run %s has no usable event for %s .. %s, which hold %s stored events',
+        run.id, run.window_from_day, run.window_to_day, stored));
     end if;
     return null;
   end if;
   -- The days at stake: those holding at least events.replace_guard_min_events events now, before the apply.
   return (
-    select pg_catalog.jsonb_object_agg(s.day, s.events)
-    from (
-      select d.day, sum(d.event_count) as events
-      from mixpanel_sync.events_daily d
-      where d.project_id = pid and d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection))
-      group by d.day
-    ) s
-    where s.events >= min_events);
+    select pg_catalog.jsonb_object_agg(w.day, w.events)
+    from mixpanel_sync.replace_window_days(run) w
+    where w.events >= min_events);
 end;
 $function$;
-comment on function mixpanel_sync.replace_guard(run mixpanel_sync.sync_runs) is 'The REPLACE guard of finish_run, before the apply, for full runs (resyncs included) begun without allow_shrink: raises MP001 when the run has no usable event in its window while the window holds events; else returns the days at stake, {"<day>": stored events} for each day of the window holding at least events.replace_guard_min_events events (null when none does, and for runs the guard does not apply to), which replace_guard_outcome weighs after the apply. With a selection (options->''events'') only the selected names count: the REPLACE leaves the others as they are. Usable events: reject_reason and skip_reason null.';
+comment on function mixpanel_sync.replace_guard(run mixpanel_sync.sync_runs) is 'The REPLACE guard of finish_run, before the apply, for full runs (resyncs included) begun without allow_shrink: raises MP001 when the run has no usable event in its window while the window holds events; else returns the days at stake, {"<day>": stored events} for each day of the window holding at least events.replace_guard_min_events events (replace_window_days; null when none does, and for runs the guard does not apply to), which replace_guard_outcome weighs after the apply. With a selection (options->''events'') only the selected names count: the REPLACE leaves the others as they are. Usable events: reject_reason and skip_reason null.';
 revoke execute on function mixpanel_sync.replace_guard(run mixpanel_sync.sync_runs) from public;
 grant execute on function mixpanel_sync.replace_guard(run mixpanel_sync.sync_runs) to mixpanel_sync_loader;
 
@@ -79,56 +93,49 @@ create or replace function mixpanel_sync.replace_guard_outcome(run mixpanel_sync
  set jit to 'off'
 as $function$
 declare
-  pid smallint := run.project_id;
   shrunk record;
-  ratio numeric := mixpanel_sync.setting(pid, 'events.replace_guard_ratio')::numeric;
-  selection text[] := mixpanel_sync.run_selection(run.id);
-  names text := case when selection is not null
-    then ' (events of the run''s selection ' || pg_catalog.to_jsonb(selection)::text || ')' else '' end;
+  ratio numeric := mixpanel_sync.setting(run.project_id, 'events.replace_guard_ratio')::numeric;
 begin
   if guarded is null then
     return;
   end if;
   -- Each day at stake against what it holds now, after the apply: the first that keeps less than the ratio refuses.
-  select g.day, g.events, coalesce(k.kept, 0) as kept into shrunk
-  from (
-    select t.key::date as day, t.value::bigint as events from pg_catalog.jsonb_each_text(guarded) t
-  ) g
-  left join (
-    select d.day, sum(d.event_count) as kept
-    from mixpanel_sync.events_daily d
-    where d.project_id = pid and d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection))
-    group by d.day
-  ) k on k.day = g.day
-  where coalesce(k.kept, 0) < ratio * g.events
-  order by g.day
+  select g.key::date as day, g.value::numeric as events, coalesce(w.events, 0) as kept into shrunk
+  from pg_catalog.jsonb_each_text(guarded) g
+  left join mixpanel_sync.replace_window_days(run) w on w.day = g.key::date
+  where coalesce(w.events, 0) < ratio * g.value::numeric
+  order by g.key::date
   limit 1;
   if found then
-    perform mixpanel_sync.refuse_replace(pg_catalog.format(
-      'full run %s would shrink %s from %s to %s events%s (below events.replace_guard_ratio %s of days holding at least events.replace_guard_min_events %s)',
-      run.id, shrunk.day, shrunk.events, shrunk.kept, names, ratio, mixpanel_sync.setting(pid, 'events.replace_guard_min_events')));
+    perform mixpanel_sync.refuse_replace(run, pg_catalog.format(
+      'full run %s would shrink %s from %s to %s events (below events.replace_guard_ratio %s of days holding at least events.replace_guard_min_events %s)',
+      run.id, shrunk.day, shrunk.events, shrunk.kept, ratio, mixpanel_sync.setting(run.project_id, 'events.replace_guard_min_events')));
   end if;
 end;
 $function$;
-comment on function mixpanel_sync.replace_guard_outcome(run mixpanel_sync.sync_runs, guarded jsonb) is 'The REPLACE guard of finish_run, after the apply: raises MP001 when a day at stake (guarded: what replace_guard returned before the apply, {"<day>": stored events}) now holds less than events.replace_guard_ratio of its stored events (of the run''s selection, when it has one); finish_run''s transaction then rolls the apply back. What a day keeps is what the REPLACE counted on it: the run''s usable events of the day once deduplicated, less those already counted on a day outside the window. Does nothing when guarded is null.';
+comment on function mixpanel_sync.replace_guard_outcome(run mixpanel_sync.sync_runs, guarded jsonb) is 'The REPLACE guard of finish_run, after the apply: raises MP001 when a day at stake (guarded: what replace_guard returned before the apply, {"<day>": stored events}) now holds less than events.replace_guard_ratio of its stored events (replace_window_days: of the run''s selection, when it has one); finish_run''s transaction then rolls the apply back. What a day keeps is what the REPLACE counted on it: the run''s usable events of the day once deduplicated, less those already counted on a day outside the window. Does nothing when guarded is null.';
 revoke execute on function mixpanel_sync.replace_guard_outcome(run mixpanel_sync.sync_runs, guarded jsonb) from public;
 grant execute on function mixpanel_sync.replace_guard_outcome(run mixpanel_sync.sync_runs, guarded jsonb) to mixpanel_sync_loader;
 
-create or replace function mixpanel_sync.refuse_replace(message text)
+create or replace function mixpanel_sync.refuse_replace(run mixpanel_sync.sync_runs, message text)
  returns void
  language plpgsql
  set search_path to ''
 as $function$
+declare
+  selection text[] := mixpanel_sync.run_selection(run.id);
+  said text := message || case when selection is not null
+    then ' (events of the run''s selection ' || pg_catalog.to_jsonb(selection)::text || ')' else '' end;
 begin
-  raise exception 'finish_run: REPLACE guard: %; nothing was applied', message
+  raise exception 'finish_run: REPLACE guard: %; nothing was applied', said
     using errcode = 'MP001',
       hint = 'if the smaller data is right (events deleted in Mixpanel), begin the run with '
         'mixpanel_sync.begin_run(..., allow_shrink => true) (CLI: --allow-shrink); else check the input and run again';
 end;
 $function$;
-comment on function mixpanel_sync.refuse_replace(message text) is 'Raises the REPLACE guard''s refusal (MP001, "finish_run: REPLACE guard: <message>; nothing was applied") with its hint: how to override it for one run (allow_shrink), or what to check. Called by replace_guard and replace_guard_outcome.';
-revoke execute on function mixpanel_sync.refuse_replace(message text) from public;
-grant execute on function mixpanel_sync.refuse_replace(message text) to mixpanel_sync_loader;
+comment on function mixpanel_sync.refuse_replace(run mixpanel_sync.sync_runs, message text) is 'Raises the REPLACE guard''s refusal of a run (MP001, "finish_run: REPLACE guard: <message>[ (events of the run''s selection [...])]; nothing was applied") with its hint: how to override it for one run (allow_shrink), or what to check. Called by replace_guard and replace_guard_outcome.';
+revoke execute on function mixpanel_sync.refuse_replace(run mixpanel_sync.sync_runs, message text) from public;
+grant execute on function mixpanel_sync.refuse_replace(run mixpanel_sync.sync_runs, message text) to mixpanel_sync_loader;
 
 create or replace function mixpanel_sync.finish_events_run(run mixpanel_sync.sync_runs)
  returns mixpanel_sync.sync_runs

@@ -35,6 +35,8 @@ export const coreFunctions = [
   // this session's rewrite (migrations/current/): parsing while staging and the run's event selection
   'parse_staged_lines',
   'run_selection',
+  // the REPLACE guard's per-day sums (migration 000018), weighed before and after the apply
+  'replace_window_days',
 ];
 
 /** Guard and identity functions as they land (SQL-safety stream): counted as core too. */
@@ -147,6 +149,14 @@ const mappedProofs: Record<string, string[]> = {
   ],
   // the guard's second half (migration 000018): the days at stake weighed after the apply
   replace_guard_outcome: [
+    'verify/mutation_pins.sql',
+    'scripts/sql/mutation-pins-runs.test.ts',
+    'scripts/sql/safety-guard.test.ts',
+    'scripts/sql/event-selection-runs.test.ts',
+    'scripts/sql/edge-pins.test.ts',
+    'scripts/sql/projects-isolation-runs.test.ts',
+  ],
+  replace_window_days: [
     'verify/mutation_pins.sql',
     'scripts/sql/mutation-pins-runs.test.ts',
     'scripts/sql/safety-guard.test.ts',
