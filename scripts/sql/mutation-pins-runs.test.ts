@@ -756,20 +756,16 @@ describe('finish_events_run', () => {
 // killed: mixpanel_sync.refresh_subscribers(text[])|drop-conjunct|where s.distinct_id = u.distinct_id|1
 // killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|and-or|and e.day between run.window_from_day and run.window_to_day) then|1
 // killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|and-or|if run.mode <> 'full' or coalesce((run.options ->> 'allow_shrink')::boolean, false) then|1
-// killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|and-or|where d.project_id = pid and d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection));|1
-// killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|and-or|where d.project_id = pid and d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection));|2
-// killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|and-or|where d.project_id = pid and d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection));|3
 // killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|and-or|where e.run_id = run.id and e.reject_reason is null and e.skip_reason is null|1
 // killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|and-or|where e.run_id = run.id and e.reject_reason is null and e.skip_reason is null|2
 // killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|drop-conjunct|and e.day between run.window_from_day and run.window_to_day) then|1
-// killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|drop-conjunct|where d.project_id = pid and d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection));|2
-// killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|drop-conjunct|where d.project_id = pid and d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection));|3
-// killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|drop-conjunct|where d.project_id = pid and d.day between run.window_from_day and run.window_to_day and (selection is null or d.event_name = any (selection))|3
 // killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|drop-conjunct|where e.run_id = run.id and e.reject_reason is null and e.skip_reason is null|1
 // killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|drop-conjunct|where e.run_id = run.id and e.reject_reason is null and e.skip_reason is null|2
 // killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|drop-conjunct|where e.run_id = run.id and e.reject_reason is null and e.skip_reason is null|3
 // killed: mixpanel_sync.replace_guard(mixpanel_sync.sync_runs)|swap-coalesce|if run.mode <> 'full' or coalesce((run.options ->> 'allow_shrink')::boolean, false) then|1
-// killed: mixpanel_sync.replace_guard_outcome(mixpanel_sync.sync_runs,jsonb)|swap-coalesce|where coalesce(k.kept, 0) < ratio * g.events|1
+// killed: mixpanel_sync.replace_guard_outcome(mixpanel_sync.sync_runs,jsonb)|swap-coalesce|select g.key::date as day, g.value::numeric as events, coalesce(w.events, 0) as kept into shrunk|1
+// killed: mixpanel_sync.replace_guard_outcome(mixpanel_sync.sync_runs,jsonb)|swap-coalesce|where coalesce(w.events, 0) < ratio * g.value::numeric|1
+// killed: mixpanel_sync.replace_window_days(mixpanel_sync.sync_runs)|drop-conjunct|where d.project_id = run.project_id and d.day between run.window_from_day and run.window_to_day|2
 
 describe('a loader that outlived its run', () => {
   it("the rows an abandoned run's loader still COPYs and parses after the run ended are not the next run's", async () => {

@@ -21,8 +21,8 @@
 //   - prune_history without `r.project_id = …`: A's finish deleted B's runs older than A's runs.retention (test 9);
 //   - replace_guard counting stored events without `d.project_id = pid` (the empty-run rule and the shrink rule): a
 //     new project's first full run was refused for B's events of its days (test 10);
-//   - replace_guard_outcome (migration 000018: the guard weighs what the apply left) summing a guarded day without
-//     `d.project_id = pid`: E's full run that kept 10 of its 120 events was let through for F's 120 (test 11);
+//   - the guard's per-day sums after the apply (migration 000018: replace_guard_outcome weighs replace_window_days)
+//     without `d.project_id = …`: E's full run that kept 10 of its 120 events was let through for F's 120 (test 11);
 //   - begin_run's timezone check with `and` → `or` (`project_row.timezone is not null or project_timezone <> …`): a
 //     run that gave its project's own timezone was refused (test 12);
 //   - REPLACE's (upsert_subscribers_incremental) delete and update of the rows its diff found gone or changed, without
