@@ -36,8 +36,8 @@ export interface CopyIntoStagingOptions {
 
 /**
  * A writable of COPY binary rows (whole rows per chunk, as copyRowStream writes them) that runs `sql` (a COPY … from
- * stdin) on `client` once per chunkBytes (Infinity: one COPY), each with the binary header and trailer: it ends the COPY, waits for the server to commit it, tells onCommitted and
- * starts the next on the next write (onCommitted runs on `client` between two COPYs, e.g. to read the chunk's last line_id). Destroyed, it destroys the COPY in flight (pg-copy-streams sends CopyFail).
+ * stdin) on `client` once per chunkBytes (Infinity: one COPY), each COPY with the binary header and trailer: it ends
+ * the COPY, waits for the server to commit it, tells onCommitted and starts the next on the next write (onCommitted runs on `client` between two COPYs, e.g. to read the chunk's last line_id). Destroyed, it destroys the COPY in flight (pg-copy-streams sends CopyFail).
  */
 function chunkedCopy(
   client: pg.ClientBase,
