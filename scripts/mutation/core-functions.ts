@@ -46,6 +46,15 @@ export function isCore(name: string): boolean {
   return coreFunctions.includes(name) || coreNamePattern.test(name);
 }
 
+/** The proofs of what the REPLACE guard weighs after the apply (migration 000018). */
+const guardWeighing = [
+  'verify/mutation_pins.sql',
+  'scripts/sql/mutation-pins-runs.test.ts',
+  'scripts/sql/safety-guard.test.ts',
+  'scripts/sql/event-selection-runs.test.ts',
+  'scripts/sql/edge-pins.test.ts',
+  'scripts/sql/projects-isolation-runs.test.ts',
+];
 const endToEnd = ['verify/run_lifecycle_pinned.sql', 'verify/parse_independent.sql', 'verify/finish_run_end_to_end.sql'];
 const replace = [
   'verify/replace_loop_equals_set.sql',
@@ -147,23 +156,9 @@ const mappedProofs: Record<string, string[]> = {
     'scripts/sql/event-selection-runs.test.ts',
     'scripts/sql/edge-pins.test.ts',
   ],
-  // the guard's second half (migration 000018): the days at stake weighed after the apply
-  replace_guard_outcome: [
-    'verify/mutation_pins.sql',
-    'scripts/sql/mutation-pins-runs.test.ts',
-    'scripts/sql/safety-guard.test.ts',
-    'scripts/sql/event-selection-runs.test.ts',
-    'scripts/sql/edge-pins.test.ts',
-    'scripts/sql/projects-isolation-runs.test.ts',
-  ],
-  replace_window_days: [
-    'verify/mutation_pins.sql',
-    'scripts/sql/mutation-pins-runs.test.ts',
-    'scripts/sql/safety-guard.test.ts',
-    'scripts/sql/event-selection-runs.test.ts',
-    'scripts/sql/edge-pins.test.ts',
-    'scripts/sql/projects-isolation-runs.test.ts',
-  ],
+  // the guard's second half and the per-day sums both halves weigh (migration 000018)
+  replace_guard_outcome: guardWeighing,
+  replace_window_days: guardWeighing,
   heartbeat_run: ['verify/mutation_pins.sql', 'scripts/sql/safety-followups.test.ts'],
   abandon_stale_runs: ['verify/mutation_pins.sql', 'scripts/sql/safety-one-run.test.ts', 'scripts/sql/safety-followups.test.ts'],
   prune_history: ['verify/run_lifecycle_pinned.sql', 'scripts/sql/mutation-pins-runs.test.ts', 'scripts/sql/health-housekeeping.test.ts'],
